@@ -1,0 +1,1 @@
+"""pretrain: Transformer language-model pretraining in JAX/Flax."""
