@@ -1,0 +1,25 @@
+"""A tiny BERT (L4 H256 A4) on the embedded corpus: the CPU demo.
+
+  python -m pretrain.train --config=configs/bert_tiny.py --workdir=runs/bert_tiny
+
+Trains a sentencepiece vocabulary of 8,192 pieces on CPython's own
+documentation once (~15 s, cached), then 300 steps of MLM+NSP at batch 32 x
+128 tokens in bf16 compute with float32 accumulation: a few minutes on two CPU
+cores. Expected: loss falls from ~9.7 (log 8192 + log 2) to about 6, with
+masked-LM accuracy above 0.1 by the end; run the command again and it resumes
+from the last checkpoint (and stops at once when the run is complete).
+"""
+from pretrain.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.tokenizer.vocab_size = 8192
+  c.model.update(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, dtype="bfloat16")
+  c.data.max_seq_length = 128
+  c.data.max_predictions_per_seq = 20
+  c.optimizer.update(learning_rate=1e-3, warmup_steps=30)
+  c.train.update(steps=300, batch_size=32, log_every=10)
+  c.eval.update(every_steps=100, batch_size=32, num_batches=8)
+  c.checkpoint.update(every_steps=100, keep=2)
+  return c

@@ -1,0 +1,99 @@
+"""Default configuration shared by every config in configs/.
+
+Each top-level section is read by one module: `task` by pretrain/tasks, `data`
+by pretrain/data, `tokenizer` by pretrain/data/tokenizer.py, `model` by
+pretrain/models, `optimizer` by pretrain/training/optimizer.py, `mesh` by
+pretrain/sharding.py, `checkpoint` by pretrain/checkpoint.py, and `train`,
+`eval`, `metrics` by pretrain/train.py. A config file calls `base_config()` and
+overrides what its paper or experiment changes.
+"""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  c.task = ml_collections.ConfigDict(dict(name="bert"))
+
+  c.data = ml_collections.ConfigDict(dict(
+      source="embedded",  # 'embedded' (CPython's own docs), 'text' (BERT format), 'jsonl'.
+      paths="",  # Globs, comma separated, for 'text' and 'jsonl'.
+      text_field="text",  # JSONL field holding a document.
+      heldout_fraction=0.02,
+      max_seq_length=128,
+      short_seq_prob=0.1,
+      masked_lm_prob=0.15,
+      max_predictions_per_seq=20,
+      whole_word_masking=False,
+      next_sentence_prediction=True,
+      seed=0,
+      num_threads=2,  # grain reader threads building examples off the training thread.
+      prefetch_batches=4,
+  ))
+
+  c.tokenizer = ml_collections.ConfigDict(dict(
+      path="",  # A sentencepiece .model; '' trains one on the corpus once and caches it.
+      vocab_size=30522,
+      model_type="unigram",
+  ))
+
+  c.model = ml_collections.ConfigDict(dict(
+      vocab_size=0,  # 0: the tokenizer's vocabulary size.
+      hidden_size=768,
+      num_layers=12,
+      num_heads=12,
+      intermediate_size=3072,
+      max_position_embeddings=512,
+      type_vocab_size=2,
+      dropout_rate=0.1,
+      attention_dropout_rate=0.1,
+      layer_norm_eps=1e-12,
+      initializer_range=0.02,
+      dtype="float32",  # Compute dtype; params stay float32, matmuls accumulate in float32.
+      scan_layers=False,
+      remat_policy="none",  # 'none', 'full' or a jax.checkpoint_policies name.
+      attention_backend="xla",
+  ))
+
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adamw",  # 'adamw' or 'lamb'.
+      learning_rate=1e-4,
+      b1=0.9,
+      b2=0.999,
+      eps=1e-6,
+      weight_decay=0.01,
+      warmup_steps=10_000,
+      decay="linear",  # 'linear' (to 0 at train.steps, as BERT), 'cosine' or 'constant'.
+      end_learning_rate=0.0,
+      grad_clip_norm=1.0,
+  ))
+
+  c.train = ml_collections.ConfigDict(dict(
+      steps=1_000_000,
+      batch_size=256,  # Global, in sequences.
+      grad_accum_steps=1,  # Microbatches per step; batch_size must divide evenly.
+      seed=0,
+      log_every=100,
+  ))
+
+  c.eval = ml_collections.ConfigDict(dict(
+      every_steps=10_000,  # 0 disables.
+      batch_size=64,
+      num_batches=20,
+  ))
+
+  c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=10_000,
+      keep=3,
+      async_save=True,
+  ))
+
+  c.metrics = ml_collections.ConfigDict(dict(
+      # Peak FLOP/s of one device for MFU; 0 looks the device kind up (CPU: cpu_peak_flops).
+      peak_flops_per_device=0.0,
+      cpu_peak_flops=130e9,
+      progress_bar=True,
+  ))
+  return c

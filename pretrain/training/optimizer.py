@@ -1,0 +1,48 @@
+"""Optimizers from config: AdamW or LAMB, warmup + decay, clipping, decay mask."""
+import jax
+import optax
+
+from pretrain.errors import PretrainError
+
+# Leaves that get no weight decay, as in BERT's optimization.py (LayerNorm and biases).
+_NO_DECAY_LEAVES = ("bias", "scale")
+
+
+def learning_rate_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
+  peak, warmup = opt_cfg.learning_rate, int(opt_cfg.warmup_steps)
+  end = opt_cfg.end_learning_rate
+  decay_steps = max(total_steps - warmup, 1)
+  if opt_cfg.decay == "linear":
+    decay = optax.linear_schedule(peak, end, decay_steps)
+  elif opt_cfg.decay == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0.0)
+  elif opt_cfg.decay == "constant":
+    decay = optax.constant_schedule(peak)
+  else:
+    raise PretrainError(f"optimizer.decay={opt_cfg.decay!r}: expected 'linear', 'cosine' or 'constant'")
+  if warmup <= 0:
+    return decay
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def decay_mask(params):
+  """True for the leaves weight decay applies to."""
+  def keep(path, _):
+    name = getattr(path[-1], "key", getattr(path[-1], "name", str(path[-1])))
+    return name not in _NO_DECAY_LEAVES
+  return jax.tree_util.tree_map_with_path(keep, params)
+
+
+def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  schedule = learning_rate_schedule(opt_cfg, total_steps)
+  kwargs = dict(learning_rate=schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
+                weight_decay=opt_cfg.weight_decay, mask=decay_mask)
+  if opt_cfg.name == "adamw":
+    tx = optax.adamw(**kwargs)
+  elif opt_cfg.name == "lamb":
+    tx = optax.lamb(**kwargs)
+  else:
+    raise PretrainError(f"optimizer.name={opt_cfg.name!r}: expected 'adamw' or 'lamb'")
+  if opt_cfg.grad_clip_norm and opt_cfg.grad_clip_norm > 0:
+    tx = optax.chain(optax.clip_by_global_norm(opt_cfg.grad_clip_norm), tx)
+  return tx, schedule
