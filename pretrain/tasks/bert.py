@@ -1,0 +1,124 @@
+"""BERT pretraining: masked LM + next-sentence prediction (Devlin et al. 2018)."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pretrain.errors import PretrainError
+from pretrain.models import bert as bert_model
+from pretrain.tasks.bert_examples import BertExampleConfig, BertExamples
+
+
+def _cross_entropy(logits, labels):
+  """Per-row cross entropy and correctness. logits [..., V] f32, labels [...] int."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
+  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+  return nll, correct
+
+
+class BertTask:
+  """MLM + NSP on `[CLS] A [SEP] B [SEP]` pairs built on the fly from the corpus."""
+
+  name = "bert"
+
+  def __init__(self, config, tokenizer):
+    vocab = int(config.model.vocab_size) or tokenizer.vocab_size
+    if vocab != tokenizer.vocab_size:
+      raise PretrainError(
+          f"model.vocab_size={vocab} but the tokenizer {tokenizer.path} has {tokenizer.vocab_size} "
+          "pieces; set model.vocab_size=0 to follow the tokenizer")
+    model_fields = {k: v for k, v in config.model.to_dict().items() if k != "vocab_size"}
+    self.model_config = bert_model.BertConfig.from_dict(dict(model_fields, vocab_size=vocab))
+    d = config.data
+    self.example_config = BertExampleConfig(
+        max_seq_length=d.max_seq_length, short_seq_prob=d.short_seq_prob,
+        masked_lm_prob=d.masked_lm_prob, max_predictions_per_seq=d.max_predictions_per_seq,
+        whole_word_masking=d.whole_word_masking, next_sentence_prediction=d.next_sentence_prediction)
+    if d.max_seq_length > self.model_config.max_position_embeddings:
+      raise PretrainError(
+          f"data.max_seq_length={d.max_seq_length} exceeds model.max_position_embeddings="
+          f"{self.model_config.max_position_embeddings}")
+    self.vocab_size = vocab
+    self.word_start = tokenizer.word_start
+    self.seq_len = d.max_seq_length
+    self.num_predictions = d.max_predictions_per_seq
+
+  # --- data ---------------------------------------------------------------
+
+  def examples(self, docs, seed: int) -> BertExamples:
+    return BertExamples(docs, self.example_config, self.vocab_size, seed, word_start=self.word_start)
+
+  def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    """Zeros of every batch field's shape and dtype (for init and compilation)."""
+    l, p = self.seq_len, self.num_predictions
+    return {
+        "input_ids": np.zeros([batch_size, l], np.int32),
+        "input_mask": np.zeros([batch_size, l], np.int32),
+        "segment_ids": np.zeros([batch_size, l], np.int32),
+        "masked_lm_positions": np.zeros([batch_size, p], np.int32),
+        "masked_lm_ids": np.zeros([batch_size, p], np.int32),
+        "masked_lm_weights": np.zeros([batch_size, p], np.float32),
+        "next_sentence_labels": np.zeros([batch_size], np.int32),
+    }
+
+  @property
+  def tokens_per_example(self) -> int:
+    return self.seq_len
+
+  # --- model, loss, metrics -------------------------------------------------
+
+  def build_model(self):
+    return bert_model.BertForPreTraining(self.model_config)
+
+  def init_args(self, batch):
+    return (batch["input_ids"], batch["segment_ids"], batch["input_mask"], batch["masked_lm_positions"])
+
+  def denominators(self, batch) -> dict:
+    """Normalisers over the whole (global) batch, so microbatch gradients sum to the batch gradient."""
+    return {
+        "mlm": jnp.sum(batch["masked_lm_weights"]) + 1e-5,  # BERT's own epsilon.
+        "nsp": jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32),
+    }
+
+  def loss(self, model, params, batch, denominators, *, dropout_rng=None, deterministic=True):
+    """(objective, metric sums) for a (micro)batch; objectives of microbatches add up."""
+    rngs = None if deterministic else {"dropout": dropout_rng}
+    mlm_logits, nsp_logits = model.apply(
+        {"params": params}, *self.init_args(batch), deterministic=deterministic, rngs=rngs)
+    w = batch["masked_lm_weights"]
+    mlm_nll, mlm_correct = _cross_entropy(mlm_logits, batch["masked_lm_ids"])
+    nsp_nll, nsp_correct = _cross_entropy(nsp_logits, batch["next_sentence_labels"])
+    mlm_loss_sum, nsp_loss_sum = jnp.sum(mlm_nll * w), jnp.sum(nsp_nll)
+    objective = mlm_loss_sum / denominators["mlm"] + nsp_loss_sum / denominators["nsp"]
+    sums = {
+        "mlm_loss": mlm_loss_sum,
+        "mlm_correct": jnp.sum(mlm_correct * w),
+        "mlm_weight": jnp.sum(w),
+        "nsp_loss": nsp_loss_sum,
+        "nsp_correct": jnp.sum(nsp_correct),
+        "nsp_count": jnp.asarray(nsp_nll.shape[0], jnp.float32),
+    }
+    return objective, sums
+
+  @staticmethod
+  def finalize(sums) -> dict:
+    """Metric values from summed counts (works on jax or numpy scalars)."""
+    mlm_w = sums["mlm_weight"] + 1e-5
+    mlm_loss = sums["mlm_loss"] / mlm_w
+    nsp_loss = sums["nsp_loss"] / sums["nsp_count"]
+    return {
+        "loss": mlm_loss + nsp_loss,
+        "mlm_loss": mlm_loss,
+        "mlm_accuracy": sums["mlm_correct"] / mlm_w,
+        "nsp_loss": nsp_loss,
+        "nsp_accuracy": sums["nsp_correct"] / sums["nsp_count"],
+    }
+
+  def train_flops_per_example(self) -> float:
+    """Model FLOPs of forward + backward for one sequence (backward = 2x forward)."""
+    return 3.0 * bert_model.forward_flops_per_sequence(self.model_config, self.seq_len, self.num_predictions)
+
+  def describe(self) -> dict:
+    return {"model": dataclasses.asdict(self.model_config), "examples": dataclasses.asdict(self.example_config)}
