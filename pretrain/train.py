@@ -1,0 +1,352 @@
+"""The one train loop: data -> sharded jitted step -> metrics -> checkpoints.
+
+  python -m pretrain.train --config=configs/bert_tiny.py --workdir=runs/bert_tiny
+
+Running the same command on the same workdir resumes from the latest
+checkpoint, with the data stream exactly where it stopped. The loop knows
+nothing of any model family: the task (pretrain/tasks) supplies examples,
+model, loss and FLOPs.
+"""
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+import optax
+from tqdm import tqdm
+
+from pretrain import checkpoint as ckpt_lib
+from pretrain import metrics as metrics_lib
+from pretrain import sharding
+from pretrain import tasks
+from pretrain.data import pipeline
+from pretrain.data.tokenizer import load_tokenized
+from pretrain.errors import PretrainError
+from pretrain.training.optimizer import make_optimizer
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  opt_state: Any
+
+
+def _validate(config, mesh):
+  t = config.train
+  if t.steps <= 0:
+    raise PretrainError(f"train.steps={t.steps} must be positive")
+  if t.grad_accum_steps <= 0 or t.batch_size % t.grad_accum_steps:
+    raise PretrainError(
+        f"train.batch_size={t.batch_size} must be a multiple of train.grad_accum_steps={t.grad_accum_steps}")
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  micro = t.batch_size // t.grad_accum_steps
+  if micro % shards:
+    raise PretrainError(
+        f"microbatch of {micro} sequences (train.batch_size / train.grad_accum_steps) does not split over "
+        f"the {shards} data-parallel shards of mesh {dict(mesh.shape)}")
+  if config.eval.every_steps and config.eval.batch_size % shards:
+    raise PretrainError(f"eval.batch_size={config.eval.batch_size} does not split over {shards} shards")
+
+
+def _check_resume_compatible(saved: dict, config, tokenizer):
+  """A checkpoint must be resumed with the same model, task and vocabulary."""
+  saved_tok = saved.get("_tokenizer", {})
+  if saved_tok.get("fingerprint") not in (None, tokenizer.fingerprint):
+    raise PretrainError(
+        f"the tokenizer ({tokenizer.path}, vocab {tokenizer.vocab_size}) differs from the checkpoint's "
+        f"(vocab {saved_tok.get('vocab_size')}, fingerprint {saved_tok.get('fingerprint', '')[:12]}); "
+        "resume with the checkpoint's tokenizer or use a new workdir")
+  for section in ("task", "model"):
+    now, before = config[section].to_dict(), saved.get(section, {})
+    changed = sorted(k for k in set(now) | set(before)
+                     if k not in ("dtype", "remat_policy", "attention_backend", "scan_layers",
+                                  "dropout_rate", "attention_dropout_rate")
+                     and now.get(k) != before.get(k))
+    if changed:
+      raise PretrainError(
+          f"config {section}.{changed[0]} is {now.get(changed[0])!r} but the checkpoint was trained with "
+          f"{before.get(changed[0])!r}; use a new workdir for a different model")
+  if config.model.scan_layers != saved.get("model", {}).get("scan_layers", config.model.scan_layers):
+    raise PretrainError("model.scan_layers differs from the checkpoint's (the parameter layout differs)")
+
+
+class _StopFlag:
+  """Set by SIGTERM/SIGINT; the loop saves a checkpoint and exits cleanly."""
+
+  def __init__(self):
+    self.signal = None
+
+  @contextlib.contextmanager
+  def installed(self):
+    if threading.current_thread() is not threading.main_thread():
+      yield
+      return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    def handler(signum, _):
+      self.signal = signal.Signals(signum).name
+    for s in previous:
+      signal.signal(s, handler)
+    try:
+      yield
+    finally:
+      for s, h in previous.items():
+        signal.signal(s, h)
+
+
+def _make_train_step(task, model, tx, schedule, grad_accum: int, seed: int):
+  base_key = jax.random.key(seed)
+
+  def grads_and_sums(params, batch, denominators, rng):
+    def objective(p):
+      return task.loss(model, p, batch, denominators, dropout_rng=rng, deterministic=False)
+    (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    return grads, sums
+
+  def train_step(state: TrainState, batch):
+    rng = jax.random.fold_in(base_key, state.step)
+    denominators = task.denominators(batch)
+    if grad_accum == 1:
+      grads, sums = grads_and_sums(state.params, batch, denominators, rng)
+    else:
+      # Microbatch i takes rows i, i + A, i + 2A, ... so every microbatch stays spread over all shards.
+      micro = jax.tree.map(lambda x: x.reshape(-1, grad_accum, *x.shape[1:]).swapaxes(0, 1), batch)
+      def body(carry, xs):
+        i, mb = xs
+        g, s = grads_and_sums(state.params, mb, denominators, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (g, s)), None
+      zero = jax.eval_shape(lambda: grads_and_sums(
+          state.params, jax.tree.map(lambda x: x[0], micro), denominators, rng))
+      zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
+      (grads, sums), _ = jax.lax.scan(body, zero, (jnp.arange(grad_accum), micro))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(task.finalize(sums))
+    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["learning_rate"] = schedule(state.step)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+  return train_step
+
+
+def _make_eval_step(task, model):
+  def eval_step(params, batch):
+    _, sums = task.loss(model, params, batch, task.denominators(batch), deterministic=True)
+    return sums
+  return eval_step
+
+
+def _abstract_with(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def train(config, workdir: str) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
+  config = config.copy_and_resolve_references()
+  mesh = sharding.make_mesh(config.mesh)
+  _validate(config, mesh)
+  is_main = jax.process_index() == 0
+
+  tokenizer, train_docs, heldout_docs, corpus_stats = load_tokenized(config.data, config.tokenizer)
+  task = tasks.get_task(config, tokenizer)
+  model = task.build_model()
+  total_steps = int(config.train.steps)
+  tx, schedule = make_optimizer(config.optimizer, total_steps)
+  train_examples = task.examples(train_docs, seed=config.data.seed)
+  eval_examples = task.examples(heldout_docs, seed=config.data.seed + 1) if config.eval.every_steps else None
+
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as e:
+    raise PretrainError(f"cannot create workdir {workdir}: {e}") from e
+  checkpointer = ckpt_lib.Checkpointer(
+      workdir, config.checkpoint.every_steps, config.checkpoint.keep, config.checkpoint.async_save)
+  saved_config = dict(config.to_dict(), _tokenizer={
+      "path": tokenizer.path, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size})
+  saved_config = json.loads(json.dumps(saved_config, default=str))
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    _check_resume_compatible(checkpointer.restore_config(latest), config, tokenizer)
+
+  # Shardings of the whole state come from the logical names on the params.
+  dummy = task.dummy_batch(1)
+  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *task.init_args(dummy)))["params"]
+  param_sh = sharding.param_shardings(boxed, mesh)
+  abstract_params = nn.unbox(boxed)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+                                 transform_non_params=lambda _: replicated)
+  state_sh = TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
+  abstract_state = _abstract_with(
+      TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt),
+      state_sh)
+  batch_sh = sharding.data_sharding(mesh)
+  global_batch = int(config.train.batch_size)
+  abstract_batch = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct((global_batch,) + x.shape[1:], x.dtype, sharding=batch_sh), dummy)
+
+  stream = pipeline.BatchStream(
+      train_examples, global_batch, process_index=jax.process_index(), process_count=jax.process_count(),
+      num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch_batches)
+
+  with sharding.mesh_context(mesh):
+    if latest is not None:
+      state, data_state = checkpointer.restore(latest, abstract_state)
+      stream.set_state(data_state)
+      logging.info("resumed from step %d", latest)
+    else:
+      def init_state(rng):
+        params = nn.unbox(model.init(rng, *task.init_args(dummy))["params"])
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+      state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(config.train.seed))
+
+    t0 = time.perf_counter()
+    train_step = jax.jit(
+        _make_train_step(task, model, tx, schedule, int(config.train.grad_accum_steps), config.train.seed),
+        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,),
+    ).lower(abstract_state, abstract_batch).compile()
+    compile_seconds = time.perf_counter() - t0
+    eval_step = jax.jit(_make_eval_step(task, model), in_shardings=(param_sh, batch_sh),
+                        out_shardings=replicated)
+
+  start_step = int(jax.device_get(state.step))
+  writer = metrics_lib.MetricsWriter(workdir)
+  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
+  if start_step == 0:
+    writer.write_text("config", "```\n" + str(config) + "\n```")
+  if is_main:
+    logging.info("task %s, %s parameters, mesh %s, corpus %s", task.name, f"{n_params:,}",
+                 dict(mesh.shape), corpus_stats)
+
+  flops_per_step = task.train_flops_per_example() * global_batch
+  peak = metrics_lib.peak_flops_per_device(config.metrics) * jax.device_count()
+  tokens_per_step = global_batch * task.tokens_per_example
+  eval_batches = None
+  last_row: dict = {}
+
+  def run_eval(step):
+    nonlocal eval_batches
+    if eval_batches is None:
+      local = pipeline.fixed_batches(
+          eval_examples, config.eval.batch_size, config.eval.num_batches,
+          process_index=jax.process_index(), process_count=jax.process_count())
+      eval_batches = [sharding.make_global_batch(b, mesh) for b in local]
+    with sharding.mesh_context(mesh):
+      sums = [eval_step(state.params, b) for b in eval_batches]
+    total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
+    row = {f"eval_{k}": float(v) for k, v in task.finalize(total).items()}
+    writer.write(step, row)
+    return row
+
+  pending: list[tuple[int, dict]] = []  # Device metrics not yet fetched, fetched at log/save time.
+  interval_start, interval_data_wait, interval_steps = time.perf_counter(), 0.0, 0
+
+  def flush(step) -> dict:
+    """Fetches pending metrics, stops at the first non-finite loss, writes the averaged row."""
+    nonlocal pending, interval_start, interval_data_wait, interval_steps
+    if not pending:
+      return {}
+    fetched = jax.device_get([m for _, m in pending])
+    for (s, _), m in zip(pending, fetched):
+      if not math.isfinite(float(m["loss"])):
+        good = checkpointer.latest_step()
+        raise PretrainError(
+            f"loss is {float(m['loss'])} at step {s}; stopping. The last good checkpoint is "
+            f"{'step ' + str(good) if good is not None else 'none'} (nothing was saved after step {s - 1}).")
+    elapsed = time.perf_counter() - interval_start
+    row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+    row["learning_rate"] = float(fetched[-1]["learning_rate"])
+    steps_per_sec = interval_steps / elapsed
+    row.update(
+        tokens_per_sec=tokens_per_step * steps_per_sec,
+        examples_per_sec=global_batch * steps_per_sec,
+        step_time=elapsed / interval_steps,
+        tflops_per_sec=flops_per_step * steps_per_sec / 1e12,
+        mfu=flops_per_step * steps_per_sec / peak,
+        data_wait_fraction=interval_data_wait / elapsed,
+    )
+    writer.write(step, row)
+    pending = []
+    interval_start, interval_data_wait, interval_steps = time.perf_counter(), 0.0, 0
+    return row
+
+  stop = _StopFlag()
+  bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+             disable=not (is_main and config.metrics.progress_bar), file=sys.stderr)
+  if is_main and start_step < total_steps:
+    writer.write(start_step, {"compile_seconds": compile_seconds, "num_params": n_params})
+  step = start_step
+  try:
+    with stop.installed():
+      while step < total_steps and stop.signal is None:
+        t_data = time.perf_counter()
+        batch = sharding.make_global_batch(next(stream), mesh)
+        interval_data_wait += time.perf_counter() - t_data
+        with sharding.mesh_context(mesh):
+          state, metrics = train_step(state, batch)
+        step += 1
+        interval_steps += 1
+        pending.append((step, metrics))
+        bar.update(1)
+        if step % config.train.log_every == 0 or step == total_steps:
+          last_row = flush(step)
+          bar.set_postfix(loss=f"{last_row['loss']:.3f}", tok_s=f"{last_row['tokens_per_sec']:,.0f}",
+                          mfu=f"{last_row['mfu']:.1%}")
+        if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total_steps):
+          flush(step)
+          last_row.update(run_eval(step))
+          interval_start = time.perf_counter()
+        if checkpointer.should_save(step) or step == total_steps:
+          flush(step)
+          checkpointer.save(step, state, stream.get_state(), saved_config)
+      if stop.signal is not None:
+        flush(step)
+        checkpointer.save(step, state, stream.get_state(), saved_config)
+        if is_main:
+          print(f"{stop.signal} received: saved a checkpoint at step {step}; exiting.", file=sys.stderr)
+  finally:
+    bar.close()
+    checkpointer.close()
+    writer.close()
+  last_row["step"] = step
+  return last_row
+
+
+FLAGS = flags.FLAGS
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/bert_tiny.py.",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and TensorBoard files go.")
+
+
+def main(argv):
+  del argv
+  logging.getLogger().setLevel(logging.INFO)
+  if _CONFIG.value is None or not _WORKDIR.value:
+    print("error: --config and --workdir are required", file=sys.stderr)
+    sys.exit(2)
+  try:
+    row = train(_CONFIG.value, _WORKDIR.value)
+  except PretrainError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  if jax.process_index() == 0 and row:
+    print(json.dumps({k: v for k, v in row.items() if isinstance(v, (int, float))}))
+
+
+if __name__ == "__main__":
+  app.run(main)
