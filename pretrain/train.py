@@ -154,8 +154,12 @@ def _abstract_with(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def train(config, workdir: str) -> dict:
-  """Trains (or resumes) the run in `workdir`; returns the last logged metrics."""
+def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
+  """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
+
+  `stop_at_step` ends this invocation early at that step with a checkpoint, as
+  a preemption would (resuming later continues the same run).
+  """
   config = config.copy_and_resolve_references()
   mesh = sharding.make_mesh(config.mesh)
   _validate(config, mesh)
@@ -291,9 +295,11 @@ def train(config, workdir: str) -> dict:
   if is_main and start_step < total_steps:
     writer.write(start_step, {"compile_seconds": compile_seconds, "num_params": n_params})
   step = start_step
+  if is_main and start_step >= total_steps:
+    print(f"{workdir} already holds the final step {start_step}; nothing to do.", file=sys.stderr)
   try:
     with stop.installed():
-      while step < total_steps and stop.signal is None:
+      while step < total_steps and stop.signal is None and step != stop_at_step:
         t_data = time.perf_counter()
         batch = sharding.make_global_batch(next(stream), mesh)
         interval_data_wait += time.perf_counter() - t_data
@@ -314,10 +320,10 @@ def train(config, workdir: str) -> dict:
         if checkpointer.should_save(step) or step == total_steps:
           flush(step)
           checkpointer.save(step, state, stream.get_state(), saved_config)
-      if stop.signal is not None:
+      if step < total_steps:  # Stopped early by a signal or stop_at_step.
         flush(step)
         checkpointer.save(step, state, stream.get_state(), saved_config)
-        if is_main:
+        if is_main and stop.signal:
           print(f"{stop.signal} received: saved a checkpoint at step {step}; exiting.", file=sys.stderr)
   finally:
     bar.close()

@@ -48,10 +48,16 @@ def test_decay_applies_only_where_masked(name):
 
 def test_global_norm_clipping():
   c = base_config().optimizer
-  c.update(name="adamw", learning_rate=1.0, warmup_steps=0, decay="constant", weight_decay=0.0,
-           grad_clip_norm=1.0)
-  tx, _ = make_optimizer(c, 10)
-  clip = tx[0]
+  # eps=1 makes Adam's first update depend on the gradient's size, so clipping shows.
+  c.update(name="adamw", learning_rate=1.0, warmup_steps=0, decay="constant", weight_decay=0.0, eps=1.0)
+  params = {"w": jnp.zeros(2)}
   g = {"w": jnp.array([30.0, 40.0])}
-  clipped, _ = clip.update(g, clip.init(g))
-  np.testing.assert_allclose(optax.global_norm(clipped), 1.0, rtol=1e-6)
+  c.grad_clip_norm = 1.0
+  tx, _ = make_optimizer(c, 10)
+  clipped, _ = tx.update(g, tx.init(params), params)
+  c.grad_clip_norm = 0.0
+  tx, _ = make_optimizer(c, 10)
+  expected, _ = tx.update({"w": g["w"] / 50.0}, tx.init(params), params)
+  np.testing.assert_allclose(clipped["w"], expected["w"], rtol=1e-6)
+  unclipped, _ = tx.update(g, tx.init(params), params)
+  assert not np.allclose(unclipped["w"], expected["w"])
