@@ -16,17 +16,12 @@ import signal
 import sys
 import threading
 import time
-from typing import Any
 
 from absl import app
 from absl import flags
-import flax
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
-import optax
 from tqdm import tqdm
 
 from pretrain import checkpoint as ckpt_lib
@@ -36,14 +31,8 @@ from pretrain import tasks
 from pretrain.data import pipeline
 from pretrain.data.tokenizer import load_tokenized
 from pretrain.errors import PretrainError
+from pretrain.training import step as step_lib
 from pretrain.training.optimizer import make_optimizer
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
 
 
 def _validate(config, mesh):
@@ -108,52 +97,6 @@ class _StopFlag:
         signal.signal(s, h)
 
 
-def _make_train_step(task, model, tx, schedule, grad_accum: int, seed: int):
-  base_key = jax.random.key(seed)
-
-  def grads_and_sums(params, batch, denominators, rng):
-    def objective(p):
-      return task.loss(model, p, batch, denominators, dropout_rng=rng, deterministic=False)
-    (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    return grads, sums
-
-  def train_step(state: TrainState, batch):
-    rng = jax.random.fold_in(base_key, state.step)
-    denominators = task.denominators(batch)
-    if grad_accum == 1:
-      grads, sums = grads_and_sums(state.params, batch, denominators, rng)
-    else:
-      # Microbatch i takes rows i, i + A, i + 2A, ... so every microbatch stays spread over all shards.
-      micro = jax.tree.map(lambda x: x.reshape(-1, grad_accum, *x.shape[1:]).swapaxes(0, 1), batch)
-      def body(carry, xs):
-        i, mb = xs
-        g, s = grads_and_sums(state.params, mb, denominators, jax.random.fold_in(rng, i))
-        return jax.tree.map(jnp.add, carry, (g, s)), None
-      zero = jax.eval_shape(lambda: grads_and_sums(
-          state.params, jax.tree.map(lambda x: x[0], micro), denominators, rng))
-      zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
-      (grads, sums), _ = jax.lax.scan(body, zero, (jnp.arange(grad_accum), micro))
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = dict(task.finalize(sums))
-    metrics["grad_norm"] = optax.global_norm(grads)
-    metrics["learning_rate"] = schedule(state.step)
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-  return train_step
-
-
-def _make_eval_step(task, model):
-  def eval_step(params, batch):
-    _, sums = task.loss(model, params, batch, task.denominators(batch), deterministic=True)
-    return sums
-  return eval_step
-
-
-def _abstract_with(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
 
@@ -186,51 +129,27 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   if latest is not None:
     _check_resume_compatible(checkpointer.restore_config(latest), config, tokenizer)
 
-  # Shardings of the whole state come from the logical names on the params.
-  dummy = task.dummy_batch(1)
-  boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *task.init_args(dummy)))["params"]
-  param_sh = sharding.param_shardings(boxed, mesh)
-  abstract_params = nn.unbox(boxed)
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
-                                 transform_non_params=lambda _: replicated)
-  state_sh = TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
-  abstract_state = _abstract_with(
-      TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt),
-      state_sh)
-  batch_sh = sharding.data_sharding(mesh)
   global_batch = int(config.train.batch_size)
-  abstract_batch = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct((global_batch,) + x.shape[1:], x.dtype, sharding=batch_sh), dummy)
+  fns = step_lib.build(task, model, tx, schedule, mesh, global_batch,
+                       grad_accum=int(config.train.grad_accum_steps), seed=int(config.train.seed))
 
   stream = pipeline.BatchStream(
       train_examples, global_batch, process_index=jax.process_index(), process_count=jax.process_count(),
       num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch_batches)
 
-  with sharding.mesh_context(mesh):
-    if latest is not None:
-      state, data_state = checkpointer.restore(latest, abstract_state)
-      stream.set_state(data_state)
-      logging.info("resumed from step %d", latest)
-    else:
-      def init_state(rng):
-        params = nn.unbox(model.init(rng, *task.init_args(dummy))["params"])
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-      state = jax.jit(init_state, out_shardings=state_sh)(jax.random.key(config.train.seed))
-
-    t0 = time.perf_counter()
-    train_step = jax.jit(
-        _make_train_step(task, model, tx, schedule, int(config.train.grad_accum_steps), config.train.seed),
-        in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated), donate_argnums=(0,),
-    ).lower(abstract_state, abstract_batch).compile()
-    compile_seconds = time.perf_counter() - t0
-    eval_step = jax.jit(_make_eval_step(task, model), in_shardings=(param_sh, batch_sh),
-                        out_shardings=replicated)
+  if latest is not None:
+    with sharding.mesh_context(mesh):
+      state, data_state = checkpointer.restore(latest, fns.abstract_state)
+    stream.set_state(data_state)
+    logging.info("resumed from step %d", latest)
+  else:
+    state = fns.init_state(int(config.train.seed))
+  train_step, compile_seconds = fns.compile_train_step()
+  eval_step = fns.eval_step
 
   start_step = int(jax.device_get(state.step))
   writer = metrics_lib.MetricsWriter(workdir)
-  n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
+  n_params = fns.num_params
   if start_step == 0:
     writer.write_text("config", "```\n" + str(config) + "\n```")
   if is_main:
@@ -250,8 +169,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
           eval_examples, config.eval.batch_size, config.eval.num_batches,
           process_index=jax.process_index(), process_count=jax.process_count())
       eval_batches = [sharding.make_global_batch(b, mesh) for b in local]
-    with sharding.mesh_context(mesh):
-      sums = [eval_step(state.params, b) for b in eval_batches]
+    sums = [eval_step(state.params, b) for b in eval_batches]
     total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
     row = {f"eval_{k}": float(v) for k, v in task.finalize(total).items()}
     writer.write(step, row)
@@ -303,8 +221,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
         t_data = time.perf_counter()
         batch = sharding.make_global_batch(next(stream), mesh)
         interval_data_wait += time.perf_counter() - t_data
-        with sharding.mesh_context(mesh):
-          state, metrics = train_step(state, batch)
+        state, metrics = train_step(state, batch)
         step += 1
         interval_steps += 1
         pending.append((step, metrics))
