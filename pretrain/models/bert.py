@@ -1,0 +1,294 @@
+"""BERT (Devlin et al. 2018) for MLM + NSP pretraining, as google-research/bert.
+
+Post-LayerNorm encoder with learned position and token-type embeddings, exact
+(erf) GELU, a tanh pooler on [CLS], a masked-LM head whose decoder is tied to
+the word embeddings, and a next-sentence head on the pooled output. The MLM
+head runs only on the gathered masked positions, as BERT's run_pretraining.py
+does: the vocabulary projection then costs P rather than L positions.
+
+Parameter tree (HF/TF names in parentheses):
+  bert/embeddings/{word,position,token_type}_embeddings, layer_norm
+  bert/encoder/layer_{i}/ (or bert/encoder/layers/ stacked when scan_layers)
+    attention/{query,key,value,out}  (attention.self.*, attention.output.dense)
+    attention_layer_norm             (attention.output.LayerNorm)
+    intermediate, output             (intermediate.dense, output.dense)
+    output_layer_norm                (output.LayerNorm)
+  bert/pooler                        (pooler.dense)
+  mlm_head/transform, transform_layer_norm, output_bias  (cls.predictions.*)
+  nsp_head                           (cls.seq_relationship)
+"""
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pretrain.errors import PretrainError
+from pretrain.models import attention
+from pretrain.models import layers
+
+Array = jax.Array
+
+# jax.checkpoint_policies that are policies themselves (the others are factories).
+_JAX_REMAT_POLICIES = (
+    'everything_saveable',
+    'nothing_saveable',
+    'dots_saveable',
+    'dots_with_no_batch_dims_saveable',
+    'checkpoint_dots',
+    'checkpoint_dots_with_no_batch_dims',
+)
+REMAT_POLICIES = ('none', 'full') + _JAX_REMAT_POLICIES
+DTYPES = ('float32', 'bfloat16')
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """BERT hyperparameters; names follow google-research/bert's bert_config.json."""
+  vocab_size: int
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  intermediate_size: int
+  max_position_embeddings: int = 512
+  type_vocab_size: int = 2
+  dropout_rate: float = 0.1
+  attention_dropout_rate: float = 0.1
+  layer_norm_eps: float = 1e-12
+  initializer_range: float = 0.02
+  dtype: str = 'float32'  # Matmul compute dtype; params are always float32.
+  scan_layers: bool = False
+  remat_policy: str = 'none'
+  attention_backend: str = 'xla'
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise PretrainError(f'hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}')
+    if self.dtype not in DTYPES:
+      raise PretrainError(f'unknown dtype {self.dtype!r}; valid: {", ".join(DTYPES)}')
+    if self.remat_policy not in REMAT_POLICIES:
+      raise PretrainError(f'unknown remat_policy {self.remat_policy!r}; valid: {", ".join(REMAT_POLICIES)}')
+    attention.check_backend(self.attention_backend)
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> 'BertConfig':
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise PretrainError(f'unknown BertConfig keys: {", ".join(unknown)}; valid: {", ".join(sorted(names))}')
+    return cls(**d)
+
+
+def remat_policy(name: str):
+  """The jax.checkpoint policy for a config name ('full' saves nothing)."""
+  if name not in REMAT_POLICIES or name == 'none':
+    raise PretrainError(f'no remat policy for {name!r}; valid: {", ".join(REMAT_POLICIES[1:])}')
+  return None if name == 'full' else getattr(jax.checkpoint_policies, name)
+
+
+def gelu(x: Array) -> Array:
+  """BERT's exact GELU, x * Phi(x), written with erf as BERT does.
+
+  jax.nn.gelu(approximate=False) is written with erfc, whose XLA:CPU expansion
+  is several times as costly as erf's: the FFN's fwd+bwd ran ~6% slower with it.
+  """
+  return x * 0.5 * (1.0 + jax.lax.erf(x * np.float32(1.0 / np.sqrt(2.0))))
+
+
+class BertEmbeddings(nn.Module):
+  config: BertConfig
+
+  def setup(self):
+    cfg = self.config
+    init = layers.default_init(cfg.initializer_range)
+    self.word_embeddings = layers.Embed(
+        cfg.vocab_size, cfg.hidden_size, ('vocab', 'embed'), cfg.compute_dtype, init)
+    self.position_embeddings = layers.Embed(
+        cfg.max_position_embeddings, cfg.hidden_size, ('position', 'embed'), embedding_init=init)
+    self.token_type_embeddings = layers.Embed(
+        cfg.type_vocab_size, cfg.hidden_size, ('types', 'embed'), embedding_init=init)
+    self.layer_norm = layers.LayerNorm(cfg.layer_norm_eps)
+    self.dropout = layers.Dropout(cfg.dropout_rate)
+
+  def __call__(self, input_ids: Array, segment_ids: Array, deterministic: bool) -> Array:
+    length = input_ids.shape[1]
+    if length > self.config.max_position_embeddings:
+      raise PretrainError(
+          f'sequence length {length} exceeds max_position_embeddings {self.config.max_position_embeddings}')
+    x = self.word_embeddings(input_ids)  # [batch, length, embed]
+    x = x + self.position_embeddings.embedding[None, :length]
+    x = x + self.token_type_embeddings(segment_ids)
+    x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
+    x = self.layer_norm(x)
+    return self.dropout(x, deterministic=deterministic)
+
+
+class BertLayer(nn.Module):
+  """One post-LN encoder layer: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, deterministic: bool):
+    cfg = self.config
+    init = layers.default_init(cfg.initializer_range)
+    dtype = cfg.compute_dtype
+    dropout = layers.Dropout(cfg.dropout_rate)
+
+    h = attention.MultiHeadAttention(
+        num_heads=cfg.num_heads,
+        head_dim=cfg.head_dim,
+        dtype=dtype,
+        dropout_rate=cfg.attention_dropout_rate,
+        backend=cfg.attention_backend,
+        initializer_range=cfg.initializer_range,
+        name='attention',
+    )(x, mask=mask, deterministic=deterministic)
+    x = layers.LayerNorm(cfg.layer_norm_eps, name='attention_layer_norm')(
+        x + dropout(h, deterministic=deterministic))
+    x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
+
+    h = layers.Dense(cfg.intermediate_size, ('embed', 'mlp'), dtype=dtype, kernel_init=init,
+                     name='intermediate')(x)  # [batch, length, mlp]
+    h = nn.with_logical_constraint(gelu(h), ('act_batch', 'act_length', 'act_mlp'))
+    h = layers.Dense(cfg.hidden_size, ('mlp', 'embed'), dtype=dtype, kernel_init=init, name='output')(h)
+    x = layers.LayerNorm(cfg.layer_norm_eps, name='output_layer_norm')(
+        x + dropout(h, deterministic=deterministic))
+    x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
+    return (x, None) if cfg.scan_layers else x
+
+
+class BertEncoder(nn.Module):
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+    cfg = self.config
+    layer_cls = BertLayer
+    if cfg.remat_policy != 'none':
+      # deterministic (argument 3, counting self) picks the dropout branch at trace time.
+      layer_cls = nn.remat(layer_cls, policy=remat_policy(cfg.remat_policy),
+                           prevent_cse=not cfg.scan_layers, static_argnums=(3,))
+    if cfg.scan_layers:
+      layer_cls = nn.scan(
+          layer_cls,
+          variable_axes={'params': 0},
+          split_rngs={'params': True, 'dropout': True},
+          in_axes=(nn.broadcast, nn.broadcast),
+          length=cfg.num_layers,
+          metadata_params={nn.PARTITION_NAME: 'layers'},
+      )
+      x, _ = layer_cls(cfg, name='layers')(x, mask, deterministic)
+      return x
+    for i in range(cfg.num_layers):
+      x = layer_cls(cfg, name=f'layer_{i}')(x, mask, deterministic)
+    return x
+
+
+class BertModel(nn.Module):
+  """Embeddings + encoder + pooler: (sequence_output [B, L, H], pooled_output [B, H])."""
+  config: BertConfig
+
+  def setup(self):
+    cfg = self.config
+    self.embeddings = BertEmbeddings(cfg)
+    self.encoder = BertEncoder(cfg)
+    self.pooler = layers.Dense(cfg.hidden_size, ('embed', 'mlp'), dtype=cfg.compute_dtype,
+                               kernel_init=layers.default_init(cfg.initializer_range))
+
+  def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True):
+    x = self.embeddings(input_ids, segment_ids, deterministic)  # [batch, length, embed]
+    x = self.encoder(x, attention.padding_mask(input_mask), deterministic)
+    pooled = jnp.tanh(self.pooler(x[:, 0]))  # [batch, embed]
+    return x, pooled
+
+
+class MlmHead(nn.Module):
+  """Transform (dense + GELU + LayerNorm), then logits against the tied word embeddings."""
+  config: BertConfig
+
+  @nn.compact
+  def __call__(self, x: Array, word_embeddings: layers.Embed) -> Array:
+    cfg = self.config
+    x = layers.Dense(cfg.hidden_size, ('embed', 'mlp'), dtype=cfg.compute_dtype,
+                     kernel_init=layers.default_init(cfg.initializer_range), name='transform')(x)
+    x = layers.LayerNorm(cfg.layer_norm_eps, name='transform_layer_norm')(gelu(x))
+    bias = self.param('output_bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), ('vocab',)),
+                      (cfg.vocab_size,), jnp.float32)
+    return word_embeddings.attend(x) + bias  # [batch, predictions, vocab] float32
+
+
+class BertForPreTraining(nn.Module):
+  config: BertConfig
+
+  @nn.compact
+  def __call__(
+      self,
+      input_ids: Array,  # int32 [batch, length]
+      segment_ids: Array,  # int32 [batch, length]
+      input_mask: Array,  # int32 [batch, length], 1 = real token
+      masked_positions: Array,  # int32 [batch, predictions]
+      deterministic: bool = True,
+  ) -> tuple[Array, Array]:
+    """-> (mlm_logits float32 [batch, predictions, vocab], nsp_logits float32 [batch, 2])."""
+    cfg = self.config
+    bert = BertModel(cfg, name='bert')
+    sequence_output, pooled = bert(input_ids, segment_ids, input_mask, deterministic)
+    x = jnp.take_along_axis(sequence_output, masked_positions[:, :, None], axis=1)  # [batch, predictions, embed]
+    mlm_logits = MlmHead(cfg, name='mlm_head')(x, bert.embeddings.word_embeddings)
+    nsp_logits = layers.Dense(2, ('embed', 'classes'), dtype=cfg.compute_dtype,
+                              kernel_init=layers.default_init(cfg.initializer_range),
+                              name='nsp_head')(pooled)  # [batch, 2]
+    return mlm_logits, nsp_logits
+
+
+def init_inputs(batch: int, seq_len: int, num_predictions: int) -> dict[str, np.ndarray]:
+  """Dummy int32 model inputs, e.g. for `model.init(rng, **init_inputs(...))` or eval_shape."""
+  return {
+      'input_ids': np.zeros((batch, seq_len), np.int32),
+      'segment_ids': np.zeros((batch, seq_len), np.int32),
+      'input_mask': np.ones((batch, seq_len), np.int32),
+      'masked_positions': np.zeros((batch, num_predictions), np.int32),
+  }
+
+
+def abstract_params(config: BertConfig, seq_len: int = 8, num_predictions: int = 2):
+  """The boxed (logically annotated) parameter tree as ShapeDtypeStructs; allocates nothing."""
+  model = BertForPreTraining(config)
+  init = functools.partial(model.init, **init_inputs(1, seq_len, num_predictions))
+  return jax.eval_shape(init, jax.random.key(0))['params']
+
+
+def count_params(config: BertConfig, heads: bool = True) -> int:
+  """Number of parameters; heads=False counts embeddings + encoder + pooler only."""
+  params = abstract_params(config)
+  if not heads:
+    params = params['bert']
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(params)))
+
+
+def forward_flops_per_sequence(config: BertConfig, seq_len: int, num_predictions: int) -> float:
+  """Matmul FLOPs (2 per multiply-add) of one forward pass over one sequence."""
+  h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
+  attn_features = config.num_heads * config.head_dim
+  per_layer = (
+      2 * seq_len * h * attn_features * 4  # q, k, v, out projections
+      + 2 * seq_len * seq_len * attn_features * 2  # q k^T and probs v
+      + 2 * seq_len * h * i * 2  # FFN
+  )
+  heads = (
+      2 * h * h + 2 * h * 2  # pooler + NSP on [CLS]
+      + num_predictions * (2 * h * h + 2 * h * v)  # MLM transform + tied decoder
+  )
+  return float(config.num_layers * per_layer + heads)
