@@ -1,0 +1,300 @@
+"""SentencePiece tokenizers with BERT's special tokens at fixed ids, and cached tokenization.
+
+A tokenizer is either a model file (`tokenizer.path`) or trained once from the
+configured corpus and cached under $PRETRAIN_CACHE_DIR (default
+~/.cache/pretrain). Token arrays are cached there too, as plain .npz files.
+"""
+import hashlib
+import io
+import itertools
+import json
+import numbers
+import os
+import re
+import tempfile
+import zipfile
+from typing import Any, Callable, Iterable, Sequence
+
+from absl import logging
+import numpy as np
+import sentencepiece as spm
+
+from pretrain.data import corpus as corpus_lib
+from pretrain.data.tokenized import TokenizedDocs
+from pretrain.errors import PretrainError
+
+PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
+NUM_SPECIAL = 5
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+MODEL_TYPES = ("unigram", "bpe")
+WORD_START = "\u2581"  # SentencePiece's '▁' marks a piece that begins a word.
+
+# Bump when training options or the cached array layout change: both key caches.
+FORMAT_VERSION = "spm-v1"
+# Fixed, not os.cpu_count(): the trained model depends on the thread count, and
+# a cached tokenizer must be the same on every machine.
+_TRAIN_THREADS = 4
+_ENCODE_BATCH = 65_536
+_TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+
+
+def cache_dir() -> str:
+  """The cache root: $PRETRAIN_CACHE_DIR or ~/.cache/pretrain."""
+  return os.path.expanduser(os.environ.get("PRETRAIN_CACHE_DIR") or "~/.cache/pretrain")
+
+
+def _write_atomic(path: str, write: Callable[[Any], None]) -> None:
+  """Writes via a temp file in the same directory and os.replace: readers never see half a file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+class Tokenizer:
+  """A SentencePiece model whose ids 0..4 are [PAD] [UNK] [CLS] [SEP] [MASK]."""
+
+  def __init__(self, path: str):
+    self._path = path
+    try:
+      with open(path, "rb") as f:
+        proto = f.read()
+    except OSError as e:
+      raise PretrainError(f"cannot read tokenizer model {path!r}: {e.strerror or e}") from None
+    self._sp = spm.SentencePieceProcessor()
+    try:
+      self._sp.LoadFromSerializedProto(proto)
+    except (RuntimeError, OSError, TypeError) as e:
+      raise PretrainError(f"{path!r} is not a SentencePiece model: {e}") from None
+    self._fingerprint = hashlib.sha256(proto).hexdigest()
+    size = self._sp.GetPieceSize()
+    for i, expected in enumerate(SPECIAL_TOKENS):
+      piece = self._sp.IdToPiece(i) if i < size else None
+      if piece != expected:
+        raise PretrainError(
+            f"tokenizer model {path!r}: id {i} is {piece!r}, expected {expected!r} "
+            f"(special tokens must be {', '.join(SPECIAL_TOKENS)} at ids 0..{NUM_SPECIAL - 1}; "
+            "train one with `python -m pretrain.tokenizer`)")
+    pieces = [self._sp.IdToPiece(i) for i in range(size)]
+    word_start = np.array([p.startswith(WORD_START) for p in pieces], bool)
+    word_start[:NUM_SPECIAL] = True
+    word_start.flags.writeable = False
+    self._word_start = word_start
+
+  @property
+  def path(self) -> str:
+    return self._path
+
+  @property
+  def vocab_size(self) -> int:
+    return self._sp.GetPieceSize()
+
+  @property
+  def fingerprint(self) -> str:
+    """sha256 hex of the serialized model."""
+    return self._fingerprint
+
+  @property
+  def word_start(self) -> np.ndarray:
+    """bool [vocab_size]: pieces that begin a word, and the special tokens.
+
+    A word (for whole-word masking) is a word-start piece plus the
+    non-word-start pieces after it.
+    """
+    return self._word_start
+
+  def encode(self, texts: list[str]) -> list[list[int]]:
+    return self._sp.encode(list(texts), out_type=int)
+
+  def decode(self, ids: Sequence[int] | np.ndarray) -> str:
+    return self._sp.decode([int(i) for i in ids])
+
+  def id_to_piece(self, i: int) -> str:
+    return self._sp.IdToPiece(int(i))
+
+  def __repr__(self) -> str:
+    return f"Tokenizer(path={self._path!r}, vocab_size={self.vocab_size})"
+
+
+def _check_options(vocab_size: Any, model_type: Any) -> None:
+  if model_type not in MODEL_TYPES:
+    raise PretrainError(f"tokenizer.model_type={model_type!r} is unknown; allowed: {', '.join(MODEL_TYPES)}")
+  if not isinstance(vocab_size, numbers.Integral) or isinstance(vocab_size, bool) or vocab_size <= NUM_SPECIAL:
+    raise PretrainError(f"tokenizer.vocab_size={vocab_size!r} must be an integer > {NUM_SPECIAL}")
+
+
+def train_tokenizer(sentences: Iterable[str], vocab_size: int, model_type: str, out_path: str) -> Tokenizer:
+  """Trains a SentencePiece model on `sentences` and writes it atomically to `out_path`.
+
+  Deterministic: the same sentences in the same order give identical model bytes.
+  """
+  _check_options(vocab_size, model_type)
+  count = 0
+
+  def nonempty() -> Iterable[str]:
+    nonlocal count
+    for s in sentences:
+      if s and not s.isspace():
+        count += 1
+        yield s
+
+  model = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=nonempty(),
+        model_writer=model,
+        vocab_size=int(vocab_size),
+        model_type=model_type,
+        pad_id=PAD_ID, pad_piece="[PAD]",
+        unk_id=UNK_ID, unk_piece="[UNK]",
+        bos_id=-1, eos_id=-1,
+        control_symbols=list(SPECIAL_TOKENS[2:]),
+        character_coverage=0.9995,
+        num_threads=_TRAIN_THREADS,
+        shuffle_input_sentence=False,
+        minloglevel=2,
+    )
+  except RuntimeError as e:
+    if not count:
+      raise PretrainError(f"no text to train the tokenizer {out_path!r} on") from None
+    m = _TOO_HIGH.search(str(e))
+    if m:
+      raise PretrainError(
+          f"tokenizer.vocab_size={vocab_size} is too large for the training text "
+          f"({count} sentences); sentencepiece suggests at most {m.group(2)}") from None
+    raise PretrainError(f"training the tokenizer {out_path!r} failed: {e}") from None
+  _write_atomic(out_path, lambda f: f.write(model.getvalue()))
+  return Tokenizer(out_path)
+
+
+def _corpus_sentences(corpus: corpus_lib.Corpus) -> Iterable[str]:
+  return itertools.chain.from_iterable(corpus.train)
+
+
+def _get(cfg: Any, name: str, default: Any = None) -> Any:
+  return getattr(cfg, name, default) if not isinstance(cfg, dict) else cfg.get(name, default)
+
+
+def cached_tokenizer_path(tok_cfg: Any, corpus_cfg: Any) -> str:
+  """Where a tokenizer trained from `corpus_cfg` with `tok_cfg`'s options is cached."""
+  vocab_size, model_type = _get(tok_cfg, "vocab_size"), _get(tok_cfg, "model_type", "unigram")
+  _check_options(vocab_size, model_type)
+  key = json.dumps([
+      FORMAT_VERSION, corpus_lib.corpus_fingerprint(corpus_cfg), vocab_size, model_type,
+      # The tokenizer sees only the train split, which depends on it.
+      float(_get(corpus_cfg, "heldout_fraction", 0.02)),
+  ])
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  return os.path.join(cache_dir(), "tokenizers", f"{digest}.model")
+
+
+def _load_tokenizer(tok_cfg: Any, corpus_cfg: Any, get_corpus: Callable[[], corpus_lib.Corpus]) -> Tokenizer:
+  path = _get(tok_cfg, "path", "")
+  if path:
+    path = os.path.expanduser(path)
+    if not os.path.isfile(path):
+      raise PretrainError(f"tokenizer.path {path!r} does not exist")
+    return Tokenizer(path)
+  if corpus_cfg is None:
+    raise PretrainError("tokenizer.path is empty and no corpus is configured to train one from")
+  cached = cached_tokenizer_path(tok_cfg, corpus_cfg)
+  if os.path.isfile(cached):
+    try:
+      return Tokenizer(cached)
+    except PretrainError as e:
+      logging.warning("ignoring a broken cached tokenizer: %s", e)
+  vocab_size, model_type = _get(tok_cfg, "vocab_size"), _get(tok_cfg, "model_type", "unigram")
+  logging.info("training a %s tokenizer (vocab %d) on the %s corpus; caching it at %s",
+               model_type, vocab_size, _get(corpus_cfg, "source"), cached)
+  return train_tokenizer(_corpus_sentences(get_corpus()), vocab_size, model_type, cached)
+
+
+def load_tokenizer(tok_cfg: Any, corpus_cfg: Any = None) -> Tokenizer:
+  """Loads `tok_cfg.path`, or (path empty) the tokenizer trained once from the corpus and cached."""
+  return _load_tokenizer(tok_cfg, corpus_cfg, lambda: corpus_lib.load_corpus(corpus_cfg))
+
+
+def tokenize_documents(docs: list[list[str]], tokenizer: Tokenizer) -> TokenizedDocs:
+  """Encodes every sentence (batched, multi-threaded); empty sentences and documents are dropped."""
+  sentences = list(itertools.chain.from_iterable(docs))
+  tokens, lengths = [], []
+  for i in range(0, len(sentences), _ENCODE_BATCH):
+    ids = tokenizer.encode(sentences[i:i + _ENCODE_BATCH])
+    n = np.fromiter(map(len, ids), np.int64, count=len(ids))
+    lengths.append(n)
+    tokens.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, count=int(n.sum())))
+  lengths = np.concatenate(lengths) if lengths else np.zeros([0], np.int64)
+  flat = np.concatenate(tokens) if tokens else np.zeros([0], np.int32)
+  keep = lengths > 0
+  doc_of_sentence = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
+  per_doc = np.bincount(doc_of_sentence[keep], minlength=len(docs))
+  per_doc = per_doc[per_doc > 0]
+  return TokenizedDocs(
+      tokens=flat,
+      sentence_starts=np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64),
+      doc_starts=np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64),
+  )
+
+
+_SPLITS = ("train", "heldout")
+_FIELDS = ("tokens", "sentence_starts", "doc_starts")
+
+
+def _save_tokenized(path: str, splits: dict[str, TokenizedDocs], stats: dict) -> None:
+  arrays = {f"{s}_{f}": getattr(splits[s], f) for s in _SPLITS for f in _FIELDS}
+  arrays["stats"] = np.array(json.dumps(stats))  # A unicode array: loads without pickle.
+  _write_atomic(path, lambda f: np.savez(f, **arrays))
+
+
+def _load_tokenized_file(path: str) -> tuple[dict[str, TokenizedDocs], dict]:
+  with np.load(path, allow_pickle=False) as z:
+    splits = {s: TokenizedDocs(*(z[f"{s}_{f}"] for f in _FIELDS)) for s in _SPLITS}
+    stats = json.loads(str(z["stats"]))
+  return splits, stats
+
+
+def tokenized_cache_path(data_cfg: Any, tokenizer: Tokenizer) -> str:
+  key = json.dumps([
+      FORMAT_VERSION, corpus_lib.corpus_fingerprint(data_cfg), tokenizer.fingerprint,
+      float(_get(data_cfg, "heldout_fraction", 0.02)),
+  ])
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  return os.path.join(cache_dir(), "tokenized", f"{digest}.npz")
+
+
+def load_tokenized(data_cfg: Any, tok_cfg: Any) -> tuple[Tokenizer, TokenizedDocs, TokenizedDocs, dict]:
+  """The tokenizer, the tokenized train and held-out splits and the corpus stats.
+
+  Token arrays are cached by corpus, tokenizer and held-out fraction.
+  """
+  corpus = None
+
+  def get_corpus() -> corpus_lib.Corpus:
+    nonlocal corpus  # Read the corpus at most once, even when the tokenizer is trained here.
+    if corpus is None:
+      corpus = corpus_lib.load_corpus(data_cfg)
+    return corpus
+
+  tokenizer = _load_tokenizer(tok_cfg, data_cfg, get_corpus)
+  path = tokenized_cache_path(data_cfg, tokenizer)
+  if os.path.isfile(path):
+    try:
+      splits, stats = _load_tokenized_file(path)
+      return tokenizer, splits["train"], splits["heldout"], stats
+    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
+      logging.warning("ignoring a broken token cache %s: %s", path, e)
+  c = get_corpus()
+  logging.info("tokenizing the %s corpus; caching the tokens at %s", c.stats["source"], path)
+  splits = {"train": tokenize_documents(c.train, tokenizer),
+            "heldout": tokenize_documents(c.heldout, tokenizer)}
+  stats = dict(c.stats, train_num_tokens=splits["train"].num_tokens,
+               heldout_num_tokens=splits["heldout"].num_tokens)
+  _save_tokenized(path, splits, stats)
+  return tokenizer, splits["train"], splits["heldout"], stats

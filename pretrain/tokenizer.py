@@ -1,0 +1,72 @@
+"""Trains a SentencePiece tokenizer from the configured corpus.
+
+  python -m pretrain.tokenizer --config=configs/bert_tiny.py \
+      [--config.tokenizer.vocab_size=8192] [--out=PATH]
+
+Without --out the model goes where training would cache it (and where
+`tokenizer.path=''` finds it); an existing cached model is reused.
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+from pretrain.data import corpus as corpus_lib
+from pretrain.data import tokenizer as tokenizer_lib
+from pretrain.errors import PretrainError
+
+def define_flags() -> None:
+  """CLI flags; defined only when run as a program so importing this module defines none."""
+  config_flags.DEFINE_config_file("config", None, "Config file (see configs/).", lock_config=True)
+  flags.DEFINE_string("out", "", "Write the model here instead of into the cache.")
+
+
+def _sample_sentence(corpus: corpus_lib.Corpus) -> str:
+  """The first train sentence of a readable length, to show its pieces."""
+  sentences = (s for doc in corpus.train for s in doc)
+  first = ""
+  for s in sentences:
+    first = first or s
+    if 8 <= len(s.split()) <= 30:
+      return s
+  return first
+
+
+def run(config, out: str) -> None:
+  data_cfg, tok_cfg = config.data, config.tokenizer
+  corpus = corpus_lib.load_corpus(data_cfg)
+  path = os.path.expanduser(out) if out else tokenizer_lib.cached_tokenizer_path(tok_cfg, data_cfg)
+  if not out and os.path.isfile(path):
+    print(f"already trained, reusing {path}")
+    tokenizer = tokenizer_lib.Tokenizer(path)
+  else:
+    print(f"training a {tok_cfg.model_type} tokenizer (vocab {tok_cfg.vocab_size}) "
+          f"on {corpus.stats['train_num_sentences']} sentences ...", flush=True)
+    sentences = (s for doc in corpus.train for s in doc)
+    tokenizer = tokenizer_lib.train_tokenizer(sentences, tok_cfg.vocab_size, tok_cfg.model_type, path)
+  print(f"path: {tokenizer.path}")
+  print(f"vocab_size: {tokenizer.vocab_size}")
+  print("corpus: " + ", ".join(f"{k}={v}" for k, v in corpus.stats.items()))
+  sample = _sample_sentence(corpus)
+  pieces = [tokenizer.id_to_piece(i) for i in tokenizer.encode([sample])[0]]
+  print(f"sample: {sample}")
+  print(f"pieces: {' '.join(pieces)}")
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if flags.FLAGS.config is None:
+    raise app.UsageError("--config is required")
+  try:
+    run(flags.FLAGS.config, flags.FLAGS.out)
+  except PretrainError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
