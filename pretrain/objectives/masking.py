@@ -1,0 +1,185 @@
+"""Masked-LM masking as BERT's create_masked_lm_predictions, per example or per batch.
+
+The budget is min(max_predictions, max(1, round(n_maskable * masked_lm_prob))).
+Candidates are the maskable positions, or whole words: a word is a maskable
+position that starts a word (word_start, or the previous position is not
+maskable) plus the maskable non-word-start positions after it. Candidates are
+taken in random order, skipping any word that would overshoot the budget (as
+BERT does). Each chosen position becomes [MASK] (80%), a random non-special id
+(10%) or stays (10%).
+
+`mask_tokens` draws from a numpy Generator. `mask_batch` is the vectorized
+equivalent (same statistics, other draws) and is keyed: row b depends only on
+keys[b], so a keyed example is the same in any batch.
+"""
+import numpy as np
+
+from pretrain.data.tokenizer import MASK_ID, NUM_SPECIAL  # Ids below NUM_SPECIAL are specials.
+from pretrain.errors import PretrainError
+from pretrain.objectives import keyed_random
+
+_MASK_PROB, _KEEP_PROB = 0.8, 0.1  # The rest (10%) gets a random id.
+_COL_BITS = np.uint64(16)  # Priorities carry the column in their low bits: no ties.
+_NONE = np.uint64(2**64 - 1)  # Priority of non-candidates: after every candidate.
+
+
+def num_to_predict(n_maskable: np.ndarray | int, masked_lm_prob: float, max_predictions: int):
+  """BERT's budget (rounding half to even, as Python's round); 0 when nothing is maskable."""
+  n = np.asarray(n_maskable, np.int64)
+  k = np.minimum(max_predictions, np.maximum(1, np.rint(n * masked_lm_prob).astype(np.int64)))
+  return np.where(n > 0, k, 0)
+
+
+def _check(max_predictions: int, vocab_size: int, first_random_id: int, length: int):
+  if max_predictions < 1:
+    raise PretrainError(f"max_predictions={max_predictions} must be >= 1")
+  if vocab_size <= first_random_id:
+    raise PretrainError(f"vocab_size={vocab_size} leaves no random replacement ids >= {first_random_id}")
+  if length >= 2**int(_COL_BITS):
+    raise PretrainError(f"sequence length {length} is too long for masking (max {2**int(_COL_BITS) - 1})")
+
+
+def _word_starts(maskable: np.ndarray, word_start: np.ndarray) -> np.ndarray:
+  """bool [..., L]: maskable positions that begin a whole-word candidate."""
+  prev = np.zeros_like(maskable)
+  prev[..., 1:] = maskable[..., :-1]
+  return maskable & (word_start | ~prev)
+
+
+def mask_tokens(ids: np.ndarray, maskable: np.ndarray, rng: np.random.Generator, *,
+                masked_lm_prob: float, max_predictions: int, vocab_size: int,
+                word_start: np.ndarray | None = None, mask_id: int = MASK_ID,
+                first_random_id: int = NUM_SPECIAL):
+  """Masks one sequence.
+
+  Args:
+    ids: int [L] token ids.
+    maskable: bool [L]; False for specials and padding.
+    rng: the randomness.
+    masked_lm_prob: fraction of maskable tokens to predict.
+    max_predictions: P, the cap and the output length.
+    vocab_size: random replacements are uniform in [first_random_id, vocab_size).
+    word_start: bool [L] or None; when given, whole words are masked.
+    mask_id: the [MASK] id.
+    first_random_id: the first non-special id.
+
+  Returns:
+    (input_ids int32 [L], positions int32 [P] ascending, labels int32 [P],
+    weights float32 [P]), padded with 0 / 0 / 0.0.
+  """
+  ids = np.asarray(ids)
+  maskable = np.asarray(maskable, bool)
+  _check(max_predictions, vocab_size, first_random_id, ids.shape[0])
+  cand = np.flatnonzero(maskable)
+  k = int(num_to_predict(cand.size, masked_lm_prob, max_predictions))
+  if word_start is None:
+    chosen = rng.permutation(cand)[:k]
+  else:
+    starts = _word_starts(maskable, np.asarray(word_start, bool))[cand]
+    bounds = np.append(np.flatnonzero(starts), cand.size)  # Word w = cand[bounds[w]:bounds[w + 1]].
+    picked, count = [], 0
+    for w in rng.permutation(bounds.size - 1).tolist():
+      if count >= k:
+        break
+      size = int(bounds[w + 1] - bounds[w])
+      if count + size > k:
+        continue
+      picked.append(cand[bounds[w]:bounds[w + 1]])
+      count += size
+    chosen = np.concatenate(picked) if picked else cand[:0]
+  chosen = np.sort(chosen)
+  n = chosen.size
+  u = rng.random(n)
+  random_ids = rng.integers(first_random_id, vocab_size, n)
+  input_ids = ids.astype(np.int32)
+  new = np.where(u < _MASK_PROB, mask_id, np.where(u < _MASK_PROB + _KEEP_PROB, ids[chosen], random_ids))
+  input_ids[chosen] = new
+  positions = np.zeros([max_predictions], np.int32)
+  labels = np.zeros([max_predictions], np.int32)
+  weights = np.zeros([max_predictions], np.float32)
+  positions[:n] = chosen
+  labels[:n] = ids[chosen]
+  weights[:n] = 1.0
+  return input_ids, positions, labels, weights
+
+
+def mask_batch(ids: np.ndarray, maskable: np.ndarray, keys: np.ndarray, *, masked_lm_prob: float,
+               max_predictions: int, vocab_size: int, word_start: np.ndarray | None = None,
+               mask_id: int = MASK_ID, first_random_id: int = NUM_SPECIAL):
+  """Masks a batch, vectorized; as `mask_tokens` per row but with keyed draws.
+
+  Args:
+    ids: int [B, L].
+    maskable: bool [B, L].
+    keys: uint64 [B]; row b's masks depend only on keys[b] (and its inputs).
+    masked_lm_prob, max_predictions, vocab_size, mask_id, first_random_id: as `mask_tokens`.
+    word_start: bool [B, L] or None (whole-word masking when given).
+
+  Returns:
+    (input_ids int32 [B, L], positions int32 [B, P], labels int32 [B, P],
+    weights float32 [B, P]).
+  """
+  ids = np.asarray(ids)
+  maskable = np.asarray(maskable, bool)
+  b, length = ids.shape
+  p = max_predictions
+  _check(p, vocab_size, first_random_id, length)
+  col = np.arange(length, dtype=np.uint64)
+  k = num_to_predict(maskable.sum(1), masked_lm_prob, p)  # [B]
+  draws = keyed_random.bits(keys, col)  # [B, L]
+  # Unique per row: random high bits, the column in the low bits.
+  priority = ((draws >> _COL_BITS) << _COL_BITS) | col
+  if word_start is None:
+    priority = np.where(maskable, priority, _NONE)
+    # The k-th smallest priority of each row is its threshold; k <= P.
+    smallest = np.partition(priority, p - 1, axis=1)[:, :p] if p < length else priority.copy()
+    smallest.sort(axis=1)
+    threshold = smallest[np.arange(b), np.maximum(k - 1, 0)]
+    chosen = maskable & (priority <= threshold[:, None]) & (k > 0)[:, None]
+  else:
+    chosen = _choose_words(maskable, np.asarray(word_start, bool), priority, k)
+  rows, cols = np.nonzero(chosen)  # Row-major: columns ascending within a row.
+  counts = np.bincount(rows, minlength=b)
+  slots = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+  labels_flat = ids[rows, cols].astype(np.int32)
+  # Second draw per position: top 32 bits pick 80/10/10, low 32 bits the random id.
+  d2 = keyed_random.bits(keys[rows], (cols + length)[:, None])[:, 0]
+  u = (d2 >> np.uint64(32)).astype(np.float64) * 2.0**-32
+  lo = (d2 & np.uint64(0xFFFFFFFF)).astype(np.float64) * 2.0**-32
+  random_ids = first_random_id + (lo * (vocab_size - first_random_id)).astype(np.int64)
+  new = np.where(u < _MASK_PROB, mask_id,
+                 np.where(u < _MASK_PROB + _KEEP_PROB, labels_flat, random_ids))
+  input_ids = ids.astype(np.int32)
+  input_ids[rows, cols] = new
+  positions = np.zeros([b, p], np.int32)
+  labels = np.zeros([b, p], np.int32)
+  weights = np.zeros([b, p], np.float32)
+  positions[rows, slots] = cols
+  labels[rows, slots] = labels_flat
+  weights[rows, slots] = 1.0
+  return input_ids, positions, labels, weights
+
+
+def _choose_words(maskable, word_start, priority, k):
+  """bool [B, L]: all positions of whole words taken in priority order within budget k [B]."""
+  b, length = maskable.shape
+  col = np.arange(length)
+  starts = _word_starts(maskable, word_start)
+  start_col = np.maximum.accumulate(np.where(starts, col, 0), axis=1)  # Each position's word start.
+  flat = (np.arange(b)[:, None] * length + start_col)[maskable]
+  word_len = np.bincount(flat, minlength=b * length).reshape(b, length)  # At word starts.
+  order = np.argsort(np.where(starts, priority, _NONE), axis=1)
+  lens = np.take_along_axis(word_len, order, axis=1)  # Words first, by priority; then zeros.
+  n_words = starts.sum(1)
+  take = np.zeros([b, length], bool)
+  count = np.zeros([b], np.int64)
+  for r in range(int(n_words.max(initial=0))):
+    lr = lens[:, r]
+    fits = (lr > 0) & (count + lr <= k)
+    take[:, r] = fits
+    count += np.where(fits, lr, 0)
+    if r % 8 == 7 and not ((count < k) & (n_words > r + 1)).any():
+      break
+  taken_start = np.zeros([b, length], bool)
+  np.put_along_axis(taken_start, order, take, axis=1)
+  return maskable & np.take_along_axis(taken_start, start_col, axis=1)
