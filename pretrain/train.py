@@ -250,20 +250,21 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   return last_row
 
 
-FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/bert_tiny.py.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and TensorBoard files go.")
+def define_flags() -> None:
+  """CLI flags; defined only when run as a program so that modules importing this one stay free to."""
+  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/bert_tiny.py.", lock_config=True)
+  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and TensorBoard files go.")
 
 
 def main(argv):
   del argv
   logging.getLogger().setLevel(logging.INFO)
-  if _CONFIG.value is None or not _WORKDIR.value:
+  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  if config is None or not workdir:
     print("error: --config and --workdir are required", file=sys.stderr)
     sys.exit(2)
   try:
-    row = train(_CONFIG.value, _WORKDIR.value)
+    row = train(config, workdir)
   except PretrainError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -272,4 +273,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)

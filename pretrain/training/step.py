@@ -53,7 +53,7 @@ def _make_train_step(task, model, tx, schedule, grad_accum: int, seed: int):
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(task.finalize(sums))
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = schedule(state.step)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 

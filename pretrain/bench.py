@@ -1,0 +1,594 @@
+"""Throughput of the training step, next to HF torch BERT and a measured matmul peak.
+
+  python -m pretrain.bench --config=configs/bert_tiny.py
+  python -m pretrain.bench --config=configs/bert_tiny.py --dtypes=bfloat16 --reference=none
+  python -m pretrain.bench --config=configs/bert_tiny.py --data --json_out=bench.json
+
+Times the project's real compiled train step (training/step.py: forward,
+backward, clipping and the AdamW update, on the default data-parallel mesh) for
+each compute dtype, at the config's batch, sequence length and prediction
+count. Alongside it, in the same process:
+
+* the peak of a jitted [M, K] x [K, N] matmul of the model's FFN shapes, per
+  dtype (bfloat16 inputs accumulate in float32, as the model's matmuls do);
+* with --reference=hf, HF torch `BertForPreTraining` of the identical shape
+  (random init, `torch.optim.AdamW`, full-length MLM labels: HF's standard
+  path), in float32 and under bfloat16 autocast;
+* with --data, examples/s of the input pipeline against HF's
+  `DataCollatorForLanguageModeling`.
+
+Model FLOPs are the task's count (`task.train_flops_per_example`): the MLM head
+runs on the masked positions only. HF's head projects every position onto the
+vocabulary; its TFLOP/s column counts that dense work.
+"""
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+from pretrain import metrics as metrics_lib
+from pretrain import sharding
+from pretrain.errors import PretrainError
+from pretrain.models import bert as bert_model
+from pretrain.tasks.bert import BertTask
+from pretrain.training import step as step_lib
+from pretrain.training.optimizer import make_optimizer
+
+# Ids of BERT's special tokens in every tokenizer of this project.
+_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+_NUM_SPECIAL = len(_SPECIAL_TOKENS)
+_CLS_ID, _SEP_ID = 2, 3
+
+
+@dataclasses.dataclass(frozen=True)
+class StandInTokenizer:
+  """What BertTask reads from a tokenizer; model timing needs no trained vocabulary."""
+  vocab_size: int
+  path: str = "<stand-in>"
+
+  @property
+  def word_start(self) -> np.ndarray:
+    return np.ones([self.vocab_size], bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+  """Seconds per step of each timing window; the median window is the figure."""
+  window_step_seconds: tuple[float, ...]
+  steps_per_window: int
+
+  @property
+  def step_seconds(self) -> float:
+    return statistics.median(self.window_step_seconds)
+
+
+@dataclasses.dataclass
+class Case:
+  """One thing to time: `run(n)` does n steps and returns once they are done.
+
+  `report(timing)` turns its timing into a result row. With `window_seconds`,
+  the steps per window follow from the warmup's pace instead of `steps`;
+  `max_seconds` caps the timed seconds of a slow case (one window at least).
+  """
+  label: str
+  run: Callable[[int], None]
+  report: Callable[[Timing], dict]
+  steps: int = 5
+  warmup: int = 2
+  window_seconds: float | None = None
+  max_seconds: float = float("inf")
+  context: Callable[[], Any] | None = None  # What breakdown() needs of a project case.
+
+
+def measure(cases: list[Case], windows: int = 3, pause: float = 0.25) -> list[Timing]:
+  """Warms every case up, then times them window by window, round robin.
+
+  Interleaving keeps ratios between cases honest when the machine's speed
+  drifts (shared CPUs do); the pause lets the last case's spinning worker
+  threads go idle before the next window starts.
+  """
+  if windows < 1:
+    raise PretrainError(f"windows={windows} must be positive")
+  steps, spent, seconds = [], [0.0] * len(cases), [[] for _ in cases]
+  for case in cases:
+    if case.steps < 1 or case.warmup < 1:
+      raise PretrainError(f"{case.label}: steps={case.steps} and warmup={case.warmup} must be positive")
+    t0 = time.perf_counter()
+    case.run(case.warmup)
+    pace = (time.perf_counter() - t0) / case.warmup  # An overestimate: the first step is the slowest.
+    n = case.steps
+    if case.window_seconds:
+      n = int(min(max(case.window_seconds / pace, 1), 1000))
+    if math.isfinite(case.max_seconds):
+      n = int(max(1, min(n, case.max_seconds / windows / pace)))
+    steps.append(n)
+  for _ in range(windows):
+    for i, case in enumerate(cases):
+      if seconds[i] and spent[i] > case.max_seconds:
+        continue
+      time.sleep(pause)
+      t0 = time.perf_counter()
+      case.run(steps[i])
+      elapsed = time.perf_counter() - t0
+      spent[i] += elapsed
+      seconds[i].append(elapsed / steps[i])
+  return [Timing(tuple(s), n) for s, n in zip(seconds, steps)]
+
+
+def run_cases(cases: list[Case], windows: int = 3) -> list[dict]:
+  return [case.report(t) for case, t in zip(cases, measure(cases, windows))]
+
+
+def synthetic_batch(batch: int, seq_len: int, predictions: int, vocab: int, seed: int = 0) -> dict:
+  """A full-length batch of `dummy_batch`'s fields: every token real, distinct masked positions."""
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(_NUM_SPECIAL, vocab, [batch, seq_len], dtype=np.int32)
+  ids[:, 0] = _CLS_ID
+  ids[:, seq_len // 2] = _SEP_ID
+  ids[:, -1] = _SEP_ID
+  segment = (np.arange(seq_len) > seq_len // 2).astype(np.int32)
+  positions = np.sort(np.stack([rng.choice(np.arange(1, seq_len), predictions, replace=False)
+                                for _ in range(batch)]), axis=1).astype(np.int32)
+  return {
+      "input_ids": ids,
+      "input_mask": np.ones([batch, seq_len], np.int32),
+      "segment_ids": np.broadcast_to(segment, [batch, seq_len]).copy(),
+      "masked_lm_positions": positions,
+      "masked_lm_ids": np.take_along_axis(ids, positions, axis=1),
+      "masked_lm_weights": np.ones([batch, predictions], np.float32),
+      "next_sentence_labels": rng.integers(0, 2, [batch], dtype=np.int32),
+  }
+
+
+def _shape(config) -> tuple[int, int, int]:
+  return int(config.train.batch_size), int(config.data.max_seq_length), int(config.data.max_predictions_per_seq)
+
+
+def _task(config, dtype: str | None = None) -> BertTask:
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    if dtype:
+      config.model.dtype = dtype
+  vocab = int(config.model.vocab_size) or int(config.tokenizer.vocab_size)
+  return BertTask(config, StandInTokenizer(vocab))
+
+
+def describe_model(config) -> str:
+  m = _task(config).model_config
+  batch, seq_len, predictions = _shape(config)
+  return (f"BERT L{m.num_layers} H{m.hidden_size} A{m.num_heads} I{m.intermediate_size} vocab {m.vocab_size}, "
+          f"batch {batch} x seq {seq_len}, {predictions} predictions")
+
+
+# --- the project's train step --------------------------------------------------
+
+
+def project_case(config, dtype: str, *, steps: int = 5, warmup: int = 2) -> Case:
+  """The compiled train step with `dtype` compute, on a batch of the config's shape."""
+  task = _task(config, dtype)
+  batch_size, seq_len, predictions = _shape(config)
+  mesh = sharding.make_mesh(config.mesh)
+  model = task.build_model()
+  tx, schedule = make_optimizer(config.optimizer, int(config.train.steps))
+  fns = step_lib.build(task, model, tx, schedule, mesh, batch_size, seed=int(config.train.seed))
+  state = fns.init_state(int(config.train.seed))
+  step, compile_seconds = fns.compile_train_step()
+  batch = sharding.make_global_batch(
+      synthetic_batch(batch_size, seq_len, predictions, task.vocab_size), mesh)
+
+  def run(n):
+    nonlocal state
+    for _ in range(n):
+      state, metrics = step(state, batch)
+    jax.block_until_ready((state, metrics))
+
+  def report(timing):
+    flops = task.train_flops_per_example() * batch_size
+    peak = metrics_lib.peak_flops_per_device(config.metrics) * mesh.size
+    row = _throughput("project", dtype, timing, batch_size * seq_len, flops, peak)
+    row.update(compile_seconds=compile_seconds, num_params=fns.num_params, devices=mesh.size,
+               flops_per_example=task.train_flops_per_example())
+    return row
+
+  return Case(f"project {dtype}", run, report, steps=steps, warmup=warmup,
+              context=lambda: (task, model, tx, mesh, state.params, batch))
+
+
+def _throughput(name: str, dtype: str, timing: Timing, tokens: int, flops: float, peak: float) -> dict:
+  seconds = timing.step_seconds
+  return {
+      "name": name,
+      "dtype": dtype,
+      "step_seconds": seconds,
+      "window_step_seconds": list(timing.window_step_seconds),
+      "steps_per_window": timing.steps_per_window,
+      "tokens_per_sec": tokens / seconds,
+      "tflops_per_sec": flops / seconds / 1e12,
+      "peak_flops": peak,
+      "mfu": flops / seconds / peak,
+      "flops_per_step": flops,
+  }
+
+
+def breakdown(case: Case, *, steps: int = 5, windows: int = 3) -> dict:
+  """Milliseconds of the step's parts, each jitted alone: where a project step's time goes."""
+  import optax  # pylint: disable=g-import-not-at-top
+  task, model, tx, mesh, params, batch = case.context()
+  rng = jax.random.key(0)
+  denominators = task.denominators(batch)
+
+  def objective(p, b, deterministic):
+    return task.loss(model, p, b, denominators, dropout_rng=rng, deterministic=deterministic)[0]
+
+  def update(p, g, o):
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), o
+
+  def part(label, fn, *args):
+    def run(n):
+      for _ in range(n):
+        r = fn(*args)
+      jax.block_until_ready(r)
+    return Case(label, run, lambda t: t.step_seconds * 1e3, steps=steps, warmup=1)
+
+  with sharding.mesh_context(mesh):
+    grad = jax.jit(jax.grad(lambda p, b: objective(p, b, False)))
+    cases = [
+        part("forward, no dropout", jax.jit(lambda p, b: objective(p, b, True)), params, batch),
+        part("forward", jax.jit(lambda p, b: objective(p, b, False)), params, batch),
+        part("forward+backward", grad, params, batch),
+        part("optimizer update", jax.jit(update), params, grad(params, batch), tx.init(params)),
+    ]
+    return dict(zip([c.label for c in cases], run_cases(cases, windows)))
+
+
+# --- the matmul peak -------------------------------------------------------------
+
+
+def matmul_shapes(config) -> list[tuple[int, int, int]]:
+  """The FFN's two matmuls at the config's tokens per step: [M, K] x [K, N]."""
+  m = _task(config).model_config
+  batch_size, seq_len, _ = _shape(config)
+  tokens = batch_size * seq_len
+  return [(tokens, m.hidden_size, m.intermediate_size), (tokens, m.intermediate_size, m.hidden_size)]
+
+
+def matmul_case(shape: tuple[int, int, int], dtype: str) -> Case:
+  """A jitted [M, K] x [K, N] matmul, `dtype` inputs, float32 accumulation (the model's matmuls)."""
+  m, k, n = shape
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.standard_normal([m, k], np.float32), dtype)
+  b = jnp.asarray(rng.standard_normal([k, n], np.float32), dtype)
+  matmul = jax.jit(lambda a, b: jax.lax.dot(a, b, preferred_element_type=jnp.float32))
+
+  def run(count):
+    for _ in range(count):
+      r = matmul(a, b)
+    r.block_until_ready()
+
+  report = lambda t: {"engine": "jax", "dtype": dtype, "shape": f"{m}x{k}x{n}",
+                      "flops_per_sec": 2 * m * k * n / t.step_seconds}
+  return Case(f"jax matmul {dtype} {m}x{k}x{n}", run, report, warmup=2, window_seconds=0.5)
+
+
+def torch_matmul_case(shape: tuple[int, int, int], autocast: bool) -> Case:
+  """The same matmul as torch's Linear does it, in float32 or under bfloat16 autocast."""
+  import torch  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count())
+  m, k, n = shape
+  x, w = torch.randn(m, k), torch.randn(n, k)
+
+  def run(count):
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+      for _ in range(count):
+        torch.nn.functional.linear(x, w)
+
+  dtype = "bf16-autocast" if autocast else "float32"
+  report = lambda t: {"engine": "torch", "dtype": dtype, "shape": f"{m}x{k}x{n}",
+                      "flops_per_sec": 2 * m * k * n / t.step_seconds}
+  return Case(f"torch matmul {dtype} {m}x{k}x{n}", run, report, warmup=1, window_seconds=0.5)
+
+
+# --- the HF torch reference --------------------------------------------------------
+
+
+HF_DTYPES = ("float32", "bf16-autocast")
+
+
+def hf_available() -> bool:
+  try:
+    import torch  # pylint: disable=g-import-not-at-top,unused-import
+    import transformers  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    return False
+  return True
+
+
+def hf_case(config, autocast: bool, *, steps: int = 5, max_seconds: float = float("inf")) -> Case:
+  """HF torch BertForPreTraining + torch AdamW of the identical shape: one training step."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  m = _task(config).model_config
+  batch_size, seq_len, predictions = _shape(config)
+  hf_config = transformers.BertConfig(
+      vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
+      num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size, hidden_act="gelu",
+      hidden_dropout_prob=m.dropout_rate, attention_probs_dropout_prob=m.attention_dropout_rate,
+      max_position_embeddings=m.max_position_embeddings, type_vocab_size=m.type_vocab_size,
+      initializer_range=m.initializer_range, layer_norm_eps=m.layer_norm_eps)
+  model = transformers.BertForPreTraining(hf_config)
+  model.train()
+  opt_cfg = config.optimizer
+  optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg.learning_rate, betas=(opt_cfg.b1, opt_cfg.b2),
+                                eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay)
+  b = synthetic_batch(batch_size, seq_len, predictions, m.vocab_size)
+  labels = np.full([batch_size, seq_len], -100, np.int64)
+  np.put_along_axis(labels, b["masked_lm_positions"], b["masked_lm_ids"], axis=1)
+  inputs = {
+      "input_ids": torch.from_numpy(b["input_ids"].astype(np.int64)),
+      "token_type_ids": torch.from_numpy(b["segment_ids"].astype(np.int64)),
+      "attention_mask": torch.from_numpy(b["input_mask"].astype(np.int64)),
+      "labels": torch.from_numpy(labels),
+      "next_sentence_label": torch.from_numpy(b["next_sentence_labels"].astype(np.int64)),
+  }
+  clip = float(opt_cfg.grad_clip_norm or 0.0)
+
+  def run(n):
+    for _ in range(n):
+      optimizer.zero_grad(set_to_none=True)
+      with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model(**inputs).loss
+      loss.backward()
+      if clip > 0:  # The project's step clips too.
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+      optimizer.step()
+
+  dtype = "bf16-autocast" if autocast else "float32"
+
+  def report(timing):
+    # HF projects all seq_len positions onto the vocabulary: count the FLOPs it does.
+    flops = 3.0 * bert_model.forward_flops_per_sequence(m, seq_len, seq_len) * batch_size
+    peak = metrics_lib.peak_flops_per_device(config.metrics)
+    row = _throughput("hf_torch", dtype, timing, batch_size * seq_len, flops, peak)
+    row["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+    return row
+
+  # No compilation to warm up: one step allocates the optimizer state.
+  return Case(f"HF torch {dtype}", run, report, steps=steps, warmup=1, max_seconds=max_seconds)
+
+
+# --- the input pipeline ------------------------------------------------------------
+
+
+def hf_tokenizer_stand_in(vocab_size: int):
+  """A transformers fast tokenizer with the project's special ids 0..4 and `vocab_size` pieces."""
+  import tokenizers  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  vocab = {tok: i for i, tok in enumerate(_SPECIAL_TOKENS)}
+  vocab.update({f"piece{i}": i for i in range(_NUM_SPECIAL, vocab_size)})
+  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+  tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+  return transformers.PreTrainedTokenizerFast(
+      tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+      sep_token="[SEP]", mask_token="[MASK]")
+
+
+def _unmasked_ids(batch: dict) -> np.ndarray:
+  """input_ids with the original tokens back at the masked positions (what a collator is given)."""
+  ids = batch["input_ids"].copy()
+  rows, cols = np.nonzero(batch["masked_lm_weights"] > 0)
+  ids[rows, batch["masked_lm_positions"][rows, cols]] = batch["masked_lm_ids"][rows, cols]
+  return ids
+
+
+def bench_data(config, *, batches: int = 200, reference: bool = True) -> dict:
+  """Examples/s of BertExamples.batch (one thread), of BatchStream, and of HF's MLM collator."""
+  from pretrain.data import pipeline  # pylint: disable=g-import-not-at-top
+  from pretrain.data.tokenizer import load_tokenized  # pylint: disable=g-import-not-at-top
+  config = config.copy_and_resolve_references()
+  batch_size = int(config.train.batch_size)
+  tokenizer, train_docs, _, stats = load_tokenized(config.data, config.tokenizer)
+  task = BertTask(config, tokenizer)
+  examples = task.examples(train_docs, seed=int(config.data.seed))
+  rows = lambda i: np.arange(i * batch_size, (i + 1) * batch_size, dtype=np.int64)
+  examples.batch(rows(0))  # Plans the first epoch.
+
+  def per_second(run) -> float:
+    t0 = time.perf_counter()
+    run()
+    return batches * batch_size / (time.perf_counter() - t0)
+
+  out = {"corpus_train_tokens": int(train_docs.num_tokens), "corpus_source": stats.get("source"),
+         "batch_size": batch_size, "batches": batches}
+  out["bert_examples_per_sec"] = per_second(lambda: [examples.batch(rows(i)) for i in range(1, batches + 1)])
+  stream = pipeline.BatchStream(examples, batch_size, num_threads=config.data.num_threads,
+                                prefetch_batches=config.data.prefetch_batches)
+  next(stream)
+  out["batch_stream_per_sec"] = per_second(lambda: [next(stream) for _ in range(batches)])
+  out["batch_stream_threads"] = int(config.data.num_threads)
+  if reference and hf_available():
+    import transformers  # pylint: disable=g-import-not-at-top
+    collator = transformers.DataCollatorForLanguageModeling(
+        hf_tokenizer_stand_in(tokenizer.vocab_size), mlm=True, mlm_probability=0.15)
+    features = [[{"input_ids": row.tolist()} for row in _unmasked_ids(examples.batch(rows(i)))]
+                for i in range(batches)]
+    it = iter(features)
+    out["hf_collator_per_sec"] = per_second(lambda: [collator(next(it)) for _ in range(batches)])
+  return out
+
+
+# --- running it all ----------------------------------------------------------------
+
+
+def versions() -> dict:
+  v = {"jax": jax.__version__, "python": platform.python_version()}
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+    import transformers  # pylint: disable=g-import-not-at-top
+    v.update(torch=torch.__version__, transformers=transformers.__version__)
+  except ImportError:
+    pass
+  return v
+
+
+def run_benchmark(config, *, dtypes=("float32", "bfloat16"), reference: str = "auto", steps: int = 5,
+                  windows: int = 3, warmup: int = 2, matmul: bool = True, data: bool = False,
+                  breakdown_parts: bool = False, reference_max_seconds: float = 180.0,
+                  reference_dtypes=HF_DTYPES, log: Callable[[str], None] = lambda s: None) -> dict:
+  """Every measurement the flags ask for, as one JSON-able dict."""
+  if reference not in ("auto", "hf", "none"):
+    raise PretrainError(f"reference={reference!r}: expected 'auto', 'hf' or 'none'")
+  if reference == "hf" and not hf_available():
+    raise PretrainError("reference=hf needs torch and transformers: pip install -e '.[bench]'")
+  use_hf = reference == "hf" or (reference == "auto" and hf_available())
+  for hf_dtype in reference_dtypes:
+    if hf_dtype not in HF_DTYPES:
+      raise PretrainError(f"reference dtype {hf_dtype!r}: expected one of {', '.join(HF_DTYPES)}")
+  device = jax.devices()[0]
+  results: dict[str, Any] = {
+      "date": datetime.datetime.now().isoformat(timespec="seconds"),
+      "model": describe_model(config),
+      "device": f"{jax.device_count()} x {device.device_kind} ({device.platform}), {os.cpu_count()} CPU cores",
+      "versions": versions(),
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "windows": windows,
+  }
+  project, matmuls, hf = [], [], []
+  for dtype in dtypes:
+    log(f"compiling the project's train step, {dtype} ...")
+    project.append(project_case(config, dtype, steps=steps, warmup=warmup))
+    if matmul:
+      matmuls += [matmul_case(shape, dtype) for shape in matmul_shapes(config)]
+  if use_hf:
+    for hf_dtype in reference_dtypes:
+      autocast = hf_dtype == "bf16-autocast"
+      hf.append(hf_case(config, autocast, steps=steps, max_seconds=reference_max_seconds))
+      if matmul:
+        matmuls += [torch_matmul_case(shape, autocast) for shape in matmul_shapes(config)]
+  log(f"timing {len(project + hf + matmuls)} cases, {windows} windows each, round robin ...")
+  rows = run_cases(project + hf + matmuls, windows)
+  results["project"] = rows[:len(project)]
+  results["hf"] = rows[len(project):len(project) + len(hf)]
+  results["matmul"] = rows[len(project) + len(hf):]
+
+  for r in results["project"]:
+    same = [m["flops_per_sec"] for m in results["matmul"] if m["engine"] == "jax" and m["dtype"] == r["dtype"]]
+    if same:
+      r["of_matmul_peak"] = r["tflops_per_sec"] * 1e12 / (max(same) * jax.device_count())
+  results["ratios"] = {}
+  hf_tokens = {r["dtype"]: r["tokens_per_sec"] for r in results["hf"]}
+  for r in results["project"]:
+    for hf_dtype, tokens in hf_tokens.items():
+      if r["dtype"] == "float32" and hf_dtype != "float32":
+        continue  # float32 is compared with float32 only.
+      results["ratios"][f"project {r['dtype']} / HF torch {hf_dtype}"] = r["tokens_per_sec"] / tokens
+  if breakdown_parts:
+    for case, r in zip(project, results["project"]):
+      log(f"timing the parts of the {r['dtype']} step ...")
+      r["breakdown_ms"] = breakdown(case, steps=steps, windows=windows)
+  if data:
+    log("input pipeline ...")
+    results["data"] = bench_data(config, reference=use_hf)
+  return results
+
+
+def format_table(results: dict) -> str:
+  """The results as a readable plain-text table."""
+  lines = [results["model"], f"{results['device']}; " +
+           ", ".join(f"{k} {v}" for k, v in results["versions"].items()) +
+           (f"; XLA_FLAGS={results['xla_flags']}" if results["xla_flags"] else ""), ""]
+  header = (f"{'':26}{'tokens/s':>10}{'step ms':>9}{'windows min-max':>17}{'TFLOP/s':>9}{'MFU':>7}"
+            f"{'of matmul peak':>16}")
+  lines += [header, "-" * len(header)]
+  for r in results["project"] + results["hf"]:
+    name = f"{'project' if r['name'] == 'project' else 'HF torch'} {r['dtype']}"
+    of_peak = f"{r['of_matmul_peak']:.1%}" if "of_matmul_peak" in r else "-"
+    spread = f"{min(r['window_step_seconds']) * 1e3:.0f}-{max(r['window_step_seconds']) * 1e3:.0f}"
+    lines.append(f"{name:26}{r['tokens_per_sec']:>10,.0f}{r['step_seconds'] * 1e3:>9.1f}{spread:>17}"
+                 f"{r['tflops_per_sec']:>9.4f}{r['mfu']:>7.1%}{of_peak:>16}")
+  if results["project"]:
+    peak = results["project"][0]["peak_flops"]
+    lines.append(f"(MFU against {peak / 1e9:,.0f} GFLOP/s; HF TFLOP/s counts its dense MLM head over all positions)")
+  if results["matmul"]:
+    lines.append("")
+    groups: dict[str, list[dict]] = {}
+    for m in results["matmul"]:
+      groups.setdefault(f"{m['engine']} {m['dtype']}", []).append(m)
+    for name, ms in groups.items():
+      shapes = ", ".join(f"{m['shape']} {m['flops_per_sec'] / 1e9:,.0f}" for m in ms)
+      lines.append(f"matmul {name:22} GFLOP/s: {shapes}")
+  if results["ratios"]:
+    lines.append("")
+    for k, v in results["ratios"].items():
+      lines.append(f"{k:40} {v:6.2f}x")
+  for r in results["project"]:
+    if "breakdown_ms" in r:
+      lines.append("")
+      lines.append(f"project {r['dtype']} breakdown (ms, each part jitted alone): " +
+                   ", ".join(f"{k} {v:.1f}" for k, v in r["breakdown_ms"].items()) +
+                   f"; full step {r['step_seconds'] * 1e3:.1f}")
+  if "data" in results:
+    d = results["data"]
+    lines += ["", f"input pipeline (batch {d['batch_size']}, examples/s): "
+              f"BertExamples.batch 1 thread {d['bert_examples_per_sec']:,.0f}; "
+              f"BatchStream {d['batch_stream_threads']} threads {d['batch_stream_per_sec']:,.0f}" +
+              (f"; HF DataCollatorForLanguageModeling {d['hf_collator_per_sec']:,.0f}"
+               if "hf_collator_per_sec" in d else "")]
+  return "\n".join(lines)
+
+
+def define_flags() -> None:
+  """CLI flags; defined only when run as a program so importing this module defines none."""
+  config_flags.DEFINE_config_file("config", "configs/bert_tiny.py", "Config file.", lock_config=True)
+  flags.DEFINE_integer("steps", 5, "Timed steps per window.")
+  flags.DEFINE_integer("windows", 3, "Timing windows; the median window is reported.")
+  flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+  flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes of the project's step.")
+  flags.DEFINE_enum("reference", "auto", ["auto", "hf", "none"],
+                    "HF torch reference; auto = when torch and transformers import.")
+  flags.DEFINE_float(
+      "reference_max_seconds", 180.0, "Stop timing a reference after this long (at least one window).")
+  flags.DEFINE_list("reference_dtypes", list(HF_DTYPES), "HF torch modes to time.")
+  flags.DEFINE_bool("matmul", True, "Measure the matmul peak of each dtype.")
+  flags.DEFINE_bool("data", False, "Benchmark the input pipeline too (tokenizes the corpus).")
+  flags.DEFINE_bool("breakdown", False, "Time forward, backward and the optimizer update alone.")
+  flags.DEFINE_string("json_out", "", "Also write the results here as JSON.")
+
+
+def main(argv):
+  del argv
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name,redefined-outer-name
+  try:
+    results = run_benchmark(
+        FLAGS.config, dtypes=tuple(FLAGS.dtypes), reference=FLAGS.reference, steps=FLAGS.steps,
+        windows=FLAGS.windows, warmup=FLAGS.warmup, matmul=FLAGS.matmul, data=FLAGS.data,
+        breakdown_parts=FLAGS.breakdown, reference_max_seconds=FLAGS.reference_max_seconds,
+        reference_dtypes=tuple(FLAGS.reference_dtypes),
+        log=lambda s: print(s, file=sys.stderr, flush=True))
+  except PretrainError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(format_table(results))
+  if FLAGS.json_out:
+    with open(FLAGS.json_out, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
