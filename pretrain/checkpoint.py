@@ -13,6 +13,8 @@ import orbax.checkpoint as ocp
 
 from pretrain.errors import PretrainError
 
+_logger = logging.getLogger(__name__)
+
 
 class Checkpointer:
   """One workdir's checkpoints: `<workdir>/checkpoints/<step>/{state,data,config}`."""
@@ -67,7 +69,7 @@ class Checkpointer:
             data=ocp.args.JsonRestore(),
         ),
     )
-    logging.info("restored step %d from %s", step, self.directory)
+    _logger.info("restored step %d from %s", step, self.directory)
     return out["state"], out["data"]
 
   def wait(self):

@@ -34,6 +34,8 @@ from pretrain.errors import PretrainError
 from pretrain.training import step as step_lib
 from pretrain.training.optimizer import make_optimizer
 
+_logger = logging.getLogger(__name__)
+
 
 def _validate(config, mesh):
   t = config.train
@@ -141,7 +143,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     with sharding.mesh_context(mesh):
       state, data_state = checkpointer.restore(latest, fns.abstract_state)
     stream.set_state(data_state)
-    logging.info("resumed from step %d", latest)
+    _logger.info("resumed from step %d", latest)
   else:
     state = fns.init_state(int(config.train.seed))
   train_step, compile_seconds = fns.compile_train_step()
@@ -153,7 +155,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   if start_step == 0:
     writer.write_text("config", "```\n" + str(config) + "\n```")
   if is_main:
-    logging.info("task %s, %s parameters, mesh %s, corpus %s", task.name, f"{n_params:,}",
+    _logger.info("task %s, %s parameters, mesh %s, corpus %s", task.name, f"{n_params:,}",
                  dict(mesh.shape), corpus_stats)
 
   flops_per_step = task.train_flops_per_example() * global_batch
@@ -258,7 +260,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  logging.getLogger().setLevel(logging.INFO)
+  logging.getLogger("pretrain").setLevel(logging.INFO)  # Ours at INFO; libraries stay at WARNING.
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if config is None or not workdir:
     print("error: --config and --workdir are required", file=sys.stderr)

@@ -11,6 +11,7 @@ import functools
 import glob
 import hashlib
 import json
+import logging
 import os
 import re
 import sys
@@ -18,9 +19,9 @@ import sysconfig
 import warnings
 from typing import Any, Iterable, Sequence
 
-from absl import logging
-
 from pretrain.errors import PretrainError
+
+_logger = logging.getLogger(__name__)
 
 # Bump when the embedded corpus' extraction or cleaning changes: it keys caches.
 EMBEDDED_VERSION = "embedded-v1"
@@ -232,7 +233,7 @@ def _decoded_lines(path: str, stats: dict) -> Iterable[str]:
       line = line.lstrip("\ufeff")
     yield line.rstrip("\r")
   if bad:
-    logging.warning("%s: skipped %d line(s) that are not valid UTF-8", path, bad)
+    _logger.warning("%s: skipped %d line(s) that are not valid UTF-8", path, bad)
     stats["undecodable_lines"] += bad
 
 
@@ -284,7 +285,7 @@ def read_jsonl(patterns: str | Sequence[str], text_field: str) -> tuple[list[lis
       if sentences:
         docs.append(sentences)
     if bad:
-      logging.warning("%s: skipped %d line(s) that are not JSON objects with a string field %r",
+      _logger.warning("%s: skipped %d line(s) that are not JSON objects with a string field %r",
                       path, bad, text_field)
       stats["bad_lines"] += bad
   if not docs:

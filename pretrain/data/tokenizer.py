@@ -8,6 +8,7 @@ import hashlib
 import io
 import itertools
 import json
+import logging
 import numbers
 import os
 import re
@@ -15,13 +16,14 @@ import tempfile
 import zipfile
 from typing import Any, Callable, Iterable, Sequence
 
-from absl import logging
 import numpy as np
 import sentencepiece as spm
 
 from pretrain.data import corpus as corpus_lib
 from pretrain.data.tokenized import TokenizedDocs
 from pretrain.errors import PretrainError
+
+_logger = logging.getLogger(__name__)
 
 PAD_ID, UNK_ID, CLS_ID, SEP_ID, MASK_ID = 0, 1, 2, 3, 4
 NUM_SPECIAL = 5
@@ -209,9 +211,9 @@ def _load_tokenizer(tok_cfg: Any, corpus_cfg: Any, get_corpus: Callable[[], corp
     try:
       return Tokenizer(cached)
     except PretrainError as e:
-      logging.warning("ignoring a broken cached tokenizer: %s", e)
+      _logger.warning("ignoring a broken cached tokenizer: %s", e)
   vocab_size, model_type = _get(tok_cfg, "vocab_size"), _get(tok_cfg, "model_type", "unigram")
-  logging.info("training a %s tokenizer (vocab %d) on the %s corpus; caching it at %s",
+  _logger.info("training a %s tokenizer (vocab %d) on the %s corpus; caching it at %s",
                model_type, vocab_size, _get(corpus_cfg, "source"), cached)
   return train_tokenizer(_corpus_sentences(get_corpus()), vocab_size, model_type, cached)
 
@@ -289,9 +291,9 @@ def load_tokenized(data_cfg: Any, tok_cfg: Any) -> tuple[Tokenizer, TokenizedDoc
       splits, stats = _load_tokenized_file(path)
       return tokenizer, splits["train"], splits["heldout"], stats
     except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
-      logging.warning("ignoring a broken token cache %s: %s", path, e)
+      _logger.warning("ignoring a broken token cache %s: %s", path, e)
   c = get_corpus()
-  logging.info("tokenizing the %s corpus; caching the tokens at %s", c.stats["source"], path)
+  _logger.info("tokenizing the %s corpus; caching the tokens at %s", c.stats["source"], path)
   splits = {"train": tokenize_documents(c.train, tokenizer),
             "heldout": tokenize_documents(c.heldout, tokenizer)}
   stats = dict(c.stats, train_num_tokens=splits["train"].num_tokens,
