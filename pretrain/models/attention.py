@@ -50,10 +50,10 @@ def padding_mask(input_mask: Array) -> Array:
   return input_mask[:, None, None, :].astype(jnp.bool_)
 
 
-def _xla_attention(query, key, value, bias, mask, dropout_rng, dropout_rate, deterministic, dtype):
-  head_dim = query.shape[-1]
+def _xla_attention(query, key, value, bias, mask, dropout_rng, dropout_rate, deterministic, dtype, scale):
   # Scaling q costs length*head_dim multiplies per head instead of length**2.
-  query = query * jnp.asarray(head_dim**-0.5, query.dtype)
+  if scale != 1.0:
+    query = query * jnp.asarray(scale, query.dtype)
   # Heads-major copies make both matmuls plain batched matmuls; XLA:CPU runs
   # this ~25% faster (fwd+bwd) than the einsums over [batch, length, heads, head_dim].
   query, key, value = (jnp.swapaxes(x, 1, 2).astype(dtype) for x in (query, key, value))
@@ -83,8 +83,9 @@ def dot_product_attention(
     deterministic: bool = True,
     backend: str = 'xla',
     dtype=jnp.float32,
+    scale: float | None = None,
 ) -> Array:
-  """softmax(q k^T / sqrt(head_dim) + bias, masked) v -> float32 `[batch, q_length, heads, head_dim]`.
+  """softmax(scale q k^T + bias, masked) v -> float32 `[batch, q_length, heads, head_dim]`.
 
   Args:
     query: `[batch, q_length, heads, head_dim]`.
@@ -97,17 +98,19 @@ def dot_product_attention(
     deterministic: no dropout when True.
     backend: one of BACKENDS.
     dtype: matmul input dtype (accumulation is always float32).
+    scale: logits scale; None is 1/sqrt(head_dim) (T5 uses 1.0, folding it into the init).
   """
   check_backend(backend)
+  scale = query.shape[-1]**-0.5 if scale is None else float(scale)
   if backend == 'dot_product_attention':
     if not deterministic and dropout_rate > 0.0:
       _log_once('attention backend dot_product_attention has no dropout; using xla while attention dropout is active')
     else:
-      return _jax_nn_attention(query, key, value, bias, mask, dtype)
-  return _xla_attention(query, key, value, bias, mask, dropout_rng, dropout_rate, deterministic, dtype)
+      return _jax_nn_attention(query, key, value, bias, mask, dtype, scale)
+  return _xla_attention(query, key, value, bias, mask, dropout_rng, dropout_rate, deterministic, dtype, scale)
 
 
-def _jax_nn_attention(query, key, value, bias, mask, dtype):
+def _jax_nn_attention(query, key, value, bias, mask, dtype, scale):
   query, key, value = (x.astype(dtype) for x in (query, key, value))
   implementation = 'xla'
   if jax.default_backend() != 'gpu':
@@ -119,13 +122,15 @@ def _jax_nn_attention(query, key, value, bias, mask, dtype):
   else:
     implementation = 'cudnn'
   try:
-    out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, implementation=implementation)
+    out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
+                                       implementation=implementation)
   except (ValueError, NotImplementedError, RuntimeError) as e:
     if implementation != 'cudnn':
       raise
     # cuDNN rejects some shapes, head sizes and library versions at trace time.
     _log_once(f'attention backend dot_product_attention: cuDNN unavailable ({e}); using xla')
-    out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, implementation='xla')
+    out = jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale,
+                                       implementation='xla')
   return out.astype(jnp.float32)
 
 
@@ -137,6 +142,8 @@ class MultiHeadAttention(nn.Module):
   dropout_rate: float = 0.0
   backend: str = 'xla'
   initializer_range: float = 0.02
+  use_bias: bool = True  # Projection biases (BERT, GPT-2); T5 has none.
+  logits_scale: float | None = None  # None: 1/sqrt(head_dim).
 
   @nn.compact
   def __call__(
@@ -155,7 +162,8 @@ class MultiHeadAttention(nn.Module):
     init = layers.default_init(self.initializer_range)
 
     def projection(name):
-      return layers.Dense(features, ('embed', 'heads'), dtype=self.dtype, kernel_init=init, name=name)
+      return layers.Dense(features, ('embed', 'heads'), use_bias=self.use_bias, dtype=self.dtype,
+                          kernel_init=init, name=name)
 
     def split_heads(x):
       x = x.reshape(x.shape[:-1] + (self.num_heads, self.head_dim))
@@ -175,8 +183,10 @@ class MultiHeadAttention(nn.Module):
         deterministic=deterministic,
         backend=self.backend,
         dtype=self.dtype,
+        scale=self.logits_scale,
     )  # [batch, q_length, heads, head_dim]
     x = x.reshape(x.shape[:-2] + (features,))
     x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_heads'))
-    x = layers.Dense(inputs_q.shape[-1], ('heads', 'embed'), dtype=self.dtype, kernel_init=init, name='out')(x)
+    x = layers.Dense(inputs_q.shape[-1], ('heads', 'embed'), use_bias=self.use_bias, dtype=self.dtype,
+                     kernel_init=init, name='out')(x)
     return x  # [batch, q_length, embed] float32
