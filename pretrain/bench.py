@@ -39,6 +39,7 @@ import jax.numpy as jnp
 from ml_collections import config_flags
 import numpy as np
 
+from pretrain import cli
 from pretrain import metrics as metrics_lib
 from pretrain import sharding
 from pretrain.errors import PretrainError
@@ -571,6 +572,7 @@ def define_flags() -> None:
 
 
 def main(argv):
+  cli.quiet_library_logs()
   del argv
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name,redefined-outer-name
   try:

@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from pretrain import cli
 from pretrain.data import corpus as corpus_lib
 from pretrain.data import tokenizer as tokenizer_lib
 from pretrain.errors import PretrainError
@@ -56,6 +57,7 @@ def run(config, out: str) -> None:
 
 
 def main(argv: list[str]) -> None:
+  cli.quiet_library_logs()
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   if flags.FLAGS.config is None:

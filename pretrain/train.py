@@ -25,6 +25,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pretrain import checkpoint as ckpt_lib
+from pretrain import cli
 from pretrain import metrics as metrics_lib
 from pretrain import sharding
 from pretrain import tasks
@@ -34,7 +35,7 @@ from pretrain.errors import PretrainError
 from pretrain.training import step as step_lib
 from pretrain.training.optimizer import make_optimizer
 
-_logger = logging.getLogger(__name__)
+_logger = logging.getLogger("pretrain.train")  # Not __name__: that is "__main__" under -m.
 
 
 def _validate(config, mesh):
@@ -260,7 +261,7 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  logging.getLogger("pretrain").setLevel(logging.INFO)  # Ours at INFO; libraries stay at WARNING.
+  cli.quiet_library_logs()
   config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
   if config is None or not workdir:
     print("error: --config and --workdir are required", file=sys.stderr)

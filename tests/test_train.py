@@ -198,6 +198,26 @@ def test_cli_rejects_unknown_key_and_bad_type(tmp_path):
   assert not os.path.exists(workdir)
 
 
+def test_cli_trains_resumes_and_keeps_library_logs_quiet(text_corpus, tmp_path):
+  workdir = str(tmp_path / "run")
+  args = ["--config=configs/bert_tiny.py", f"--workdir={workdir}", "--config.data.source=text",
+          f"--config.data.paths={text_corpus}", "--config.tokenizer.vocab_size=512",
+          "--config.model.hidden_size=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
+          "--config.model.intermediate_size=64", "--config.data.max_seq_length=32",
+          "--config.data.max_predictions_per_seq=5", "--config.train.steps=4", "--config.train.batch_size=8",
+          "--config.train.log_every=2", "--config.eval.every_steps=0", "--config.checkpoint.every_steps=2",
+          "--config.metrics.progress_bar=False"]
+  r = _cli(args)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 4
+  assert [row["step"] for row in train_rows(workdir)] == [2, 4]
+  assert "CheckpointManager" not in r.stderr and "async_checkpointer" not in r.stderr, r.stderr[-2000:]
+  r = _cli(args[:-5] + ["--config.train.steps=6", *args[-4:]])  # Same run, extended: resumes at 4.
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert "resumed from step 4" in r.stderr
+  assert [row["step"] for row in train_rows(workdir)] == [2, 4, 6]
+
+
 def test_cli_missing_corpus_is_one_clear_error(tmp_path):
   workdir = str(tmp_path / "run")
   r = _cli(["--config=configs/bert_tiny.py", f"--workdir={workdir}", "--config.data.source=text",
