@@ -214,7 +214,8 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
              disable=not (is_main and config.metrics.progress_bar), file=sys.stderr)
   if is_main and start_step < total_steps:
-    writer.write(start_step, {"compile_seconds": compile_seconds, "num_params": n_params})
+    writer.write(start_step, {"compile_seconds": compile_seconds, "num_params": n_params,
+                              "tokens_per_step": tokens_per_step})
   step = start_step
   if is_main and start_step >= total_steps:
     print(f"{workdir} already holds the final step {start_step}; nothing to do.", file=sys.stderr)

@@ -1,0 +1,319 @@
+"""Ablations: one base config, named overrides, the same data, seed and budget; one report.
+
+  python -m pretrain.ablate --config=configs/ablations/attention.py --workdir=DIR
+  python -m pretrain.ablate --config=... --workdir=DIR --variant=gqa   # one variant (e.g. one pod job)
+  python -m pretrain.ablate --config=... --workdir=DIR --report_only   # gather finished variants
+
+A sweep config's `get_config()` returns:
+  base            a config file (relative paths from the repository root)
+  base_overrides  nested overrides applied to every variant (e.g. a CPU budget)
+  variants        name -> nested overrides ({} is the base itself)
+
+Every variant trains in its own process (so peak memory and compile time are
+its own) into DIR/<name>/ with the unchanged `pretrain.train` loop; the budget
+is the same number of tokens for all (steps x batch x sequence, and the data
+and init seeds, may not be overridden per variant). A finished variant is
+skipped; an interrupted one resumes from its checkpoint. DIR then holds
+report.md (sorted by eval loss), results.csv and loss_curves.png.
+"""
+import csv
+import importlib.util
+import json
+import math
+import multiprocessing
+import os
+import resource
+import sys
+from typing import Any
+
+from absl import app
+from absl import flags
+import ml_collections
+from ml_collections import config_flags
+
+from pretrain import cli
+from pretrain.errors import PretrainError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# A fair comparison: the same examples in the same order for the same number of steps.
+FIXED_KEYS = ("train.steps", "train.batch_size", "train.grad_accum_steps", "train.seed", "data.seed",
+              "data.max_seq_length", "data.source", "data.paths")
+RESULT = "result.json"
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """`get_config()` of a config file (a path relative to the repository root also works)."""
+  full = path if os.path.isabs(path) or os.path.exists(path) else os.path.join(REPO, path)
+  if not os.path.isfile(full):
+    raise PretrainError(f"base config {path!r} not found")
+  spec = importlib.util.spec_from_file_location("_ablation_base", full)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def _flatten(overrides, prefix="") -> dict[str, Any]:
+  flat = {}
+  for key, value in (overrides.items() if overrides else []):
+    if isinstance(value, (dict, ml_collections.ConfigDict)):
+      flat.update(_flatten(value, f"{prefix}{key}."))
+    else:
+      flat[f"{prefix}{key}"] = value
+  return flat
+
+
+def _get(config, dotted: str):
+  for part in dotted.split("."):
+    config = config[part]
+  return config
+
+
+def _apply(config: ml_collections.ConfigDict, overrides, what: str) -> None:
+  for key, value in _flatten(overrides).items():
+    try:
+      _get(config, key)
+      config.update_from_flattened_dict({key: value})
+    except (KeyError, AttributeError, TypeError) as e:
+      raise PretrainError(f"{what}: cannot set {key}={value!r} ({e})") from e
+
+
+def variant_configs(sweep) -> dict[str, ml_collections.ConfigDict]:
+  """Each variant's full training config, checked to share the base's data, seed and budget."""
+  if not sweep.variants:
+    raise PretrainError("the sweep has no variants")
+  base = load_config_file(sweep.base)
+  _apply(base, sweep.get("base_overrides"), "base_overrides")
+  out = {}
+  for name, overrides in sweep.variants.items():
+    if not name.replace("_", "").replace("-", "").isalnum():
+      raise PretrainError(f"variant name {name!r}: use letters, digits, '-' and '_' (it names a folder)")
+    config = ml_collections.ConfigDict(base.to_dict())
+    _apply(config, overrides, f"variant {name}")
+    for key in FIXED_KEYS:
+      if _get(config, key) != _get(base, key):
+        raise PretrainError(f"variant {name} changes {key}; every variant must train on the same data "
+                            "for the same budget (set it in base_overrides instead)")
+    out[name] = config
+  return out
+
+
+def _train_variant(config_dict: dict, workdir: str) -> None:
+  """Child process: train (or resume) one variant and record its peak memory."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from pretrain.train import train  # pylint: disable=g-import-not-at-top
+  cli.quiet_library_logs()
+  status, error = "done", ""
+  try:
+    train(ml_collections.ConfigDict(config_dict), workdir)
+  except PretrainError as e:
+    status, error = "failed", str(e)
+  stats = jax.devices()[0].memory_stats() or {}
+  result = {
+      "status": status,
+      "error": error,
+      "steps": int(config_dict["train"]["steps"]),
+      # Device memory where the runtime reports it (GPU/TPU), else the process' peak RSS (CPU).
+      "peak_memory_bytes": int(stats.get("peak_bytes_in_use", 0))
+                           or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+      "peak_memory_kind": "device" if stats.get("peak_bytes_in_use") else "host_rss",
+  }
+  with open(os.path.join(workdir, RESULT), "w", encoding="utf-8") as f:
+    json.dump(result, f)
+
+
+def run_variant(name: str, config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
+  """Trains one variant unless its result is already there; returns its result record."""
+  path = os.path.join(workdir, RESULT)
+  if os.path.isfile(path):
+    with open(path, encoding="utf-8") as f:
+      result = json.load(f)
+    if result.get("status") == "done" and result.get("steps") == int(config.train.steps):
+      log(f"{name}: finished earlier, skipped")
+      return result
+    os.remove(path)  # A failed or shorter run: train again (it resumes from its checkpoints).
+  os.makedirs(workdir, exist_ok=True)
+  log(f"{name}: training in {workdir}")
+  process = multiprocessing.get_context("spawn").Process(
+      target=_train_variant, args=(config.to_dict(), workdir))
+  process.start()
+  process.join()
+  if not os.path.isfile(path):
+    return {"status": "failed", "error": f"the training process exited with code {process.exitcode}"}
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _read_rows(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.isfile(path):
+    return []
+  with open(path, encoding="utf-8") as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _accuracy_key(row: dict) -> str | None:
+  keys = sorted(k for k in row if k.startswith("eval_") and k.endswith("accuracy"))
+  return next((k for k in keys if "mlm" in k), keys[0] if keys else None)
+
+
+def summarize(name: str, config, workdir: str, result: dict) -> dict:
+  """One report row from a variant's metrics.jsonl and result record."""
+  rows = _read_rows(workdir)
+  header = [r for r in rows if "num_params" in r]
+  train_rows = [r for r in rows if "loss" in r]
+  eval_rows = [r for r in rows if "eval_loss" in r]
+  last_eval = eval_rows[-1] if eval_rows else {}
+  acc_key = _accuracy_key(last_eval)
+  speeds = sorted(r["tokens_per_sec"] for r in train_rows)
+  return {
+      "variant": name,
+      "status": result.get("status", "missing"),
+      "params": int(header[0]["num_params"]) if header else None,
+      "final_train_loss": train_rows[-1]["loss"] if train_rows else None,
+      "eval_loss": last_eval.get("eval_loss"),
+      "eval_accuracy": last_eval.get(acc_key) if acc_key else None,
+      "accuracy_metric": acc_key or "",
+      "tokens_per_sec": speeds[len(speeds) // 2] if speeds else None,
+      "peak_memory_mib": result["peak_memory_bytes"] / 2**20 if result.get("peak_memory_bytes") else None,
+      "peak_memory_kind": result.get("peak_memory_kind", ""),
+      "compile_seconds": header[0]["compile_seconds"] if header else None,
+      "attention_backend": (header[0].get("attention_backend") if header else None)
+                           or str(config.model.get("attention_backend", "")),
+      "tokens_per_step": header[0].get("tokens_per_step") if header else None,
+      "error": result.get("error", ""),
+  }
+
+
+def _sort_key(row):
+  loss = row["eval_loss"]
+  return (loss is None or not math.isfinite(loss), loss if loss is not None else 0.0, row["variant"])
+
+
+def _fmt(value, spec="") -> str:
+  if value is None:
+    return "-"
+  return format(value, spec) if spec else str(value)
+
+
+def write_report(sweep, rows: list[dict], curves: dict, workdir: str, command: str) -> None:
+  """report.md, results.csv and loss_curves.png in `workdir`."""
+  rows = sorted(rows, key=_sort_key)
+  fields = list(rows[0])
+  with open(os.path.join(workdir, "results.csv"), "w", newline="", encoding="utf-8") as f:
+    writer = csv.DictWriter(f, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+
+  tokens = next((r["tokens_per_step"] for r in rows if r["tokens_per_step"]), None)
+  acc_name = next((r["accuracy_metric"] for r in rows if r["accuracy_metric"]), "eval accuracy")
+  lines = [
+      f"# Ablation report: {os.path.basename(workdir.rstrip(os.sep))}",
+      "",
+      f"Base config: `{sweep.base}` with base overrides `{json.dumps(_flatten(sweep.get('base_overrides')))}`.",
+      f"Budget: the same {_fmt(tokens, ',')} tokens per step for every variant, "
+      f"same data order and seeds. Command: `{command}`.",
+      "",
+      f"| variant | params | final train loss | eval loss | {acc_name} | tokens/s | peak memory (MiB) "
+      "| compile s | attention backend |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+  ]
+  for r in rows:
+    name = r["variant"] if r["status"] == "done" else f"{r['variant']} ({r['status']})"
+    lines.append(
+        f"| {name} | {_fmt(r['params'], ',')} | {_fmt(r['final_train_loss'], '.4f')} | "
+        f"{_fmt(r['eval_loss'], '.4f')} | {_fmt(r['eval_accuracy'], '.4f')} | {_fmt(r['tokens_per_sec'], ',.0f')} | "
+        f"{_fmt(r['peak_memory_mib'], ',.0f')} | {_fmt(r['compile_seconds'], '.1f')} | {r['attention_backend']} |")
+  overrides = {name: _flatten(o) for name, o in sweep.variants.items()}
+  lines += ["", "Sorted by eval loss (lower is better). Peak memory is the device's peak where the runtime "
+            "reports it, else the training process' peak resident memory.", "", "## Variants", ""]
+  lines += [f"- `{name}`: `{json.dumps(o) if o else 'the base config'}`" for name, o in overrides.items()]
+  failed = [r for r in rows if r["error"]]
+  if failed:
+    lines += ["", "## Failures", ""] + [f"- `{r['variant']}`: {r['error']}" for r in failed]
+  with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(lines) + "\n")
+  _plot(curves, os.path.join(workdir, "loss_curves.png"))
+
+
+def _plot(curves: dict, path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+  for name, (train_xy, eval_xy) in curves.items():
+    line, = ax_train.plot(*zip(*train_xy), label=name) if train_xy else (None,)
+    if eval_xy:
+      ax_eval.plot(*zip(*eval_xy), marker="o", label=name, color=line.get_color() if line else None)
+  for ax, title in ((ax_train, "train loss"), (ax_eval, "eval loss")):
+    ax.set_title(title)
+    ax.set_xlabel("tokens")
+    ax.grid(alpha=0.3)
+  ax_train.set_ylabel("loss")
+  ax_eval.legend(fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def _curves(workdir: str):
+  rows = _read_rows(workdir)
+  per_step = next((r["tokens_per_step"] for r in rows if "tokens_per_step" in r), 1)
+  train_xy = [(r["step"] * per_step, r["loss"]) for r in rows if "loss" in r]
+  eval_xy = [(r["step"] * per_step, r["eval_loss"]) for r in rows if "eval_loss" in r]
+  return train_xy, eval_xy
+
+
+def run_sweep(sweep, workdir: str, *, only: list[str] | None = None, report_only: bool = False,
+              command: str = "", log=print) -> list[dict]:
+  """Runs the sweep's variants (all or `only`) and writes the report; returns its rows."""
+  configs = variant_configs(sweep)
+  unknown = sorted(set(only or []) - set(configs))
+  if unknown:
+    raise PretrainError(f"unknown variant(s) {', '.join(unknown)}; the sweep has {', '.join(configs)}")
+  os.makedirs(workdir, exist_ok=True)
+  rows, curves = [], {}
+  for name, config in configs.items():
+    variant_dir = os.path.join(workdir, name)
+    if not report_only and (not only or name in only):
+      result = run_variant(name, config, variant_dir, log=log)
+    else:
+      path = os.path.join(variant_dir, RESULT)
+      result = json.load(open(path, encoding="utf-8")) if os.path.isfile(path) else {"status": "not run"}
+    rows.append(summarize(name, config, variant_dir, result))
+    curves[name] = _curves(variant_dir)
+  write_report(sweep, rows, curves, workdir, command or f"python -m pretrain.ablate --workdir={workdir}")
+  return sorted(rows, key=_sort_key)
+
+
+def define_flags() -> None:
+  """CLI flags; defined only when run as a program so importing this module defines none."""
+  config_flags.DEFINE_config_file("config", None, "Sweep config, e.g. configs/ablations/attention.py.",
+                                  lock_config=True)
+  flags.DEFINE_string("workdir", None, "Sweep directory: one folder per variant plus the report.")
+  flags.DEFINE_list("variant", [], "Run only these variants (others are reported if finished).")
+  flags.DEFINE_bool("report_only", False, "Train nothing; write the report from what has finished.")
+
+
+def main(argv):
+  del argv
+  cli.quiet_library_logs()
+  fl = flags.FLAGS
+  if fl.config is None or not fl.workdir:
+    print("error: --config and --workdir are required", file=sys.stderr)
+    sys.exit(2)
+  command = " ".join(["python -m pretrain.ablate"] + sys.argv[1:])
+  try:
+    rows = run_sweep(fl.config, fl.workdir, only=fl.variant, report_only=fl.report_only, command=command,
+                     log=lambda s: print(s, file=sys.stderr, flush=True))
+  except PretrainError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  with open(os.path.join(fl.workdir, "report.md"), encoding="utf-8") as f:
+    print(f.read())
+  if any(r["status"] != "done" for r in rows if not fl.variant or r["variant"] in fl.variant):
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)

@@ -1,0 +1,81 @@
+"""The ablation runner: same budget for every variant, resumable, and a report with real figures."""
+import csv
+import json
+import os
+
+import ml_collections
+import pytest
+
+from pretrain import ablate
+from pretrain.errors import PretrainError
+
+
+def _sweep(corpus_path, variants):
+  s = ml_collections.ConfigDict()
+  s.base = "configs/bert_tiny.py"
+  s.base_overrides = dict(
+      data=dict(source="text", paths=corpus_path, max_seq_length=32, max_predictions_per_seq=5, num_threads=1),
+      tokenizer=dict(vocab_size=512),
+      model=dict(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, dtype="float32"),
+      train=dict(steps=4, batch_size=8, log_every=2),
+      eval=dict(every_steps=2, batch_size=8, num_batches=1),
+      checkpoint=dict(every_steps=2),
+      metrics=dict(progress_bar=False),
+  )
+  s.variants = variants
+  return s
+
+
+def test_variants_share_the_budget_and_unknown_keys_are_refused(text_corpus):
+  configs = ablate.variant_configs(_sweep(text_corpus, {"base": {}, "wide": {"model": {"intermediate_size": 128}}}))
+  assert configs["wide"].model.intermediate_size == 128 and configs["base"].model.intermediate_size == 64
+  assert configs["wide"].train.steps == configs["base"].train.steps == 4
+  with pytest.raises(PretrainError, match="changes train.steps"):
+    ablate.variant_configs(_sweep(text_corpus, {"longer": {"train": {"steps": 8}}}))
+  with pytest.raises(PretrainError, match="num_headz"):
+    ablate.variant_configs(_sweep(text_corpus, {"typo": {"model": {"num_headz": 4}}}))
+
+
+def test_sweep_writes_report_skips_finished_and_resumes_interrupted(text_corpus, tmp_path):
+  sweep = _sweep(text_corpus, {"h2": {}, "h4": {"model": {"num_heads": 4}}})
+  workdir = str(tmp_path / "sweep")
+  # Interrupt h4 half way, as a preemption would: the sweep must resume it, not restart it.
+  from pretrain.train import train  # pylint: disable=g-import-not-at-top
+  configs = ablate.variant_configs(sweep)
+  train(configs["h4"], os.path.join(workdir, "h4"), stop_at_step=2)
+
+  rows = ablate.run_sweep(sweep, workdir, log=lambda s: None)
+  assert {r["variant"] for r in rows} == {"h2", "h4"} and all(r["status"] == "done" for r in rows)
+  assert [r["eval_loss"] for r in rows] == sorted(r["eval_loss"] for r in rows)
+  for r in rows:
+    assert r["params"] > 0 and r["tokens_per_sec"] > 0 and r["peak_memory_mib"] > 10
+    assert r["compile_seconds"] > 0 and r["tokens_per_step"] == 8 * 32
+    assert 0 < r["final_train_loss"] < 10 and 0 <= r["eval_accuracy"] <= 1
+    assert r["attention_backend"]
+  h4_steps = [json.loads(l)["step"] for l in open(os.path.join(workdir, "h4", "metrics.jsonl")) if '"loss"' in l]
+  assert h4_steps == [2, 4]  # Steps 1-2 from the interrupted run, 3-4 after the resume.
+
+  report = open(os.path.join(workdir, "report.md"), encoding="utf-8").read()
+  assert "configs/bert_tiny.py" in report and "| h2 |" in report and "| h4 |" in report
+  with open(os.path.join(workdir, "results.csv"), encoding="utf-8") as f:
+    csv_rows = list(csv.DictReader(f))
+  assert [r["variant"] for r in csv_rows] == [r["variant"] for r in rows]
+  assert float(csv_rows[0]["eval_loss"]) == pytest.approx(rows[0]["eval_loss"])
+  png = os.path.join(workdir, "loss_curves.png")
+  assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n" and os.path.getsize(png) > 10_000
+
+  before = {n: os.path.getmtime(os.path.join(workdir, n, "metrics.jsonl")) for n in ("h2", "h4")}
+  messages = []
+  again = ablate.run_sweep(sweep, workdir, log=messages.append)
+  assert messages == ["h2: finished earlier, skipped", "h4: finished earlier, skipped"]
+  assert before == {n: os.path.getmtime(os.path.join(workdir, n, "metrics.jsonl")) for n in ("h2", "h4")}
+  assert [r["eval_loss"] for r in again] == [r["eval_loss"] for r in rows]
+
+
+def test_unknown_variant_and_missing_base_are_clear_errors(text_corpus, tmp_path):
+  sweep = _sweep(text_corpus, {"a": {}})
+  with pytest.raises(PretrainError, match="unknown variant"):
+    ablate.run_sweep(sweep, str(tmp_path / "s"), only=["b"])
+  sweep.base = "configs/absent.py"
+  with pytest.raises(PretrainError, match="absent.py"):
+    ablate.variant_configs(sweep)
