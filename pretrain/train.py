@@ -77,6 +77,21 @@ def _check_resume_compatible(saved: dict, config, tokenizer):
     raise PretrainError("model.scan_layers differs from the checkpoint's (the parameter layout differs)")
 
 
+def _new_progress() -> dict:
+  """What the run has spent its wall-clock time on, carried across restarts in every checkpoint."""
+  return {"first_start_time": time.time(), "restarts": 0, "useful_seconds": 0.0, "compile_seconds": 0.0,
+          "checkpoint_seconds": 0.0, "data_wait_seconds": 0.0, "eval_seconds": 0.0}
+
+
+def _goodput(progress: dict) -> dict:
+  """Goodput: time in training steps that reached a checkpoint or this process, over all wall time since
+  the run first started (restarts, downtime and work lost to a crash count against it)."""
+  wall = max(time.time() - progress["first_start_time"], 1e-9)
+  return {"goodput": progress["useful_seconds"] / wall, "restarts": progress["restarts"],
+          "wall_seconds": wall, **{f"badput_{k}": progress[k] for k in
+                                   ("compile_seconds", "checkpoint_seconds", "data_wait_seconds", "eval_seconds")}}
+
+
 class _StopFlag:
   """Set by SIGTERM/SIGINT; the loop saves a checkpoint and exits cleanly."""
 
@@ -128,10 +143,6 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   saved_config = dict(config.to_dict(), _tokenizer={
       "path": tokenizer.path, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size})
   saved_config = json.loads(json.dumps(saved_config, default=str))
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    _check_resume_compatible(checkpointer.restore_config(latest), config, tokenizer)
-
   global_batch = int(config.train.batch_size)
   fns = step_lib.build(task, model, tx, schedule, mesh, global_batch,
                        grad_accum=int(config.train.grad_accum_steps), seed=int(config.train.seed))
@@ -140,14 +151,20 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
       train_examples, global_batch, process_index=jax.process_index(), process_count=jax.process_count(),
       num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch_batches)
 
-  if latest is not None:
-    with sharding.mesh_context(mesh):
-      state, data_state = checkpointer.restore(latest, fns.abstract_state)
+  with sharding.mesh_context(mesh):
+    restored = checkpointer.restore_newest_readable(
+        fns.abstract_state, lambda saved: _check_resume_compatible(saved, config, tokenizer))
+  if restored is not None:
+    latest, state, data_state, progress = restored
     stream.set_state(data_state)
-    _logger.info("resumed from step %d", latest)
+    progress = dict(_new_progress(), **progress)
+    progress["restarts"] += 1
+    _logger.info("resumed from step %d (restart %d)", latest, progress["restarts"])
   else:
     state = fns.init_state(int(config.train.seed))
+    progress = _new_progress()
   train_step, compile_seconds = fns.compile_train_step()
+  progress["compile_seconds"] += compile_seconds
   eval_step = fns.eval_step
 
   start_step = int(jax.device_get(state.step))
@@ -197,6 +214,8 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
     row["learning_rate"] = float(fetched[-1]["learning_rate"])
     steps_per_sec = interval_steps / elapsed
+    progress["useful_seconds"] += elapsed - interval_data_wait
+    progress["data_wait_seconds"] += interval_data_wait
     row.update(
         tokens_per_sec=tokens_per_step * steps_per_sec,
         examples_per_sec=global_batch * steps_per_sec,
@@ -204,11 +223,20 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
         tflops_per_sec=flops_per_step * steps_per_sec / 1e12,
         mfu=flops_per_step * steps_per_sec / peak,
         data_wait_fraction=interval_data_wait / elapsed,
+        **_goodput(progress),
     )
     writer.write(step, row)
     pending = []
     interval_start, interval_data_wait, interval_steps = time.perf_counter(), 0.0, 0
     return row
+
+  def save(step):
+    nonlocal interval_start
+    flush(step)
+    t_save = time.perf_counter()
+    checkpointer.save(step, state, stream.get_state(), saved_config, dict(progress))
+    interval_start = time.perf_counter()  # The blocking part of the save is not step time.
+    progress["checkpoint_seconds"] += interval_start - t_save
 
   stop = _StopFlag()
   bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -236,14 +264,14 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
                           mfu=f"{last_row['mfu']:.1%}")
         if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total_steps):
           flush(step)
+          t_eval = time.perf_counter()
           last_row.update(run_eval(step))
           interval_start = time.perf_counter()
+          progress["eval_seconds"] += interval_start - t_eval
         if checkpointer.should_save(step) or step == total_steps:
-          flush(step)
-          checkpointer.save(step, state, stream.get_state(), saved_config)
+          save(step)
       if step < total_steps:  # Stopped early by a signal or stop_at_step.
-        flush(step)
-        checkpointer.save(step, state, stream.get_state(), saved_config)
+        save(step)
         if is_main and stop.signal:
           print(f"{stop.signal} received: saved a checkpoint at step {step}; exiting.", file=sys.stderr)
   finally:
@@ -258,20 +286,55 @@ def define_flags() -> None:
   """CLI flags; defined only when run as a program so that modules importing this one stay free to."""
   config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/bert_tiny.py.", lock_config=True)
   flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and TensorBoard files go.")
+  # A multi-process run (pretrain/distributed.py). Under SLURM and on Cloud TPU these are found on their own.
+  flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, which runs the coordinator.")
+  flags.DEFINE_integer("num_processes", None, "Processes in the run.")
+  flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
+  flags.DEFINE_list("local_device_ids", None, "Local devices this process uses, e.g. 0,1 (default: all).")
+  flags.DEFINE_integer("coordinator_port", None, "Coordinator port under SLURM (default: from SLURM_JOB_ID).")
+  flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for every process to join.")
 
 
 def main(argv):
   del argv
+  from pretrain import distributed  # pylint: disable=g-import-not-at-top
   cli.quiet_library_logs()
-  config, workdir = flags.FLAGS.config, flags.FLAGS.workdir
+  f = flags.FLAGS
+  config, workdir = f.config, f.workdir
   if config is None or not workdir:
     print("error: --config and --workdir are required", file=sys.stderr)
     sys.exit(2)
   try:
+    device_ids = [int(i) for i in f.local_device_ids] if f.local_device_ids else None
+  except ValueError:
+    print(f"error: --local_device_ids={','.join(f.local_device_ids)} must be integers", file=sys.stderr)
+    sys.exit(2)
+  try:
+    launch = distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, device_ids,
+                                    coordinator_port=f.coordinator_port, timeout_s=f.distributed_timeout)
+  except PretrainError as e:
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    os._exit(2)  # A jax.distributed.initialize still waiting in its thread would hold up a normal exit.
+  code = 0
+  try:
     row = train(config, workdir)
   except PretrainError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    code = 2
+  except Exception:  # pylint: disable=broad-except
+    if launch.num_processes == 1:
+      raise
+    import traceback  # pylint: disable=g-import-not-at-top
+    traceback.print_exc()
+    code = 1
+  if code and launch.num_processes > 1:
+    # Leave at once: a normal exit waits for every process at jax's shutdown barrier, and the others may
+    # be blocked in a collective waiting for this one. The launcher stops them.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+  if code:
+    sys.exit(code)
   if jax.process_index() == 0 and row:
     print(json.dumps({k: v for k, v in row.items() if isinstance(v, (int, float))}))
 
