@@ -42,3 +42,9 @@ def make_tiny_config(corpus_path: str):
 @pytest.fixture
 def tiny_config(text_corpus):
   return make_tiny_config(text_corpus)
+
+
+@pytest.fixture(scope="session")
+def tiny_config_factory():
+  """make_tiny_config, for fixtures that build their own corpus."""
+  return make_tiny_config
