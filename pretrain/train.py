@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from pretrain import checkpoint as ckpt_lib
 from pretrain import cli
+from pretrain import distributed
 from pretrain import metrics as metrics_lib
 from pretrain import sharding
 from pretrain import tasks
@@ -297,7 +298,6 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  from pretrain import distributed  # pylint: disable=g-import-not-at-top
   cli.quiet_library_logs()
   f = flags.FLAGS
   config, workdir = f.config, f.workdir
