@@ -6,6 +6,11 @@ the word embeddings, and a next-sentence head on the pooled output. The MLM
 head runs only on the gathered masked positions, as BERT's run_pretraining.py
 does: the vocabulary projection then costs P rather than L positions.
 
+RoBERTa (Liu et al. 2019) is the same network with three options:
+`position_offset=2` (positions count from 2 over the real tokens, padding reads
+row 1, as HF's RoBERTa with padding_idx 1; 514 rows hold 512 tokens),
+`type_vocab_size=1`, and `pooler=False, nsp_head=False` (MLM head only).
+
 Parameter tree (HF/TF names in parentheses):
   bert/embeddings/{word,position,token_type}_embeddings, layer_norm
   bert/encoder/layer_{i}/ (or bert/encoder/layers/ stacked when scan_layers)
@@ -13,9 +18,9 @@ Parameter tree (HF/TF names in parentheses):
     attention_layer_norm             (attention.output.LayerNorm)
     intermediate, output             (intermediate.dense, output.dense)
     output_layer_norm                (output.LayerNorm)
-  bert/pooler                        (pooler.dense)
+  bert/pooler                        (pooler.dense; when pooler)
   mlm_head/transform, transform_layer_norm, output_bias  (cls.predictions.*)
-  nsp_head                           (cls.seq_relationship)
+  nsp_head                           (cls.seq_relationship; when nsp_head)
 """
 import dataclasses
 import functools
@@ -64,15 +69,28 @@ class BertConfig:
   scan_layers: bool = False
   remat_policy: str = 'none'
   attention_backend: str = 'xla'
+  position_offset: int = 0  # Row of the first real token's position; RoBERTa: 2.
+  pooler: bool = True  # The tanh pooler on [CLS]; RoBERTa has none.
+  nsp_head: bool = True  # The next-sentence head (needs the pooler).
 
   def __post_init__(self):
     if self.hidden_size % self.num_heads:
       raise PretrainError(f'hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}')
+    if not 0 <= self.position_offset < self.max_position_embeddings:
+      raise PretrainError(f'position_offset {self.position_offset} must be in [0, max_position_embeddings '
+                          f'{self.max_position_embeddings})')
+    if self.nsp_head and not self.pooler:
+      raise PretrainError('nsp_head=True needs pooler=True: the next-sentence head reads the pooled [CLS]')
     if self.dtype not in DTYPES:
       raise PretrainError(f'unknown dtype {self.dtype!r}; valid: {", ".join(DTYPES)}')
     if self.remat_policy not in REMAT_POLICIES:
       raise PretrainError(f'unknown remat_policy {self.remat_policy!r}; valid: {", ".join(REMAT_POLICIES)}')
     attention.check_backend(self.attention_backend)
+
+  @property
+  def max_length(self) -> int:
+    """The longest sequence the position table holds."""
+    return self.max_position_embeddings - self.position_offset
 
   @property
   def head_dim(self) -> int:
@@ -122,13 +140,21 @@ class BertEmbeddings(nn.Module):
     self.layer_norm = layers.LayerNorm(cfg.layer_norm_eps)
     self.dropout = layers.Dropout(cfg.dropout_rate)
 
-  def __call__(self, input_ids: Array, segment_ids: Array, deterministic: bool) -> Array:
+  def __call__(self, input_ids: Array, segment_ids: Array, input_mask: Array, deterministic: bool) -> Array:
+    cfg = self.config
     length = input_ids.shape[1]
-    if length > self.config.max_position_embeddings:
+    if length > cfg.max_length:
       raise PretrainError(
-          f'sequence length {length} exceeds max_position_embeddings {self.config.max_position_embeddings}')
+          f'sequence length {length} exceeds max_position_embeddings {cfg.max_position_embeddings}'
+          + (f' minus position_offset {cfg.position_offset}' if cfg.position_offset else ''))
     x = self.word_embeddings(input_ids)  # [batch, length, embed]
-    x = x + self.position_embeddings.embedding[None, :length]
+    if cfg.position_offset:
+      # HF RoBERTa: the j-th real token reads row offset + j, padding reads row offset - 1.
+      count = jnp.cumsum(input_mask, axis=1)  # [batch, length]
+      positions = jnp.where(input_mask > 0, count - 1 + cfg.position_offset, cfg.position_offset - 1)
+      x = x + self.position_embeddings(positions)
+    else:
+      x = x + self.position_embeddings.embedding[None, :length]
     x = x + self.token_type_embeddings(segment_ids)
     x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
     x = self.layer_norm(x)
@@ -197,20 +223,21 @@ class BertEncoder(nn.Module):
 
 
 class BertModel(nn.Module):
-  """Embeddings + encoder + pooler: (sequence_output [B, L, H], pooled_output [B, H])."""
+  """Embeddings + encoder + pooler: (sequence_output [B, L, H], pooled_output [B, H] or None)."""
   config: BertConfig
 
   def setup(self):
     cfg = self.config
     self.embeddings = BertEmbeddings(cfg)
     self.encoder = BertEncoder(cfg)
-    self.pooler = layers.Dense(cfg.hidden_size, ('embed', 'mlp'), dtype=cfg.compute_dtype,
-                               kernel_init=layers.default_init(cfg.initializer_range))
+    if cfg.pooler:
+      self.pooler = layers.Dense(cfg.hidden_size, ('embed', 'mlp'), dtype=cfg.compute_dtype,
+                                 kernel_init=layers.default_init(cfg.initializer_range))
 
   def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True):
-    x = self.embeddings(input_ids, segment_ids, deterministic)  # [batch, length, embed]
+    x = self.embeddings(input_ids, segment_ids, input_mask, deterministic)  # [batch, length, embed]
     x = self.encoder(x, attention.padding_mask(input_mask), deterministic)
-    pooled = jnp.tanh(self.pooler(x[:, 0]))  # [batch, embed]
+    pooled = jnp.tanh(self.pooler(x[:, 0])) if self.config.pooler else None  # [batch, embed]
     return x, pooled
 
 
@@ -238,18 +265,25 @@ class BertForPreTraining(nn.Module):
       input_ids: Array,  # int32 [batch, length]
       segment_ids: Array,  # int32 [batch, length]
       input_mask: Array,  # int32 [batch, length], 1 = real token
-      masked_positions: Array,  # int32 [batch, predictions]
+      masked_positions: Array | None = None,  # int32 [batch, predictions]; None: every position
       deterministic: bool = True,
-  ) -> tuple[Array, Array]:
-    """-> (mlm_logits float32 [batch, predictions, vocab], nsp_logits float32 [batch, 2])."""
+  ) -> tuple[Array, Array | None]:
+    """-> (mlm_logits float32 [batch, predictions, vocab], nsp_logits float32 [batch, 2] or None).
+
+    With masked_positions=None the MLM head runs at all L positions (as HF's heads do).
+    """
     cfg = self.config
     bert = BertModel(cfg, name='bert')
     sequence_output, pooled = bert(input_ids, segment_ids, input_mask, deterministic)
-    x = jnp.take_along_axis(sequence_output, masked_positions[:, :, None], axis=1)  # [batch, predictions, embed]
+    x = sequence_output
+    if masked_positions is not None:
+      x = jnp.take_along_axis(x, masked_positions[:, :, None], axis=1)  # [batch, predictions, embed]
     mlm_logits = MlmHead(cfg, name='mlm_head')(x, bert.embeddings.word_embeddings)
-    nsp_logits = layers.Dense(2, ('embed', 'classes'), dtype=cfg.compute_dtype,
-                              kernel_init=layers.default_init(cfg.initializer_range),
-                              name='nsp_head')(pooled)  # [batch, 2]
+    nsp_logits = None
+    if cfg.nsp_head:
+      nsp_logits = layers.Dense(2, ('embed', 'classes'), dtype=cfg.compute_dtype,
+                                kernel_init=layers.default_init(cfg.initializer_range),
+                                name='nsp_head')(pooled)  # [batch, 2]
     return mlm_logits, nsp_logits
 
 
@@ -271,7 +305,7 @@ def abstract_params(config: BertConfig, seq_len: int = 8, num_predictions: int =
 
 
 def count_params(config: BertConfig, heads: bool = True) -> int:
-  """Number of parameters; heads=False counts embeddings + encoder + pooler only."""
+  """Number of parameters; heads=False counts embeddings + encoder (+ pooler) only."""
   params = abstract_params(config)
   if not heads:
     params = params['bert']
@@ -288,7 +322,7 @@ def forward_flops_per_sequence(config: BertConfig, seq_len: int, num_predictions
       + 2 * seq_len * h * i * 2  # FFN
   )
   heads = (
-      2 * h * h + 2 * h * 2  # pooler + NSP on [CLS]
+      2 * h * h * config.pooler + 2 * h * 2 * config.nsp_head  # pooler + NSP on [CLS]
       + num_predictions * (2 * h * h + 2 * h * v)  # MLM transform + tied decoder
   )
   return float(config.num_layers * per_layer + heads)

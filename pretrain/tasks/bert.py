@@ -18,29 +18,44 @@ def _cross_entropy(logits, labels):
   return nll, correct
 
 
+def model_config(config, tokenizer, **defaults) -> bert_model.BertConfig:
+  """The BertConfig of `config.model` (keys it lacks from `defaults`), its vocabulary checked against the tokenizer."""
+  vocab = int(config.model.vocab_size) or tokenizer.vocab_size
+  if vocab != tokenizer.vocab_size:
+    raise PretrainError(
+        f"model.vocab_size={vocab} but the tokenizer {tokenizer.path} has {tokenizer.vocab_size} "
+        "pieces; set model.vocab_size=0 to follow the tokenizer")
+  model_fields = {k: v for k, v in config.model.to_dict().items() if k != "vocab_size"}
+  return bert_model.BertConfig.from_dict(dict(defaults, **model_fields, vocab_size=vocab))
+
+
+def check_seq_length(max_seq_length: int, model_cfg: bert_model.BertConfig) -> None:
+  if max_seq_length > model_cfg.max_length:
+    offset = f" - model.position_offset={model_cfg.position_offset}" if model_cfg.position_offset else ""
+    raise PretrainError(
+        f"data.max_seq_length={max_seq_length} exceeds model.max_position_embeddings="
+        f"{model_cfg.max_position_embeddings}{offset}")
+
+
 class BertTask:
-  """MLM + NSP on `[CLS] A [SEP] B [SEP]` pairs built on the fly from the corpus."""
+  """MLM + NSP on `[CLS] A [SEP] B [SEP]` pairs built on the fly from the corpus.
+
+  With model.nsp_head=False (and data.next_sentence_prediction=False) it is MLM only.
+  """
 
   name = "bert"
 
   def __init__(self, config, tokenizer):
-    vocab = int(config.model.vocab_size) or tokenizer.vocab_size
-    if vocab != tokenizer.vocab_size:
-      raise PretrainError(
-          f"model.vocab_size={vocab} but the tokenizer {tokenizer.path} has {tokenizer.vocab_size} "
-          "pieces; set model.vocab_size=0 to follow the tokenizer")
-    model_fields = {k: v for k, v in config.model.to_dict().items() if k != "vocab_size"}
-    self.model_config = bert_model.BertConfig.from_dict(dict(model_fields, vocab_size=vocab))
+    self.model_config = model_config(config, tokenizer)
     d = config.data
     self.example_config = BertExampleConfig(
         max_seq_length=d.max_seq_length, short_seq_prob=d.short_seq_prob,
         masked_lm_prob=d.masked_lm_prob, max_predictions_per_seq=d.max_predictions_per_seq,
         whole_word_masking=d.whole_word_masking, next_sentence_prediction=d.next_sentence_prediction)
-    if d.max_seq_length > self.model_config.max_position_embeddings:
-      raise PretrainError(
-          f"data.max_seq_length={d.max_seq_length} exceeds model.max_position_embeddings="
-          f"{self.model_config.max_position_embeddings}")
-    self.vocab_size = vocab
+    if d.next_sentence_prediction and not self.model_config.nsp_head:
+      raise PretrainError("data.next_sentence_prediction=True needs model.nsp_head=True")
+    check_seq_length(d.max_seq_length, self.model_config)
+    self.vocab_size = self.model_config.vocab_size
     self.word_start = tokenizer.word_start
     self.seq_len = d.max_seq_length
     self.num_predictions = d.max_predictions_per_seq
@@ -77,10 +92,10 @@ class BertTask:
 
   def denominators(self, batch) -> dict:
     """Normalisers over the whole (global) batch, so microbatch gradients sum to the batch gradient."""
-    return {
-        "mlm": jnp.sum(batch["masked_lm_weights"]) + 1e-5,  # BERT's own epsilon.
-        "nsp": jnp.asarray(batch["next_sentence_labels"].shape[0], jnp.float32),
-    }
+    out = {"mlm": jnp.sum(batch["masked_lm_weights"]) + 1e-5}  # BERT's own epsilon.
+    if self.model_config.nsp_head:
+      out["nsp"] = jnp.asarray(batch["input_ids"].shape[0], jnp.float32)
+    return out
 
   def loss(self, model, params, batch, denominators, *, dropout_rng=None, deterministic=True):
     """(objective, metric sums) for a (micro)batch; objectives of microbatches add up."""
@@ -89,32 +104,31 @@ class BertTask:
         {"params": params}, *self.init_args(batch), deterministic=deterministic, rngs=rngs)
     w = batch["masked_lm_weights"]
     mlm_nll, mlm_correct = _cross_entropy(mlm_logits, batch["masked_lm_ids"])
-    nsp_nll, nsp_correct = _cross_entropy(nsp_logits, batch["next_sentence_labels"])
-    mlm_loss_sum, nsp_loss_sum = jnp.sum(mlm_nll * w), jnp.sum(nsp_nll)
-    objective = mlm_loss_sum / denominators["mlm"] + nsp_loss_sum / denominators["nsp"]
+    mlm_loss_sum = jnp.sum(mlm_nll * w)
+    objective = mlm_loss_sum / denominators["mlm"]
     sums = {
         "mlm_loss": mlm_loss_sum,
         "mlm_correct": jnp.sum(mlm_correct * w),
         "mlm_weight": jnp.sum(w),
-        "nsp_loss": nsp_loss_sum,
-        "nsp_correct": jnp.sum(nsp_correct),
-        "nsp_count": jnp.asarray(nsp_nll.shape[0], jnp.float32),
     }
+    if nsp_logits is not None:
+      nsp_nll, nsp_correct = _cross_entropy(nsp_logits, batch["next_sentence_labels"])
+      nsp_loss_sum = jnp.sum(nsp_nll)
+      objective = objective + nsp_loss_sum / denominators["nsp"]
+      sums.update(nsp_loss=nsp_loss_sum, nsp_correct=jnp.sum(nsp_correct),
+                  nsp_count=jnp.asarray(nsp_nll.shape[0], jnp.float32))
     return objective, sums
 
   @staticmethod
   def finalize(sums) -> dict:
-    """Metric values from summed counts (works on jax or numpy scalars)."""
+    """Metric values from summed counts (works on jax or numpy scalars); NSP ones when there are NSP sums."""
     mlm_w = sums["mlm_weight"] + 1e-5
     mlm_loss = sums["mlm_loss"] / mlm_w
-    nsp_loss = sums["nsp_loss"] / sums["nsp_count"]
-    return {
-        "loss": mlm_loss + nsp_loss,
-        "mlm_loss": mlm_loss,
-        "mlm_accuracy": sums["mlm_correct"] / mlm_w,
-        "nsp_loss": nsp_loss,
-        "nsp_accuracy": sums["nsp_correct"] / sums["nsp_count"],
-    }
+    out = {"loss": mlm_loss, "mlm_loss": mlm_loss, "mlm_accuracy": sums["mlm_correct"] / mlm_w}
+    if "nsp_count" in sums:
+      nsp_loss = sums["nsp_loss"] / sums["nsp_count"]
+      out.update(loss=mlm_loss + nsp_loss, nsp_loss=nsp_loss, nsp_accuracy=sums["nsp_correct"] / sums["nsp_count"])
+    return out
 
   def train_flops_per_example(self) -> float:
     """Model FLOPs of forward + backward for one sequence (backward = 2x forward)."""

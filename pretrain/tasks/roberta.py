@@ -1,0 +1,56 @@
+"""RoBERTa pretraining: masked LM only, on FULL-SENTENCES inputs (Liu et al. 2019).
+
+The network is BERT's (pretrain/models/bert.py) with RoBERTa's options: no
+pooler and no next-sentence head, one token type (all zeros), and positions
+counted from 2 as HF's RoBERTa does. Masks are dynamic (new ones on every draw
+of a block). Model, loss and metrics are BertTask's with the NSP parts off.
+"""
+import jax.numpy as jnp
+import numpy as np
+
+from pretrain.errors import PretrainError
+from pretrain.tasks import bert as bert_task
+from pretrain.tasks.roberta_examples import RobertaExampleConfig, RobertaExamples
+
+# RoBERTa's model options, for the keys a config's model section does not set.
+MODEL_DEFAULTS = dict(pooler=False, nsp_head=False, position_offset=2)
+
+
+class RobertaTask(bert_task.BertTask):
+  """MLM on `[CLS] sentences [SEP] sentences of the next document [SEP]` blocks."""
+
+  name = "roberta"
+
+  def __init__(self, config, tokenizer):  # pylint: disable=super-init-not-called
+    self.model_config = bert_task.model_config(config, tokenizer, **MODEL_DEFAULTS)
+    if self.model_config.nsp_head:
+      raise PretrainError("RoBERTa has no next-sentence head: set model.nsp_head=False")
+    d = config.data
+    if d.get("next_sentence_prediction", False):
+      raise PretrainError("RoBERTa has no next-sentence prediction: set data.next_sentence_prediction=False")
+    self.example_config = RobertaExampleConfig(
+        max_seq_length=d.max_seq_length, masked_lm_prob=d.masked_lm_prob,
+        max_predictions_per_seq=d.max_predictions_per_seq, whole_word_masking=d.whole_word_masking)
+    bert_task.check_seq_length(d.max_seq_length, self.model_config)
+    self.vocab_size = self.model_config.vocab_size
+    self.word_start = tokenizer.word_start
+    self.seq_len = d.max_seq_length
+    self.num_predictions = d.max_predictions_per_seq
+
+  def examples(self, docs, seed: int) -> RobertaExamples:
+    return RobertaExamples(docs, self.example_config, self.vocab_size, seed, word_start=self.word_start)
+
+  def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    """Zeros of every batch field's shape and dtype (for init and compilation)."""
+    l, p = self.seq_len, self.num_predictions
+    return {
+        "input_ids": np.zeros([batch_size, l], np.int32),
+        "input_mask": np.zeros([batch_size, l], np.int32),
+        "masked_lm_positions": np.zeros([batch_size, p], np.int32),
+        "masked_lm_ids": np.zeros([batch_size, p], np.int32),
+        "masked_lm_weights": np.zeros([batch_size, p], np.float32),
+    }
+
+  def init_args(self, batch):
+    segment_ids = jnp.zeros_like(batch["input_ids"])  # One token type.
+    return (batch["input_ids"], segment_ids, batch["input_mask"], batch["masked_lm_positions"])

@@ -1,0 +1,207 @@
+"""RoBERTa FULL-SENTENCES examples built on the fly, by global example index.
+
+Liu et al. (2019), section 4.2: "Each input is packed with full sentences
+sampled contiguously from one or more documents, such that the total length is
+at most 512 tokens. Inputs may cross document boundaries. When we reach the end
+of one document, we begin sampling sentences from the next document and add an
+extra separator token between documents."
+
+* Each epoch lays the documents end to end in a new order (seeded by
+  (seed, epoch)) with one [SEP] between neighbours: the epoch's *stream*. The
+  stream is cut greedily into blocks of whole sentences of at most
+  max_seq_length - 2 tokens, separators included; a block never starts or ends
+  with a separator. A sentence longer than that is a block of its own, cropped
+  at a random offset on each draw.
+* Global index i reads epoch i // N, slot i % N of a per-epoch permutation of
+  the blocks, N being the first epoch's block count (as BertExamples: a plan
+  with more blocks drops a random few, one with fewer repeats a random few).
+* Masks are dynamic: drawn from counters keyed by (seed, i), so each draw of a
+  block gets new ones, and the same (seed, i) gives the same example anywhere.
+
+Example layout: `[CLS] block [SEP] [PAD]...`; no segment ids (all zero), no
+next-sentence label. Separators inside a block are never masked.
+"""
+import collections
+import dataclasses
+import threading
+
+import numpy as np
+
+from pretrain.data.tokenized import TokenizedDocs
+from pretrain.data.tokenizer import CLS_ID, NUM_SPECIAL, PAD_ID, SEP_ID
+from pretrain.errors import PretrainError
+from pretrain.objectives import keyed_random
+from pretrain.objectives import masking
+
+_CROP = 0  # Counter of the crop offset of an over-long sentence (stream 0).
+_MASK_STREAM = 1  # Masks use keys of their own stream.
+_CACHED_EPOCHS = 2  # Neighbouring indices share epochs; a batch near a boundary spans two.
+
+
+@dataclasses.dataclass(frozen=True)
+class RobertaExampleConfig:
+  max_seq_length: int = 512
+  masked_lm_prob: float = 0.15
+  max_predictions_per_seq: int = 80
+  whole_word_masking: bool = False
+
+  def __post_init__(self):
+    if self.max_seq_length < 3:
+      raise PretrainError(f"max_seq_length={self.max_seq_length} must be >= 3")
+    if not 0.0 < self.masked_lm_prob <= 1.0:
+      raise PretrainError(f"masked_lm_prob={self.masked_lm_prob} must be in (0, 1]")
+    if not 1 <= self.max_predictions_per_seq <= self.max_seq_length:
+      raise PretrainError(
+          f"max_predictions_per_seq={self.max_predictions_per_seq} must be in [1, max_seq_length]")
+
+  @property
+  def max_num_tokens(self) -> int:
+    """Room for the block: max_seq_length minus [CLS] and the final [SEP]."""
+    return self.max_seq_length - 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Stream:
+  """One epoch's documents end to end: virtual position v of the stream is a token or a separator."""
+  doc_start: np.ndarray  # int64 [D + 1]: stream position where the j-th document (its separator first) starts.
+  doc_tokens: np.ndarray  # int64 [D]: where the j-th document's tokens start in TokenizedDocs.tokens.
+
+  def token_ids(self, v: np.ndarray, tokens: np.ndarray) -> np.ndarray:
+    """The ids at stream positions v (any shape), SEP_ID at the separators."""
+    j = np.searchsorted(self.doc_start, v, side="right") - 1
+    offset = v - self.doc_start[j] - (j > 0)  # The j-th document (j > 0) opens with its separator.
+    return np.where(offset < 0, SEP_ID, tokens[self.doc_tokens[j] + np.maximum(offset, 0)])
+
+
+def _chain(nxt: np.ndarray) -> np.ndarray:
+  """0, nxt[0], nxt[nxt[0]], ... while < n = len(nxt), given nxt[i] > i; by pointer doubling.
+
+  O(n log k) vectorized work for a chain of k links, instead of k Python steps.
+  """
+  n = nxt.size
+  jump = np.append(nxt, n)  # f^m with n absorbing; m = len(path).
+  path = np.zeros([1], np.int64)  # f^0(0), ..., f^(m-1)(0)
+  while path[-1] < n:
+    path = np.concatenate([path, jump[path]])
+    jump = jump[jump]
+  return path[path < n]
+
+
+def plan_blocks(docs: TokenizedDocs, max_tokens: int, doc_order: np.ndarray) -> tuple[Stream, np.ndarray]:
+  """(the stream of `doc_order`, blocks int64 [n, 2] as (start, end) stream positions).
+
+  Args:
+    docs: the corpus.
+    max_tokens: block budget, separators included.
+    doc_order: the nonempty documents, in stream order.
+  """
+  ds, ss = docs.doc_starts, docs.sentence_starts
+  doc_len = ss[ds[doc_order + 1]] - ss[ds[doc_order]]  # [D] tokens per document
+  seps = np.arange(len(doc_order)) > 0  # Every document but the first opens with a separator.
+  doc_start = np.concatenate([[0], np.cumsum(doc_len + seps)]).astype(np.int64)
+  stream = Stream(doc_start=doc_start, doc_tokens=ss[ds[doc_order]].astype(np.int64))
+  # Every sentence's (start, end) on the stream, in stream order.
+  n_sent = ds[doc_order + 1] - ds[doc_order]  # [D]
+  first = np.repeat(ds[doc_order] - np.cumsum(n_sent) + n_sent, n_sent)
+  sentence = first + np.arange(int(n_sent.sum()))  # [S] sentence ids in stream order
+  j = np.repeat(np.arange(len(doc_order)), n_sent)
+  begin = doc_start[j] + (j > 0) + (ss[sentence] - stream.doc_tokens[j])
+  end = begin + (ss[sentence + 1] - ss[sentence])
+  # A block from sentence k takes every following sentence that ends within budget, at least one.
+  nxt = np.maximum(np.searchsorted(end, begin + max_tokens, side="right"), np.arange(1, begin.size + 1))
+  firsts = _chain(nxt)
+  blocks = np.stack([begin[firsts], end[nxt[firsts] - 1]], axis=1)
+  return stream, blocks[blocks[:, 1] > blocks[:, 0]]  # Blocks of empty sentences only are dropped.
+
+
+class RobertaExamples:
+  """Random access to an endless stream of FULL-SENTENCES MLM examples: `self[i]` for any i >= 0."""
+
+  def __init__(self, docs: TokenizedDocs, cfg: RobertaExampleConfig, vocab_size: int, seed: int,
+               word_start: np.ndarray | None = None):
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+      raise PretrainError(f"seed={seed!r} must be a non-negative integer")
+    if docs.num_tokens and int(docs.tokens.max()) >= vocab_size:
+      raise PretrainError(f"the corpus has token id {int(docs.tokens.max())} >= vocab_size={vocab_size}")
+    self._ws = None
+    if cfg.whole_word_masking:
+      if word_start is None or np.shape(word_start) != (vocab_size,):
+        raise PretrainError(f"whole-word masking needs word_start of shape [{vocab_size}], "
+                            f"got {None if word_start is None else np.shape(word_start)}")
+      self._ws = np.asarray(word_start, bool)
+    self.cfg = cfg
+    self.vocab_size = int(vocab_size)
+    self.seed = int(seed)
+    self._docs = docs
+    doc_tokens = np.diff(docs.sentence_starts[docs.doc_starts])
+    self._nonempty_docs = np.flatnonzero(doc_tokens > 0)
+    if not self._nonempty_docs.size:
+      raise PretrainError("the corpus yields no RoBERTa block (no tokens)")
+    self._lock = threading.Lock()
+    self._epochs = collections.OrderedDict()
+    self._num_instances = 0  # Set from epoch 0's plan, which _epoch(0) takes it from.
+    self._num_instances = len(self._epoch(0)[1])
+
+  @property
+  def num_instances(self) -> int:
+    """Blocks in the first epoch; every epoch has this many examples."""
+    return self._num_instances
+
+  def _epoch(self, epoch: int) -> tuple[Stream, np.ndarray, np.ndarray]:
+    """(stream, blocks [n, 2], slot -> block [N]) of an epoch, cached for the last few epochs."""
+    with self._lock:
+      if epoch in self._epochs:
+        self._epochs.move_to_end(epoch)
+        return self._epochs[epoch]
+      rng = np.random.default_rng([self.seed, epoch])
+      stream, blocks = plan_blocks(self._docs, self.cfg.max_num_tokens, rng.permutation(self._nonempty_docs))
+      n = self._num_instances or len(blocks)
+      order = rng.permutation(len(blocks))[np.arange(n) % len(blocks)]
+      self._epochs[epoch] = (stream, blocks, order)
+      while len(self._epochs) > _CACHED_EPOCHS:
+        self._epochs.popitem(last=False)
+      return stream, blocks, order
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {k: v[0] for k, v in self.batch(np.asarray([index], np.int64)).items()}
+
+  def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """The examples of `indices` stacked: each field [B, ...]; row b equals self[indices[b]]."""
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    if idx.size and idx.min() < 0:
+      raise IndexError(f"example indices must be >= 0, got {int(idx.min())}")
+    cfg, b, length = self.cfg, idx.size, self.cfg.max_seq_length
+    keys = keyed_random.row_keys(self.seed, idx)
+    col = np.arange(length)[None, :]
+    ids = np.full([b, length], PAD_ID, np.int32)
+    n_text = np.zeros([b], np.int64)
+    epoch, slot = np.divmod(idx, self._num_instances)
+    for e in np.unique(epoch).tolist():
+      rows = np.flatnonzero(epoch == e)
+      stream, blocks, order = self._epoch(e)
+      start, end = blocks[order[slot[rows]]].T
+      n = np.minimum(end - start, cfg.max_num_tokens)
+      over = end - start - n  # > 0 only for a lone over-long sentence.
+      u = keyed_random.uniform(keyed_random.bits(keys[rows], np.asarray([_CROP])))[:, 0]
+      start = start + (u * (over + 1)).astype(np.int64)
+      text = (col >= 1) & (col <= n[:, None])
+      v = np.where(text, start[:, None] + col - 1, 0)
+      ids[rows] = np.where(text, stream.token_ids(v, self._docs.tokens), PAD_ID)
+      n_text[rows] = n
+    rows = np.arange(b)
+    ids[:, 0] = CLS_ID
+    ids[rows, n_text + 1] = SEP_ID
+    input_mask = (col < (n_text + 2)[:, None]).astype(np.int32)
+    maskable = (col >= 1) & (col <= n_text[:, None]) & (ids >= NUM_SPECIAL)  # Not the separators.
+    word_start = self._ws[ids] if self._ws is not None else None
+    input_ids, positions, labels, weights = masking.mask_batch(
+        ids, maskable, keyed_random.row_keys(self.seed, idx, stream=_MASK_STREAM),
+        masked_lm_prob=cfg.masked_lm_prob, max_predictions=cfg.max_predictions_per_seq,
+        vocab_size=self.vocab_size, word_start=word_start)
+    return {
+        "input_ids": input_ids,
+        "input_mask": input_mask,
+        "masked_lm_positions": positions,
+        "masked_lm_ids": labels,
+        "masked_lm_weights": weights,
+    }
