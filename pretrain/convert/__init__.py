@@ -1,0 +1,185 @@
+"""Checkpoint conversion between Hugging Face transformers models and this project.
+
+  python -m pretrain.convert from-hf --hf_dir DIR --out OUT [--allow_pickle] [--scan_layers]
+  python -m pretrain.convert to-hf --ckpt CKPT --out OUT [--step N]
+
+`from-hf` reads a local HF folder (config.json + model.safetensors) and writes
+a converted folder: the params as an orbax checkpoint, the project config
+(config.json, and config.py for `--config=OUT/config.py`) and convert.json
+(the source). `to-hf` writes config.json + model.safetensors that
+`transformers.AutoModel*.from_pretrained(OUT)` loads, from a converted folder
+or a training workdir (scanned layers are unstacked). `load_params` is what a
+train loop calls to start from converted (or any saved) params.
+
+Bad input (an unsupported architecture, a missing tensor, a shape that
+disagrees with config.json, a vocabulary mismatch) raises PretrainError naming
+the field or tensor, and nothing is written: output goes to a temporary folder
+renamed into place at the end.
+
+Families: FAMILIES maps a name, which is both HF's `model_type` and the
+project's `task.name`, to a module with
+  TASK, ARCHITECTURES                        project task, HF architectures read
+  project_sections(hf_config, tensors)       -> {"task": .., "model": .., "data": ..} config overrides
+  hf_to_params(tensors, hf_config, model)    -> (params, subtrees to initialize fresh)
+  params_to_hf(params, model, special_ids, base_hf_config) -> (config.json dict, {name: array})
+  abstract_params(model)                     the unscanned param tree (ShapeDtypeStructs)
+  init_heads(model, seed)                    fresh params of the heads an HF model may lack
+`tensors` is an hf_io.HfTensors: `take` checks each tensor's shape and what
+stays unused is an error. A new family is one module and one line here.
+"""
+import importlib
+import logging
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+
+from pretrain.config import base_config
+from pretrain.convert import checkpoints
+from pretrain.convert import hf_io
+from pretrain.data import tokenizer
+from pretrain.errors import PretrainError
+
+_logger = logging.getLogger(__name__)
+
+FAMILIES = {
+    "bert": "pretrain.convert.bert",
+    "roberta": "pretrain.convert.roberta",
+}
+FORMAT = "pretrain-convert-v1"
+_SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
+
+
+def family(name: str, what: str):
+  """The conversion module of a family."""
+  if name not in FAMILIES:
+    raise PretrainError(f"{what}={name!r} is not supported; supported: {', '.join(map(repr, FAMILIES))}")
+  return importlib.import_module(FAMILIES[name])
+
+
+def _hf_family(hf_config: dict):
+  model_type = hf_config.get("model_type")
+  module = family(model_type, "config.json model_type")
+  archs = hf_config.get("architectures") or []
+  if not isinstance(archs, list) or len(archs) != 1 or archs[0] not in module.ARCHITECTURES:
+    raise PretrainError(f"config.json architectures={archs!r} is not supported for model_type {model_type!r}; "
+                        f"supported: {', '.join(module.ARCHITECTURES)}")
+  return module
+
+
+def _project_config(sections: dict) -> dict:
+  config = base_config()
+  for name, values in sections.items():
+    config[name].update(values)
+  config.tokenizer.vocab_size = config.model.vocab_size
+  return config.to_dict()
+
+
+def _fill_fresh(params: dict, fresh: list[str], module, model: dict) -> dict:
+  if not fresh:
+    return params
+  init = module.init_heads(model, seed=0)
+  _logger.warning("the HF model has no %s: initialized fresh", ", ".join(fresh))
+  return dict(params, **{name: init[name] for name in fresh})
+
+
+def from_hf(hf_dir: str, out: str, *, allow_pickle: bool = False, scan_layers: bool = False) -> dict:
+  """Converts the HF folder `hf_dir` into the converted folder `out`; returns convert.json's contents."""
+  hf_io.check_out_dir(out)
+  hf_config = hf_io.read_config(hf_dir)
+  module = _hf_family(hf_config)
+  tensors = hf_io.HfTensors(hf_io.read_tensors(hf_dir, allow_pickle), source=hf_dir)
+  sections = module.project_sections(hf_config, tensors)
+  model = sections["model"]
+  params, fresh = module.hf_to_params(tensors, hf_config, model)
+  unused = tensors.unused()
+  if unused:
+    more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
+    raise PretrainError(f"{hf_dir}: unexpected tensor {unused[0]}{more}: {hf_config['architectures'][0]} "
+                        "has no such weight")
+  params = _fill_fresh(params, fresh, module, model)
+  checkpoints.check_shapes(params, module.abstract_params(model), hf_dir)
+  if scan_layers:
+    params = checkpoints.stack_layers(params)
+    model["scan_layers"] = True
+  source = {
+      "format": FORMAT,
+      "family": hf_config["model_type"],
+      "architecture": hf_config["architectures"][0],
+      "hf_dir": os.path.abspath(hf_dir),
+      "hf_config": hf_config,
+      "special_ids": {k: hf_config.get(k, getattr(module, "HF_DEFAULTS", {}).get(k)) for k in _SPECIAL_IDS},
+      "initialized_fresh": fresh,
+      "skipped_tensors": tensors.skipped(),  # Buffers, tied copies, weights the architecture does not use.
+  }
+  config = _project_config(sections)
+  with hf_io.staged_dir(out) as tmp:
+    checkpoints.save_converted(tmp, params, config, source)
+  return source
+
+
+def _special_ids(source: dict) -> dict:
+  """The pad/bos/eos ids of the checkpoint's vocabulary: HF's for a converted folder, else the project's."""
+  if source.get("special_ids"):
+    return dict(source["special_ids"])
+  return {"pad_token_id": tokenizer.PAD_ID, "bos_token_id": tokenizer.CLS_ID, "eos_token_id": tokenizer.SEP_ID}
+
+
+def _model_section(config: dict) -> dict:
+  model = dict(config.get("model") or {})
+  if not model:
+    raise PretrainError("the checkpoint's config has no model section")
+  if not model.get("vocab_size"):  # 0: the tokenizer's, recorded with the checkpoint.
+    model["vocab_size"] = (config.get("_tokenizer") or {}).get("vocab_size") or config["tokenizer"]["vocab_size"]
+  return model
+
+
+def to_hf(ckpt: str, out: str, *, step: int | None = None) -> dict:
+  """Writes the params of `ckpt` (a converted folder or a training workdir) as an HF folder `out`.
+
+  Returns the written config.json's contents.
+  """
+  hf_io.check_out_dir(out)
+  directory, key, config, source = checkpoints.locate(ckpt, step)
+  module = family((config.get("task") or {}).get("name"), "the checkpoint's task.name")
+  params = checkpoints.read_numpy(directory, key)
+  model = _model_section(config)
+  if checkpoints.is_scanned(params):
+    params = checkpoints.unstack_layers(params)
+  model.update(scan_layers=False, remat_policy="none")
+  checkpoints.check_shapes(params, module.abstract_params(model), ckpt)
+  hf_config, tensors = module.params_to_hf(params, model, _special_ids(source), source.get("hf_config"))
+  with hf_io.staged_dir(out) as tmp:
+    hf_io.write_hf_dir(tmp, hf_config, tensors)
+  return hf_config
+
+
+def load_config(path: str) -> ml_collections.ConfigDict:
+  """The project config of a converted folder (as its config.py returns it)."""
+  return ml_collections.ConfigDict(hf_io.read_json(os.path.join(path, checkpoints.CONFIG), "converted model config"))
+
+
+def load_params(path: str, target: Any = None, *, step: int | None = None):
+  """Params saved in `path`: a converted folder, a training workdir or one of its step folders.
+
+  Args:
+    path: the folder.
+    target: None for numpy arrays in the layout stored; or the model's params
+      as ShapeDtypeStructs with shardings (e.g. `StepFunctions.abstract_state.params`),
+      to read them onto the devices in those shardings, in the target's layer
+      layout (scanned or not), after checking every shape.
+    step: the step of a training workdir (default: the newest).
+  """
+  directory, key, _, _ = checkpoints.locate(path, step)
+  if target is None:
+    return checkpoints.read_numpy(directory, key)
+  stored = checkpoints.stored_tree(directory, key)
+  if checkpoints.is_scanned(stored) == checkpoints.is_scanned(target):
+    checkpoints.check_shapes(stored, target, path)
+    return checkpoints.read_into(directory, key, target)
+  params = checkpoints.read_numpy(directory, key)
+  params = checkpoints.stack_layers(params) if checkpoints.is_scanned(target) else checkpoints.unstack_layers(params)
+  checkpoints.check_shapes(params, target, path)
+  return jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), params, target)

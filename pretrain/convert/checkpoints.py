@@ -1,0 +1,196 @@
+"""The project side of conversion: params on disk, and the layer layouts of scanned models.
+
+Two kinds of folders hold params:
+
+  a converted folder (written by `from-hf`)
+    params/        orbax PyTree checkpoint of the params (float32, the model's own tree)
+    config.json    the project config (as a training checkpoint's `config` item)
+    config.py      `get_config()` returning that config, for `--config=<folder>/config.py`
+    convert.json   the source: family, HF architecture and config, special token ids
+
+  a training workdir `<workdir>/checkpoints/<step>/{state,config,...}` (pretrain/checkpoint.py),
+    whose `state` item holds `params` next to the optimizer state; only the
+    params are read.
+"""
+import json
+import os
+import re
+from typing import Any
+
+import jax
+from etils import epath
+import numpy as np
+import orbax.checkpoint as ocp
+
+from pretrain.convert import hf_io
+from pretrain.errors import PretrainError
+
+PARAMS = "params"
+CONFIG = "config.json"
+CONFIG_PY = "config.py"
+SOURCE = "convert.json"
+
+_CONFIG_PY = '''"""The project config of a model converted by `python -m pretrain.convert from-hf`.
+
+Converted from {source}. The values live in config.json beside this file:
+
+  python -m pretrain.train --config=<this folder>/config.py --workdir=...
+"""
+import os
+
+from pretrain import convert
+
+
+def get_config():
+  return convert.load_config(os.path.dirname(os.path.abspath(__file__)))
+'''
+
+_LAYER = re.compile(r"layer_(\d+)$")
+
+
+def save_converted(directory: str, params, config: dict, source: dict) -> None:
+  """Writes a converted folder's files into `directory` (an empty staging folder)."""
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(os.path.join(os.path.abspath(directory), PARAMS), params)
+  checkpointer.wait_until_finished()
+  checkpointer.close()
+  for name, value in ((CONFIG, config), (SOURCE, source)):
+    with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+      json.dump(value, f, indent=2, sort_keys=True)
+      f.write("\n")
+  with open(os.path.join(directory, CONFIG_PY), "w", encoding="utf-8") as f:
+    f.write(_CONFIG_PY.format(source=f"{source.get('hf_dir')} ({source.get('architecture')})"))
+
+
+def _step_dir(path: str, step: int | None) -> str:
+  """The step folder of a training workdir (or of its checkpoints/ folder): `step`, or the newest."""
+  directory = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+  steps = sorted(int(n) for n in os.listdir(directory)
+                 if n.isdigit() and os.path.isdir(os.path.join(directory, n, "state")))
+  if not steps:
+    raise PretrainError(f"{path} holds no checkpoint: expected a converted folder ({PARAMS}/, {CONFIG}) "
+                        "or a training workdir (checkpoints/<step>/state)")
+  if step is None:
+    return os.path.join(directory, str(steps[-1]))
+  if step not in steps:
+    raise PretrainError(f"{path} has no checkpoint of step {step}; it has steps {', '.join(map(str, steps))}")
+  return os.path.join(directory, str(step))
+
+
+def locate(path: str, step: int | None = None) -> tuple[str, str | None, dict, dict]:
+  """(orbax folder, key of the params in it or None, project config, source) of a params folder.
+
+  `path` is a converted folder, a training workdir, its checkpoints/ folder or one step folder.
+  """
+  path = os.path.abspath(path)
+  if not os.path.isdir(path):
+    raise PretrainError(f"--ckpt {path} is not a directory")
+  if os.path.isdir(os.path.join(path, PARAMS)):
+    if step is not None:
+      raise PretrainError(f"{path} is a converted folder (one set of params): it takes no step")
+    config = hf_io.read_json(os.path.join(path, CONFIG), "converted model config")
+    source = hf_io.read_json(os.path.join(path, SOURCE), "converted model source")
+    return os.path.join(path, PARAMS), None, config, source
+  step_dir = path if os.path.isdir(os.path.join(path, "state")) else _step_dir(path, step)
+  try:
+    config = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "config"))
+  except Exception as e:  # pylint: disable=broad-except  # orbax raises many types for a bad folder.
+    raise PretrainError(f"cannot read the config of checkpoint {step_dir}: {type(e).__name__}: {e}") from None
+  return os.path.join(step_dir, "state"), "params", config, {}
+
+
+def stored_tree(directory: str, key: str | None):
+  """The stored params' metadata tree (leaves have .shape and .dtype); reads no arrays."""
+  try:
+    tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(directory)).tree
+  except Exception as e:  # pylint: disable=broad-except
+    raise PretrainError(f"cannot read the checkpoint in {directory}: {type(e).__name__}: {e}") from None
+  if key is not None:
+    if key not in tree:
+      raise PretrainError(f"the checkpoint in {directory} has no {key!r}")
+    tree = tree[key]
+  return tree
+
+
+def _restore(directory: str, key: str | None, item, restore_args):
+  if key is not None:
+    item, restore_args = {key: item}, {key: restore_args}
+  try:
+    out = ocp.PyTreeCheckpointer().restore(directory, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  except Exception as e:  # pylint: disable=broad-except
+    raise PretrainError(f"cannot read the params in {directory}: {type(e).__name__}: {e}") from None
+  return out[key] if key is not None else out
+
+
+def read_numpy(directory: str, key: str | None) -> dict:
+  """The params as numpy arrays on the host, in the layout stored."""
+  tree = stored_tree(directory, key)
+  item = jax.tree.map(lambda _: 0, tree)
+  return _restore(directory, key, item, jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item))
+
+
+def read_into(directory: str, key: str | None, target) -> Any:
+  """The params read straight into `target`'s shardings (ShapeDtypeStructs with .sharding)."""
+  return _restore(directory, key, target, ocp.checkpoint_utils.construct_restore_args(target))
+
+
+# Layer layouts: a dict holding `layer_0 .. layer_{n-1}` (one per layer) or `layers` (scan_layers: stacked on axis 0).
+
+
+def is_scanned(params) -> bool:
+  if not isinstance(params, dict):
+    return False
+  return "layers" in params or any(is_scanned(v) for v in params.values())
+
+
+def unstack_layers(params):
+  """Scanned layout -> one subtree per layer (numpy)."""
+  if not isinstance(params, dict):
+    return params
+  out = {k: unstack_layers(v) for k, v in params.items() if k != "layers"}
+  if "layers" in params:
+    stacked = params["layers"]
+    n = jax.tree.leaves(stacked)[0].shape[0]
+    for i in range(n):
+      out[f"layer_{i}"] = jax.tree.map(lambda x, i=i: np.asarray(x[i]), stacked)
+  return out
+
+
+def stack_layers(params):
+  """One subtree per layer -> the scanned layout (numpy)."""
+  if not isinstance(params, dict):
+    return params
+  out = {k: stack_layers(v) for k, v in params.items() if not _LAYER.match(k)}
+  n = sum(1 for k in params if _LAYER.match(k))
+  if n:
+    out["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *(params[f"layer_{i}"] for i in range(n)))
+  return out
+
+
+def flatten(tree) -> dict[str, Any]:
+  """{'a/b/c': leaf} of a nested dict."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    out["/".join(str(getattr(k, "key", k)) for k in path)] = leaf
+  return out
+
+
+def _shape(x) -> tuple[int, ...]:
+  return tuple(x.shape) if hasattr(x, "shape") else np.shape(x)
+
+
+def check_shapes(actual: dict, expected: dict, what: str) -> None:
+  """Same leaves and shapes in two trees (of arrays, ShapeDtypeStructs or metadata), else one error naming
+  the first difference."""
+  a, e = flatten(actual), flatten(expected)
+  missing, extra = sorted(set(e) - set(a)), sorted(set(a) - set(e))
+  if missing:
+    raise PretrainError(f"{what}: param {missing[0]} is missing" + (f" (and {len(missing) - 1} more)" if
+                                                                    len(missing) > 1 else ""))
+  if extra:
+    raise PretrainError(f"{what}: unexpected param {extra[0]}" + (f" (and {len(extra) - 1} more)" if
+                                                                  len(extra) > 1 else ""))
+  for name in sorted(e):
+    if _shape(a[name]) != _shape(e[name]):
+      raise PretrainError(f"{what}: param {name} has shape {_shape(a[name])} but the model's is {_shape(e[name])}")

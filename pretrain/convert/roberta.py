@@ -1,0 +1,76 @@
+"""RoBERTa <-> Hugging Face transformers' RobertaForMaskedLM.
+
+The encoder maps as BERT's (pretrain/convert/bert.py) under 'roberta.'; the
+MLM head is `lm_head.{dense, layer_norm, bias}` with its decoder tied to the
+word embeddings. RobertaForMaskedLM has no pooler: `roberta.pooler.*` tensors
+(roberta-base's file has them) are skipped, as transformers skips them.
+
+Positions: HF's RoBERTa gives the j-th non-padding token (j from 0) position
+pad_token_id + 1 + j and padding pad_token_id, so the project model's
+position_offset is pad_token_id + 1 (2 for roberta-base). On export the table
+is written for the checkpoint's own pad id: a model trained with the project's
+tokenizer ([PAD] = 0) and offset 2 gets its table shifted up one row, so that
+HF, counting from 1 and treating only id 0 as padding, reads the same rows. HF
+derives positions from input_ids != pad_token_id, the project model from
+input_mask: they agree when padding is exactly the pad id.
+
+RoBERTa's LayerNorm eps is 1e-5 and its GELU the exact one (config.json's
+layer_norm_eps and hidden_act carry over and are checked).
+"""
+import re
+
+import numpy as np
+
+from pretrain.convert import bert
+from pretrain.convert.hf_io import HfTensors
+from pretrain.errors import PretrainError
+
+TASK = "roberta"
+ARCHITECTURES = ("RobertaForMaskedLM",)
+PREFIX = "roberta."
+
+# transformers' RobertaConfig defaults (BERT's, with RoBERTa's special ids).
+HF_DEFAULTS = dict(bert.HF_DEFAULTS, pad_token_id=1, bos_token_id=0, eos_token_id=2)
+HEADS = bert.HeadNames(transform="lm_head.dense", transform_norm="lm_head.layer_norm", output_bias="lm_head.bias",
+                       decoder="lm_head.decoder")
+_POOLER = re.compile(r"^roberta\.pooler\.dense\.(weight|bias)$")
+
+
+def project_sections(hf_config: dict, t: HfTensors) -> dict:
+  """The project config sections of an HF RobertaForMaskedLM folder."""
+  del t  # The structure is fixed: no pooler, no NSP head.
+  f = bert.hf_fields(hf_config, HF_DEFAULTS)
+  model = bert.model_fields(f, pooler=False, nsp_head=False, position_offset=int(f["pad_token_id"]) + 1)
+  seq = min(512, model["max_position_embeddings"] - model["position_offset"])
+  return {"task": {"name": TASK}, "model": model, "data": {"next_sentence_prediction": False, "max_seq_length": seq}}
+
+
+def hf_to_params(t: HfTensors, hf_config: dict, model: dict) -> tuple[dict, list[str]]:
+  del hf_config
+  bert.check_tensors(t, PREFIX, model)
+  params = bert.read_params(t, bert.entries(model, PREFIX, HEADS))
+  bert.skip_buffers(t)
+  bert.skip_tied_decoder(t, HEADS, params, PREFIX)
+  for name in t.names():
+    if _POOLER.match(name):
+      t.skip(name)
+  return params, []
+
+
+def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None) -> tuple[dict, dict]:
+  """(config.json, tensors) of HF's RobertaForMaskedLM for a model whose padding is special_ids' pad id."""
+  config = bert.hf_config(model, "RobertaForMaskedLM", "roberta", base)
+  config.update(special_ids)
+  tensors = bert.write_tensors(params, bert.entries(model, PREFIX, HEADS))
+  shift = model["position_offset"] - (special_ids["pad_token_id"] + 1)
+  if shift < 0:
+    raise PretrainError(f"model.position_offset={model['position_offset']} is below HF's first position "
+                        f"pad_token_id + 1 = {special_ids['pad_token_id'] + 1}")
+  if shift:
+    name = PREFIX + "embeddings.position_embeddings.weight"
+    tensors[name] = np.ascontiguousarray(np.roll(tensors[name], -shift, axis=0))
+  return config, tensors
+
+
+abstract_params = bert.abstract_params
+init_heads = bert.init_heads

@@ -1,0 +1,338 @@
+"""BERT <-> HF transformers: logit parity, round trips, scanned export, and every bad input."""
+import dataclasses
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from safetensors.numpy import load_file, save_file
+
+from pretrain import convert
+from pretrain.checkpoint import Checkpointer
+from pretrain.convert import checkpoints
+from pretrain.errors import PretrainError
+from pretrain.models import bert as bert_model
+from pretrain.training.step import TrainState
+
+VOCAB, LENGTH = 99, 12
+HF_CONFIG = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 max_position_embeddings=40, type_vocab_size=2)
+TOL = 1e-4
+
+
+def make_hf(cls, path, config_cls=transformers.BertConfig, seed=0, **overrides):
+  """A random-weight HF model saved as safetensors; every weight perturbed so no bias or LayerNorm is trivial."""
+  torch.manual_seed(seed)
+  model = cls(config_cls(**dict(HF_CONFIG, **overrides))).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.add_(0.1 * torch.randn_like(p))
+  model.save_pretrained(path, safe_serialization=True)
+  return model
+
+
+def inputs(pad_id=0, seed=0):
+  """ids, token types and attention mask of 3 sequences of 12, 7 and 3 real tokens, right-padded with pad_id."""
+  rng = np.random.default_rng(seed)
+  mask = (np.arange(LENGTH)[None] < np.array([[12], [7], [3]])).astype(np.int32)
+  ids = np.where(mask > 0, rng.integers(5, VOCAB, (3, LENGTH)), pad_id).astype(np.int32)
+  types = ((np.arange(LENGTH)[None] >= np.array([[6], [4], [1]])) * mask).astype(np.int32)
+  return ids, types, mask
+
+
+def hf_forward(model, ids, types, mask):
+  with torch.no_grad():
+    return model(input_ids=torch.tensor(ids, dtype=torch.long), token_type_ids=torch.tensor(types, dtype=torch.long),
+                 attention_mask=torch.tensor(mask, dtype=torch.long))
+
+
+def project_forward(out, ids, types, mask):
+  """(mlm logits at every position, nsp logits) of a converted folder's params."""
+  cfg = bert_model.BertConfig.from_dict(convert.load_config(out).model.to_dict())
+  return apply(bert_model.BertForPreTraining(cfg), convert.load_params(out), ids, types, mask)
+
+
+def apply(module, params, *args):
+  return jax.jit(lambda p, *a: module.apply({"params": p}, *a))(params, *args)
+
+
+def max_diff(a, b):
+  return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
+
+
+def params_equal(a, b):
+  fa, fb = checkpoints.flatten(a), checkpoints.flatten(b)
+  return fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)
+
+
+@pytest.fixture(scope="module")
+def pretraining(tmp_path_factory):
+  """(HF BertForPreTraining, its folder, the converted folder)."""
+  root = tmp_path_factory.mktemp("bert")
+  model = make_hf(transformers.BertForPreTraining, root / "hf")
+  convert.from_hf(str(root / "hf"), str(root / "converted"))
+  return model, str(root / "hf"), str(root / "converted")
+
+
+def test_pretraining_logit_parity_at_every_position(pretraining):
+  model, _, out = pretraining
+  ids, types, mask = inputs()
+  expected = hf_forward(model, ids, types, mask)
+  mlm, nsp = project_forward(out, ids, types, mask)
+  assert mlm.shape == (3, LENGTH, VOCAB) and nsp.shape == (3, 2)
+  assert max_diff(mlm, expected.prediction_logits) <= TOL
+  assert max_diff(nsp, expected.seq_relationship_logits) <= TOL
+  assert float(expected.prediction_logits.abs().max()) > 1.0  # Not trivially small logits.
+
+
+def test_converted_config_and_source(pretraining):
+  _, hf_dir, out = pretraining
+  cfg = convert.load_config(out)
+  assert cfg.task.name == "bert" and cfg.data.next_sentence_prediction
+  assert cfg.model.layer_norm_eps == 1e-12 and cfg.model.vocab_size == VOCAB == cfg.tokenizer.vocab_size
+  assert (cfg.model.num_layers, cfg.model.num_heads, cfg.model.pooler, cfg.model.nsp_head) == (2, 2, True, True)
+  assert sorted(os.listdir(out)) == ["config.json", "config.py", "convert.json", "params"]
+  source = json.loads(open(os.path.join(out, "convert.json")).read())
+  assert source["architecture"] == "BertForPreTraining" and source["hf_dir"] == os.path.abspath(hf_dir)
+  assert source["special_ids"]["pad_token_id"] == 0 and source["initialized_fresh"] == []
+
+
+def test_hf_gelu_is_exact_and_eps_carries_over():
+  x = torch.linspace(-6, 6, 2001)
+  hf_gelu = transformers.activations.ACT2FN["gelu"](x).numpy()
+  np.testing.assert_allclose(jax.jit(bert_model.gelu)(x.numpy()), hf_gelu, atol=1e-6, rtol=0)
+  tanh = transformers.activations.ACT2FN["gelu_new"](x).numpy()
+  assert np.abs(tanh - hf_gelu).max() > 1e-4  # The check above can tell the two apart.
+  assert transformers.BertConfig().layer_norm_eps == 1e-12
+
+
+def test_round_trip_is_bit_exact_and_transformers_loads_it(pretraining, tmp_path):
+  model, _, out = pretraining
+  config = convert.to_hf(out, str(tmp_path / "hf2"))
+  assert config["architectures"] == ["BertForPreTraining"] and config["dtype"] == "float32"
+  reloaded, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf2"), output_loading_info=True)
+  assert not any(info.values()), info  # No missing, unexpected or mismatched keys.
+  ids, types, mask = inputs(seed=1)
+  a, b = hf_forward(model, ids, types, mask), hf_forward(reloaded.eval(), ids, types, mask)
+  assert max_diff(a.prediction_logits, b.prediction_logits) == 0.0
+  convert.from_hf(str(tmp_path / "hf2"), str(tmp_path / "again"))
+  assert params_equal(convert.load_params(out), convert.load_params(str(tmp_path / "again")))
+
+
+def test_masked_lm_parity_and_round_trip(tmp_path):
+  model = make_hf(transformers.BertForMaskedLM, tmp_path / "hf", seed=1)
+  out = str(tmp_path / "converted")
+  convert.from_hf(str(tmp_path / "hf"), out)
+  cfg = convert.load_config(out)
+  assert (cfg.model.pooler, cfg.model.nsp_head, cfg.data.next_sentence_prediction) == (False, False, False)
+  ids, types, mask = inputs()
+  mlm, nsp = project_forward(out, ids, types, mask)
+  assert nsp is None and max_diff(mlm, hf_forward(model, ids, types, mask).logits) <= TOL
+  assert convert.to_hf(out, str(tmp_path / "hf2"))["architectures"] == ["BertForMaskedLM"]
+  _, info = transformers.BertForMaskedLM.from_pretrained(str(tmp_path / "hf2"), output_loading_info=True)
+  assert not any(info.values()), info
+
+
+def test_bert_model_gets_fresh_heads_and_encoder_parity(tmp_path):
+  model = make_hf(transformers.BertModel, tmp_path / "hf", seed=2)
+  out = str(tmp_path / "converted")
+  source = convert.from_hf(str(tmp_path / "hf"), out)
+  assert source["initialized_fresh"] == ["mlm_head", "nsp_head"]
+  params = convert.load_params(out)
+  np.testing.assert_array_equal(params["mlm_head"]["output_bias"], 0.0)
+  cfg = bert_model.BertConfig.from_dict(convert.load_config(out).model.to_dict())
+  ids, types, mask = inputs()
+  sequence, pooled = apply(bert_model.BertModel(cfg), params["bert"], ids, types, mask)
+  expected = hf_forward(model, ids, types, mask)
+  assert max_diff(sequence, expected.last_hidden_state) <= TOL
+  assert max_diff(pooled, expected.pooler_output) <= TOL
+
+
+def test_scanned_import_and_export_from_a_training_workdir(pretraining, tmp_path):
+  model, hf_dir, out = pretraining
+  scanned = str(tmp_path / "scanned")
+  convert.from_hf(hf_dir, scanned, scan_layers=True)
+  cfg = convert.load_config(scanned)
+  params = convert.load_params(scanned)
+  kernel = params["bert"]["encoder"]["layers"]["intermediate"]["kernel"]
+  assert cfg.model.scan_layers and kernel.shape == (2, 32, 64)
+  ids, types, mask = inputs()
+  mlm, _ = apply(bert_model.BertForPreTraining(bert_model.BertConfig.from_dict(cfg.model.to_dict())), params,
+                 ids, types, mask)
+  assert max_diff(mlm, hf_forward(model, ids, types, mask).prediction_logits) <= TOL
+
+  # A training workdir's checkpoint: TrainState with optimizer state, config with vocab_size 0 (the tokenizer's).
+  config = cfg.to_dict()
+  config["model"]["vocab_size"] = 0
+  config["_tokenizer"] = {"vocab_size": VOCAB, "fingerprint": "x", "path": "x"}
+  adam = {"mu": jax.tree.map(np.zeros_like, params), "nu": jax.tree.map(np.ones_like, params)}
+  state = TrainState(step=np.int32(7), params=params, opt_state=adam)
+  workdir = str(tmp_path / "run")
+  ckpt = Checkpointer(workdir, every_steps=1, keep=2, async_save=False)
+  ckpt.save(7, state, {"next_batch": 0}, config, {})
+  ckpt.close()
+  convert.to_hf(workdir, str(tmp_path / "exported"))
+  reloaded, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "exported"),
+                                                                   output_loading_info=True)
+  assert not any(info.values()), info
+  a, b = hf_forward(model, ids, types, mask), hf_forward(reloaded.eval(), ids, types, mask)
+  assert max_diff(a.prediction_logits, b.prediction_logits) == 0.0
+  with pytest.raises(PretrainError, match="no checkpoint of step 3"):
+    convert.to_hf(workdir, str(tmp_path / "nope"), step=3)
+
+
+def test_load_params_into_a_target_layout_and_sharding(pretraining):
+  _, _, out = pretraining
+  cfg = bert_model.BertConfig.from_dict(dict(convert.load_config(out).model.to_dict(), scan_layers=True))
+  mesh = jax.make_mesh((8,), ("data",))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                        nn.unbox(bert_model.abstract_params(cfg)))
+  params = convert.load_params(out, target)
+  stacked = checkpoints.stack_layers(convert.load_params(out))
+  assert params_equal(jax.device_get(params), stacked)
+  assert params["bert"]["encoder"]["layers"]["output"]["kernel"].sharding == replicated
+  # The stored (unscanned) layout is read straight into the shardings.
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  flat = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+                      nn.unbox(bert_model.abstract_params(dataclasses.replace(cfg, scan_layers=False))))
+  flat["bert"]["encoder"]["layer_0"]["intermediate"]["kernel"] = jax.ShapeDtypeStruct((32, 64), jnp.float32,
+                                                                                       sharding=sharded)
+  params = convert.load_params(out, flat)
+  assert params["bert"]["encoder"]["layer_0"]["intermediate"]["kernel"].sharding == sharded
+  assert params_equal(jax.device_get(params), convert.load_params(out))
+  wrong = jax.tree.map(lambda x: x, target)
+  emb = wrong["bert"]["embeddings"]["word_embeddings"]
+  emb["embedding"] = jax.ShapeDtypeStruct((VOCAB + 1, 32), jnp.float32)
+  with pytest.raises(PretrainError, match=r"word_embeddings/embedding has shape \(99, 32\) but the model's is "
+                                          r"\(100, 32\)"):
+    convert.load_params(out, wrong)
+
+
+# Bad input: one clear error, nothing written.
+
+
+def _edited(src, dst, config=None, drop=(), add=None):
+  """A copy of an HF folder with config.json fields replaced and tensors dropped or added."""
+  shutil.copytree(src, dst)
+  if config:
+    with open(os.path.join(dst, "config.json")) as f:
+      c = json.load(f)
+    c.update(config)
+    with open(os.path.join(dst, "config.json"), "w") as f:
+      json.dump(c, f)
+  if drop or add:
+    path = os.path.join(dst, "model.safetensors")
+    tensors = {k: v for k, v in load_file(path).items() if k not in drop}
+    tensors.update(add or {})
+    save_file(tensors, path, metadata={"format": "pt"})
+  return str(dst)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (dict(config={"architectures": ["BertForSequenceClassification"]}),
+     r"config.json architectures=\['BertForSequenceClassification'\] is not supported"),
+    (dict(config={"model_type": "xlnet"}), r"config.json model_type='xlnet' is not supported; supported: 'bert'"),
+    (dict(drop=["bert.encoder.layer.1.output.dense.bias"]),
+     r"tensor bert.encoder.layer.1.output.dense.bias is missing"),
+    (dict(drop=["cls.seq_relationship.weight"]), r"tensor cls.seq_relationship.weight is missing"),
+    (dict(config={"intermediate_size": 48}),
+     r"tensor bert.encoder.layer.0.intermediate.dense.weight has shape \(64, 32\) but config.json "
+     r"\(hidden_size=32, intermediate_size=48\) implies \(48, 32\)"),
+    (dict(config={"vocab_size": 120}),
+     r"vocab mismatch: tensor bert.embeddings.word_embeddings.weight has 99 rows but config.json vocab_size=120"),
+    (dict(config={"num_hidden_layers": 1}), r"tensor bert.encoder.layer.1.\S+ is layer 1 but config.json "
+                                            r"num_hidden_layers=1"),
+    (dict(add={"bert.encoder.extra.weight": np.zeros(3, np.float32)}), r"unexpected tensor bert.encoder.extra.weight"),
+    (dict(add={"cls.predictions.decoder.weight": np.zeros((VOCAB, 32), np.float32)}),
+     r"cls.predictions.decoder.weight differs from bert.embeddings.word_embeddings.weight: an untied MLM decoder"),
+    (dict(config={"hidden_act": "gelu_new"}), r"config.json hidden_act='gelu_new' is not supported"),
+    (dict(config={"num_attention_heads": 3}), r"hidden_size 32 is not divisible by num_heads 3"),
+])
+def test_bad_hf_folders(pretraining, tmp_path, edit, message):
+  src = _edited(pretraining[1], tmp_path / "bad", **edit)
+  out = tmp_path / "out" / "converted"
+  with pytest.raises(PretrainError, match=message):
+    convert.from_hf(src, str(out))
+  assert not (tmp_path / "out").exists()  # Nothing written, not even the parent.
+
+
+def test_pickle_needs_allow_pickle(pretraining, tmp_path):
+  model, hf_dir, out = pretraining
+  hf = tmp_path / "bin"
+  hf.mkdir()
+  shutil.copy(os.path.join(hf_dir, "config.json"), hf)
+  torch.save(model.state_dict(), hf / "pytorch_model.bin")  # transformers 5 writes safetensors only.
+  with pytest.raises(PretrainError, match="only pytorch_model.bin.*--allow_pickle"):
+    convert.from_hf(str(hf), str(tmp_path / "a"))
+  assert not (tmp_path / "a").exists()
+  convert.from_hf(str(hf), str(tmp_path / "b"), allow_pickle=True)
+  assert params_equal(convert.load_params(out), convert.load_params(str(tmp_path / "b")))
+
+
+def test_bfloat16_and_sharded_safetensors(pretraining, tmp_path):
+  _, hf_dir, out = pretraining
+  tensors = load_file(os.path.join(hf_dir, "model.safetensors"))
+  names = sorted(tensors)
+  sharded = tmp_path / "sharded"
+  sharded.mkdir()
+  shutil.copy(os.path.join(hf_dir, "config.json"), sharded)
+  weight_map = {}
+  for i, part in enumerate((names[:10], names[10:])):
+    save_file({k: tensors[k] for k in part}, str(sharded / f"model-{i}.safetensors"), metadata={"format": "pt"})
+    weight_map.update({k: f"model-{i}.safetensors" for k in part})
+  (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+  convert.from_hf(str(sharded), str(tmp_path / "a"))
+  assert params_equal(convert.load_params(out), convert.load_params(str(tmp_path / "a")))
+
+  half = tmp_path / "bf16"
+  model = transformers.BertForPreTraining.from_pretrained(hf_dir, dtype=torch.bfloat16)
+  model.save_pretrained(str(half))
+  convert.from_hf(str(half), str(tmp_path / "b"))
+  expected = jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32), convert.load_params(out))
+  actual = convert.load_params(str(tmp_path / "b"))
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(actual)) and params_equal(actual, expected)
+
+
+def test_existing_output_and_bad_checkpoints(pretraining, tmp_path):
+  _, hf_dir, out = pretraining
+  (tmp_path / "full").mkdir()
+  (tmp_path / "full" / "keep.txt").write_text("x")
+  with pytest.raises(PretrainError, match="already exists and is not an empty directory"):
+    convert.from_hf(hf_dir, str(tmp_path / "full"))
+  with pytest.raises(PretrainError, match="already exists"):
+    convert.to_hf(out, str(tmp_path / "full"))
+  assert os.listdir(tmp_path / "full") == ["keep.txt"]
+  with pytest.raises(PretrainError, match="holds no checkpoint"):
+    convert.to_hf(str(tmp_path / "full"), str(tmp_path / "x"))
+  bad = tmp_path / "bad_vocab"
+  shutil.copytree(out, bad)
+  config = json.loads((bad / "config.json").read_text())
+  config["model"]["vocab_size"] = 100
+  (bad / "config.json").write_text(json.dumps(config))
+  with pytest.raises(PretrainError, match=r"word_embeddings/embedding has shape \(99, 32\) but the model's is "
+                                          r"\(100, 32\)"):
+    convert.to_hf(str(bad), str(tmp_path / "x"))
+  assert sorted(os.listdir(tmp_path)) == ["bad_vocab", "full"]  # No output, no temporary folders.
+
+
+def test_cli(pretraining, tmp_path, capsys):
+  _, hf_dir, out = pretraining
+  from pretrain.convert import __main__ as cli  # pylint: disable=import-outside-toplevel
+  assert cli.main(["to-hf", "--ckpt", out, "--out", str(tmp_path / "hf")]) == 0
+  assert json.loads(capsys.readouterr().out)["architecture"] == "BertForPreTraining"
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  env = dict(os.environ, PYTHONPATH=root)
+  run = subprocess.run([sys.executable, "-m", "pretrain.convert", "from-hf", "--hf_dir", str(tmp_path / "none"),
+                        "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env, check=False)
+  assert run.returncode == 2 and run.stdout == ""
+  assert run.stderr.strip().splitlines()[-1] == f"error: --hf_dir {tmp_path / 'none'} is not a directory"
+  assert not (tmp_path / "o").exists()
