@@ -71,11 +71,6 @@ def _abstract_with(tree, shardings):
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-
-def _abstract_with(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 @dataclasses.dataclass
 class StepFunctions:
   """What the loop needs to init, restore, train and evaluate on one mesh."""
@@ -114,7 +109,10 @@ def build(task, model, tx, schedule, mesh, global_batch: int, *, grad_accum: int
   abstract_params = nn.unbox(boxed)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
+  # Optimizer leaves shaped like their param share its sharding; others (Adafactor's factored row/column
+  # moments, counts) are small and replicated.
+  opt_sh = optax.tree_map_params(tx, lambda leaf, s, p: s if leaf.shape == p.shape else replicated,
+                                 abstract_opt, param_sh, abstract_params,
                                  transform_non_params=lambda _: replicated)
   state_sh = TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
   abstract_state = _abstract_with(

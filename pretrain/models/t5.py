@@ -1,0 +1,399 @@
+"""T5 v1.1 (Raffel et al. 2020, with the v1.1 changes): the encoder-decoder of t5x's t5_1_1.
+
+  * Pre-norm residual blocks with T5's LayerNorm (RMSNorm: no mean
+    subtraction, no bias, eps 1e-6), a final norm at the end of each stack.
+  * Gated-GELU feed-forward (wi_0, wi_1, wo; GELU with the tanh approximation).
+  * No biases anywhere. No 1/sqrt(d_kv) on the attention logits: T5 folds it
+    into the query initialization instead.
+  * Relative position bias: 32 log-spaced buckets up to distance 128, one
+    [buckets, heads] table per stack, looked up once per forward and added in
+    every layer's self-attention (bidirectional in the encoder, causal in
+    the decoder). Cross-attention has none.
+  * One input embedding shared by encoder and decoder; an untied LM head with
+    no output rescaling (v1.1 unties it from the embedding).
+  * Dropout after the embeddings, inside the FFN, on each residual branch, on
+    the attention weights and after each stack's final norm (rate 0 for v1.1
+    pretraining).
+
+Parameter tree (HF T5ForConditionalGeneration names in parentheses; kernels are
+[in, out], HF's Linear weights [out, in]):
+  shared/embedding                                    (shared.weight)
+  encoder/relative_attention_bias/embedding           (encoder.block.0.layer.0.SelfAttention.relative_attention_bias)
+  encoder/block_{i}/layer_0/SelfAttention/{query,key,value,out}/kernel  (...SelfAttention.{q,k,v,o})
+  encoder/block_{i}/layer_0/layer_norm/scale
+  encoder/block_{i}/layer_1/DenseReluDense/{wi_0,wi_1,wo}/kernel
+  encoder/block_{i}/layer_1/layer_norm/scale
+  encoder/final_layer_norm/scale
+  decoder/relative_attention_bias/embedding           (decoder.block.0.layer.0.SelfAttention.relative_attention_bias)
+  decoder/block_{i}/layer_0/SelfAttention/..., layer_0/layer_norm
+  decoder/block_{i}/layer_1/EncDecAttention/..., layer_1/layer_norm
+  decoder/block_{i}/layer_2/DenseReluDense/..., layer_2/layer_norm
+  decoder/final_layer_norm/scale
+  lm_head/kernel                                      (lm_head.weight)
+With scan_layers, block_{i} becomes one `block` whose leaves stack the layers on axis 0.
+"""
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pretrain.errors import PretrainError
+from pretrain.models import attention
+from pretrain.models import layers
+from pretrain.models.bert import DTYPES, REMAT_POLICIES, remat_policy
+
+Array = jax.Array
+
+# T5's initializers (t5x): fan-in scaled kernels, unit-variance embedding.
+_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+_embedding_init = nn.initializers.normal(stddev=1.0)
+_relative_bias_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
+# std / stddev of a normal truncated at two standard deviations (MultiHeadAttention's init).
+_TRUNCATED_NORMAL_STD = 0.87962566103423978
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """T5 hyperparameters; names follow HF's T5Config (config.json of google/t5-v1_1-*)."""
+  vocab_size: int
+  d_model: int
+  d_ff: int
+  d_kv: int
+  num_heads: int
+  num_layers: int  # Encoder blocks.
+  num_decoder_layers: int
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  dropout_rate: float = 0.0
+  layer_norm_epsilon: float = 1e-6
+  dtype: str = 'float32'  # Matmul compute dtype; params are always float32.
+  scan_layers: bool = False
+  remat_policy: str = 'none'
+  attention_backend: str = 'xla'
+
+  def __post_init__(self):
+    for name in ('vocab_size', 'd_model', 'd_ff', 'd_kv', 'num_heads', 'num_layers', 'num_decoder_layers',
+                 'relative_attention_num_buckets', 'relative_attention_max_distance'):
+      if int(getattr(self, name)) < 1:
+        raise PretrainError(f'T5Config.{name}={getattr(self, name)} must be positive')
+    if self.relative_attention_num_buckets < 4:
+      raise PretrainError(f'relative_attention_num_buckets={self.relative_attention_num_buckets} must be >= 4')
+    if self.dtype not in DTYPES:
+      raise PretrainError(f'unknown dtype {self.dtype!r}; valid: {", ".join(DTYPES)}')
+    if self.remat_policy not in REMAT_POLICIES:
+      raise PretrainError(f'unknown remat_policy {self.remat_policy!r}; valid: {", ".join(REMAT_POLICIES)}')
+    attention.check_backend(self.attention_backend)
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> 'T5Config':
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise PretrainError(f'unknown T5Config keys: {", ".join(unknown)}; valid: {", ".join(sorted(names))}')
+    return cls(**d)
+
+
+def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int = 32,
+                             max_distance: int = 128) -> np.ndarray:
+  """T5's bucket of each relative position (key position - query position).
+
+  Half the buckets (all of them when causal) count distances exactly up to
+  num_buckets // 2 (of that half); the rest are log-spaced up to max_distance,
+  and farther distances share the last bucket. Bidirectional: keys after the
+  query use the upper half of the buckets. Causal: keys after the query fall in
+  bucket 0 (they are masked anyway).
+  """
+  relative_position = np.asarray(relative_position, np.int64)
+  bucket = np.zeros(relative_position.shape, np.int64)
+  if bidirectional:
+    num_buckets //= 2
+    bucket += (relative_position > 0) * num_buckets
+    distance = np.abs(relative_position)
+  else:
+    distance = np.maximum(-relative_position, 0)
+  max_exact = num_buckets // 2
+  with np.errstate(divide='ignore'):  # log(0) where distance is 0; those take the exact branch.
+    log_ratio = np.log(distance / max_exact) / np.log(max_distance / max_exact)
+  large = max_exact + (np.where(distance < max_exact, 0.0, log_ratio) * (num_buckets - max_exact)).astype(np.int64)
+  large = np.minimum(large, num_buckets - 1)
+  return bucket + np.where(distance < max_exact, distance, large)
+
+
+class RelativePositionBias(nn.Module):
+  """A [buckets, heads] table -> the float32 bias [1, heads, q_length, k_length] for every layer."""
+  num_heads: int
+  num_buckets: int
+  max_distance: int
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, q_length: int, k_length: int) -> Array:
+    table = self.param('embedding', nn.with_logical_partitioning(_relative_bias_init, ('position', 'heads')),
+                       (self.num_buckets, self.num_heads), jnp.float32)
+    relative = np.arange(k_length)[None, :] - np.arange(q_length)[:, None]  # [q_length, k_length]
+    buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
+    bias = jnp.take(table, jnp.asarray(buckets, jnp.int32), axis=0)  # [q_length, k_length, heads]
+    return jnp.transpose(bias, (2, 0, 1))[None]  # [1, heads, q_length, k_length]
+
+
+class RMSNorm(nn.Module):
+  """T5's LayerNorm: x / rms(x) * scale, in float32 (no mean subtraction, no bias)."""
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones_init(), ('norm',)),
+                       (x.shape[-1],), jnp.float32)
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon) * scale
+
+
+class GatedGeluFeedForward(nn.Module):
+  """wo(gelu(wi_0 x) * wi_1 x), T5 v1.1's FFN (HF: DenseReluDense with feed_forward_proj='gated-gelu')."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    cfg = self.config
+    dense = functools.partial(layers.Dense, use_bias=False, dtype=cfg.compute_dtype, kernel_init=_kernel_init)
+    gate = dense(cfg.d_ff, ('embed', 'mlp'), name='wi_0')(x)  # [batch, length, mlp]
+    linear = dense(cfg.d_ff, ('embed', 'mlp'), name='wi_1')(x)  # [batch, length, mlp]
+    h = jax.nn.gelu(gate, approximate=True) * linear
+    h = nn.with_logical_constraint(h, ('act_batch', 'act_length', 'act_mlp'))
+    h = layers.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return dense(cfg.d_model, ('mlp', 'embed'), name='wo')(h)  # [batch, length, embed]
+
+
+class AttentionSublayer(nn.Module):
+  """x + dropout(attention(norm(x), kv)): HF's T5LayerSelfAttention / T5LayerCrossAttention."""
+  config: T5Config
+  attention_name: str  # 'SelfAttention' or 'EncDecAttention'.
+
+  @nn.compact
+  def __call__(self, x: Array, kv: Array | None, mask: Array, bias: Array | None, deterministic: bool) -> Array:
+    cfg = self.config
+    h = RMSNorm(cfg.layer_norm_epsilon, name='layer_norm')(x)
+    h = attention.MultiHeadAttention(
+        num_heads=cfg.num_heads,
+        head_dim=cfg.d_kv,
+        dtype=cfg.compute_dtype,
+        dropout_rate=cfg.dropout_rate,
+        backend=cfg.attention_backend,
+        # T5's key/value init; T5Model.init rescales query and out (see _rescale_attention_init).
+        initializer_range=cfg.d_model**-0.5 / _TRUNCATED_NORMAL_STD,
+        use_bias=False,
+        logits_scale=1.0,
+        name=self.attention_name,
+    )(h, h if kv is None else kv, mask=mask, bias=bias, deterministic=deterministic)
+    h = layers.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return nn.with_logical_constraint(x + h, ('act_batch', 'act_length', 'act_embed'))
+
+
+class FeedForwardSublayer(nn.Module):
+  """x + dropout(ffn(norm(x))): HF's T5LayerFF."""
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool) -> Array:
+    cfg = self.config
+    h = RMSNorm(cfg.layer_norm_epsilon, name='layer_norm')(x)
+    h = GatedGeluFeedForward(cfg, name='DenseReluDense')(h, deterministic)
+    h = layers.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
+    return nn.with_logical_constraint(x + h, ('act_batch', 'act_length', 'act_embed'))
+
+
+class EncoderBlock(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool):
+    x = AttentionSublayer(self.config, 'SelfAttention', name='layer_0')(x, None, mask, bias, deterministic)
+    x = FeedForwardSublayer(self.config, name='layer_1')(x, deterministic)
+    return (x, None) if self.config.scan_layers else x
+
+
+class DecoderBlock(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, encoded: Array, self_mask: Array, cross_mask: Array, bias: Array,
+               deterministic: bool):
+    cfg = self.config
+    x = AttentionSublayer(cfg, 'SelfAttention', name='layer_0')(x, None, self_mask, bias, deterministic)
+    x = AttentionSublayer(cfg, 'EncDecAttention', name='layer_1')(x, encoded, cross_mask, None, deterministic)
+    x = FeedForwardSublayer(cfg, name='layer_2')(x, deterministic)
+    return (x, None) if cfg.scan_layers else x
+
+
+def _apply_blocks(block_cls, cfg: T5Config, num_blocks: int, x: Array, *args, deterministic: bool) -> Array:
+  """Runs num_blocks blocks (unrolled as block_{i}, or one scanned `block`); args are shared by all."""
+  if cfg.remat_policy != 'none':
+    # deterministic is the last argument (counting self) and picks the dropout branch at trace time.
+    block_cls = nn.remat(block_cls, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers,
+                         static_argnums=(len(args) + 2,))
+  if cfg.scan_layers:
+    block_cls = nn.scan(
+        block_cls,
+        variable_axes={'params': 0},
+        split_rngs={'params': True, 'dropout': True},
+        in_axes=(nn.broadcast,) * (len(args) + 1),
+        length=num_blocks,
+        metadata_params={nn.PARTITION_NAME: 'layers'},
+    )
+    x, _ = block_cls(cfg, name='block')(x, *args, deterministic)
+    return x
+  for i in range(num_blocks):
+    x = block_cls(cfg, name=f'block_{i}')(x, *args, deterministic)
+  return x
+
+
+class Encoder(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, input_mask: Array, deterministic: bool) -> Array:
+    """Embedded inputs [batch, length, embed], input_mask [batch, length] (1 = real) -> [batch, length, embed]."""
+    cfg = self.config
+    length = x.shape[1]
+    bias = RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
+                                cfg.relative_attention_max_distance, bidirectional=True,
+                                name='relative_attention_bias')(length, length)  # [1, heads, length, length]
+    x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = _apply_blocks(EncoderBlock, cfg, cfg.num_layers, x, attention.padding_mask(input_mask), bias,
+                      deterministic=deterministic)
+    x = RMSNorm(cfg.layer_norm_epsilon, name='final_layer_norm')(x)
+    return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+class Decoder(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x: Array, encoded: Array, encoder_mask: Array, deterministic: bool) -> Array:
+    """Embedded decoder inputs [batch, length, embed] attending to encoded [batch, enc_length, embed]."""
+    cfg = self.config
+    length = x.shape[1]
+    bias = RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
+                                cfg.relative_attention_max_distance, bidirectional=False,
+                                name='relative_attention_bias')(length, length)  # [1, heads, length, length]
+    causal = jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]  # [1, 1, length, length]
+    x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+    x = _apply_blocks(DecoderBlock, cfg, cfg.num_decoder_layers, x, encoded, causal,
+                      attention.padding_mask(encoder_mask), bias, deterministic=deterministic)
+    x = RMSNorm(cfg.layer_norm_epsilon, name='final_layer_norm')(x)
+    return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
+
+
+def _rescale_attention_init(params: Any, config: T5Config) -> Any:
+  """Scales freshly initialized attention kernels to T5's stds.
+
+  MultiHeadAttention draws q, k, v and out alike (std d_model**-0.5 here). T5
+  draws the query with d_model**-0.5 / sqrt(d_kv), which stands in for the
+  1/sqrt(d_kv) logits scale it does not apply, and out with
+  (heads * d_kv)**-0.5.
+  """
+  factors = {'query': config.d_kv**-0.5, 'out': math.sqrt(config.d_model / (config.num_heads * config.d_kv))}
+
+  def rescale(path, x):
+    names = {getattr(k, 'key', None) for k in path}
+    if {'SelfAttention', 'EncDecAttention'} & names:
+      for name, factor in factors.items():
+        if name in names:
+          return x * jnp.asarray(factor, x.dtype)
+    return x
+
+  return jax.tree_util.tree_map_with_path(rescale, params)
+
+
+class T5Model(nn.Module):
+  """T5 v1.1 for conditional generation: (encoder tokens, decoder tokens) -> float32 logits."""
+  config: T5Config
+
+  def setup(self):
+    cfg = self.config
+    self.shared = layers.Embed(cfg.vocab_size, cfg.d_model, ('vocab', 'embed'), cfg.compute_dtype,
+                               embedding_init=_embedding_init)
+    self.encoder = Encoder(cfg)
+    self.decoder = Decoder(cfg)
+    self.lm_head = layers.Dense(cfg.vocab_size, ('embed', 'vocab'), use_bias=False, dtype=cfg.compute_dtype,
+                                kernel_init=_kernel_init)
+
+  @nn.nowrap
+  def init(self, rngs, *args, **kwargs):
+    """Module.init with T5's attention initialization (see _rescale_attention_init)."""
+    variables = super().init(rngs, *args, **kwargs)
+    return {**variables, 'params': _rescale_attention_init(variables['params'], self.config)}
+
+  def encode(self, encoder_input_tokens: Array, encoder_input_mask: Array, deterministic: bool = True) -> Array:
+    """int32 [batch, enc_length] tokens and mask (1 = real) -> [batch, enc_length, embed]."""
+    x = self.shared(encoder_input_tokens)  # [batch, enc_length, embed]
+    x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
+    return self.encoder(x, encoder_input_mask, deterministic)
+
+  def decode(self, encoded: Array, encoder_input_mask: Array, decoder_input_tokens: Array,
+             deterministic: bool = True) -> Array:
+    """Encoder output + int32 [batch, dec_length] decoder inputs -> float32 logits [batch, dec_length, vocab]."""
+    y = self.shared(decoder_input_tokens)  # [batch, dec_length, embed]
+    y = nn.with_logical_constraint(y, ('act_batch', 'act_length', 'act_embed'))
+    y = self.decoder(y, encoded, encoder_input_mask, deterministic)
+    logits = self.lm_head(y)  # [batch, dec_length, vocab]
+    return nn.with_logical_constraint(logits, ('act_batch', 'act_length', 'act_vocab'))
+
+  def __call__(
+      self,
+      encoder_input_tokens: Array,  # int32 [batch, enc_length]
+      encoder_input_mask: Array,  # int32 [batch, enc_length], 1 = real token
+      decoder_input_tokens: Array,  # int32 [batch, dec_length], targets shifted right (start id 0)
+      deterministic: bool = True,
+  ) -> Array:
+    """-> logits float32 [batch, dec_length, vocab]."""
+    encoded = self.encode(encoder_input_tokens, encoder_input_mask, deterministic)
+    return self.decode(encoded, encoder_input_mask, decoder_input_tokens, deterministic)
+
+
+def init_inputs(batch: int, inputs_length: int, targets_length: int) -> dict[str, np.ndarray]:
+  """Dummy int32 model inputs, e.g. for `model.init(rng, **init_inputs(...))` or eval_shape."""
+  return {
+      'encoder_input_tokens': np.zeros((batch, inputs_length), np.int32),
+      'encoder_input_mask': np.ones((batch, inputs_length), np.int32),
+      'decoder_input_tokens': np.zeros((batch, targets_length), np.int32),
+  }
+
+
+def abstract_params(config: T5Config, inputs_length: int = 8, targets_length: int = 4):
+  """The boxed (logically annotated) parameter tree as ShapeDtypeStructs; allocates nothing."""
+  model = T5Model(config)
+  init = functools.partial(model.init, **init_inputs(1, inputs_length, targets_length))
+  return jax.eval_shape(init, jax.random.key(0))['params']
+
+
+def count_params(config: T5Config) -> int:
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract_params(config))))
+
+
+def forward_flops_per_example(config: T5Config, inputs_length: int, targets_length: int) -> float:
+  """Matmul FLOPs (2 per multiply-add) of one forward pass over one (inputs, targets) pair."""
+  d, f, v = config.d_model, config.d_ff, config.vocab_size
+  inner = config.num_heads * config.d_kv
+  li, lt = inputs_length, targets_length
+  encoder_layer = (
+      2 * li * d * inner * 4  # q, k, v, out
+      + 2 * li * li * inner * 2  # q k^T and probs v
+      + 2 * li * d * f * 3  # wi_0, wi_1, wo
+  )
+  decoder_layer = (
+      2 * lt * d * inner * 4 + 2 * lt * lt * inner * 2  # self-attention
+      + 2 * lt * d * inner * 2 + 2 * li * d * inner * 2  # cross-attention q, out / k, v (over the inputs)
+      + 2 * lt * li * inner * 2  # cross-attention q k^T and probs v
+      + 2 * lt * d * f * 3  # FFN
+  )
+  return float(config.num_layers * encoder_layer + config.num_decoder_layers * decoder_layer + 2 * lt * d * v)

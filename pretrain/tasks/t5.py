@@ -1,0 +1,328 @@
+"""T5 v1.1 pretraining: span corruption on an encoder-decoder (Raffel et al. 2020).
+
+Examples. The corpus's tokens, all documents concatenated without separators
+(as T5's reduce_concat_tokens does), are read as a circular stream cut into
+raw chunks of `tokens_length` tokens, the length `random_spans_helper` derives
+from `data.inputs_length` (512 -> 568 raw tokens, 114 target tokens). Each
+epoch starts the cuts at its own random offset and visits the chunks in its
+own random order (both seeded by (seed, epoch)); an epoch has
+`num_tokens // tokens_length` chunks, and the one crossing the stream's end
+wraps to its start. Global index i reads epoch i // N, slot i % N; the noise
+mask is keyed by (seed, i). So an example depends only on (corpus, seed, i).
+
+Special ids. The sentencepiece tokenizer has [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3
+[MASK]=4 and no sentinels. [PAD] is T5's padding and decoder start id; [SEP]
+is the EOS that ends inputs and targets. `task.extra_ids` sentinel ids sit
+right above the tokenizer's pieces, counted down from the top as T5 does:
+sentinel k = tokenizer.vocab_size + extra_ids - 1 - k. `model.vocab_size=0`
+takes tokenizer pieces + extra ids rounded up to a multiple of 128 (T5:
+32,000 + 100 -> 32,128); the rows above the sentinels are never targets.
+
+Fields of a batch (static shapes):
+  encoder_input_tokens   int32 [B, inputs_length]   corrupted text, sentinels, EOS, [PAD]...
+  encoder_input_mask     int32 [B, inputs_length]   1 = real token
+  decoder_input_tokens   int32 [B, targets_length]  targets shifted right, starting with [PAD]
+  decoder_target_tokens  int32 [B, targets_length]  sentinel, span, sentinel, span, ..., EOS
+  decoder_loss_weights   float32 [B, targets_length]
+The decoder needs no padding mask: padding only ever follows the targets, and
+attention is causal.
+
+Loss: token-level cross entropy averaged over the target tokens of the
+global batch, plus z-loss (`task.z_loss` * log(Z)**2 per token; 1e-4 as in
+t5x's T5.1.1 configs; 0 disables it). t5x sums over tokens instead
+(loss_normalizing_factor None); Adafactor's steps do not depend on the loss's
+scale, so the two train alike. Metrics: loss (with z-loss), cross_entropy,
+z_loss, accuracy (argmax over target tokens).
+"""
+import collections
+import dataclasses
+import threading
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from pretrain import config as config_lib
+from pretrain.data.tokenized import TokenizedDocs
+from pretrain.data.tokenizer import PAD_ID, SEP_ID
+from pretrain.errors import PretrainError
+from pretrain.models import t5 as t5_model
+from pretrain.objectives import keyed_random
+from pretrain.objectives import span_corruption
+
+EOS_ID = SEP_ID
+DECODER_START_ID = PAD_ID
+_VOCAB_MULTIPLE = 128
+_CACHED_EPOCHS = 2  # Neighbouring indices share epochs; a batch near a boundary spans two.
+
+
+def t5_config() -> ml_collections.ConfigDict:
+  """The config every T5 run starts from: base_config() with T5 v1.1's task, data, model and optimizer.
+
+  Sources. Architecture and vocabulary (32,128): google/t5-v1_1-* on the HF hub
+  and t5x's examples/t5/t5_1_1/*.gin. Pretraining: the paper (section 3.1.2)
+  trains 2**19 steps of batch 128 x 512 with Adafactor and lr
+  1/sqrt(max(step, 10**4)); its final models (section 3.7) 1M steps of batch
+  2048. t5x's T5.1.1 configs add z-loss 1e-4, dropout 0 for pretraining
+  (the v1.1 model card: "Dropout was turned off in pre-training"), inputs
+  512 / targets 114; their C4 example uses batch 256 for 100k steps, and the
+  released v1.1 checkpoints are at step 1,000,000 (t5x's t5_1_1_*/checkpoint_1000000).
+  Here: the paper's 2**19 steps x 128.
+
+  The model is T5 v1.1 small; configs/t5_*.py set the shape and the run. The
+  data keys replace BERT's (max_seq_length, masked_lm_prob, ...).
+  """
+  c = config_lib.base_config()
+  c.task = ml_collections.ConfigDict(dict(
+      name="t5",
+      extra_ids=100,  # Sentinel ids above the tokenizer's pieces.
+      z_loss=1e-4,
+  ))
+  generic = ("source", "paths", "text_field", "heldout_fraction", "seed", "num_threads", "prefetch_batches")
+  c.data = ml_collections.ConfigDict(dict(
+      {k: c.data[k] for k in generic},
+      inputs_length=512,
+      targets_length=0,  # 0: the length span corruption gives (114 for inputs 512); larger pads.
+      noise_density=0.15,
+      mean_noise_span_length=3.0,
+  ))
+  c.tokenizer.vocab_size = 32000
+  c.model = ml_collections.ConfigDict(dict(
+      vocab_size=0,  # 0: tokenizer pieces + task.extra_ids, rounded up to a multiple of 128.
+      d_model=512,
+      d_ff=1024,
+      d_kv=64,
+      num_heads=6,
+      num_layers=8,
+      num_decoder_layers=8,
+      relative_attention_num_buckets=32,
+      relative_attention_max_distance=128,
+      dropout_rate=0.0,  # T5 v1.1 pretrains without dropout (0.1 for fine-tuning).
+      layer_norm_epsilon=1e-6,
+      dtype="bfloat16",
+      scan_layers=False,
+      remat_policy="none",
+      attention_backend="xla",
+  ))
+  c.optimizer.update(name="adafactor", learning_rate=1e-2, warmup_steps=10_000, decay="rsqrt",
+                     weight_decay=0.0, grad_clip_norm=0.0)
+  c.train.update(steps=524_288, batch_size=128)  # The paper's pretraining: 2**19 steps of 128 x 512 inputs.
+  return c
+
+
+@dataclasses.dataclass(frozen=True)
+class T5ExampleConfig:
+  inputs_length: int = 512
+  targets_length: int = 0  # 0: as span corruption gives; larger pads; smaller is an error.
+  noise_density: float = 0.15
+  mean_noise_span_length: float = 3.0
+
+  def __post_init__(self):
+    made = self.span_lengths().targets_length
+    if self.targets_length and self.targets_length < made:
+      raise PretrainError(
+          f"data.targets_length={self.targets_length} is shorter than the {made} target tokens span "
+          f"corruption makes from inputs_length={self.inputs_length}; set it to 0 or >= {made}")
+
+  def span_lengths(self) -> span_corruption.SpanLengths:
+    """Raw chunk, noise and output lengths (T5's random_spans_helper)."""
+    return span_corruption.random_spans_helper(self.inputs_length, self.noise_density,
+                                               self.mean_noise_span_length)
+
+  @property
+  def padded_targets_length(self) -> int:
+    return self.targets_length or self.span_lengths().targets_length
+
+
+class T5Examples:
+  """Random access to an endless stream of span-corrupted examples: `self[i]` for any i >= 0."""
+
+  def __init__(self, docs: TokenizedDocs, cfg: T5ExampleConfig, first_sentinel: int, num_sentinels: int,
+               seed: int):
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+      raise PretrainError(f"seed={seed!r} must be a non-negative integer")
+    self.lengths = cfg.span_lengths()
+    self.inputs_length = cfg.inputs_length
+    self.targets_length = cfg.padded_targets_length
+    if self.lengths.num_noise_spans > num_sentinels:
+      raise PretrainError(
+          f"an example has {self.lengths.num_noise_spans} noise spans but there are only {num_sentinels} "
+          "sentinels (task.extra_ids)")
+    n = self.lengths.tokens_length
+    if docs.num_tokens < n:
+      raise PretrainError(f"the corpus has {docs.num_tokens} tokens; one T5 example needs {n}")
+    lowest_sentinel = first_sentinel - num_sentinels + 1
+    if int(docs.tokens.max()) >= lowest_sentinel:
+      raise PretrainError(f"the corpus has token id {int(docs.tokens.max())} >= the first sentinel id "
+                          f"{lowest_sentinel}")
+    self.cfg = cfg
+    self.seed = int(seed)
+    self.first_sentinel = int(first_sentinel)
+    self._tokens = docs.tokens
+    self.num_chunks = docs.num_tokens // n  # Examples per epoch.
+    self._lock = threading.Lock()
+    self._epochs = collections.OrderedDict()
+
+  def _epoch(self, epoch: int) -> tuple[int, np.ndarray]:
+    """(offset of the first cut, slot -> chunk) of an epoch, cached for the last few epochs."""
+    with self._lock:
+      if epoch not in self._epochs:
+        rng = np.random.default_rng([self.seed, epoch])
+        offset = int(rng.integers(self.lengths.tokens_length))
+        self._epochs[epoch] = (offset, rng.permutation(self.num_chunks))
+        while len(self._epochs) > _CACHED_EPOCHS:
+          self._epochs.popitem(last=False)
+      self._epochs.move_to_end(epoch)
+      return self._epochs[epoch]
+
+  def chunk_starts(self, indices: np.ndarray) -> np.ndarray:
+    """int64 [B]: where in the token stream each example's raw chunk starts (it may wrap)."""
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    if idx.size and idx.min() < 0:
+      raise IndexError(f"example indices must be >= 0, got {int(idx.min())}")
+    epoch, slot = np.divmod(idx, self.num_chunks)
+    starts = np.empty(idx.size, np.int64)
+    for e in np.unique(epoch).tolist():
+      offset, order = self._epoch(e)
+      sel = epoch == e
+      starts[sel] = offset + order[slot[sel]] * self.lengths.tokens_length
+    return starts % len(self._tokens)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {k: v[0] for k, v in self.batch(np.asarray([index], np.int64)).items()}
+
+  def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """The examples of `indices` stacked: each field [B, ...]; row b equals self[indices[b]]."""
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    b, n = idx.size, self.lengths.tokens_length
+    starts = self.chunk_starts(idx)
+    raw = self._tokens[(starts[:, None] + np.arange(n)) % len(self._tokens)]  # [B, tokens_length]
+    inputs, targets, _ = span_corruption.span_corrupt(
+        raw, keyed_random.row_keys(self.seed, idx), self.lengths, first_sentinel=self.first_sentinel,
+        eos_id=EOS_ID)
+    li, lt = inputs.shape[1], targets.shape[1]  # Static: the lengths the helper computed.
+    encoder_tokens = np.full([b, self.inputs_length], PAD_ID, np.int32)
+    encoder_tokens[:, :li] = inputs
+    target_tokens = np.full([b, self.targets_length], PAD_ID, np.int32)
+    target_tokens[:, :lt] = targets
+    decoder_inputs = np.concatenate(
+        [np.full([b, 1], DECODER_START_ID, np.int32), target_tokens[:, :-1]], axis=1)
+    return {
+        "encoder_input_tokens": encoder_tokens,
+        "encoder_input_mask": np.broadcast_to(
+            (np.arange(self.inputs_length) < li).astype(np.int32), (b, self.inputs_length)).copy(),
+        "decoder_input_tokens": decoder_inputs,
+        "decoder_target_tokens": target_tokens,
+        "decoder_loss_weights": np.broadcast_to(
+            (np.arange(self.targets_length) < lt).astype(np.float32), (b, self.targets_length)).copy(),
+    }
+
+
+def model_vocab_size(tokenizer_vocab: int, extra_ids: int) -> int:
+  """Tokenizer pieces + sentinels, rounded up to a multiple of 128 (T5: 32,000 + 100 -> 32,128)."""
+  return -(-(tokenizer_vocab + extra_ids) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
+
+
+class T5Task:
+  """Span corruption (noise density 0.15, mean span 3) on T5 v1.1."""
+
+  name = "t5"
+
+  def __init__(self, config, tokenizer):
+    extra_ids = int(config.task.extra_ids)
+    if extra_ids < 1:
+      raise PretrainError(f"task.extra_ids={extra_ids} must be >= 1 (span corruption needs sentinels)")
+    self.z_loss = float(config.task.z_loss)
+    if self.z_loss < 0:
+      raise PretrainError(f"task.z_loss={self.z_loss} must be >= 0")
+    needed = tokenizer.vocab_size + extra_ids
+    vocab = int(config.model.vocab_size) or model_vocab_size(tokenizer.vocab_size, extra_ids)
+    if vocab < needed:
+      raise PretrainError(
+          f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size} pieces + "
+          f"task.extra_ids={extra_ids} sentinels; set model.vocab_size=0 to size it automatically")
+    model_fields = {k: v for k, v in config.model.to_dict().items() if k != "vocab_size"}
+    self.model_config = t5_model.T5Config.from_dict(dict(model_fields, vocab_size=vocab))
+    d = config.data
+    self.example_config = T5ExampleConfig(
+        inputs_length=int(d.inputs_length), targets_length=int(d.targets_length),
+        noise_density=float(d.noise_density), mean_noise_span_length=float(d.mean_noise_span_length))
+    self.lengths = self.example_config.span_lengths()
+    self.first_sentinel = needed - 1
+    self.num_sentinels = extra_ids
+    self.inputs_length = self.example_config.inputs_length
+    self.targets_length = self.example_config.padded_targets_length
+
+  # --- data ---------------------------------------------------------------
+
+  def examples(self, docs, seed: int) -> T5Examples:
+    return T5Examples(docs, self.example_config, self.first_sentinel, self.num_sentinels, seed)
+
+  def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    """Zeros of every batch field's shape and dtype (for init and compilation)."""
+    li, lt = self.inputs_length, self.targets_length
+    return {
+        "encoder_input_tokens": np.zeros([batch_size, li], np.int32),
+        "encoder_input_mask": np.zeros([batch_size, li], np.int32),
+        "decoder_input_tokens": np.zeros([batch_size, lt], np.int32),
+        "decoder_target_tokens": np.zeros([batch_size, lt], np.int32),
+        "decoder_loss_weights": np.zeros([batch_size, lt], np.float32),
+    }
+
+  @property
+  def tokens_per_example(self) -> int:
+    return self.inputs_length + self.targets_length
+
+  # --- model, loss, metrics -------------------------------------------------
+
+  def build_model(self):
+    return t5_model.T5Model(self.model_config)
+
+  def init_args(self, batch):
+    return (batch["encoder_input_tokens"], batch["encoder_input_mask"], batch["decoder_input_tokens"])
+
+  def denominators(self, batch) -> dict:
+    """Target tokens of the whole (global) batch, so microbatch gradients sum to the batch gradient."""
+    return {"tokens": jnp.maximum(jnp.sum(batch["decoder_loss_weights"]), 1.0)}
+
+  def loss(self, model, params, batch, denominators, *, dropout_rng=None, deterministic=True):
+    """(objective, metric sums) for a (micro)batch; objectives of microbatches add up."""
+    rngs = None if deterministic else {"dropout": dropout_rng}
+    logits = model.apply({"params": params}, *self.init_args(batch), deterministic=deterministic,
+                         rngs=rngs)  # [batch, targets_length, vocab] float32
+    labels, w = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    log_z = jax.nn.logsumexp(logits, axis=-1)  # [batch, targets_length]
+    nll = log_z - jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    z_loss = self.z_loss * jnp.square(log_z)
+    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
+    nll_sum, z_sum = jnp.sum(nll * w), jnp.sum(z_loss * w)
+    objective = (nll_sum + z_sum) / denominators["tokens"]
+    sums = {
+        "cross_entropy": nll_sum,
+        "z_loss": z_sum,
+        "correct": jnp.sum(correct * w),
+        "weight": jnp.sum(w),
+    }
+    return objective, sums
+
+  @staticmethod
+  def finalize(sums) -> dict:
+    """Metric values from summed counts (works on jax or numpy scalars); loss includes the z-loss."""
+    w = sums["weight"] + 1e-5
+    return {
+        "loss": (sums["cross_entropy"] + sums["z_loss"]) / w,
+        "cross_entropy": sums["cross_entropy"] / w,
+        "z_loss": sums["z_loss"] / w,
+        "accuracy": sums["correct"] / w,
+    }
+
+  def train_flops_per_example(self) -> float:
+    """Model FLOPs of forward + backward for one example (backward = 2x forward)."""
+    return 3.0 * t5_model.forward_flops_per_example(self.model_config, self.inputs_length, self.targets_length)
+
+  def describe(self) -> dict:
+    return {"model": dataclasses.asdict(self.model_config),
+            "examples": dataclasses.asdict(self.example_config),
+            "span_lengths": dataclasses.asdict(self.lengths),
+            "first_sentinel": self.first_sentinel, "eos_id": EOS_ID}
