@@ -1,0 +1,253 @@
+"""Causal (next-token) LM examples built on the fly, by global example index.
+
+The corpus is read as one token stream in which every document is preceded by
+an end-of-text token, and one more ends the stream:
+
+  EOT d0 EOT d1 EOT ... EOT d{n-1} EOT
+
+End-of-text is [SEP] (id 3): the project's tokenizers reserve ids 0..4 for
+[PAD] [UNK] [CLS] [SEP] [MASK] and have no <|endoftext|>; [SEP] already means
+"a text ends here" and never occurs inside encoded text. Sentences of a
+document are concatenated as they are (their pieces carry the word-start mark).
+Empty documents are skipped.
+
+Two layouts, every field `[seq_len]`:
+
+* chunked (packing=False), as GPT-2 and nanoGPT train: the stream is cut into
+  N = (T - 1) // L windows of L + 1 tokens (T = stream length, L = seq_len);
+  inputs are a window's first L tokens, targets its last L. Attention spans the
+  whole window, across documents (EOT marks the boundary), and every position
+  is a target. Each epoch starts its windows at its own random offset in
+  [0, (T - 1) % L], so the cut points move while N stays fixed.
+
+* packed (packing=True): each example holds whole documents, each its own
+  segment (segment_ids 1, 2, ...; 0 = padding) with positions from 0, so
+  attention never crosses documents. A document of n tokens is the segment
+  `EOT d` with targets `d EOT` (n + 1 positions): its first token is predicted
+  from EOT alone, as in the chunked stream, and its last one predicts EOT, so
+  no target ever comes from another document and every real position counts
+  (loss weight 1; padding 0). A document longer than L is split into pieces of
+  L positions (the last one shorter), each a segment of its own with positions
+  from 0. Pieces are packed into examples once per (docs, seed) by best-fit
+  decreasing; N is the number of examples that makes.
+
+Global index i reads epoch i // N, slot i % N of that epoch's permutation of
+the N examples (seeded by (seed, epoch)), so every epoch has N examples, an
+index past the first epoch reads a reshuffled one, and any index is O(1) away:
+the same (docs, seed, i) gives the same example in any batch, on any process.
+"""
+import bisect
+import collections
+import dataclasses
+import threading
+
+import numpy as np
+
+from pretrain.data.tokenized import TokenizedDocs
+from pretrain.data.tokenizer import PAD_ID, SEP_ID
+from pretrain.errors import PretrainError
+
+EOT_ID = SEP_ID
+FIELDS = ("input_ids", "target_ids", "loss_weights", "segment_ids", "positions")
+_PLAN, _EPOCH = 0, 1  # Seed streams of the packing plan and of the epochs.
+_CACHED_EPOCHS = 2  # Neighbouring indices share epochs; a batch near a boundary spans two.
+
+
+@dataclasses.dataclass(frozen=True)
+class CausalExampleConfig:
+  seq_len: int = 1024
+  packing: bool = False
+
+  def __post_init__(self):
+    if not isinstance(self.seq_len, (int, np.integer)) or self.seq_len < 1:
+      raise PretrainError(f"seq_len={self.seq_len!r} must be a positive integer")
+    if not isinstance(self.packing, (bool, np.bool_)):
+      raise PretrainError(f"packing={self.packing!r} must be True or False")
+
+
+def token_stream(docs: TokenizedDocs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(stream int32 [T], unit_starts int64 [D], doc_lengths int64 [D]) over the D nonempty documents.
+
+  stream = EOT d0 EOT d1 ... EOT; document k's tokens are
+  stream[unit_starts[k] + 1 : unit_starts[k] + 1 + doc_lengths[k]], after its EOT.
+  """
+  token_starts = docs.sentence_starts[docs.doc_starts]  # [num_docs + 1]
+  lengths = np.diff(token_starts)
+  keep = lengths > 0
+  starts, lengths = token_starts[:-1][keep], lengths[keep]
+  body = np.insert(docs.tokens, starts, EOT_ID)  # An EOT before every nonempty document.
+  stream = np.concatenate([body, [EOT_ID]]).astype(np.int32)
+  return stream, starts + np.arange(starts.size), lengths
+
+
+def pack_pieces(lengths: np.ndarray, capacity: int, order: np.ndarray) -> np.ndarray:
+  """Best-fit decreasing: the bin of each piece (int64 [P]), bins numbered from 0 in order of opening.
+
+  Pieces go longest first (ties in `order`); each goes into the open bin with
+  the least room that still fits it, else opens a bin.
+  """
+  lengths = np.asarray(lengths, np.int64)
+  if lengths.size and (lengths.min() < 1 or lengths.max() > capacity):
+    raise ValueError(f"piece lengths must be in [1, {capacity}]")
+  ranked = order[np.argsort(-lengths[order], kind="stable")]
+  bin_of = np.empty(lengths.size, np.int64)
+  by_room = collections.defaultdict(list)  # room left -> open bins with that much room
+  rooms = []  # Sorted room values that have open bins.
+  num_bins = 0
+  for piece, size in zip(ranked.tolist(), lengths[ranked].tolist()):
+    j = bisect.bisect_left(rooms, size)
+    if j < len(rooms):
+      room = rooms[j]
+      b = by_room[room].pop()
+      if not by_room[room]:
+        del rooms[j]
+    else:
+      room, b = capacity, num_bins
+      num_bins += 1
+    bin_of[piece] = b
+    room -= size
+    if room:
+      if not by_room[room]:
+        bisect.insort(rooms, room)
+      by_room[room].append(b)
+  return bin_of
+
+
+class CausalExamples:
+  """Random access to an endless stream of causal LM examples: `self[i]` for any i >= 0."""
+
+  def __init__(self, docs: TokenizedDocs, cfg: CausalExampleConfig, vocab_size: int, seed: int):
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+      raise PretrainError(f"seed={seed!r} must be a non-negative integer")
+    if vocab_size <= EOT_ID:
+      raise PretrainError(f"vocab_size={vocab_size} has no room for the end-of-text id {EOT_ID}")
+    if docs.num_tokens and int(docs.tokens.max()) >= vocab_size:
+      raise PretrainError(f"the corpus has token id {int(docs.tokens.max())} >= vocab_size={vocab_size}")
+    self.cfg = cfg
+    self.seed = int(seed)
+    self._stream, unit_starts, doc_lengths = token_stream(docs)
+    if not doc_lengths.size:
+      raise PretrainError("the corpus has no tokens to build causal LM examples from")
+    length = cfg.seq_len
+    if cfg.packing:
+      self._plan = self._pack(unit_starts, doc_lengths)
+      self._num_examples = len(self._plan[2]) - 1
+    else:
+      self._num_examples = (len(self._stream) - 1) // length
+      if not self._num_examples:
+        raise PretrainError(
+            f"the corpus is {len(self._stream)} tokens with end-of-text tokens, fewer than one window of "
+            f"seq_len + 1 = {length + 1}; use a larger corpus, a smaller seq_len, or packing")
+    self._lock = threading.Lock()
+    self._epochs = collections.OrderedDict()
+
+  def _pack(self, unit_starts: np.ndarray, doc_lengths: np.ndarray):
+    """(piece_starts, piece_lengths, example_starts): pieces grouped by example, CSR style.
+
+    Piece p fills positions with stream[piece_starts[p] + k] -> stream[piece_starts[p] + k + 1].
+    """
+    length = self.cfg.seq_len
+    positions = doc_lengths + 1  # `EOT d` -> `d EOT`.
+    num_pieces = -(-positions // length)  # [D]
+    doc = np.repeat(np.arange(positions.size), num_pieces)  # [P]
+    k = np.arange(doc.size) - np.repeat(np.cumsum(num_pieces) - num_pieces, num_pieces)  # Piece of its doc.
+    piece_starts = unit_starts[doc] + k * length
+    piece_lengths = np.minimum(positions[doc] - k * length, length)
+    rng = np.random.default_rng([self.seed, _PLAN])
+    bin_of = pack_pieces(piece_lengths, length, rng.permutation(doc.size))
+    by_example = np.lexsort((np.arange(doc.size), bin_of))  # Example order, then document order.
+    example_starts = np.searchsorted(bin_of[by_example], np.arange(bin_of.max() + 2))
+    return piece_starts[by_example], piece_lengths[by_example], example_starts
+
+  @property
+  def num_examples(self) -> int:
+    """Examples per epoch; every index >= 0 is valid (later epochs are reshufflings)."""
+    return self._num_examples
+
+  def __len__(self) -> int:
+    return self._num_examples
+
+  def padding_fraction(self) -> float:
+    """Share of positions that are padding (0 when chunked)."""
+    if not self.cfg.packing:
+      return 0.0
+    return 1.0 - float(self._plan[1].sum()) / (self._num_examples * self.cfg.seq_len)
+
+  def _epoch(self, epoch: int) -> tuple[int, np.ndarray]:
+    """(window offset, slot -> example [N]) of an epoch, cached for the last few epochs."""
+    with self._lock:
+      if epoch in self._epochs:
+        self._epochs.move_to_end(epoch)
+        return self._epochs[epoch]
+      rng = np.random.default_rng([self.seed, _EPOCH, epoch])
+      slack = (len(self._stream) - 1) % self.cfg.seq_len
+      offset = 0 if self.cfg.packing else int(rng.integers(0, slack + 1))
+      self._epochs[epoch] = (offset, rng.permutation(self._num_examples))
+      while len(self._epochs) > _CACHED_EPOCHS:
+        self._epochs.popitem(last=False)
+      return self._epochs[epoch]
+
+  def _locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(example int64 [B], window offset int64 [B]) that each global index reads."""
+    idx = np.asarray(indices, np.int64).reshape(-1)
+    if idx.size and idx.min() < 0:
+      raise IndexError(f"example indices must be >= 0, got {int(idx.min())}")
+    epoch, slot = np.divmod(idx, self._num_examples)
+    example, offset = np.empty_like(idx), np.empty_like(idx)
+    for e in np.unique(epoch).tolist():
+      off, order = self._epoch(e)
+      sel = epoch == e
+      example[sel], offset[sel] = order[slot[sel]], off
+    return example, offset
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {k: v[0] for k, v in self.batch(np.asarray([index], np.int64)).items()}
+
+  def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+    """The examples of `indices` stacked: each field [B, seq_len]; row b equals self[indices[b]]."""
+    example, offset = self._locate(indices)
+    if self.cfg.packing:
+      return self._packed(example)
+    return self._chunked(offset + example * self.cfg.seq_len)
+
+  def _chunked(self, starts: np.ndarray) -> dict[str, np.ndarray]:
+    length = self.cfg.seq_len
+    window = self._stream[starts[:, None] + np.arange(length + 1)]  # [B, L + 1]
+    b = starts.size
+    return {
+        "input_ids": window[:, :-1],
+        "target_ids": window[:, 1:],
+        "loss_weights": np.ones([b, length], np.float32),
+        "segment_ids": np.ones([b, length], np.int32),
+        "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (b, length)).copy(),
+    }
+
+  def _packed(self, example: np.ndarray) -> dict[str, np.ndarray]:
+    length = self.cfg.seq_len
+    piece_starts, piece_lengths, example_starts = self._plan
+    first, count = example_starts[example], np.diff(example_starts)[example]  # [B]
+    # Every piece of the batch, row by row: [Q] with Q = count.sum().
+    row = np.repeat(np.arange(example.size), count)
+    within = np.arange(row.size) - np.repeat(np.cumsum(count) - count, count)  # Piece's place in its row.
+    piece = np.repeat(first, count) + within
+    size = piece_lengths[piece]
+    offset = np.cumsum(size) - size  # Where each piece starts in the batch's positions laid end to end.
+    col0 = offset - np.repeat(offset[np.cumsum(count) - count], count)  # ... and in its row.
+    # Every real position of the batch: [R] with R = size.sum().
+    k = np.arange(int(size.sum())) - np.repeat(offset, size)  # Position in its piece.
+    r, c = np.repeat(row, size), np.repeat(col0, size) + k
+    src = np.repeat(piece_starts[piece], size) + k
+
+    out = {
+        "input_ids": np.full([example.size, length], PAD_ID, np.int32),
+        "target_ids": np.full([example.size, length], PAD_ID, np.int32),
+        "loss_weights": np.zeros([example.size, length], np.float32),
+        "segment_ids": np.zeros([example.size, length], np.int32),
+        "positions": np.zeros([example.size, length], np.int32),
+    }
+    out["input_ids"][r, c] = self._stream[src]
+    out["target_ids"][r, c] = self._stream[src + 1]
+    out["loss_weights"][r, c] = 1.0
+    out["segment_ids"][r, c] = np.repeat(within + 1, size)
+    out["positions"][r, c] = k
+    return out

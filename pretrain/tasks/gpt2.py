@@ -1,0 +1,127 @@
+"""GPT-2 pretraining: causal language modelling (Radford et al. 2019).
+
+Config sections read here:
+  task.name = 'gpt2'
+  model     the fields of pretrain.models.gpt2.Gpt2Config (vocab_size 0: the tokenizer's)
+  data      max_seq_length (the context, L) and packing (see pretrain/tasks/causal_examples.py)
+`gpt2_config()` gives all of them with GPT-2 small's shape and the usual recipe;
+configs/gpt2_*.py override it.
+"""
+import dataclasses
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from pretrain import config as config_lib
+from pretrain.errors import PretrainError
+from pretrain.models import gpt2 as gpt2_model
+from pretrain.tasks.causal_examples import FIELDS, CausalExampleConfig, CausalExamples
+
+
+def gpt2_config() -> ml_collections.ConfigDict:
+  """pretrain.config.base_config() with GPT-2's sections: GPT-2 small (124M) and its training recipe.
+
+  From the paper: vocabulary 50,257, context 1,024, batch 512 sequences. The
+  paper leaves the optimizer out; AdamW with betas (0.9, 0.95), eps 1e-8,
+  weight decay 0.1, clipping at 1.0 and a cosine decay to 10% of the peak
+  after a warmup is the recipe of GPT-3 (Brown et al. 2020, whose 125M and
+  350M models have GPT-2 small's and medium's shapes), with which nanoGPT
+  reproduces GPT-2; the peak learning rate is GPT-3's for the nearest size. Dropout 0.1 on embeddings,
+  residuals and attention, as GPT-1 (which GPT-2 says it follows) and HF's
+  GPT2Config; nanoGPT pretrains with 0.
+  """
+  c = config_lib.base_config()
+  c.task.name = "gpt2"
+  c.model = ml_collections.ConfigDict(dataclasses.asdict(gpt2_model.Gpt2Config(dtype="bfloat16")))
+  # The tokenizer must have the model's 50,257 pieces: BPE, as GPT-2 (unigram cannot reach that
+  # many pieces on a small corpus). Point data at a real corpus, or tokenizer.path at such a model.
+  c.tokenizer.update(vocab_size=50257, model_type="bpe")
+  # BERT's example options mean nothing here: drop them so that setting one fails loudly.
+  for key in ("short_seq_prob", "masked_lm_prob", "max_predictions_per_seq", "whole_word_masking",
+              "next_sentence_prediction"):
+    del c.data[key]
+  c.data.max_seq_length = 1024
+  c.data.packing = False  # Chunk the document stream into windows, as GPT-2.
+  c.optimizer.update(name="adamw", learning_rate=6e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
+                     warmup_steps=2000, decay="cosine", end_learning_rate=6e-5, grad_clip_norm=1.0)
+  c.train.update(steps=600_000, batch_size=512, log_every=100)  # 600k x 512 x 1024 = 315B tokens.
+  c.eval.update(every_steps=2000, batch_size=64, num_batches=20)
+  c.checkpoint.update(every_steps=2000, keep=3)
+  return c
+
+
+class Gpt2Task:
+  """Next-token prediction over chunked or packed document streams."""
+
+  name = "gpt2"
+
+  def __init__(self, config, tokenizer):
+    vocab = int(config.model.vocab_size) or tokenizer.vocab_size
+    if vocab != tokenizer.vocab_size:
+      raise PretrainError(
+          f"model.vocab_size={vocab} but the tokenizer {tokenizer.path} has {tokenizer.vocab_size} "
+          "pieces; set model.vocab_size=0 to follow the tokenizer, or tokenizer.vocab_size to match")
+    model_fields = {k: v for k, v in config.model.to_dict().items() if k != "vocab_size"}
+    self.model_config = gpt2_model.Gpt2Config.from_dict(dict(model_fields, vocab_size=vocab))
+    d = config.data
+    self.example_config = CausalExampleConfig(seq_len=d.max_seq_length, packing=d.get("packing", False))
+    if d.max_seq_length > self.model_config.max_position_embeddings:
+      raise PretrainError(
+          f"data.max_seq_length={d.max_seq_length} exceeds model.max_position_embeddings="
+          f"{self.model_config.max_position_embeddings}")
+    self.vocab_size = vocab
+    self.seq_len = d.max_seq_length
+
+  # --- data ---------------------------------------------------------------
+
+  def examples(self, docs, seed: int) -> CausalExamples:
+    return CausalExamples(docs, self.example_config, self.vocab_size, seed)
+
+  def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
+    """Zeros of every batch field's shape and dtype (for init and compilation)."""
+    shape = [batch_size, self.seq_len]
+    return {k: np.zeros(shape, np.float32 if k == "loss_weights" else np.int32) for k in FIELDS}
+
+  @property
+  def tokens_per_example(self) -> int:
+    return self.seq_len
+
+  # --- model, loss, metrics -------------------------------------------------
+
+  def build_model(self):
+    return gpt2_model.Gpt2LMHeadModel(self.model_config)
+
+  def init_args(self, batch):
+    return (batch["input_ids"], batch["positions"], batch["segment_ids"])
+
+  def denominators(self, batch) -> dict:
+    """Normalisers over the whole (global) batch, so microbatch gradients sum to the batch gradient."""
+    return {"tokens": jnp.maximum(jnp.sum(batch["loss_weights"]), 1.0)}
+
+  def loss(self, model, params, batch, denominators, *, dropout_rng=None, deterministic=True):
+    """(objective, metric sums) for a (micro)batch; objectives of microbatches add up."""
+    rngs = None if deterministic else {"dropout": dropout_rng}
+    logits = model.apply(
+        {"params": params}, *self.init_args(batch), deterministic=deterministic, rngs=rngs)  # [B, L, V]
+    targets, w = batch["target_ids"], batch["loss_weights"]
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, L]
+    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    loss_sum = jnp.sum(nll * w)
+    sums = {"loss_sum": loss_sum, "correct_sum": jnp.sum(correct * w), "weight_sum": jnp.sum(w)}
+    return loss_sum / denominators["tokens"], sums
+
+  @staticmethod
+  def finalize(sums) -> dict:
+    """Metric values from summed counts (works on jax or numpy scalars)."""
+    weight = jnp.maximum(sums["weight_sum"], 1.0)
+    loss = sums["loss_sum"] / weight
+    return {"loss": loss, "accuracy": sums["correct_sum"] / weight, "perplexity": jnp.exp(loss)}
+
+  def train_flops_per_example(self) -> float:
+    """Model FLOPs of forward + backward for one sequence (backward = 2x forward)."""
+    return 3.0 * gpt2_model.forward_flops_per_sequence(self.model_config, self.seq_len)
+
+  def describe(self) -> dict:
+    return {"model": dataclasses.asdict(self.model_config), "examples": dataclasses.asdict(self.example_config)}
