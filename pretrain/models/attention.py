@@ -733,6 +733,9 @@ class MultiHeadAttention(nn.Module):
 # Config.
 
 
+_ZERO_IS_NONE = ('num_kv_heads', 'logits_soft_cap', 'sliding_window')
+
+
 @dataclasses.dataclass(frozen=True)
 class AttentionConfig:
   """The attention variant of a model; an ablation changes these fields only.
@@ -766,11 +769,18 @@ class AttentionConfig:
 
   @classmethod
   def from_dict(cls, d: Any) -> 'AttentionConfig':
+    """From a config section; 0 stands for None in num_kv_heads, logits_soft_cap and sliding_window.
+
+    (Command-line overrides cannot change a None field's type, so configs write 0.)
+    """
     d = dict(d)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - names)
     if unknown:
       raise PretrainError(f'unknown AttentionConfig keys: {", ".join(unknown)}; valid: {", ".join(sorted(names))}')
+    for name in _ZERO_IS_NONE:
+      if d.get(name) == 0:
+        d[name] = None
     return cls(**d)
 
   def check_heads(self, num_heads: int) -> None:

@@ -25,6 +25,7 @@ Parameter tree (HF/TF names in parentheses):
 import dataclasses
 import functools
 import math
+import sys
 from typing import Any
 
 import flax.linen as nn
@@ -33,22 +34,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from pretrain.errors import PretrainError
-from pretrain.models import attention
+from pretrain.models import attention as attention_lib
 from pretrain.models import layers
+from pretrain.models import positions as positions_lib
 
 Array = jax.Array
-
-# jax.checkpoint_policies that are policies themselves (the others are factories).
-_JAX_REMAT_POLICIES = (
-    'everything_saveable',
-    'nothing_saveable',
-    'dots_saveable',
-    'dots_with_no_batch_dims_saveable',
-    'checkpoint_dots',
-    'checkpoint_dots_with_no_batch_dims',
-)
-REMAT_POLICIES = ('none', 'full') + _JAX_REMAT_POLICIES
-DTYPES = ('float32', 'bfloat16')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,7 +58,9 @@ class BertConfig:
   dtype: str = 'float32'  # Matmul compute dtype; params are always float32.
   scan_layers: bool = False
   remat_policy: str = 'none'
-  attention_backend: str = 'xla'
+  # The attention variant (pretrain/models/attention.py). position: 'learned' (BERT's table),
+  # 'sinusoidal', 'rope', 'alibi', 'relative_bias' (one T5 bias shared by the layers) or 'none'.
+  attention: attention_lib.AttentionConfig = attention_lib.AttentionConfig(position='learned')
   position_offset: int = 0  # Row of the first real token's position; RoBERTa: 2.
   pooler: bool = True  # The tanh pooler on [CLS]; RoBERTa has none.
   nsp_head: bool = True  # The next-sentence head (needs the pooler).
@@ -81,15 +73,17 @@ class BertConfig:
                           f'{self.max_position_embeddings})')
     if self.nsp_head and not self.pooler:
       raise PretrainError('nsp_head=True needs pooler=True: the next-sentence head reads the pooled [CLS]')
-    if self.dtype not in DTYPES:
-      raise PretrainError(f'unknown dtype {self.dtype!r}; valid: {", ".join(DTYPES)}')
-    if self.remat_policy not in REMAT_POLICIES:
-      raise PretrainError(f'unknown remat_policy {self.remat_policy!r}; valid: {", ".join(REMAT_POLICIES)}')
-    attention.check_backend(self.attention_backend)
+    layers.check_dtype_and_remat(self.dtype, self.remat_policy)
+    self.attention.check_heads(self.num_heads)
+    if self.position_offset and self.attention.position != 'learned':
+      raise PretrainError(f'position_offset {self.position_offset} needs attention.position=learned, '
+                          f'not {self.attention.position!r}')
 
   @property
   def max_length(self) -> int:
-    """The longest sequence the position table holds."""
+    """The longest sequence the position table holds (any length without a table)."""
+    if self.attention.position != 'learned':
+      return sys.maxsize
     return self.max_position_embeddings - self.position_offset
 
   @property
@@ -106,14 +100,9 @@ class BertConfig:
     unknown = sorted(set(d) - names)
     if unknown:
       raise PretrainError(f'unknown BertConfig keys: {", ".join(unknown)}; valid: {", ".join(sorted(names))}')
+    if not isinstance(d.get('attention', attention_lib.AttentionConfig()), attention_lib.AttentionConfig):
+      d = dict(d, attention=attention_lib.AttentionConfig.from_dict(d['attention']))
     return cls(**d)
-
-
-def remat_policy(name: str):
-  """The jax.checkpoint policy for a config name ('full' saves nothing)."""
-  if name not in REMAT_POLICIES or name == 'none':
-    raise PretrainError(f'no remat policy for {name!r}; valid: {", ".join(REMAT_POLICIES[1:])}')
-  return None if name == 'full' else getattr(jax.checkpoint_policies, name)
 
 
 def gelu(x: Array) -> Array:
@@ -133,8 +122,9 @@ class BertEmbeddings(nn.Module):
     init = layers.default_init(cfg.initializer_range)
     self.word_embeddings = layers.Embed(
         cfg.vocab_size, cfg.hidden_size, ('vocab', 'embed'), cfg.compute_dtype, init)
-    self.position_embeddings = layers.Embed(
-        cfg.max_position_embeddings, cfg.hidden_size, ('position', 'embed'), embedding_init=init)
+    if cfg.attention.position == 'learned':
+      self.position_embeddings = layers.Embed(
+          cfg.max_position_embeddings, cfg.hidden_size, ('position', 'embed'), embedding_init=init)
     self.token_type_embeddings = layers.Embed(
         cfg.type_vocab_size, cfg.hidden_size, ('types', 'embed'), embedding_init=init)
     self.layer_norm = layers.LayerNorm(cfg.layer_norm_eps)
@@ -153,8 +143,10 @@ class BertEmbeddings(nn.Module):
       count = jnp.cumsum(input_mask, axis=1)  # [batch, length]
       positions = jnp.where(input_mask > 0, count - 1 + cfg.position_offset, cfg.position_offset - 1)
       x = x + self.position_embeddings(positions)
-    else:
+    elif cfg.attention.position == 'learned':
       x = x + self.position_embeddings.embedding[None, :length]
+    elif cfg.attention.position == 'sinusoidal':
+      x = x + positions_lib.sinusoidal_table(length, cfg.hidden_size)[None]
     x = x + self.token_type_embeddings(segment_ids)
     x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
     x = self.layer_norm(x)
@@ -166,21 +158,20 @@ class BertLayer(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, deterministic: bool):
+  def __call__(self, x: Array, mask: attention_lib.AttentionMask, bias: Array | None, deterministic: bool):
     cfg = self.config
     init = layers.default_init(cfg.initializer_range)
     dtype = cfg.compute_dtype
     dropout = layers.Dropout(cfg.dropout_rate)
 
-    h = attention.MultiHeadAttention(
+    h = cfg.attention.build(
         num_heads=cfg.num_heads,
         head_dim=cfg.head_dim,
         dtype=dtype,
         dropout_rate=cfg.attention_dropout_rate,
-        backend=cfg.attention_backend,
         initializer_range=cfg.initializer_range,
         name='attention',
-    )(x, mask=mask, deterministic=deterministic)
+    )(x, mask=mask, bias=bias, deterministic=deterministic)
     x = layers.LayerNorm(cfg.layer_norm_eps, name='attention_layer_norm')(
         x + dropout(h, deterministic=deterministic))
     x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
@@ -199,26 +190,32 @@ class BertEncoder(nn.Module):
   config: BertConfig
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, deterministic: bool) -> Array:
+  def __call__(self, x: Array, input_mask: Array, deterministic: bool) -> Array:
     cfg = self.config
+    mask = attention_lib.AttentionMask(input_mask=input_mask)
+    bias = None
+    if cfg.attention.position == 'relative_bias':
+      length = x.shape[1]
+      bias = cfg.attention.relative_position_bias(num_heads=cfg.num_heads, bidirectional=True,
+                                                  name='relative_attention_bias')(length, length)
     layer_cls = BertLayer
     if cfg.remat_policy != 'none':
-      # deterministic (argument 3, counting self) picks the dropout branch at trace time.
-      layer_cls = nn.remat(layer_cls, policy=remat_policy(cfg.remat_policy),
-                           prevent_cse=not cfg.scan_layers, static_argnums=(3,))
+      # deterministic (argument 4, counting self) picks the dropout branch at trace time.
+      layer_cls = nn.remat(layer_cls, policy=layers.remat_policy(cfg.remat_policy),
+                           prevent_cse=not cfg.scan_layers, static_argnums=(4,))
     if cfg.scan_layers:
       layer_cls = nn.scan(
           layer_cls,
           variable_axes={'params': 0},
           split_rngs={'params': True, 'dropout': True},
-          in_axes=(nn.broadcast, nn.broadcast),
+          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: 'layers'},
       )
-      x, _ = layer_cls(cfg, name='layers')(x, mask, deterministic)
+      x, _ = layer_cls(cfg, name='layers')(x, mask, bias, deterministic)
       return x
     for i in range(cfg.num_layers):
-      x = layer_cls(cfg, name=f'layer_{i}')(x, mask, deterministic)
+      x = layer_cls(cfg, name=f'layer_{i}')(x, mask, bias, deterministic)
     return x
 
 
@@ -236,7 +233,7 @@ class BertModel(nn.Module):
 
   def __call__(self, input_ids, segment_ids, input_mask, deterministic: bool = True):
     x = self.embeddings(input_ids, segment_ids, input_mask, deterministic)  # [batch, length, embed]
-    x = self.encoder(x, attention.padding_mask(input_mask), deterministic)
+    x = self.encoder(x, input_mask, deterministic)
     pooled = jnp.tanh(self.pooler(x[:, 0])) if self.config.pooler else None  # [batch, embed]
     return x, pooled
 
@@ -316,8 +313,9 @@ def forward_flops_per_sequence(config: BertConfig, seq_len: int, num_predictions
   """Matmul FLOPs (2 per multiply-add) of one forward pass over one sequence."""
   h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
   attn_features = config.num_heads * config.head_dim
+  kv_features = (config.attention.num_kv_heads or config.num_heads) * config.head_dim
   per_layer = (
-      2 * seq_len * h * attn_features * 4  # q, k, v, out projections
+      2 * seq_len * h * (2 * attn_features + 2 * kv_features)  # q, out and k, v projections
       + 2 * seq_len * seq_len * attn_features * 2  # q k^T and probs v
       + 2 * seq_len * h * i * 2  # FFN
   )

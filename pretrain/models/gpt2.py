@@ -36,9 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pretrain.errors import PretrainError
-from pretrain.models import attention
+from pretrain.models import attention as attention_lib
 from pretrain.models import layers
-from pretrain.models.bert import DTYPES, REMAT_POLICIES, remat_policy
+from pretrain.models import positions as positions_lib
 
 Array = jax.Array
 
@@ -59,7 +59,9 @@ class Gpt2Config:
   dtype: str = 'float32'  # Matmul compute dtype; params are always float32.
   scan_layers: bool = False
   remat_policy: str = 'none'
-  attention_backend: str = 'xla'
+  # The attention variant (pretrain/models/attention.py). position: 'learned' (GPT-2's wpe),
+  # 'sinusoidal', 'rope', 'alibi', 'relative_bias' (one causal T5 bias shared by the blocks) or 'none'.
+  attention: attention_lib.AttentionConfig = attention_lib.AttentionConfig(position='learned')
 
   def __post_init__(self):
     for name in ('vocab_size', 'hidden_size', 'num_layers', 'num_heads', 'intermediate_size',
@@ -68,11 +70,8 @@ class Gpt2Config:
         raise PretrainError(f'{name}={getattr(self, name)} must be positive')
     if self.hidden_size % self.num_heads:
       raise PretrainError(f'hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}')
-    if self.dtype not in DTYPES:
-      raise PretrainError(f'unknown dtype {self.dtype!r}; valid: {", ".join(DTYPES)}')
-    if self.remat_policy not in REMAT_POLICIES:
-      raise PretrainError(f'unknown remat_policy {self.remat_policy!r}; valid: {", ".join(REMAT_POLICIES)}')
-    attention.check_backend(self.attention_backend)
+    layers.check_dtype_and_remat(self.dtype, self.remat_policy)
+    self.attention.check_heads(self.num_heads)
 
   @property
   def head_dim(self) -> int:
@@ -93,26 +92,14 @@ class Gpt2Config:
     unknown = sorted(set(d) - names)
     if unknown:
       raise PretrainError(f'unknown Gpt2Config keys: {", ".join(unknown)}; valid: {", ".join(sorted(names))}')
+    if not isinstance(d.get('attention', attention_lib.AttentionConfig()), attention_lib.AttentionConfig):
+      d = dict(d, attention=attention_lib.AttentionConfig.from_dict(d['attention']))
     return cls(**d)
 
 
 def gelu(x: Array) -> Array:
   """GPT-2's GELU, the tanh approximation."""
   return jax.nn.gelu(x, approximate=True)
-
-
-def causal_mask(segment_ids: Array | None, length: int) -> Array:
-  """Boolean `[batch or 1, 1, q_length, kv_length]`: may attend to earlier positions of the same segment.
-
-  Padding is segment 0, so same-segment already keeps every real token off the
-  padding; padding rows attend among themselves, so no row is all False (a
-  fully masked row can give NaN in fused kernels).
-  """
-  mask = jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]  # [1, 1, q, kv]
-  if segment_ids is None:
-    return mask
-  same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]  # [batch, q, kv]
-  return mask & same_segment[:, None]
 
 
 class Gpt2Mlp(nn.Module):
@@ -135,20 +122,20 @@ class Gpt2Block(nn.Module):
   config: Gpt2Config
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, deterministic: bool):
+  def __call__(self, x: Array, mask: attention_lib.AttentionMask, bias: Array | None, positions: Array | None,
+               deterministic: bool):
     cfg = self.config
     dropout = layers.Dropout(cfg.dropout_rate)
 
     h = layers.LayerNorm(cfg.layer_norm_eps, name='ln_1')(x)
-    h = attention.MultiHeadAttention(
+    h = cfg.attention.build(
         num_heads=cfg.num_heads,
         head_dim=cfg.head_dim,
         dtype=cfg.compute_dtype,
         dropout_rate=cfg.attention_dropout_rate,
-        backend=cfg.attention_backend,
         initializer_range=cfg.initializer_range,
         name='attn',
-    )(h, mask=mask, deterministic=deterministic)
+    )(h, mask=mask, bias=bias, positions=positions, deterministic=deterministic)
     x = x + dropout(h, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
 
@@ -195,49 +182,59 @@ class Gpt2LMHeadModel(nn.Module):
       deterministic: bool = True,
   ) -> Array:
     cfg = self.config
+    position = cfg.attention.position
     length = input_ids.shape[1]
     if length > cfg.max_position_embeddings:
       raise PretrainError(
           f'sequence length {length} exceeds max_position_embeddings {cfg.max_position_embeddings}')
     init = nn.initializers.normal(cfg.initializer_range)
     wte = layers.Embed(cfg.vocab_size, cfg.hidden_size, ('vocab', 'embed'), cfg.compute_dtype, init, name='wte')
-    wpe = layers.Embed(cfg.max_position_embeddings, cfg.hidden_size, ('position', 'embed'),
-                       embedding_init=init, name='wpe')
 
     x = wte(input_ids)  # [batch, length, embed]
-    if positions is None:
-      x = x + wpe.embedding[None, :length]
-    else:
-      x = x + wpe(positions)
+    if position == 'learned':
+      wpe = layers.Embed(cfg.max_position_embeddings, cfg.hidden_size, ('position', 'embed'),
+                         embedding_init=init, name='wpe')
+      x = x + (wpe.embedding[None, :length] if positions is None else wpe(positions))
+    elif position == 'sinusoidal':
+      ids = positions_lib.default_positions(length) if positions is None else positions
+      x = x + positions_lib.sinusoidal_embedding(ids, cfg.hidden_size)
     x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
     x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
-    x = self.blocks(x, causal_mask(segment_ids, length), deterministic)
+    # Causal within each document; padding (segment 0) attends only to padding.
+    mask = attention_lib.AttentionMask(causal=True, segment_ids=segment_ids)
+    bias = None
+    if position == 'relative_bias':
+      bias = cfg.attention.relative_position_bias(num_heads=cfg.num_heads, bidirectional=False,
+                                                  name='relative_attention_bias')(
+                                                      length, length, q_positions=positions, kv_positions=positions)
+    x = self.blocks(x, mask, bias, positions, deterministic)
     x = layers.LayerNorm(cfg.layer_norm_eps, name='ln_f')(x)
     logits = wte.attend(x)  # [batch, length, vocab] float32
     return nn.with_logical_constraint(logits, ('act_batch', 'act_length', 'act_vocab'))
 
-  def blocks(self, x: Array, mask: Array, deterministic: bool) -> Array:
+  def blocks(self, x: Array, mask: attention_lib.AttentionMask, bias: Array | None, positions: Array | None,
+             deterministic: bool) -> Array:
     """The num_layers blocks, unrolled (h_0, h_1, ...) or scanned (h, stacked on a layers axis)."""
     cfg = self.config
     block_cls = Gpt2Block
     if cfg.remat_policy != 'none':
-      # deterministic (argument 3, counting self) picks the dropout branch at trace time.
-      block_cls = nn.remat(block_cls, policy=remat_policy(cfg.remat_policy),
-                           prevent_cse=not cfg.scan_layers, static_argnums=(3,))
+      # deterministic (argument 5, counting self) picks the dropout branch at trace time.
+      block_cls = nn.remat(block_cls, policy=layers.remat_policy(cfg.remat_policy),
+                           prevent_cse=not cfg.scan_layers, static_argnums=(5,))
     if cfg.scan_layers:
       block_cls = nn.scan(
           block_cls,
           variable_axes={'params': 0},
           split_rngs={'params': True, 'dropout': True},
-          in_axes=(nn.broadcast, nn.broadcast),
+          in_axes=(nn.broadcast,) * 4,
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: 'layers'},
       )
-      x, _ = block_cls(cfg, name='h')(x, mask, deterministic)
+      x, _ = block_cls(cfg, name='h')(x, mask, bias, positions, deterministic)
       return x
     for i in range(cfg.num_layers):
-      x = block_cls(cfg, name=f'h_{i}')(x, mask, deterministic)
+      x = block_cls(cfg, name=f'h_{i}')(x, mask, bias, positions, deterministic)
     return x
 
 
@@ -270,8 +267,9 @@ def forward_flops_per_sequence(config: Gpt2Config, seq_len: int) -> float:
   """
   h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
   attn_features = config.num_heads * config.head_dim
+  kv_features = (config.attention.num_kv_heads or config.num_heads) * config.head_dim
   per_layer = (
-      2 * seq_len * h * attn_features * 4  # q, k, v, out projections
+      2 * seq_len * h * (2 * attn_features + 2 * kv_features)  # q, out and k, v projections
       + 2 * seq_len * seq_len * attn_features * 2  # q k^T and probs v
       + 2 * seq_len * h * i * 2  # MLP
   )

@@ -15,9 +15,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pretrain.errors import PretrainError
+
 Array = jax.Array
 DType = Any
 Initializer = Callable[..., Array]
+
+DTYPES = ('float32', 'bfloat16')
+# jax.checkpoint_policies that are policies themselves (the others are factories).
+_JAX_REMAT_POLICIES = (
+    'everything_saveable',
+    'nothing_saveable',
+    'dots_saveable',
+    'dots_with_no_batch_dims_saveable',
+    'checkpoint_dots',
+    'checkpoint_dots_with_no_batch_dims',
+)
+REMAT_POLICIES = ('none', 'full') + _JAX_REMAT_POLICIES
+
+
+def check_dtype_and_remat(dtype: str, remat: str) -> None:
+  """Raises PretrainError for a compute dtype or remat policy name no model knows."""
+  if dtype not in DTYPES:
+    raise PretrainError(f'unknown dtype {dtype!r}; valid: {", ".join(DTYPES)}')
+  if remat not in REMAT_POLICIES:
+    raise PretrainError(f'unknown remat_policy {remat!r}; valid: {", ".join(REMAT_POLICIES)}')
+
+
+def remat_policy(name: str):
+  """The jax.checkpoint policy for a config name ('full' saves nothing)."""
+  if name not in REMAT_POLICIES or name == 'none':
+    raise PretrainError(f'no remat policy for {name!r}; valid: {", ".join(REMAT_POLICIES[1:])}')
+  return None if name == 'full' else getattr(jax.checkpoint_policies, name)
 
 
 def default_init(initializer_range: float) -> Initializer:

@@ -43,9 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from pretrain.errors import PretrainError
-from pretrain.models import attention
+from pretrain.models import attention as attention_lib
 from pretrain.models import layers
-from pretrain.models.bert import DTYPES, REMAT_POLICIES, remat_policy
+from pretrain.models import positions as positions_lib
 
 Array = jax.Array
 
@@ -55,6 +55,8 @@ _embedding_init = nn.initializers.normal(stddev=1.0)
 _relative_bias_init = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
 # std / stddev of a normal truncated at two standard deviations (MultiHeadAttention's init).
 _TRUNCATED_NORMAL_STD = 0.87962566103423978
+# Positions T5 can use: none of them adds an embedding to the tokens.
+_POSITIONS = ('relative_bias', 'rope', 'alibi', 'none')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +76,9 @@ class T5Config:
   dtype: str = 'float32'  # Matmul compute dtype; params are always float32.
   scan_layers: bool = False
   remat_policy: str = 'none'
-  attention_backend: str = 'xla'
+  # The attention variant (pretrain/models/attention.py). position: 'relative_bias' (T5's, with the
+  # relative_attention_* settings above, shared by the layers of each stack), 'rope', 'alibi' or 'none'.
+  attention: attention_lib.AttentionConfig = attention_lib.AttentionConfig(position='relative_bias')
 
   def __post_init__(self):
     for name in ('vocab_size', 'd_model', 'd_ff', 'd_kv', 'num_heads', 'num_layers', 'num_decoder_layers',
@@ -83,11 +87,10 @@ class T5Config:
         raise PretrainError(f'T5Config.{name}={getattr(self, name)} must be positive')
     if self.relative_attention_num_buckets < 4:
       raise PretrainError(f'relative_attention_num_buckets={self.relative_attention_num_buckets} must be >= 4')
-    if self.dtype not in DTYPES:
-      raise PretrainError(f'unknown dtype {self.dtype!r}; valid: {", ".join(DTYPES)}')
-    if self.remat_policy not in REMAT_POLICIES:
-      raise PretrainError(f'unknown remat_policy {self.remat_policy!r}; valid: {", ".join(REMAT_POLICIES)}')
-    attention.check_backend(self.attention_backend)
+    layers.check_dtype_and_remat(self.dtype, self.remat_policy)
+    self.attention.check_heads(self.num_heads)
+    if self.attention.position not in _POSITIONS:
+      raise PretrainError(f'T5 takes attention.position in {", ".join(_POSITIONS)}, not {self.attention.position!r}')
 
   @property
   def compute_dtype(self):
@@ -99,50 +102,18 @@ class T5Config:
     unknown = sorted(set(d) - names)
     if unknown:
       raise PretrainError(f'unknown T5Config keys: {", ".join(unknown)}; valid: {", ".join(sorted(names))}')
+    if not isinstance(d.get('attention', attention_lib.AttentionConfig()), attention_lib.AttentionConfig):
+      d = dict(d, attention=attention_lib.AttentionConfig.from_dict(d['attention']))
     return cls(**d)
 
-
-def relative_position_bucket(relative_position: np.ndarray, bidirectional: bool, num_buckets: int = 32,
-                             max_distance: int = 128) -> np.ndarray:
-  """T5's bucket of each relative position (key position - query position).
-
-  Half the buckets (all of them when causal) count distances exactly up to
-  num_buckets // 2 (of that half); the rest are log-spaced up to max_distance,
-  and farther distances share the last bucket. Bidirectional: keys after the
-  query use the upper half of the buckets. Causal: keys after the query fall in
-  bucket 0 (they are masked anyway).
-  """
-  relative_position = np.asarray(relative_position, np.int64)
-  bucket = np.zeros(relative_position.shape, np.int64)
-  if bidirectional:
-    num_buckets //= 2
-    bucket += (relative_position > 0) * num_buckets
-    distance = np.abs(relative_position)
-  else:
-    distance = np.maximum(-relative_position, 0)
-  max_exact = num_buckets // 2
-  with np.errstate(divide='ignore'):  # log(0) where distance is 0; those take the exact branch.
-    log_ratio = np.log(distance / max_exact) / np.log(max_distance / max_exact)
-  large = max_exact + (np.where(distance < max_exact, 0.0, log_ratio) * (num_buckets - max_exact)).astype(np.int64)
-  large = np.minimum(large, num_buckets - 1)
-  return bucket + np.where(distance < max_exact, distance, large)
-
-
-class RelativePositionBias(nn.Module):
-  """A [buckets, heads] table -> the float32 bias [1, heads, q_length, k_length] for every layer."""
-  num_heads: int
-  num_buckets: int
-  max_distance: int
-  bidirectional: bool
-
-  @nn.compact
-  def __call__(self, q_length: int, k_length: int) -> Array:
-    table = self.param('embedding', nn.with_logical_partitioning(_relative_bias_init, ('position', 'heads')),
-                       (self.num_buckets, self.num_heads), jnp.float32)
-    relative = np.arange(k_length)[None, :] - np.arange(q_length)[:, None]  # [q_length, k_length]
-    buckets = relative_position_bucket(relative, self.bidirectional, self.num_buckets, self.max_distance)
-    bias = jnp.take(table, jnp.asarray(buckets, jnp.int32), axis=0)  # [q_length, k_length, heads]
-    return jnp.transpose(bias, (2, 0, 1))[None]  # [1, heads, q_length, k_length]
+  def relative_position_bias(self, bidirectional: bool) -> positions_lib.RelativePositionBias | None:
+    """The stack's shared relative bias module (position='relative_bias'), else None."""
+    if self.attention.position != 'relative_bias':
+      return None
+    return positions_lib.RelativePositionBias(
+        num_heads=self.num_heads, num_buckets=self.relative_attention_num_buckets,
+        max_distance=self.relative_attention_max_distance, bidirectional=bidirectional,
+        embedding_init=_relative_bias_init, name='relative_attention_bias')
 
 
 class RMSNorm(nn.Module):
@@ -179,21 +150,24 @@ class AttentionSublayer(nn.Module):
   attention_name: str  # 'SelfAttention' or 'EncDecAttention'.
 
   @nn.compact
-  def __call__(self, x: Array, kv: Array | None, mask: Array, bias: Array | None, deterministic: bool) -> Array:
+  def __call__(self, x: Array, kv: Array | None, mask: attention_lib.AttentionMask, bias: Array | None,
+               deterministic: bool) -> Array:
     cfg = self.config
     h = RMSNorm(cfg.layer_norm_epsilon, name='layer_norm')(x)
-    h = attention.MultiHeadAttention(
+    variant = cfg.attention
+    if kv is not None:  # Cross-attention: no positions or window between the two stacks.
+      variant = dataclasses.replace(variant, position='none', sliding_window=None)
+    h = variant.build(
         num_heads=cfg.num_heads,
         head_dim=cfg.d_kv,
         dtype=cfg.compute_dtype,
         dropout_rate=cfg.dropout_rate,
-        backend=cfg.attention_backend,
         # T5's key/value init; T5Model.init rescales query and out (see _rescale_attention_init).
         initializer_range=cfg.d_model**-0.5 / _TRUNCATED_NORMAL_STD,
         use_bias=False,
         logits_scale=1.0,
         name=self.attention_name,
-    )(h, h if kv is None else kv, mask=mask, bias=bias, deterministic=deterministic)
+    )(h, kv, mask=mask, bias=bias, deterministic=deterministic)
     h = layers.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return nn.with_logical_constraint(x + h, ('act_batch', 'act_length', 'act_embed'))
 
@@ -215,7 +189,7 @@ class EncoderBlock(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, mask: Array, bias: Array, deterministic: bool):
+  def __call__(self, x: Array, mask: attention_lib.AttentionMask, bias: Array | None, deterministic: bool):
     x = AttentionSublayer(self.config, 'SelfAttention', name='layer_0')(x, None, mask, bias, deterministic)
     x = FeedForwardSublayer(self.config, name='layer_1')(x, deterministic)
     return (x, None) if self.config.scan_layers else x
@@ -225,8 +199,8 @@ class DecoderBlock(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, encoded: Array, self_mask: Array, cross_mask: Array, bias: Array,
-               deterministic: bool):
+  def __call__(self, x: Array, encoded: Array, self_mask: attention_lib.AttentionMask,
+               cross_mask: attention_lib.AttentionMask, bias: Array | None, deterministic: bool):
     cfg = self.config
     x = AttentionSublayer(cfg, 'SelfAttention', name='layer_0')(x, None, self_mask, bias, deterministic)
     x = AttentionSublayer(cfg, 'EncDecAttention', name='layer_1')(x, encoded, cross_mask, None, deterministic)
@@ -238,7 +212,7 @@ def _apply_blocks(block_cls, cfg: T5Config, num_blocks: int, x: Array, *args, de
   """Runs num_blocks blocks (unrolled as block_{i}, or one scanned `block`); args are shared by all."""
   if cfg.remat_policy != 'none':
     # deterministic is the last argument (counting self) and picks the dropout branch at trace time.
-    block_cls = nn.remat(block_cls, policy=remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers,
+    block_cls = nn.remat(block_cls, policy=layers.remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers,
                          static_argnums=(len(args) + 2,))
   if cfg.scan_layers:
     block_cls = nn.scan(
@@ -264,11 +238,10 @@ class Encoder(nn.Module):
     """Embedded inputs [batch, length, embed], input_mask [batch, length] (1 = real) -> [batch, length, embed]."""
     cfg = self.config
     length = x.shape[1]
-    bias = RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
-                                cfg.relative_attention_max_distance, bidirectional=True,
-                                name='relative_attention_bias')(length, length)  # [1, heads, length, length]
+    relative = cfg.relative_position_bias(bidirectional=True)
+    bias = relative(length, length) if relative else None  # [1, heads, length, length]
     x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = _apply_blocks(EncoderBlock, cfg, cfg.num_layers, x, attention.padding_mask(input_mask), bias,
+    x = _apply_blocks(EncoderBlock, cfg, cfg.num_layers, x, attention_lib.AttentionMask(input_mask=input_mask), bias,
                       deterministic=deterministic)
     x = RMSNorm(cfg.layer_norm_epsilon, name='final_layer_norm')(x)
     return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
@@ -282,13 +255,11 @@ class Decoder(nn.Module):
     """Embedded decoder inputs [batch, length, embed] attending to encoded [batch, enc_length, embed]."""
     cfg = self.config
     length = x.shape[1]
-    bias = RelativePositionBias(cfg.num_heads, cfg.relative_attention_num_buckets,
-                                cfg.relative_attention_max_distance, bidirectional=False,
-                                name='relative_attention_bias')(length, length)  # [1, heads, length, length]
-    causal = jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]  # [1, 1, length, length]
+    relative = cfg.relative_position_bias(bidirectional=False)
+    bias = relative(length, length) if relative else None  # [1, heads, length, length]
     x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = _apply_blocks(DecoderBlock, cfg, cfg.num_decoder_layers, x, encoded, causal,
-                      attention.padding_mask(encoder_mask), bias, deterministic=deterministic)
+    x = _apply_blocks(DecoderBlock, cfg, cfg.num_decoder_layers, x, encoded, attention_lib.AttentionMask(causal=True),
+                      attention_lib.AttentionMask(input_mask=encoder_mask), bias, deterministic=deterministic)
     x = RMSNorm(cfg.layer_norm_epsilon, name='final_layer_norm')(x)
     return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -384,15 +355,16 @@ def forward_flops_per_example(config: T5Config, inputs_length: int, targets_leng
   """Matmul FLOPs (2 per multiply-add) of one forward pass over one (inputs, targets) pair."""
   d, f, v = config.d_model, config.d_ff, config.vocab_size
   inner = config.num_heads * config.d_kv
+  kv_inner = (config.attention.num_kv_heads or config.num_heads) * config.d_kv
   li, lt = inputs_length, targets_length
   encoder_layer = (
-      2 * li * d * inner * 4  # q, k, v, out
+      2 * li * d * (2 * inner + 2 * kv_inner)  # q, out and k, v
       + 2 * li * li * inner * 2  # q k^T and probs v
       + 2 * li * d * f * 3  # wi_0, wi_1, wo
   )
   decoder_layer = (
-      2 * lt * d * inner * 4 + 2 * lt * lt * inner * 2  # self-attention
-      + 2 * lt * d * inner * 2 + 2 * li * d * inner * 2  # cross-attention q, out / k, v (over the inputs)
+      2 * lt * d * (2 * inner + 2 * kv_inner) + 2 * lt * lt * inner * 2  # self-attention
+      + 2 * lt * d * inner * 2 + 2 * li * d * kv_inner * 2  # cross-attention q, out / k, v (over the inputs)
       + 2 * lt * li * inner * 2  # cross-attention q k^T and probs v
       + 2 * lt * d * f * 3  # FFN
   )

@@ -103,7 +103,7 @@ def t5_config() -> ml_collections.ConfigDict:
       dtype="bfloat16",
       scan_layers=False,
       remat_policy="none",
-      attention_backend="xla",
+      attention=config_lib.attention_config(position="relative_bias"),
   ))
   c.optimizer.update(name="adafactor", learning_rate=1e-2, warmup_steps=10_000, decay="rsqrt",
                      weight_decay=0.0, grad_clip_norm=0.0)

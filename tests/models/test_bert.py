@@ -230,7 +230,9 @@ def test_config_rejects_bad_values():
   with pytest.raises(PretrainError, match='dots_with_no_batch_dims_saveable'):
     dataclasses.replace(TINY, remat_policy='dots_only')
   with pytest.raises(PretrainError, match='xla'):
-    dataclasses.replace(TINY, attention_backend='flash')
+    bert.BertConfig.from_dict(dict(dataclasses.asdict(TINY), attention={'backend': 'flash'}))
+  with pytest.raises(PretrainError, match='num_kv_heads 3'):
+    bert.BertConfig.from_dict(dict(dataclasses.asdict(TINY), attention={'num_kv_heads': 3}))
   with pytest.raises(PretrainError, match='num_heads'):
     dataclasses.replace(TINY, num_heads=5)
 

@@ -137,12 +137,6 @@ def test_packed_segments_equal_documents_run_alone(tiny_params):
   assert np.all(np.isfinite(packed))
 
 
-def test_causal_mask():
-  mask = gpt2.causal_mask(jnp.array([[1, 1, 2, 0]]), 4)[0, 0]
-  np.testing.assert_array_equal(mask, [[1, 0, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
-  np.testing.assert_array_equal(gpt2.causal_mask(None, 3)[0, 0], np.tril(np.ones((3, 3))))
-
-
 def test_scanned_and_rematerialized_blocks_match_unrolled(tiny_params):
   ids = random_ids()
   scan_config = dataclasses.replace(TINY, scan_layers=True, remat_policy='full')
