@@ -177,8 +177,7 @@ def summarize(name: str, config, workdir: str, result: dict) -> dict:
       "peak_memory_mib": result["peak_memory_bytes"] / 2**20 if result.get("peak_memory_bytes") else None,
       "peak_memory_kind": result.get("peak_memory_kind", ""),
       "compile_seconds": header[0]["compile_seconds"] if header else None,
-      "attention_backend": (header[0].get("attention_backend") if header else None)
-                           or str(config.model.get("attention_backend", "")),
+      "attention_backend": header[0].get("attention_backend", "") if header else "",
       "tokens_per_step": header[0].get("tokens_per_step") if header else None,
       "error": result.get("error", ""),
   }

@@ -10,10 +10,29 @@ overrides what its paper or experiment changes.
 import ml_collections
 
 
+def attention_config(**overrides) -> ml_collections.ConfigDict:
+  """The `model.attention` section: MHA with the family's positions, plain XLA kernels."""
+  return ml_collections.ConfigDict(dict(dict(
+      backend="xla",  # 'xla', 'dot_product_attention', 'pallas_gpu', 'splash_tpu' or 'auto'.
+      num_kv_heads=0,  # 0: num_heads (MHA); 1: multi-query; a divisor of num_heads: grouped-query.
+      position="learned",  # 'learned', 'sinusoidal', 'rope', 'alibi', 'relative_bias' or 'none'.
+      rope_theta=10000.0,
+      rotary_fraction=1.0,
+      relative_num_buckets=32,
+      relative_max_distance=128,
+      qk_norm="none",  # 'none', 'layernorm' or 'rmsnorm'.
+      logits_soft_cap=0.0,
+      sliding_window=0,
+  ), **overrides))
+
+
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
   c.task = ml_collections.ConfigDict(dict(name="bert"))
+  # Params to start a new run from (continued pretraining): a `python -m pretrain.convert from-hf`
+  # output, another run's workdir or one of its step folders. A resumed run ignores it.
+  c.init_from = ""
 
   c.data = ml_collections.ConfigDict(dict(
       source="embedded",  # 'embedded' (CPython's own docs), 'text' (BERT format), 'jsonl'.
@@ -52,7 +71,9 @@ def base_config() -> ml_collections.ConfigDict:
       dtype="float32",  # Compute dtype; params stay float32, matmuls accumulate in float32.
       scan_layers=False,
       remat_policy="none",  # 'none', 'full' or a jax.checkpoint_policies name.
-      attention_backend="xla",
+      # The attention variant: pretrain/models/attention.py AttentionConfig. 0 means "none" for
+      # num_kv_heads (= num_heads), logits_soft_cap and sliding_window.
+      attention=attention_config(position="learned"),
   ))
 
   c.optimizer = ml_collections.ConfigDict(dict(

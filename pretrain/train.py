@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from pretrain import checkpoint as ckpt_lib
 from pretrain import cli
+from pretrain import convert
 from pretrain import distributed
 from pretrain import metrics as metrics_lib
 from pretrain import sharding
@@ -33,6 +34,7 @@ from pretrain import tasks
 from pretrain.data import pipeline
 from pretrain.data.tokenizer import load_tokenized
 from pretrain.errors import PretrainError
+from pretrain.models import attention
 from pretrain.training import step as step_lib
 from pretrain.training.optimizer import make_optimizer
 
@@ -66,9 +68,11 @@ def _check_resume_compatible(saved: dict, config, tokenizer):
         "resume with the checkpoint's tokenizer or use a new workdir")
   for section in ("task", "model"):
     now, before = config[section].to_dict(), saved.get(section, {})
+    for d in (now, before):  # The kernel that computes attention does not change the model.
+      if isinstance(d.get("attention"), dict):
+        d["attention"] = {k: v for k, v in d["attention"].items() if k != "backend"}
     changed = sorted(k for k in set(now) | set(before)
-                     if k not in ("dtype", "remat_policy", "attention_backend", "scan_layers",
-                                  "dropout_rate", "attention_dropout_rate")
+                     if k not in ("dtype", "remat_policy", "scan_layers", "dropout_rate", "attention_dropout_rate")
                      and now.get(k) != before.get(k))
     if changed:
       raise PretrainError(
@@ -76,6 +80,15 @@ def _check_resume_compatible(saved: dict, config, tokenizer):
           f"{before.get(changed[0])!r}; use a new workdir for a different model")
   if config.model.scan_layers != saved.get("model", {}).get("scan_layers", config.model.scan_layers):
     raise PretrainError("model.scan_layers differs from the checkpoint's (the parameter layout differs)")
+
+
+def _attention_backends() -> dict:
+  """What the compiled train step's attention ran on: {attention_backend, attention_backend_reason}."""
+  resolved = {(r.requested, r.backend, r.reason) for r in attention.resolved_backends()}
+  for requested, backend, reason in sorted(resolved):
+    _logger.info("attention: %s -> %s (%s)", requested, backend, reason)
+  return {"attention_backend": ",".join(sorted({b for _, b, _ in resolved})),
+          "attention_backend_reason": "; ".join(sorted({r for _, _, r in resolved if r}))}
 
 
 def _new_progress() -> dict:
@@ -163,9 +176,14 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     _logger.info("resumed from step %d (restart %d)", latest, progress["restarts"])
   else:
     state = fns.init_state(int(config.train.seed))
+    if config.get("init_from"):
+      state = state.replace(params=convert.load_params(config.init_from, fns.abstract_state.params))
+      _logger.info("params from %s", config.init_from)
     progress = _new_progress()
+  attention.clear_resolved_backends()
   train_step, compile_seconds = fns.compile_train_step()
   progress["compile_seconds"] += compile_seconds
+  backend_row = _attention_backends()
   eval_step = fns.eval_step
 
   start_step = int(jax.device_get(state.step))
@@ -244,7 +262,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
              disable=not (is_main and config.metrics.progress_bar), file=sys.stderr)
   if is_main and start_step < total_steps:
     writer.write(start_step, {"compile_seconds": compile_seconds, "num_params": n_params,
-                              "tokens_per_step": tokens_per_step})
+                              "tokens_per_step": tokens_per_step, **backend_row})
   step = start_step
   if is_main and start_step >= total_steps:
     print(f"{workdir} already holds the final step {start_step}; nothing to do.", file=sys.stderr)

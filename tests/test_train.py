@@ -244,3 +244,20 @@ def test_checkpoints_survive_a_failed_rerun(tiny_config, tmp_path):
     train(c, workdir)
   assert files() == snapshot
   assert ckpt_lib.Checkpointer(workdir, 1, 1).latest_step() == 3
+
+
+def test_init_from_another_run_starts_from_its_params(tiny_config, tmp_path):
+  c = tiny_config
+  c.train.update(steps=2, log_every=1)
+  c.eval.every_steps = 0
+  source, continued = str(tmp_path / "source"), str(tmp_path / "continued")
+  train(c, source)
+  c.init_from = source
+  c.optimizer.update(learning_rate=0.0, warmup_steps=0)  # No update: the params stay the source's.
+  train(c, continued)
+  _, a = final_params(source)
+  _, b = final_params(continued)
+  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+  c.model.intermediate_size *= 2
+  with pytest.raises(PretrainError, match="intermediate"):
+    train(c, str(tmp_path / "other_shape"))
