@@ -24,6 +24,11 @@ project's `task.name`, to a module with
   params_to_hf(params, model, special_ids, base_hf_config) -> (config.json dict, {name: array})
   abstract_params(model)                     the unscanned param tree (ShapeDtypeStructs)
   init_heads(model, seed)                    fresh params of the heads an HF model may lack
+and optionally
+  base_config()                              the config the sections override (default: base_config())
+  model_vocab_size(config, tokenizer_vocab)  the model vocabulary of a run whose model.vocab_size is 0
+                                             (default: the tokenizer's)
+A family that returns a "tokenizer" section sets its vocab_size; else it is the model's.
 `tensors` is an hf_io.HfTensors: `take` checks each tensor's shape and what
 stays unused is an error. A new family is one module and one line here.
 """
@@ -47,6 +52,8 @@ _logger = logging.getLogger(__name__)
 FAMILIES = {
     "bert": "pretrain.convert.bert",
     "roberta": "pretrain.convert.roberta",
+    "gpt2": "pretrain.convert.gpt2",
+    "t5": "pretrain.convert.t5",
 }
 FORMAT = "pretrain-convert-v1"
 _SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
@@ -69,11 +76,12 @@ def _hf_family(hf_config: dict):
   return module
 
 
-def _project_config(sections: dict) -> dict:
-  config = base_config()
+def _project_config(module, sections: dict) -> dict:
+  config = getattr(module, "base_config", base_config)()
   for name, values in sections.items():
     config[name].update(values)
-  config.tokenizer.vocab_size = config.model.vocab_size
+  if "tokenizer" not in sections:
+    config.tokenizer.vocab_size = config.model.vocab_size
   return config.to_dict()
 
 
@@ -114,7 +122,7 @@ def from_hf(hf_dir: str, out: str, *, allow_pickle: bool = False, scan_layers: b
       "initialized_fresh": fresh,
       "skipped_tensors": tensors.skipped(),  # Buffers, tied copies, weights the architecture does not use.
   }
-  config = _project_config(sections)
+  config = _project_config(module, sections)
   with hf_io.staged_dir(out) as tmp:
     checkpoints.save_converted(tmp, params, config, source)
   return source
@@ -127,12 +135,13 @@ def _special_ids(source: dict) -> dict:
   return {"pad_token_id": tokenizer.PAD_ID, "bos_token_id": tokenizer.CLS_ID, "eos_token_id": tokenizer.SEP_ID}
 
 
-def _model_section(config: dict) -> dict:
+def _model_section(config: dict, module) -> dict:
   model = dict(config.get("model") or {})
   if not model:
     raise PretrainError("the checkpoint's config has no model section")
-  if not model.get("vocab_size"):  # 0: the tokenizer's, recorded with the checkpoint.
-    model["vocab_size"] = (config.get("_tokenizer") or {}).get("vocab_size") or config["tokenizer"]["vocab_size"]
+  if not model.get("vocab_size"):  # 0: follows the tokenizer recorded with the checkpoint.
+    vocab = (config.get("_tokenizer") or {}).get("vocab_size") or config["tokenizer"]["vocab_size"]
+    model["vocab_size"] = module.model_vocab_size(config, vocab) if hasattr(module, "model_vocab_size") else vocab
   return model
 
 
@@ -145,7 +154,7 @@ def to_hf(ckpt: str, out: str, *, step: int | None = None) -> dict:
   directory, key, config, source = checkpoints.locate(ckpt, step)
   module = family((config.get("task") or {}).get("name"), "the checkpoint's task.name")
   params = checkpoints.read_numpy(directory, key)
-  model = _model_section(config)
+  model = _model_section(config, module)
   if checkpoints.is_scanned(params):
     params = checkpoints.unstack_layers(params)
   model.update(scan_layers=False, remat_policy="none")

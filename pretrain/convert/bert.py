@@ -262,12 +262,28 @@ def hf_to_params(t: HfTensors, hf_config: dict, model: dict) -> tuple[dict, list
   return params, ["mlm_head"] + (["nsp_head"] if model["nsp_head"] else [])
 
 
+def check_attention(model: dict, position: str, arch: str) -> None:
+  """The project model's attention must be HF's: multi-head, with `position`, and no extras."""
+  a = dict(model.get("attention") or {})
+  checks = (
+      ("position", a.get("position", position) == position, f"{arch} has position {position!r}"),
+      ("num_kv_heads", a.get("num_kv_heads") in (None, 0, model["num_heads"]), f"{arch} has multi-head attention"),
+      ("qk_norm", a.get("qk_norm") in (None, "none"), f"{arch} has no query/key norm"),
+      ("logits_soft_cap", not a.get("logits_soft_cap"), f"{arch} has no logits soft-cap"),
+      ("sliding_window", not a.get("sliding_window"), f"{arch} attends to the whole context"),
+  )
+  for name, ok, why in checks:
+    if not ok:
+      raise PretrainError(f"model.attention.{name}={a[name]!r} cannot be exported: {why}")
+
+
 def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None) -> tuple[dict, dict]:
   """(config.json, tensors) of HF's BertForPreTraining (with an NSP head) or BertForMaskedLM."""
   if model.get("position_offset", 0):
     raise PretrainError(f"model.position_offset={model['position_offset']}: HF's BERT counts positions from 0 "
                         "(a RoBERTa checkpoint exports as task 'roberta')")
   arch = "BertForPreTraining" if model["nsp_head"] else "BertForMaskedLM"
+  check_attention(model, "learned", arch)
   config = hf_config(model, arch, "bert", base)
   config["pad_token_id"] = special_ids["pad_token_id"]
   return config, write_tensors(params, entries(model, "bert.", BERT_HEADS))

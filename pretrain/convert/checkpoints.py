@@ -45,7 +45,7 @@ def get_config():
   return convert.load_config(os.path.dirname(os.path.abspath(__file__)))
 '''
 
-_LAYER = re.compile(r"layer_(\d+)$")
+_LAYER = re.compile(r"^(layer|h|block)_(\d+)$")
 
 
 def save_converted(directory: str, params, config: dict, source: dict) -> None:
@@ -135,25 +135,29 @@ def read_into(directory: str, key: str | None, target) -> Any:
   return _restore(directory, key, target, ocp.checkpoint_utils.construct_restore_args(target))
 
 
-# Layer layouts: a dict holding `layer_0 .. layer_{n-1}` (one per layer) or `layers` (scan_layers: stacked on axis 0).
+# Layer layouts: one subtree per layer (`layer_i` BERT, `h_i` GPT-2, `block_i` T5) or, with scan_layers,
+# one subtree stacked on axis 0 (`layers`, `h`, `block`).
+_STACKED = {"layer": "layers", "h": "h", "block": "block"}
 
 
 def is_scanned(params) -> bool:
   if not isinstance(params, dict):
     return False
-  return "layers" in params or any(is_scanned(v) for v in params.values())
+  return bool(set(_STACKED.values()) & set(params)) or any(is_scanned(v) for v in params.values())
 
 
 def unstack_layers(params):
   """Scanned layout -> one subtree per layer (numpy)."""
   if not isinstance(params, dict):
     return params
-  out = {k: unstack_layers(v) for k, v in params.items() if k != "layers"}
-  if "layers" in params:
-    stacked = params["layers"]
-    n = jax.tree.leaves(stacked)[0].shape[0]
-    for i in range(n):
-      out[f"layer_{i}"] = jax.tree.map(lambda x, i=i: np.asarray(x[i]), stacked)
+  out = {}
+  for k, v in params.items():
+    prefix = next((p for p, s in _STACKED.items() if s == k), None)
+    if prefix is None:
+      out[k] = unstack_layers(v)
+      continue
+    for i in range(jax.tree.leaves(v)[0].shape[0]):
+      out[f"{prefix}_{i}"] = jax.tree.map(lambda x, i=i: np.asarray(x[i]), v)
   return out
 
 
@@ -162,9 +166,10 @@ def stack_layers(params):
   if not isinstance(params, dict):
     return params
   out = {k: stack_layers(v) for k, v in params.items() if not _LAYER.match(k)}
-  n = sum(1 for k in params if _LAYER.match(k))
-  if n:
-    out["layers"] = jax.tree.map(lambda *xs: np.stack(xs), *(params[f"layer_{i}"] for i in range(n)))
+  for prefix, stacked in _STACKED.items():
+    n = sum(1 for k in params if _LAYER.match(k) and _LAYER.match(k).group(1) == prefix)
+    if n:
+      out[stacked] = jax.tree.map(lambda *xs: np.stack(xs), *(params[f"{prefix}_{i}"] for i in range(n)))
   return out
 
 

@@ -59,6 +59,7 @@ def hf_to_params(t: HfTensors, hf_config: dict, model: dict) -> tuple[dict, list
 
 def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None) -> tuple[dict, dict]:
   """(config.json, tensors) of HF's RobertaForMaskedLM for a model whose padding is special_ids' pad id."""
+  bert.check_attention(model, "learned", "RobertaForMaskedLM")
   config = bert.hf_config(model, "RobertaForMaskedLM", "roberta", base)
   config.update(special_ids)
   tensors = bert.write_tensors(params, bert.entries(model, PREFIX, HEADS))

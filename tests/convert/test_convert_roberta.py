@@ -141,11 +141,11 @@ def test_bad_input(converted, tmp_path):
                                           r"\(14, 32\) but config.json \(max_position_embeddings=12"):
     convert.from_hf(str(bad), str(tmp_path / "out"))
   saved = json.loads(open(os.path.join(out, "config.json")).read())
-  saved["task"]["name"] = "gpt2"
+  saved["task"]["name"] = "xlnet"
   (bad / "config.json").unlink()
   os.symlink(os.path.join(out, "params"), bad / "params")
   os.symlink(os.path.join(out, "convert.json"), bad / "convert.json")
   (bad / "config.json").write_text(json.dumps(saved))
-  with pytest.raises(PretrainError, match="the checkpoint's task.name='gpt2' is not supported"):
+  with pytest.raises(PretrainError, match="the checkpoint's task.name='xlnet' is not supported"):
     convert.to_hf(str(bad), str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()
