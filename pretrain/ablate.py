@@ -37,7 +37,8 @@ from pretrain.errors import PretrainError
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A fair comparison: the same examples in the same order for the same number of steps.
 FIXED_KEYS = ("train.steps", "train.batch_size", "train.grad_accum_steps", "train.seed", "data.seed",
-              "data.max_seq_length", "data.source", "data.paths")
+              "data.max_seq_length", "data.inputs_length", "data.targets_length", "data.packing",
+              "data.source", "data.paths")
 RESULT = "result.json"
 
 
@@ -63,7 +64,10 @@ def _flatten(overrides, prefix="") -> dict[str, Any]:
 
 
 def _get(config, dotted: str):
+  """The value at a dotted key, or None where a family has no such key (T5 has no data.max_seq_length)."""
   for part in dotted.split("."):
+    if part not in config:
+      return None
     config = config[part]
   return config
 

@@ -8,6 +8,8 @@ import pytest
 
 from pretrain import ablate
 from pretrain.errors import PretrainError
+from pretrain.models import bert
+from pretrain.models import gpt2
 
 
 def _sweep(corpus_path, variants):
@@ -79,3 +81,23 @@ def test_unknown_variant_and_missing_base_are_clear_errors(text_corpus, tmp_path
   sweep.base = "configs/absent.py"
   with pytest.raises(PretrainError, match="absent.py"):
     ablate.variant_configs(sweep)
+
+
+@pytest.mark.parametrize("path,family", [("configs/ablations/attention.py", "bert"),
+                                         ("configs/ablations/gpt2_window.py", "gpt2")])
+def test_shipped_sweeps_change_only_attention(path, family):
+  """Each shipped variant is valid, shares the budget, and differs from the first only in model.attention."""
+  configs = ablate.variant_configs(ablate.load_config_file(path))
+  assert len(configs) >= 4
+  first = next(iter(configs.values()))
+  model_cls = {"bert": bert.BertConfig, "gpt2": gpt2.Gpt2Config}[family]
+  built = set()
+  for c in configs.values():
+    assert c.task.name == family
+    for section in ("data", "train", "optimizer", "task"):
+      assert c[section].to_dict() == first[section].to_dict()
+    model = c.model.to_dict()
+    assert {k: v for k, v in model.items() if k != "attention"} == {
+        k: v for k, v in first.model.to_dict().items() if k != "attention"}
+    built.add(model_cls.from_dict(dict(model, vocab_size=512)).attention)
+  assert len(built) == len(configs)  # Every variant is a different attention.

@@ -35,6 +35,7 @@ def gpt2_config() -> ml_collections.ConfigDict:
   c = config_lib.base_config()
   c.task.name = "gpt2"
   c.model = ml_collections.ConfigDict(dataclasses.asdict(gpt2_model.Gpt2Config(dtype="bfloat16")))
+  c.model.attention = config_lib.attention_config(position="learned")  # Overridable from the command line.
   # The tokenizer must have the model's 50,257 pieces: BPE, as GPT-2 (unigram cannot reach that
   # many pieces on a small corpus). Point data at a real corpus, or tokenizer.path at such a model.
   c.tokenizer.update(vocab_size=50257, model_type="bpe")

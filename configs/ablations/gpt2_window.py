@@ -1,0 +1,30 @@
+"""GPT-2 sliding-window ablation on the embedded corpus: full causal attention vs windows of 64, 32 and 16.
+
+  python -m pretrain.ablate --config=configs/ablations/gpt2_window.py --workdir=runs/ablate_gpt2_window
+
+Base: configs/gpt2_tiny.py (L4 H256 A4, bf16 compute, 128-token context) for
+80 steps of 16 x 128 tokens, chunked, the same data order and seed for every
+variant; each variant changes only `model.attention.sliding_window` (plus
+RoPE for one, as sliding-window models usually pair it with rotary
+positions). ~8 minutes on two CPU cores.
+"""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.base = "configs/gpt2_tiny.py"
+  c.base_overrides = dict(
+      train=dict(steps=80, log_every=10),
+      eval=dict(every_steps=40, num_batches=4),
+      checkpoint=dict(every_steps=40, keep=1),
+      metrics=dict(progress_bar=False),
+  )
+  c.variants = dict(
+      full={},
+      window_64=dict(model=dict(attention=dict(sliding_window=64))),
+      window_32=dict(model=dict(attention=dict(sliding_window=32))),
+      window_16=dict(model=dict(attention=dict(sliding_window=16))),
+      window_32_rope=dict(model=dict(attention=dict(sliding_window=32, position="rope"))),
+  )
+  return c
