@@ -20,6 +20,7 @@ import time
 from absl import app
 from absl import flags
 import jax
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 import numpy as np
 from tqdm import tqdm
@@ -107,14 +108,27 @@ def _goodput(progress: dict) -> dict:
 
 
 class _StopFlag:
-  """Set by SIGTERM/SIGINT; the loop saves a checkpoint and exits cleanly."""
+  """Set by SIGTERM/SIGINT; the loop saves a checkpoint and exits cleanly.
+
+  With several processes a signal reaches each at a different step, and a
+  process that stopped alone would leave the others waiting in a collective.
+  There jax's preemption service takes SIGTERM instead: it agrees on one step
+  for all processes (`reached_preemption_sync_point`, asked at every step) and
+  they all save that step and stop. SIGINT keeps its default there.
+  """
 
   def __init__(self):
     self.signal = None
+    self.multiprocess = jax.process_count() > 1
+
+  def reached(self, step: int) -> bool:
+    if self.multiprocess and multihost_utils.reached_preemption_sync_point(step):
+      self.signal = "SIGTERM"
+    return self.signal is not None
 
   @contextlib.contextmanager
   def installed(self):
-    if threading.current_thread() is not threading.main_thread():
+    if self.multiprocess or threading.current_thread() is not threading.main_thread():
       yield
       return
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -268,7 +282,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     print(f"{workdir} already holds the final step {start_step}; nothing to do.", file=sys.stderr)
   try:
     with stop.installed():
-      while step < total_steps and stop.signal is None and step != stop_at_step:
+      while step < total_steps and not stop.reached(step) and step != stop_at_step:
         t_data = time.perf_counter()
         batch = sharding.make_global_batch(next(stream), mesh)
         interval_data_wait += time.perf_counter() - t_data

@@ -4,8 +4,10 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -271,3 +273,35 @@ def test_launcher_passes_sigterm_to_every_process(tmp_path):
   assert p.returncode == 0
   assert sorted(os.listdir(tmp_path)) == ["0", "1"]
   assert (tmp_path / "0").read_text() == (tmp_path / "1").read_text() == "SIGTERM"
+
+
+def test_sigterm_to_one_process_stops_all_at_one_agreed_step(text_corpus, tmp_path):
+  """A preemption notice reaches one process; jax's preemption service has every process save the same step."""
+  c = make_tiny_config(text_corpus)
+  c.train.update(steps=10_000, log_every=1)
+  c.eval.every_steps = 0
+  c.checkpoint.every_steps = 10_000
+  workdir = str(tmp_path / "run")
+  load_tokenized(c.data, c.tokenizer)
+  with open(tmp_path / "err.txt", "w") as err:
+    launch = subprocess.Popen(
+        [sys.executable, LOCAL, "-n", "2", "--devices_per_process", "4", "--",
+         f"--config={_config_file(c, tmp_path / 'long.py')}", f"--workdir={workdir}"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=err)
+    metrics = os.path.join(workdir, "metrics.jsonl")
+    deadline = time.time() + 240
+    while time.time() < deadline and len(train_rows(workdir) if os.path.exists(metrics) else []) < 3:
+      time.sleep(0.5)
+    listing = subprocess.run(["pgrep", "-a", "-f", "--", "--process_id=1"], capture_output=True, text=True).stdout
+    pids = [line.split()[0] for line in listing.splitlines() if f"--workdir={workdir}" in line]
+    assert len(pids) == 1, listing
+    os.kill(int(pids[0]), signal.SIGTERM)  # Process 1 only.
+    launch.wait(timeout=240)
+  err = (tmp_path / "err.txt").read_text()
+  assert launch.returncode == 0, err[-3000:]
+  saved = re.search(r"SIGTERM received: saved a checkpoint at step (\d+)", err)
+  assert saved, err[-3000:]
+  step = int(saved.group(1))
+  assert 3 <= step < 10_000
+  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints")) if d.isdigit()) == [step]
+  assert train_rows(workdir)[-1]["step"] <= step
