@@ -7,8 +7,8 @@ The same code path as a multi-host pod (jax.distributed over a coordinator,
 collectives between processes, each process reading only its rows of the
 batch), rehearsed over loopback: process 0 runs the coordinator on a free
 port, CPU collectives go over gloo. Process 0's output is passed through as it
-is, the others' is prefixed with `[i] `. SIGTERM/SIGINT are passed on to every
-process (the train loop saves a checkpoint and exits); if any process fails,
+is, the others' is prefixed with `[i] `. SIGTERM/SIGINT reach every process as
+SIGTERM (the processes agree on a step, save it and exit); if any process fails,
 the rest are stopped and the launcher exits with the failed process's status.
 """
 import argparse
@@ -68,8 +68,8 @@ def run(commands: Sequence[Sequence[str]], env: dict[str, str], *, kill_grace_s:
 
   A process that fails makes the launcher stop the rest: SIGTERM, then SIGKILL
   after `kill_grace_s` (a process blocked in a collective never gets to its
-  SIGTERM handler). SIGTERM/SIGINT sent to the launcher go to every process; a
-  second one kills them.
+  SIGTERM handler). SIGTERM/SIGINT sent to the launcher go to every process as
+  SIGTERM; a second one kills them.
   """
   procs = [subprocess.Popen(list(cmd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             start_new_session=True)  # Signals reach them only through here.
@@ -89,7 +89,9 @@ def run(commands: Sequence[Sequence[str]], env: dict[str, str], *, kill_grace_s:
     for p in procs:
       if p.poll() is None:
         try:
-          os.killpg(p.pid, signum if len(received) == 1 else signal.SIGKILL)
+          # The first Ctrl-C or SIGTERM reaches the processes as SIGTERM, on which they agree on a step,
+          # save it and exit; a second one kills them.
+          os.killpg(p.pid, signal.SIGTERM if len(received) == 1 else signal.SIGKILL)
         except ProcessLookupError:
           pass
 
