@@ -1,25 +1,30 @@
-"""Throughput of the training step, next to HF torch BERT and a measured matmul peak.
+"""Throughput of the training step, next to HF torch of the same shape and a measured matmul peak.
 
   python -m pretrain.bench --config=configs/bert_tiny.py
-  python -m pretrain.bench --config=configs/bert_tiny.py --dtypes=bfloat16 --reference=none
+  python -m pretrain.bench --config=configs/gpt2_tiny.py --dtypes=bfloat16 --reference=none
+  python -m pretrain.bench --config=configs/t5_small.py --config.train.batch_size=4
   python -m pretrain.bench --config=configs/bert_tiny.py --data --json_out=bench.json
 
-Times the project's real compiled train step (training/step.py: forward,
+Every family of the task registry (pretrain/tasks) is timed the same way. Times the project's real compiled train step (training/step.py: forward,
 backward, clipping and the AdamW update, on the default data-parallel mesh) for
 each compute dtype, at the config's batch, sequence length and prediction
 count. Alongside it, in the same process:
 
 * the peak of a jitted [M, K] x [K, N] matmul of the model's FFN shapes, per
   dtype (bfloat16 inputs accumulate in float32, as the model's matmuls do);
-* with --reference=hf, HF torch `BertForPreTraining` of the identical shape
-  (random init, `torch.optim.AdamW`, full-length MLM labels: HF's standard
-  path), in float32 and under bfloat16 autocast;
-* with --data, examples/s of the input pipeline against HF's
+* with --reference=hf, the HF torch model of the identical shape (random init
+  from a config object, `torch.optim.AdamW`, HF's standard loss path), in
+  float32 and under bfloat16 autocast: BertForPreTraining, RobertaForMaskedLM,
+  GPT2LMHeadModel, or T5ForConditionalGeneration with T5 v1.1's gated GELU and
+  untied head;
+* with --data (BERT only), examples/s of the input pipeline against HF's
   `DataCollatorForLanguageModeling`.
 
-Model FLOPs are the task's count (`task.train_flops_per_example`): the MLM head
-runs on the masked positions only. HF's head projects every position onto the
-vocabulary; its TFLOP/s column counts that dense work.
+Model FLOPs are the task's count (`task.train_flops_per_example`). For the MLM
+families the project's head runs on the masked positions only, while HF's
+projects every position onto the vocabulary (labels -100 elsewhere); HF's
+TFLOP/s column counts that dense work. `notes` in the results lists each
+difference of this kind between the two steps.
 """
 import dataclasses
 import datetime
@@ -42,9 +47,9 @@ import numpy as np
 from pretrain import cli
 from pretrain import metrics as metrics_lib
 from pretrain import sharding
+from pretrain import tasks
 from pretrain.errors import PretrainError
 from pretrain.models import bert as bert_model
-from pretrain.tasks.bert import BertTask
 from pretrain.training import step as step_lib
 from pretrain.training.optimizer import make_optimizer
 
@@ -56,7 +61,7 @@ _CLS_ID, _SEP_ID = 2, 3
 
 @dataclasses.dataclass(frozen=True)
 class StandInTokenizer:
-  """What BertTask reads from a tokenizer; model timing needs no trained vocabulary."""
+  """What a task reads from a tokenizer; model timing needs no trained vocabulary."""
   vocab_size: int
   path: str = "<stand-in>"
 
@@ -154,24 +159,76 @@ def synthetic_batch(batch: int, seq_len: int, predictions: int, vocab: int, seed
   }
 
 
-def _shape(config) -> tuple[int, int, int]:
-  return int(config.train.batch_size), int(config.data.max_seq_length), int(config.data.max_predictions_per_seq)
+def _tokenizer_vocab(config) -> int:
+  """Pieces of the tokenizer the task expects (T5 adds its sentinels above them)."""
+  if config.task.name != "t5" and int(config.model.vocab_size):
+    return int(config.model.vocab_size)
+  return int(config.tokenizer.vocab_size)
 
 
-def _task(config, dtype: str | None = None) -> BertTask:
+def _task(config, dtype: str | None = None):
+  """The config's task (`config.task.name`), with `dtype` compute when given."""
   config = config.copy_and_resolve_references()
   with config.unlocked():
     if dtype:
       config.model.dtype = dtype
-  vocab = int(config.model.vocab_size) or int(config.tokenizer.vocab_size)
-  return BertTask(config, StandInTokenizer(vocab))
+  return tasks.get_task(config, StandInTokenizer(_tokenizer_vocab(config)))
+
+
+def _mlm_batch(task, batch_size: int) -> dict:
+  """BERT's fields (RoBERTa's are a subset): full-length sequences, distinct masked positions."""
+  b = synthetic_batch(batch_size, task.seq_len, task.num_predictions, task.vocab_size)
+  return {k: b[k] for k in task.dummy_batch(1)}
+
+
+def _causal_batch(task, batch_size: int) -> dict:
+  """One document per row: random tokens, targets the next token, every position weighted."""
+  rng = np.random.default_rng(0)
+  ids = rng.integers(_NUM_SPECIAL, task.vocab_size, [batch_size, task.seq_len + 1], dtype=np.int32)
+  return {
+      "input_ids": ids[:, :-1],
+      "target_ids": ids[:, 1:],
+      "loss_weights": np.ones([batch_size, task.seq_len], np.float32),
+      "segment_ids": np.ones([batch_size, task.seq_len], np.int32),
+      "positions": np.broadcast_to(np.arange(task.seq_len, dtype=np.int32), [batch_size, task.seq_len]).copy(),
+  }
+
+
+def _span_corruption_batch(task, batch_size: int) -> dict:
+  """Full-length T5 inputs and targets (span corruption fills both); decoder inputs shifted right."""
+  rng = np.random.default_rng(0)
+  li, lt = task.inputs_length, task.targets_length
+  targets = rng.integers(_NUM_SPECIAL, task.first_sentinel + 1, [batch_size, lt], dtype=np.int32)
+  return {
+      "encoder_input_tokens": rng.integers(_NUM_SPECIAL, task.first_sentinel + 1, [batch_size, li],
+                                           dtype=np.int32),
+      "encoder_input_mask": np.ones([batch_size, li], np.int32),
+      "decoder_input_tokens": np.concatenate([np.zeros([batch_size, 1], np.int32), targets[:, :-1]], axis=1),
+      "decoder_target_tokens": targets,
+      "decoder_loss_weights": np.ones([batch_size, lt], np.float32),
+  }
+
+
+# task.name -> a batch of the task's fields with every position real.
+_BATCHES = {"bert": _mlm_batch, "roberta": _mlm_batch, "gpt2": _causal_batch, "t5": _span_corruption_batch}
+
+
+def task_batch(task, batch_size: int) -> dict:
+  return _BATCHES[task.name](task, batch_size)
 
 
 def describe_model(config) -> str:
-  m = _task(config).model_config
-  batch, seq_len, predictions = _shape(config)
-  return (f"BERT L{m.num_layers} H{m.hidden_size} A{m.num_heads} I{m.intermediate_size} vocab {m.vocab_size}, "
-          f"batch {batch} x seq {seq_len}, {predictions} predictions")
+  task = _task(config)
+  m, batch = task.model_config, int(config.train.batch_size)
+  if task.name == "t5":
+    return (f"T5 v1.1 d_model {m.d_model} d_ff {m.d_ff} heads {m.num_heads}x{m.d_kv} "
+            f"layers {m.num_layers}+{m.num_decoder_layers} vocab {m.vocab_size}, "
+            f"batch {batch} x (inputs {task.inputs_length} + targets {task.targets_length})")
+  shape = (f"L{m.num_layers} H{m.hidden_size} A{m.num_heads} I{m.intermediate_size} vocab {m.vocab_size}, "
+           f"batch {batch} x seq {task.seq_len}")
+  if task.name == "gpt2":
+    return f"GPT-2 {shape}"
+  return f"{'BERT' if task.name == 'bert' else 'RoBERTa'} {shape}, {task.num_predictions} predictions"
 
 
 # --- the project's train step --------------------------------------------------
@@ -180,15 +237,14 @@ def describe_model(config) -> str:
 def project_case(config, dtype: str, *, steps: int = 5, warmup: int = 2) -> Case:
   """The compiled train step with `dtype` compute, on a batch of the config's shape."""
   task = _task(config, dtype)
-  batch_size, seq_len, predictions = _shape(config)
+  batch_size = int(config.train.batch_size)
   mesh = sharding.make_mesh(config.mesh)
   model = task.build_model()
   tx, schedule = make_optimizer(config.optimizer, int(config.train.steps))
   fns = step_lib.build(task, model, tx, schedule, mesh, batch_size, seed=int(config.train.seed))
   state = fns.init_state(int(config.train.seed))
   step, compile_seconds = fns.compile_train_step()
-  batch = sharding.make_global_batch(
-      synthetic_batch(batch_size, seq_len, predictions, task.vocab_size), mesh)
+  batch = sharding.make_global_batch(task_batch(task, batch_size), mesh)
 
   def run(n):
     nonlocal state
@@ -199,7 +255,7 @@ def project_case(config, dtype: str, *, steps: int = 5, warmup: int = 2) -> Case
   def report(timing):
     flops = task.train_flops_per_example() * batch_size
     peak = metrics_lib.peak_flops_per_device(config.metrics) * mesh.size
-    row = _throughput("project", dtype, timing, batch_size * seq_len, flops, peak)
+    row = _throughput("project", dtype, timing, batch_size * task.tokens_per_example, flops, peak)
     row.update(compile_seconds=compile_seconds, num_params=fns.num_params, devices=mesh.size,
                flops_per_example=task.train_flops_per_example())
     return row
@@ -261,10 +317,14 @@ def breakdown(case: Case, *, steps: int = 5, windows: int = 3) -> dict:
 
 def matmul_shapes(config) -> list[tuple[int, int, int]]:
   """The FFN's two matmuls at the config's tokens per step: [M, K] x [K, N]."""
-  m = _task(config).model_config
-  batch_size, seq_len, _ = _shape(config)
-  tokens = batch_size * seq_len
-  return [(tokens, m.hidden_size, m.intermediate_size), (tokens, m.intermediate_size, m.hidden_size)]
+  task = _task(config)
+  m = task.model_config
+  tokens = int(config.train.batch_size) * task.tokens_per_example
+  if task.name == "t5":
+    hidden, ffn = m.d_model, m.d_ff
+  else:
+    hidden, ffn = m.hidden_size, m.intermediate_size
+  return [(tokens, hidden, ffn), (tokens, ffn, hidden)]
 
 
 def matmul_case(shape: tuple[int, int, int], dtype: str) -> Case:
@@ -318,35 +378,112 @@ def hf_available() -> bool:
   return True
 
 
-def hf_case(config, autocast: bool, *, steps: int = 5, max_seconds: float = float("inf")) -> Case:
-  """HF torch BertForPreTraining + torch AdamW of the identical shape: one training step."""
+def _long(x: np.ndarray):
   import torch  # pylint: disable=g-import-not-at-top
-  import transformers  # pylint: disable=g-import-not-at-top
-  torch.set_num_threads(os.cpu_count())
-  torch.manual_seed(0)
-  m = _task(config).model_config
-  batch_size, seq_len, predictions = _shape(config)
+  return torch.from_numpy(np.ascontiguousarray(x).astype(np.int64))
+
+
+def _mlm_labels(b: dict) -> np.ndarray:
+  """int64 [batch, seq_len]: the masked tokens' ids at their positions, -100 (HF's ignore index) elsewhere."""
+  labels = np.full(b["input_ids"].shape, -100, np.int64)
+  np.put_along_axis(labels, b["masked_lm_positions"], b["masked_lm_ids"], axis=1)
+  return labels
+
+
+def _hf_bert(transformers, m, b: dict):
   hf_config = transformers.BertConfig(
       vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
       num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size, hidden_act="gelu",
       hidden_dropout_prob=m.dropout_rate, attention_probs_dropout_prob=m.attention_dropout_rate,
       max_position_embeddings=m.max_position_embeddings, type_vocab_size=m.type_vocab_size,
       initializer_range=m.initializer_range, layer_norm_eps=m.layer_norm_eps)
-  model = transformers.BertForPreTraining(hf_config)
+  inputs = {"input_ids": _long(b["input_ids"]), "token_type_ids": _long(b["segment_ids"]),
+            "attention_mask": _long(b["input_mask"]), "labels": _long(_mlm_labels(b)),
+            "next_sentence_label": _long(b["next_sentence_labels"])}
+  return transformers.BertForPreTraining(hf_config), inputs
+
+
+def _hf_roberta(transformers, m, b: dict):
+  # HF counts positions from pad_token_id + 1 = 2, as the project's position_offset does.
+  hf_config = transformers.RobertaConfig(
+      vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
+      num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size, hidden_act="gelu",
+      hidden_dropout_prob=m.dropout_rate, attention_probs_dropout_prob=m.attention_dropout_rate,
+      max_position_embeddings=m.max_position_embeddings, type_vocab_size=1,
+      initializer_range=m.initializer_range, layer_norm_eps=m.layer_norm_eps, pad_token_id=1)
+  inputs = {"input_ids": _long(b["input_ids"]), "attention_mask": _long(b["input_mask"]),
+            "labels": _long(_mlm_labels(b))}
+  return transformers.RobertaForMaskedLM(hf_config), inputs
+
+
+def _hf_gpt2(transformers, m, b: dict):
+  hf_config = transformers.GPT2Config(
+      vocab_size=m.vocab_size, n_positions=m.max_position_embeddings, n_embd=m.hidden_size,
+      n_layer=m.num_layers, n_head=m.num_heads, n_inner=m.intermediate_size, activation_function="gelu_new",
+      resid_pdrop=m.dropout_rate, embd_pdrop=m.dropout_rate, attn_pdrop=m.attention_dropout_rate,
+      layer_norm_epsilon=m.layer_norm_eps, initializer_range=m.initializer_range)
+  # HF shifts the labels itself: labels = inputs.
+  inputs = {"input_ids": _long(b["input_ids"]), "labels": _long(b["input_ids"])}
+  return transformers.GPT2LMHeadModel(hf_config), inputs
+
+
+def _hf_t5(transformers, m, b: dict):
+  hf_config = transformers.T5Config(
+      vocab_size=m.vocab_size, d_model=m.d_model, d_kv=m.d_kv, d_ff=m.d_ff, num_layers=m.num_layers,
+      num_decoder_layers=m.num_decoder_layers, num_heads=m.num_heads,
+      relative_attention_num_buckets=m.relative_attention_num_buckets,
+      relative_attention_max_distance=m.relative_attention_max_distance, dropout_rate=m.dropout_rate,
+      layer_norm_epsilon=m.layer_norm_epsilon, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+      pad_token_id=0, decoder_start_token_id=0)
+  labels = np.where(b["decoder_loss_weights"] > 0, b["decoder_target_tokens"], -100)
+  inputs = {"input_ids": _long(b["encoder_input_tokens"]), "attention_mask": _long(b["encoder_input_mask"]),
+            "decoder_input_ids": _long(b["decoder_input_tokens"]), "labels": _long(labels)}
+  return transformers.T5ForConditionalGeneration(hf_config), inputs
+
+
+# task.name -> (transformers, project model config, batch) -> (HF model, its keyword inputs with labels).
+_HF_BUILDERS = {"bert": _hf_bert, "roberta": _hf_roberta, "gpt2": _hf_gpt2, "t5": _hf_t5}
+
+
+def hf_flops_per_example(task) -> float:
+  """Model FLOPs of HF's training step per example: the MLM head projects every position."""
+  if task.name in ("bert", "roberta"):
+    return 3.0 * bert_model.forward_flops_per_sequence(task.model_config, task.seq_len, task.seq_len)
+  return task.train_flops_per_example()
+
+
+def reference_notes(config) -> list[str]:
+  """How the HF reference step's work differs from the project's."""
+  task = _task(config)
+  notes = []
+  if task.name in ("bert", "roberta"):
+    notes.append(f"HF projects all {task.seq_len} positions onto the vocabulary (labels -100 except masked); "
+                 f"the project gathers the {task.num_predictions} masked positions first. HF's TFLOP/s and "
+                 "MFU count its dense head.")
+  if task.name == "gpt2":
+    notes.append(f"HF shifts labels inside the model: its loss covers {task.seq_len - 1} positions, the "
+                 f"project's {task.seq_len}; the matmuls are the same.")
+  if task.name == "t5":
+    notes.append("the project's loss adds z-loss (logsumexp squared); HF's is cross entropy alone.")
+  name = config.optimizer.name
+  if name != "adamw":
+    notes.append(f"the project's step updates with its config's optimizer ({name}); HF's with torch AdamW.")
+  return notes
+
+
+def hf_case(config, autocast: bool, *, steps: int = 5, max_seconds: float = float("inf")) -> Case:
+  """The HF torch model of the task's family + torch AdamW, identical shape: one training step."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  task = _task(config)
+  batch_size = int(config.train.batch_size)
+  model, inputs = _HF_BUILDERS[task.name](transformers, task.model_config, task_batch(task, batch_size))
   model.train()
   opt_cfg = config.optimizer
   optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg.learning_rate, betas=(opt_cfg.b1, opt_cfg.b2),
                                 eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay)
-  b = synthetic_batch(batch_size, seq_len, predictions, m.vocab_size)
-  labels = np.full([batch_size, seq_len], -100, np.int64)
-  np.put_along_axis(labels, b["masked_lm_positions"], b["masked_lm_ids"], axis=1)
-  inputs = {
-      "input_ids": torch.from_numpy(b["input_ids"].astype(np.int64)),
-      "token_type_ids": torch.from_numpy(b["segment_ids"].astype(np.int64)),
-      "attention_mask": torch.from_numpy(b["input_mask"].astype(np.int64)),
-      "labels": torch.from_numpy(labels),
-      "next_sentence_label": torch.from_numpy(b["next_sentence_labels"].astype(np.int64)),
-  }
   clip = float(opt_cfg.grad_clip_norm or 0.0)
 
   def run(n):
@@ -362,11 +499,12 @@ def hf_case(config, autocast: bool, *, steps: int = 5, max_seconds: float = floa
   dtype = "bf16-autocast" if autocast else "float32"
 
   def report(timing):
-    # HF projects all seq_len positions onto the vocabulary: count the FLOPs it does.
-    flops = 3.0 * bert_model.forward_flops_per_sequence(m, seq_len, seq_len) * batch_size
+    flops = hf_flops_per_example(task) * batch_size
     peak = metrics_lib.peak_flops_per_device(config.metrics)
-    row = _throughput("hf_torch", dtype, timing, batch_size * seq_len, flops, peak)
-    row["attn_implementation"] = getattr(model.config, "_attn_implementation", None)
+    row = _throughput("hf_torch", dtype, timing, batch_size * task.tokens_per_example, flops, peak)
+    row.update(model=type(model).__name__, flops_per_example=hf_flops_per_example(task),
+               num_params=sum(p.numel() for p in model.parameters()),
+               attn_implementation=getattr(model.config, "_attn_implementation", None))
     return row
 
   # No compilation to warm up: one step allocates the optimizer state.
@@ -402,9 +540,11 @@ def bench_data(config, *, batches: int = 200, reference: bool = True) -> dict:
   from pretrain.data import pipeline  # pylint: disable=g-import-not-at-top
   from pretrain.data.tokenizer import load_tokenized  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
+  if config.task.name != "bert":
+    raise PretrainError(f"--data times BERT's input pipeline only; task.name={config.task.name!r}")
   batch_size = int(config.train.batch_size)
   tokenizer, train_docs, _, stats = load_tokenized(config.data, config.tokenizer)
-  task = BertTask(config, tokenizer)
+  task = tasks.get_task(config, tokenizer)
   examples = task.examples(train_docs, seed=int(config.data.seed))
   rows = lambda i: np.arange(i * batch_size, (i + 1) * batch_size, dtype=np.int64)
   examples.batch(rows(0))  # Plans the first epoch.
@@ -468,6 +608,7 @@ def run_benchmark(config, *, dtypes=("float32", "bfloat16"), reference: str = "a
       "versions": versions(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "windows": windows,
+      "notes": reference_notes(config) if use_hf else [],
   }
   project, matmuls, hf = [], [], []
   for dtype in dtypes:
@@ -524,7 +665,9 @@ def format_table(results: dict) -> str:
                  f"{r['tflops_per_sec']:>9.4f}{r['mfu']:>7.1%}{of_peak:>16}")
   if results["project"]:
     peak = results["project"][0]["peak_flops"]
-    lines.append(f"(MFU against {peak / 1e9:,.0f} GFLOP/s; HF TFLOP/s counts its dense MLM head over all positions)")
+    hf_model = f"; HF torch is {results['hf'][0]['model']}" if results["hf"] else ""
+    lines.append(f"(MFU against {peak / 1e9:,.0f} GFLOP/s{hf_model})")
+  lines += [f"note: {n}" for n in results.get("notes", [])]
   if results["matmul"]:
     lines.append("")
     groups: dict[str, list[dict]] = {}

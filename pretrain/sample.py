@@ -1,11 +1,21 @@
 """Look at what a checkpoint learned.
 
   python -m pretrain.sample --workdir=runs/bert_tiny --prompt="The [MASK] statement exits a loop."
+  python -m pretrain.sample --workdir=runs/gpt2_tiny --prompt="The for statement" \
+      --max_new_tokens=32 --temperature=0.8 --top_k=40 --top_p=0.95 --seed=0
 
 Masked-LM checkpoints (bert, roberta): prints the top-k candidates for every
-`[MASK]` in the prompt. The run's own config and tokenizer are read from the
-checkpoint, so a sample always uses the vocabulary the model was trained with.
+`[MASK]` in the prompt. Causal-LM (gpt2) and encoder-decoder (t5) checkpoints:
+prints the prompt's continuation, greedy at temperature 0, else sampled from
+the temperature-scaled distribution cut to its top_k tokens and its top_p
+nucleus. Decoding runs through the models' key/value cache: the prompt is
+read once, then each new token is one jitted step. It stops at end-of-text
+([SEP], which ends every GPT-2 document and every T5 target), at
+max_new_tokens, or where the model's positions end. The run's own config and
+tokenizer are read from the checkpoint, so a sample always uses the
+vocabulary the model was trained with.
 """
+import functools
 import sys
 
 from absl import app
@@ -21,9 +31,14 @@ from pretrain import cli
 from pretrain import tasks
 from pretrain.data import tokenizer as tokenizer_lib
 from pretrain.errors import PretrainError
+from pretrain.models import gpt2 as gpt2_model
+from pretrain.models import t5 as t5_model
 
 MASK_TEXT = "[MASK]"
 MLM_TASKS = ("bert", "roberta")
+GENERATIVE_TASKS = ("gpt2", "t5")
+# Ends a GPT-2 document (pretrain/tasks/causal_examples.py) and a T5 target (pretrain/tasks/t5.py).
+END_ID = tokenizer_lib.SEP_ID
 
 
 def load_run(workdir: str, step: int | None = None):
@@ -82,12 +97,165 @@ def mask_probabilities(task, params, ids: np.ndarray) -> np.ndarray:
   return np.asarray(jax.nn.softmax(jnp.asarray(logits[0, :len(positions)], jnp.float32), axis=-1))
 
 
+# Generation.
+
+
+def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: float) -> None:
+  """Raises PretrainError for a setting generation cannot use."""
+  if max_new_tokens < 1:
+    raise PretrainError(f"max_new_tokens={max_new_tokens} must be >= 1")
+  if temperature < 0:
+    raise PretrainError(f"temperature={temperature} must be >= 0 (0 is greedy)")
+  if top_k < 0:
+    raise PretrainError(f"top_k={top_k} must be >= 0 (0 keeps every token)")
+  if not 0.0 < top_p <= 1.0:
+    raise PretrainError(f"top_p={top_p} must be in (0, 1] (1 keeps every token)")
+
+
+def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """float32 `[..., vocab]`: logits / temperature, -inf outside the top_k and outside the top_p nucleus.
+
+  The nucleus is the smallest set of most likely tokens whose probability
+  (after temperature and top_k) reaches top_p; tokens tied with its least
+  likely one stay in.
+  """
+  logits = jnp.asarray(logits, jnp.float32) / temperature
+  if 0 < top_k < logits.shape[-1]:
+    kth = jax.lax.top_k(logits, top_k)[0][..., -1:]  # [..., 1]
+    logits = jnp.where(logits >= kth, logits, -jnp.inf)
+  if top_p < 1.0:
+    ranked = jnp.flip(jnp.sort(logits, axis=-1), axis=-1)  # [..., vocab], most likely first
+    probs = jax.nn.softmax(ranked, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # Mass of the tokens ranked above each one.
+    least = jnp.min(jnp.where(before < top_p, ranked, jnp.inf), axis=-1, keepdims=True)  # [..., 1]
+    logits = jnp.where(logits >= least, logits, -jnp.inf)
+  return logits
+
+
+def sample_token(logits: jax.Array, rng: jax.Array, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0) -> jax.Array:
+  """int32 `[...]` from logits `[..., vocab]`: the argmax at temperature 0, else a draw from filter_logits."""
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.random.categorical(rng, filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+
+
+def _decoder(model, params, prompt_ids: np.ndarray, max_new_tokens: int, max_input_length: int | None,
+             max_target_length: int | None):
+  """(forward(params, cache, ids) -> (logits, cache), empty cache, first ids, steps) for one prompt."""
+  if isinstance(model, gpt2_model.Gpt2LMHeadModel):
+    limit = model.config.max_position_embeddings
+    if len(prompt_ids) > limit:
+      raise PretrainError(f"the prompt is {len(prompt_ids)} tokens; the model has {limit} positions")
+    # The last new token is returned, never fed back: it may take position `limit`.
+    steps = min(max_new_tokens, limit - len(prompt_ids) + 1)
+    cache_length = len(prompt_ids) + steps - 1
+
+    def forward(params, cache, ids):  # ids [1, length] -> logits [1, length, vocab]
+      return model.apply({"params": params, **cache}, ids, decode=True, mutable=["cache"])
+
+    first = prompt_ids[None]
+  elif isinstance(model, t5_model.T5Model):
+    inputs = np.append(prompt_ids, END_ID).astype(np.int32)[None]  # [1, enc_length]: the prompt, EOS
+    if max_input_length is not None and inputs.shape[1] > max_input_length:
+      raise PretrainError(f"the prompt is {inputs.shape[1]} tokens with EOS; the model was trained on inputs of "
+                          f"at most {max_input_length}")
+    steps = min(max_new_tokens, max_target_length or max_new_tokens)
+    cache_length = steps
+    input_mask = np.ones_like(inputs)
+    encoded = jax.jit(functools.partial(model.apply, method=t5_model.T5Model.encode))(
+        {"params": params}, inputs, input_mask)  # [1, enc_length, embed], once
+
+    def forward(params, cache, ids):  # ids [1, length] -> logits [1, length, vocab]
+      return model.apply({"params": params, **cache}, encoded, input_mask, ids, decode=True, mutable=["cache"],
+                         method=t5_model.T5Model.decode)
+
+    first = np.full([1, 1], tokenizer_lib.PAD_ID, np.int32)  # T5's decoder start id.
+  else:
+    raise PretrainError(f"generation needs a GPT-2 or T5 model, not {type(model).__name__}")
+  # A decode call on inputs of the cache's length creates the empty cache.
+  _, cache = jax.jit(forward)(params, {}, np.zeros([1, cache_length], np.int32))
+  return forward, cache, first.astype(np.int32), steps
+
+
+def generate_ids(model, params, prompt_ids, *, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
+                 top_p: float = 1.0, seed: int = 0, stop_id: int | None = END_ID,
+                 max_input_length: int | None = None,
+                 max_target_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """(new ids int32 [n], the logits float32 [n, vocab] each was chosen from) after prompt_ids.
+
+  GPT-2 continues prompt_ids; T5 encodes prompt_ids + EOS and decodes from its
+  start id. Stops after stop_id (included), max_new_tokens, or the positions
+  left: GPT-2's max_position_embeddings, T5's max_target_length (None: no limit).
+  """
+  check_sampling(max_new_tokens, temperature, top_k, top_p)
+  prompt_ids = np.asarray(prompt_ids, np.int32).reshape(-1)
+  params = jax.device_put(params)
+  forward, cache, ids, steps = _decoder(model, params, prompt_ids, max_new_tokens, max_input_length,
+                                        max_target_length)
+
+  @jax.jit
+  def step(params, cache, ids, rng):  # One compiled call per token (and one for the prompt).
+    logits, cache = forward(params, cache, ids)
+    last = logits[:, -1]  # [1, vocab]
+    return sample_token(last, rng, temperature, top_k, top_p), last, cache
+
+  rng = jax.random.key(seed)
+  tokens, step_logits = [], []
+  for i in range(steps):
+    token, last, cache = step(params, cache, ids, jax.random.fold_in(rng, i))
+    tokens.append(int(token[0]))
+    step_logits.append(np.asarray(last[0]))
+    if tokens[-1] == stop_id:
+      break
+    ids = np.asarray(token, np.int32)[:, None]  # [1, 1]
+  return np.asarray(tokens, np.int32), np.stack(step_logits)
+
+
+def _detokenize(ids: np.ndarray, tokenizer, num_sentinels: int) -> str:
+  """Text of ids; ids above the tokenizer's pieces (T5's sentinels) as <extra_id_k>."""
+  parts, run = [], []
+  for i in ids.tolist():
+    if i < tokenizer.vocab_size:
+      run.append(i)
+      continue
+    parts += [tokenizer.decode(run)] if run else []
+    run = []
+    k = tokenizer.vocab_size + num_sentinels - 1 - i
+    parts.append(f"<extra_id_{k}>" if 0 <= k < num_sentinels else f"<id_{i}>")
+  parts += [tokenizer.decode(run)] if run else []
+  return " ".join(p for p in parts if p)
+
+
+def generate(task, params, tokenizer, prompt: str, *, max_new_tokens: int = 32, temperature: float = 0.0,
+             top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
+  """The text a gpt2 or t5 checkpoint writes after (GPT-2) or for (T5) prompt, up to end-of-text."""
+  if task.name not in GENERATIVE_TASKS:
+    raise PretrainError(f"generation needs a gpt2 or t5 checkpoint; this one is task {task.name!r}")
+  ids = tokenizer.encode([prompt])[0] if prompt.strip() else []
+  if task.name == "gpt2":
+    ids = [END_ID] + ids  # Every training document follows an end-of-text token.
+    limits = {}
+  else:
+    limits = {"max_input_length": task.inputs_length, "max_target_length": task.targets_length}
+  new, _ = generate_ids(task.build_model(), params, ids, max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_k=top_k, top_p=top_p, seed=seed, **limits)
+  if len(new) and new[-1] == END_ID:
+    new = new[:-1]
+  return _detokenize(new, tokenizer, getattr(task, "num_sentinels", 0))
+
+
 def define_flags() -> None:
   """CLI flags; defined only when run as a program so importing this module defines none."""
   flags.DEFINE_string("workdir", None, "A training run's directory (its latest checkpoint is used).")
   flags.DEFINE_string("prompt", None, "Text; for masked-LM checkpoints with [MASK] where to predict.")
-  flags.DEFINE_integer("top_k", 5, "Candidates shown per [MASK].")
+  flags.DEFINE_integer("top_k", None, "Masked LM: candidates shown per [MASK] (default 5). Generation: sample "
+                       "from the top_k most likely tokens (default 0: all).")
   flags.DEFINE_integer("step", None, "A checkpoint step instead of the latest.")
+  flags.DEFINE_integer("max_new_tokens", 32, "Generation: at most this many new tokens.")
+  flags.DEFINE_float("temperature", 0.0, "Generation: 0 is greedy; otherwise logits are divided by it.")
+  flags.DEFINE_float("top_p", 1.0, "Generation: sample from the smallest set of tokens with this much mass.")
+  flags.DEFINE_integer("seed", 0, "Generation: the sampling seed.")
 
 
 def main(argv):
@@ -99,11 +267,18 @@ def main(argv):
     sys.exit(2)
   try:
     _, tokenizer, task, params, step = load_run(fl.workdir, fl.step)
-    candidates = fill_masks(task, params, tokenizer, fl.prompt, fl.top_k)
+    if task.name in MLM_TASKS:
+      candidates = fill_masks(task, params, tokenizer, fl.prompt, 5 if fl.top_k is None else fl.top_k)
+    else:
+      text = generate(task, params, tokenizer, fl.prompt, max_new_tokens=fl.max_new_tokens,
+                      temperature=fl.temperature, top_k=fl.top_k or 0, top_p=fl.top_p, seed=fl.seed)
   except PretrainError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"step {step}: {fl.prompt}")
+  if task.name not in MLM_TASKS:
+    print(f"  -> {text}")
+    return
   for i, options in enumerate(candidates):
     print(f"  [MASK] {i + 1}: " + ", ".join(f"{piece} {p:.3f}" for piece, p in options))
 

@@ -2,6 +2,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from pretrain import bench
@@ -60,3 +61,78 @@ def test_synthetic_batch_matches_the_task_fields():
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {k: (v.shape, v.dtype) for k, v in dummy.items()}
   assert (batch["masked_lm_positions"] > 0).all()
   assert all(len(set(row)) == 5 for row in batch["masked_lm_positions"].tolist())
+
+
+def _family_config(name: str):
+  """A tiny config of `name`'s family: one or two layers, seq 16, batch 8."""
+  if name == "gpt2":
+    from pretrain.tasks.gpt2 import gpt2_config  # pylint: disable=g-import-not-at-top
+    c = gpt2_config()
+    c.tokenizer.vocab_size = 256
+    c.model.update(vocab_size=0, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
+                   max_position_embeddings=16, dtype="float32")
+    c.data.max_seq_length = 16
+  elif name == "t5":
+    from pretrain.tasks.t5 import t5_config  # pylint: disable=g-import-not-at-top
+    c = t5_config()
+    c.tokenizer.vocab_size = 256  # + 100 sentinels -> model vocabulary 384.
+    c.model.update(d_model=32, d_ff=64, d_kv=16, num_heads=2, num_layers=1, num_decoder_layers=1,
+                   dtype="float32")
+    c.data.inputs_length = 16
+  else:
+    c = _tiny_config()
+    c.task.name = "roberta"
+    c.model.update(max_position_embeddings=34, type_vocab_size=1, position_offset=2, pooler=False,
+                   nsp_head=False)
+    c.data.update(next_sentence_prediction=False)
+  c.train.batch_size = 8
+  return c
+
+
+@pytest.mark.parametrize("name,hf_model", [("gpt2", "GPT2LMHeadModel"), ("t5", "T5ForConditionalGeneration"),
+                                           ("roberta", "RobertaForMaskedLM")])
+def test_every_family_runs_next_to_its_hf_model(name, hf_model):
+  config = _family_config(name)
+  task = bench._task(config)  # pylint: disable=protected-access
+  results = bench.run_benchmark(config, dtypes=("float32",), reference="hf", steps=1, windows=1, warmup=1,
+                                matmul=False, reference_dtypes=("float32",))
+  (project,), (hf,) = results["project"], results["hf"]
+  assert hf["model"] == hf_model
+  tokens = 8 * task.tokens_per_example
+  for r in (project, hf):
+    assert math.isfinite(r["tokens_per_sec"]) and r["tokens_per_sec"] > 0
+    assert r["tokens_per_sec"] == pytest.approx(tokens / r["step_seconds"])
+    assert r["flops_per_example"] > 0 and r["flops_per_step"] == pytest.approx(8 * r["flops_per_example"])
+  assert project["flops_per_example"] == task.train_flops_per_example()
+  assert results["ratios"] == {"project float32 / HF torch float32":
+                               pytest.approx(project["tokens_per_sec"] / hf["tokens_per_sec"])}
+  table = bench.format_table(results)
+  assert hf_model in table and results["model"].split()[0] in {"GPT-2", "T5", "RoBERTa"}
+
+
+def test_mlm_reference_counts_its_dense_head_and_says_so():
+  config = _family_config("roberta")
+  task = bench._task(config)  # pylint: disable=protected-access
+  # HF's head projects all 32 positions, the project's the 5 masked ones.
+  assert bench.hf_flops_per_example(task) > task.train_flops_per_example()
+  (note,) = bench.reference_notes(config)
+  assert "all 32 positions" in note and "5 masked" in note
+  t5_notes = bench.reference_notes(_family_config("t5"))
+  assert any("adafactor" in n for n in t5_notes) and any("z-loss" in n for n in t5_notes)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "t5", "roberta"])
+def test_task_batch_matches_the_task_fields(name):
+  task = bench._task(_family_config(name))  # pylint: disable=protected-access
+  batch, dummy = bench.task_batch(task, 4), task.dummy_batch(4)
+  assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {k: (v.shape, v.dtype) for k, v in dummy.items()}
+  if name == "gpt2":
+    np.testing.assert_array_equal(batch["input_ids"][:, 1:], batch["target_ids"][:, :-1])
+  if name == "t5":
+    np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 1:], batch["decoder_target_tokens"][:, :-1])
+    assert batch["encoder_input_tokens"].max() <= task.first_sentinel
+
+
+def test_data_benchmark_is_bert_only():
+  with pytest.raises(bench.PretrainError, match="BERT's input pipeline only"):
+    bench.bench_data(_family_config("gpt2"))

@@ -663,6 +663,7 @@ class MultiHeadAttention(nn.Module):
       deterministic: bool = True,
       positions: Array | None = None,
       kv_positions: Array | None = None,
+      decode: bool = False,
   ) -> Array:
     """`[batch, q_length, embed]` (+ `[batch, kv_length, embed]`, default self) -> `[batch, q_length, embed]`.
 
@@ -670,6 +671,14 @@ class MultiHeadAttention(nn.Module):
     by default per-segment positions when the mask has segment ids, else 0..L-1.
     RoPE and ALiBi apply to cross-attention too (keys at their own ids); a family
     that wants none there builds that module with position='none'.
+
+    decode: causal self-attention through a key/value cache (flax collection
+    'cache': cached_key, cached_value `[batch, max_length, kv_heads, head_dim]`
+    and cache_index). The call that creates the cache (e.g. init on inputs of
+    max_length tokens) attends as usual and stores nothing; each later call
+    writes its keys/values at cache_index, advances it, and its queries attend
+    to the cache slots <= their own (and within sliding_window). positions
+    default to cache_index + 0, 1, ...; the mask may only say causal.
     """
     check_backend(self.backend)
     _check_heads(self.num_heads, self.num_kv_heads)
@@ -698,12 +707,20 @@ class MultiHeadAttention(nn.Module):
       key = _qk_norm(self.qk_norm, 'key_norm')(key)
 
     mask = _with_sliding_window(mask, self.sliding_window)
+    cache = self._decode_cache(key, mask, self_attention) if decode else None
+    if cache is not None:
+      if positions is None:
+        positions = cache[2].value + jnp.arange(query.shape[1], dtype=jnp.int32)[None]  # [1, q_length]
+      kv_positions = positions
     if self.position in positions_lib.ATTENTION_POSITIONS:
       positions, kv_positions = _position_ids(as_attention_mask(mask), query.shape[1], key.shape[1], positions,
                                               kv_positions, self_attention)
     if self.position == 'rope':
       query = positions_lib.apply_rope(query, positions, theta=self.rope_theta, fraction=self.rotary_fraction)
       key = positions_lib.apply_rope(key, kv_positions, theta=self.rope_theta, fraction=self.rotary_fraction)
+    if cache is not None:
+      window = getattr(as_attention_mask(mask), 'sliding_window', None)
+      key, value, mask, kv_positions = _update_cache(cache, key, value, window)
 
     dropout_active = not deterministic and self.dropout_rate > 0.0
     x = dot_product_attention(
@@ -720,7 +737,7 @@ class MultiHeadAttention(nn.Module):
         alibi_slopes=positions_lib.alibi_slopes(self.num_heads) if self.position == 'alibi' else None,
         q_positions=positions,
         kv_positions=kv_positions,
-        self_attention=self_attention,
+        self_attention=self_attention and cache is None,
         interpret=self.interpret,
     )  # [batch, q_length, heads, head_dim]
     x = x.reshape(x.shape[:-2] + (self.num_heads * self.head_dim,))
@@ -728,6 +745,61 @@ class MultiHeadAttention(nn.Module):
     x = layers.Dense(inputs_q.shape[-1], ('heads', 'embed'), use_bias=self.use_bias, dtype=self.dtype,
                      kernel_init=init, name='out')(x)
     return x  # [batch, q_length, embed] float32
+
+  def _decode_cache(self, key: Array, mask, self_attention: bool):
+    """(cached_key, cached_value, cache_index) variables; None on the call that creates them."""
+    if not self_attention:
+      raise PretrainError('decode caches self-attention only (cross-attention keys come from its inputs)')
+    mask = as_attention_mask(mask)
+    if mask is not None and any(getattr(mask, f) is not None
+                                for f in ('prefix_length', 'segment_ids', 'input_mask', 'dense')):
+      raise PretrainError('decode attends causally over its cache; it takes no prefix, segment, padding or '
+                          'dense mask')
+    initialized = self.has_variable('cache', 'cached_key')
+    # float32 holds bfloat16 keys exactly, and RoPE's rotated keys are float32.
+    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, jnp.float32)
+    cached_value = self.variable('cache', 'cached_value', jnp.zeros, key.shape, jnp.float32)
+    cache_index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
+    return (cached_key, cached_value, cache_index) if initialized else None
+
+
+def _update_cache(cache, key: Array, value: Array, sliding_window: int | None):
+  """Writes `[batch, q_length, kv_heads, head_dim]` keys/values at the cache index and advances it.
+
+  Returns (keys, values) `[batch, max_length, kv_heads, head_dim]` of the whole
+  cache, the mask of the queries (cache slots index, index + 1, ...) over it and
+  the slots' positions `[1, max_length]`.
+  """
+  cached_key, cached_value, cache_index = cache
+  index = cache_index.value
+  q_length, max_length = key.shape[1], cached_key.value.shape[1]
+  start = (0, index, 0, 0)
+  cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key.astype(jnp.float32), start)
+  cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(jnp.float32), start)
+  cache_index.value = index + q_length
+  q_slots = index + jnp.arange(q_length, dtype=jnp.int32)[:, None]  # [q_length, 1]
+  kv_slots = jnp.arange(max_length, dtype=jnp.int32)[None]  # [1, max_length]
+  visible = kv_slots <= q_slots  # [q_length, max_length]
+  if sliding_window is not None:
+    visible &= q_slots - kv_slots < sliding_window
+  return cached_key.value, cached_value.value, AttentionMask(dense=visible[None, None]), kv_slots
+
+
+def decode_positions(module: nn.Module, length: int) -> tuple[Array, Array]:
+  """For a family's decode path: (positions `[1, length]` of its new tokens, positions `[1, max_length]` of
+  the cache slots).
+
+  Keeps 'cache' variables index and positions in `module`; the call that
+  creates them sets max_length = length and advances nothing, as
+  MultiHeadAttention's cache does.
+  """
+  initialized = module.has_variable('cache', 'index')
+  index = module.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
+  slots = module.variable('cache', 'positions', lambda: jnp.arange(length, dtype=jnp.int32))
+  positions = index.value + jnp.arange(length, dtype=jnp.int32)[None]
+  if initialized:
+    index.value = index.value + length
+  return positions, slots.value[None]
 
 
 # Config.

@@ -120,6 +120,7 @@ class Gpt2Mlp(nn.Module):
 class Gpt2Block(nn.Module):
   """One pre-LN decoder block: x += attn(ln_1(x)); x += mlp(ln_2(x))."""
   config: Gpt2Config
+  decode: bool = False  # Attention through the key/value cache (see MultiHeadAttention).
 
   @nn.compact
   def __call__(self, x: Array, mask: attention_lib.AttentionMask, bias: Array | None, positions: Array | None,
@@ -135,7 +136,7 @@ class Gpt2Block(nn.Module):
         dropout_rate=cfg.attention_dropout_rate,
         initializer_range=cfg.initializer_range,
         name='attn',
-    )(h, mask=mask, bias=bias, positions=positions, deterministic=deterministic)
+    )(h, mask=mask, bias=bias, positions=positions, deterministic=deterministic, decode=self.decode)
     x = x + dropout(h, deterministic=deterministic)
     x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_embed'))
 
@@ -180,6 +181,7 @@ class Gpt2LMHeadModel(nn.Module):
       positions: Array | None = None,  # int32 [batch, length]; None: 0, 1, ..., length - 1
       segment_ids: Array | None = None,  # int32 [batch, length]; 1, 2, ... per document, 0 = padding
       deterministic: bool = True,
+      decode: bool = False,  # Continue the sequence in the 'cache' collection (see `decode_positions`).
   ) -> Array:
     cfg = self.config
     position = cfg.attention.position
@@ -187,6 +189,10 @@ class Gpt2LMHeadModel(nn.Module):
     if length > cfg.max_position_embeddings:
       raise PretrainError(
           f'sequence length {length} exceeds max_position_embeddings {cfg.max_position_embeddings}')
+    kv_positions = positions
+    if decode:  # Absolute positions: the tokens continue those already in the cache.
+      decoded, kv_positions = attention_lib.decode_positions(self, length)
+      positions = decoded if positions is None else positions
     init = nn.initializers.normal(cfg.initializer_range)
     wte = layers.Embed(cfg.vocab_size, cfg.hidden_size, ('vocab', 'embed'), cfg.compute_dtype, init, name='wte')
 
@@ -207,14 +213,14 @@ class Gpt2LMHeadModel(nn.Module):
     if position == 'relative_bias':
       bias = cfg.attention.relative_position_bias(num_heads=cfg.num_heads, bidirectional=False,
                                                   name='relative_attention_bias')(
-                                                      length, length, q_positions=positions, kv_positions=positions)
-    x = self.blocks(x, mask, bias, positions, deterministic)
+                                                      length, length, q_positions=positions, kv_positions=kv_positions)
+    x = self.blocks(x, mask, bias, positions, deterministic, decode)
     x = layers.LayerNorm(cfg.layer_norm_eps, name='ln_f')(x)
     logits = wte.attend(x)  # [batch, length, vocab] float32
     return nn.with_logical_constraint(logits, ('act_batch', 'act_length', 'act_vocab'))
 
   def blocks(self, x: Array, mask: attention_lib.AttentionMask, bias: Array | None, positions: Array | None,
-             deterministic: bool) -> Array:
+             deterministic: bool, decode: bool = False) -> Array:
     """The num_layers blocks, unrolled (h_0, h_1, ...) or scanned (h, stacked on a layers axis)."""
     cfg = self.config
     block_cls = Gpt2Block
@@ -225,16 +231,16 @@ class Gpt2LMHeadModel(nn.Module):
     if cfg.scan_layers:
       block_cls = nn.scan(
           block_cls,
-          variable_axes={'params': 0},
+          variable_axes={'params': 0, 'cache': 0},
           split_rngs={'params': True, 'dropout': True},
           in_axes=(nn.broadcast,) * 4,
           length=cfg.num_layers,
           metadata_params={nn.PARTITION_NAME: 'layers'},
       )
-      x, _ = block_cls(cfg, name='h')(x, mask, bias, positions, deterministic)
+      x, _ = block_cls(cfg, decode=decode, name='h')(x, mask, bias, positions, deterministic)
       return x
     for i in range(cfg.num_layers):
-      x = block_cls(cfg, name=f'h_{i}')(x, mask, bias, positions, deterministic)
+      x = block_cls(cfg, decode=decode, name=f'h_{i}')(x, mask, bias, positions, deterministic)
     return x
 
 

@@ -148,6 +148,7 @@ class AttentionSublayer(nn.Module):
   """x + dropout(attention(norm(x), kv)): HF's T5LayerSelfAttention / T5LayerCrossAttention."""
   config: T5Config
   attention_name: str  # 'SelfAttention' or 'EncDecAttention'.
+  decode: bool = False  # Self-attention through the key/value cache (see MultiHeadAttention).
 
   @nn.compact
   def __call__(self, x: Array, kv: Array | None, mask: attention_lib.AttentionMask, bias: Array | None,
@@ -167,7 +168,7 @@ class AttentionSublayer(nn.Module):
         use_bias=False,
         logits_scale=1.0,
         name=self.attention_name,
-    )(h, kv, mask=mask, bias=bias, deterministic=deterministic)
+    )(h, kv, mask=mask, bias=bias, deterministic=deterministic, decode=self.decode)
     h = layers.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return nn.with_logical_constraint(x + h, ('act_batch', 'act_length', 'act_embed'))
 
@@ -197,19 +198,25 @@ class EncoderBlock(nn.Module):
 
 class DecoderBlock(nn.Module):
   config: T5Config
+  decode: bool = False  # Self-attention through the key/value cache; cross-attention recomputes its keys.
 
   @nn.compact
   def __call__(self, x: Array, encoded: Array, self_mask: attention_lib.AttentionMask,
                cross_mask: attention_lib.AttentionMask, bias: Array | None, deterministic: bool):
     cfg = self.config
-    x = AttentionSublayer(cfg, 'SelfAttention', name='layer_0')(x, None, self_mask, bias, deterministic)
+    x = AttentionSublayer(cfg, 'SelfAttention', decode=self.decode, name='layer_0')(x, None, self_mask, bias,
+                                                                                   deterministic)
     x = AttentionSublayer(cfg, 'EncDecAttention', name='layer_1')(x, encoded, cross_mask, None, deterministic)
     x = FeedForwardSublayer(cfg, name='layer_2')(x, deterministic)
     return (x, None) if cfg.scan_layers else x
 
 
-def _apply_blocks(block_cls, cfg: T5Config, num_blocks: int, x: Array, *args, deterministic: bool) -> Array:
-  """Runs num_blocks blocks (unrolled as block_{i}, or one scanned `block`); args are shared by all."""
+def _apply_blocks(block_cls, cfg: T5Config, num_blocks: int, x: Array, *args, deterministic: bool,
+                  **fields) -> Array:
+  """Runs num_blocks blocks (unrolled as block_{i}, or one scanned `block`); args are shared by all.
+
+  fields: extra module fields of every block (the decoder's decode).
+  """
   if cfg.remat_policy != 'none':
     # deterministic is the last argument (counting self) and picks the dropout branch at trace time.
     block_cls = nn.remat(block_cls, policy=layers.remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers,
@@ -217,16 +224,16 @@ def _apply_blocks(block_cls, cfg: T5Config, num_blocks: int, x: Array, *args, de
   if cfg.scan_layers:
     block_cls = nn.scan(
         block_cls,
-        variable_axes={'params': 0},
+        variable_axes={'params': 0, 'cache': 0},
         split_rngs={'params': True, 'dropout': True},
         in_axes=(nn.broadcast,) * (len(args) + 1),
         length=num_blocks,
         metadata_params={nn.PARTITION_NAME: 'layers'},
     )
-    x, _ = block_cls(cfg, name='block')(x, *args, deterministic)
+    x, _ = block_cls(cfg, name='block', **fields)(x, *args, deterministic)
     return x
   for i in range(num_blocks):
-    x = block_cls(cfg, name=f'block_{i}')(x, *args, deterministic)
+    x = block_cls(cfg, name=f'block_{i}', **fields)(x, *args, deterministic)
   return x
 
 
@@ -251,15 +258,25 @@ class Decoder(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, x: Array, encoded: Array, encoder_mask: Array, deterministic: bool) -> Array:
-    """Embedded decoder inputs [batch, length, embed] attending to encoded [batch, enc_length, embed]."""
+  def __call__(self, x: Array, encoded: Array, encoder_mask: Array, deterministic: bool,
+               decode: bool = False) -> Array:
+    """Embedded decoder inputs [batch, length, embed] attending to encoded [batch, enc_length, embed].
+
+    decode: the inputs continue the sequence in the 'cache' collection.
+    """
     cfg = self.config
     length = x.shape[1]
     relative = cfg.relative_position_bias(bidirectional=False)
-    bias = relative(length, length) if relative else None  # [1, heads, length, length]
+    if decode:  # The new tokens at their absolute positions against every cache slot.
+      positions, kv_positions = attention_lib.decode_positions(self, length)
+      bias = relative(length, kv_positions.shape[1], q_positions=positions,
+                      kv_positions=kv_positions) if relative else None  # [1, heads, length, max_length]
+    else:
+      bias = relative(length, length) if relative else None  # [1, heads, length, length]
     x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = _apply_blocks(DecoderBlock, cfg, cfg.num_decoder_layers, x, encoded, attention_lib.AttentionMask(causal=True),
-                      attention_lib.AttentionMask(input_mask=encoder_mask), bias, deterministic=deterministic)
+                      attention_lib.AttentionMask(input_mask=encoder_mask), bias, deterministic=deterministic,
+                      decode=decode)
     x = RMSNorm(cfg.layer_norm_epsilon, name='final_layer_norm')(x)
     return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -311,11 +328,15 @@ class T5Model(nn.Module):
     return self.encoder(x, encoder_input_mask, deterministic)
 
   def decode(self, encoded: Array, encoder_input_mask: Array, decoder_input_tokens: Array,
-             deterministic: bool = True) -> Array:
-    """Encoder output + int32 [batch, dec_length] decoder inputs -> float32 logits [batch, dec_length, vocab]."""
+             deterministic: bool = True, decode: bool = False) -> Array:
+    """Encoder output + int32 [batch, dec_length] decoder inputs -> float32 logits [batch, dec_length, vocab].
+
+    decode: the decoder inputs continue those in the 'cache' collection (key/value
+    cache; the call that creates it, on inputs of the cache's length, stores nothing).
+    """
     y = self.shared(decoder_input_tokens)  # [batch, dec_length, embed]
     y = nn.with_logical_constraint(y, ('act_batch', 'act_length', 'act_embed'))
-    y = self.decoder(y, encoded, encoder_input_mask, deterministic)
+    y = self.decoder(y, encoded, encoder_input_mask, deterministic, decode)
     logits = self.lm_head(y)  # [batch, dec_length, vocab]
     return nn.with_logical_constraint(logits, ('act_batch', 'act_length', 'act_vocab'))
 
