@@ -74,8 +74,12 @@ def _get(config, dotted: str):
 
 def _apply(config: ml_collections.ConfigDict, overrides, what: str) -> None:
   for key, value in _flatten(overrides).items():
+    node = config
+    for part in key.split("."):
+      if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+        raise PretrainError(f"{what}: cannot set {key}={value!r} (no such config key: {part!r})")
+      node = node[part]
     try:
-      _get(config, key)
       config.update_from_flattened_dict({key: value})
     except (KeyError, AttributeError, TypeError) as e:
       raise PretrainError(f"{what}: cannot set {key}={value!r} ({e})") from e
