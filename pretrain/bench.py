@@ -214,6 +214,8 @@ _BATCHES = {"bert": _mlm_batch, "roberta": _mlm_batch, "gpt2": _causal_batch, "t
 
 
 def task_batch(task, batch_size: int) -> dict:
+  if task.name not in _BATCHES:
+    raise PretrainError(f"the benchmark has no synthetic batch for task {task.name!r}: add one to _BATCHES")
   return _BATCHES[task.name](task, batch_size)
 
 
@@ -421,7 +423,8 @@ def _hf_gpt2(transformers, m, b: dict):
       vocab_size=m.vocab_size, n_positions=m.max_position_embeddings, n_embd=m.hidden_size,
       n_layer=m.num_layers, n_head=m.num_heads, n_inner=m.intermediate_size, activation_function="gelu_new",
       resid_pdrop=m.dropout_rate, embd_pdrop=m.dropout_rate, attn_pdrop=m.attention_dropout_rate,
-      layer_norm_epsilon=m.layer_norm_eps, initializer_range=m.initializer_range)
+      layer_norm_epsilon=m.layer_norm_eps, initializer_range=m.initializer_range,
+      bos_token_id=None, eos_token_id=None)  # GPT-2's 50256 is outside a smaller vocabulary; training never reads them.
   # HF shifts the labels itself: labels = inputs.
   inputs = {"input_ids": _long(b["input_ids"]), "labels": _long(b["input_ids"])}
   return transformers.GPT2LMHeadModel(hf_config), inputs
@@ -478,6 +481,8 @@ def hf_case(config, autocast: bool, *, steps: int = 5, max_seconds: float = floa
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
   task = _task(config)
+  if task.name not in _HF_BUILDERS:
+    raise PretrainError(f"no HF torch reference for task {task.name!r}: add one to _HF_BUILDERS")
   batch_size = int(config.train.batch_size)
   model, inputs = _HF_BUILDERS[task.name](transformers, task.model_config, task_batch(task, batch_size))
   model.train()
