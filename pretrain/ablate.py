@@ -112,7 +112,9 @@ def _train_variant(config_dict: dict, workdir: str) -> None:
   cli.quiet_library_logs()
   status, error = "done", ""
   try:
-    train(ml_collections.ConfigDict(config_dict), workdir)
+    last = train(ml_collections.ConfigDict(config_dict), workdir)
+    if last.get("step", 0) < int(config_dict["train"]["steps"]):  # SIGTERM/SIGINT: saved, not finished.
+      status, error = "interrupted", f"stopped at step {last.get('step')}; run the sweep again to resume"
   except PretrainError as e:
     status, error = "failed", str(e)
   stats = jax.devices()[0].memory_stats() or {}

@@ -1,5 +1,6 @@
 """The ablation runner: same budget for every variant, resumable, and a report with real figures."""
 import csv
+import functools
 import json
 import os
 
@@ -38,13 +39,18 @@ def test_variants_share_the_budget_and_unknown_keys_are_refused(text_corpus):
     ablate.variant_configs(_sweep(text_corpus, {"typo": {"model": {"num_headz": 4}}}))
 
 
-def test_sweep_writes_report_skips_finished_and_resumes_interrupted(text_corpus, tmp_path):
+def test_sweep_writes_report_skips_finished_and_resumes_interrupted(text_corpus, tmp_path, monkeypatch):
   sweep = _sweep(text_corpus, {"h2": {}, "h4": {"model": {"num_heads": 4}}})
   workdir = str(tmp_path / "sweep")
-  # Interrupt h4 half way, as a preemption would: the sweep must resume it, not restart it.
-  from pretrain.train import train  # pylint: disable=g-import-not-at-top
+  # Stop h4 half way, as a SIGTERM would (train saves and returns): the variant is recorded as
+  # interrupted, and the sweep must resume it, neither skip it nor restart it.
+  from pretrain import train as train_module  # pylint: disable=g-import-not-at-top
   configs = ablate.variant_configs(sweep)
-  train(configs["h4"], os.path.join(workdir, "h4"), stop_at_step=2)
+  h4_dir = os.path.join(workdir, "h4")
+  monkeypatch.setattr(train_module, "train", functools.partial(train_module.train, stop_at_step=2))
+  ablate._train_variant(configs["h4"].to_dict(), h4_dir)  # pylint: disable=protected-access
+  monkeypatch.undo()
+  assert json.load(open(os.path.join(h4_dir, ablate.RESULT), encoding="utf-8"))["status"] == "interrupted"
 
   rows = ablate.run_sweep(sweep, workdir, log=lambda s: None)
   assert {r["variant"] for r in rows} == {"h2", "h4"} and all(r["status"] == "done" for r in rows)
