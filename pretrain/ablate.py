@@ -189,6 +189,7 @@ def summarize(name: str, config, workdir: str, result: dict) -> dict:
       "compile_seconds": header[0]["compile_seconds"] if header else None,
       "attention_backend": header[0].get("attention_backend", "") if header else "",
       "tokens_per_step": header[0].get("tokens_per_step") if header else None,
+      "steps": result.get("steps"),
       "error": result.get("error", ""),
   }
 
@@ -204,6 +205,15 @@ def _fmt(value, spec="") -> str:
   return format(value, spec) if spec else str(value)
 
 
+def _budget(rows: list[dict]) -> str:
+  """'250 steps x 2,048 tokens = 512,000 tokens' from the first row that knows."""
+  for r in rows:
+    if r["tokens_per_step"] and r.get("steps"):
+      tokens, steps = int(r["tokens_per_step"]), int(r["steps"])
+      return f"{steps:,} steps x {tokens:,} tokens = {steps * tokens:,} tokens"
+  return "number of steps and tokens per step"
+
+
 def write_report(sweep, rows: list[dict], curves: dict, workdir: str, command: str) -> None:
   """report.md, results.csv and loss_curves.png in `workdir`."""
   rows = sorted(rows, key=_sort_key)
@@ -213,13 +223,12 @@ def write_report(sweep, rows: list[dict], curves: dict, workdir: str, command: s
     writer.writeheader()
     writer.writerows(rows)
 
-  tokens = next((r["tokens_per_step"] for r in rows if r["tokens_per_step"]), None)
   acc_name = next((r["accuracy_metric"] for r in rows if r["accuracy_metric"]), "eval accuracy")
   lines = [
       f"# Ablation report: {os.path.basename(workdir.rstrip(os.sep))}",
       "",
       f"Base config: `{sweep.base}` with base overrides `{json.dumps(_flatten(sweep.get('base_overrides')))}`.",
-      f"Budget: the same {_fmt(tokens, ',')} tokens per step for every variant, "
+      f"Budget: the same {_budget(rows)} for every variant, "
       f"same data order and seeds. Command: `{command}`.",
       "",
       f"| variant | params | final train loss | eval loss | {acc_name} | tokens/s | peak memory (MiB) "
@@ -310,7 +319,16 @@ def main(argv):
   if fl.config is None or not fl.workdir:
     print("error: --config and --workdir are required", file=sys.stderr)
     sys.exit(2)
-  command = " ".join(["python -m pretrain.ablate"] + sys.argv[1:])
+  # The command that trains the sweep: how this report was gathered (--report_only, --variant) is not it.
+  args, skip_value = [], False
+  for a in sys.argv[1:]:
+    if skip_value:
+      skip_value = False
+    elif a in ("--variant", "-variant"):
+      skip_value = True
+    elif not a.lstrip("-").startswith(("report_only", "noreport_only", "variant=")):
+      args.append(a)
+  command = " ".join(["python -m pretrain.ablate"] + args)
   try:
     rows = run_sweep(fl.config, fl.workdir, only=fl.variant, report_only=fl.report_only, command=command,
                      log=lambda s: print(s, file=sys.stderr, flush=True))

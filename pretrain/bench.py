@@ -431,6 +431,7 @@ def _hf_gpt2(transformers, m, b: dict):
 
 
 def _hf_t5(transformers, m, b: dict):
+  import torch  # pylint: disable=g-import-not-at-top
   hf_config = transformers.T5Config(
       vocab_size=m.vocab_size, d_model=m.d_model, d_kv=m.d_kv, d_ff=m.d_ff, num_layers=m.num_layers,
       num_decoder_layers=m.num_decoder_layers, num_heads=m.num_heads,
@@ -441,7 +442,10 @@ def _hf_t5(transformers, m, b: dict):
   labels = np.where(b["decoder_loss_weights"] > 0, b["decoder_target_tokens"], -100)
   inputs = {"input_ids": _long(b["encoder_input_tokens"]), "attention_mask": _long(b["encoder_input_mask"]),
             "decoder_input_ids": _long(b["decoder_input_tokens"]), "labels": _long(labels)}
-  return transformers.T5ForConditionalGeneration(hf_config), inputs
+  model = transformers.T5ForConditionalGeneration(hf_config)
+  if model.lm_head.weight is model.shared.weight:  # transformers 5 ties it despite tie_word_embeddings=False.
+    model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+  return model, inputs
 
 
 # task.name -> (transformers, project model config, batch) -> (HF model, its keyword inputs with labels).

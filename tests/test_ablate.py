@@ -65,6 +65,7 @@ def test_sweep_writes_report_skips_finished_and_resumes_interrupted(text_corpus,
 
   report = open(os.path.join(workdir, "report.md"), encoding="utf-8").read()
   assert "configs/bert_tiny.py" in report and "| h2 |" in report and "| h4 |" in report
+  assert "the same 4 steps x 256 tokens = 1,024 tokens for every variant" in report
   with open(os.path.join(workdir, "results.csv"), encoding="utf-8") as f:
     csv_rows = list(csv.DictReader(f))
   assert [r["variant"] for r in csv_rows] == [r["variant"] for r in rows]

@@ -97,6 +97,7 @@ def test_family_runs_next_to_its_hf_model(name, hf_model):
                                 matmul=False, reference_dtypes=("float32",))
   (project,), (hf,) = results["project"], results["hf"]
   assert hf["model"] == hf_model
+  assert hf["num_params"] == project["num_params"]  # The same shape: T5's untied head on both sides.
   tokens = 8 * task.tokens_per_example
   for r in (project, hf):
     assert math.isfinite(r["tokens_per_sec"]) and r["tokens_per_sec"] > 0

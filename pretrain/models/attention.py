@@ -592,22 +592,10 @@ def dot_product_attention(
 # The module.
 
 
-class RMSNorm(nn.Module):
-  """x / rms(x) * scale over the last axis, in float32 (no mean, no bias)."""
-  epsilon: float = 1e-6
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones_init(), ('norm',)),
-                       (x.shape[-1],), jnp.float32)
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon) * scale
-
-
 def _qk_norm(kind: str, name: str) -> nn.Module:
   if kind == 'layernorm':
     return layers.LayerNorm(epsilon=1e-6, name=name)
-  return RMSNorm(epsilon=1e-6, name=name)
+  return layers.RMSNorm(epsilon=1e-6, name=name)
 
 
 def _check_heads(num_heads: int, num_kv_heads: int | None) -> None:
@@ -846,10 +834,7 @@ class AttentionConfig:
     (Command-line overrides cannot change a None field's type, so configs write 0.)
     """
     d = dict(d)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise PretrainError(f'unknown AttentionConfig keys: {", ".join(unknown)}; valid: {", ".join(sorted(names))}')
+    layers.check_config_keys(cls, d)
     for name in _ZERO_IS_NONE:
       if d.get(name) == 0:
         d[name] = None
@@ -893,3 +878,11 @@ class AttentionConfig:
     """(backend, reason) for a call with `features` on platform (default: jax.default_backend())."""
     interpret = interpret_default() if self.interpret is None else self.interpret
     return resolve_backend(self.backend, features, platform or jax.default_backend(), interpret=interpret)
+
+
+def model_config_from_dict(cls, d: Any):
+  """A family's config dataclass `cls` from a config section, its `attention` section included."""
+  layers.check_config_keys(cls, d)
+  if not isinstance(d.get('attention', AttentionConfig()), AttentionConfig):
+    d = dict(d, attention=AttentionConfig.from_dict(d['attention']))
+  return cls(**d)

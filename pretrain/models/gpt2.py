@@ -88,13 +88,7 @@ class Gpt2Config:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> 'Gpt2Config':
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise PretrainError(f'unknown Gpt2Config keys: {", ".join(unknown)}; valid: {", ".join(sorted(names))}')
-    if not isinstance(d.get('attention', attention_lib.AttentionConfig()), attention_lib.AttentionConfig):
-      d = dict(d, attention=attention_lib.AttentionConfig.from_dict(d['attention']))
-    return cls(**d)
+    return attention_lib.model_config_from_dict(cls, d)
 
 
 def gelu(x: Array) -> Array:

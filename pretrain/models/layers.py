@@ -8,6 +8,7 @@ float32 one, while bfloat16 inputs with float32 accumulation are ~3.5x faster,
 and on accelerators float32 accumulation is what the hardware does anyway.
 LayerNorm, softmax, GELU and residual math stay in float32.
 """
+import dataclasses
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -32,6 +33,14 @@ _JAX_REMAT_POLICIES = (
     'checkpoint_dots_with_no_batch_dims',
 )
 REMAT_POLICIES = ('none', 'full') + _JAX_REMAT_POLICIES
+
+
+def check_config_keys(cls, d) -> None:
+  """Refuses keys that are not fields of the config dataclass `cls`, naming them and the valid ones."""
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - names)
+  if unknown:
+    raise PretrainError(f'unknown {cls.__name__} keys: {", ".join(unknown)}; valid: {", ".join(sorted(names))}')
 
 
 def check_dtype_and_remat(dtype: str, remat: str) -> None:
@@ -119,6 +128,18 @@ class Embed(nn.Module):
   def attend(self, x: Array) -> Array:
     """x @ table.T: scores of x against every row, e.g. tied output logits."""
     return matmul(x, self.embedding, (x.ndim - 1, 1), self.dtype)  # [..., vocab] float32
+
+
+class RMSNorm(nn.Module):
+  """x / rms(x) * scale over the last axis, in float32 (no mean, no bias): T5's LayerNorm, and QK-norm."""
+  epsilon: float = 1e-6
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones_init(), ('norm',)),
+                       (x.shape[-1],), jnp.float32)
+    x = x.astype(jnp.float32)
+    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon) * scale
 
 
 class LayerNorm(nn.Module):

@@ -98,13 +98,7 @@ class T5Config:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> 'T5Config':
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - names)
-    if unknown:
-      raise PretrainError(f'unknown T5Config keys: {", ".join(unknown)}; valid: {", ".join(sorted(names))}')
-    if not isinstance(d.get('attention', attention_lib.AttentionConfig()), attention_lib.AttentionConfig):
-      d = dict(d, attention=attention_lib.AttentionConfig.from_dict(d['attention']))
-    return cls(**d)
+    return attention_lib.model_config_from_dict(cls, d)
 
   def relative_position_bias(self, bidirectional: bool) -> positions_lib.RelativePositionBias | None:
     """The stack's shared relative bias module (position='relative_bias'), else None."""
@@ -114,18 +108,6 @@ class T5Config:
         num_heads=self.num_heads, num_buckets=self.relative_attention_num_buckets,
         max_distance=self.relative_attention_max_distance, bidirectional=bidirectional,
         embedding_init=_relative_bias_init, name='relative_attention_bias')
-
-
-class RMSNorm(nn.Module):
-  """T5's LayerNorm: x / rms(x) * scale, in float32 (no mean subtraction, no bias)."""
-  epsilon: float = 1e-6
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones_init(), ('norm',)),
-                       (x.shape[-1],), jnp.float32)
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon) * scale
 
 
 class GatedGeluFeedForward(nn.Module):
@@ -154,7 +136,7 @@ class AttentionSublayer(nn.Module):
   def __call__(self, x: Array, kv: Array | None, mask: attention_lib.AttentionMask, bias: Array | None,
                deterministic: bool) -> Array:
     cfg = self.config
-    h = RMSNorm(cfg.layer_norm_epsilon, name='layer_norm')(x)
+    h = layers.RMSNorm(cfg.layer_norm_epsilon, name='layer_norm')(x)
     variant = cfg.attention
     if kv is not None:  # Cross-attention: no positions or window between the two stacks.
       variant = dataclasses.replace(variant, position='none', sliding_window=None)
@@ -180,7 +162,7 @@ class FeedForwardSublayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
     cfg = self.config
-    h = RMSNorm(cfg.layer_norm_epsilon, name='layer_norm')(x)
+    h = layers.RMSNorm(cfg.layer_norm_epsilon, name='layer_norm')(x)
     h = GatedGeluFeedForward(cfg, name='DenseReluDense')(h, deterministic)
     h = layers.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return nn.with_logical_constraint(x + h, ('act_batch', 'act_length', 'act_embed'))
@@ -250,7 +232,7 @@ class Encoder(nn.Module):
     x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = _apply_blocks(EncoderBlock, cfg, cfg.num_layers, x, attention_lib.AttentionMask(input_mask=input_mask), bias,
                       deterministic=deterministic)
-    x = RMSNorm(cfg.layer_norm_epsilon, name='final_layer_norm')(x)
+    x = layers.RMSNorm(cfg.layer_norm_epsilon, name='final_layer_norm')(x)
     return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -277,7 +259,7 @@ class Decoder(nn.Module):
     x = _apply_blocks(DecoderBlock, cfg, cfg.num_decoder_layers, x, encoded, attention_lib.AttentionMask(causal=True),
                       attention_lib.AttentionMask(input_mask=encoder_mask), bias, deterministic=deterministic,
                       decode=decode)
-    x = RMSNorm(cfg.layer_norm_epsilon, name='final_layer_norm')(x)
+    x = layers.RMSNorm(cfg.layer_norm_epsilon, name='final_layer_norm')(x)
     return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 

@@ -39,6 +39,21 @@ def _check(max_predictions: int, vocab_size: int, first_random_id: int, length: 
     raise PretrainError(f"sequence length {length} is too long for masking (max {2**int(_COL_BITS) - 1})")
 
 
+def check_example_inputs(docs, vocab_size: int, seed, whole_word_masking: bool,
+                         word_start: np.ndarray | None) -> np.ndarray | None:
+  """Checks what a masked-LM example builder is given; returns the word-start table or None."""
+  if not isinstance(seed, (int, np.integer)) or seed < 0:
+    raise PretrainError(f"seed={seed!r} must be a non-negative integer")
+  if docs.num_tokens and int(docs.tokens.max()) >= vocab_size:
+    raise PretrainError(f"the corpus has token id {int(docs.tokens.max())} >= vocab_size={vocab_size}")
+  if not whole_word_masking:
+    return None
+  if word_start is None or np.shape(word_start) != (vocab_size,):
+    raise PretrainError(f"whole-word masking needs word_start of shape [{vocab_size}], "
+                        f"got {None if word_start is None else np.shape(word_start)}")
+  return np.asarray(word_start, bool)
+
+
 def _word_starts(maskable: np.ndarray, word_start: np.ndarray) -> np.ndarray:
   """bool [..., L]: maskable positions that begin a whole-word candidate."""
   prev = np.zeros_like(maskable)

@@ -127,16 +127,7 @@ class BertExamples:
     if cfg.next_sentence_prediction and docs.num_docs < 2:
       raise PretrainError(
           f"next-sentence prediction needs >= 2 documents; the corpus has {docs.num_docs}")
-    if not isinstance(seed, (int, np.integer)) or seed < 0:
-      raise PretrainError(f"seed={seed!r} must be a non-negative integer")
-    if docs.num_tokens and int(docs.tokens.max()) >= vocab_size:
-      raise PretrainError(f"the corpus has token id {int(docs.tokens.max())} >= vocab_size={vocab_size}")
-    self._ws = None
-    if cfg.whole_word_masking:
-      if word_start is None or np.shape(word_start) != (vocab_size,):
-        raise PretrainError(f"whole-word masking needs word_start of shape [{vocab_size}], "
-                            f"got {None if word_start is None else np.shape(word_start)}")
-      self._ws = np.asarray(word_start, bool)
+    self._ws = masking.check_example_inputs(docs, vocab_size, seed, cfg.whole_word_masking, word_start)
     self.cfg = cfg
     self.vocab_size = int(vocab_size)
     self.seed = int(seed)
