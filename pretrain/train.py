@@ -98,6 +98,22 @@ def _new_progress() -> dict:
           "checkpoint_seconds": 0.0, "data_wait_seconds": 0.0, "eval_seconds": 0.0}
 
 
+def _first_start_time(workdir: str, is_main: bool) -> float:
+  """When the run in `workdir` first started: kept in the workdir from its first life on, so that lives
+  killed before the first checkpoint count against goodput too."""
+  path = os.path.join(workdir, "run_start.json")
+  try:
+    with open(path, encoding="utf-8") as f:
+      return float(json.load(f)["first_start_time"])
+  except (OSError, ValueError, KeyError, TypeError):
+    now = time.time()
+    if is_main:
+      with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump({"first_start_time": now}, f)
+      os.replace(path + ".tmp", path)
+    return now
+
+
 def _goodput(progress: dict) -> dict:
   """Goodput: time in training steps that reached a checkpoint or this process, over all wall time since
   the run first started (restarts, downtime and work lost to a crash count against it)."""
@@ -166,6 +182,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
     raise PretrainError(f"cannot create workdir {workdir}: {e}") from e
+  first_start_time = _first_start_time(workdir, is_main)
   checkpointer = ckpt_lib.Checkpointer(
       workdir, config.checkpoint.every_steps, config.checkpoint.keep, config.checkpoint.async_save)
   saved_config = dict(config.to_dict(), _tokenizer={
@@ -193,7 +210,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     if config.get("init_from"):
       state = state.replace(params=convert.load_params(config.init_from, fns.abstract_state.params))
       _logger.info("params from %s", config.init_from)
-    progress = _new_progress()
+    progress = dict(_new_progress(), first_start_time=first_start_time)
   attention.clear_resolved_backends()
   train_step, compile_seconds = fns.compile_train_step()
   progress["compile_seconds"] += compile_seconds

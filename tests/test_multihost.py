@@ -163,11 +163,15 @@ def test_processes_told_different_counts_are_refused():
           "  print(f'error: {e}', flush=True)\n"
           "  os._exit(2)\n"
           "print('joined', flush=True)\n"
+          "sys.stdin.read()\n"  # Keep the coordinator up until the other process has had its say.
           "os._exit(0)\n")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-  procs = [subprocess.Popen([sys.executable, "-c", body, n, i], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True) for n, i in (("2", "0"), ("3", "1"))]
-  outs = [p.communicate(timeout=120)[0].strip().splitlines()[-1] for p in procs]
+  procs = [subprocess.Popen([sys.executable, "-c", body, n, i], cwd=REPO, env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+           for n, i in (("2", "0"), ("3", "1"))]
+  second = procs[1].communicate(timeout=120)[0]
+  first = procs[0].communicate(input="", timeout=120)[0]
+  outs = [out.strip().splitlines()[-1] for out in (first, second)]
   assert outs == ["joined", "error: this process was started as process 1 of 3, but the coordinator at "
                   f"127.0.0.1:{port} formed a run of 2 processes with this one as 1; every process must be "
                   "given the same --num_processes"]
