@@ -34,6 +34,7 @@ from pretrain import sharding
 from pretrain import tasks
 from pretrain.data import pipeline
 from pretrain.data.tokenizer import load_tokenized
+from pretrain.data.tokenizer import write_atomic
 from pretrain.errors import PretrainError
 from pretrain.models import attention
 from pretrain.training import step as step_lib
@@ -92,9 +93,9 @@ def _attention_backends() -> dict:
           "attention_backend_reason": "; ".join(sorted({r for _, _, r in resolved if r}))}
 
 
-def _new_progress() -> dict:
+def _new_progress(first_start_time: float) -> dict:
   """What the run has spent its wall-clock time on, carried across restarts in every checkpoint."""
-  return {"first_start_time": time.time(), "restarts": 0, "useful_seconds": 0.0, "compile_seconds": 0.0,
+  return {"first_start_time": first_start_time, "restarts": 0, "useful_seconds": 0.0, "compile_seconds": 0.0,
           "checkpoint_seconds": 0.0, "data_wait_seconds": 0.0, "eval_seconds": 0.0}
 
 
@@ -108,9 +109,7 @@ def _first_start_time(workdir: str, is_main: bool) -> float:
   except (OSError, ValueError, KeyError, TypeError):
     now = time.time()
     if is_main:
-      with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump({"first_start_time": now}, f)
-      os.replace(path + ".tmp", path)
+      write_atomic(path, lambda f: f.write(json.dumps({"first_start_time": now}).encode()))
     return now
 
 
@@ -202,7 +201,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   if restored is not None:
     latest, state, data_state, progress = restored
     stream.set_state(data_state)
-    progress = dict(_new_progress(), **progress)
+    progress = dict(_new_progress(first_start_time), **progress)
     progress["restarts"] += 1
     _logger.info("resumed from step %d (restart %d)", latest, progress["restarts"])
   else:
@@ -210,7 +209,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     if config.get("init_from"):
       state = state.replace(params=convert.load_params(config.init_from, fns.abstract_state.params))
       _logger.info("params from %s", config.init_from)
-    progress = dict(_new_progress(), first_start_time=first_start_time)
+    progress = _new_progress(first_start_time)
   attention.clear_resolved_backends()
   train_step, compile_seconds = fns.compile_train_step()
   progress["compile_seconds"] += compile_seconds

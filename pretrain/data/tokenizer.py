@@ -45,7 +45,7 @@ def cache_dir() -> str:
   return os.path.expanduser(os.environ.get("PRETRAIN_CACHE_DIR") or "~/.cache/pretrain")
 
 
-def _write_atomic(path: str, write: Callable[[Any], None]) -> None:
+def write_atomic(path: str, write: Callable[[Any], None]) -> None:
   """Writes via a temp file in the same directory and os.replace: readers never see half a file."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
@@ -172,7 +172,7 @@ def train_tokenizer(sentences: Iterable[str], vocab_size: int, model_type: str, 
           f"tokenizer.vocab_size={vocab_size} is too large for the training text "
           f"({count} sentences); sentencepiece suggests at most {m.group(2)}") from None
     raise PretrainError(f"training the tokenizer {out_path!r} failed: {e}") from None
-  _write_atomic(out_path, lambda f: f.write(model.getvalue()))
+  write_atomic(out_path, lambda f: f.write(model.getvalue()))
   return Tokenizer(out_path)
 
 
@@ -252,7 +252,7 @@ _FIELDS = ("tokens", "sentence_starts", "doc_starts")
 def _save_tokenized(path: str, splits: dict[str, TokenizedDocs], stats: dict) -> None:
   arrays = {f"{s}_{f}": getattr(splits[s], f) for s in _SPLITS for f in _FIELDS}
   arrays["stats"] = np.array(json.dumps(stats))  # A unicode array: loads without pickle.
-  _write_atomic(path, lambda f: np.savez(f, **arrays))
+  write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _load_tokenized_file(path: str) -> tuple[dict[str, TokenizedDocs], dict]:
