@@ -48,26 +48,16 @@ from pretrain import cli
 from pretrain import metrics as metrics_lib
 from pretrain import sharding
 from pretrain import tasks
+from pretrain.data import tokenizer as tokenizer_lib
 from pretrain.errors import PretrainError
 from pretrain.models import bert as bert_model
 from pretrain.training import step as step_lib
 from pretrain.training.optimizer import make_optimizer
 
-# Ids of BERT's special tokens in every tokenizer of this project.
-_SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
-_NUM_SPECIAL = len(_SPECIAL_TOKENS)
-_CLS_ID, _SEP_ID = 2, 3
-
-
-@dataclasses.dataclass(frozen=True)
-class StandInTokenizer:
-  """What a task reads from a tokenizer; model timing needs no trained vocabulary."""
-  vocab_size: int
-  path: str = "<stand-in>"
-
-  @property
-  def word_start(self) -> np.ndarray:
-    return np.ones([self.vocab_size], bool)
+# The project sentencepiece layout's special tokens: what timing batches and the HF stand-in use.
+_SPECIAL_TOKENS = tokenizer_lib.SPECIAL_TOKENS
+_NUM_SPECIAL = tokenizer_lib.NUM_SPECIAL
+_CLS_ID, _SEP_ID = tokenizer_lib.CLS_ID, tokenizer_lib.SEP_ID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +162,7 @@ def _task(config, dtype: str | None = None):
   with config.unlocked():
     if dtype:
       config.model.dtype = dtype
-  return tasks.get_task(config, StandInTokenizer(_tokenizer_vocab(config)))
+  return tasks.get_task(config, tokenizer_lib.StandInTokenizer(_tokenizer_vocab(config)))
 
 
 def _mlm_batch(task, batch_size: int) -> dict:
@@ -547,12 +537,11 @@ def _unmasked_ids(batch: dict) -> np.ndarray:
 def bench_data(config, *, batches: int = 200, reference: bool = True) -> dict:
   """Examples/s of BertExamples.batch (one thread), of BatchStream, and of HF's MLM collator."""
   from pretrain.data import pipeline  # pylint: disable=g-import-not-at-top
-  from pretrain.data.tokenizer import load_tokenized  # pylint: disable=g-import-not-at-top
   config = config.copy_and_resolve_references()
   if config.task.name != "bert":
     raise PretrainError(f"--data times BERT's input pipeline only; task.name={config.task.name!r}")
   batch_size = int(config.train.batch_size)
-  tokenizer, train_docs, _, stats = load_tokenized(config.data, config.tokenizer)
+  tokenizer, train_docs, _, stats = tokenizer_lib.load_tokenized(config.data, config.tokenizer)
   task = tasks.get_task(config, tokenizer)
   examples = task.examples(train_docs, seed=int(config.data.seed))
   rows = lambda i: np.arange(i * batch_size, (i + 1) * batch_size, dtype=np.int64)

@@ -10,7 +10,8 @@ prints the prompt's continuation, greedy at temperature 0, else sampled from
 the temperature-scaled distribution cut to its top_k tokens and its top_p
 nucleus. Decoding runs through the models' key/value cache: the prompt is
 read once, then each new token is one jitted step. It stops at end-of-text
-([SEP], which ends every GPT-2 document and every T5 target), at
+(the tokenizer's `special.eos`, [SEP] for the project's: it ends every GPT-2
+document and every T5 target), at
 max_new_tokens, or where the model's positions end. The run's own config and
 tokenizer are read from the checkpoint, so a sample always uses the
 vocabulary the model was trained with.
@@ -37,7 +38,8 @@ from pretrain.models import t5 as t5_model
 MASK_TEXT = "[MASK]"
 MLM_TASKS = ("bert", "roberta")
 GENERATIVE_TASKS = ("gpt2", "t5")
-# Ends a GPT-2 document (pretrain/tasks/causal_examples.py) and a T5 target (pretrain/tasks/t5.py).
+# The project tokenizer's end-of-text: ends a GPT-2 document (pretrain/tasks/causal_examples.py) and a
+# T5 target (pretrain/tasks/t5.py). A run with another vocabulary uses its tokenizer's special.eos.
 END_ID = tokenizer_lib.SEP_ID
 
 
@@ -51,7 +53,7 @@ def load_run(workdir: str, step: int | None = None):
     saved = checkpointer.restore_config(step)
     tok = saved.pop("_tokenizer", {})
     config = ml_collections.ConfigDict(saved)
-    tokenizer = tokenizer_lib.Tokenizer(tok.get("path", ""))
+    tokenizer = tokenizer_lib.open_tokenizer(tok.get("path", ""))
     if tok.get("fingerprint") not in (None, tokenizer.fingerprint):
       raise PretrainError(f"the tokenizer at {tokenizer.path} changed since the checkpoint was written")
     task = tasks.get_task(config, tokenizer)
@@ -67,13 +69,15 @@ def encode_masked(prompt: str, tokenizer) -> np.ndarray:
   """`[CLS] prompt [SEP]` with each `[MASK]` as the mask id -> int32 [length]."""
   if MASK_TEXT not in prompt:
     raise PretrainError(f"the prompt has no {MASK_TEXT} to fill")
-  ids = [tokenizer_lib.CLS_ID]
+  special = tokenizer.special
+  special.require("mask filling", "cls", "sep", "mask")
+  ids = [special.cls]
   for i, part in enumerate(prompt.split(MASK_TEXT)):
     if i:
-      ids.append(tokenizer_lib.MASK_ID)
+      ids.append(special.mask)
     if part.strip():
       ids.extend(tokenizer.encode([part.strip()])[0])
-  return np.asarray(ids + [tokenizer_lib.SEP_ID], np.int32)
+  return np.asarray(ids + [special.sep], np.int32)
 
 
 def fill_masks(task, params, tokenizer, prompt: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
@@ -88,7 +92,7 @@ def mask_probabilities(task, params, ids: np.ndarray) -> np.ndarray:
     raise PretrainError(f"filling masks needs a masked-LM checkpoint; this one is task {task.name!r}")
   if len(ids) > task.seq_len:
     raise PretrainError(f"the prompt is {len(ids)} tokens; the model was trained on at most {task.seq_len}")
-  positions = np.flatnonzero(ids == tokenizer_lib.MASK_ID).astype(np.int32)
+  positions = np.flatnonzero(ids == task.special.mask).astype(np.int32)
   batch = {k: np.asarray(v) for k, v in task.dummy_batch(1).items()}
   batch["input_ids"][0, :len(ids)] = ids
   batch["input_mask"][0, :len(ids)] = 1
@@ -141,7 +145,7 @@ def sample_token(logits: jax.Array, rng: jax.Array, temperature: float = 0.0, to
 
 
 def _decoder(model, params, prompt_ids: np.ndarray, max_new_tokens: int, max_input_length: int | None,
-             max_target_length: int | None):
+             max_target_length: int | None, eos_id: int, decoder_start_id: int):
   """(forward(params, cache, ids) -> (logits, cache), empty cache, first ids, steps) for one prompt."""
   if isinstance(model, gpt2_model.Gpt2LMHeadModel):
     limit = model.config.max_position_embeddings
@@ -156,7 +160,7 @@ def _decoder(model, params, prompt_ids: np.ndarray, max_new_tokens: int, max_inp
 
     first = prompt_ids[None]
   elif isinstance(model, t5_model.T5Model):
-    inputs = np.append(prompt_ids, END_ID).astype(np.int32)[None]  # [1, enc_length]: the prompt, EOS
+    inputs = np.append(prompt_ids, eos_id).astype(np.int32)[None]  # [1, enc_length]: the prompt, EOS
     if max_input_length is not None and inputs.shape[1] > max_input_length:
       raise PretrainError(f"the prompt is {inputs.shape[1]} tokens with EOS; the model was trained on inputs of "
                           f"at most {max_input_length}")
@@ -170,7 +174,7 @@ def _decoder(model, params, prompt_ids: np.ndarray, max_new_tokens: int, max_inp
       return model.apply({"params": params, **cache}, encoded, input_mask, ids, decode=True, mutable=["cache"],
                          method=t5_model.T5Model.decode)
 
-    first = np.full([1, 1], tokenizer_lib.PAD_ID, np.int32)  # T5's decoder start id.
+    first = np.full([1, 1], decoder_start_id, np.int32)
   else:
     raise PretrainError(f"generation needs a GPT-2 or T5 model, not {type(model).__name__}")
   # A decode call on inputs of the cache's length creates the empty cache.
@@ -180,19 +184,20 @@ def _decoder(model, params, prompt_ids: np.ndarray, max_new_tokens: int, max_inp
 
 def generate_ids(model, params, prompt_ids, *, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, stop_id: int | None = END_ID,
-                 max_input_length: int | None = None,
-                 max_target_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                 max_input_length: int | None = None, max_target_length: int | None = None,
+                 eos_id: int = END_ID, decoder_start_id: int = tokenizer_lib.PAD_ID,
+                 ) -> tuple[np.ndarray, np.ndarray]:
   """(new ids int32 [n], the logits float32 [n, vocab] each was chosen from) after prompt_ids.
 
-  GPT-2 continues prompt_ids; T5 encodes prompt_ids + EOS and decodes from its
-  start id. Stops after stop_id (included), max_new_tokens, or the positions
+  GPT-2 continues prompt_ids; T5 encodes prompt_ids + eos_id and decodes from
+  decoder_start_id (T5's pad id). Stops after stop_id (included), max_new_tokens, or the positions
   left: GPT-2's max_position_embeddings, T5's max_target_length (None: no limit).
   """
   check_sampling(max_new_tokens, temperature, top_k, top_p)
   prompt_ids = np.asarray(prompt_ids, np.int32).reshape(-1)
   params = jax.device_put(params)
   forward, cache, ids, steps = _decoder(model, params, prompt_ids, max_new_tokens, max_input_length,
-                                        max_target_length)
+                                        max_target_length, eos_id, decoder_start_id)
 
   @jax.jit
   def step(params, cache, ids, rng):  # One compiled call per token (and one for the prompt).
@@ -233,14 +238,16 @@ def generate(task, params, tokenizer, prompt: str, *, max_new_tokens: int = 32, 
   if task.name not in GENERATIVE_TASKS:
     raise PretrainError(f"generation needs a gpt2 or t5 checkpoint; this one is task {task.name!r}")
   ids = tokenizer.encode([prompt])[0] if prompt.strip() else []
+  eos = tokenizer.special.eos
   if task.name == "gpt2":
-    ids = [END_ID] + ids  # Every training document follows an end-of-text token.
+    ids = [eos] + ids  # Every training document follows an end-of-text token.
     limits = {}
   else:
-    limits = {"max_input_length": task.inputs_length, "max_target_length": task.targets_length}
+    limits = {"max_input_length": task.inputs_length, "max_target_length": task.targets_length,
+              "decoder_start_id": tokenizer.special.pad}
   new, _ = generate_ids(task.build_model(), params, ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                        top_k=top_k, top_p=top_p, seed=seed, **limits)
-  if len(new) and new[-1] == END_ID:
+                        top_k=top_k, top_p=top_p, seed=seed, stop_id=eos, eos_id=eos, **limits)
+  if len(new) and new[-1] == eos:
     new = new[:-1]
   return _detokenize(new, tokenizer, getattr(task, "num_sentinels", 0))
 

@@ -185,7 +185,8 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   checkpointer = ckpt_lib.Checkpointer(
       workdir, config.checkpoint.every_steps, config.checkpoint.keep, config.checkpoint.async_save)
   saved_config = dict(config.to_dict(), _tokenizer={
-      "path": tokenizer.path, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size})
+      "path": tokenizer.path, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
+      "special_ids": tokenizer.special.ids()})
   saved_config = json.loads(json.dumps(saved_config, default=str))
   global_batch = int(config.train.batch_size)
   fns = step_lib.build(task, model, tx, schedule, mesh, global_batch,

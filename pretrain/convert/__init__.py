@@ -6,7 +6,11 @@
 `from-hf` reads a local HF folder (config.json + model.safetensors) and writes
 a converted folder: the params as an orbax checkpoint, the project config
 (config.json, and config.py for `--config=OUT/config.py`) and convert.json
-(the source). `to-hf` writes config.json + model.safetensors that
+(the source). When the folder has a tokenizer.json or vocab.txt (with its
+tokenizer_config.json), it is copied beside them and the config's
+tokenizer.path names it, so training from the converted folder uses the
+model's own vocabulary; the task built on it must accept it (vocabulary size,
+special tokens), or nothing is written. `to-hf` writes config.json + model.safetensors that
 `transformers.AutoModel*.from_pretrained(OUT)` loads, from a converted folder
 or a training workdir (scanned layers are unstacked). `load_params` is what a
 train loop calls to start from converted (or any saved) params.
@@ -35,15 +39,18 @@ stays unused is an error. A new family is one module and one line here.
 import importlib
 import logging
 import os
+import shutil
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
+from pretrain import tasks
 from pretrain.config import base_config
 from pretrain.convert import checkpoints
 from pretrain.convert import hf_io
+from pretrain.data import hf_tokenizer
 from pretrain.data import tokenizer
 from pretrain.errors import PretrainError
 
@@ -123,16 +130,46 @@ def from_hf(hf_dir: str, out: str, *, allow_pickle: bool = False, scan_layers: b
       "skipped_tensors": tensors.skipped(),  # Buffers, tied copies, weights the architecture does not use.
   }
   config = _project_config(module, sections)
+  tokenizer_files = _hf_tokenizer(hf_dir, config)
+  source["tokenizer"] = tokenizer_files[0] if tokenizer_files else None
   with hf_io.staged_dir(out) as tmp:
     checkpoints.save_converted(tmp, params, config, source)
+    for path in tokenizer_files:
+      shutil.copyfile(os.path.join(hf_dir, path), os.path.join(tmp, path))
   return source
 
 
-def _special_ids(source: dict) -> dict:
-  """The pad/bos/eos ids of the checkpoint's vocabulary: HF's for a converted folder, else the project's."""
+def _hf_tokenizer(hf_dir: str, config: dict) -> list[str]:
+  """The HF folder's tokenizer files to copy (tokenizer first); points config's tokenizer at it.
+
+  The task is built on the tokenizer here, so a vocabulary the model cannot
+  train with (size, missing special tokens) is refused before anything is written.
+  """
+  names = [n for n in hf_tokenizer.FILES if os.path.isfile(os.path.join(hf_dir, n))][:1]
+  if not names:
+    _logger.warning("%s has no %s: the converted config trains with a new sentencepiece vocabulary of the "
+                    "model's size", hf_dir, " or ".join(hf_tokenizer.FILES))
+    return []
+  tok = hf_tokenizer.HfTokenizer(os.path.join(hf_dir, names[0]))
+  config["tokenizer"].update(path=names[0], vocab_size=tok.vocab_size)
+  try:
+    tasks.get_task(ml_collections.ConfigDict(config), tok)
+  except PretrainError as e:
+    raise PretrainError(f"{tok.path} does not fit the model: {e}") from None
+  if os.path.isfile(os.path.join(hf_dir, hf_tokenizer.CONFIG)):
+    names.append(hf_tokenizer.CONFIG)
+  return names
+
+
+def _special_ids(source: dict, config: dict) -> dict:
+  """The pad/bos/eos ids of the checkpoint's vocabulary: HF's for a converted folder, else those of the
+  tokenizer the run trained with (the project's layout for runs saved before they were recorded)."""
   if source.get("special_ids"):
     return dict(source["special_ids"])
-  return {"pad_token_id": tokenizer.PAD_ID, "bos_token_id": tokenizer.CLS_ID, "eos_token_id": tokenizer.SEP_ID}
+  ids = (config.get("_tokenizer") or {}).get("special_ids") or {
+      "pad": tokenizer.PAD_ID, "cls": tokenizer.CLS_ID, "eos": tokenizer.SEP_ID}
+  bos = ids.get("cls", ids.get("eos"))
+  return {"pad_token_id": ids.get("pad"), "bos_token_id": bos, "eos_token_id": ids.get("eos")}
 
 
 def _model_section(config: dict, module) -> dict:
@@ -159,15 +196,22 @@ def to_hf(ckpt: str, out: str, *, step: int | None = None) -> dict:
     params = checkpoints.unstack_layers(params)
   model.update(scan_layers=False, remat_policy="none")
   checkpoints.check_shapes(params, module.abstract_params(model), ckpt)
-  hf_config, tensors = module.params_to_hf(params, model, _special_ids(source), source.get("hf_config"))
+  hf_config, tensors = module.params_to_hf(params, model, _special_ids(source, config), source.get("hf_config"))
   with hf_io.staged_dir(out) as tmp:
     hf_io.write_hf_dir(tmp, hf_config, tensors)
   return hf_config
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """The project config of a converted folder (as its config.py returns it)."""
-  return ml_collections.ConfigDict(hf_io.read_json(os.path.join(path, checkpoints.CONFIG), "converted model config"))
+  """The project config of a converted folder (as its config.py returns it).
+
+  A relative tokenizer.path is the tokenizer copied into the folder.
+  """
+  config = ml_collections.ConfigDict(hf_io.read_json(os.path.join(path, checkpoints.CONFIG), "converted model config"))
+  tok_path = config.tokenizer.get("path", "")
+  if tok_path and not os.path.isabs(tok_path):
+    config.tokenizer.path = os.path.join(os.path.abspath(path), tok_path)
+  return config
 
 
 def load_params(path: str, target: Any = None, *, step: int | None = None):

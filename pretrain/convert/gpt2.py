@@ -37,7 +37,6 @@ import numpy as np
 
 from pretrain.convert.bert import Entry, check_attention, read_params, write_tensors
 from pretrain.convert.hf_io import HfTensors
-from pretrain.data import tokenizer
 from pretrain.errors import PretrainError
 from pretrain.models import gpt2 as gpt2_model
 from pretrain.tasks import gpt2 as gpt2_task
@@ -212,8 +211,8 @@ def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None
                 scale_attn_by_inverse_layer_idx=False, add_cross_attention=False, tie_word_embeddings=True,
                 dtype="float32")
   ids = dict(special_ids)
-  if base is None:  # Trained here: [SEP] ends a document and precedes the next one.
-    ids.update(bos_token_id=tokenizer.SEP_ID, eos_token_id=tokenizer.SEP_ID)
+  if base is None:  # Trained here: the end-of-text id ends a document and precedes the next one.
+    ids.update(bos_token_id=ids["eos_token_id"])
   config.update(ids)
   tensors = write_tensors(params, entries(model, PREFIX))
   _write_attention(params, model, tensors)

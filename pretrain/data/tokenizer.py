@@ -1,9 +1,20 @@
-"""SentencePiece tokenizers with BERT's special tokens at fixed ids, and cached tokenization.
+"""Tokenizers, their special tokens, and cached tokenization.
 
-A tokenizer is either a model file (`tokenizer.path`) or trained once from the
-configured corpus and cached under $PRETRAIN_CACHE_DIR (default
-~/.cache/pretrain). Token arrays are cached there too, as plain .npz files.
+A tokenizer is a file (`tokenizer.path`) or trained once from the configured
+corpus and cached under $PRETRAIN_CACHE_DIR (default ~/.cache/pretrain). Token
+arrays are cached there too, as plain .npz files.
+
+`tokenizer.path` may name
+  a SentencePiece model (.model) with [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0..4,
+    as `python -m pretrain.tokenizer` trains (and the default run trains itself);
+  a Hugging Face `tokenizer.json` or a WordPiece `vocab.txt` (or a folder holding
+    one), read with the `tokenizers` library (pretrain/data/hf_tokenizer.py), so a
+    checkpoint imported with `pretrain.convert` trains on its own vocabulary.
+Every tokenizer tells the example builders its special ids (`special`) instead
+of their assuming the fixed ids above.
 """
+import dataclasses
+import functools
 import hashlib
 import io
 import itertools
@@ -38,6 +49,65 @@ FORMAT_VERSION = "spm-v1"
 _TRAIN_THREADS = 4
 _ENCODE_BATCH = 65_536
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SpecialTokens:
+  """The ids the example builders write, and which ids are special.
+
+  A role the vocabulary lacks is None; a task that needs it says so (`require`).
+  Special ids are never masked-LM targets nor random replacements.
+  """
+  pad: int | None
+  unk: int | None
+  cls: int | None  # Starts a BERT/RoBERTa sequence (RoBERTa's <s>).
+  sep: int | None  # Ends a BERT segment (RoBERTa's </s>).
+  mask: int | None
+  eos: int | None  # Ends a text: GPT-2's document separator, T5's EOS.
+  is_special: np.ndarray  # bool [vocab_size]
+  source: str = "the tokenizer"
+
+  ROLES = ("pad", "unk", "cls", "sep", "mask", "eos")
+
+  def require(self, task: str, *roles: str) -> None:
+    missing = [r for r in roles if getattr(self, r) is None]
+    if missing:
+      have = ", ".join(f"{r}={getattr(self, r)}" for r in self.ROLES if getattr(self, r) is not None)
+      raise PretrainError(f"the {task} task needs the {', '.join(missing)} token{'s' * (len(missing) > 1)}, "
+                          f"which {self.source} does not have (it has {have or 'no special tokens'})")
+
+  @functools.cached_property
+  def random_ids(self) -> np.ndarray:
+    """int32: the ids a masked position may be replaced with (every non-special id)."""
+    return np.flatnonzero(~self.is_special).astype(np.int32)
+
+  def ids(self) -> dict[str, int]:
+    return {r: getattr(self, r) for r in self.ROLES if getattr(self, r) is not None}
+
+
+def project_special_tokens(vocab_size: int, source: str = "the tokenizer") -> SpecialTokens:
+  """The project's SentencePiece layout: [PAD] [UNK] [CLS] [SEP] [MASK] at 0..4; [SEP] also ends a text."""
+  is_special = np.arange(vocab_size) < NUM_SPECIAL
+  is_special.flags.writeable = False
+  return SpecialTokens(pad=PAD_ID, unk=UNK_ID, cls=CLS_ID, sep=SEP_ID, mask=MASK_ID, eos=SEP_ID,
+                       is_special=is_special, source=source)
+
+
+@dataclasses.dataclass(frozen=True)
+class StandInTokenizer:
+  """What a task reads from a tokenizer, for timing and tests that need no trained vocabulary:
+  the project's special ids, every piece a word start, no text."""
+  vocab_size: int
+  path: str = "<stand-in>"
+  sentinels: tuple[int, ...] = ()
+
+  @property
+  def word_start(self) -> np.ndarray:
+    return np.ones([self.vocab_size], bool)
+
+  @functools.cached_property
+  def special(self) -> SpecialTokens:
+    return project_special_tokens(self.vocab_size, f"the tokenizer {self.path}")
 
 
 def cache_dir() -> str:
@@ -89,10 +159,20 @@ class Tokenizer:
     word_start[:NUM_SPECIAL] = True
     word_start.flags.writeable = False
     self._word_start = word_start
+    self._special = project_special_tokens(size, f"the tokenizer {path}")
 
   @property
   def path(self) -> str:
     return self._path
+
+  @property
+  def special(self) -> SpecialTokens:
+    return self._special
+
+  @property
+  def sentinels(self) -> tuple[int, ...]:
+    """T5's sentinel ids in the vocabulary (<extra_id_0>, ...): none here; the T5 task adds its own."""
+    return ()
 
   @property
   def vocab_size(self) -> int:
@@ -197,13 +277,24 @@ def cached_tokenizer_path(tok_cfg: Any, corpus_cfg: Any) -> str:
   return os.path.join(cache_dir(), "tokenizers", f"{digest}.model")
 
 
+def open_tokenizer(path: str):
+  """The tokenizer in `path`: a SentencePiece model, an HF tokenizer.json or vocab.txt, or a folder of one."""
+  path = os.path.expanduser(path)
+  if os.path.isdir(path):
+    from pretrain.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+    return hf_tokenizer.HfTokenizer(hf_tokenizer.find_in_folder(path))
+  if not os.path.isfile(path):
+    raise PretrainError(f"tokenizer.path {path!r} does not exist")
+  if path.endswith((".json", ".txt")):
+    from pretrain.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+    return hf_tokenizer.HfTokenizer(path)
+  return Tokenizer(path)
+
+
 def _load_tokenizer(tok_cfg: Any, corpus_cfg: Any, get_corpus: Callable[[], corpus_lib.Corpus]) -> Tokenizer:
   path = _get(tok_cfg, "path", "")
   if path:
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-      raise PretrainError(f"tokenizer.path {path!r} does not exist")
-    return Tokenizer(path)
+    return open_tokenizer(path)
   if corpus_cfg is None:
     raise PretrainError("tokenizer.path is empty and no corpus is configured to train one from")
   cached = cached_tokenizer_path(tok_cfg, corpus_cfg)
@@ -219,7 +310,7 @@ def _load_tokenizer(tok_cfg: Any, corpus_cfg: Any, get_corpus: Callable[[], corp
 
 
 def load_tokenizer(tok_cfg: Any, corpus_cfg: Any = None) -> Tokenizer:
-  """Loads `tok_cfg.path`, or (path empty) the tokenizer trained once from the corpus and cached."""
+  """Opens `tok_cfg.path`, or (path empty) the tokenizer trained once from the corpus and cached."""
   return _load_tokenizer(tok_cfg, corpus_cfg, lambda: corpus_lib.load_corpus(corpus_cfg))
 
 

@@ -6,7 +6,8 @@ position that starts a word (word_start, or the previous position is not
 maskable) plus the maskable non-word-start positions after it. Candidates are
 taken in random order, skipping any word that would overshoot the budget (as
 BERT does). Each chosen position becomes [MASK] (80%), a random non-special id
-(10%) or stays (10%).
+(10%, uniform over `random_ids`; by default the ids from NUM_SPECIAL on, the
+project tokenizer's layout) or stays (10%).
 
 `mask_tokens` draws from a numpy Generator. `mask_batch` is the vectorized
 equivalent (same statistics, other draws) and is keyed: row b depends only on
@@ -30,11 +31,17 @@ def num_to_predict(n_maskable: np.ndarray | int, masked_lm_prob: float, max_pred
   return np.where(n > 0, k, 0)
 
 
-def _check(max_predictions: int, vocab_size: int, first_random_id: int, length: int):
+def _random_ids(random_ids: np.ndarray | None, vocab_size: int) -> np.ndarray:
+  if random_ids is None:
+    random_ids = np.arange(NUM_SPECIAL, vocab_size)
+  if not len(random_ids):
+    raise PretrainError(f"vocab_size={vocab_size} leaves no ids for a random replacement of a masked token")
+  return np.asarray(random_ids, np.int64)
+
+
+def _check(max_predictions: int, length: int):
   if max_predictions < 1:
     raise PretrainError(f"max_predictions={max_predictions} must be >= 1")
-  if vocab_size <= first_random_id:
-    raise PretrainError(f"vocab_size={vocab_size} leaves no random replacement ids >= {first_random_id}")
   if length >= 2**int(_COL_BITS):
     raise PretrainError(f"sequence length {length} is too long for masking (max {2**int(_COL_BITS) - 1})")
 
@@ -64,7 +71,7 @@ def _word_starts(maskable: np.ndarray, word_start: np.ndarray) -> np.ndarray:
 def mask_tokens(ids: np.ndarray, maskable: np.ndarray, rng: np.random.Generator, *,
                 masked_lm_prob: float, max_predictions: int, vocab_size: int,
                 word_start: np.ndarray | None = None, mask_id: int = MASK_ID,
-                first_random_id: int = NUM_SPECIAL):
+                random_ids: np.ndarray | None = None):
   """Masks one sequence.
 
   Args:
@@ -73,10 +80,11 @@ def mask_tokens(ids: np.ndarray, maskable: np.ndarray, rng: np.random.Generator,
     rng: the randomness.
     masked_lm_prob: fraction of maskable tokens to predict.
     max_predictions: P, the cap and the output length.
-    vocab_size: random replacements are uniform in [first_random_id, vocab_size).
+    vocab_size: the vocabulary size.
     word_start: bool [L] or None; when given, whole words are masked.
     mask_id: the [MASK] id.
-    first_random_id: the first non-special id.
+    random_ids: the non-special ids, which random replacements are drawn from
+      uniformly (default: NUM_SPECIAL .. vocab_size - 1).
 
   Returns:
     (input_ids int32 [L], positions int32 [P] ascending, labels int32 [P],
@@ -84,7 +92,8 @@ def mask_tokens(ids: np.ndarray, maskable: np.ndarray, rng: np.random.Generator,
   """
   ids = np.asarray(ids)
   maskable = np.asarray(maskable, bool)
-  _check(max_predictions, vocab_size, first_random_id, ids.shape[0])
+  _check(max_predictions, ids.shape[0])
+  replacements = _random_ids(random_ids, vocab_size)
   cand = np.flatnonzero(maskable)
   k = int(num_to_predict(cand.size, masked_lm_prob, max_predictions))
   if word_start is None:
@@ -105,9 +114,9 @@ def mask_tokens(ids: np.ndarray, maskable: np.ndarray, rng: np.random.Generator,
   chosen = np.sort(chosen)
   n = chosen.size
   u = rng.random(n)
-  random_ids = rng.integers(first_random_id, vocab_size, n)
+  random = replacements[rng.integers(0, len(replacements), n)]
   input_ids = ids.astype(np.int32)
-  new = np.where(u < _MASK_PROB, mask_id, np.where(u < _MASK_PROB + _KEEP_PROB, ids[chosen], random_ids))
+  new = np.where(u < _MASK_PROB, mask_id, np.where(u < _MASK_PROB + _KEEP_PROB, ids[chosen], random))
   input_ids[chosen] = new
   positions = np.zeros([max_predictions], np.int32)
   labels = np.zeros([max_predictions], np.int32)
@@ -120,14 +129,14 @@ def mask_tokens(ids: np.ndarray, maskable: np.ndarray, rng: np.random.Generator,
 
 def mask_batch(ids: np.ndarray, maskable: np.ndarray, keys: np.ndarray, *, masked_lm_prob: float,
                max_predictions: int, vocab_size: int, word_start: np.ndarray | None = None,
-               mask_id: int = MASK_ID, first_random_id: int = NUM_SPECIAL):
+               mask_id: int = MASK_ID, random_ids: np.ndarray | None = None):
   """Masks a batch, vectorized; as `mask_tokens` per row but with keyed draws.
 
   Args:
     ids: int [B, L].
     maskable: bool [B, L].
     keys: uint64 [B]; row b's masks depend only on keys[b] (and its inputs).
-    masked_lm_prob, max_predictions, vocab_size, mask_id, first_random_id: as `mask_tokens`.
+    masked_lm_prob, max_predictions, vocab_size, mask_id, random_ids: as `mask_tokens`.
     word_start: bool [B, L] or None (whole-word masking when given).
 
   Returns:
@@ -138,7 +147,8 @@ def mask_batch(ids: np.ndarray, maskable: np.ndarray, keys: np.ndarray, *, maske
   maskable = np.asarray(maskable, bool)
   b, length = ids.shape
   p = max_predictions
-  _check(p, vocab_size, first_random_id, length)
+  _check(p, length)
+  replacements = _random_ids(random_ids, vocab_size)
   col = np.arange(length, dtype=np.uint64)
   k = num_to_predict(maskable.sum(1), masked_lm_prob, p)  # [B]
   draws = keyed_random.bits(keys, col)  # [B, L]
@@ -161,9 +171,9 @@ def mask_batch(ids: np.ndarray, maskable: np.ndarray, keys: np.ndarray, *, maske
   d2 = keyed_random.bits(keys[rows], (cols + length)[:, None])[:, 0]
   u = (d2 >> np.uint64(32)).astype(np.float64) * 2.0**-32
   lo = (d2 & np.uint64(0xFFFFFFFF)).astype(np.float64) * 2.0**-32
-  random_ids = first_random_id + (lo * (vocab_size - first_random_id)).astype(np.int64)
+  random = replacements[(lo * len(replacements)).astype(np.int64)]
   new = np.where(u < _MASK_PROB, mask_id,
-                 np.where(u < _MASK_PROB + _KEEP_PROB, labels_flat, random_ids))
+                 np.where(u < _MASK_PROB + _KEEP_PROB, labels_flat, random))
   input_ids = ids.astype(np.int32)
   input_ids[rows, cols] = new
   positions = np.zeros([b, p], np.int32)

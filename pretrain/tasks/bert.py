@@ -57,13 +57,15 @@ class BertTask:
     check_seq_length(d.max_seq_length, self.model_config)
     self.vocab_size = self.model_config.vocab_size
     self.word_start = tokenizer.word_start
+    self.special = tokenizer.special
     self.seq_len = d.max_seq_length
     self.num_predictions = d.max_predictions_per_seq
 
   # --- data ---------------------------------------------------------------
 
   def examples(self, docs, seed: int) -> BertExamples:
-    return BertExamples(docs, self.example_config, self.vocab_size, seed, word_start=self.word_start)
+    return BertExamples(docs, self.example_config, self.vocab_size, seed, word_start=self.word_start,
+                        special=self.special)
 
   def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     """Zeros of every batch field's shape and dtype (for init and compilation)."""

@@ -28,7 +28,7 @@ import threading
 import numpy as np
 
 from pretrain.data.tokenized import TokenizedDocs
-from pretrain.data.tokenizer import CLS_ID, NUM_SPECIAL, PAD_ID, SEP_ID
+from pretrain.data.tokenizer import project_special_tokens, SpecialTokens
 from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
 from pretrain.objectives import masking
@@ -123,11 +123,14 @@ class BertExamples:
   """Random access to an endless stream of BERT examples: `self[i]` for any i >= 0."""
 
   def __init__(self, docs: TokenizedDocs, cfg: BertExampleConfig, vocab_size: int, seed: int,
-               word_start: np.ndarray | None = None):
+               word_start: np.ndarray | None = None, special: SpecialTokens | None = None):
+    """`special`: the tokenizer's special ids (default: the project's sentencepiece layout)."""
     if cfg.next_sentence_prediction and docs.num_docs < 2:
       raise PretrainError(
           f"next-sentence prediction needs >= 2 documents; the corpus has {docs.num_docs}")
     self._ws = masking.check_example_inputs(docs, vocab_size, seed, cfg.whole_word_masking, word_start)
+    self.special = special or project_special_tokens(vocab_size)
+    self.special.require("BERT", "pad", "cls", "sep", "mask")
     self.cfg = cfg
     self.vocab_size = int(vocab_size)
     self.seed = int(seed)
@@ -185,7 +188,7 @@ class BertExamples:
   def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     """The examples of `indices` stacked: each field [B, ...]; row b equals self[indices[b]]."""
     idx = np.asarray(indices, np.int64).reshape(-1)
-    cfg, ss, ds = self.cfg, self._docs.sentence_starts, self._docs.doc_starts
+    cfg, ss, ds, sp = self.cfg, self._docs.sentence_starts, self._docs.doc_starts, self.special
     doc, first, end, target = self.instances(idx).T
     b, length = idx.size, cfg.max_seq_length
     keys = keyed_random.row_keys(self.seed, idx)
@@ -224,25 +227,25 @@ class BertExamples:
     in_b = (col >= b_col) & (col < b_col + len_b[:, None])
     text = in_a | in_b
     src = np.where(in_a, a0[:, None] - 1 + col, b0[:, None] - b_col + col)
-    ids = np.where(text, self._docs.tokens[np.where(text, src, 0)], PAD_ID).astype(np.int32)
+    ids = np.where(text, self._docs.tokens[np.where(text, src, 0)], sp.pad).astype(np.int32)
     rows = np.arange(b)
-    ids[:, 0] = CLS_ID
-    ids[rows, len_a + 1] = SEP_ID
+    ids[:, 0] = sp.cls
+    ids[rows, len_a + 1] = sp.sep
     if cfg.next_sentence_prediction:
       n_real = len_a + len_b + 3
-      ids[rows, n_real - 1] = SEP_ID
+      ids[rows, n_real - 1] = sp.sep
       segment_ids = ((col >= b_col) & (col < n_real[:, None])).astype(np.int32)
     else:
       n_real = len_a + 2
       segment_ids = np.zeros([b, length], np.int32)
     input_mask = (col < n_real[:, None]).astype(np.int32)
 
-    maskable = text & (ids >= NUM_SPECIAL)  # A special id inside text is not a target either.
+    maskable = text & ~sp.is_special[ids]  # A special id inside text is not a target either.
     word_start = self._ws[ids] if self._ws is not None else None
     input_ids, positions, labels, weights = masking.mask_batch(
         ids, maskable, keyed_random.row_keys(self.seed, idx, stream=_MASK_STREAM),
         masked_lm_prob=cfg.masked_lm_prob, max_predictions=cfg.max_predictions_per_seq,
-        vocab_size=self.vocab_size, word_start=word_start)
+        vocab_size=self.vocab_size, word_start=word_start, mask_id=sp.mask, random_ids=sp.random_ids)
     return {
         "input_ids": input_ids,
         "input_mask": input_mask,

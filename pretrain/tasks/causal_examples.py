@@ -5,9 +5,12 @@ an end-of-text token, and one more ends the stream:
 
   EOT d0 EOT d1 EOT ... EOT d{n-1} EOT
 
-End-of-text is [SEP] (id 3): the project's tokenizers reserve ids 0..4 for
-[PAD] [UNK] [CLS] [SEP] [MASK] and have no <|endoftext|>; [SEP] already means
-"a text ends here" and never occurs inside encoded text. Sentences of a
+End-of-text is the tokenizer's `special.eos`: <|endoftext|> for GPT-2's own
+vocabulary; [SEP] (id 3) for the project's sentencepiece tokenizers, which
+reserve ids 0..4 for [PAD] [UNK] [CLS] [SEP] [MASK] and have no <|endoftext|>
+([SEP] already means "a text ends here" and never occurs inside encoded
+text). Padding is `special.pad`, or EOT where the vocabulary has no pad
+token (GPT-2's); padded positions carry loss weight 0. Sentences of a
 document are concatenated as they are (their pieces carry the word-start mark).
 Empty documents are skipped.
 
@@ -44,10 +47,10 @@ import threading
 import numpy as np
 
 from pretrain.data.tokenized import TokenizedDocs
-from pretrain.data.tokenizer import PAD_ID, SEP_ID
+from pretrain.data.tokenizer import project_special_tokens, SEP_ID, SpecialTokens
 from pretrain.errors import PretrainError
 
-EOT_ID = SEP_ID
+EOT_ID = SEP_ID  # The project tokenizer's end-of-text.
 FIELDS = ("input_ids", "target_ids", "loss_weights", "segment_ids", "positions")
 _PLAN, _EPOCH = 0, 1  # Seed streams of the packing plan and of the epochs.
 _CACHED_EPOCHS = 2  # Neighbouring indices share epochs; a batch near a boundary spans two.
@@ -65,7 +68,7 @@ class CausalExampleConfig:
       raise PretrainError(f"packing={self.packing!r} must be True or False")
 
 
-def token_stream(docs: TokenizedDocs) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def token_stream(docs: TokenizedDocs, eot_id: int = EOT_ID) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(stream int32 [T], unit_starts int64 [D], doc_lengths int64 [D]) over the D nonempty documents.
 
   stream = EOT d0 EOT d1 ... EOT; document k's tokens are
@@ -75,8 +78,8 @@ def token_stream(docs: TokenizedDocs) -> tuple[np.ndarray, np.ndarray, np.ndarra
   lengths = np.diff(token_starts)
   keep = lengths > 0
   starts, lengths = token_starts[:-1][keep], lengths[keep]
-  body = np.insert(docs.tokens, starts, EOT_ID)  # An EOT before every nonempty document.
-  stream = np.concatenate([body, [EOT_ID]]).astype(np.int32)
+  body = np.insert(docs.tokens, starts, eot_id)  # An EOT before every nonempty document.
+  stream = np.concatenate([body, [eot_id]]).astype(np.int32)
   return stream, starts + np.arange(starts.size), lengths
 
 
@@ -116,16 +119,22 @@ def pack_pieces(lengths: np.ndarray, capacity: int, order: np.ndarray) -> np.nda
 class CausalExamples:
   """Random access to an endless stream of causal LM examples: `self[i]` for any i >= 0."""
 
-  def __init__(self, docs: TokenizedDocs, cfg: CausalExampleConfig, vocab_size: int, seed: int):
+  def __init__(self, docs: TokenizedDocs, cfg: CausalExampleConfig, vocab_size: int, seed: int,
+               special: SpecialTokens | None = None):
+    """`special`: the tokenizer's special ids (default: the project's sentencepiece layout)."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
       raise PretrainError(f"seed={seed!r} must be a non-negative integer")
-    if vocab_size <= EOT_ID:
-      raise PretrainError(f"vocab_size={vocab_size} has no room for the end-of-text id {EOT_ID}")
+    special = special or project_special_tokens(max(vocab_size, 0))
+    special.require("causal LM", "eos")
+    self.eot_id = special.eos
+    self.pad_id = special.pad if special.pad is not None else special.eos
+    if vocab_size <= max(self.eot_id, self.pad_id):
+      raise PretrainError(f"vocab_size={vocab_size} has no room for the end-of-text id {self.eot_id}")
     if docs.num_tokens and int(docs.tokens.max()) >= vocab_size:
       raise PretrainError(f"the corpus has token id {int(docs.tokens.max())} >= vocab_size={vocab_size}")
     self.cfg = cfg
     self.seed = int(seed)
-    self._stream, unit_starts, doc_lengths = token_stream(docs)
+    self._stream, unit_starts, doc_lengths = token_stream(docs, self.eot_id)
     if not doc_lengths.size:
       raise PretrainError("the corpus has no tokens to build causal LM examples from")
     length = cfg.seq_len
@@ -239,8 +248,8 @@ class CausalExamples:
     src = np.repeat(piece_starts[piece], size) + k
 
     out = {
-        "input_ids": np.full([example.size, length], PAD_ID, np.int32),
-        "target_ids": np.full([example.size, length], PAD_ID, np.int32),
+        "input_ids": np.full([example.size, length], self.pad_id, np.int32),
+        "target_ids": np.full([example.size, length], self.pad_id, np.int32),
         "loss_weights": np.zeros([example.size, length], np.float32),
         "segment_ids": np.zeros([example.size, length], np.int32),
         "positions": np.zeros([example.size, length], np.int32),

@@ -73,12 +73,13 @@ class Gpt2Task:
           f"data.max_seq_length={d.max_seq_length} exceeds model.max_position_embeddings="
           f"{self.model_config.max_position_embeddings}")
     self.vocab_size = vocab
+    self.special = tokenizer.special
     self.seq_len = d.max_seq_length
 
   # --- data ---------------------------------------------------------------
 
   def examples(self, docs, seed: int) -> CausalExamples:
-    return CausalExamples(docs, self.example_config, self.vocab_size, seed)
+    return CausalExamples(docs, self.example_config, self.vocab_size, seed, special=self.special)
 
   def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     """Zeros of every batch field's shape and dtype (for init and compilation)."""

@@ -28,7 +28,7 @@ import threading
 import numpy as np
 
 from pretrain.data.tokenized import TokenizedDocs
-from pretrain.data.tokenizer import CLS_ID, NUM_SPECIAL, PAD_ID, SEP_ID
+from pretrain.data.tokenizer import project_special_tokens, SpecialTokens
 from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
 from pretrain.objectives import masking
@@ -66,11 +66,11 @@ class Stream:
   doc_start: np.ndarray  # int64 [D + 1]: stream position where the j-th document (its separator first) starts.
   doc_tokens: np.ndarray  # int64 [D]: where the j-th document's tokens start in TokenizedDocs.tokens.
 
-  def token_ids(self, v: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-    """The ids at stream positions v (any shape), SEP_ID at the separators."""
+  def token_ids(self, v: np.ndarray, tokens: np.ndarray, sep_id: int) -> np.ndarray:
+    """The ids at stream positions v (any shape), sep_id at the separators."""
     j = np.searchsorted(self.doc_start, v, side="right") - 1
     offset = v - self.doc_start[j] - (j > 0)  # The j-th document (j > 0) opens with its separator.
-    return np.where(offset < 0, SEP_ID, tokens[self.doc_tokens[j] + np.maximum(offset, 0)])
+    return np.where(offset < 0, sep_id, tokens[self.doc_tokens[j] + np.maximum(offset, 0)])
 
 
 def _chain(nxt: np.ndarray) -> np.ndarray:
@@ -118,8 +118,11 @@ class RobertaExamples:
   """Random access to an endless stream of FULL-SENTENCES MLM examples: `self[i]` for any i >= 0."""
 
   def __init__(self, docs: TokenizedDocs, cfg: RobertaExampleConfig, vocab_size: int, seed: int,
-               word_start: np.ndarray | None = None):
+               word_start: np.ndarray | None = None, special: SpecialTokens | None = None):
+    """`special`: the tokenizer's special ids (default: the project's sentencepiece layout)."""
     self._ws = masking.check_example_inputs(docs, vocab_size, seed, cfg.whole_word_masking, word_start)
+    self.special = special or project_special_tokens(vocab_size)
+    self.special.require("RoBERTa", "pad", "cls", "sep", "mask")
     self.cfg = cfg
     self.vocab_size = int(vocab_size)
     self.seed = int(seed)
@@ -161,10 +164,10 @@ class RobertaExamples:
     idx = np.asarray(indices, np.int64).reshape(-1)
     if idx.size and idx.min() < 0:
       raise IndexError(f"example indices must be >= 0, got {int(idx.min())}")
-    cfg, b, length = self.cfg, idx.size, self.cfg.max_seq_length
+    cfg, b, length, sp = self.cfg, idx.size, self.cfg.max_seq_length, self.special
     keys = keyed_random.row_keys(self.seed, idx)
     col = np.arange(length)[None, :]
-    ids = np.full([b, length], PAD_ID, np.int32)
+    ids = np.full([b, length], sp.pad, np.int32)
     n_text = np.zeros([b], np.int64)
     epoch, slot = np.divmod(idx, self._num_instances)
     for e in np.unique(epoch).tolist():
@@ -177,18 +180,18 @@ class RobertaExamples:
       start = start + (u * (over + 1)).astype(np.int64)
       text = (col >= 1) & (col <= n[:, None])
       v = np.where(text, start[:, None] + col - 1, 0)
-      ids[rows] = np.where(text, stream.token_ids(v, self._docs.tokens), PAD_ID)
+      ids[rows] = np.where(text, stream.token_ids(v, self._docs.tokens, sp.sep), sp.pad)
       n_text[rows] = n
     rows = np.arange(b)
-    ids[:, 0] = CLS_ID
-    ids[rows, n_text + 1] = SEP_ID
+    ids[:, 0] = sp.cls
+    ids[rows, n_text + 1] = sp.sep
     input_mask = (col < (n_text + 2)[:, None]).astype(np.int32)
-    maskable = (col >= 1) & (col <= n_text[:, None]) & (ids >= NUM_SPECIAL)  # Not the separators.
+    maskable = (col >= 1) & (col <= n_text[:, None]) & ~sp.is_special[ids]  # Not the separators.
     word_start = self._ws[ids] if self._ws is not None else None
     input_ids, positions, labels, weights = masking.mask_batch(
         ids, maskable, keyed_random.row_keys(self.seed, idx, stream=_MASK_STREAM),
         masked_lm_prob=cfg.masked_lm_prob, max_predictions=cfg.max_predictions_per_seq,
-        vocab_size=self.vocab_size, word_start=word_start)
+        vocab_size=self.vocab_size, word_start=word_start, mask_id=sp.mask, random_ids=sp.random_ids)
     return {
         "input_ids": input_ids,
         "input_mask": input_mask,

@@ -10,13 +10,16 @@ own random order (both seeded by (seed, epoch)); an epoch has
 wraps to its start. Global index i reads epoch i // N, slot i % N; the noise
 mask is keyed by (seed, i). So an example depends only on (corpus, seed, i).
 
-Special ids. The sentencepiece tokenizer has [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3
-[MASK]=4 and no sentinels. [PAD] is T5's padding and decoder start id; [SEP]
-is the EOS that ends inputs and targets. `task.extra_ids` sentinel ids sit
+Special ids come from the tokenizer (`special.pad`, `special.eos`). The
+project's sentencepiece tokenizer has [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3
+[MASK]=4 and no sentinels: [PAD] is T5's padding and decoder start id; [SEP]
+is the EOS that ends inputs and targets; `task.extra_ids` sentinel ids sit
 right above the tokenizer's pieces, counted down from the top as T5 does:
-sentinel k = tokenizer.vocab_size + extra_ids - 1 - k. `model.vocab_size=0`
-takes tokenizer pieces + extra ids rounded up to a multiple of 128 (T5:
-32,000 + 100 -> 32,128); the rows above the sentinels are never targets.
+sentinel k = tokenizer.vocab_size + extra_ids - 1 - k. T5's own tokenizer.json
+(<pad>=0, </s>=1, <extra_id_k> = 32099 - k) brings its sentinels, which are
+used instead of task.extra_ids. `model.vocab_size=0` takes tokenizer pieces
++ extra ids rounded up to a multiple of 128 (T5: 32,000 + 100 -> 32,128); the
+rows above the sentinels are never targets.
 
 Fields of a batch (static shapes):
   encoder_input_tokens   int32 [B, inputs_length]   corrupted text, sentinels, EOS, [PAD]...
@@ -45,13 +48,13 @@ import numpy as np
 
 from pretrain import config as config_lib
 from pretrain.data.tokenized import TokenizedDocs
-from pretrain.data.tokenizer import PAD_ID, SEP_ID
+from pretrain.data.tokenizer import PAD_ID, project_special_tokens, SEP_ID, SpecialTokens
 from pretrain.errors import PretrainError
 from pretrain.models import t5 as t5_model
 from pretrain.objectives import keyed_random
 from pretrain.objectives import span_corruption
 
-EOS_ID = SEP_ID
+EOS_ID = SEP_ID  # The project tokenizer's; a run takes the tokenizer's special.eos and .pad.
 DECODER_START_ID = PAD_ID
 _VOCAB_MULTIPLE = 128
 _CACHED_EPOCHS = 2  # Neighbouring indices share epochs; a batch near a boundary spans two.
@@ -139,7 +142,11 @@ class T5Examples:
   """Random access to an endless stream of span-corrupted examples: `self[i]` for any i >= 0."""
 
   def __init__(self, docs: TokenizedDocs, cfg: T5ExampleConfig, first_sentinel: int, num_sentinels: int,
-               seed: int):
+               seed: int, special: SpecialTokens | None = None):
+    """`special`: the tokenizer's special ids (default: the project's sentencepiece layout)."""
+    special = special or project_special_tokens(first_sentinel - num_sentinels + 1)
+    special.require("T5", "pad", "eos")
+    self.pad_id, self.eos_id = special.pad, special.eos  # T5's decoder start id is its pad id.
     if not isinstance(seed, (int, np.integer)) or seed < 0:
       raise PretrainError(f"seed={seed!r} must be a non-negative integer")
     self.lengths = cfg.span_lengths()
@@ -200,14 +207,14 @@ class T5Examples:
     raw = self._tokens[(starts[:, None] + np.arange(n)) % len(self._tokens)]  # [B, tokens_length]
     inputs, targets, _ = span_corruption.span_corrupt(
         raw, keyed_random.row_keys(self.seed, idx), self.lengths, first_sentinel=self.first_sentinel,
-        eos_id=EOS_ID)
+        eos_id=self.eos_id)
     li, lt = inputs.shape[1], targets.shape[1]  # Static: the lengths the helper computed.
-    encoder_tokens = np.full([b, self.inputs_length], PAD_ID, np.int32)
+    encoder_tokens = np.full([b, self.inputs_length], self.pad_id, np.int32)
     encoder_tokens[:, :li] = inputs
-    target_tokens = np.full([b, self.targets_length], PAD_ID, np.int32)
+    target_tokens = np.full([b, self.targets_length], self.pad_id, np.int32)
     target_tokens[:, :lt] = targets
     decoder_inputs = np.concatenate(
-        [np.full([b, 1], DECODER_START_ID, np.int32), target_tokens[:, :-1]], axis=1)
+        [np.full([b, 1], self.pad_id, np.int32), target_tokens[:, :-1]], axis=1)
     return {
         "encoder_input_tokens": encoder_tokens,
         "encoder_input_mask": np.broadcast_to(
@@ -236,12 +243,20 @@ class T5Task:
     self.z_loss = float(config.task.z_loss)
     if self.z_loss < 0:
       raise PretrainError(f"task.z_loss={self.z_loss} must be >= 0")
-    needed = tokenizer.vocab_size + extra_ids
-    vocab = int(config.model.vocab_size) or model_vocab_size(tokenizer.vocab_size, extra_ids)
+    sentinels = tuple(tokenizer.sentinels)
+    if sentinels:  # The vocabulary's own <extra_id_k>: T5 counts them down from the first.
+      if sentinels != tuple(range(sentinels[0], sentinels[0] - len(sentinels), -1)):
+        raise PretrainError(f"the tokenizer {tokenizer.path}'s sentinels <extra_id_0>, <extra_id_1>, ... must "
+                            f"have consecutive descending ids; they are {sentinels[:4]}...")
+      extra_ids = len(sentinels)
+      needed = max(tokenizer.vocab_size, sentinels[0] + 1)
+    else:
+      needed = tokenizer.vocab_size + extra_ids
+    vocab = int(config.model.vocab_size) or model_vocab_size(needed, 0)
     if vocab < needed:
       raise PretrainError(
           f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size} pieces + "
-          f"task.extra_ids={extra_ids} sentinels; set model.vocab_size=0 to size it automatically")
+          f"{extra_ids} sentinels; set model.vocab_size=0 to size it automatically")
     model_fields = {k: v for k, v in config.model.to_dict().items() if k != "vocab_size"}
     self.model_config = t5_model.T5Config.from_dict(dict(model_fields, vocab_size=vocab))
     d = config.data
@@ -249,15 +264,17 @@ class T5Task:
         inputs_length=int(d.inputs_length), targets_length=int(d.targets_length),
         noise_density=float(d.noise_density), mean_noise_span_length=float(d.mean_noise_span_length))
     self.lengths = self.example_config.span_lengths()
-    self.first_sentinel = needed - 1
+    self.first_sentinel = sentinels[0] if sentinels else needed - 1
     self.num_sentinels = extra_ids
+    self.special = tokenizer.special
     self.inputs_length = self.example_config.inputs_length
     self.targets_length = self.example_config.padded_targets_length
 
   # --- data ---------------------------------------------------------------
 
   def examples(self, docs, seed: int) -> T5Examples:
-    return T5Examples(docs, self.example_config, self.first_sentinel, self.num_sentinels, seed)
+    return T5Examples(docs, self.example_config, self.first_sentinel, self.num_sentinels, seed,
+                      special=self.special)
 
   def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     """Zeros of every batch field's shape and dtype (for init and compilation)."""
@@ -325,4 +342,4 @@ class T5Task:
     return {"model": dataclasses.asdict(self.model_config),
             "examples": dataclasses.asdict(self.example_config),
             "span_lengths": dataclasses.asdict(self.lengths),
-            "first_sentinel": self.first_sentinel, "eos_id": EOS_ID}
+            "first_sentinel": self.first_sentinel, "eos_id": self.special.eos}

@@ -18,8 +18,10 @@ from safetensors.numpy import load_file, save_file
 from pretrain import convert
 from pretrain.checkpoint import Checkpointer
 from pretrain.convert import checkpoints
+from pretrain.data.tokenizer import open_tokenizer
 from pretrain.errors import PretrainError
 from pretrain.models import bert as bert_model
+from pretrain.tasks import get_task
 from pretrain.training.step import TrainState
 
 VOCAB, LENGTH = 99, 12
@@ -172,7 +174,8 @@ def test_scanned_import_and_export_from_a_training_workdir(pretraining, tmp_path
   # A training workdir's checkpoint: TrainState with optimizer state, config with vocab_size 0 (the tokenizer's).
   config = cfg.to_dict()
   config["model"]["vocab_size"] = 0
-  config["_tokenizer"] = {"vocab_size": VOCAB, "fingerprint": "x", "path": "x"}
+  config["_tokenizer"] = {"vocab_size": VOCAB, "fingerprint": "x", "path": "x",
+                          "special_ids": {"pad": 5, "unk": 1, "cls": 7, "sep": 8, "mask": 9, "eos": 8}}
   adam = {"mu": jax.tree.map(np.zeros_like, params), "nu": jax.tree.map(np.ones_like, params)}
   state = TrainState(step=np.int32(7), params=params, opt_state=adam)
   workdir = str(tmp_path / "run")
@@ -183,10 +186,32 @@ def test_scanned_import_and_export_from_a_training_workdir(pretraining, tmp_path
   reloaded, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "exported"),
                                                                    output_loading_info=True)
   assert not any(info.values()), info
+  assert reloaded.config.pad_token_id == 5  # The pad id of the tokenizer the run trained with.
   a, b = hf_forward(model, ids, types, mask), hf_forward(reloaded.eval(), ids, types, mask)
   assert max_diff(a.prediction_logits, b.prediction_logits) == 0.0
   with pytest.raises(PretrainError, match="no checkpoint of step 3"):
     convert.to_hf(workdir, str(tmp_path / "nope"), step=3)
+
+
+def test_the_hf_folders_vocabulary_comes_along(pretraining, tmp_path):
+  _, hf_dir, _ = pretraining
+  src = tmp_path / "hf"
+  shutil.copytree(hf_dir, src)
+  words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(VOCAB - 5)]
+  (src / "vocab.txt").write_text("\n".join(words) + "\n")
+  out = tmp_path / "out"
+  assert convert.from_hf(str(src), str(out))["tokenizer"] == "vocab.txt"
+  assert (out / "vocab.txt").read_text() == (src / "vocab.txt").read_text()
+  cfg = convert.load_config(str(out))
+  assert cfg.tokenizer.path == str(out / "vocab.txt")  # Relative in config.json: the folder can move.
+  tok = open_tokenizer(cfg.tokenizer.path)
+  assert get_task(cfg, tok).vocab_size == VOCAB and tok.encode(["w3 w17"]) == [[8, 22]]
+  # A vocabulary the model cannot take is refused, and nothing is written.
+  (src / "vocab.txt").write_text("\n".join(words[:-1]) + "\n")
+  with pytest.raises(PretrainError, match=r"vocab.txt does not fit the model: model.vocab_size=99 but the "
+                                          r"tokenizer .* has 98 pieces"):
+    convert.from_hf(str(src), str(tmp_path / "out2"))
+  assert not os.path.exists(tmp_path / "out2")
 
 
 def test_load_params_into_a_target_layout_and_sharding(pretraining):

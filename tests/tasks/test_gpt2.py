@@ -1,4 +1,5 @@
 """GPT-2 task: causal examples (chunked, packed), loss and metrics, and the train loop end to end."""
+import functools
 import json
 import os
 
@@ -10,6 +11,7 @@ import pytest
 
 from pretrain.data.pipeline import BatchStream
 from pretrain.data.tokenized import TokenizedDocs
+from pretrain.data.tokenizer import StandInTokenizer
 from pretrain.errors import PretrainError
 from pretrain.tasks import causal_examples as ce
 from pretrain.tasks import gpt2 as gpt2_task
@@ -33,8 +35,7 @@ def _random_docs(seed=0, n_docs=40):
   return TokenizedDocs.from_lists([[rng.integers(5, 512, n).tolist()] for n in rng.integers(1, 90, n_docs)])
 
 
-class _Tokenizer:
-  path, vocab_size = "stand-in", 512
+_Tokenizer = functools.partial(StandInTokenizer, 512, path="stand-in")
 
 
 def _task_config(**data):

@@ -1,6 +1,5 @@
 """RoBERTa: FULL-SENTENCES blocks, dynamic masks, the model options, the task, a short training run."""
 import dataclasses
-import types
 
 import flax.linen as nn
 import jax
@@ -8,6 +7,7 @@ import numpy as np
 import pytest
 
 from pretrain.data.tokenized import TokenizedDocs
+from pretrain.data.tokenizer import StandInTokenizer
 from pretrain.errors import PretrainError
 from pretrain.models import bert
 from pretrain.tasks import roberta as roberta_task
@@ -83,7 +83,7 @@ def test_blocks_are_greedy(unique):
   """A block stops only where the next sentence (after a separator, if it opens a document) would overflow."""
   order = np.random.default_rng(0).permutation(unique.num_docs)
   stream, blocks = rx.plan_blocks(unique, CFG.max_num_tokens, order)
-  first_token = stream.token_ids(blocks[:, 0], unique.tokens) - 5  # Corpus position of each block's start.
+  first_token = stream.token_ids(blocks[:, 0], unique.tokens, 3) - 5  # Corpus position of each block's start.
   sentence_ends = unique.sentence_starts[1:]
   next_len = sentence_ends[np.searchsorted(sentence_ends, first_token, side="right")] - first_token
   gap = blocks[1:, 0] - blocks[:-1, 1]  # 1: the block before ended its document, a separator between.
@@ -268,7 +268,7 @@ def _task_config(**data):
   return c
 
 
-TOKENIZER = types.SimpleNamespace(path="fake.model", vocab_size=1000, word_start=np.ones(1000, bool))
+TOKENIZER = StandInTokenizer(1000, path="fake.model")
 
 
 def test_task_loss_metrics_and_flops():

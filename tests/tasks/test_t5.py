@@ -2,7 +2,6 @@
 import importlib.util
 import json
 import os
-import types
 
 import flax.linen as nn
 import jax
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 
 from pretrain.data.tokenized import TokenizedDocs
+from pretrain.data.tokenizer import StandInTokenizer
 from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
 from pretrain.objectives import span_corruption
@@ -17,7 +17,7 @@ from pretrain.tasks import get_task
 from pretrain.tasks import t5 as t5_task
 from pretrain.train import train
 
-TOKENIZER = types.SimpleNamespace(vocab_size=500, path="fake.model")
+TOKENIZER = StandInTokenizer(500, path="fake.model")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -49,7 +49,7 @@ def test_task_sizes_vocabulary_and_lengths():
 
 def test_published_lengths():
   c = t5_task.t5_config()
-  task = get_task(c, types.SimpleNamespace(vocab_size=32000, path="x"))
+  task = get_task(c, StandInTokenizer(32000, path="x"))
   assert (task.lengths.tokens_length, task.inputs_length, task.targets_length) == (568, 512, 114)
   assert task.model_config.vocab_size == 32128
 
@@ -69,7 +69,7 @@ def load_config(name):
 def test_published_configs(name, shape):
   """The shapes whose exact parameter counts tests/models/test_t5.py checks, and T5's recipe."""
   c = load_config(name)
-  m = get_task(c, types.SimpleNamespace(vocab_size=32000, path="x")).model_config
+  m = get_task(c, StandInTokenizer(32000, path="x")).model_config
   d_model, d_ff, d_kv, heads, layers = shape
   assert (m.vocab_size, m.d_model, m.d_ff, m.d_kv, m.num_heads, m.num_layers, m.num_decoder_layers) == (
       32128, d_model, d_ff, d_kv, heads, layers, layers)
