@@ -16,8 +16,9 @@ Steps, each one `gcloud` command (`--dry_run` prints them all instead):
   3. run `python3 -m pretrain.train` with the train flags after `--` on every
      worker (`tpu-vm ssh --worker=all`), its output streamed here. Each worker
      joins the run by itself (pretrain/distributed.py: Cloud TPU);
-  4. the run is finished when the newest checkpoint under the workdir is the
-     config's `train.steps`. Until then (a preemption, a crash, a lost ssh
+  4. the run is finished when the newest committed checkpoint under the
+     workdir (one with orbax's `commit_success.txt`: on GCS a step's folder
+     exists before its save completes) is the config's `train.steps`. Until then (a preemption, a crash, a lost ssh
      connection) the TPU is checked: if it is gone or preempted it is deleted
      and created again and the code set up again; then the same train command
      runs again and resumes from the last checkpoint;
@@ -52,6 +53,7 @@ _PENDING = {"vm": {"CREATING", "STARTING", "RESTARTING", "REPAIRING"},
 PIP_PACKAGES = ("jax[tpu]>=0.10.2,<0.11", "gcsfs")  # gcsfs: gs:// paths for the data and the workdir.
 REMOTE_DIR = "~/pretrain"
 PID_FILE = "~/pretrain-train.pid"
+COMMIT_FILE = "commit_success.txt"  # Orbax writes it last into a step saved to GCS.
 
 
 class LaunchError(Exception):
@@ -198,7 +200,7 @@ class TpuRun:
             f"kill -KILL $p 2>/dev/null; rm -f {PID_FILE}; fi; true")
 
   def checkpoints_command(self) -> list[str]:
-    return ["gcloud", "storage", "ls", f"{self.workdir.rstrip('/')}/checkpoints/"]
+    return ["gcloud", "storage", "ls", f"{self.workdir.rstrip('/')}/checkpoints/*/{COMMIT_FILE}"]
 
   # Steps.
 
@@ -236,12 +238,12 @@ class TpuRun:
                         f"gcloud storage rsync --recursive {shlex.quote(self.data_from)} {self.data_to}"))
 
   def final_step(self, dry_run_finished: bool = True) -> int | None:
-    """The newest checkpoint step in the workdir, or None when there is none."""
-    finished = f"{self.workdir.rstrip('/')}/checkpoints/{self.steps}/\n"
+    """The newest committed checkpoint step in the workdir, or None when there is none."""
+    finished = f"{self.workdir.rstrip('/')}/checkpoints/{self.steps}/{COMMIT_FILE}\n"
     r = self.sh(self.checkpoints_command(), capture=True, check=False,
                 dry_answer=finished if dry_run_finished else "")
     steps = [int(m.group(1)) for line in r.stdout.splitlines()
-             if (m := re.search(r"/checkpoints/(\d+)/?$", line.strip()))]
+             if (m := re.search(rf"/checkpoints/(\d+)/{COMMIT_FILE}$", line.strip()))]
     return max(steps) if r.returncode == 0 and steps else None
 
   def run(self) -> int:

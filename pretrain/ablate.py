@@ -14,10 +14,12 @@ its own) into DIR/<name>/ with the unchanged `pretrain.train` loop; the budget
 is the same number of tokens for all (steps x batch x sequence, and the data
 and init seeds, may not be overridden per variant). A finished variant is
 skipped; an interrupted one resumes from its checkpoint. DIR then holds
-report.md (sorted by eval loss), results.csv and loss_curves.png.
+report.md (sorted by eval loss), results.csv and loss_curves.png. DIR may be a
+gs:// URL (read and written through etils.epath).
 """
 import csv
 import importlib.util
+import io
 import json
 import math
 import multiprocessing
@@ -28,6 +30,7 @@ from typing import Any
 
 from absl import app
 from absl import flags
+from etils import epath
 import ml_collections
 from ml_collections import config_flags
 
@@ -127,38 +130,34 @@ def _train_variant(config_dict: dict, workdir: str) -> None:
                            or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
       "peak_memory_kind": "device" if stats.get("peak_bytes_in_use") else "host_rss",
   }
-  with open(os.path.join(workdir, RESULT), "w", encoding="utf-8") as f:
-    json.dump(result, f)
+  (epath.Path(workdir) / RESULT).write_text(json.dumps(result), encoding="utf-8")
 
 
 def run_variant(name: str, config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
   """Trains one variant unless its result is already there; returns its result record."""
-  path = os.path.join(workdir, RESULT)
-  if os.path.isfile(path):
-    with open(path, encoding="utf-8") as f:
-      result = json.load(f)
+  path = epath.Path(workdir) / RESULT
+  if path.is_file():
+    result = json.loads(path.read_text(encoding="utf-8"))
     if result.get("status") == "done" and result.get("steps") == int(config.train.steps):
       log(f"{name}: finished earlier, skipped")
       return result
-    os.remove(path)  # A failed or shorter run: train again (it resumes from its checkpoints).
-  os.makedirs(workdir, exist_ok=True)
+    path.unlink()  # A failed or shorter run: train again (it resumes from its checkpoints).
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   log(f"{name}: training in {workdir}")
   process = multiprocessing.get_context("spawn").Process(
       target=_train_variant, args=(config.to_dict(), workdir))
   process.start()
   process.join()
-  if not os.path.isfile(path):
+  if not path.is_file():
     return {"status": "failed", "error": f"the training process exited with code {process.exitcode}"}
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _read_rows(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, "metrics.jsonl")
-  if not os.path.isfile(path):
+  path = epath.Path(workdir) / "metrics.jsonl"
+  if not path.is_file():
     return []
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def _accuracy_key(row: dict) -> str | None:
@@ -218,10 +217,11 @@ def write_report(sweep, rows: list[dict], curves: dict, workdir: str, command: s
   """report.md, results.csv and loss_curves.png in `workdir`."""
   rows = sorted(rows, key=_sort_key)
   fields = list(rows[0])
-  with open(os.path.join(workdir, "results.csv"), "w", newline="", encoding="utf-8") as f:
-    writer = csv.DictWriter(f, fieldnames=fields)
-    writer.writeheader()
-    writer.writerows(rows)
+  table = io.StringIO(newline="")
+  writer = csv.DictWriter(table, fieldnames=fields)
+  writer.writeheader()
+  writer.writerows(rows)
+  (epath.Path(workdir) / "results.csv").write_text(table.getvalue(), encoding="utf-8")
 
   acc_name = next((r["accuracy_metric"] for r in rows if r["accuracy_metric"]), "eval accuracy")
   lines = [
@@ -248,12 +248,11 @@ def write_report(sweep, rows: list[dict], curves: dict, workdir: str, command: s
   failed = [r for r in rows if r["error"]]
   if failed:
     lines += ["", "## Failures", ""] + [f"- `{r['variant']}`: {r['error']}" for r in failed]
-  with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
-    f.write("\n".join(lines) + "\n")
-  _plot(curves, os.path.join(workdir, "loss_curves.png"))
+  (epath.Path(workdir) / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+  _plot(curves, epath.Path(workdir) / "loss_curves.png")
 
 
-def _plot(curves: dict, path: str) -> None:
+def _plot(curves: dict, path: epath.Path) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -269,8 +268,10 @@ def _plot(curves: dict, path: str) -> None:
   ax_train.set_ylabel("loss")
   ax_eval.legend(fontsize="small")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
+  png = io.BytesIO()  # Through memory: matplotlib writes local files only.
+  fig.savefig(png, format="png", dpi=110)
   plt.close(fig)
+  path.write_bytes(png.getvalue())
 
 
 def _curves(workdir: str):
@@ -288,15 +289,15 @@ def run_sweep(sweep, workdir: str, *, only: list[str] | None = None, report_only
   unknown = sorted(set(only or []) - set(configs))
   if unknown:
     raise PretrainError(f"unknown variant(s) {', '.join(unknown)}; the sweep has {', '.join(configs)}")
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   rows, curves = [], {}
   for name, config in configs.items():
-    variant_dir = os.path.join(workdir, name)
+    variant_dir = os.path.join(workdir, name)  # Also right for a URL.
     if not report_only and (not only or name in only):
       result = run_variant(name, config, variant_dir, log=log)
     else:
-      path = os.path.join(variant_dir, RESULT)
-      result = json.load(open(path, encoding="utf-8")) if os.path.isfile(path) else {"status": "not run"}
+      path = epath.Path(variant_dir) / RESULT
+      result = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"status": "not run"}
     rows.append(summarize(name, config, variant_dir, result))
     curves[name] = _curves(variant_dir)
   write_report(sweep, rows, curves, workdir, command or f"python -m pretrain.ablate --workdir={workdir}")
@@ -335,8 +336,7 @@ def main(argv):
   except PretrainError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  with open(os.path.join(fl.workdir, "report.md"), encoding="utf-8") as f:
-    print(f.read())
+  print((epath.Path(fl.workdir) / "report.md").read_text(encoding="utf-8"))
   if any(r["status"] != "done" for r in rows if not fl.variant or r["variant"] in fl.variant):
     sys.exit(1)
 

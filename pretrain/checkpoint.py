@@ -6,15 +6,18 @@ newest readable one. A checkpoint that cannot be read (truncated, corrupted) is
 moved aside to `<step>.unreadable-<time>` (never deleted) with a warning naming
 the step, and the one before it is used. Restoring onto a different mesh works
 because the state is read into the shardings of the new run's abstract state.
+The workdir may be a gs:// URL: orbax writes it with tensorstore's GCS driver.
 """
 import logging
 import os
 import time
 from typing import Callable
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
 
+from pretrain import paths
 from pretrain.errors import PretrainError
 
 _logger = logging.getLogger(__name__)
@@ -25,7 +28,10 @@ class Checkpointer:
   """One workdir's checkpoints: `<workdir>/checkpoints/<step>/{state,data,config}`."""
 
   def __init__(self, workdir: str, every_steps: int, keep: int, async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    if paths.is_remote(workdir):
+      self.directory = os.fspath(epath.Path(workdir) / "checkpoints")
+    else:  # Orbax wants an absolute local path.
+      self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     self.every_steps = int(every_steps)
     self._saving = None  # The step of the latest save started.
     options = ocp.CheckpointManagerOptions(
@@ -120,12 +126,12 @@ class Checkpointer:
     return None
 
   def _quarantine(self, step: int) -> str:
-    source = os.path.join(self.directory, str(step))
-    target = f"{source}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
-    if jax.process_index() == 0 and os.path.isdir(source):
-      os.rename(source, target)
+    source = epath.Path(self.directory) / str(step)
+    target = source.parent / f"{source.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+    if jax.process_index() == 0 and source.is_dir():
+      source.rename(target)  # On GCS a copy of every object, then a delete: not atomic, but nothing is lost.
     self._manager.reload()
-    return target
+    return os.fspath(target)
 
   def wait(self):
     try:

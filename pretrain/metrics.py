@@ -3,10 +3,20 @@
 Only process 0 writes; every row is one JSON object with the step.
 """
 import json
+import logging
 import math
 import os
+import shutil
+import tempfile
+import time
+import uuid
 
+from etils import epath
 import jax
+
+from pretrain import paths
+
+_logger = logging.getLogger(__name__)
 
 # Dense bf16 peak FLOP/s per device (per chip; per core for v2/v3/v4 megacore chips this is the chip).
 _PEAK_FLOPS = (
@@ -39,16 +49,40 @@ def peak_flops_per_device(metrics_cfg, device=None) -> float:
 
 
 class MetricsWriter:
-  """Writes rows to metrics.jsonl and TensorBoard on process 0; a no-op elsewhere."""
+  """Writes rows to metrics.jsonl and TensorBoard on process 0; a no-op elsewhere.
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  A local workdir gets every row appended and flushed at once. A bucket (gs://)
+  has no append: the writer holds the whole file (the rows of earlier lives,
+  read back at the start, and its own) and uploads it again at most every
+  `remote_sync_seconds` and at close; TensorBoard writes its event file in a
+  local temporary folder that is copied up at the same times (tensorboardX's
+  own gs:// writer would need google-cloud-storage and bypass epath). A killed
+  process loses at most the rows of its last `remote_sync_seconds`.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True, remote_sync_seconds: float = 60.0):
     self.enabled = enabled and jax.process_index() == 0
     self._jsonl = None
     self._tb = None
-    if self.enabled:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._remote = None
+    if not self.enabled:
+      return
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    if not paths.is_remote(workdir):
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+      return
+    self._remote = epath.Path(workdir)
+    self._sync_seconds = float(remote_sync_seconds)
+    self._last_sync = -math.inf  # The first row goes up at once: the run shows it has started.
+    self._dirty = False
+    earlier = self._remote / "metrics.jsonl"
+    text = earlier.read_text(encoding="utf-8") if earlier.exists() else ""
+    self._lines = [text if not text or text.endswith("\n") else text + "\n"]
+    self._tb_local = tempfile.mkdtemp(prefix="pretrain-tensorboard-")
+    self._tb_uploaded: dict[str, int] = {}  # Event file name -> size last uploaded.
+    # Its own name even for two lives in the same second: the upload would replace the other's file.
+    self._tb = SummaryWriter(self._tb_local, filename_suffix=f".{uuid.uuid4().hex[:8]}")
 
   def write(self, step: int, row: dict):
     if not self.enabled:
@@ -62,14 +96,49 @@ class MetricsWriter:
       clean[k] = v if math.isfinite(v) else str(v)
       if math.isfinite(v):
         self._tb.add_scalar(k, v, step)
-    self._jsonl.write(json.dumps(clean) + "\n")
-    self._jsonl.flush()
+    line = json.dumps(clean) + "\n"
+    if self._remote is None:
+      self._jsonl.write(line)
+      self._jsonl.flush()
+      return
+    self._lines.append(line)
+    self._dirty = True
+    if time.monotonic() - self._last_sync >= self._sync_seconds:
+      self._sync()
 
   def write_text(self, tag: str, text: str, step: int = 0):
     if self.enabled:
       self._tb.add_text(tag, text, step)
 
+  def _sync(self, final: bool = False):
+    """Uploads metrics.jsonl and the event files that grew; a failure is retried at the next sync."""
+    self._last_sync = time.monotonic()
+    if final:
+      self._tb.close()
+    else:
+      self._tb.flush()
+    try:
+      if self._dirty:
+        (self._remote / "metrics.jsonl").write_text("".join(self._lines), encoding="utf-8")
+        self._dirty = False
+      for name in sorted(os.listdir(self._tb_local)):
+        local = os.path.join(self._tb_local, name)
+        size = os.path.getsize(local)
+        if self._tb_uploaded.get(name) != size:
+          with open(local, "rb") as f:
+            (self._remote / "tensorboard" / name).write_bytes(f.read())
+          self._tb_uploaded[name] = size
+    except Exception as e:  # pylint: disable=broad-except
+      # A transient storage error must not stop training; the next sync writes everything again.
+      _logger.warning("could not write metrics to %s (%s: %s)%s", self._remote, type(e).__name__, e,
+                      "" if final else "; retrying at the next sync")
+
   def close(self):
-    if self.enabled:
+    if not self.enabled:
+      return
+    if self._remote is None:
       self._jsonl.close()
       self._tb.close()
+      return
+    self._sync(final=True)
+    shutil.rmtree(self._tb_local, ignore_errors=True)

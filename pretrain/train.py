@@ -19,6 +19,7 @@ import time
 
 from absl import app
 from absl import flags
+from etils import epath
 import jax
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
@@ -30,11 +31,11 @@ from pretrain import cli
 from pretrain import convert
 from pretrain import distributed
 from pretrain import metrics as metrics_lib
+from pretrain import paths
 from pretrain import sharding
 from pretrain import tasks
 from pretrain.data import pipeline
 from pretrain.data.tokenizer import load_tokenized
-from pretrain.data.tokenizer import write_atomic
 from pretrain.errors import PretrainError
 from pretrain.models import attention
 from pretrain.training import step as step_lib
@@ -102,14 +103,13 @@ def _new_progress(first_start_time: float) -> dict:
 def _first_start_time(workdir: str, is_main: bool) -> float:
   """When the run in `workdir` first started: kept in the workdir from its first life on, so that lives
   killed before the first checkpoint count against goodput too."""
-  path = os.path.join(workdir, "run_start.json")
+  path = epath.Path(workdir) / "run_start.json"
   try:
-    with open(path, encoding="utf-8") as f:
-      return float(json.load(f)["first_start_time"])
+    return float(json.loads(path.read_text(encoding="utf-8"))["first_start_time"])
   except (OSError, ValueError, KeyError, TypeError):
     now = time.time()
     if is_main:
-      write_atomic(path, lambda f: f.write(json.dumps({"first_start_time": now}).encode()))
+      paths.write_bytes_atomic(path, json.dumps({"first_start_time": now}).encode())
     return now
 
 
@@ -178,7 +178,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   eval_examples = task.examples(heldout_docs, seed=config.data.seed + 1) if config.eval.every_steps else None
 
   try:
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # A no-op under a gs:// bucket.
   except OSError as e:
     raise PretrainError(f"cannot create workdir {workdir}: {e}") from e
   first_start_time = _first_start_time(workdir, is_main)
@@ -335,7 +335,8 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
 def define_flags() -> None:
   """CLI flags; defined only when run as a program so that modules importing this one stay free to."""
   config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/bert_tiny.py.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and TensorBoard files go.")
+  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and TensorBoard files go: a "
+                      "folder or a gs:// URL.")
   # A multi-process run (pretrain/distributed.py). Under SLURM and on Cloud TPU these are found on their own.
   flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, which runs the coordinator.")
   flags.DEFINE_integer("num_processes", None, "Processes in the run.")

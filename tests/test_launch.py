@@ -47,7 +47,7 @@ def test_v4_32_tpu_vm_run(tmp_path):
   assert r.returncode == 0, r.stderr
   cmds = _gcloud(commands)
   assert [c[:5] for c in cmds] == [
-      ["gcloud", "storage", "ls", "gs://bkt/runs/bert_base/checkpoints/"],  # Finished already? No.
+      ["gcloud", "storage", "ls", "gs://bkt/runs/bert_base/checkpoints/*/commit_success.txt"],  # Done? No.
       ["gcloud", "compute", "tpus", "tpu-vm", "describe"],  # Is there a TPU of this name? No.
       ["gcloud", "compute", "tpus", "tpu-vm", "create"],
       ["gcloud", "compute", "tpus", "tpu-vm", "describe"],  # Until READY.
@@ -57,7 +57,7 @@ def test_v4_32_tpu_vm_run(tmp_path):
       ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # Copy the corpus to every worker.
       ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # Stop a leftover run.
       ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # Train.
-      ["gcloud", "storage", "ls", "gs://bkt/runs/bert_base/checkpoints/"],
+      ["gcloud", "storage", "ls", "gs://bkt/runs/bert_base/checkpoints/*/commit_success.txt"],
       ["gcloud", "compute", "tpus", "tpu-vm", "delete"],
   ]
   create = cmds[2]
@@ -141,7 +141,8 @@ class _Cloud:
     elif verb == "describe":
       return tpu.Result(0 if self.state != "NOT_FOUND" else 1, self.state)
     elif verb == "gcloud storage ls":
-      listing = "" if self.checkpoint is None else f"gs://b/r/checkpoints/{self.checkpoint}/\n"
+      # Committed steps only; a step folder whose save was cut off has no commit file and is not listed.
+      listing = "" if self.checkpoint is None else f"gs://b/r/checkpoints/{self.checkpoint}/commit_success.txt\n"
       return tpu.Result(0 if listing else 1, listing)
     elif "pretrain.train" in command:
       self.trainings += 1

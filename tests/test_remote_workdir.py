@@ -1,0 +1,399 @@
+"""A gs:// workdir, against a fake GCS that lives in a local folder.
+
+No network here, so both ways the code reaches GCS are pointed at the same
+local folder `<tmp>/<bucket>/<object name>`:
+  - epath (our workdir files, and orbax's metadata and step listing) goes
+    through fsspec's "gs" protocol: a fake file system that, like GCS, refuses
+    appends, creates no empty folders and lists a folder only while objects
+    are under it;
+  - orbax's array data goes through tensorstore's own GCS driver, pointed by
+    TENSORSTORE_GCS_HTTP_URL at a small HTTP server here that speaks the part
+    of the GCS JSON API tensorstore uses (media upload, ranged and conditional
+    reads, listing, deletes), modelled on tensorstore's own test mock of GCS.
+orbax also asks the bucket (google-cloud-storage, not installed here) whether
+it has a hierarchical namespace; the test answers no.
+
+Not covered: real GCS (authentication, consistency, retries, latency), gcsfs
+itself, and tensorstore's gRPC driver.
+"""
+import http.server
+import json
+import os
+import re
+import sys
+import threading
+import types
+import urllib.parse
+
+import fsspec
+from fsspec.implementations.dirfs import DirFileSystem
+from fsspec.implementations.local import LocalFileSystem
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # For test_checkpoint's helpers.
+from test_checkpoint import _save_steps, _truncate_arrays  # pylint: disable=g-import-not-at-top,wrong-import-position
+from test_ablate import _sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+from test_train import final_params  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+BUCKET = "fake-bucket"
+
+
+class _FakeGcsFileSystem(DirFileSystem):
+  """fsspec "gs": paths `bucket/name` are files under `root`, with GCS's limits."""
+
+  protocol = ("gs", "gcs")
+  root = None  # Set by the fixture; epath caches one instance of this class per process.
+
+  def __init__(self, *args, **kwargs):
+    del args, kwargs  # finalize_on_close=True and the like, from epath.
+    super().__init__(path="/", fs=LocalFileSystem(auto_mkdir=True))
+
+  @property
+  def path(self):
+    return type(self).root
+
+  @path.setter
+  def path(self, value):
+    pass
+
+  def open(self, path, mode="rb", *args, **kwargs):
+    if "a" in mode:
+      raise NotImplementedError(f"GCS objects cannot be appended to (mode {mode!r} for {path})")
+    return super().open(path, mode, *args, **kwargs)
+
+  def mkdir(self, path, *args, **kwargs):
+    pass  # GCS has no folders: a prefix exists while objects are under it.
+
+  def makedirs(self, path, exist_ok=False):
+    pass
+
+  def rm(self, path, *args, **kwargs):
+    super().rm(path, *args, **kwargs)
+    for p in [path] if isinstance(path, str) else path:
+      _prune(os.path.dirname(self._join(p)))
+
+  def mv(self, path1, path2, *args, **kwargs):
+    super().mv(path1, path2, *args, **kwargs)
+    _prune(os.path.dirname(self._join(path1)))
+
+
+def _prune(folder):
+  """Removes empty folders up to the bucket: on GCS a prefix with no objects is gone."""
+  root = _FakeGcsFileSystem.root
+  while len(folder) > len(root) and os.path.dirname(folder) != root.rstrip("/") and os.path.isdir(folder):
+    if os.listdir(folder):
+      return
+    os.rmdir(folder)
+    folder = os.path.dirname(folder)
+
+
+class _FakeGcsServer(http.server.ThreadingHTTPServer):
+  """The GCS JSON API calls of tensorstore's gcs driver, on the files of `_FakeGcsFileSystem.root`."""
+
+  daemon_threads = True
+
+  def __init__(self):
+    super().__init__(("127.0.0.1", 0), _FakeGcsHandler)
+    self.lock = threading.Lock()
+    self.generations = {}  # file -> ((inode, mtime, size), generation): a new object, a new generation.
+    self.next_generation = 1
+    self.requests = {"upload": 0, "read": 0, "list": 0, "delete": 0, "not faked": 0}
+
+  def generation(self, file):
+    st = os.stat(file)
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+    known = self.generations.get(file)
+    if known is None or known[0] != key:
+      self.next_generation += 1
+      known = self.generations[file] = (key, self.next_generation)
+    return known[1]
+
+
+class _FakeGcsHandler(http.server.BaseHTTPRequestHandler):
+  protocol_version = "HTTP/1.1"
+  server: _FakeGcsServer
+
+  def log_message(self, *args):
+    pass
+
+  def _reply(self, code, body=b"", headers=None):
+    self.send_response(code)
+    for k, v in (headers or {}).items():
+      self.send_header(k, v)
+    self.send_header("Content-Length", str(len(body)))
+    self.end_headers()
+    self.wfile.write(body)
+
+  def _metadata(self, bucket, name, file):
+    return {"kind": "storage#object", "bucket": bucket, "name": name, "size": str(os.path.getsize(file)),
+            "generation": str(self.server.generation(file)), "metageneration": "1"}
+
+  def _handle(self):
+    n = int(self.headers.get("Content-Length") or 0)
+    payload = self.rfile.read(n) if n else b""
+    url = urllib.parse.urlsplit(self.path)
+    params = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+    m = re.fullmatch(r"(/upload)?/storage/v1/b/([^/]+)/o(?:/(.+))?", url.path)
+    if not m:
+      return self._reply(404)
+    upload, bucket, name = m.group(1), m.group(2), m.group(3)
+    base = os.path.join(_FakeGcsFileSystem.root, bucket)
+    with self.server.lock:
+      if name is None and self.command == "GET":
+        return self._list(bucket, base, params)
+      if upload and self.command == "POST" and params.get("uploadType") == "media":
+        return self._insert(bucket, base, params["name"], params, payload)
+      if name is not None and self.command in ("GET", "DELETE"):
+        return self._object(bucket, base, urllib.parse.unquote(name), params)
+    self.server.requests["not faked"] += 1  # Tests check there was none.
+    return self._reply(400, b'{"error": {"code": 400, "message": "not faked"}}')
+
+  do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _handle
+
+  def _condition_fails(self, file, params):
+    exists = os.path.isfile(file)
+    generation = self.server.generation(file) if exists else 0
+    if "ifGenerationMatch" in params and int(params["ifGenerationMatch"]) != generation:
+      return True
+    return "ifGenerationNotMatch" in params and exists and int(params["ifGenerationNotMatch"]) == generation
+
+  def _insert(self, bucket, base, name, params, payload):
+    self.server.requests["upload"] += 1
+    file = os.path.join(base, name)
+    if self._condition_fails(file, params):
+      return self._reply(412)
+    os.makedirs(os.path.dirname(file), exist_ok=True)
+    tmp = f"{file}.fake-gcs-upload"
+    with open(tmp, "wb") as f:
+      f.write(payload)
+    os.replace(tmp, file)
+    return self._reply(200, json.dumps(self._metadata(bucket, name, file)).encode(),
+                       {"Content-Type": "application/json"})
+
+  def _object(self, bucket, base, name, params):
+    file = os.path.join(base, name)
+    if self.command == "DELETE":
+      self.server.requests["delete"] += 1
+      if not os.path.isfile(file):
+        return self._reply(404)
+      if self._condition_fails(file, params):
+        return self._reply(412)
+      os.remove(file)
+      _prune(os.path.dirname(file))
+      return self._reply(204)
+    self.server.requests["read"] += 1
+    if params.get("ifGenerationMatch") == "0":
+      return self._reply(412 if os.path.isfile(file) else 204)
+    if not os.path.isfile(file):
+      return self._reply(404)
+    generation = self.server.generation(file)
+    if "ifGenerationMatch" in params and int(params["ifGenerationMatch"]) != generation:
+      return self._reply(412)
+    if "ifGenerationNotMatch" in params and int(params["ifGenerationNotMatch"]) == generation:
+      return self._reply(304)
+    if params.get("alt") != "media":
+      return self._reply(200, json.dumps(self._metadata(bucket, name, file)).encode(),
+                         {"Content-Type": "application/json"})
+    with open(file, "rb") as f:
+      data = f.read()
+    headers = {"Content-Type": "application/octet-stream", "x-goog-generation": str(generation),
+               "x-goog-metageneration": "1"}
+    wanted = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
+    if not wanted:
+      return self._reply(200, data, headers)
+    first, last = wanted.groups()
+    if first == "":  # The last `last` bytes.
+      first, last = max(len(data) - int(last), 0), len(data) - 1
+    else:
+      first, last = int(first), min(int(last) if last else len(data) - 1, len(data) - 1)
+    if first >= len(data) and len(data):
+      return self._reply(416)
+    headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
+    return self._reply(206, data[first:last + 1], headers)
+
+  def _list(self, bucket, base, params):
+    self.server.requests["list"] += 1
+    names = []
+    for folder, _, files in os.walk(base):
+      for f in files:
+        names.append(os.path.relpath(os.path.join(folder, f), base).replace(os.sep, "/"))
+    names.sort()
+    prefix, start, end = params.get("prefix", ""), params.get("startOffset"), params.get("endOffset")
+    token = params.get("pageToken")
+    names = [n for n in names if n.startswith(prefix) and (start is None or n >= start)
+             and (end is None or n < end) and (token is None or n > token)]
+    limit = int(params.get("maxResults", 1000))
+    body = {"kind": "storage#objects",
+            "items": [self._metadata(bucket, n, os.path.join(base, n)) for n in names[:limit]]}
+    if len(names) > limit:
+      body["nextPageToken"] = names[limit - 1]
+    return self._reply(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
+
+
+@pytest.fixture(scope="module")
+def _fake_gcs_server():
+  server = _FakeGcsServer()
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  with pytest.MonkeyPatch.context() as mp:
+    # Read by tensorstore when its GCS driver is first used in this process.
+    mp.setenv("TENSORSTORE_GCS_HTTP_URL", f"http://127.0.0.1:{server.server_address[1]}")
+    mp.setenv("GOOGLE_AUTH_TOKEN_FOR_TESTING", "fake-token")
+    yield server
+  server.shutdown()
+  server.server_close()
+
+
+@pytest.fixture
+def fake_gcs(_fake_gcs_server, tmp_path, monkeypatch):
+  """The local folder that stands for gs://; `gs://fake-bucket/...` is `<it>/fake-bucket/...`."""
+  from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+  from orbax.checkpoint._src.path import gcs_utils  # pylint: disable=g-import-not-at-top
+  root = tmp_path / "gcs"
+  (root / BUCKET).mkdir(parents=True)
+  monkeypatch.setattr(_FakeGcsFileSystem, "root", str(root))
+  for protocol in ("gs", "gcs"):
+    fsspec.register_implementation(protocol, _FakeGcsFileSystem, clobber=True)
+  # epath prefers tensorflow's gfile for gs:// when tensorflow is installed: this fake is fsspec's.
+  monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+  monkeypatch.setattr(gcs_utils, "get_bucket", lambda name: types.SimpleNamespace(
+      hierarchical_namespace_enabled=False))
+  _fake_gcs_server.requests.update(dict.fromkeys(_fake_gcs_server.requests, 0))
+  return root
+
+
+def _objects(folder):
+  return sorted(os.path.relpath(os.path.join(d, f), folder) for d, _, files in os.walk(folder) for f in files)
+
+
+def test_fake_gcs_is_what_epath_uses(fake_gcs):
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  p = epath.Path(f"gs://{BUCKET}/run/a.txt")
+  p.parent.mkdir(parents=True, exist_ok=True)
+  assert not p.parent.exists()  # GCS has no empty folders.
+  p.write_text("x")
+  assert (fake_gcs / BUCKET / "run" / "a.txt").read_text() == "x"
+  with pytest.raises(NotImplementedError):
+    p.open("a")
+
+
+def test_metrics_rewrite_the_object_and_keep_earlier_lives(fake_gcs, monkeypatch, tmp_path):
+  from pretrain.metrics import MetricsWriter  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  workdir = f"gs://{BUCKET}/run"
+  jsonl = fake_gcs / BUCKET / "run" / "metrics.jsonl"
+  w = MetricsWriter(workdir, remote_sync_seconds=3600)
+  w.write(1, {"loss": 2.0})
+  assert jsonl.exists()  # The first row goes up at once.
+  w.write(2, {"loss": 1.5, "bad": float("nan")})
+  assert len(jsonl.read_text().splitlines()) == 1  # The next ones wait for the sync interval or close.
+  w.close()
+  w = MetricsWriter(workdir, remote_sync_seconds=0)  # A restarted run.
+  w.write(3, {"loss": 1.0})
+  assert [json.loads(l)["step"] for l in jsonl.read_text().splitlines()] == [1, 2, 3]
+  w.close()
+  rows = [json.loads(l) for l in jsonl.read_text().splitlines()]
+  assert rows[1] == {"step": 2, "loss": 1.5, "bad": "nan"}
+  events = os.listdir(fake_gcs / BUCKET / "run" / "tensorboard")
+  assert len(events) == 2 and all(e.startswith("events.out.tfevents") for e in events)
+  assert not os.path.exists(tmp_path / "gs:")  # Nothing was written to a local folder named after the URL.
+
+
+def test_checkpoints_on_gcs_keep_the_last_and_restore(fake_gcs, _fake_gcs_server):
+  from pretrain.checkpoint import Checkpointer, abstract_like  # pylint: disable=g-import-not-at-top
+  c = Checkpointer(f"gs://{BUCKET}/run", every_steps=1, keep=2)
+  assert c.directory == f"gs://{BUCKET}/run/checkpoints"
+  for step in (1, 2, 3):
+    c.save(step, {"w": jnp.full((4,), float(step))}, {"next_batch": step}, {"step": step})
+  c.close()
+  ckpt_dir = fake_gcs / BUCKET / "run" / "checkpoints"
+  assert sorted(os.listdir(ckpt_dir)) == ["2", "3"]  # Step 1 deleted, object by object.
+  assert "state/manifest.ocdbt" in _objects(ckpt_dir / "3")
+  assert _fake_gcs_server.requests["upload"] > 0  # The arrays went through tensorstore's GCS driver.
+  assert _fake_gcs_server.requests["not faked"] == 0
+  c = Checkpointer(f"gs://{BUCKET}/run", every_steps=1, keep=2)
+  assert c.all_steps() == [2, 3]
+  state, data, _ = c.restore(3, abstract_like({"w": jnp.zeros(4)}))
+  np.testing.assert_array_equal(state["w"], np.full(4, 3.0))
+  assert data == {"next_batch": 3} and c.restore_config(3) == {"step": 3}
+  c.close()
+  # On GCS a step folder is written in place, complete once its commit marker is: one killed before
+  # that is no checkpoint, and the run resumes from the step before.
+  (ckpt_dir / "3" / "commit_success.txt").unlink()
+  c = Checkpointer(f"gs://{BUCKET}/run", every_steps=1, keep=2)
+  assert c.all_steps() == [2] and c.latest_step() == 2
+  c.close()
+
+
+def test_unreadable_checkpoint_on_gcs_is_moved_aside(fake_gcs):
+  from pretrain.checkpoint import Checkpointer, abstract_like  # pylint: disable=g-import-not-at-top
+  workdir = f"gs://{BUCKET}/run"
+  _save_steps(workdir, (1, 2))
+  ckpt_dir = fake_gcs / BUCKET / "run" / "checkpoints"
+  _truncate_arrays(str(ckpt_dir / "2"))
+  c = Checkpointer(workdir, every_steps=1, keep=5)
+  step, state, data, _ = c.restore_newest_readable(abstract_like({"w": jnp.zeros(64)}), lambda _: None)
+  assert step == 1 and data == {"next_batch": 1}
+  np.testing.assert_array_equal(state["w"], np.full(64, 1.0))
+  moved = [d for d in os.listdir(ckpt_dir) if d.startswith("2.unreadable-")]
+  assert len(moved) == 1 and "2" not in os.listdir(ckpt_dir) and c.all_steps() == [1]
+  assert _objects(ckpt_dir / moved[0])  # Moved, not deleted.
+  c.close()
+
+
+def test_train_and_resume_in_a_gcs_workdir(tiny_config, fake_gcs, _fake_gcs_server, monkeypatch, tmp_path):
+  from pretrain.train import train  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  workdir = f"gs://{BUCKET}/run"
+  run = fake_gcs / BUCKET / "run"
+  c = tiny_config  # 6 steps, a checkpoint every 3.
+  c.eval.every_steps = 0  # Its compile is time this test does not need.
+  train(c, workdir, stop_at_step=3)
+  assert sorted(os.listdir(run / "checkpoints")) == ["3"]
+  assert _fake_gcs_server.requests["upload"] > 0  # The arrays went through tensorstore's GCS driver.
+  start = json.loads((run / "run_start.json").read_text())["first_start_time"]
+  first_life = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in first_life if "loss" in r] == [2, 3]
+
+  last = train(c, workdir)
+  assert last["step"] == 6
+  assert sorted(os.listdir(run / "checkpoints")) == ["3", "6"]
+  rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+  assert rows[:len(first_life)] == first_life  # The rewritten object kept the first life's rows.
+  assert [r["step"] for r in rows if "num_params" in r] == [0, 3]  # Each life's header row.
+  assert [r["step"] for r in rows if "loss" in r] == [2, 3, 4, 6]
+  assert [r["restarts"] for r in rows if "loss" in r] == [0, 0, 1, 1]
+  assert json.loads((run / "run_start.json").read_text())["first_start_time"] == start
+  assert len(os.listdir(run / "tensorboard")) == 2  # One event file per life.
+  assert not os.path.exists(tmp_path / "gs:")
+  assert _fake_gcs_server.requests["not faked"] == 0
+  # Resuming through GCS loses nothing: the same parameters as a local run without a stop.
+  train(c, str(tmp_path / "local"))
+  step, params = final_params(workdir)
+  local_step, local_params = final_params(str(tmp_path / "local"))
+  assert step == local_step == 6
+  jax.tree.map(np.testing.assert_array_equal, params, local_params)
+
+
+def test_ablation_report_in_a_gcs_workdir(fake_gcs, text_corpus, monkeypatch, tmp_path):
+  from pretrain import ablate  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  variant = fake_gcs / BUCKET / "sweep" / "h2"
+  variant.mkdir(parents=True)
+  (variant / ablate.RESULT).write_text(json.dumps({"status": "done", "steps": 4, "error": ""}))
+  rows = [{"step": 0, "num_params": 1000, "compile_seconds": 1.0, "tokens_per_step": 256},
+          {"step": 2, "loss": 3.0, "tokens_per_sec": 10.0}, {"step": 4, "loss": 2.5, "tokens_per_sec": 12.0},
+          {"step": 4, "eval_loss": 2.6}]
+  (variant / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+  sweep = _sweep(text_corpus, {"h2": {}, "h4": {"model": {"num_heads": 4}}})
+  out = ablate.run_sweep(sweep, f"gs://{BUCKET}/sweep", report_only=True, log=lambda s: None)
+  assert {r["variant"]: r["status"] for r in out} == {"h2": "done", "h4": "not run"}
+  assert out[0]["eval_loss"] == 2.6 and out[0]["final_train_loss"] == 2.5
+  report = (fake_gcs / BUCKET / "sweep" / "report.md").read_text()
+  assert "| h2 | 1,000 | 2.5000 | 2.6000 |" in report
+  assert (fake_gcs / BUCKET / "sweep" / "results.csv").read_text().startswith("variant,")
+  assert (fake_gcs / BUCKET / "sweep" / "loss_curves.png").read_bytes().startswith(b"\x89PNG")
+  assert not os.path.exists(tmp_path / "gs:")
