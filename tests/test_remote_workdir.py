@@ -397,3 +397,80 @@ def test_ablation_report_in_a_gcs_workdir(fake_gcs, text_corpus, monkeypatch, tm
   assert (fake_gcs / BUCKET / "sweep" / "results.csv").read_text().startswith("variant,")
   assert (fake_gcs / BUCKET / "sweep" / "loss_curves.png").read_bytes().startswith(b"\x89PNG")
   assert not os.path.exists(tmp_path / "gs:")
+
+
+def test_init_from_a_gcs_workdir_starts_from_its_params(tiny_config, fake_gcs, _fake_gcs_server, monkeypatch,
+                                                        tmp_path):
+  from pretrain import convert  # pylint: disable=g-import-not-at-top
+  from pretrain.errors import PretrainError  # pylint: disable=g-import-not-at-top
+  from pretrain.train import train  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  c = tiny_config
+  c.train.update(steps=2, log_every=1)
+  c.eval.every_steps = 0
+  source, continued = f"gs://{BUCKET}/source", str(tmp_path / "continued")
+  train(c, source)
+  c.init_from = source
+  c.optimizer.update(learning_rate=0.0, warmup_steps=0)  # No update: the params stay the source's.
+  train(c, continued)
+  _, a = final_params(source)
+  _, b = final_params(continued)
+  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+  jax.tree.map(np.testing.assert_array_equal, convert.load_params(source), a["params"])
+  with pytest.raises(PretrainError, match="only local output folders"):  # to-hf writes only locally.
+    convert.to_hf(source, f"gs://{BUCKET}/hf")
+  assert _fake_gcs_server.requests["not faked"] == 0
+  # On GCS a step folder is written in place: one whose commit marker is missing is no checkpoint.
+  (fake_gcs / BUCKET / "source" / "checkpoints" / "2" / "commit_success.txt").unlink()
+  with pytest.raises(PretrainError, match="holds no checkpoint"):
+    convert.load_params(source)
+  with pytest.raises(PretrainError, match="save did not complete"):
+    convert.load_params(f"{source}/checkpoints/2")
+  assert not os.path.exists(tmp_path / "gs:")
+
+
+def test_a_converted_folder_in_gcs_reads_as_the_local_one(fake_gcs, _fake_gcs_server, monkeypatch, tmp_path):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from pretrain import convert  # pylint: disable=g-import-not-at-top
+  from pretrain.convert import checkpoints  # pylint: disable=g-import-not-at-top
+  from pretrain.data.tokenizer import open_tokenizer  # pylint: disable=g-import-not-at-top
+  from pretrain.errors import PretrainError  # pylint: disable=g-import-not-at-top
+  monkeypatch.chdir(tmp_path)
+  rng = np.random.default_rng(0)
+  params = {"embed": {"embedding": rng.normal(size=(8, 4)).astype(np.float32)},
+            "layer_0": {"kernel": rng.normal(size=(4, 4)).astype(np.float32), "bias": np.zeros(4, np.float32)}}
+  config = {"task": {"name": "bert"}, "model": {"hidden_size": 4}, "tokenizer": {"path": "vocab.txt"}}
+  local = tmp_path / "converted"
+  local.mkdir()
+  checkpoints.save_converted(str(local), params, config, {"family": "bert", "hf_dir": "/hf"})
+  (local / "vocab.txt").write_text("[PAD]\n")
+  shutil.copytree(local, fake_gcs / BUCKET / "models" / "converted")
+  remote = f"gs://{BUCKET}/models/converted/"  # A trailing slash is the same folder.
+  for got, want in ((convert.load_params(remote), params), (convert.load_params(remote), convert.load_params(
+      str(local)))):
+    assert checkpoints.flatten(got).keys() == checkpoints.flatten(want).keys()
+    jax.tree.map(np.testing.assert_array_equal, got, want)
+  # Read straight into a target's shardings (tensorstore's GCS driver).
+  sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), params)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(convert.load_params(remote, target)), params)
+  assert _fake_gcs_server.requests["read"] > 0 and _fake_gcs_server.requests["not faked"] == 0
+
+  remote_cfg, local_cfg = convert.load_config(remote), convert.load_config(str(local))
+  assert local_cfg.tokenizer.path == str(local / "vocab.txt")
+  assert remote_cfg.tokenizer.path == f"gs://{BUCKET}/models/converted/vocab.txt"  # Not opened: tokenizers are local.
+  remote_cfg.tokenizer.path = local_cfg.tokenizer.path
+  assert remote_cfg.to_dict() == local_cfg.to_dict()
+  with pytest.raises(PretrainError, match="is a URL: tokenizer files must be local"):
+    open_tokenizer(f"gs://{BUCKET}/models/converted/vocab.txt")
+
+  with pytest.raises(PretrainError, match="takes no step"):
+    convert.load_params(remote, step=1)
+  with pytest.raises(PretrainError, match="is not a directory"):
+    convert.load_params(f"gs://{BUCKET}/models/nothing")
+  (fake_gcs / BUCKET / "models" / "converted" / "convert.json").unlink()
+  with pytest.raises(PretrainError, match=r"converted model source: gs://.*/convert.json does not exist"):
+    convert.load_params(remote)
+  with pytest.raises(PretrainError, match="only local output folders"):
+    convert.from_hf(str(tmp_path / "hf"), f"gs://{BUCKET}/out")
+  assert not os.path.exists(tmp_path / "gs:")

@@ -26,6 +26,7 @@ project's `task.name`, to a module with
   project_sections(hf_config, tensors)       -> {"task": .., "model": .., "data": ..} config overrides
   hf_to_params(tensors, hf_config, model)    -> (params, subtrees to initialize fresh)
   params_to_hf(params, model, special_ids, base_hf_config) -> (config.json dict, {name: array})
+  complete_model(model)                      the model section with every field (defaults filled in)
   abstract_params(model)                     the unscanned param tree (ShapeDtypeStructs)
   init_heads(model, seed)                    fresh params of the heads an HF model may lack
 and optionally
@@ -179,7 +180,7 @@ def _model_section(config: dict, module) -> dict:
   if not model.get("vocab_size"):  # 0: follows the tokenizer recorded with the checkpoint.
     vocab = (config.get("_tokenizer") or {}).get("vocab_size") or config["tokenizer"]["vocab_size"]
     model["vocab_size"] = module.model_vocab_size(config, vocab) if hasattr(module, "model_vocab_size") else vocab
-  return model
+  return module.complete_model(model)  # A training config may leave fields at the model's defaults.
 
 
 def to_hf(ckpt: str, out: str, *, step: int | None = None) -> dict:
@@ -203,14 +204,16 @@ def to_hf(ckpt: str, out: str, *, step: int | None = None) -> dict:
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-  """The project config of a converted folder (as its config.py returns it).
+  """The project config of a converted folder (as its config.py returns it), local or a URL.
 
-  A relative tokenizer.path is the tokenizer copied into the folder.
+  A relative tokenizer.path is the tokenizer copied into the folder (in a
+  folder at a URL, a URL too, which a run cannot open: tokenizer files are local).
   """
-  config = ml_collections.ConfigDict(hf_io.read_json(os.path.join(path, checkpoints.CONFIG), "converted model config"))
+  config = ml_collections.ConfigDict(checkpoints.read_json(os.path.join(path, checkpoints.CONFIG),
+                                                           "converted model config"))
   tok_path = config.tokenizer.get("path", "")
   if tok_path and not os.path.isabs(tok_path):
-    config.tokenizer.path = os.path.join(os.path.abspath(path), tok_path)
+    config.tokenizer.path = os.path.join(checkpoints.folder(path), tok_path)
   return config
 
 
@@ -218,7 +221,7 @@ def load_params(path: str, target: Any = None, *, step: int | None = None):
   """Params saved in `path`: a converted folder, a training workdir or one of its step folders.
 
   Args:
-    path: the folder.
+    path: the folder, local or a URL (gs://...).
     target: None for numpy arrays in the layout stored; or the model's params
       as ShapeDtypeStructs with shardings (e.g. `StepFunctions.abstract_state.params`),
       to read them onto the devices in those shardings, in the target's layer

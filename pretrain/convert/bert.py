@@ -277,6 +277,11 @@ def check_attention(model: dict, position: str, arch: str) -> None:
       raise PretrainError(f"model.attention.{name}={a[name]!r} cannot be exported: {why}")
 
 
+def complete_model(model: dict) -> dict:
+  """A config's model section with every field, the missing ones at the model's defaults."""
+  return dataclasses.asdict(bert_model.BertConfig.from_dict(model))
+
+
 def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None) -> tuple[dict, dict]:
   """(config.json, tensors) of HF's BertForPreTraining (with an NSP head) or BertForMaskedLM."""
   if model.get("position_offset", 0):

@@ -11,6 +11,10 @@ Two kinds of folders hold params:
   a training workdir `<workdir>/checkpoints/<step>/{state,config,...}` (pretrain/checkpoint.py),
     whose `state` item holds `params` next to the optimizer state; only the
     params are read.
+
+Both are read from a local folder or a URL (gs://..., through etils.epath and
+orbax's own GCS support), so a run can start from a converted folder copied to
+a bucket or from another run's gs:// workdir. They are written locally only.
 """
 import json
 import os
@@ -22,6 +26,7 @@ from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
+from pretrain import paths
 from pretrain.convert import hf_io
 from pretrain.errors import PretrainError
 
@@ -62,11 +67,70 @@ def save_converted(directory: str, params, config: dict, source: dict) -> None:
     f.write(_CONFIG_PY.format(source=f"{source.get('hf_dir')} ({source.get('architecture')})"))
 
 
+def folder(path: str) -> str:
+  """`path` as the readers take it: absolute when local (orbax wants that), the URL when remote."""
+  return os.fspath(epath.Path(path)) if paths.is_remote(path) else os.path.abspath(path)
+
+
+def _remote_error(path: str, e: Exception) -> PretrainError:
+  return PretrainError(f"cannot read {path}: {type(e).__name__}: {e}")
+
+
+def _isdir(path: str) -> bool:
+  if not paths.is_remote(path):
+    return os.path.isdir(path)
+  try:
+    return epath.Path(path).is_dir()  # On GCS: some object is under the prefix.
+  except Exception as e:  # pylint: disable=broad-except  # Each epath backend has its own errors.
+    raise _remote_error(path, e) from None
+
+
+def _listdir(path: str) -> list[str]:
+  if not paths.is_remote(path):
+    return os.listdir(path)
+  try:
+    return [p.name for p in epath.Path(path).iterdir()]
+  except Exception as e:  # pylint: disable=broad-except
+    raise _remote_error(path, e) from None
+
+
+def _is_step(step_dir: str) -> bool:
+  """A complete step folder. Locally orbax renames it into place when done; on GCS it is written in place
+  and complete once its commit_success.txt is (orbax's own test)."""
+  if not _isdir(os.path.join(step_dir, "state")):
+    return False
+  if not paths.is_remote(step_dir):
+    return True
+  try:
+    return ocp.step.is_path_finalized(step_dir)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _remote_error(step_dir, e) from None
+
+
+def read_json(path: str, what: str) -> dict:
+  """hf_io.read_json, of a local file or a URL."""
+  if not paths.is_remote(path):
+    return hf_io.read_json(path, what)
+  try:
+    text = epath.Path(path).read_text(encoding="utf-8")
+  except FileNotFoundError:
+    raise PretrainError(f"{what}: {path} does not exist") from None
+  except Exception as e:  # pylint: disable=broad-except  # Each epath backend has its own errors.
+    raise PretrainError(f"{what}: cannot read {path}: {type(e).__name__}: {e}") from None
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise PretrainError(f"{what}: cannot read {path}: {e}") from None
+  if not isinstance(value, dict):
+    raise PretrainError(f"{what}: {path} does not hold a JSON object")
+  return value
+
+
 def _step_dir(path: str, step: int | None) -> str:
   """The step folder of a training workdir (or of its checkpoints/ folder): `step`, or the newest."""
-  directory = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
-  steps = sorted(int(n) for n in os.listdir(directory)
-                 if n.isdigit() and os.path.isdir(os.path.join(directory, n, "state")))
+  directory = os.path.join(path, "checkpoints") if _isdir(os.path.join(path, "checkpoints")) else path
+  steps = sorted(int(n) for n in _listdir(directory)
+                 if n.isdigit() and _is_step(os.path.join(directory, n)))
   if not steps:
     raise PretrainError(f"{path} holds no checkpoint: expected a converted folder ({PARAMS}/, {CONFIG}) "
                         "or a training workdir (checkpoints/<step>/state)")
@@ -80,18 +144,24 @@ def _step_dir(path: str, step: int | None) -> str:
 def locate(path: str, step: int | None = None) -> tuple[str, str | None, dict, dict]:
   """(orbax folder, key of the params in it or None, project config, source) of a params folder.
 
-  `path` is a converted folder, a training workdir, its checkpoints/ folder or one step folder.
+  `path` is a converted folder, a training workdir, its checkpoints/ folder or one step folder, local or
+  a URL.
   """
-  path = os.path.abspath(path)
-  if not os.path.isdir(path):
+  path = folder(path)
+  if not _isdir(path):
     raise PretrainError(f"--ckpt {path} is not a directory")
-  if os.path.isdir(os.path.join(path, PARAMS)):
+  if _isdir(os.path.join(path, PARAMS)):
     if step is not None:
       raise PretrainError(f"{path} is a converted folder (one set of params): it takes no step")
-    config = hf_io.read_json(os.path.join(path, CONFIG), "converted model config")
-    source = hf_io.read_json(os.path.join(path, SOURCE), "converted model source")
+    config = read_json(os.path.join(path, CONFIG), "converted model config")
+    source = read_json(os.path.join(path, SOURCE), "converted model source")
     return os.path.join(path, PARAMS), None, config, source
-  step_dir = path if os.path.isdir(os.path.join(path, "state")) else _step_dir(path, step)
+  if _isdir(os.path.join(path, "state")):
+    if not _is_step(path):
+      raise PretrainError(f"{path} is a checkpoint whose save did not complete")
+    step_dir = path
+  else:
+    step_dir = _step_dir(path, step)
   try:
     config = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "config"))
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many types for a bad folder.

@@ -30,6 +30,7 @@ Special ids: GPT-2's <|endoftext|> is both bos and eos. A model trained here
 ends every document with [SEP] and starts the next one after it
 (pretrain/tasks/causal_examples.py), so its export says bos = eos = [SEP].
 """
+import dataclasses
 import re
 
 import flax.linen as nn
@@ -199,6 +200,11 @@ def hf_to_params(t: HfTensors, hf_config: dict, model: dict) -> tuple[dict, list
     if _BUFFERS.search(name):
       t.skip(name)
   return params, []
+
+
+def complete_model(model: dict) -> dict:
+  """A config's model section with every field, the missing ones at the model's defaults."""
+  return dataclasses.asdict(gpt2_model.Gpt2Config.from_dict(model))
 
 
 def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None) -> tuple[dict, dict]:

@@ -24,6 +24,7 @@ import numpy as np
 from pretrain.convert import bert
 from pretrain.convert.hf_io import HfTensors
 from pretrain.errors import PretrainError
+from pretrain.tasks import roberta as roberta_task
 
 TASK = "roberta"
 ARCHITECTURES = ("RobertaForMaskedLM",)
@@ -43,6 +44,11 @@ def project_sections(hf_config: dict, t: HfTensors) -> dict:
   model = bert.model_fields(f, pooler=False, nsp_head=False, position_offset=int(f["pad_token_id"]) + 1)
   seq = min(512, model["max_position_embeddings"] - model["position_offset"])
   return {"task": {"name": TASK}, "model": model, "data": {"next_sentence_prediction": False, "max_seq_length": seq}}
+
+
+def complete_model(model: dict) -> dict:
+  """A config's model section with every field, the missing ones at RoBERTa's defaults."""
+  return bert.complete_model(dict(roberta_task.MODEL_DEFAULTS, **model))
 
 
 def hf_to_params(t: HfTensors, hf_config: dict, model: dict) -> tuple[dict, list[str]]:

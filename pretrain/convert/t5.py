@@ -39,6 +39,7 @@ T5's. HF's model has no sentinel count: task.extra_ids keeps its
 100, the top rows of the vocabulary, and tokenizer.vocab_size the rows below
 them (HF's own t5 tokenizers put their 100 sentinels below 28 unused rows).
 """
+import dataclasses
 import re
 
 import flax.linen as nn
@@ -197,6 +198,11 @@ def hf_to_params(t: HfTensors, hf_config: dict, model: dict) -> tuple[dict, list
     if _SKIPPED.match(name):
       t.skip(name)
   return params, []
+
+
+def complete_model(model: dict) -> dict:
+  """A config's model section with every field, the missing ones at the model's defaults."""
+  return dataclasses.asdict(t5_model.T5Config.from_dict(model))
 
 
 def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None) -> tuple[dict, dict]:

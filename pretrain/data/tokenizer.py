@@ -280,6 +280,9 @@ def cached_tokenizer_path(tok_cfg: Any, corpus_cfg: Any) -> str:
 def open_tokenizer(path: str):
   """The tokenizer in `path`: a SentencePiece model, an HF tokenizer.json or vocab.txt, or a folder of one."""
   path = os.path.expanduser(path)
+  if "://" in path:  # E.g. the tokenizer of a converted folder in a bucket.
+    raise PretrainError(f"tokenizer.path {path!r} is a URL: tokenizer files must be local; copy it (e.g. gsutil "
+                        "cp) and set tokenizer.path to the copy")
   if os.path.isdir(path):
     from pretrain.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
     return hf_tokenizer.HfTokenizer(hf_tokenizer.find_in_folder(path))

@@ -16,12 +16,14 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from pretrain import convert
+from pretrain import sample
 from pretrain.checkpoint import Checkpointer
 from pretrain.convert import checkpoints
 from pretrain.data.tokenizer import open_tokenizer
 from pretrain.errors import PretrainError
 from pretrain.models import bert as bert_model
 from pretrain.tasks import get_task
+from pretrain.train import train
 from pretrain.training.step import TrainState
 
 VOCAB, LENGTH = 99, 12
@@ -191,6 +193,28 @@ def test_scanned_import_and_export_from_a_training_workdir(pretraining, tmp_path
   assert max_diff(a.prediction_logits, b.prediction_logits) == 0.0
   with pytest.raises(PretrainError, match="no checkpoint of step 3"):
     convert.to_hf(workdir, str(tmp_path / "nope"), step=3)
+
+
+def test_a_run_trained_from_the_default_config_exports(tiny_config, tmp_path):
+  """The quick-start config leaves pooler/nsp_head/... at the model's defaults; to-hf fills them in."""
+  c = tiny_config
+  c.train.update(steps=2, log_every=1)
+  c.eval.every_steps = 0
+  c.checkpoint.update(every_steps=2, async_save=False)
+  c.model.dtype = "float32"
+  workdir = str(tmp_path / "run")
+  train(c, workdir)
+  convert.to_hf(workdir, str(tmp_path / "hf"))
+  hf = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf")).eval()
+  config, _, task, params, _ = sample.load_run(workdir)
+  rng = np.random.default_rng(0)
+  ids = rng.integers(5, task.vocab_size, (2, 16)).astype(np.int32)
+  types = np.broadcast_to((np.arange(16) >= 8).astype(np.int32), (2, 16))
+  mask = np.ones_like(ids)
+  mlm, nsp = apply(bert_model.BertForPreTraining(task.model_config), params, ids, types, mask)
+  ref = hf_forward(hf, ids, types, mask)
+  assert max_diff(mlm, ref.prediction_logits) <= TOL and max_diff(nsp, ref.seq_relationship_logits) <= TOL
+  assert hf.config.pad_token_id == 0 and config.model.vocab_size == 0
 
 
 def test_the_hf_folders_vocabulary_comes_along(pretraining, tmp_path):
