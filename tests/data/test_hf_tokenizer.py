@@ -277,3 +277,36 @@ def test_gpt2_trains_on_a_byte_level_vocabulary_with_endoftext(vocabs, text_corp
   _, tok, task, params, _ = sample.load_run(workdir)
   text = sample.generate(task, params, tok, "the statement", max_new_tokens=8)
   assert isinstance(text, str) and "<|endoftext|>" not in text
+
+
+def test_an_imported_checkpoint_continues_on_its_own_vocabulary(vocabs, text_corpus, tmp_path):
+  """HF BertForPreTraining + vocab.txt -> from-hf -> `pretrain.train --config=converted/config.py`."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  from pretrain import convert  # pylint: disable=g-import-not-at-top
+  tok = tokenizer_lib.open_tokenizer(vocabs["bert"])
+  hf_dir = tmp_path / "hf"
+  torch.manual_seed(0)
+  transformers.BertForPreTraining(transformers.BertConfig(
+      vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+      max_position_embeddings=64)).save_pretrained(str(hf_dir), safe_serialization=True)
+  (hf_dir / "vocab.txt").write_text(open(vocabs["bert"], encoding="utf-8").read(), encoding="utf-8")
+  out = tmp_path / "converted"
+  convert.from_hf(str(hf_dir), str(out))
+  workdir = tmp_path / "run"
+  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  r = subprocess.run(
+      [sys.executable, "-m", "pretrain.train", f"--config={out}/config.py", f"--workdir={workdir}",
+       f"--config.init_from={out}", "--config.data.source=text", f"--config.data.paths={text_corpus}",
+       "--config.data.max_seq_length=64", "--config.data.max_predictions_per_seq=10", "--config.train.steps=2",
+       "--config.train.batch_size=8", "--config.eval.every_steps=0", "--config.checkpoint.every_steps=2",
+       "--config.metrics.progress_bar=False"],
+      cwd=repo, capture_output=True, text=True, timeout=600)
+  assert r.returncode == 0, r.stderr[-3000:]
+  _, run_tok, task, params, step = sample.load_run(str(workdir))
+  assert step == 2 and run_tok.path == str(out / "vocab.txt") and run_tok.special.ids() == BERT_IDS
+  assert task.vocab_size == tok.vocab_size
+  rows = [json.loads(l) for l in open(workdir / "metrics.jsonl", encoding="utf-8")]
+  assert np.isfinite([r["loss"] for r in rows if "loss" in r]).all()
