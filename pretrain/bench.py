@@ -4,8 +4,10 @@
   python -m pretrain.bench --config=configs/gpt2_tiny.py --dtypes=bfloat16 --reference=none
   python -m pretrain.bench --config=configs/t5_small.py --config.train.batch_size=4
   python -m pretrain.bench --config=configs/bert_tiny.py --data --json_out=bench.json
+  python -m pretrain.bench --config=configs/gpt2_tiny.py --dtypes=float32 --breakdown --profile_ops=15
 
-Every family of the task registry (pretrain/tasks) is timed the same way. Times the project's real compiled train step (training/step.py: forward,
+Every family of the task registry (pretrain/tasks) is timed the same way. Times
+the project's real compiled train step (training/step.py: forward,
 backward, clipping and the AdamW update, on the default data-parallel mesh) for
 each compute dtype, at the config's batch, sequence length and prediction
 count. Alongside it, in the same process:
@@ -18,7 +20,10 @@ count. Alongside it, in the same process:
   GPT2LMHeadModel, or T5ForConditionalGeneration with T5 v1.1's gated GELU and
   untied head;
 * with --data (BERT only), examples/s of the input pipeline against HF's
-  `DataCollatorForLanguageModeling`.
+  `DataCollatorForLanguageModeling`;
+* with --breakdown, forward, forward+backward and the optimizer update timed
+  alone; with --profile_ops=N, the N slowest XLA ops of forward+backward from a
+  jax.profiler trace, each with the jax op (and so the model line) it came from.
 
 Model FLOPs are the task's count (`task.train_flops_per_example`). For the MLM
 families the project's head runs on the masked positions only, while HF's
@@ -32,6 +37,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -302,6 +308,48 @@ def breakdown(case: Case, *, steps: int = 5, windows: int = 3) -> dict:
         part("optimizer update", jax.jit(update), params, grad(params, batch), tx.init(params)),
     ]
     return dict(zip([c.label for c in cases], run_cases(cases, windows)))
+
+
+_OP_NAME = re.compile(r'^\s*%?([\w.\-]+) = .*?op_name="([^"]*)"')
+
+
+def top_ops(case: Case, *, top: int = 15, steps: int = 3) -> list[dict]:
+  """The XLA ops of forward+backward that take the most time, from a jax.profiler trace.
+
+  Each: the compiled HLO instruction, ms per step (summed over its runs), its share of the
+  step's wall time, and the jax op it came from (e.g. `transpose(jvp(...))/h_0/ln_2/add_any`),
+  so a slow fusion can be traced to the model code. On CPU, independent ops run concurrently:
+  the shares can add up to more than 100%.
+  """
+  import gzip  # pylint: disable=g-import-not-at-top
+  import tempfile  # pylint: disable=g-import-not-at-top
+  task, model, _, mesh, params, batch = case.context()
+  denominators = task.denominators(batch)
+  rng = jax.random.key(0)
+  objective = lambda p, b: task.loss(model, p, b, denominators, dropout_rng=rng, deterministic=False)[0]
+  with sharding.mesh_context(mesh):
+    grad = jax.jit(jax.grad(objective))
+    compiled = grad.lower(params, batch).compile()
+    origin = {m.group(1): m.group(2) for line in compiled.as_text().splitlines() if (m := _OP_NAME.match(line))}
+    jax.block_until_ready(compiled(params, batch))
+    with tempfile.TemporaryDirectory(prefix="pretrain-profile-") as d:
+      start = time.perf_counter()
+      with jax.profiler.trace(d, create_perfetto_trace=True):
+        for _ in range(steps):
+          jax.block_until_ready(compiled(params, batch))
+      wall = (time.perf_counter() - start) / steps
+      traces = [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f.endswith("perfetto_trace.json.gz")]
+      if not traces:
+        raise PretrainError("jax.profiler wrote no perfetto trace")
+      with gzip.open(traces[0], "rt", encoding="utf-8") as f:
+        events = json.load(f)
+  events = events["traceEvents"] if isinstance(events, dict) else events
+  seconds: dict[str, float] = {}
+  for e in events:
+    if e.get("ph") == "X" and e.get("name") in origin:  # XLA ops only, not runtime or Python frames.
+      seconds[e["name"]] = seconds.get(e["name"], 0.0) + float(e.get("dur", 0)) * 1e-6 / steps
+  ranked = sorted(seconds.items(), key=lambda kv: -kv[1])[:top]
+  return [{"op": name, "ms": s * 1e3, "share": s / wall, "from": origin[name]} for name, s in ranked]
 
 
 # --- the matmul peak -------------------------------------------------------------
@@ -587,7 +635,7 @@ def versions() -> dict:
 
 def run_benchmark(config, *, dtypes=("float32", "bfloat16"), reference: str = "auto", steps: int = 5,
                   windows: int = 3, warmup: int = 2, matmul: bool = True, data: bool = False,
-                  breakdown_parts: bool = False, reference_max_seconds: float = 180.0,
+                  breakdown_parts: bool = False, profile_ops: int = 0, reference_max_seconds: float = 180.0,
                   reference_dtypes=HF_DTYPES, log: Callable[[str], None] = lambda s: None) -> dict:
   """Every measurement the flags ask for, as one JSON-able dict."""
   if reference not in ("auto", "hf", "none"):
@@ -641,6 +689,10 @@ def run_benchmark(config, *, dtypes=("float32", "bfloat16"), reference: str = "a
     for case, r in zip(project, results["project"]):
       log(f"timing the parts of the {r['dtype']} step ...")
       r["breakdown_ms"] = breakdown(case, steps=steps, windows=windows)
+  if profile_ops:
+    for case, r in zip(project, results["project"]):
+      log(f"profiling the {r['dtype']} forward+backward ...")
+      r["top_ops"] = top_ops(case, top=profile_ops)
   if data:
     log("input pipeline ...")
     results["data"] = bench_data(config, reference=use_hf)
@@ -684,6 +736,10 @@ def format_table(results: dict) -> str:
       lines.append(f"project {r['dtype']} breakdown (ms, each part jitted alone): " +
                    ", ".join(f"{k} {v:.1f}" for k, v in r["breakdown_ms"].items()) +
                    f"; full step {r['step_seconds'] * 1e3:.1f}")
+  for r in results["project"]:
+    if "top_ops" in r:
+      lines += ["", f"project {r['dtype']} forward+backward, slowest XLA ops (ms per step, share of the step):"]
+      lines += [f"  {o['ms']:8.1f} {o['share']:6.1%}  {o['op']:32} {o['from']}" for o in r["top_ops"]]
   if "data" in results:
     d = results["data"]
     lines += ["", f"input pipeline (batch {d['batch_size']}, examples/s): "
@@ -709,6 +765,7 @@ def define_flags() -> None:
   flags.DEFINE_bool("matmul", True, "Measure the matmul peak of each dtype.")
   flags.DEFINE_bool("data", False, "Benchmark the input pipeline too (tokenizes the corpus).")
   flags.DEFINE_bool("breakdown", False, "Time forward, backward and the optimizer update alone.")
+  flags.DEFINE_integer("profile_ops", 0, "List the N slowest XLA ops of forward+backward (jax.profiler).")
   flags.DEFINE_string("json_out", "", "Also write the results here as JSON.")
 
 
@@ -720,7 +777,7 @@ def main(argv):
     results = run_benchmark(
         FLAGS.config, dtypes=tuple(FLAGS.dtypes), reference=FLAGS.reference, steps=FLAGS.steps,
         windows=FLAGS.windows, warmup=FLAGS.warmup, matmul=FLAGS.matmul, data=FLAGS.data,
-        breakdown_parts=FLAGS.breakdown, reference_max_seconds=FLAGS.reference_max_seconds,
+        breakdown_parts=FLAGS.breakdown, profile_ops=FLAGS.profile_ops, reference_max_seconds=FLAGS.reference_max_seconds,
         reference_dtypes=tuple(FLAGS.reference_dtypes),
         log=lambda s: print(s, file=sys.stderr, flush=True))
   except PretrainError as e:

@@ -40,6 +40,19 @@ def test_run_benchmark_figures_are_consistent():
   json.dumps(results)  # --json_out writes exactly this.
 
 
+def test_profile_lists_the_slowest_xla_ops_of_forward_and_backward():
+  results = bench.run_benchmark(_tiny_config(), dtypes=("float32",), reference="none", steps=1, windows=1,
+                                warmup=1, matmul=False, profile_ops=5)
+  ops = results["project"][0]["top_ops"]
+  assert 1 <= len(ops) <= 5
+  ms = [o["ms"] for o in ops]
+  assert ms == sorted(ms, reverse=True) and ms[0] > 0 and all(o["share"] > 0 for o in ops)
+  # Each op names the jax operation it came from: forward (jvp) or backward (transpose) of the model.
+  assert all("jvp(" in o["from"] for o in ops), ops
+  assert "slowest XLA ops" in bench.format_table(results)
+  json.dumps(results)
+
+
 def test_measure_is_round_robin_and_caps_slow_cases():
   calls = []
 
