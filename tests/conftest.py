@@ -22,6 +22,14 @@ def text_corpus(tmp_path_factory) -> str:
   return str(path)
 
 
+def write_memorised_corpus(text_corpus: str, path, sentence: str) -> str:
+  """A corpus in which every document of `text_corpus` (its first and last lines) repeats `sentence`."""
+  docs = [d.split("\n")[:2] for d in open(text_corpus, encoding="utf-8").read().strip().split("\n\n")]
+  with open(path, "w", encoding="utf-8") as f:
+    f.write("\n\n".join("\n".join([sentence, d[0], sentence, d[-1]]) for d in docs) + "\n")
+  return str(path)
+
+
 def make_tiny_config(corpus_path: str):
   """A model small enough to train a few steps in seconds, with every dim divisible by 8."""
   from pretrain.config import base_config  # pylint: disable=g-import-not-at-top
@@ -48,3 +56,9 @@ def tiny_config(text_corpus):
 def tiny_config_factory():
   """make_tiny_config, for fixtures that build their own corpus."""
   return make_tiny_config
+
+
+@pytest.fixture(scope="session")
+def memorised_corpus():
+  """write_memorised_corpus: prose in which every document repeats one sentence (for sampling tests)."""
+  return write_memorised_corpus

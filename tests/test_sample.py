@@ -16,14 +16,10 @@ SENTENCE = "The garden gate opens at seven every morning."
 
 
 @pytest.fixture(scope="module")
-def memorised_run(tmp_path_factory, text_corpus, tiny_config_factory):
+def memorised_run(tmp_path_factory, text_corpus, tiny_config_factory, memorised_corpus):
   """A tiny BERT trained on prose in which every document repeats SENTENCE."""
   root = tmp_path_factory.mktemp("memorised")
-  docs = [d.split("\n")[:2] for d in open(text_corpus, encoding="utf-8").read().strip().split("\n\n")]
-  corpus = root / "corpus.txt"
-  corpus.write_text("\n\n".join("\n".join([SENTENCE, d[0], SENTENCE, d[-1]]) for d in docs) + "\n",
-                    encoding="utf-8")
-  c = tiny_config_factory(str(corpus))
+  c = tiny_config_factory(memorised_corpus(text_corpus, root / "corpus.txt", SENTENCE))
   c.tokenizer.vocab_size = 400
   c.model.update(dropout_rate=0.0, attention_dropout_rate=0.0)
   c.optimizer.update(learning_rate=3e-3, warmup_steps=5)

@@ -218,15 +218,12 @@ def test_bad_tokenizer_files(vocabs, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def memorised_wordpiece_run(tmp_path_factory, text_corpus, tiny_config_factory, vocabs):
+def memorised_wordpiece_run(tmp_path_factory, text_corpus, tiny_config_factory, memorised_corpus, vocabs):
   """A tiny BERT trained with the published-layout vocab.txt on prose that repeats SENTENCE."""
   root = tmp_path_factory.mktemp("memorised_hf")
-  docs = [d.split("\n")[:2] for d in open(text_corpus, encoding="utf-8").read().strip().split("\n\n")]
-  corpus = root / "corpus.txt"
-  corpus.write_text("\n\n".join("\n".join([SENTENCE, d[0], SENTENCE, d[-1]]) for d in docs) + "\n",
-                    encoding="utf-8")
-  vocab = _write_bert_vocab(str(corpus), str(root / "vocab.txt"), size=500)
-  c = tiny_config_factory(str(corpus))
+  corpus = memorised_corpus(text_corpus, root / "corpus.txt", SENTENCE)
+  vocab = _write_bert_vocab(corpus, str(root / "vocab.txt"), size=500)
+  c = tiny_config_factory(corpus)
   c.tokenizer.path = vocab
   c.model.update(vocab_size=0, dropout_rate=0.0, attention_dropout_rate=0.0)
   c.optimizer.update(learning_rate=3e-3, warmup_steps=5)
