@@ -1,10 +1,15 @@
-"""Trains a SentencePiece tokenizer from the configured corpus.
+"""Trains a SentencePiece tokenizer from the configured corpus, or checks a given one.
 
   python -m pretrain.tokenizer --config=configs/bert_tiny.py \
       [--config.tokenizer.vocab_size=8192] [--out=PATH]
+  python -m pretrain.tokenizer --config=configs/bert_tiny.py --config.tokenizer.path=HF_DIR/vocab.txt
 
 Without --out the model goes where training would cache it (and where
-`tokenizer.path=''` finds it); an existing cached model is reused.
+`tokenizer.path=''` finds it); an existing cached model is reused. With
+tokenizer.path set, nothing is trained: that tokenizer (sentencepiece, HF
+tokenizer.json or vocab.txt) is opened as a run would open it. Either way it
+prints the vocabulary size, the special token ids the tasks will use and the
+pieces of a corpus sentence.
 """
 import os
 import sys
@@ -39,7 +44,9 @@ def run(config, out: str) -> None:
   data_cfg, tok_cfg = config.data, config.tokenizer
   corpus = corpus_lib.load_corpus(data_cfg)
   path = os.path.expanduser(out) if out else tokenizer_lib.cached_tokenizer_path(tok_cfg, data_cfg)
-  if not out and os.path.isfile(path):
+  if tok_cfg.path and not out:
+    tokenizer = tokenizer_lib.open_tokenizer(tok_cfg.path)
+  elif not out and os.path.isfile(path):
     print(f"already trained, reusing {path}")
     tokenizer = tokenizer_lib.Tokenizer(path)
   else:
@@ -49,6 +56,7 @@ def run(config, out: str) -> None:
     tokenizer = tokenizer_lib.train_tokenizer(sentences, tok_cfg.vocab_size, tok_cfg.model_type, path)
   print(f"path: {tokenizer.path}")
   print(f"vocab_size: {tokenizer.vocab_size}")
+  print("special ids: " + ", ".join(f"{k}={v}" for k, v in tokenizer.special.ids().items()))
   print("corpus: " + ", ".join(f"{k}={v}" for k, v in corpus.stats.items()))
   sample = _sample_sentence(corpus)
   pieces = [tokenizer.id_to_piece(i) for i in tokenizer.encode([sample])[0]]

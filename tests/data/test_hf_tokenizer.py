@@ -307,3 +307,16 @@ def test_an_imported_checkpoint_continues_on_its_own_vocabulary(vocabs, text_cor
   assert task.vocab_size == tok.vocab_size
   rows = [json.loads(l) for l in open(workdir / "metrics.jsonl", encoding="utf-8")]
   assert np.isfinite([r["loss"] for r in rows if "loss" in r]).all()
+
+
+def test_tokenizer_cli_checks_a_given_tokenizer(vocabs, text_corpus, tiny_config_factory, capsys):
+  from pretrain import tokenizer as tokenizer_cli  # pylint: disable=g-import-not-at-top
+  c = tiny_config_factory(text_corpus)
+  c.tokenizer.path = vocabs["bert"]
+  tokenizer_cli.run(c, "")
+  out = capsys.readouterr().out
+  assert f"path: {vocabs['bert']}" in out
+  assert "special ids: pad=0, unk=100, cls=101, sep=102, mask=103, eos=102" in out
+  pieces = out.split("pieces: ")[1].splitlines()[0].split()
+  vocab = set(open(vocabs["bert"], encoding="utf-8").read().splitlines())
+  assert pieces and set(pieces) <= vocab
