@@ -6,15 +6,30 @@ through epath, whose gs:// backend is tensorflow's gfile when tensorflow is
 installed and fsspec + gcsfs otherwise.
 """
 import os
+import tempfile
+from typing import Any, Callable
 
 from etils import epath
-
-from pretrain.data.tokenizer import write_atomic
 
 
 def is_remote(path) -> bool:
   """A URL (gs://, s3://): no appends, no atomic rename, no os calls."""
   return "://" in os.fspath(path)
+
+
+def write_atomic(path: str, write: Callable[[Any], None]) -> None:
+  """Writes via a temp file in the same directory and os.replace: readers never see half a file."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+  try:
+    with os.fdopen(fd, "wb") as f:
+      write(f)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
 
 
 def write_bytes_atomic(path, data: bytes) -> None:

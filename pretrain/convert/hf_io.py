@@ -18,6 +18,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
+from pretrain import paths
 from pretrain.errors import PretrainError
 
 CONFIG = "config.json"
@@ -109,7 +110,7 @@ def write_hf_dir(directory: str, config: dict, tensors: dict[str, np.ndarray]) -
 
 def check_out_dir(out: str) -> None:
   """`out` must not exist yet, or be an empty directory."""
-  if "://" in os.fspath(out):  # os.path would take a URL for a local folder named "gs:".
+  if paths.is_remote(out):  # os.path would take a URL for a local folder named "gs:".
     raise PretrainError(f"--out {out} is a URL: only local output folders are supported; write locally, then "
                         "copy the folder (e.g. gsutil cp -r)")
   if os.path.exists(out) and not (os.path.isdir(out) and not os.listdir(out)):

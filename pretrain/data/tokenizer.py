@@ -23,13 +23,13 @@ import logging
 import numbers
 import os
 import re
-import tempfile
 import zipfile
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
 
+from pretrain import paths
 from pretrain.data import corpus as corpus_lib
 from pretrain.data.tokenized import TokenizedDocs
 from pretrain.errors import PretrainError
@@ -113,21 +113,6 @@ class StandInTokenizer:
 def cache_dir() -> str:
   """The cache root: $PRETRAIN_CACHE_DIR or ~/.cache/pretrain."""
   return os.path.expanduser(os.environ.get("PRETRAIN_CACHE_DIR") or "~/.cache/pretrain")
-
-
-def write_atomic(path: str, write: Callable[[Any], None]) -> None:
-  """Writes via a temp file in the same directory and os.replace: readers never see half a file."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "wb") as f:
-      write(f)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
 
 
 class Tokenizer:
@@ -252,7 +237,7 @@ def train_tokenizer(sentences: Iterable[str], vocab_size: int, model_type: str, 
           f"tokenizer.vocab_size={vocab_size} is too large for the training text "
           f"({count} sentences); sentencepiece suggests at most {m.group(2)}") from None
     raise PretrainError(f"training the tokenizer {out_path!r} failed: {e}") from None
-  write_atomic(out_path, lambda f: f.write(model.getvalue()))
+  paths.write_atomic(out_path, lambda f: f.write(model.getvalue()))
   return Tokenizer(out_path)
 
 
@@ -280,7 +265,7 @@ def cached_tokenizer_path(tok_cfg: Any, corpus_cfg: Any) -> str:
 def open_tokenizer(path: str):
   """The tokenizer in `path`: a SentencePiece model, an HF tokenizer.json or vocab.txt, or a folder of one."""
   path = os.path.expanduser(path)
-  if "://" in path:  # E.g. the tokenizer of a converted folder in a bucket.
+  if paths.is_remote(path):  # E.g. the tokenizer of a converted folder in a bucket.
     raise PretrainError(f"tokenizer.path {path!r} is a URL: tokenizer files must be local; copy it (e.g. gsutil "
                         "cp) and set tokenizer.path to the copy")
   if os.path.isdir(path):
@@ -346,7 +331,7 @@ _FIELDS = ("tokens", "sentence_starts", "doc_starts")
 def _save_tokenized(path: str, splits: dict[str, TokenizedDocs], stats: dict) -> None:
   arrays = {f"{s}_{f}": getattr(splits[s], f) for s in _SPLITS for f in _FIELDS}
   arrays["stats"] = np.array(json.dumps(stats))  # A unicode array: loads without pickle.
-  write_atomic(path, lambda f: np.savez(f, **arrays))
+  paths.write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def _load_tokenized_file(path: str) -> tuple[dict[str, TokenizedDocs], dict]:
