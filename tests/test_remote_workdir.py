@@ -36,7 +36,7 @@ import pytest
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # For test_checkpoint's helpers.
 from test_checkpoint import _save_steps, _truncate_arrays  # pylint: disable=g-import-not-at-top,wrong-import-position
 from test_ablate import _sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
-from test_train import final_params  # pylint: disable=g-import-not-at-top,wrong-import-position
+from test_train import check_init_from, final_params  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BUCKET = "fake-bucket"
 
@@ -403,20 +403,10 @@ def test_init_from_a_gcs_workdir_starts_from_its_params(tiny_config, fake_gcs, _
                                                         tmp_path):
   from pretrain import convert  # pylint: disable=g-import-not-at-top
   from pretrain.errors import PretrainError  # pylint: disable=g-import-not-at-top
-  from pretrain.train import train  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(tmp_path)
-  c = tiny_config
-  c.train.update(steps=2, log_every=1)
-  c.eval.every_steps = 0
-  source, continued = f"gs://{BUCKET}/source", str(tmp_path / "continued")
-  train(c, source)
-  c.init_from = source
-  c.optimizer.update(learning_rate=0.0, warmup_steps=0)  # No update: the params stay the source's.
-  train(c, continued)
-  _, a = final_params(source)
-  _, b = final_params(continued)
-  jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
-  jax.tree.map(np.testing.assert_array_equal, convert.load_params(source), a["params"])
+  source = f"gs://{BUCKET}/source"
+  params = check_init_from(tiny_config, source, str(tmp_path / "continued"))
+  jax.tree.map(np.testing.assert_array_equal, convert.load_params(source), params)
   with pytest.raises(PretrainError, match="only local output folders"):  # to-hf writes only locally.
     convert.to_hf(source, f"gs://{BUCKET}/hf")
   assert _fake_gcs_server.requests["not faked"] == 0

@@ -246,11 +246,10 @@ def test_checkpoints_survive_a_failed_rerun(tiny_config, tmp_path):
   assert ckpt_lib.Checkpointer(workdir, 1, 1).latest_step() == 3
 
 
-def test_init_from_another_run_starts_from_its_params(tiny_config, tmp_path):
-  c = tiny_config
+def check_init_from(c, source: str, continued: str) -> dict:
+  """Trains `source`, then `continued` from it at learning rate 0: both end with the same params (returned)."""
   c.train.update(steps=2, log_every=1)
   c.eval.every_steps = 0
-  source, continued = str(tmp_path / "source"), str(tmp_path / "continued")
   train(c, source)
   c.init_from = source
   c.optimizer.update(learning_rate=0.0, warmup_steps=0)  # No update: the params stay the source's.
@@ -258,6 +257,12 @@ def test_init_from_another_run_starts_from_its_params(tiny_config, tmp_path):
   _, a = final_params(source)
   _, b = final_params(continued)
   jax.tree.map(np.testing.assert_array_equal, a["params"], b["params"])
+  return a["params"]
+
+
+def test_init_from_another_run_starts_from_its_params(tiny_config, tmp_path):
+  c = tiny_config
+  check_init_from(c, str(tmp_path / "source"), str(tmp_path / "continued"))
   c.model.intermediate_size *= 2
   with pytest.raises(PretrainError, match="intermediate"):
     train(c, str(tmp_path / "other_shape"))
