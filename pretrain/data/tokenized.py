@@ -1,15 +1,52 @@
-"""A tokenized corpus held as three flat arrays (no Python objects per token).
+"""Tokenized documents, as the example builders read them.
 
-Every process of a multi-host run holds the same arrays and reads only the
-examples of its own shard, as grain's random-access sources do.
+`Documents` is what every builder (BERT, RoBERTa, causal LM, T5) is given: the
+layout of sentences and documents as two small index arrays, and the tokens
+only through `take`, so that a store on disk (pretrain/data/store.py) can read
+just the documents a batch needs. `TokenizedDocs` holds everything in memory
+(tests, small corpora).
 """
 import dataclasses
+from typing import Protocol
 
 import numpy as np
 
 
+class Documents(Protocol):
+  """Sentences of documents, tokens read on demand.
+
+  Flat token positions: sentence s is positions sentence_starts[s] ..
+  sentence_starts[s + 1] - 1; document d is sentences doc_starts[d] ..
+  doc_starts[d + 1] - 1.
+  """
+  sentence_starts: np.ndarray  # int64 [num_sentences + 1]
+  doc_starts: np.ndarray  # int64 [num_docs + 1]
+
+  @property
+  def num_docs(self) -> int:
+    ...
+
+  @property
+  def num_sentences(self) -> int:
+    ...
+
+  @property
+  def num_tokens(self) -> int:
+    ...
+
+  @property
+  def max_token_id(self) -> int:
+    """The largest token id (-1 without tokens), known without reading the tokens."""
+    ...
+
+  def take(self, positions: np.ndarray) -> np.ndarray:
+    """int32 tokens at flat positions (any shape, each in [0, num_tokens))."""
+    ...
+
+
 @dataclasses.dataclass(frozen=True)
 class TokenizedDocs:
+  """Documents held as three flat arrays in memory."""
   tokens: np.ndarray  # int32 [n_tokens]: every sentence's ids, concatenated.
   sentence_starts: np.ndarray  # int64 [n_sentences + 1]: sentence s = tokens[starts[s]:starts[s + 1]].
   doc_starts: np.ndarray  # int64 [n_docs + 1]: document d = sentences doc_starts[d]:doc_starts[d + 1].
@@ -26,14 +63,15 @@ class TokenizedDocs:
   def num_tokens(self) -> int:
     return len(self.tokens)
 
+  @property
+  def max_token_id(self) -> int:
+    return int(self.tokens.max()) if len(self.tokens) else -1
+
+  def take(self, positions: np.ndarray) -> np.ndarray:
+    return self.tokens[positions]
+
   def sentence(self, s: int) -> np.ndarray:
     return self.tokens[self.sentence_starts[s]:self.sentence_starts[s + 1]]
-
-  def doc_sentence_range(self, d: int) -> range:
-    return range(int(self.doc_starts[d]), int(self.doc_starts[d + 1]))
-
-  def sentence_lengths(self) -> np.ndarray:
-    return np.diff(self.sentence_starts)
 
   @classmethod
   def from_lists(cls, docs: list[list[list[int]]]) -> "TokenizedDocs":
