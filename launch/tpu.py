@@ -1,9 +1,11 @@
 """A run on a Cloud TPU VM or pod slice, from creation to deletion, relaunched after preemptions.
 
   python launch/tpu.py --name=bert-base --zone=us-central2-b --accelerator_type=v4-32 \\
-      --workdir=gs://my-bucket/runs/bert_base --data_from=gs://my-bucket/corpus \\
-      [--queued] [--spot] [--dry_run] \\
-      -- --config=configs/bert_base.py --config.data.source=text --config.data.paths='~/pretrain-data/*.txt'
+      --workdir=gs://my-bucket/runs/bert_base [--queued] [--spot] [--dry_run] \\
+      -- --config=configs/bert_base.py --config.data.source=prepared --config.data.paths=gs://my-bucket/wiki_store
+
+The corpus is a token store in GCS (`python -m pretrain.prepare --out=gs://...`):
+each worker reads the shards its batch rows need, so nothing is copied up front.
 
 Steps, each one `gcloud` command (`--dry_run` prints them all instead):
   1. create the TPU VM (`tpu-vm create`), or a queued resource (`--queued`),
@@ -11,8 +13,7 @@ Steps, each one `gcloud` command (`--dry_run` prints them all instead):
   2. put the code on every worker: this checkout's files (tracked and
      untracked-but-not-ignored) as a tarball through `tpu-vm scp --worker=all`,
      or `git clone` of `--git_url` at `--git_ref`; `pip install` it with
-     jax[tpu] on every worker; and with `--data_from=gs://...`, copy the corpus
-     to each worker's disk (`--data_to`, default ~/pretrain-data);
+     jax[tpu] on every worker;
   3. run `python3 -m pretrain.train` with the train flags after `--` on every
      worker (`tpu-vm ssh --worker=all`), its output streamed here. Each worker
      joins the run by itself (pretrain/distributed.py: Cloud TPU);
@@ -148,8 +149,6 @@ class TpuRun:
   spot: bool = False
   git_url: str | None = None
   git_ref: str = "main"
-  data_from: str | None = None
-  data_to: str = "~/pretrain-data"
   max_restarts: int = 20
   poll_s: float = 60.0
   ready_timeout_s: float = 6 * 3600.0
@@ -233,9 +232,6 @@ class TpuRun:
     packages = " ".join(shlex.quote(p) for p in PIP_PACKAGES)
     self.sh(self._ssh(f"python3 -m pip install --quiet --upgrade pip && "
                       f"python3 -m pip install --quiet -e {REMOTE_DIR} {packages}"))
-    if self.data_from:  # The corpus reader takes local files: each worker gets its own copy.
-      self.sh(self._ssh(f"mkdir -p {self.data_to} && "
-                        f"gcloud storage rsync --recursive {shlex.quote(self.data_from)} {self.data_to}"))
 
   def final_step(self, dry_run_finished: bool = True) -> int | None:
     """The newest committed checkpoint step in the workdir, or None when there is none."""
@@ -298,9 +294,6 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument("--spot", action="store_true", help="spot capacity: cheaper, preemptible")
   parser.add_argument("--git_url", default=None, help="clone this on the workers instead of copying this checkout")
   parser.add_argument("--git_ref", default="main")
-  parser.add_argument("--data_from", default=None,
-                      help="gs:// folder copied to --data_to on every worker (the corpus must be local files)")
-  parser.add_argument("--data_to", default="~/pretrain-data")
   parser.add_argument("--steps", type=int, default=None, help="train.steps (default: read from the config)")
   parser.add_argument("--max_restarts", type=int, default=20)
   parser.add_argument("--poll_s", type=float, default=60.0)
@@ -315,7 +308,7 @@ def main(argv: Sequence[str]) -> int:
     run = TpuRun(args.name, args.zone, args.accelerator_type, args.workdir, train_args,
                  args.steps if args.steps is not None else config_steps(train_args), project=args.project,
                  runtime_version=args.runtime_version, queued=args.queued, spot=args.spot,
-                 git_url=args.git_url, git_ref=args.git_ref, data_from=args.data_from, data_to=args.data_to,
+                 git_url=args.git_url, git_ref=args.git_ref,
                  max_restarts=args.max_restarts,
                  poll_s=args.poll_s, keep=args.keep, sh=Shell(args.dry_run))
     run.run()

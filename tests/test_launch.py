@@ -42,8 +42,9 @@ def _flag(argv, name):
 
 def test_v4_32_tpu_vm_run(tmp_path):
   r, commands = _dry_run("tpu.py", "--name=bert-v4", "--zone=us-central2-b", "--accelerator_type=v4-32",
-                         "--workdir=gs://bkt/runs/bert_base", "--project=my-proj", "--data_from=gs://bkt/corpus",
-                         "--", "--config=configs/bert_base.py", "--config.data.paths=~/pretrain-data/*.txt")
+                         "--workdir=gs://bkt/runs/bert_base", "--project=my-proj",
+                         "--", "--config=configs/bert_base.py", "--config.data.source=prepared",
+                         "--config.data.paths=gs://bkt/wiki_store")
   assert r.returncode == 0, r.stderr
   cmds = _gcloud(commands)
   assert [c[:5] for c in cmds] == [
@@ -53,8 +54,7 @@ def test_v4_32_tpu_vm_run(tmp_path):
       ["gcloud", "compute", "tpus", "tpu-vm", "describe"],  # Until READY.
       ["gcloud", "compute", "tpus", "tpu-vm", "scp"],
       ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # Unpack the code.
-      ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # pip install.
-      ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # Copy the corpus to every worker.
+      ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # pip install (no corpus copy: the store is read from GCS).
       ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # Stop a leftover run.
       ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # Train.
       ["gcloud", "storage", "ls", "gs://bkt/runs/bert_base/checkpoints/*/commit_success.txt"],
@@ -65,17 +65,17 @@ def test_v4_32_tpu_vm_run(tmp_path):
   assert _flag(create, "zone") == "us-central2-b" and _flag(create, "project") == "my-proj"
   assert _flag(create, "accelerator-type") == "v4-32" and _flag(create, "version") == "tpu-ubuntu2204-base"
   assert "--spot" not in create
-  for c in cmds[4:10]:
+  for c in cmds[4:9]:
     assert "--worker=all" in c and _flag(c, "zone") == "us-central2-b"
   tarball = os.path.join(tempfile.gettempdir(), "pretrain-bert-v4.tar.gz")
   assert cmds[4][5:7] == [tarball, "bert-v4:pretrain.tar.gz"]
-  assert all(c[5] == "bert-v4" for c in cmds[5:10])
+  assert all(c[5] == "bert-v4" for c in cmds[5:9])
   assert "pip install --quiet -e ~/pretrain 'jax[tpu]>=0.10.2,<0.11' gcsfs" in _flag(cmds[6], "command")
-  assert _flag(cmds[7], "command") == (
-      "mkdir -p ~/pretrain-data && gcloud storage rsync --recursive gs://bkt/corpus ~/pretrain-data")
-  train = _flag(cmds[9], "command")
+  assert not any("rsync" in c for c in commands)
+  train = _flag(cmds[8], "command")
   assert train.endswith("exec python3 -m pretrain.train --config=configs/bert_base.py "
-                        "'--config.data.paths=~/pretrain-data/*.txt' --workdir=gs://bkt/runs/bert_base")
+                        "--config.data.source=prepared --config.data.paths=gs://bkt/wiki_store "
+                        "--workdir=gs://bkt/runs/bert_base")
   assert cmds[-1] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "bert-v4", "--quiet",
                       "--zone=us-central2-b", "--project=my-proj"]
   tar = [c for c in commands if not c.startswith("gcloud ")]
