@@ -48,11 +48,11 @@ def _check(max_predictions: int, length: int):
 
 def check_example_inputs(docs, vocab_size: int, seed, whole_word_masking: bool,
                          word_start: np.ndarray | None) -> np.ndarray | None:
-  """Checks what a masked-LM example builder is given; returns the word-start table or None."""
+  """Checks what a masked-LM builder is given (docs: Documents); returns the word-start table or None."""
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise PretrainError(f"seed={seed!r} must be a non-negative integer")
-  if docs.num_tokens and int(docs.tokens.max()) >= vocab_size:
-    raise PretrainError(f"the corpus has token id {int(docs.tokens.max())} >= vocab_size={vocab_size}")
+  if docs.num_tokens and docs.max_token_id >= vocab_size:
+    raise PretrainError(f"the corpus has token id {docs.max_token_id} >= vocab_size={vocab_size}")
   if not whole_word_masking:
     return None
   if word_start is None or np.shape(word_start) != (vocab_size,):

@@ -19,15 +19,15 @@ its static dupe_factor copies: every draw gets fresh masks.
 
 Example layout: `[CLS] A [SEP] B [SEP] [PAD]...`, segment ids 0 over
 `[CLS] A [SEP]` and 1 over `B [SEP]`; without NSP, `[CLS] A [SEP]` with the
-whole chunk as A.
+whole chunk as A. A batch reads its tokens in one `Documents.take` of just the
+positions its rows show.
 """
-import collections
 import dataclasses
-import threading
 
 import numpy as np
 
-from pretrain.data.tokenized import TokenizedDocs
+from pretrain.data.epochs import Epochs
+from pretrain.data.tokenized import Documents
 from pretrain.data.tokenizer import project_special_tokens, SpecialTokens
 from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
@@ -37,7 +37,6 @@ from pretrain.objectives import masking
 _SPLIT, _RANDOM_NEXT, _RANDOM_DOC, _RANDOM_START = 0, 1, 2, 3
 _TRUNC_A, _TRUNC_B = 1 << 20, 1 << 21  # Up to 2**20 64-trial words each.
 _MASK_STREAM = 1  # Masks use keys of their own stream.
-_CACHED_EPOCHS = 2  # Neighbouring indices share epochs; a batch near a boundary spans two.
 _PLAN_BLOCK = 1 << 20  # Sentences per block of plan_instances.
 
 
@@ -68,7 +67,7 @@ class BertExampleConfig:
     return self.max_seq_length - (3 if self.next_sentence_prediction else 2)
 
 
-def plan_instances(docs: TokenizedDocs, cfg: BertExampleConfig, rng: np.random.Generator) -> np.ndarray:
+def plan_instances(docs: Documents, cfg: BertExampleConfig, rng: np.random.Generator) -> np.ndarray:
   """One epoch's chunks as int64 [n, 4]: (doc, first_sentence, end_sentence, target_length).
 
   As create_instances_from_document, but each chunk (not each document) draws its
@@ -83,7 +82,7 @@ def plan_instances(docs: TokenizedDocs, cfg: BertExampleConfig, rng: np.random.G
   return np.concatenate(blocks) if blocks else np.zeros([0, 4], np.int64)
 
 
-def _plan_docs(docs: TokenizedDocs, cfg: BertExampleConfig, rng: np.random.Generator, d0: int, d1: int):
+def _plan_docs(docs: Documents, cfg: BertExampleConfig, rng: np.random.Generator, d0: int, d1: int):
   """plan_instances of documents [d0, d1): every sentence draws the target a chunk
   starting there would use, then chunks are followed from each document's start."""
   ds = docs.doc_starts[d0:d1 + 1]
@@ -122,7 +121,7 @@ def truncated_lengths(len_a: np.ndarray, len_b: np.ndarray, max_tokens: int):
 class BertExamples:
   """Random access to an endless stream of BERT examples: `self[i]` for any i >= 0."""
 
-  def __init__(self, docs: TokenizedDocs, cfg: BertExampleConfig, vocab_size: int, seed: int,
+  def __init__(self, docs: Documents, cfg: BertExampleConfig, vocab_size: int, seed: int,
                word_start: np.ndarray | None = None, special: SpecialTokens | None = None):
     """`special`: the tokenizer's special ids (default: the project's sentencepiece layout)."""
     if cfg.next_sentence_prediction and docs.num_docs < 2:
@@ -140,46 +139,33 @@ class BertExamples:
     self._doc_rank = np.cumsum(doc_tokens > 0) - 1  # A nonempty doc's position in _nonempty_docs.
     if cfg.next_sentence_prediction and self._nonempty_docs.size < 2:
       raise PretrainError("next-sentence prediction needs >= 2 nonempty documents")
-    self._lock = threading.Lock()
-    self._epochs = collections.OrderedDict()
-    self._num_instances = 0  # Set from epoch 0's plan, which _epoch(0) takes it from.
-    self._num_instances = len(self._epoch(0)[0])
-    if not self._num_instances:
+    first = self._plan(0)
+    if not len(first[0]):
       raise PretrainError("the corpus yields no BERT instance (no tokens)")
+    self._epochs = Epochs(len(first[0]), self._plan, first=first)
 
   @property
   def num_instances(self) -> int:
     """Chunks in the first epoch; every epoch has this many examples."""
-    return self._num_instances
+    return self._epochs.num_per_epoch
 
-  def _epoch(self, epoch: int):
-    """(plan [n, 4], slot -> plan row [N]) of an epoch, cached for the last few epochs."""
-    with self._lock:
-      if epoch in self._epochs:
-        self._epochs.move_to_end(epoch)
-        return self._epochs[epoch]
-      rng = np.random.default_rng([self.seed, epoch])
-      plan = plan_instances(self._docs, self.cfg, rng)
-      n = self._num_instances or len(plan)
-      order = rng.permutation(len(plan))
-      if len(plan):
-        order = order[np.arange(n) % len(plan)]
-      self._epochs[epoch] = (plan, order)
-      while len(self._epochs) > _CACHED_EPOCHS:
-        self._epochs.popitem(last=False)
-      return plan, order
+  def _plan(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(plan [n, 4], slot -> plan row [N]) of an epoch; epoch 0's chunk count is N."""
+    rng = np.random.default_rng([self.seed, epoch])
+    plan = plan_instances(self._docs, self.cfg, rng)
+    n = self.num_instances if epoch else len(plan)
+    order = rng.permutation(len(plan))
+    if len(plan):
+      order = order[np.arange(n) % len(plan)]
+    return plan, order
 
   def instances(self, indices: np.ndarray) -> np.ndarray:
     """int64 [B, 4]: the chunk (doc, first_sentence, end_sentence, target) each index reads."""
     idx = np.asarray(indices, np.int64).reshape(-1)
-    if idx.size and idx.min() < 0:
-      raise IndexError(f"example indices must be >= 0, got {int(idx.min())}")
-    epoch, slot = np.divmod(idx, self._num_instances)
     out = np.empty([idx.size, 4], np.int64)
-    for e in np.unique(epoch).tolist():
-      plan, order = self._epoch(e)
-      sel = epoch == e
-      out[sel] = plan[order[slot[sel]]]
+    for g in self._epochs.groups(idx):
+      plan, order = g.plan
+      out[g.rows] = plan[order[g.slots]]
     return out
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
@@ -227,7 +213,8 @@ class BertExamples:
     in_b = (col >= b_col) & (col < b_col + len_b[:, None])
     text = in_a | in_b
     src = np.where(in_a, a0[:, None] - 1 + col, b0[:, None] - b_col + col)
-    ids = np.where(text, self._docs.tokens[np.where(text, src, 0)], sp.pad).astype(np.int32)
+    ids = np.full([b, length], sp.pad, np.int32)
+    ids[text] = self._docs.take(src[text])  # The batch's one read.
     rows = np.arange(b)
     ids[:, 0] = sp.cls
     ids[rows, len_a + 1] = sp.sep

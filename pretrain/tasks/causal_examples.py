@@ -38,22 +38,25 @@ Global index i reads epoch i // N, slot i % N of that epoch's permutation of
 the N examples (seeded by (seed, epoch)), so every epoch has N examples, an
 index past the first epoch reads a reshuffled one, and any index is O(1) away:
 the same (docs, seed, i) gives the same example in any batch, on any process.
+
+The stream is virtual (pretrain.data.streams) and plans need only document
+lengths: a batch reads its tokens in one `Documents.take` of the positions it shows.
 """
 import bisect
 import collections
 import dataclasses
-import threading
 
 import numpy as np
 
-from pretrain.data.tokenized import TokenizedDocs
+from pretrain.data.epochs import Epochs
+from pretrain.data.streams import doc_stream, Stream
+from pretrain.data.tokenized import Documents
 from pretrain.data.tokenizer import project_special_tokens, SEP_ID, SpecialTokens
 from pretrain.errors import PretrainError
 
 EOT_ID = SEP_ID  # The project tokenizer's end-of-text.
 FIELDS = ("input_ids", "target_ids", "loss_weights", "segment_ids", "positions")
 _PLAN, _EPOCH = 0, 1  # Seed streams of the packing plan and of the epochs.
-_CACHED_EPOCHS = 2  # Neighbouring indices share epochs; a batch near a boundary spans two.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,19 +71,22 @@ class CausalExampleConfig:
       raise PretrainError(f"packing={self.packing!r} must be True or False")
 
 
-def token_stream(docs: TokenizedDocs, eot_id: int = EOT_ID) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def corpus_stream(docs: Documents) -> Stream:
+  """The virtual stream EOT d0 EOT d1 ... EOT over the nonempty documents, in corpus order."""
+  nonempty = np.flatnonzero(np.diff(docs.sentence_starts[docs.doc_starts]) > 0)
+  return doc_stream(docs, nonempty, first_sep=True, last_sep=True)
+
+
+def token_stream(docs: Documents, eot_id: int = EOT_ID) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(stream int32 [T], unit_starts int64 [D], doc_lengths int64 [D]) over the D nonempty documents.
 
   stream = EOT d0 EOT d1 ... EOT; document k's tokens are
-  stream[unit_starts[k] + 1 : unit_starts[k] + 1 + doc_lengths[k]], after its EOT.
+  stream[unit_starts[k] + 1 : unit_starts[k] + 1 + doc_lengths[k]], after its EOT. Reads every token:
+  for tests and inspection; the examples read `corpus_stream` lazily.
   """
-  token_starts = docs.sentence_starts[docs.doc_starts]  # [num_docs + 1]
-  lengths = np.diff(token_starts)
-  keep = lengths > 0
-  starts, lengths = token_starts[:-1][keep], lengths[keep]
-  body = np.insert(docs.tokens, starts, eot_id)  # An EOT before every nonempty document.
-  stream = np.concatenate([body, [eot_id]]).astype(np.int32)
-  return stream, starts + np.arange(starts.size), lengths
+  stream = corpus_stream(docs)
+  ids = stream.token_ids(np.arange(stream.length), docs, eot_id)
+  return ids, stream.doc_start[:-1], np.diff(stream.doc_start) - 1
 
 
 def pack_pieces(lengths: np.ndarray, capacity: int, order: np.ndarray) -> np.ndarray:
@@ -119,7 +125,7 @@ def pack_pieces(lengths: np.ndarray, capacity: int, order: np.ndarray) -> np.nda
 class CausalExamples:
   """Random access to an endless stream of causal LM examples: `self[i]` for any i >= 0."""
 
-  def __init__(self, docs: TokenizedDocs, cfg: CausalExampleConfig, vocab_size: int, seed: int,
+  def __init__(self, docs: Documents, cfg: CausalExampleConfig, vocab_size: int, seed: int,
                special: SpecialTokens | None = None):
     """`special`: the tokenizer's special ids (default: the project's sentencepiece layout)."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
@@ -130,25 +136,26 @@ class CausalExamples:
     self.pad_id = special.pad if special.pad is not None else special.eos
     if vocab_size <= max(self.eot_id, self.pad_id):
       raise PretrainError(f"vocab_size={vocab_size} has no room for the end-of-text id {self.eot_id}")
-    if docs.num_tokens and int(docs.tokens.max()) >= vocab_size:
-      raise PretrainError(f"the corpus has token id {int(docs.tokens.max())} >= vocab_size={vocab_size}")
+    if docs.num_tokens and docs.max_token_id >= vocab_size:
+      raise PretrainError(f"the corpus has token id {docs.max_token_id} >= vocab_size={vocab_size}")
     self.cfg = cfg
     self.seed = int(seed)
-    self._stream, unit_starts, doc_lengths = token_stream(docs, self.eot_id)
+    self._docs = docs
+    self._stream = corpus_stream(docs)
+    unit_starts, doc_lengths = self._stream.doc_start[:-1], np.diff(self._stream.doc_start) - 1
     if not doc_lengths.size:
       raise PretrainError("the corpus has no tokens to build causal LM examples from")
     length = cfg.seq_len
     if cfg.packing:
-      self._plan = self._pack(unit_starts, doc_lengths)
-      self._num_examples = len(self._plan[2]) - 1
+      self._pieces = self._pack(unit_starts, doc_lengths)
+      self._num_examples = len(self._pieces[2]) - 1
     else:
-      self._num_examples = (len(self._stream) - 1) // length
+      self._num_examples = (self._stream.length - 1) // length
       if not self._num_examples:
         raise PretrainError(
-            f"the corpus is {len(self._stream)} tokens with end-of-text tokens, fewer than one window of "
+            f"the corpus is {self._stream.length} tokens with end-of-text tokens, fewer than one window of "
             f"seq_len + 1 = {length + 1}; use a larger corpus, a smaller seq_len, or packing")
-    self._lock = threading.Lock()
-    self._epochs = collections.OrderedDict()
+    self._epochs = Epochs(self._num_examples, self._plan)
 
   def _pack(self, unit_starts: np.ndarray, doc_lengths: np.ndarray):
     """(piece_starts, piece_lengths, example_starts): pieces grouped by example, CSR style.
@@ -180,33 +187,22 @@ class CausalExamples:
     """Share of positions that are padding (0 when chunked)."""
     if not self.cfg.packing:
       return 0.0
-    return 1.0 - float(self._plan[1].sum()) / (self._num_examples * self.cfg.seq_len)
+    return 1.0 - float(self._pieces[1].sum()) / (self._num_examples * self.cfg.seq_len)
 
-  def _epoch(self, epoch: int) -> tuple[int, np.ndarray]:
-    """(window offset, slot -> example [N]) of an epoch, cached for the last few epochs."""
-    with self._lock:
-      if epoch in self._epochs:
-        self._epochs.move_to_end(epoch)
-        return self._epochs[epoch]
-      rng = np.random.default_rng([self.seed, _EPOCH, epoch])
-      slack = (len(self._stream) - 1) % self.cfg.seq_len
-      offset = 0 if self.cfg.packing else int(rng.integers(0, slack + 1))
-      self._epochs[epoch] = (offset, rng.permutation(self._num_examples))
-      while len(self._epochs) > _CACHED_EPOCHS:
-        self._epochs.popitem(last=False)
-      return self._epochs[epoch]
+  def _plan(self, epoch: int) -> tuple[int, np.ndarray]:
+    """(window offset, slot -> example [N]) of an epoch."""
+    rng = np.random.default_rng([self.seed, _EPOCH, epoch])
+    slack = (self._stream.length - 1) % self.cfg.seq_len
+    offset = 0 if self.cfg.packing else int(rng.integers(0, slack + 1))
+    return offset, rng.permutation(self._num_examples)
 
   def _locate(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(example int64 [B], window offset int64 [B]) that each global index reads."""
     idx = np.asarray(indices, np.int64).reshape(-1)
-    if idx.size and idx.min() < 0:
-      raise IndexError(f"example indices must be >= 0, got {int(idx.min())}")
-    epoch, slot = np.divmod(idx, self._num_examples)
     example, offset = np.empty_like(idx), np.empty_like(idx)
-    for e in np.unique(epoch).tolist():
-      off, order = self._epoch(e)
-      sel = epoch == e
-      example[sel], offset[sel] = order[slot[sel]], off
+    for g in self._epochs.groups(idx):
+      off, order = g.plan
+      example[g.rows], offset[g.rows] = order[g.slots], off
     return example, offset
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
@@ -221,7 +217,8 @@ class CausalExamples:
 
   def _chunked(self, starts: np.ndarray) -> dict[str, np.ndarray]:
     length = self.cfg.seq_len
-    window = self._stream[starts[:, None] + np.arange(length + 1)]  # [B, L + 1]
+    v = starts[:, None] + np.arange(length + 1)  # [B, L + 1]
+    window = self._stream.token_ids(v, self._docs, self.eot_id)
     b = starts.size
     return {
         "input_ids": window[:, :-1],
@@ -233,7 +230,7 @@ class CausalExamples:
 
   def _packed(self, example: np.ndarray) -> dict[str, np.ndarray]:
     length = self.cfg.seq_len
-    piece_starts, piece_lengths, example_starts = self._plan
+    piece_starts, piece_lengths, example_starts = self._pieces
     first, count = example_starts[example], np.diff(example_starts)[example]  # [B]
     # Every piece of the batch, row by row: [Q] with Q = count.sum().
     row = np.repeat(np.arange(example.size), count)
@@ -245,7 +242,12 @@ class CausalExamples:
     # Every real position of the batch: [R] with R = size.sum().
     k = np.arange(int(size.sum())) - np.repeat(offset, size)  # Position in its piece.
     r, c = np.repeat(row, size), np.repeat(col0, size) + k
-    src = np.repeat(piece_starts[piece], size) + k
+    # Each piece reads size + 1 stream positions (inputs, then the last target): [R + Q] in one take.
+    read = size + 1
+    read0 = np.cumsum(read) - read
+    at = np.arange(int(read.sum())) - np.repeat(read0, read)
+    ids = self._stream.token_ids(np.repeat(piece_starts[piece], read) + at, self._docs, self.eot_id)
+    src = np.repeat(read0, size) + k  # Each position's input in `ids`; its target follows.
 
     out = {
         "input_ids": np.full([example.size, length], self.pad_id, np.int32),
@@ -254,8 +256,8 @@ class CausalExamples:
         "segment_ids": np.zeros([example.size, length], np.int32),
         "positions": np.zeros([example.size, length], np.int32),
     }
-    out["input_ids"][r, c] = self._stream[src]
-    out["target_ids"][r, c] = self._stream[src + 1]
+    out["input_ids"][r, c] = ids[src]
+    out["target_ids"][r, c] = ids[src + 1]
     out["loss_weights"][r, c] = 1.0
     out["segment_ids"][r, c] = np.repeat(within + 1, size)
     out["positions"][r, c] = k

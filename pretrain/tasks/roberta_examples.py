@@ -20,14 +20,16 @@ extra separator token between documents."
 
 Example layout: `[CLS] block [SEP] [PAD]...`; no segment ids (all zero), no
 next-sentence label. Separators inside a block are never masked.
+
+A batch reads its tokens in one `Documents.take` of just the positions its blocks cover.
 """
-import collections
 import dataclasses
-import threading
 
 import numpy as np
 
-from pretrain.data.tokenized import TokenizedDocs
+from pretrain.data.epochs import Epochs
+from pretrain.data.streams import doc_stream, Stream
+from pretrain.data.tokenized import Documents
 from pretrain.data.tokenizer import project_special_tokens, SpecialTokens
 from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
@@ -35,7 +37,6 @@ from pretrain.objectives import masking
 
 _CROP = 0  # Counter of the crop offset of an over-long sentence (stream 0).
 _MASK_STREAM = 1  # Masks use keys of their own stream.
-_CACHED_EPOCHS = 2  # Neighbouring indices share epochs; a batch near a boundary spans two.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,19 +61,6 @@ class RobertaExampleConfig:
     return self.max_seq_length - 2
 
 
-@dataclasses.dataclass(frozen=True)
-class Stream:
-  """One epoch's documents end to end: virtual position v of the stream is a token or a separator."""
-  doc_start: np.ndarray  # int64 [D + 1]: stream position where the j-th document (its separator first) starts.
-  doc_tokens: np.ndarray  # int64 [D]: where the j-th document's tokens start in TokenizedDocs.tokens.
-
-  def token_ids(self, v: np.ndarray, tokens: np.ndarray, sep_id: int) -> np.ndarray:
-    """The ids at stream positions v (any shape), sep_id at the separators."""
-    j = np.searchsorted(self.doc_start, v, side="right") - 1
-    offset = v - self.doc_start[j] - (j > 0)  # The j-th document (j > 0) opens with its separator.
-    return np.where(offset < 0, sep_id, tokens[self.doc_tokens[j] + np.maximum(offset, 0)])
-
-
 def _chain(nxt: np.ndarray) -> np.ndarray:
   """0, nxt[0], nxt[nxt[0]], ... while < n = len(nxt), given nxt[i] > i; by pointer doubling.
 
@@ -87,8 +75,8 @@ def _chain(nxt: np.ndarray) -> np.ndarray:
   return path[path < n]
 
 
-def plan_blocks(docs: TokenizedDocs, max_tokens: int, doc_order: np.ndarray) -> tuple[Stream, np.ndarray]:
-  """(the stream of `doc_order`, blocks int64 [n, 2] as (start, end) stream positions).
+def plan_blocks(docs: Documents, max_tokens: int, doc_order: np.ndarray) -> tuple[Stream, np.ndarray]:
+  """(the stream of `doc_order`, blocks int64 [n, 2] as (start, end) stream positions); reads no tokens.
 
   Args:
     docs: the corpus.
@@ -96,16 +84,13 @@ def plan_blocks(docs: TokenizedDocs, max_tokens: int, doc_order: np.ndarray) -> 
     doc_order: the nonempty documents, in stream order.
   """
   ds, ss = docs.doc_starts, docs.sentence_starts
-  doc_len = ss[ds[doc_order + 1]] - ss[ds[doc_order]]  # [D] tokens per document
-  seps = np.arange(len(doc_order)) > 0  # Every document but the first opens with a separator.
-  doc_start = np.concatenate([[0], np.cumsum(doc_len + seps)]).astype(np.int64)
-  stream = Stream(doc_start=doc_start, doc_tokens=ss[ds[doc_order]].astype(np.int64))
+  stream = doc_stream(docs, doc_order)  # Every document but the first opens with a separator.
   # Every sentence's (start, end) on the stream, in stream order.
   n_sent = ds[doc_order + 1] - ds[doc_order]  # [D]
   first = np.repeat(ds[doc_order] - np.cumsum(n_sent) + n_sent, n_sent)
   sentence = first + np.arange(int(n_sent.sum()))  # [S] sentence ids in stream order
   j = np.repeat(np.arange(len(doc_order)), n_sent)
-  begin = doc_start[j] + (j > 0) + (ss[sentence] - stream.doc_tokens[j])
+  begin = stream.doc_start[j] + stream.opens_with_sep(j) + (ss[sentence] - stream.doc_tokens[j])
   end = begin + (ss[sentence + 1] - ss[sentence])
   # A block from sentence k takes every following sentence that ends within budget, at least one.
   nxt = np.maximum(np.searchsorted(end, begin + max_tokens, side="right"), np.arange(1, begin.size + 1))
@@ -117,7 +102,7 @@ def plan_blocks(docs: TokenizedDocs, max_tokens: int, doc_order: np.ndarray) -> 
 class RobertaExamples:
   """Random access to an endless stream of FULL-SENTENCES MLM examples: `self[i]` for any i >= 0."""
 
-  def __init__(self, docs: TokenizedDocs, cfg: RobertaExampleConfig, vocab_size: int, seed: int,
+  def __init__(self, docs: Documents, cfg: RobertaExampleConfig, vocab_size: int, seed: int,
                word_start: np.ndarray | None = None, special: SpecialTokens | None = None):
     """`special`: the tokenizer's special ids (default: the project's sentencepiece layout)."""
     self._ws = masking.check_example_inputs(docs, vocab_size, seed, cfg.whole_word_masking, word_start)
@@ -131,30 +116,21 @@ class RobertaExamples:
     self._nonempty_docs = np.flatnonzero(doc_tokens > 0)
     if not self._nonempty_docs.size:
       raise PretrainError("the corpus yields no RoBERTa block (no tokens)")
-    self._lock = threading.Lock()
-    self._epochs = collections.OrderedDict()
-    self._num_instances = 0  # Set from epoch 0's plan, which _epoch(0) takes it from.
-    self._num_instances = len(self._epoch(0)[1])
+    first = self._plan(0)
+    self._epochs = Epochs(len(first[1]), self._plan, first=first)
 
   @property
   def num_instances(self) -> int:
     """Blocks in the first epoch; every epoch has this many examples."""
-    return self._num_instances
+    return self._epochs.num_per_epoch
 
-  def _epoch(self, epoch: int) -> tuple[Stream, np.ndarray, np.ndarray]:
-    """(stream, blocks [n, 2], slot -> block [N]) of an epoch, cached for the last few epochs."""
-    with self._lock:
-      if epoch in self._epochs:
-        self._epochs.move_to_end(epoch)
-        return self._epochs[epoch]
-      rng = np.random.default_rng([self.seed, epoch])
-      stream, blocks = plan_blocks(self._docs, self.cfg.max_num_tokens, rng.permutation(self._nonempty_docs))
-      n = self._num_instances or len(blocks)
-      order = rng.permutation(len(blocks))[np.arange(n) % len(blocks)]
-      self._epochs[epoch] = (stream, blocks, order)
-      while len(self._epochs) > _CACHED_EPOCHS:
-        self._epochs.popitem(last=False)
-      return stream, blocks, order
+  def _plan(self, epoch: int) -> tuple[Stream, np.ndarray, np.ndarray]:
+    """(stream, blocks [n, 2], slot -> block [N]) of an epoch; epoch 0's block count is N."""
+    rng = np.random.default_rng([self.seed, epoch])
+    stream, blocks = plan_blocks(self._docs, self.cfg.max_num_tokens, rng.permutation(self._nonempty_docs))
+    n = self.num_instances if epoch else len(blocks)
+    order = rng.permutation(len(blocks))[np.arange(n) % len(blocks)]
+    return stream, blocks, order
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     return {k: v[0] for k, v in self.batch(np.asarray([index], np.int64)).items()}
@@ -162,31 +138,31 @@ class RobertaExamples:
   def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     """The examples of `indices` stacked: each field [B, ...]; row b equals self[indices[b]]."""
     idx = np.asarray(indices, np.int64).reshape(-1)
-    if idx.size and idx.min() < 0:
-      raise IndexError(f"example indices must be >= 0, got {int(idx.min())}")
+    groups = self._epochs.groups(idx)
     cfg, b, length, sp = self.cfg, idx.size, self.cfg.max_seq_length, self.special
     keys = keyed_random.row_keys(self.seed, idx)
     col = np.arange(length)[None, :]
-    ids = np.full([b, length], sp.pad, np.int32)
+    src = np.full([b, length], -1, np.int64)  # Flat token positions; -1 at separators and padding.
     n_text = np.zeros([b], np.int64)
-    epoch, slot = np.divmod(idx, self._num_instances)
-    for e in np.unique(epoch).tolist():
-      rows = np.flatnonzero(epoch == e)
-      stream, blocks, order = self._epoch(e)
-      start, end = blocks[order[slot[rows]]].T
+    for g in groups:
+      stream, blocks, order = g.plan
+      start, end = blocks[order[g.slots]].T
       n = np.minimum(end - start, cfg.max_num_tokens)
       over = end - start - n  # > 0 only for a lone over-long sentence.
-      u = keyed_random.uniform(keyed_random.bits(keys[rows], np.asarray([_CROP])))[:, 0]
+      u = keyed_random.uniform(keyed_random.bits(keys[g.rows], np.asarray([_CROP])))[:, 0]
       start = start + (u * (over + 1)).astype(np.int64)
-      text = (col >= 1) & (col <= n[:, None])
-      v = np.where(text, start[:, None] + col - 1, 0)
-      ids[rows] = np.where(text, stream.token_ids(v, self._docs.tokens, sp.sep), sp.pad)
-      n_text[rows] = n
+      in_block = (col >= 1) & (col <= n[:, None])
+      src[g.rows] = np.where(in_block, stream.positions(np.where(in_block, start[:, None] + col - 1, 0)), -1)
+      n_text[g.rows] = n
+    text = (col >= 1) & (col <= n_text[:, None])
+    ids = np.where(text, sp.sep, sp.pad).astype(np.int32)
+    tok = src >= 0
+    ids[tok] = self._docs.take(src[tok])  # The batch's one read.
     rows = np.arange(b)
     ids[:, 0] = sp.cls
     ids[rows, n_text + 1] = sp.sep
     input_mask = (col < (n_text + 2)[:, None]).astype(np.int32)
-    maskable = (col >= 1) & (col <= n_text[:, None]) & ~sp.is_special[ids]  # Not the separators.
+    maskable = text & ~sp.is_special[ids]  # Not the separators.
     word_start = self._ws[ids] if self._ws is not None else None
     input_ids, positions, labels, weights = masking.mask_batch(
         ids, maskable, keyed_random.row_keys(self.seed, idx, stream=_MASK_STREAM),

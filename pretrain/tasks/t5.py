@@ -9,6 +9,7 @@ own random order (both seeded by (seed, epoch)); an epoch has
 `num_tokens // tokens_length` chunks, and the one crossing the stream's end
 wraps to its start. Global index i reads epoch i // N, slot i % N; the noise
 mask is keyed by (seed, i). So an example depends only on (corpus, seed, i).
+A batch reads its raw chunks in one `Documents.take`.
 
 Special ids come from the tokenizer (`special.pad`, `special.eos`). The
 project's sentencepiece tokenizer has [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3
@@ -37,9 +38,7 @@ t5x's T5.1.1 configs; 0 disables it). t5x sums over tokens instead
 scale, so the two train alike. Metrics: loss (with z-loss), cross_entropy,
 z_loss, accuracy (argmax over target tokens).
 """
-import collections
 import dataclasses
-import threading
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +46,8 @@ import ml_collections
 import numpy as np
 
 from pretrain import config as config_lib
-from pretrain.data.tokenized import TokenizedDocs
+from pretrain.data.epochs import Epochs
+from pretrain.data.tokenized import Documents
 from pretrain.data.tokenizer import PAD_ID, project_special_tokens, SEP_ID, SpecialTokens
 from pretrain.errors import PretrainError
 from pretrain.models import t5 as t5_model
@@ -57,7 +57,6 @@ from pretrain.objectives import span_corruption
 EOS_ID = SEP_ID  # The project tokenizer's; a run takes the tokenizer's special.eos and .pad.
 DECODER_START_ID = PAD_ID
 _VOCAB_MULTIPLE = 128
-_CACHED_EPOCHS = 2  # Neighbouring indices share epochs; a batch near a boundary spans two.
 
 
 def t5_config() -> ml_collections.ConfigDict:
@@ -141,7 +140,7 @@ class T5ExampleConfig:
 class T5Examples:
   """Random access to an endless stream of span-corrupted examples: `self[i]` for any i >= 0."""
 
-  def __init__(self, docs: TokenizedDocs, cfg: T5ExampleConfig, first_sentinel: int, num_sentinels: int,
+  def __init__(self, docs: Documents, cfg: T5ExampleConfig, first_sentinel: int, num_sentinels: int,
                seed: int, special: SpecialTokens | None = None):
     """`special`: the tokenizer's special ids (default: the project's sentencepiece layout)."""
     special = special or project_special_tokens(first_sentinel - num_sentinels + 1)
@@ -160,41 +159,30 @@ class T5Examples:
     if docs.num_tokens < n:
       raise PretrainError(f"the corpus has {docs.num_tokens} tokens; one T5 example needs {n}")
     lowest_sentinel = first_sentinel - num_sentinels + 1
-    if int(docs.tokens.max()) >= lowest_sentinel:
-      raise PretrainError(f"the corpus has token id {int(docs.tokens.max())} >= the first sentinel id "
+    if docs.max_token_id >= lowest_sentinel:
+      raise PretrainError(f"the corpus has token id {docs.max_token_id} >= the first sentinel id "
                           f"{lowest_sentinel}")
     self.cfg = cfg
     self.seed = int(seed)
     self.first_sentinel = int(first_sentinel)
-    self._tokens = docs.tokens
+    self._docs = docs
     self.num_chunks = docs.num_tokens // n  # Examples per epoch.
-    self._lock = threading.Lock()
-    self._epochs = collections.OrderedDict()
+    self._epochs = Epochs(self.num_chunks, self._plan)
 
-  def _epoch(self, epoch: int) -> tuple[int, np.ndarray]:
-    """(offset of the first cut, slot -> chunk) of an epoch, cached for the last few epochs."""
-    with self._lock:
-      if epoch not in self._epochs:
-        rng = np.random.default_rng([self.seed, epoch])
-        offset = int(rng.integers(self.lengths.tokens_length))
-        self._epochs[epoch] = (offset, rng.permutation(self.num_chunks))
-        while len(self._epochs) > _CACHED_EPOCHS:
-          self._epochs.popitem(last=False)
-      self._epochs.move_to_end(epoch)
-      return self._epochs[epoch]
+  def _plan(self, epoch: int) -> tuple[int, np.ndarray]:
+    """(offset of the first cut, slot -> chunk) of an epoch."""
+    rng = np.random.default_rng([self.seed, epoch])
+    offset = int(rng.integers(self.lengths.tokens_length))
+    return offset, rng.permutation(self.num_chunks)
 
   def chunk_starts(self, indices: np.ndarray) -> np.ndarray:
     """int64 [B]: where in the token stream each example's raw chunk starts (it may wrap)."""
     idx = np.asarray(indices, np.int64).reshape(-1)
-    if idx.size and idx.min() < 0:
-      raise IndexError(f"example indices must be >= 0, got {int(idx.min())}")
-    epoch, slot = np.divmod(idx, self.num_chunks)
     starts = np.empty(idx.size, np.int64)
-    for e in np.unique(epoch).tolist():
-      offset, order = self._epoch(e)
-      sel = epoch == e
-      starts[sel] = offset + order[slot[sel]] * self.lengths.tokens_length
-    return starts % len(self._tokens)
+    for g in self._epochs.groups(idx):
+      offset, order = g.plan
+      starts[g.rows] = offset + order[g.slots] * self.lengths.tokens_length
+    return starts % self._docs.num_tokens
 
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     return {k: v[0] for k, v in self.batch(np.asarray([index], np.int64)).items()}
@@ -204,7 +192,7 @@ class T5Examples:
     idx = np.asarray(indices, np.int64).reshape(-1)
     b, n = idx.size, self.lengths.tokens_length
     starts = self.chunk_starts(idx)
-    raw = self._tokens[(starts[:, None] + np.arange(n)) % len(self._tokens)]  # [B, tokens_length]
+    raw = self._docs.take((starts[:, None] + np.arange(n)) % self._docs.num_tokens)  # [B, tokens_length]
     inputs, targets, _ = span_corruption.span_corrupt(
         raw, keyed_random.row_keys(self.seed, idx), self.lengths, first_sentinel=self.first_sentinel,
         eos_id=self.eos_id)
