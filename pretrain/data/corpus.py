@@ -1,201 +1,37 @@
 """Text corpora as documents of sentences, with a fixed held-out split.
 
-Sources: an embedded corpus of English prose that ships with CPython (the
-pydoc topics and the standard library's docstrings, so a first run needs no
-download), BERT-style text files (one sentence per line, a blank line between
-documents) and JSON lines (one document per line in a text field).
+Sources: an embedded corpus of English prose that ships with CPython (so a first run needs no
+download), BERT-style text files (one sentence per line, a blank line between documents) and JSON
+lines (one document per line in a text field). Files are local or gs://, plain or .gz/.zst, and are
+streamed. For preparation in parallel, plan_units cuts the corpus into input units (byte ranges,
+from file sizes alone) that read_unit reads one at a time: no process holds more than a unit's text.
 """
-import ast
+import contextlib
 import dataclasses
-import functools
 import glob
+import gzip
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import sys
-import sysconfig
-import warnings
-from typing import Any, Iterable, Sequence
+import types
+import zlib
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
+from pretrain.data.embedded_corpus import EMBEDDED_VERSION, embedded_documents, split_sentences
+from pretrain.data.embedded_corpus import _clean_docs_text  # pylint: disable=unused-import  (tests use it)
 from pretrain.errors import PretrainError
 
 _logger = logging.getLogger(__name__)
 
-# Bump when the embedded corpus' extraction or cleaning changes: it keys caches.
-EMBEDDED_VERSION = "embedded-v1"
 SOURCES = ("embedded", "text", "jsonl")
-
-_SKIP_DIRS = frozenset({"test", "tests", "idlelib", "site-packages", "lib2to3", "__pycache__"})
-_MIN_DOCSTRING_CHARS = 200
-_DEF_NODES = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
-# Statements whose bodies may hold definitions (e.g. `if sys.platform == ...: def f(): ...`).
-_BLOCK_FIELDS = ("body", "orelse", "finalbody", "handlers", "cases")
-
-# A sentence ends at . ! or ? (plus closing quotes/brackets) followed by
-# whitespace and something that can start a sentence.
-_SENTENCE_END = re.compile(r"[.!?][\"')\]\u201d\u2019]*\s+(?=[\"'(\[\u201c\u2018]?[A-Z0-9])")
-_ABBREVIATIONS = frozenset({
-    "e.g", "i.e", "etc", "cf", "vs", "viz", "al", "approx", "mr", "mrs", "ms", "dr", "prof", "st",
-    "jr", "sr", "no", "fig", "eq", "vol", "ch", "sec", "resp", "a.k.a", "ca", "inc", "ltd", "co",
-})
-_ROLE = re.compile(r":[\w.:+-]+:`~?([^`]*)`")  # reST roles such as :func:`os.open`.
-_DIRECTIVE = re.compile(r"^\s*\.\.\s+[\w:.-]+::")
-_PUNCT_LINE = re.compile(r"^\s*[\W_]+\s*$")
-_BULLET = re.compile(r"^(?:[*+\-\u2022]|\d+[.)]|\(\d+\))\s+")
-_CODE_LINE = re.compile(
-    r"^\s*(?:def |class \w+[(:]|import |from \S+ import|return(?:$|\s+\S+$|\s+\S*[(\[.*+])|@\w|#|print\(|try:|else:|"
-    r"(?:if|elif|for|while|with|except)\b.*:$)|::=|\w+ = \S|[{};]$")
-
-
-def split_sentences(text: str) -> list[str]:
-  """Splits prose into sentences: paragraphs at blank lines, then at sentence ends."""
-  sentences = []
-  for paragraph in re.split(r"\n\s*\n", text):
-    paragraph = " ".join(paragraph.split())
-    start = 0
-    for m in _SENTENCE_END.finditer(paragraph):
-      word = paragraph[start:m.start()].rsplit(" ", 1)[-1].lstrip("\"'([").lower()
-      # Abbreviations and initials ("J. Smith") do not end a sentence.
-      if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha() and paragraph[m.start()] == "."):
-        continue
-      sentences.append(paragraph[start:m.end()].strip())
-      start = m.end()
-    sentences.append(paragraph[start:].strip())
-  return [s for s in sentences if s]
-
-
-def _indent(line: str) -> int:
-  return len(line) - len(line.lstrip())
-
-
-def _looks_like_prose(lines: list[str]) -> bool:
-  if any(_CODE_LINE.search(line.strip()) for line in lines):
-    return False
-  text = " ".join(line.strip() for line in lines)
-  words = text.split()
-  if len(words) < 4:
-    return False
-  alpha = sum(w.strip(".,;:!?\"'()[]*`\u201c\u201d\u2019").isalpha() for w in words)
-  letters = sum(ch.isalpha() or ch == " " for ch in text)
-  return alpha >= 0.6 * len(words) and letters >= 0.75 * len(text)
-
-
-def _clean_docs_text(text: str) -> str:
-  """Light cleaning of reST/plain documentation: keeps prose paragraphs, unwrapped.
-
-  Drops doctest lines, reST directives, underlines and indented code blocks;
-  indented paragraphs that read as prose (definition lists, argument docs) stay.
-  """
-  text = text.expandtabs(8)
-  paragraphs: list[list[str]] = []
-  current: list[str] = []
-  in_doctest = False  # A doctest's output runs until the next blank line.
-  for line in text.splitlines():
-    stripped = line.strip()
-    if not stripped:
-      in_doctest = False
-      if current:
-        paragraphs.append(current)
-        current = []
-      continue
-    if stripped.startswith(">>>"):
-      in_doctest = True
-    if in_doctest or stripped.startswith("...") or _DIRECTIVE.match(line) or _PUNCT_LINE.match(line):
-      continue
-    # A bullet starts its own paragraph, without its marker.
-    if _BULLET.match(stripped) and current:
-      paragraphs.append(current)
-      current = []
-    current.append(line)
-  if current:
-    paragraphs.append(current)
-
-  base = min((_indent(p[0]) for p in paragraphs), default=0)
-  kept = []
-  after_literal = False  # The paragraph before ended with "::": a reST literal block follows.
-  for para in paragraphs:
-    indented = min(_indent(line) for line in para) > base
-    if indented and (after_literal or not _looks_like_prose(para)):
-      continue  # Keeps after_literal: a literal block may span several paragraphs.
-    after_literal = para[-1].rstrip().endswith("::")
-    joined = " ".join(_BULLET.sub("", line.strip(), count=1) for line in para)
-    joined = _ROLE.sub(r"\1", joined).replace("``", "")
-    if joined.endswith("::"):
-      joined = joined[:-1]
-    kept.append(joined)
-  return "\n\n".join(kept)
-
-
-def _module_docstrings(tree: ast.Module) -> Iterable[str]:
-  """Yields the module's, classes' and functions' docstrings in source order."""
-  doc = ast.get_docstring(tree)
-  if doc:
-    yield doc
-  yield from _nested_docstrings(tree)
-
-
-def _nested_docstrings(node: ast.AST) -> Iterable[str]:
-  for field in _BLOCK_FIELDS:
-    for child in getattr(node, field, None) or ():
-      if isinstance(child, _DEF_NODES):
-        doc = ast.get_docstring(child)
-        if doc:
-          yield doc
-      yield from _nested_docstrings(child)
-
-
-def _stdlib_files() -> list[str]:
-  root = sysconfig.get_paths()["stdlib"]
-  files = []
-  for dirpath, dirnames, filenames in os.walk(root):
-    # Only packages. pydoc_data holds the topics (read on their own); encodings
-    # is codec tables, slow to parse and nearly without prose.
-    dirnames[:] = sorted(
-        d for d in dirnames
-        if d not in _SKIP_DIRS and d not in ("pydoc_data", "encodings")
-        and os.path.exists(os.path.join(dirpath, d, "__init__.py")))
-    files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py"))
-  return sorted(files)
-
-
-@functools.lru_cache(maxsize=1)
-def _embedded_documents() -> tuple[tuple[str, ...], ...]:
-  from pydoc_data import topics  # pylint: disable=g-import-not-at-top  (pure data, no side effects)
-
-  docs = []
-  for name in sorted(topics.topics):
-    sentences = split_sentences(_clean_docs_text(topics.topics[name]))
-    if sentences:
-      docs.append(tuple(sentences))
-  for path in _stdlib_files():
-    with open(path, "rb") as f:
-      source = f.read()
-    if b'"""' not in source and b"'''" not in source:
-      continue
-    try:
-      with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Invalid escapes etc. in old modules.
-        tree = ast.parse(source, filename=path)
-    except (SyntaxError, ValueError):
-      continue
-    sentences = []
-    for doc in _module_docstrings(tree):
-      if len(doc) > _MIN_DOCSTRING_CHARS:
-        sentences.extend(split_sentences(_clean_docs_text(doc)))
-    if sentences:
-      docs.append(tuple(sentences))
-  return tuple(docs)
-
-
-def embedded_documents() -> list[list[str]]:
-  """English prose that ships with CPython: pydoc topics and stdlib docstrings.
-
-  One document per pydoc topic and per stdlib module file. Source files are
-  parsed with `ast`, never imported. Deterministic for a given Python build.
-  """
-  return [list(doc) for doc in _embedded_documents()]
+_CHUNK = 1 << 20  # Bytes per read when streaming a file.
+_COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
+_CREDENTIALS_HINT = "check your credentials (gcloud auth application-default login)"
+_AUTH_WORDS = re.compile(r"forbidden|credential|permission|unauthori[sz]ed|access denied|\b40[13]\b", re.I)
 
 
 def _split_patterns(patterns: str | Sequence[str]) -> list[str]:
@@ -204,37 +40,61 @@ def _split_patterns(patterns: str | Sequence[str]) -> list[str]:
   return [p.strip() for p in patterns if p and p.strip()]
 
 
-def _resolve_files(patterns: str | Sequence[str], what: str) -> list[str]:
-  """Expands globs (and ~) to sorted, unique files; every glob must match a file."""
+def _glob_local(pattern: str) -> list[str]:
+  return [p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
+
+
+def _resolve_sources(patterns: str | Sequence[str], what: str) -> list[tuple[str, int]]:
+  """(path, size) of sorted, unique files: local globs (and ~) or gs:// globs; each must match a file."""
   globs = _split_patterns(patterns)
   if not globs:
     raise PretrainError(f"no {what} files given: data.paths is empty")
-  files = set()
+  files = {}
   for pattern in globs:
-    matched = [p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(p)]
+    matched = (_glob_gcs(pattern) if _is_url(pattern)
+               else [(p, os.stat(p).st_size) for p in _glob_local(pattern)])
     if not matched:
       raise PretrainError(f"{what} glob {pattern!r} matches no files")
     files.update(matched)
-  return sorted(files)
+  return sorted(files.items())
 
 
-def _decoded_lines(path: str, stats: dict) -> Iterable[str]:
-  """Yields a file's lines decoded as UTF-8; undecodable lines are skipped and counted."""
-  with open(path, "rb") as f:
-    data = f.read()
-  bad = 0
-  for i, raw in enumerate(data.split(b"\n")):
-    try:
-      line = raw.decode("utf-8")
-    except UnicodeDecodeError:
-      bad += 1
+def _resolve_files(patterns: str | Sequence[str], what: str) -> list[str]:
+  """Expands globs (and ~) to sorted, unique files; every glob must match a file."""
+  return [path for path, _ in _resolve_sources(patterns, what)]
+
+
+def _decode(raw: bytes, pos: int) -> str | None:
+  """One line (without its '\n') as UTF-8, None if undecodable; a BOM is stripped at byte 0 only."""
+  try:
+    line = raw.decode("utf-8")
+  except UnicodeDecodeError:
+    return None
+  return (line.lstrip("\ufeff") if pos == 0 else line).rstrip("\r")
+
+
+def _raw_lines(read: Callable[[int], bytes], pos: int) -> Iterator[tuple[int, bytes]]:
+  """(start byte, bytes without the '\n') of each line of a stream read in chunks from byte `pos`.
+
+  Like bytes.split(b"\n"): the piece after the last '\n' comes last, empty if the stream ends in one.
+  """
+  head: list[bytes] = []  # The pieces of a line that spans chunks.
+  while chunk := read(_CHUNK):
+    parts = chunk.split(b"\n")
+    head.append(parts[0])
+    if len(parts) == 1:
       continue
-    if i == 0:
-      line = line.lstrip("\ufeff")
-    yield line.rstrip("\r")
-  if bad:
-    _logger.warning("%s: skipped %d line(s) that are not valid UTF-8", path, bad)
-    stats["undecodable_lines"] += bad
+    parts[0] = b"".join(head)
+    head = [parts.pop()]
+    for line in parts:
+      yield pos, line
+      pos += len(line) + 1
+  yield pos, b"".join(head)
+
+
+def _whole_files(files: list[str], source: str, field: str, stats: dict) -> list[list[str]]:
+  cfg = types.SimpleNamespace(source=source, field=field)
+  return [doc for path in files for doc in _read_range(path, 0, math.inf, cfg, stats, None, hash_bytes=False)]
 
 
 def read_text_files(patterns: str | Sequence[str]) -> tuple[list[list[str]], dict]:
@@ -245,18 +105,7 @@ def read_text_files(patterns: str | Sequence[str]) -> tuple[list[list[str]], dic
   """
   files = _resolve_files(patterns, "text")
   stats = {"num_files": len(files), "undecodable_lines": 0, "bad_lines": 0}
-  docs: list[list[str]] = []
-  for path in files:
-    doc: list[str] = []
-    for line in _decoded_lines(path, stats):
-      line = line.strip()
-      if line:
-        doc.append(line)
-      elif doc:
-        docs.append(doc)
-        doc = []
-    if doc:
-      docs.append(doc)
+  docs = _whole_files(files, "text", "", stats)
   if not docs:
     raise PretrainError(f"text files {files} contain no text (from data.paths={patterns!r})")
   return docs, stats
@@ -266,28 +115,7 @@ def read_jsonl(patterns: str | Sequence[str], text_field: str) -> tuple[list[lis
   """Reads JSON lines: each object's `text_field` is one document, split into sentences."""
   files = _resolve_files(patterns, "jsonl")
   stats = {"num_files": len(files), "undecodable_lines": 0, "bad_lines": 0}
-  docs: list[list[str]] = []
-  for path in files:
-    bad = 0
-    for line in _decoded_lines(path, stats):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError:
-        bad += 1
-        continue
-      text = record.get(text_field) if isinstance(record, dict) else None
-      if not isinstance(text, str):
-        bad += 1
-        continue
-      sentences = split_sentences(text)
-      if sentences:
-        docs.append(sentences)
-    if bad:
-      _logger.warning("%s: skipped %d line(s) that are not JSON objects with a string field %r",
-                      path, bad, text_field)
-      stats["bad_lines"] += bad
+  docs = _whole_files(files, "jsonl", text_field, stats)
   if not docs:
     raise PretrainError(
         f"jsonl files {files} hold no usable text in field {text_field!r} "
@@ -370,7 +198,7 @@ def corpus_fingerprint(data_cfg: Any) -> str:
   """A short hash of what identifies the corpus' text, for cache keys.
 
   Embedded: the extraction version and the Python build. Files: their resolved
-  paths, sizes and modification times (plus the jsonl text field).
+  paths (or gs:// URLs), sizes and modification times (plus the jsonl text field).
   """
   source = _source(data_cfg)
   h = hashlib.sha256()
@@ -380,7 +208,319 @@ def corpus_fingerprint(data_cfg: Any) -> str:
     h.update(source.encode())
     if source == "jsonl":
       h.update(f"\0{_get(data_cfg, 'text_field', 'text')}".encode())
-    for path in _resolve_files(_get(data_cfg, "paths", ""), source):
-      st = os.stat(path)
-      h.update(f"\0{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+    for path, size in _resolve_sources(_get(data_cfg, "paths", ""), source):
+      if _is_url(path):
+        from etils import epath  # pylint: disable=g-import-not-at-top
+        with _read_errors(path):
+          h.update(f"\0{path}\0{size}\0{epath.Path(path).stat().mtime}".encode())
+      else:
+        st = os.stat(path)
+        h.update(f"\0{os.path.realpath(path)}\0{st.st_size}\0{st.st_mtime_ns}".encode())
   return h.hexdigest()[:16]
+
+
+# Input units: the corpus as byte ranges of its files, for streaming preparation in parallel.
+
+
+@dataclasses.dataclass(frozen=True)
+class InputUnit:
+  """A piece of the corpus that one worker reads: byte ranges of files, in corpus order."""
+  index: int
+  source: str  # 'embedded' | 'text' | 'jsonl'
+  ranges: tuple[tuple[str, int, int], ...]  # (path or gs:// URL, start byte, end byte); () for embedded.
+
+  @property
+  def num_bytes(self) -> int:
+    return sum(end - start for _, start, end in self.ranges)
+
+  def to_json(self) -> dict:
+    return {"index": self.index, "source": self.source, "ranges": [list(r) for r in self.ranges]}
+
+  @classmethod
+  def from_json(cls, d: dict) -> "InputUnit":
+    try:
+      ranges = tuple((str(p), int(a), int(b)) for p, a, b in d["ranges"])
+      unit = cls(int(d["index"]), str(d["source"]), ranges)
+    except (KeyError, TypeError, ValueError) as e:
+      raise PretrainError(f"input unit {d!r} is malformed ({e!r}); it needs index, source and ranges") from e
+    if unit.source not in SOURCES:
+      raise PretrainError(f"input unit {unit.index} has source {unit.source!r}; allowed: {', '.join(SOURCES)}")
+    return unit
+
+
+def _is_url(path: str) -> bool:
+  return path.startswith("gs://")
+
+
+def _compression(path: str) -> str | None:
+  return next((kind for suffix, kind in _COMPRESSION.items() if path.lower().endswith(suffix)), None)
+
+
+def _remote_error(action: str, url: str, e: Exception) -> PretrainError:
+  """A failed GCS access in one line naming the URL and the cause (and credentials where they may be it)."""
+  auth = (isinstance(e, PermissionError) or getattr(e, "code", None) in (401, 403)
+          or type(e).__module__.startswith("google.auth") or _AUTH_WORDS.search(str(e)))
+  cause = " ".join(f"{type(e).__name__}: {e}".split())
+  return PretrainError(f"cannot {action} {url}: {cause}" + (f"; {_CREDENTIALS_HINT}" if auth else ""))
+
+
+def _glob_gcs(pattern: str) -> list[tuple[str, int]]:
+  """(URL, size) of the objects a gs:// glob matches: a listing of the bucket under its fixed prefix."""
+  from etils import epath  # pylint: disable=g-import-not-at-top  (loads its GCS backend)
+  if "**" in pattern:
+    raise PretrainError(f"gs:// glob {pattern!r}: ** is not supported on GCS (a listing per level); use *")
+  bucket, _, name = pattern[len("gs://"):].partition("/")
+  try:
+    stats = [(os.fspath(p), p.stat()) for p in epath.Path(f"gs://{bucket}").glob(name)]
+  except FileNotFoundError:
+    return []
+  except Exception as e:  # pylint: disable=broad-except  (gcsfs and google.auth raise many kinds)
+    raise _remote_error("list", pattern, e) from e
+  return [(url, int(st.length)) for url, st in stats if not st.is_directory]
+
+
+def plan_units(data_cfg: Any, unit_bytes: int = 64 << 20) -> tuple[list[InputUnit], list[dict]]:
+  """Units in global corpus order, and the sources [{"path", "size"}] (sorted, unique).
+
+  From file sizes alone: a plain file over unit_bytes is split into even byte ranges of at most
+  unit_bytes, a compressed one is one range, and consecutive ranges are grouped while they fit.
+  """
+  source = _source(data_cfg)
+  if isinstance(unit_bytes, bool) or not isinstance(unit_bytes, int) or unit_bytes < 1:
+    raise PretrainError(f"unit_bytes={unit_bytes!r} must be a positive number of bytes")
+  if source == "embedded":
+    return [InputUnit(0, "embedded", ())], []
+  files = _resolve_sources(_get(data_cfg, "paths", ""), source)
+  groups: list[list[tuple[str, int, int]]] = []
+  total = 0
+  for path, size in files:
+    n = 1 if _compression(path) else max(1, -(-size // unit_bytes))
+    for k in range(n):
+      a, b = size * k // n, size * (k + 1) // n
+      if not groups or total + b - a > unit_bytes:
+        groups.append([])
+        total = 0
+      groups[-1].append((path, a, b))
+      total += b - a
+  return ([InputUnit(i, source, tuple(g)) for i, g in enumerate(groups)],
+          [{"path": p, "size": s} for p, s in files])
+
+
+@contextlib.contextmanager
+def _read_errors(path: str):
+  """Turns a failed read (gone, unreadable, no credentials) into a PretrainError naming the file."""
+  try:
+    yield
+  except FileNotFoundError as e:
+    raise PretrainError(f"corpus file {path} does not exist (deleted since it was listed?)") from e
+  except Exception as e:  # pylint: disable=broad-except  (gcsfs and google.auth raise many kinds)
+    if isinstance(e, PretrainError):
+      raise
+    raise (_remote_error("read", path, e) if _is_url(path)
+           else PretrainError(f"cannot read corpus file {path}: {e}")) from e
+
+
+class _File:
+  """A corpus file read forward from byte `pos`, hashing the bytes of `window` [start, end) it passes."""
+
+  def __init__(self, path: str, pos: int, window: tuple[int, int] | None):
+    self.path, self.pos, self.window, self.hashed = path, pos, window, 0
+    self._hash = hashlib.sha256()
+    with _read_errors(path):
+      if _is_url(path):
+        from etils import epath  # pylint: disable=g-import-not-at-top
+        self._f = epath.Path(path).open("rb")
+      else:
+        self._f = open(path, "rb")  # pylint: disable=consider-using-with
+      self._f.seek(pos)
+
+  def read(self, n: int = _CHUNK, at: int | None = None) -> bytes:
+    """The next n bytes; or, `at` a position, bytes [at, at + n) without moving the stream."""
+    with _read_errors(self.path):
+      if at is not None:
+        self._f.seek(at)
+        data = self._f.read(n)
+        self._f.seek(self.pos)
+        return data
+      data = self._f.read(n)
+    if self.window:
+      a, b = max(self.window[0], self.pos), min(self.window[1], self.pos + len(data))
+      if a < b:
+        self._hash.update(data[a - self.pos:b - self.pos])
+        self.hashed += b - a
+    self.pos += len(data)
+    return data
+
+  def digest(self, whole: bool) -> dict:
+    """{bytes, sha256} of the window, read on to its end; a file that has changed size is an error."""
+    start, end = self.window
+    while self.pos < end and self.read(min(_CHUNK, end - self.pos)):
+      pass
+    if self.hashed != end - start or (whole and (self.pos > end or self.read(1))):
+      raise PretrainError(f"corpus file {self.path} changed size since the units were planned; "
+                          "plan them again")
+    return {"bytes": self.hashed, "sha256": self._hash.hexdigest()}
+
+  def close(self):
+    self._f.close()
+
+
+def _decompressed(f: _File, kind: str) -> Callable[[int], bytes]:
+  """read(n) of a compressed file's content; data that is not `kind` is a PretrainError naming the file."""
+  if kind == "gzip":
+    stream, errors = gzip.GzipFile(fileobj=f, mode="rb"), (OSError, EOFError, zlib.error)
+  else:
+    import zstandard  # pylint: disable=g-import-not-at-top
+    stream = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
+    errors = (zstandard.ZstdError, OSError)
+
+  def read(n: int) -> bytes:
+    try:
+      return stream.read(n)
+    except errors as e:  # The file's own read errors are PretrainErrors already.
+      raise PretrainError(f"corpus file {f.path} is not valid {kind} data ({e}), despite its name") from e
+
+  return read
+
+
+def _open_before(f: _File, pos: int, tail: bytes) -> bool:
+  """Whether a document is open at the line that starts after byte `pos` ('\\n'; `tail` is the rest of
+  that byte's line from it on): the last decodable line before is not blank. Reads backwards."""
+  buf, lo, step, end = b"", pos, 4096, pos  # buf holds bytes [lo, end), end a line's '\n'.
+  while end >= 0:
+    while (nl := buf.rfind(b"\n")) < 0 and lo > 0:  # Another chunk before, twice the last.
+      n = min(step, lo)
+      buf, lo, step = f.read(n, at=lo - n) + buf, lo - n, min(step * 2, _CHUNK)
+    line_start = lo + nl + 1
+    line = _decode(buf[nl + 1:] + tail, line_start)
+    if line is not None:
+      return bool(line.strip())
+    buf, tail, end = buf[:max(nl, 0)], b"", line_start - 1
+  return False
+
+
+def _text_docs(lines: Iterable[tuple[int, str | None]], hi: float, foreign: Callable[[], bool],
+               budget: float | None) -> Iterator[list[str]]:
+  """BERT-format documents whose first line starts before `hi`; `foreign()`: the first line continues a
+  document that a previous range owns."""
+  doc: list[str] = []
+  first, yielded, skip = None, False, False
+  for pos, line in lines:
+    if pos >= hi and not doc:
+      return
+    if first is None:
+      first, skip = pos, pos > 0 and foreign()
+    if line is None:
+      continue
+    line = line.strip()
+    if not line:
+      skip = False
+      if doc:
+        yield doc
+        doc, yielded = [], True
+    elif not skip:
+      if not doc and yielded and budget is not None and pos - first >= budget:
+        return
+      doc.append(line)
+  if doc:
+    yield doc
+
+
+def _jsonl_docs(lines: Iterable[tuple[int, str | None]], hi: float, field: str, budget: float | None,
+                where: str, stats: dict) -> Iterator[list[str]]:
+  """The documents of the JSON lines that start before `hi`; bad lines are counted."""
+  bad, first, yielded = 0, None, False
+  for pos, line in lines:
+    if pos >= hi or (yielded and budget is not None and pos - first >= budget):
+      break
+    first = pos if first is None else first
+    if line is None or not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      record = None
+    text = record.get(field) if isinstance(record, dict) else None
+    if not isinstance(text, str):
+      bad += 1
+    elif sentences := split_sentences(text):
+      yield sentences
+      yielded = True
+  if bad:
+    _logger.warning("%s: skipped %d line(s) that are not JSON objects with a string field %r",
+                    where, bad, field)
+    stats["bad_lines"] += bad
+
+
+def _read_range(path: str, start: int, end: int, cfg: Any, stats: dict, budget: float | None,
+                hash_bytes: bool) -> Iterator[list[str]]:
+  """The documents that start in [start, end) of a file (all of a compressed one), streamed."""
+  kind = _compression(path)
+  lo, hi = (0, math.inf) if kind else (start, end)
+  f = _File(path, max(lo - 1, 0), ((0, end) if kind else (start, end)) if hash_bytes else None)
+  with contextlib.closing(f):
+    raw = _raw_lines(_decompressed(f, kind) if kind else f.read, f.pos)
+    tail = next(raw)[1] if lo > 0 else b""  # The end of a line that starts before `start`: not ours.
+    undecodable = 0
+
+    def decoded() -> Iterator[tuple[int, str | None]]:
+      nonlocal undecodable
+      for pos, line in raw:
+        text = _decode(line, pos)
+        undecodable += text is None and pos < hi
+        yield pos, text
+
+    where = path if kind or end == math.inf else f"{path} bytes [{start}, {end})"
+    if cfg.source == "text":
+      yield from _text_docs(decoded(), hi, lambda: _open_before(f, start - 1, tail), budget)
+    else:
+      yield from _jsonl_docs(decoded(), hi, cfg.field, budget, where, stats)
+    if undecodable:
+      _logger.warning("%s: skipped %d line(s) that are not valid UTF-8", where, undecodable)
+      stats["undecodable_lines"] += undecodable
+    if hash_bytes:
+      stats["ranges"].append({"path": path, "start": start, "end": end, **f.digest(whole=bool(kind))})
+
+
+def _unit_docs(unit: InputUnit, data_cfg: Any, stats: dict, budgets: Sequence[float | None],
+               hash_bytes: bool) -> Iterator[list[str]]:
+  source = _source(data_cfg)
+  if unit.source != source:
+    raise PretrainError(f"input unit {unit.index} was planned for data.source={unit.source!r}, but it is "
+                        f"{source!r} now: plan the units again")
+  field = _get(data_cfg, "text_field", "text")
+  if source == "jsonl" and not field:
+    raise PretrainError("data.text_field is empty; set it to the jsonl field holding the text")
+  for key, value in (("undecodable_lines", 0), ("bad_lines", 0), ("ranges", [])):
+    stats.setdefault(key, value)
+  cfg = types.SimpleNamespace(source=source, field=field)
+  for (path, start, end), budget in zip(unit.ranges, budgets):
+    yield from _read_range(path, start, end, cfg, stats, budget, hash_bytes)
+
+
+def read_unit(unit: InputUnit, data_cfg: Any, stats: dict) -> Iterator[list[str]]:
+  """The documents (lists of sentences) whose first byte lies in the unit's ranges, in order.
+
+  Counts undecodable and bad lines into `stats`, and appends each range's {path, start, end, bytes, sha256}
+  to stats["ranges"] once the range has been read to its end.
+  """
+  yield from _unit_docs(unit, data_cfg, stats, [None] * len(unit.ranges), hash_bytes=True)
+  if unit.source == "embedded":
+    yield from embedded_documents()
+
+
+def sample_unit(unit: InputUnit, data_cfg: Any, max_bytes: int) -> Iterator[list[str]]:
+  """Documents from the start of each of the unit's ranges, about max_bytes in all (a bounded sample).
+
+  Each nonempty range gives at least one document; with max_bytes >= unit.num_bytes this is read_unit.
+  """
+  share = max_bytes / max(len(unit.ranges), 1)  # Bytes per range; None: all of it.
+  budgets = [None if max_bytes >= unit.num_bytes or end - start <= share else share
+             for _, start, end in unit.ranges]
+  yield from _unit_docs(unit, data_cfg, {}, budgets, hash_bytes=False)
+  total = 0
+  for doc in embedded_documents() if unit.source == "embedded" else ():
+    if total and total >= max_bytes:
+      return
+    yield doc
+    total += sum(len(s.encode("utf-8")) + 1 for s in doc) + 1
