@@ -25,6 +25,9 @@ def write_atomic(path: str, write: Callable[[Any], None]) -> None:
   try:
     with os.fdopen(fd, "wb") as f:
       write(f)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; others on the host read caches and stores.
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

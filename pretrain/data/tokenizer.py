@@ -48,6 +48,7 @@ FORMAT_VERSION = "spm-v1"
 # a cached tokenizer must be the same on every machine.
 _TRAIN_THREADS = 4
 _ENCODE_BATCH = 65_536
+_SAMPLE_SEED = 20_240_601
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 
 
@@ -197,12 +198,20 @@ def _check_options(vocab_size: Any, model_type: Any) -> None:
     raise PretrainError(f"tokenizer.vocab_size={vocab_size!r} must be an integer > {NUM_SPECIAL}")
 
 
-def train_tokenizer(sentences: Iterable[str], vocab_size: int, model_type: str, out_path: str) -> Tokenizer:
+def train_tokenizer(sentences: Iterable[str], vocab_size: int, model_type: str, out_path: str, *,
+                    input_sentence_size: int = 0) -> Tokenizer:
   """Trains a SentencePiece model on `sentences` and writes it atomically to `out_path`.
 
+  input_sentence_size > 0 keeps at most that many sentences, sampled with a fixed seed, so
+  sentencepiece's memory is bounded; 0 trains on all of them with the options of old, so a
+  model trained before is trained again byte for byte.
   Deterministic: the same sentences in the same order give identical model bytes.
   """
   _check_options(vocab_size, model_type)
+  bounded = {}
+  if input_sentence_size:
+    bounded = {"input_sentence_size": int(input_sentence_size), "shuffle_input_sentence": True}
+    spm.set_random_generator_seed(_SAMPLE_SEED)  # Its reservoir sampling, else seeded by the clock.
   count = 0
 
   def nonempty() -> Iterable[str]:
@@ -225,7 +234,7 @@ def train_tokenizer(sentences: Iterable[str], vocab_size: int, model_type: str, 
         control_symbols=list(SPECIAL_TOKENS[2:]),
         character_coverage=0.9995,
         num_threads=_TRAIN_THREADS,
-        shuffle_input_sentence=False,
+        **({"shuffle_input_sentence": False} | bounded),
         minloglevel=2,
     )
   except RuntimeError as e:
@@ -253,11 +262,16 @@ def cached_tokenizer_path(tok_cfg: Any, corpus_cfg: Any) -> str:
   """Where a tokenizer trained from `corpus_cfg` with `tok_cfg`'s options is cached."""
   vocab_size, model_type = _get(tok_cfg, "vocab_size"), _get(tok_cfg, "model_type", "unigram")
   _check_options(vocab_size, model_type)
-  key = json.dumps([
+  key = [
       FORMAT_VERSION, corpus_lib.corpus_fingerprint(corpus_cfg), vocab_size, model_type,
       # The tokenizer sees only the train split, which depends on it.
       float(_get(corpus_cfg, "heldout_fraction", 0.02)),
-  ])
+  ]
+  # The sample's bounds, only when set: with the defaults a model cached before is the one trained now.
+  for name in ("sample_bytes", "input_sentence_size"):
+    if _get(tok_cfg, name, None):
+      key.append([name, int(_get(tok_cfg, name))])
+  key = json.dumps(key)
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   return os.path.join(cache_dir(), "tokenizers", f"{digest}.model")
 
@@ -279,22 +293,12 @@ def open_tokenizer(path: str):
   return Tokenizer(path)
 
 
-def _load_tokenizer(tok_cfg: Any, corpus_cfg: Any, get_corpus: Callable[[], corpus_lib.Corpus]) -> Tokenizer:
-  path = _get(tok_cfg, "path", "")
-  if path:
-    return open_tokenizer(path)
-  if corpus_cfg is None:
-    raise PretrainError("tokenizer.path is empty and no corpus is configured to train one from")
-  cached = cached_tokenizer_path(tok_cfg, corpus_cfg)
-  if os.path.isfile(cached):
-    try:
-      return Tokenizer(cached)
-    except PretrainError as e:
-      _logger.warning("ignoring a broken cached tokenizer: %s", e)
-  vocab_size, model_type = _get(tok_cfg, "vocab_size"), _get(tok_cfg, "model_type", "unigram")
-  _logger.info("training a %s tokenizer (vocab %d) on the %s corpus; caching it at %s",
-               model_type, vocab_size, _get(corpus_cfg, "source"), cached)
-  return train_tokenizer(_corpus_sentences(get_corpus()), vocab_size, model_type, cached)
+def _load_tokenizer(tok_cfg: Any, corpus_cfg: Any,
+                    get_corpus: Callable[[], corpus_lib.Corpus] | None = None):
+  """`prepare.resolve_tokenizer`: a trained tokenizer sees a bounded sample, not `get_corpus()` (unused)."""
+  del get_corpus
+  from pretrain.data import prepare  # pylint: disable=g-import-not-at-top  (prepare imports this module)
+  return prepare.resolve_tokenizer(corpus_cfg, tok_cfg)
 
 
 def load_tokenizer(tok_cfg: Any, corpus_cfg: Any = None) -> Tokenizer:
