@@ -41,7 +41,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A fair comparison: the same examples in the same order for the same number of steps.
 FIXED_KEYS = ("train.steps", "train.batch_size", "train.grad_accum_steps", "train.seed", "data.seed",
               "data.max_seq_length", "data.inputs_length", "data.targets_length", "data.packing",
-              "data.source", "data.paths")
+              "data.source", "data.paths", "data.mixture")
 RESULT = "result.json"
 
 

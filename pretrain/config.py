@@ -35,8 +35,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ""
 
   c.data = ml_collections.ConfigDict(dict(
-      source="embedded",  # 'embedded' (CPython's own docs), 'text' (BERT format), 'jsonl'.
-      paths="",  # Globs, comma separated, for 'text' and 'jsonl'.
+      # 'embedded' (CPython's own docs), 'text' (BERT format) or 'jsonl', prepared into the cache on
+      # first use; or 'prepared': stores made by `python -m pretrain.prepare` (pretrain/data/sources.py).
+      source="embedded",
+      paths="",  # Globs, comma separated, for 'text' and 'jsonl' (local or gs://); store folders for 'prepared'.
+      mixture="",  # Stores with weights, 'DIR=W,DIR=W' (data.source='prepared', data.paths empty).
+      mixture_run_length=128,  # Consecutive examples drawn from one shard (a batch touches few shards).
+      auto_prepare_max_mb=1024.0,  # Raw corpora up to this size are prepared on the fly; larger: pretrain.prepare.
       text_field="text",  # JSONL field holding a document.
       heldout_fraction=0.02,
       max_seq_length=128,
@@ -54,6 +59,11 @@ def base_config() -> ml_collections.ConfigDict:
       path="",  # A sentencepiece .model; '' trains one on the corpus once and caches it.
       vocab_size=30522,
       model_type="unigram",
+      # Training reads a bounded sample of the corpus: at most sample_bytes (0: 1 GiB), spread over its
+      # input units; of a corpus larger than that, sentencepiece keeps input_sentence_size sentences
+      # (0: 10M) drawn with a fixed seed.
+      sample_bytes=0,
+      input_sentence_size=0,
   ))
 
   c.model = ml_collections.ConfigDict(dict(

@@ -35,7 +35,7 @@ from pretrain import paths
 from pretrain import sharding
 from pretrain import tasks
 from pretrain.data import pipeline
-from pretrain.data.tokenizer import load_tokenized
+from pretrain.data import sources as data_sources
 from pretrain.errors import PretrainError
 from pretrain.models import attention
 from pretrain.training import step as step_lib
@@ -169,13 +169,16 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   _validate(config, mesh)
   is_main = jax.process_index() == 0
 
-  tokenizer, train_docs, heldout_docs, corpus_stats = load_tokenized(config.data, config.tokenizer)
+  tokenizer, stores = data_sources.open_stores(config.data, config.tokenizer)
   task = tasks.get_task(config, tokenizer)
   model = task.build_model()
   total_steps = int(config.train.steps)
   tx, schedule = make_optimizer(config.optimizer, total_steps)
-  train_examples = task.examples(train_docs, seed=config.data.seed)
-  eval_examples = task.examples(heldout_docs, seed=config.data.seed + 1) if config.eval.every_steps else None
+  run_length = int(config.data.mixture_run_length)
+  train_examples = data_sources.example_source(task, stores, "train", config.data.seed, run_length=run_length)
+  eval_examples = (data_sources.example_source(task, stores, "heldout", config.data.seed + 1, run_length=run_length)
+                   if config.eval.every_steps else None)
+  corpus_stats = data_sources.describe(stores)
 
   try:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # A no-op under a gs:// bucket.
@@ -266,6 +269,10 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     steps_per_sec = interval_steps / elapsed
     progress["useful_seconds"] += elapsed - interval_data_wait
     progress["data_wait_seconds"] += interval_data_wait
+    if len(set(train_examples.names)) > 1:  # A mixture: what each source has given so far.
+      for name, n in train_examples.drawn(stream.examples_consumed()).items():
+        row[f"examples_drawn/{name}"] = n
+        row[f"tokens_drawn/{name}"] = n * task.tokens_per_example
     row.update(
         tokens_per_sec=tokens_per_step * steps_per_sec,
         examples_per_sec=global_batch * steps_per_sec,

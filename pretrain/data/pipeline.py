@@ -64,6 +64,10 @@ class BatchStream:
         "global_batch_size": self.global_batch_size,
     }
 
+  def examples_consumed(self) -> int:
+    """Global examples handed out so far (every process's rows of every batch returned)."""
+    return self.example_offset + int(self._iter.get_state()["next_index"]) * self.global_batch_size
+
   def set_state(self, state: dict[str, Any]):
     """Continues at the global example where `state` stopped, whatever the batch size was."""
     consumed = int(state["example_offset"]) + int(state["next_batch"]) * int(state["global_batch_size"])

@@ -84,6 +84,11 @@ class BertTask:
   def tokens_per_example(self) -> int:
     return self.seq_len
 
+  @property
+  def min_shard(self) -> tuple[int, int]:
+    """(documents, tokens) a shard needs for examples: NSP draws its random segment from another document."""
+    return (2 if self.example_config.next_sentence_prediction else 1), 1
+
   # --- model, loss, metrics -------------------------------------------------
 
   def build_model(self):

@@ -90,6 +90,11 @@ class Gpt2Task:
   def tokens_per_example(self) -> int:
     return self.seq_len
 
+  @property
+  def min_shard(self) -> tuple[int, int]:
+    """(documents, tokens) a shard needs for examples: a chunked stream at least one window long."""
+    return 1, (1 if self.example_config.packing else self.seq_len)
+
   # --- model, loss, metrics -------------------------------------------------
 
   def build_model(self):

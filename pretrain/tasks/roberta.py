@@ -42,6 +42,11 @@ class RobertaTask(bert_task.BertTask):
     return RobertaExamples(docs, self.example_config, self.vocab_size, seed, word_start=self.word_start,
                            special=self.special)
 
+  @property
+  def min_shard(self) -> tuple[int, int]:
+    """(documents, tokens) a shard needs for examples."""
+    return 1, 1
+
   def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     """Zeros of every batch field's shape and dtype (for init and compilation)."""
     l, p = self.seq_len, self.num_predictions

@@ -81,7 +81,8 @@ def t5_config() -> ml_collections.ConfigDict:
       extra_ids=100,  # Sentinel ids above the tokenizer's pieces.
       z_loss=1e-4,
   ))
-  generic = ("source", "paths", "text_field", "heldout_fraction", "seed", "num_threads", "prefetch_batches")
+  generic = ("source", "paths", "mixture", "mixture_run_length", "auto_prepare_max_mb", "text_field",
+             "heldout_fraction", "seed", "num_threads", "prefetch_batches")
   c.data = ml_collections.ConfigDict(dict(
       {k: c.data[k] for k in generic},
       inputs_length=512,
@@ -278,6 +279,11 @@ class T5Task:
   @property
   def tokens_per_example(self) -> int:
     return self.inputs_length + self.targets_length
+
+  @property
+  def min_shard(self) -> tuple[int, int]:
+    """(documents, tokens) a shard needs for examples: one raw chunk."""
+    return 1, self.lengths.tokens_length
 
   # --- model, loss, metrics -------------------------------------------------
 
