@@ -71,17 +71,7 @@ def run(commands: Sequence[Sequence[str]], env: dict[str, str], *, kill_grace_s:
   SIGTERM handler). SIGTERM/SIGINT sent to the launcher go to every process as
   SIGTERM; a second one kills them.
   """
-  procs = [subprocess.Popen(list(cmd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)  # Signals reach them only through here.
-           for cmd in commands]
-  pumps = []
-  for i, p in enumerate(procs):
-    prefix = f"[{i}] " if i else ""
-    for src, dst in ((p.stdout, stdout), (p.stderr, stderr)):
-      t = threading.Thread(target=_pump, args=(src, dst, prefix), daemon=True)
-      t.start()
-      pumps.append(t)
-
+  procs: list[subprocess.Popen] = []
   received: list[int] = []
 
   def forward(signum, _):
@@ -95,10 +85,21 @@ def run(commands: Sequence[Sequence[str]], env: dict[str, str], *, kill_grace_s:
         except ProcessLookupError:
           pass
 
+  # Before the processes start: a signal that arrives once they run must reach them, not end the launcher.
   on_main_thread = threading.current_thread() is threading.main_thread()
   previous = {}
   if on_main_thread:
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+  for cmd in commands:
+    procs.append(subprocess.Popen(list(cmd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  start_new_session=True))  # Signals reach them only through here.
+  pumps = []
+  for i, p in enumerate(procs):
+    prefix = f"[{i}] " if i else ""
+    for src, dst in ((p.stdout, stdout), (p.stderr, stderr)):
+      t = threading.Thread(target=_pump, args=(src, dst, prefix), daemon=True)
+      t.start()
+      pumps.append(t)
   status = 0
   try:
     kill_at = None
