@@ -589,9 +589,11 @@ def bench_data(config, *, batches: int = 200, reference: bool = True) -> dict:
   if config.task.name != "bert":
     raise PretrainError(f"--data times BERT's input pipeline only; task.name={config.task.name!r}")
   batch_size = int(config.train.batch_size)
-  tokenizer, train_docs, _, stats = tokenizer_lib.load_tokenized(config.data, config.tokenizer)
+  from pretrain.data import sources  # pylint: disable=g-import-not-at-top
+  tokenizer, stores = sources.open_stores(config.data, config.tokenizer)
   task = tasks.get_task(config, tokenizer)
-  examples = task.examples(train_docs, seed=int(config.data.seed))
+  examples = sources.example_source(task, stores, "train", int(config.data.seed),
+                                    run_length=int(config.data.mixture_run_length))
   rows = lambda i: np.arange(i * batch_size, (i + 1) * batch_size, dtype=np.int64)
   examples.batch(rows(0))  # Plans the first epoch.
 
@@ -600,7 +602,8 @@ def bench_data(config, *, batches: int = 200, reference: bool = True) -> dict:
     run()
     return batches * batch_size / (time.perf_counter() - t0)
 
-  out = {"corpus_train_tokens": int(train_docs.num_tokens), "corpus_source": stats.get("source"),
+  out = {"corpus_train_tokens": sum(ws.store.num_tokens("train") for ws in stores),
+         "corpus_source": config.data.source,
          "batch_size": batch_size, "batches": batches}
   out["bert_examples_per_sec"] = per_second(lambda: [examples.batch(rows(i)) for i in range(1, batches + 1)])
   stream = pipeline.BatchStream(examples, batch_size, num_threads=config.data.num_threads,

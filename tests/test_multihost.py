@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pretrain import distributed
-from pretrain.data.tokenizer import load_tokenized
+from pretrain.data.sources import open_stores
 from pretrain.errors import PretrainError
 from pretrain.train import train
 
@@ -72,7 +72,7 @@ def test_two_processes_train_as_one_and_resume_in_one(text_corpus, tmp_path):
   c.eval.every_steps = 0
   c.checkpoint.every_steps = 3
   straight, multi = str(tmp_path / "straight"), str(tmp_path / "multi")
-  load_tokenized(c.data, c.tokenizer)  # Cached once here, not trained by all three runs at once.
+  open_stores(c.data, c.tokenizer)  # Prepared once here, not by all three runs at once.
 
   half = c.copy_and_resolve_references()
   half.train.steps = 3
@@ -286,7 +286,7 @@ def test_sigterm_to_one_process_stops_all_at_one_agreed_step(text_corpus, tmp_pa
   c.eval.every_steps = 0
   c.checkpoint.every_steps = 10_000
   workdir = str(tmp_path / "run")
-  load_tokenized(c.data, c.tokenizer)
+  open_stores(c.data, c.tokenizer)
   with open(tmp_path / "err.txt", "w") as err:
     launch = subprocess.Popen(
         [sys.executable, LOCAL, "-n", "2", "--devices_per_process", "4", "--",

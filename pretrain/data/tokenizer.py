@@ -1,8 +1,9 @@
-"""Tokenizers, their special tokens, and cached tokenization.
+"""Tokenizers, their special tokens, training, and encoding documents.
 
-A tokenizer is a file (`tokenizer.path`) or trained once from the configured
-corpus and cached under $PRETRAIN_CACHE_DIR (default ~/.cache/pretrain). Token
-arrays are cached there too, as plain .npz files.
+A tokenizer is a file (`tokenizer.path`) or trained once on a bounded sample of
+the configured corpus (pretrain/data/prepare.py) and cached under
+$PRETRAIN_CACHE_DIR (default ~/.cache/pretrain). Tokens are kept in token
+stores (pretrain/data/store.py), not here.
 
 `tokenizer.path` may name
   a SentencePiece model (.model) with [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0..4,
@@ -23,8 +24,7 @@ import logging
 import numbers
 import os
 import re
-import zipfile
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 import sentencepiece as spm
@@ -250,10 +250,6 @@ def train_tokenizer(sentences: Iterable[str], vocab_size: int, model_type: str, 
   return Tokenizer(out_path)
 
 
-def _corpus_sentences(corpus: corpus_lib.Corpus) -> Iterable[str]:
-  return itertools.chain.from_iterable(corpus.train)
-
-
 def _get(cfg: Any, name: str, default: Any = None) -> Any:
   return getattr(cfg, name, default) if not isinstance(cfg, dict) else cfg.get(name, default)
 
@@ -293,17 +289,10 @@ def open_tokenizer(path: str):
   return Tokenizer(path)
 
 
-def _load_tokenizer(tok_cfg: Any, corpus_cfg: Any,
-                    get_corpus: Callable[[], corpus_lib.Corpus] | None = None):
-  """`prepare.resolve_tokenizer`: a trained tokenizer sees a bounded sample, not `get_corpus()` (unused)."""
-  del get_corpus
+def load_tokenizer(tok_cfg: Any, corpus_cfg: Any = None):
+  """Opens `tok_cfg.path`, or (path empty) the tokenizer trained once on a sample of the corpus and cached."""
   from pretrain.data import prepare  # pylint: disable=g-import-not-at-top  (prepare imports this module)
   return prepare.resolve_tokenizer(corpus_cfg, tok_cfg)
-
-
-def load_tokenizer(tok_cfg: Any, corpus_cfg: Any = None) -> Tokenizer:
-  """Opens `tok_cfg.path`, or (path empty) the tokenizer trained once from the corpus and cached."""
-  return _load_tokenizer(tok_cfg, corpus_cfg, lambda: corpus_lib.load_corpus(corpus_cfg))
 
 
 def tokenize_documents(docs: list[list[str]], tokenizer: Tokenizer) -> TokenizedDocs:
@@ -326,60 +315,3 @@ def tokenize_documents(docs: list[list[str]], tokenizer: Tokenizer) -> Tokenized
       sentence_starts=np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64),
       doc_starts=np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64),
   )
-
-
-_SPLITS = ("train", "heldout")
-_FIELDS = ("tokens", "sentence_starts", "doc_starts")
-
-
-def _save_tokenized(path: str, splits: dict[str, TokenizedDocs], stats: dict) -> None:
-  arrays = {f"{s}_{f}": getattr(splits[s], f) for s in _SPLITS for f in _FIELDS}
-  arrays["stats"] = np.array(json.dumps(stats))  # A unicode array: loads without pickle.
-  paths.write_atomic(path, lambda f: np.savez(f, **arrays))
-
-
-def _load_tokenized_file(path: str) -> tuple[dict[str, TokenizedDocs], dict]:
-  with np.load(path, allow_pickle=False) as z:
-    splits = {s: TokenizedDocs(*(z[f"{s}_{f}"] for f in _FIELDS)) for s in _SPLITS}
-    stats = json.loads(str(z["stats"]))
-  return splits, stats
-
-
-def tokenized_cache_path(data_cfg: Any, tokenizer: Tokenizer) -> str:
-  key = json.dumps([
-      FORMAT_VERSION, corpus_lib.corpus_fingerprint(data_cfg), tokenizer.fingerprint,
-      float(_get(data_cfg, "heldout_fraction", 0.02)),
-  ])
-  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-  return os.path.join(cache_dir(), "tokenized", f"{digest}.npz")
-
-
-def load_tokenized(data_cfg: Any, tok_cfg: Any) -> tuple[Tokenizer, TokenizedDocs, TokenizedDocs, dict]:
-  """The tokenizer, the tokenized train and held-out splits and the corpus stats.
-
-  Token arrays are cached by corpus, tokenizer and held-out fraction.
-  """
-  corpus = None
-
-  def get_corpus() -> corpus_lib.Corpus:
-    nonlocal corpus  # Read the corpus at most once, even when the tokenizer is trained here.
-    if corpus is None:
-      corpus = corpus_lib.load_corpus(data_cfg)
-    return corpus
-
-  tokenizer = _load_tokenizer(tok_cfg, data_cfg, get_corpus)
-  path = tokenized_cache_path(data_cfg, tokenizer)
-  if os.path.isfile(path):
-    try:
-      splits, stats = _load_tokenized_file(path)
-      return tokenizer, splits["train"], splits["heldout"], stats
-    except (OSError, EOFError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
-      _logger.warning("ignoring a broken token cache %s: %s", path, e)
-  c = get_corpus()
-  _logger.info("tokenizing the %s corpus; caching the tokens at %s", c.stats["source"], path)
-  splits = {"train": tokenize_documents(c.train, tokenizer),
-            "heldout": tokenize_documents(c.heldout, tokenizer)}
-  stats = dict(c.stats, train_num_tokens=splits["train"].num_tokens,
-               heldout_num_tokens=splits["heldout"].num_tokens)
-  _save_tokenized(path, splits, stats)
-  return tokenizer, splits["train"], splits["heldout"], stats

@@ -182,3 +182,18 @@ def test_a_large_raw_corpus_is_not_prepared_on_the_fly(text_corpus):
   data.auto_prepare_max_mb = 0.001
   with pytest.raises(PretrainError, match="python -m pretrain.prepare"):
     sources.open_stores(data, c.tokenizer)
+
+
+def test_a_damaged_cached_store_is_refused_with_the_shard_named(text_corpus, tmp_path, monkeypatch):
+  """A truncated shard is never taken for data nor silently rebuilt over: the run stops naming it."""
+  monkeypatch.setenv("PRETRAIN_CACHE_DIR", str(tmp_path / "cache"))
+  c = make_tiny_config(text_corpus)
+  _, stores = sources.open_stores(c.data, c.tokenizer)
+  shard = stores[0].store.shards("train")[0].file
+  path = os.path.join(stores[0].store.path, shard)
+  size = os.path.getsize(path)
+  with open(path, "r+b") as f:
+    f.truncate(size - 10)
+  with pytest.raises(PretrainError, match=f"{shard} is truncated"):
+    sources.open_stores(c.data, c.tokenizer)
+  assert os.path.getsize(path) == size - 10  # Left as it was, for the user to look at.

@@ -191,49 +191,6 @@ def test_load_tokenizer_trains_once_and_caches(text_corpus, _cache_dir, monkeypa
   assert tok_lib.cached_tokenizer_path(tok_cfg, data_cfg) != trained.path
 
 
-def test_load_tokenized_writes_and_rereads_the_cache(text_corpus, _cache_dir, monkeypatch):
-  data_cfg, tok_cfg = _cfgs(text_corpus)
-  tokenizer, train, heldout, stats = tok_lib.load_tokenized(data_cfg, tok_cfg)
-  c = corpus.load_corpus(data_cfg)
-  assert train.num_docs == len(c.train) and heldout.num_docs == len(c.heldout) > 0
-  assert stats["train_num_docs"] == len(c.train) and stats["source"] == "text"
-  assert stats["train_num_tokens"] == train.num_tokens
-  assert train.tokens.dtype == np.int32 and train.tokens.max() < tokenizer.vocab_size
-  assert train.tokens.min() >= tok_lib.UNK_ID
-  cached = os.listdir(_cache_dir / "tokenized")
-  assert len(cached) == 1 and cached[0].endswith(".npz")
-  with np.load(_cache_dir / "tokenized" / cached[0], allow_pickle=False) as z:
-    np.testing.assert_array_equal(z["train_tokens"], train.tokens)
-
-  def no_tokenizing(*args, **kwargs):
-    raise AssertionError("tokenized again")
-
-  monkeypatch.setattr(tok_lib, "tokenize_documents", no_tokenizing)
-  monkeypatch.setattr(tok_lib, "train_tokenizer", no_tokenizing)
-  tokenizer2, train2, heldout2, stats2 = tok_lib.load_tokenized(data_cfg, tok_cfg)
-  assert tokenizer2.fingerprint == tokenizer.fingerprint and stats2 == stats
-  for a, b in ((train, train2), (heldout, heldout2)):
-    for field in ("tokens", "sentence_starts", "doc_starts"):
-      np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
-      assert getattr(a, field).dtype == getattr(b, field).dtype
-  # Another held-out fraction is another entry (and another tokenizer, trained on another split).
-  monkeypatch.undo()
-  monkeypatch.setenv("PRETRAIN_CACHE_DIR", str(_cache_dir))
-  data_cfg.heldout_fraction = 0.1
-  _, _, heldout3, _ = tok_lib.load_tokenized(data_cfg, tok_cfg)
-  assert heldout3.num_docs > heldout.num_docs
-  assert len(os.listdir(_cache_dir / "tokenized")) == 2
-
-
-def test_load_tokenized_rebuilds_a_broken_cache(text_corpus, _cache_dir):
-  data_cfg, tok_cfg = _cfgs(text_corpus)
-  _, train, _, _ = tok_lib.load_tokenized(data_cfg, tok_cfg)
-  (path,) = (_cache_dir / "tokenized").iterdir()
-  path.write_bytes(b"truncated")
-  _, train2, _, _ = tok_lib.load_tokenized(data_cfg, tok_cfg)
-  np.testing.assert_array_equal(train.tokens, train2.tokens)
-
-
 _CONFIG = """
 import ml_collections
 
