@@ -19,6 +19,9 @@ from pretrain.tasks.t5 import t5_config
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import make_tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fake_gcs import BUCKET, root_fixture  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+fake_gcs = root_fixture()
 
 
 def _family_config(family: str, data_cfg, tok_cfg) -> ml_collections.ConfigDict:
@@ -197,3 +200,23 @@ def test_a_damaged_cached_store_is_refused_with_the_shard_named(text_corpus, tmp
   with pytest.raises(PretrainError, match=f"{shard} is truncated"):
     sources.open_stores(c.data, c.tokenizer)
   assert os.path.getsize(path) == size - 10  # Left as it was, for the user to look at.
+
+
+def test_a_run_reads_a_store_in_gcs_as_the_local_one(fake_gcs, two_stores):
+  """data.paths=gs://...: manifest, tokenizer and shards come from the bucket; the batches are the local ones."""
+  c, tokenizer, out = two_stores
+  url = f"gs://{BUCKET}/stores/wiki"
+  data = c.data.copy_and_resolve_references()
+  data.paths = os.path.join(os.path.dirname(out["wiki"]), "wiki.txt")
+  prepare_lib.prepare(data, tokenizer, url, num_workers=1, unit_bytes=4096)
+  assert (fake_gcs / BUCKET / "stores" / "wiki" / "manifest.json").is_file()
+  batches = []
+  for path in (out["wiki"], url):
+    data.update(source="prepared", paths=path)
+    tok, stores = sources.open_stores(data, c.tokenizer)  # No tokenizer.path: the store's own copy.
+    assert tok.fingerprint == tokenizer.fingerprint
+    task = tasks.get_task(_family_config("bert", data, c.tokenizer), tok)
+    src = sources.example_source(task, stores, "train", seed=2, run_length=4)
+    batches.append(src.batch(np.arange(100, 164, dtype=np.int64)))
+  for k in batches[0]:
+    np.testing.assert_array_equal(batches[0][k], batches[1][k])
