@@ -6,7 +6,9 @@ epoch. Plans are cached for the last few epochs: neighbouring indices share an
 epoch and a batch near a boundary spans two, so two suffice.
 """
 import collections
+import inspect
 import threading
+import weakref
 from typing import Callable, Generic, NamedTuple, TypeVar
 
 import numpy as np
@@ -34,7 +36,9 @@ class Epochs(Generic[Plan]):
     if num_per_epoch < 1:
       raise PretrainError(f"an epoch needs >= 1 example, got num_per_epoch={num_per_epoch}")
     self.num_per_epoch = int(num_per_epoch)
-    self._make = plan
+    # A builder passes its own method: held weakly, so the builder is no reference cycle and its
+    # arrays (a shard's plans) are freed the moment a mixture drops it, not at some later gc pass.
+    self._make = weakref.WeakMethod(plan) if inspect.ismethod(plan) else (lambda: plan)
     self._cached = int(cached)
     self._lock = threading.Lock()
     self._plans = collections.OrderedDict()
@@ -47,7 +51,7 @@ class Epochs(Generic[Plan]):
       if epoch in self._plans:
         self._plans.move_to_end(epoch)
       else:
-        self._plans[epoch] = self._make(epoch)
+        self._plans[epoch] = self._make()(epoch)
         while len(self._plans) > self._cached:
           self._plans.popitem(last=False)
       return self._plans[epoch]

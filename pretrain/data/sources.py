@@ -8,7 +8,8 @@
 Every shard of every store is one component of one `mixture.MixtureSource`:
 a store's weight is split over its shards by their token counts, each shard is
 an endless example stream of the task's builder (pretrain/tasks), and global
-example i goes to the shard the mixture assigns. Nothing but the manifests is
+example i goes to the shard the mixture assigns, in runs of data.mixture_run_length
+consecutive examples (a process stays on a shard for several steps). Nothing but the manifests is
 read at start-up; a shard's index is read when the first example needs it and
 its tokens document by document (pretrain/data/store.py). A store of one shard
 (every small corpus) gives exactly the examples of the shard alone.
@@ -150,7 +151,7 @@ def _shard_seed(seed: int, component: int) -> int:
   return int(seed) if component == 0 else (int(seed) + _SHARD_SEED_STRIDE * component) % 2**31
 
 
-def example_source(task, stores: list[WeightedStore], split: str, seed: int, *, run_length: int = 128,
+def example_source(task, stores: list[WeightedStore], split: str, seed: int, *, run_length: int = 4096,
                    max_open: int = 4) -> mixture.MixtureSource:
   """The task's examples over every usable shard of `split`, by global example index."""
   builders, weights, names, skipped = [], [], [], 0

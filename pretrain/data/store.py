@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import threading
+import weakref
 import uuid
 import zipfile
 from typing import Any
@@ -334,7 +335,9 @@ class Store:
     self.manifest = manifest
     self.manifest_sha256 = manifest_sha256
     self._shards = {s: [ShardInfo.from_json(d) for d in manifest["splits"][s]] for s in SPLITS}
-    self._documents: dict[tuple[str, int], ShardDocuments] = {}
+    # Shards in use are shared; one no builder holds any more is freed with its index (a store may have
+    # thousands of shards, and a run reads a few at a time).
+    self._documents: "weakref.WeakValueDictionary[tuple[str, int], ShardDocuments]" = weakref.WeakValueDictionary()
     self._lock = threading.Lock()
 
   @property
@@ -361,10 +364,10 @@ class Store:
     if not 0 <= i < len(self._shards[split]):
       raise PretrainError(f"token store {self.path} has {len(self._shards[split])} {split} shards, not {i + 1}")
     with self._lock:
-      key = (split, i)
-      if key not in self._documents:
-        self._documents[key] = ShardDocuments(self, self._shards[split][i])
-      return self._documents[key]
+      docs = self._documents.get((split, i))
+      if docs is None:
+        docs = self._documents[(split, i)] = ShardDocuments(self, self._shards[split][i])
+      return docs
 
   def num_tokens(self, split: str) -> int:
     return int(self.totals(split)["num_tokens"])

@@ -76,3 +76,26 @@ def test_negative_indices_and_empty_epochs_are_errors():
   assert made == []
   with pytest.raises(PretrainError, match="num_per_epoch=0"):
     Epochs(0, lambda e: e)
+
+
+def test_a_builder_that_passes_its_own_method_is_no_reference_cycle():
+  """Dropped, a builder (and the plans it holds) is freed at once, without waiting for the cyclic gc."""
+  import gc  # pylint: disable=g-import-not-at-top
+  import weakref  # pylint: disable=g-import-not-at-top
+
+  class Builder:
+    def __init__(self):
+      self.epochs = Epochs(3, self.plan)
+
+    def plan(self, epoch):
+      return np.arange(3) + epoch
+
+  gc.disable()
+  try:
+    b = Builder()
+    assert b.epochs.plan(2).tolist() == [2, 3, 4]
+    ref = weakref.ref(b)
+    del b
+    assert ref() is None
+  finally:
+    gc.enable()

@@ -220,3 +220,26 @@ def test_a_run_reads_a_store_in_gcs_as_the_local_one(fake_gcs, two_stores):
     batches.append(src.batch(np.arange(100, 164, dtype=np.int64)))
   for k in batches[0]:
     np.testing.assert_array_equal(batches[0][k], batches[1][k])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_dropped_shard_builder_is_freed_at_once(two_stores, family):
+  """A mixture over thousands of shards keeps a few open: one it drops must not wait for the cyclic gc."""
+  import gc  # pylint: disable=g-import-not-at-top
+  import weakref  # pylint: disable=g-import-not-at-top
+  c, _, out = two_stores
+  data = c.data.copy_and_resolve_references()
+  data.update(source="prepared", paths=out["wiki"])
+  tok, stores = sources.open_stores(data, c.tokenizer)
+  task = tasks.get_task(_family_config(family, data, c.tokenizer), tok)
+  gc.disable()
+  try:
+    shards = stores[0].store.shards("train")
+    largest = max(range(len(shards)), key=lambda i: (shards[i].num_docs, shards[i].num_tokens))
+    examples = task.examples(stores[0].store.documents("train", largest), seed=0)
+    examples.batch(np.arange(4, dtype=np.int64))
+    refs = [weakref.ref(examples)]
+    del examples
+    assert refs[0]() is None
+  finally:
+    gc.enable()
