@@ -1,4 +1,4 @@
-"""Trains a SentencePiece tokenizer from the configured corpus, or checks a given one.
+"""Trains a SentencePiece tokenizer on (a bounded sample of) the configured corpus, or checks a given one.
 
   python -m pretrain.tokenizer --config=configs/bert_tiny.py \
       [--config.tokenizer.vocab_size=8192] [--out=PATH]
@@ -20,6 +20,7 @@ from ml_collections import config_flags
 
 from pretrain import cli
 from pretrain.data import corpus as corpus_lib
+from pretrain.data import prepare as prepare_lib
 from pretrain.data import tokenizer as tokenizer_lib
 from pretrain.errors import PretrainError
 
@@ -29,11 +30,10 @@ def define_flags() -> None:
   flags.DEFINE_string("out", "", "Write the model here instead of into the cache.")
 
 
-def _sample_sentence(corpus: corpus_lib.Corpus) -> str:
-  """The first train sentence of a readable length, to show its pieces."""
-  sentences = (s for doc in corpus.train for s in doc)
+def _sample_sentence(data_cfg) -> str:
+  """The first train sentence of a readable length (from the corpus' first few MB), to show its pieces."""
   first = ""
-  for s in sentences:
+  for s in prepare_lib.sample_sentences(data_cfg, 4 << 20):
     first = first or s
     if 8 <= len(s.split()) <= 30:
       return s
@@ -42,7 +42,6 @@ def _sample_sentence(corpus: corpus_lib.Corpus) -> str:
 
 def run(config, out: str) -> None:
   data_cfg, tok_cfg = config.data, config.tokenizer
-  corpus = corpus_lib.load_corpus(data_cfg)
   path = os.path.expanduser(out) if out else tokenizer_lib.cached_tokenizer_path(tok_cfg, data_cfg)
   if tok_cfg.path and not out:
     tokenizer = tokenizer_lib.open_tokenizer(tok_cfg.path)
@@ -50,15 +49,16 @@ def run(config, out: str) -> None:
     print(f"already trained, reusing {path}")
     tokenizer = tokenizer_lib.Tokenizer(path)
   else:
-    print(f"training a {tok_cfg.model_type} tokenizer (vocab {tok_cfg.vocab_size}) "
-          f"on {corpus.stats['train_num_sentences']} sentences ...", flush=True)
-    sentences = (s for doc in corpus.train for s in doc)
-    tokenizer = tokenizer_lib.train_tokenizer(sentences, tok_cfg.vocab_size, tok_cfg.model_type, path)
+    print(f"training a {tok_cfg.model_type} tokenizer (vocab {tok_cfg.vocab_size}) on the "
+          f"{data_cfg.source} corpus ...", flush=True)
+    tokenizer = prepare_lib.train_on_sample(data_cfg, tok_cfg, path)
   print(f"path: {tokenizer.path}")
   print(f"vocab_size: {tokenizer.vocab_size}")
   print("special ids: " + ", ".join(f"{k}={v}" for k, v in tokenizer.special.ids().items()))
-  print("corpus: " + ", ".join(f"{k}={v}" for k, v in corpus.stats.items()))
-  sample = _sample_sentence(corpus)
+  units, sources = corpus_lib.plan_units(data_cfg)
+  print(f"corpus: source={data_cfg.source}, files={len(sources)}, "
+        f"bytes={sum(s['size'] for s in sources)}, units={len(units)}")
+  sample = _sample_sentence(data_cfg)
   pieces = [tokenizer.id_to_piece(i) for i in tokenizer.encode([sample])[0]]
   print(f"sample: {sample}")
   print(f"pieces: {' '.join(pieces)}")

@@ -93,6 +93,11 @@ def resolve_tokenizer(data_cfg: Any, tok_cfg: Any):
       return tokenizer_lib.Tokenizer(cached)
     except PretrainError as e:
       _logger.warning("ignoring a broken cached tokenizer: %s", e)
+  return train_on_sample(data_cfg, tok_cfg, cached)
+
+
+def train_on_sample(data_cfg: Any, tok_cfg: Any, out_path: str):
+  """Trains `tok_cfg`'s tokenizer on a bounded sample of the corpus (all of a small one) into `out_path`."""
   sample_bytes = int(_get(tok_cfg, "sample_bytes", None) or DEFAULT_SAMPLE_BYTES)
   bound = 0
   if _get(data_cfg, "source", "embedded") != "embedded":
@@ -100,9 +105,9 @@ def resolve_tokenizer(data_cfg: Any, tok_cfg: Any):
     if sum(s["size"] for s in sources) > sample_bytes:
       bound = int(_get(tok_cfg, "input_sentence_size", None) or DEFAULT_INPUT_SENTENCE_SIZE)
   vocab_size, model_type = _get(tok_cfg, "vocab_size"), _get(tok_cfg, "model_type", "unigram")
-  _logger.info("training a %s tokenizer (vocab %d) on up to %d MB of the %s corpus; caching it at %s",
-               model_type, vocab_size, sample_bytes >> 20, _get(data_cfg, "source"), cached)
-  return tokenizer_lib.train_tokenizer(sample_sentences(data_cfg, sample_bytes), vocab_size, model_type, cached,
+  _logger.info("training a %s tokenizer (vocab %d) on up to %d MB of the %s corpus into %s",
+               model_type, vocab_size, sample_bytes >> 20, _get(data_cfg, "source"), out_path)
+  return tokenizer_lib.train_tokenizer(sample_sentences(data_cfg, sample_bytes), vocab_size, model_type, out_path,
                                        input_sentence_size=bound)
 
 

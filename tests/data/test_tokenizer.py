@@ -219,7 +219,7 @@ def test_cli_trains_into_the_cache(text_corpus, tmp_path, _cache_dir):
   path = tok_lib.cached_tokenizer_path(tok_cfg, data_cfg)
   assert f"path: {path}" in result.stdout
   assert "vocab_size: 300" in result.stdout
-  assert "train_num_docs=" in result.stdout and "pieces: \u2581" in result.stdout
+  assert "corpus: source=text, files=" in result.stdout and "pieces: \u2581" in result.stdout
   assert tok_lib.load_tokenizer(tok_cfg, data_cfg).path == path  # Found without training.
   out = tmp_path / "out" / "my.model"
   result = _cli(tmp_path, _cache_dir, "text", text_corpus, f"--out={out}", "--config.tokenizer.vocab_size=350")
