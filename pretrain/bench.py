@@ -54,16 +54,16 @@ from pretrain import cli
 from pretrain import metrics as metrics_lib
 from pretrain import sharding
 from pretrain import tasks
-from pretrain.data import tokenizer as tokenizer_lib
+from pretrain.data import special_tokens
 from pretrain.errors import PretrainError
 from pretrain.models import bert as bert_model
 from pretrain.training import step as step_lib
 from pretrain.training.optimizer import make_optimizer
 
 # The project sentencepiece layout's special tokens: what timing batches and the HF stand-in use.
-_SPECIAL_TOKENS = tokenizer_lib.SPECIAL_TOKENS
-_NUM_SPECIAL = tokenizer_lib.NUM_SPECIAL
-_CLS_ID, _SEP_ID = tokenizer_lib.CLS_ID, tokenizer_lib.SEP_ID
+_SPECIAL_TOKENS = special_tokens.SPECIAL_TOKENS
+_NUM_SPECIAL = special_tokens.NUM_SPECIAL
+_CLS_ID, _SEP_ID = special_tokens.CLS_ID, special_tokens.SEP_ID
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +168,7 @@ def _task(config, dtype: str | None = None):
   with config.unlocked():
     if dtype:
       config.model.dtype = dtype
-  return tasks.get_task(config, tokenizer_lib.StandInTokenizer(_tokenizer_vocab(config)))
+  return tasks.get_task(config, special_tokens.StandInTokenizer(_tokenizer_vocab(config)))
 
 
 def _mlm_batch(task, batch_size: int) -> dict:

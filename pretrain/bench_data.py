@@ -35,8 +35,10 @@ from pretrain import ablate
 from pretrain import cli
 from pretrain.data import corpus as corpus_lib
 from pretrain.data import prepare as prepare_lib
+from pretrain.data import special_tokens
 from pretrain.data import store as store_lib
-from pretrain.data import tokenizer as tokenizer_lib
+from pretrain.data import tokenized as tokenized_lib
+from pretrain.data import tokenizer_files
 from pretrain.errors import PretrainError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,10 +202,10 @@ def child_train(a: dict) -> dict:
 
 def child_inmemory(a: dict) -> dict:
   """The old start-up: the whole corpus read and tokenized into memory."""
-  tokenizer = tokenizer_lib.open_tokenizer(a["model_path"])
+  tokenizer = tokenizer_files.open_tokenizer(a["model_path"])
   base = _proc_status()["VmRSS"]
   t0 = time.perf_counter()
-  docs = tokenizer_lib.tokenize_documents(corpus_lib.load_corpus(a["data_cfg"]).train, tokenizer)
+  docs = tokenized_lib.tokenize_documents(corpus_lib.load_corpus(a["data_cfg"]).train, tokenizer)
   return {"seconds": time.perf_counter() - t0, "peak_rss_mib": _peak_rss_mib(), "base_rss_mib": base,
           "end_rss_mib": _proc_status()["VmRSS"], "train_tokens": int(docs.num_tokens),
           "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -233,7 +235,7 @@ def bench_streams(store_path: str, data_cfg: dict, *, batch: int = 256, threads:
   """Examples/s over the store's example_source and over the in-memory TokenizedDocs, per sequence length."""
   from pretrain.data import sources  # pylint: disable=g-import-not-at-top
   tokenizer, stores = sources.open_stores({"source": "prepared", "paths": store_path}, {"path": ""})
-  docs = tokenizer_lib.tokenize_documents(corpus_lib.load_corpus(data_cfg).train, tokenizer)
+  docs = tokenized_lib.tokenize_documents(corpus_lib.load_corpus(data_cfg).train, tokenizer)
   rows = []
   for seq, predictions in _SEQS:
     task = _stream_task(tokenizer, seq, predictions)
@@ -282,7 +284,7 @@ def consumption() -> list[dict]:
   for seq, predictions in _SEQS:
     config = ablate.load_config_file("configs/bert_base.py")
     config.data.update(max_seq_length=seq, max_predictions_per_seq=predictions)
-    task = tasks.get_task(config, tokenizer_lib.StandInTokenizer(config.tokenizer.vocab_size))
+    task = tasks.get_task(config, special_tokens.StandInTokenizer(config.tokenizer.vocab_size))
     flops = task.train_flops_per_example()
     for chip, platform, kind in _CHIPS:
       device = types.SimpleNamespace(platform=platform, device_kind=kind)

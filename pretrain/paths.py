@@ -3,13 +3,19 @@
 TPU pod workers share no file system, so their run's workdir is a bucket. A
 local path keeps plain file semantics (atomic rename, append); a URL goes
 through epath, whose gs:// backend is tensorflow's gfile when tensorflow is
-installed and fsspec + gcsfs otherwise.
+installed and fsspec + gcsfs otherwise. `cache_dir` is the host's local cache
+root (trained tokenizers, stores, copies of gs:// shards).
 """
 import os
 import tempfile
 from typing import Any, Callable
 
 from etils import epath
+
+
+def cache_dir() -> str:
+  """The cache root: $PRETRAIN_CACHE_DIR or ~/.cache/pretrain."""
+  return os.path.expanduser(os.environ.get("PRETRAIN_CACHE_DIR") or "~/.cache/pretrain")
 
 
 def is_remote(path) -> bool:

@@ -30,7 +30,8 @@ import orbax.checkpoint as ocp
 from pretrain import checkpoint as ckpt_lib
 from pretrain import cli
 from pretrain import tasks
-from pretrain.data import tokenizer as tokenizer_lib
+from pretrain.data import special_tokens
+from pretrain.data import tokenizer_files
 from pretrain.errors import PretrainError
 from pretrain.models import gpt2 as gpt2_model
 from pretrain.models import t5 as t5_model
@@ -40,7 +41,7 @@ MLM_TASKS = ("bert", "roberta")
 GENERATIVE_TASKS = ("gpt2", "t5")
 # The project tokenizer's end-of-text: ends a GPT-2 document (pretrain/tasks/causal_examples.py) and a
 # T5 target (pretrain/tasks/t5.py). A run with another vocabulary uses its tokenizer's special.eos.
-END_ID = tokenizer_lib.SEP_ID
+END_ID = special_tokens.SEP_ID
 
 
 def load_run(workdir: str, step: int | None = None):
@@ -53,7 +54,7 @@ def load_run(workdir: str, step: int | None = None):
     saved = checkpointer.restore_config(step)
     tok = saved.pop("_tokenizer", {})
     config = ml_collections.ConfigDict(saved)
-    tokenizer = tokenizer_lib.open_tokenizer(tok.get("path", ""))
+    tokenizer = tokenizer_files.open_tokenizer(tok.get("path", ""))
     if tok.get("fingerprint") not in (None, tokenizer.fingerprint):
       raise PretrainError(f"the tokenizer at {tokenizer.path} changed since the checkpoint was written")
     task = tasks.get_task(config, tokenizer)
@@ -185,7 +186,7 @@ def _decoder(model, params, prompt_ids: np.ndarray, max_new_tokens: int, max_inp
 def generate_ids(model, params, prompt_ids, *, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
                  top_p: float = 1.0, seed: int = 0, stop_id: int | None = END_ID,
                  max_input_length: int | None = None, max_target_length: int | None = None,
-                 eos_id: int = END_ID, decoder_start_id: int = tokenizer_lib.PAD_ID,
+                 eos_id: int = END_ID, decoder_start_id: int = special_tokens.PAD_ID,
                  ) -> tuple[np.ndarray, np.ndarray]:
   """(new ids int32 [n], the logits float32 [n, vocab] each was chosen from) after prompt_ids.
 

@@ -21,7 +21,8 @@ from ml_collections import config_flags
 from pretrain import cli
 from pretrain.data import corpus as corpus_lib
 from pretrain.data import prepare as prepare_lib
-from pretrain.data import tokenizer as tokenizer_lib
+from pretrain.data import sentencepiece_tokenizer
+from pretrain.data import tokenizer_files
 from pretrain.errors import PretrainError
 
 def define_flags() -> None:
@@ -42,12 +43,12 @@ def _sample_sentence(data_cfg) -> str:
 
 def run(config, out: str) -> None:
   data_cfg, tok_cfg = config.data, config.tokenizer
-  path = os.path.expanduser(out) if out else tokenizer_lib.cached_tokenizer_path(tok_cfg, data_cfg)
+  path = os.path.expanduser(out) if out else tokenizer_files.cached_tokenizer_path(tok_cfg, data_cfg)
   if tok_cfg.path and not out:
-    tokenizer = tokenizer_lib.open_tokenizer(tok_cfg.path)
+    tokenizer = tokenizer_files.open_tokenizer(tok_cfg.path)
   elif not out and os.path.isfile(path):
     print(f"already trained, reusing {path}")
-    tokenizer = tokenizer_lib.Tokenizer(path)
+    tokenizer = sentencepiece_tokenizer.SentencePieceTokenizer(path)
   else:
     print(f"training a {tok_cfg.model_type} tokenizer (vocab {tok_cfg.vocab_size}) on the "
           f"{data_cfg.source} corpus ...", flush=True)

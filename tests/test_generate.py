@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pretrain import sample
-from pretrain.data import tokenizer as tokenizer_lib
+from pretrain.data import special_tokens
 from pretrain.errors import PretrainError
 from pretrain.models import attention
 from pretrain.models import gpt2
@@ -13,7 +13,7 @@ from pretrain.tasks import gpt2 as gpt2_task
 from pretrain.train import train
 
 SENTENCE = "The garden gate opens at seven every morning."
-EOT = tokenizer_lib.SEP_ID
+EOT = special_tokens.SEP_ID
 
 
 def _tiny_gpt2(**attention_fields):
@@ -45,7 +45,7 @@ def test_t5_cached_decoding_equals_the_full_forward():
   new, logits = sample.generate_ids(model, params, prompt, max_new_tokens=12, stop_id=None, max_target_length=9)
   assert new.shape == (9,)  # max_target_length caps the 12.
   inputs = np.append(prompt, sample.END_ID)[None]
-  decoder_inputs = np.concatenate([[tokenizer_lib.PAD_ID], new[:-1]])[None]  # Start id, then the new tokens.
+  decoder_inputs = np.concatenate([[special_tokens.PAD_ID], new[:-1]])[None]  # Start id, then the new tokens.
   full = np.asarray(jax.jit(model.apply)({"params": params}, inputs, np.ones_like(inputs), decoder_inputs)[0])
   np.testing.assert_allclose(logits, full, atol=1e-5, rtol=1e-5)
   np.testing.assert_array_equal(new, full.argmax(-1))

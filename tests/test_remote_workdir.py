@@ -181,7 +181,7 @@ def test_a_converted_folder_in_gcs_reads_as_the_local_one(fake_gcs, _fake_gcs_se
   import shutil  # pylint: disable=g-import-not-at-top
   from pretrain import convert  # pylint: disable=g-import-not-at-top
   from pretrain.convert import checkpoints  # pylint: disable=g-import-not-at-top
-  from pretrain.data.tokenizer import open_tokenizer  # pylint: disable=g-import-not-at-top
+  from pretrain.data.tokenizer_files import open_tokenizer  # pylint: disable=g-import-not-at-top
   from pretrain.errors import PretrainError  # pylint: disable=g-import-not-at-top
   monkeypatch.chdir(tmp_path)
   rng = np.random.default_rng(0)

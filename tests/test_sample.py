@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pretrain import sample
-from pretrain.data import tokenizer as tokenizer_lib
+from pretrain.data import special_tokens
 from pretrain.errors import PretrainError
 from pretrain.train import train
 
@@ -37,8 +37,8 @@ def test_masked_word_of_a_memorised_sentence_comes_back(memorised_run):
   ids = tokenizer.encode([SENTENCE])[0]
   hits = 0
   for k in range(1, len(ids) - 1):
-    masked = np.asarray([tokenizer_lib.CLS_ID] + ids[:k] + [tokenizer_lib.MASK_ID] + ids[k + 1:]
-                        + [tokenizer_lib.SEP_ID], np.int32)
+    masked = np.asarray([special_tokens.CLS_ID] + ids[:k] + [special_tokens.MASK_ID] + ids[k + 1:]
+                        + [special_tokens.SEP_ID], np.int32)
     probs = sample.mask_probabilities(task, params, masked)
     assert probs.shape == (1, tokenizer.vocab_size)
     np.testing.assert_allclose(probs.sum(), 1.0, rtol=1e-4)

@@ -52,7 +52,7 @@ from pretrain.config import base_config
 from pretrain.convert import checkpoints
 from pretrain.convert import hf_io
 from pretrain.data import hf_tokenizer
-from pretrain.data import tokenizer
+from pretrain.data import special_tokens
 from pretrain.errors import PretrainError
 
 _logger = logging.getLogger(__name__)
@@ -168,7 +168,7 @@ def _special_ids(source: dict, config: dict) -> dict:
   if source.get("special_ids"):
     return dict(source["special_ids"])
   ids = (config.get("_tokenizer") or {}).get("special_ids") or {
-      "pad": tokenizer.PAD_ID, "cls": tokenizer.CLS_ID, "eos": tokenizer.SEP_ID}
+      "pad": special_tokens.PAD_ID, "cls": special_tokens.CLS_ID, "eos": special_tokens.SEP_ID}
   bos = ids.get("cls", ids.get("eos"))
   return {"pad_token_id": ids.get("pad"), "bos_token_id": bos, "eos_token_id": ids.get("eos")}
 

@@ -29,7 +29,8 @@ from tokenizers import models
 from tokenizers import normalizers
 from tokenizers import pre_tokenizers
 
-from pretrain.data import tokenizer as tokenizer_lib
+from pretrain.data import sentencepiece_tokenizer
+from pretrain.data import special_tokens
 from pretrain.errors import PretrainError
 
 FILES = ("tokenizer.json", "vocab.txt")  # What a folder is searched for, in this order.
@@ -125,14 +126,15 @@ def _word_start(pieces: list[str | None], spec: dict) -> np.ndarray:
   if "ByteLevel" in pre:
     marker = _BYTE_LEVEL_SPACE
   elif "Metaspace" in pre:
-    marker = (spec.get("pre_tokenizer") or {}).get("replacement") or tokenizer_lib.WORD_START
+    marker = (spec.get("pre_tokenizer") or {}).get("replacement") or sentencepiece_tokenizer.WORD_START
   else:
     return np.ones(len(pieces), bool)  # No word marks: every piece is its own word.
   return np.array([p is None or p.startswith(marker) for p in pieces], bool)
 
 
 class HfTokenizer:
-  """An HF tokenizer with the interface of `tokenizer.Tokenizer` (encode, decode, special, word_start)."""
+  """An HF tokenizer with the interface of `sentencepiece_tokenizer.SentencePieceTokenizer`
+  (encode, decode, special, word_start)."""
 
   def __init__(self, path: str):
     self._path = path
@@ -180,7 +182,7 @@ class HfTokenizer:
     if is_special.all():
       raise PretrainError(f"{path}: every token is special; nothing to train on")
     is_special.flags.writeable = False
-    self._special = tokenizer_lib.SpecialTokens(**roles, is_special=is_special, source=f"the tokenizer {path}")
+    self._special = special_tokens.SpecialTokens(**roles, is_special=is_special, source=f"the tokenizer {path}")
     word_start = _word_start(pieces, json.loads(tok.to_str())) | is_special
     word_start.flags.writeable = False
     self._word_start = word_start
@@ -203,7 +205,7 @@ class HfTokenizer:
     return self._fingerprint
 
   @property
-  def special(self) -> tokenizer_lib.SpecialTokens:
+  def special(self) -> special_tokens.SpecialTokens:
     return self._special
 
   @property

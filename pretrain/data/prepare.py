@@ -27,8 +27,10 @@ import tqdm
 
 from pretrain import paths
 from pretrain.data import corpus as corpus_lib
+from pretrain.data import sentencepiece_tokenizer
 from pretrain.data import store as store_lib
-from pretrain.data import tokenizer as tokenizer_lib
+from pretrain.data import tokenized as tokenized_lib
+from pretrain.data import tokenizer_files
 from pretrain.errors import PretrainError
 
 _logger = logging.getLogger(__name__)
@@ -84,13 +86,13 @@ def resolve_tokenizer(data_cfg: Any, tok_cfg: Any):
   """tokenizer.path if set; else the one trained on this corpus (cached); else trains it on a sample."""
   path = _get(tok_cfg, "path", "")
   if path:
-    return tokenizer_lib.open_tokenizer(path)
+    return tokenizer_files.open_tokenizer(path)
   if data_cfg is None:
     raise PretrainError("tokenizer.path is empty and no corpus is configured to train one from")
-  cached = tokenizer_lib.cached_tokenizer_path(tok_cfg, data_cfg)
+  cached = tokenizer_files.cached_tokenizer_path(tok_cfg, data_cfg)
   if os.path.isfile(cached):
     try:
-      return tokenizer_lib.Tokenizer(cached)
+      return sentencepiece_tokenizer.SentencePieceTokenizer(cached)
     except PretrainError as e:
       _logger.warning("ignoring a broken cached tokenizer: %s", e)
   return train_on_sample(data_cfg, tok_cfg, cached)
@@ -107,14 +109,14 @@ def train_on_sample(data_cfg: Any, tok_cfg: Any, out_path: str):
   vocab_size, model_type = _get(tok_cfg, "vocab_size"), _get(tok_cfg, "model_type", "unigram")
   _logger.info("training a %s tokenizer (vocab %d) on up to %d MB of the %s corpus into %s",
                model_type, vocab_size, sample_bytes >> 20, _get(data_cfg, "source"), out_path)
-  return tokenizer_lib.train_tokenizer(sample_sentences(data_cfg, sample_bytes), vocab_size, model_type, out_path,
-                                       input_sentence_size=bound)
+  return sentencepiece_tokenizer.train_tokenizer(sample_sentences(data_cfg, sample_bytes), vocab_size,
+                                                 model_type, out_path, input_sentence_size=bound)
 
 
 def _tokenizer_files(tokenizer) -> list[tuple[str, str]]:
   """(local source, name in the store) of the files that make up `tokenizer`."""
   src = tokenizer.path
-  if isinstance(tokenizer, tokenizer_lib.Tokenizer):
+  if isinstance(tokenizer, sentencepiece_tokenizer.SentencePieceTokenizer):
     return [(src, f"{TOKENIZER_DIR}/tokenizer.model")]
   files = [(src, f"{TOKENIZER_DIR}/{os.path.basename(src)}")]
   from pretrain.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
@@ -187,7 +189,7 @@ def _tmp_dir(out: str) -> str:
 def _fetch_tokenizer(url: str, fingerprint: str) -> str:
   """A local copy of the tokenizer at `url` (and its HF config beside it), for workers without `out` mounted."""
   from pretrain.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
-  folder = os.path.join(tokenizer_lib.cache_dir(), "store-cache", f"tokenizer-{fingerprint[:16]}")
+  folder = os.path.join(paths.cache_dir(), "store-cache", f"tokenizer-{fingerprint[:16]}")
   os.makedirs(folder, exist_ok=True)
   for src in (url, f"{url.rsplit('/', 1)[0]}/{hf_tokenizer.CONFIG}"):
     try:
@@ -204,7 +206,7 @@ def _fetch_tokenizer(url: str, fingerprint: str) -> str:
 def _worker_tokenizer(path: str, fingerprint: str):
   """The tokenizer a worker encodes with (opened once per process), checked against the plan's."""
   local = _fetch_tokenizer(path, fingerprint) if paths.is_remote(path) else path
-  tokenizer = tokenizer_lib.open_tokenizer(local)
+  tokenizer = tokenizer_files.open_tokenizer(local)
   if tokenizer.fingerprint != fingerprint:
     raise PretrainError(f"tokenizer {path} changed while preparing: its fingerprint is "
                         f"{tokenizer.fingerprint[:12]}, the plan's {fingerprint[:12]}")
@@ -230,7 +232,7 @@ def run_unit(unit_json: Any, corpus_json: str, tokenizer_path: str, fingerprint:
   shards = {}
   try:
     for split in store_lib.SPLITS:
-      tokenized = tokenizer_lib.tokenize_documents(splits[split], tokenizer)
+      tokenized = tokenized_lib.tokenize_documents(splits[split], tokenizer)
       shards[split] = store_lib.write_shard(out, store_lib.shard_stem(split, unit.index, num_units), tokenized,
                                             dtype, tmp)
       if sleep:

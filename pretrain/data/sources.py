@@ -29,8 +29,9 @@ from pretrain.data import corpus as corpus_lib
 from pretrain.data import mixture
 from pretrain.data import prepare as prepare_lib
 from pretrain.data import store as store_lib
-from pretrain.data.tokenizer import cache_dir, open_tokenizer
+from pretrain.data.tokenizer_files import open_tokenizer
 from pretrain.errors import PretrainError
+from pretrain.paths import cache_dir
 
 _logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ _SHARD_SEED_STRIDE = 1_000_003
 class WeightedStore:
   store: Any  # store_lib.Store
   weight: float
+  name: str = ""  # In metrics: the store folder's name, or its whole path where two names repeat.
 
 
 def _get(cfg: Any, name: str, default: Any = None) -> Any:
@@ -111,7 +113,7 @@ def _auto_prepare(data_cfg: Any, tok_cfg: Any):
     out = auto_store_path(data_cfg, tokenizer)
     if not store_lib.exists(store_lib.join(out, store_lib.MANIFEST)):
       _logger.info("preparing the %s corpus into %s", _get(data_cfg, "source"), out)
-    return tokenizer, prepare_lib.prepare(data_cfg, tokenizer, out, num_workers=1)
+    return tokenizer, prepare_lib.prepare(data_cfg, tokenizer, out)  # All cores; one unit runs in-process.
 
 
 def _store_tokenizer(store, tok_cfg: Any):
@@ -144,6 +146,9 @@ def open_stores(data_cfg: Any, tok_cfg: Any) -> tuple[Any, list[WeightedStore]]:
     raise PretrainError(f"data.source={source!r} is unknown; allowed: prepared, {', '.join(corpus_lib.SOURCES)}")
   for w in weighted:
     w.store.check_tokenizer(tokenizer)
+  names = [w.store.name for w in weighted]
+  weighted = [dataclasses.replace(w, name=w.store.name if names.count(w.store.name) == 1 else w.store.path)
+              for w in weighted]
   return tokenizer, weighted
 
 
@@ -165,7 +170,7 @@ def example_source(task, stores: list[WeightedStore], split: str, seed: int, *, 
       k = len(builders)
       builders.append(lambda st=ws.store, i=i, k=k: task.examples(st.documents(split, i), seed=_shard_seed(seed, k)))
       weights.append(ws.weight * shards[i].num_tokens / total)
-      names.append(ws.store.name)
+      names.append(ws.name or ws.store.name)
   if skipped:
     _logger.warning("%s split: %d shard(s) too small for the %s task (< %d documents or < %d tokens) left out",
                     split, skipped, task.name, min_docs, min_tokens)
@@ -181,6 +186,6 @@ def describe(stores: list[WeightedStore]) -> dict:
   """A JSON-able summary for the run's log."""
   out = {}
   for ws in stores:
-    out[ws.store.name] = {"path": ws.store.path, "weight": ws.weight,
+    out[ws.name or ws.store.name] = {"path": ws.store.path, "weight": ws.weight,
                           **{f"{s}_{k}": v for s in SPLITS for k, v in ws.store.totals(s).items()}}
   return out

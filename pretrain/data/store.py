@@ -13,7 +13,7 @@ rebuilt store is byte-identical.
 
 `ShardDocuments` is one shard as `pretrain.data.tokenized.Documents`: the index on first use, then
 only the records `take` touches. A gs:// shard is downloaded once per host into the cache
-(`tokenizer.cache_dir()/store-cache/`), since the ArrayRecord reader needs a local file.
+(`paths.cache_dir()/store-cache/`), since the ArrayRecord reader needs a local file.
 """
 import dataclasses
 import hashlib
@@ -374,7 +374,7 @@ class Store:
 
   def open_tokenizer(self):
     """The tokenizer the store was prepared with (its copy in the store), checked."""
-    from pretrain.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
+    from pretrain.data import tokenizer_files  # pylint: disable=g-import-not-at-top
     files = self.manifest["tokenizer"].get("files") or []
     if not files:
       raise PretrainError(f"token store {self.path} holds no copy of its tokenizer; set tokenizer.path")
@@ -382,7 +382,7 @@ class Store:
     for f, p in zip(files, local):
       if not os.path.isfile(p):
         raise PretrainError(f"token store {self.path}: {f['file']} is missing")
-    tokenizer = tokenizer_lib.open_tokenizer(local[0])
+    tokenizer = tokenizer_files.open_tokenizer(local[0])
     self.check_tokenizer(tokenizer)
     return tokenizer
 
@@ -400,8 +400,7 @@ class Store:
     """A shard file as a local path: the store's own, or (gs://) a verified copy in the host's cache."""
     if not paths.is_remote(self.path):
       return os.path.join(self.path, name)
-    from pretrain.data import tokenizer as tokenizer_lib  # pylint: disable=g-import-not-at-top
-    dest = os.path.join(tokenizer_lib.cache_dir(), "store-cache", self.manifest_sha256[:16], name)
+    dest = os.path.join(paths.cache_dir(), "store-cache", self.manifest_sha256[:16], name)
     if os.path.isfile(dest) and os.path.getsize(dest) == size:
       return dest
     os.makedirs(os.path.dirname(dest), exist_ok=True)

@@ -4,12 +4,17 @@
 layout of sentences and documents as two small index arrays, and the tokens
 only through `take`, so that a store on disk (pretrain/data/store.py) can read
 just the documents a batch needs. `TokenizedDocs` holds everything in memory
-(tests, small corpora).
+(tests, small corpora); `tokenize_documents` encodes text into one.
 """
 import dataclasses
+import itertools
 from typing import Protocol
 
 import numpy as np
+
+from pretrain.data.sentencepiece_tokenizer import SentencePieceTokenizer
+
+_ENCODE_BATCH = 65_536
 
 
 class Documents(Protocol):
@@ -88,3 +93,25 @@ class TokenizedDocs:
         doc_starts.append(doc_starts[-1] + n)
     flat = np.concatenate(tokens) if tokens else np.zeros([0], np.int32)
     return cls(flat.astype(np.int32), np.asarray(sentence_starts, np.int64), np.asarray(doc_starts, np.int64))
+
+
+def tokenize_documents(docs: list[list[str]], tokenizer: SentencePieceTokenizer) -> TokenizedDocs:
+  """Encodes every sentence (batched, multi-threaded); empty sentences and documents are dropped."""
+  sentences = list(itertools.chain.from_iterable(docs))
+  tokens, lengths = [], []
+  for i in range(0, len(sentences), _ENCODE_BATCH):
+    ids = tokenizer.encode(sentences[i:i + _ENCODE_BATCH])
+    n = np.fromiter(map(len, ids), np.int64, count=len(ids))
+    lengths.append(n)
+    tokens.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, count=int(n.sum())))
+  lengths = np.concatenate(lengths) if lengths else np.zeros([0], np.int64)
+  flat = np.concatenate(tokens) if tokens else np.zeros([0], np.int32)
+  keep = lengths > 0
+  doc_of_sentence = np.repeat(np.arange(len(docs)), [len(d) for d in docs])
+  per_doc = np.bincount(doc_of_sentence[keep], minlength=len(docs))
+  per_doc = per_doc[per_doc > 0]
+  return TokenizedDocs(
+      tokens=flat,
+      sentence_starts=np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64),
+      doc_starts=np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64),
+  )

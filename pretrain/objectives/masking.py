@@ -15,7 +15,7 @@ keys[b], so a keyed example is the same in any batch.
 """
 import numpy as np
 
-from pretrain.data.tokenizer import MASK_ID, NUM_SPECIAL  # Ids below NUM_SPECIAL are specials.
+from pretrain.data.special_tokens import MASK_ID, NUM_SPECIAL  # Ids below NUM_SPECIAL are specials.
 from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
 

@@ -51,7 +51,7 @@ import numpy as np
 from pretrain.data.epochs import Epochs
 from pretrain.data.streams import doc_stream, Stream
 from pretrain.data.tokenized import Documents
-from pretrain.data.tokenizer import project_special_tokens, SEP_ID, SpecialTokens
+from pretrain.data.special_tokens import project_special_tokens, SEP_ID, SpecialTokens
 from pretrain.errors import PretrainError
 
 EOT_ID = SEP_ID  # The project tokenizer's end-of-text.

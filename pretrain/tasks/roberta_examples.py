@@ -30,7 +30,7 @@ import numpy as np
 from pretrain.data.epochs import Epochs
 from pretrain.data.streams import doc_stream, Stream
 from pretrain.data.tokenized import Documents
-from pretrain.data.tokenizer import project_special_tokens, SpecialTokens
+from pretrain.data.special_tokens import project_special_tokens, SpecialTokens
 from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
 from pretrain.objectives import masking

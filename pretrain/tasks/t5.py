@@ -48,7 +48,7 @@ import numpy as np
 from pretrain import config as config_lib
 from pretrain.data.epochs import Epochs
 from pretrain.data.tokenized import Documents
-from pretrain.data.tokenizer import PAD_ID, project_special_tokens, SEP_ID, SpecialTokens
+from pretrain.data.special_tokens import PAD_ID, project_special_tokens, SEP_ID, SpecialTokens
 from pretrain.errors import PretrainError
 from pretrain.models import t5 as t5_model
 from pretrain.objectives import keyed_random

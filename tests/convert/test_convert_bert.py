@@ -19,7 +19,7 @@ from pretrain import convert
 from pretrain import sample
 from pretrain.checkpoint import Checkpointer
 from pretrain.convert import checkpoints
-from pretrain.data.tokenizer import open_tokenizer
+from pretrain.data.tokenizer_files import open_tokenizer
 from pretrain.errors import PretrainError
 from pretrain.models import bert as bert_model
 from pretrain.tasks import get_task

@@ -14,7 +14,8 @@ from tokenizers import trainers
 
 from pretrain import sample
 from pretrain.data import hf_tokenizer
-from pretrain.data import tokenizer as tokenizer_lib
+from pretrain.data import tokenizer_files
+from pretrain.data.tokenized import tokenize_documents
 from pretrain.data.tokenized import TokenizedDocs
 from pretrain.errors import PretrainError
 from pretrain.tasks import causal_examples as ce
@@ -94,11 +95,11 @@ def vocabs(tmp_path_factory, text_corpus):
 
 def _docs(tok, corpus: str, n: int = 60):
   docs = [d.split("\n") for d in open(corpus, encoding="utf-8").read().strip().split("\n\n")][:n]
-  return tokenizer_lib.tokenize_documents(docs, tok)
+  return tokenize_documents(docs, tok)
 
 
 def test_wordpiece_vocab_has_berts_published_special_ids(vocabs):
-  tok = tokenizer_lib.open_tokenizer(vocabs["bert"])
+  tok = tokenizer_files.open_tokenizer(vocabs["bert"])
   assert isinstance(tok, hf_tokenizer.HfTokenizer)
   assert tok.special.ids() == BERT_IDS
   assert set(np.flatnonzero(tok.special.is_special)) == {0, 100, 101, 102, 103}
@@ -111,11 +112,11 @@ def test_wordpiece_vocab_has_berts_published_special_ids(vocabs):
   continuation = np.array([p.startswith("##") for p in pieces])
   assert continuation.any() and not tok.word_start[continuation].any() and tok.word_start[~continuation].all()
   # The folder works as tokenizer.path too, and the same file gives the same fingerprint.
-  assert tokenizer_lib.open_tokenizer(os.path.dirname(vocabs["bert"])).fingerprint == tok.fingerprint
+  assert tokenizer_files.open_tokenizer(os.path.dirname(vocabs["bert"])).fingerprint == tok.fingerprint
 
 
 def test_roles_from_tokenizer_config_and_byte_level_word_starts(vocabs):
-  tok = tokenizer_lib.open_tokenizer(vocabs["roberta"])
+  tok = tokenizer_files.open_tokenizer(vocabs["roberta"])
   mask = tok.vocab_size - 1
   assert tok.special.ids() == {"pad": 1, "unk": 3, "cls": 0, "sep": 2, "mask": mask, "eos": 2}
   assert tok.id_to_piece(mask) == "<mask>"
@@ -127,7 +128,7 @@ def test_roles_from_tokenizer_config_and_byte_level_word_starts(vocabs):
 
 
 def test_bert_examples_use_the_vocabularys_ids_and_never_mask_a_special(vocabs, text_corpus):
-  tok = tokenizer_lib.open_tokenizer(vocabs["bert"])
+  tok = tokenizer_files.open_tokenizer(vocabs["bert"])
   cfg = BertExampleConfig(max_seq_length=64, max_predictions_per_seq=10, whole_word_masking=True)
   ex = BertExamples(_docs(tok, text_corpus), cfg, tok.vocab_size, seed=0, word_start=tok.word_start,
                     special=tok.special)
@@ -155,7 +156,7 @@ def test_bert_examples_use_the_vocabularys_ids_and_never_mask_a_special(vocabs, 
 
 
 def test_roberta_examples_with_a_byte_level_vocabulary(vocabs, text_corpus):
-  tok = tokenizer_lib.open_tokenizer(vocabs["roberta"])
+  tok = tokenizer_files.open_tokenizer(vocabs["roberta"])
   ex = RobertaExamples(_docs(tok, text_corpus), RobertaExampleConfig(max_seq_length=64, max_predictions_per_seq=10),
                        tok.vocab_size, seed=0, special=tok.special)
   b = ex.batch(np.arange(64))
@@ -166,7 +167,7 @@ def test_roberta_examples_with_a_byte_level_vocabulary(vocabs, text_corpus):
 
 
 def test_causal_examples_end_documents_with_endoftext(vocabs, text_corpus):
-  tok = tokenizer_lib.open_tokenizer(vocabs["gpt2"])
+  tok = tokenizer_files.open_tokenizer(vocabs["gpt2"])
   eot = tok.vocab_size - 1
   assert tok.special.eos == eot and tok.special.pad is None and tok.id_to_piece(eot) == "<|endoftext|>"
   docs = _docs(tok, text_corpus, n=20)
@@ -183,7 +184,7 @@ def test_causal_examples_end_documents_with_endoftext(vocabs, text_corpus):
 
 
 def test_t5_takes_the_vocabularys_own_sentinels(vocabs, text_corpus):
-  tok = tokenizer_lib.open_tokenizer(vocabs["t5"])
+  tok = tokenizer_files.open_tokenizer(vocabs["t5"])
   assert tok.special.pad == 0 and tok.special.eos == 1 and len(tok.sentinels) == 100
   c = t5_task.t5_config()
   c.data.update(inputs_length=64)
@@ -203,18 +204,18 @@ def test_bad_tokenizer_files(vocabs, tmp_path):
   not_json = tmp_path / "tokenizer.json"
   not_json.write_text("{\"model\": 3}")
   with pytest.raises(PretrainError, match="is not a tokenizers tokenizer.json"):
-    tokenizer_lib.open_tokenizer(str(not_json))
+    tokenizer_files.open_tokenizer(str(not_json))
   with pytest.raises(PretrainError, match="is a folder without tokenizer.json or vocab.txt"):
-    tokenizer_lib.open_tokenizer(str(tmp_path / ".."))
+    tokenizer_files.open_tokenizer(str(tmp_path / ".."))
   bad = tmp_path / "bad"
   os.makedirs(bad)
   (bad / "vocab.txt").write_text(open(vocabs["bert"], encoding="utf-8").read())
   (bad / "tokenizer_config.json").write_text(json.dumps({"mask_token": "[MSK]"}))
   with pytest.raises(PretrainError, match=r"names mask_token='\[MSK\]', which is not in"):
-    tokenizer_lib.open_tokenizer(str(bad / "vocab.txt"))
+    tokenizer_files.open_tokenizer(str(bad / "vocab.txt"))
   (tmp_path / "twice.txt").write_text("[PAD]\n[UNK]\nthe\nthe\n")
   with pytest.raises(PretrainError, match="'the' appears twice"):
-    tokenizer_lib.open_tokenizer(str(tmp_path / "twice.txt"))
+    tokenizer_files.open_tokenizer(str(tmp_path / "twice.txt"))
 
 
 @pytest.fixture(scope="module")
@@ -283,7 +284,7 @@ def test_an_imported_checkpoint_continues_on_its_own_vocabulary(vocabs, text_cor
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from pretrain import convert  # pylint: disable=g-import-not-at-top
-  tok = tokenizer_lib.open_tokenizer(vocabs["bert"])
+  tok = tokenizer_files.open_tokenizer(vocabs["bert"])
   hf_dir = tmp_path / "hf"
   torch.manual_seed(0)
   transformers.BertForPreTraining(transformers.BertConfig(

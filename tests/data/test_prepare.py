@@ -14,7 +14,10 @@ import pytest
 from pretrain.data import corpus as corpus_lib
 from pretrain.data import prepare as prepare_lib
 from pretrain.data import store as store_lib
-from pretrain.data import tokenizer as tok_lib
+from pretrain.data.sentencepiece_tokenizer import train_tokenizer
+from pretrain.data.tokenized import tokenize_documents
+from pretrain.data.tokenized import TokenizedDocs
+from pretrain.data.tokenizer_files import cached_tokenizer_path
 from pretrain.errors import PretrainError
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # For tests/fake_gcs.py.
@@ -64,10 +67,10 @@ def _mtimes(folder) -> dict[str, int]:
 def _train_the_old_way(cfg, path):
   """As the tokenizer was trained before there was a sample: on every train sentence of the loaded corpus."""
   sentences = (s for d in corpus_lib.load_corpus(cfg).train for s in d)
-  return tok_lib.train_tokenizer(sentences, _VOCAB, "unigram", str(path))
+  return train_tokenizer(sentences, _VOCAB, "unigram", str(path))
 
 
-def _check_docs(docs, expected: tok_lib.TokenizedDocs) -> None:
+def _check_docs(docs, expected: TokenizedDocs) -> None:
   np.testing.assert_array_equal(docs.sentence_starts, expected.sentence_starts)
   np.testing.assert_array_equal(docs.doc_starts, expected.doc_starts)
   np.testing.assert_array_equal(docs.take(np.arange(docs.num_tokens)), expected.tokens)
@@ -79,7 +82,7 @@ def _check_in_memory(store, data_cfg, tokenizer) -> None:
   c = corpus_lib.load_corpus(data_cfg)
   for split, docs in (("train", c.train), ("heldout", c.heldout)):
     assert len(store.shards(split)) == 1
-    _check_docs(store.documents(split, 0), tok_lib.tokenize_documents(docs, tokenizer))
+    _check_docs(store.documents(split, 0), tokenize_documents(docs, tokenizer))
 
 
 @pytest.mark.parametrize("source", ["text", "jsonl"])
@@ -116,13 +119,13 @@ def test_tokenizer_sample(text_corpus, tokenizer, tmp_path):
   part = list(prepare_lib.sample_sentences(cfg, max_bytes=100_000))
   assert 0 < sum(len(s) + 1 for s in part) < 200_000 and len(part) < len(full) // 3
   small = dict(_TOK_CFG, sample_bytes=100_000, input_sentence_size=500)
-  assert tok_lib.cached_tokenizer_path(small, cfg) != tokenizer.path
+  assert cached_tokenizer_path(small, cfg) != tokenizer.path
   a = prepare_lib.resolve_tokenizer(cfg, small)
   # A bound sentencepiece samples with a fixed seed: the same model again.
-  b = tok_lib.train_tokenizer(prepare_lib.sample_sentences(cfg, 100_000), _VOCAB, "unigram",
-                              str(tmp_path / "b.model"), input_sentence_size=500)
-  c = tok_lib.train_tokenizer(prepare_lib.sample_sentences(cfg, 100_000), _VOCAB, "unigram",
-                              str(tmp_path / "c.model"), input_sentence_size=500)
+  b = train_tokenizer(prepare_lib.sample_sentences(cfg, 100_000), _VOCAB, "unigram",
+                      str(tmp_path / "b.model"), input_sentence_size=500)
+  c = train_tokenizer(prepare_lib.sample_sentences(cfg, 100_000), _VOCAB, "unigram",
+                      str(tmp_path / "c.model"), input_sentence_size=500)
   assert open(b.path, "rb").read() == open(c.path, "rb").read()
   assert a.fingerprint != tokenizer.fingerprint
 
@@ -133,7 +136,7 @@ def _expected_units(cfg, tokenizer, unit_bytes):
   out = []
   for u in units:
     train, heldout = prepare_lib.split_unit(list(corpus_lib.read_unit(u, cfg, {})), cfg["heldout_fraction"])
-    out.append((tok_lib.tokenize_documents(train, tokenizer), tok_lib.tokenize_documents(heldout, tokenizer)))
+    out.append((tokenize_documents(train, tokenizer), tokenize_documents(heldout, tokenizer)))
   return out
 
 

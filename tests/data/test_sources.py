@@ -11,8 +11,7 @@ from pretrain.data import corpus as corpus_lib
 from pretrain.data import pipeline
 from pretrain.data import prepare as prepare_lib
 from pretrain.data import sources
-from pretrain.data import store as store_lib
-from pretrain.data.tokenizer import tokenize_documents
+from pretrain.data.tokenized import tokenize_documents
 from pretrain.errors import PretrainError
 from pretrain.tasks.gpt2 import gpt2_config
 from pretrain.tasks.t5 import t5_config

@@ -11,7 +11,7 @@ import pytest
 
 from pretrain.data.pipeline import BatchStream
 from pretrain.data.tokenized import TokenizedDocs
-from pretrain.data.tokenizer import StandInTokenizer
+from pretrain.data.special_tokens import StandInTokenizer
 from pretrain.errors import PretrainError
 from pretrain.tasks import causal_examples as ce
 from pretrain.tasks import gpt2 as gpt2_task

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from pretrain.data.tokenized import TokenizedDocs
-from pretrain.data.tokenizer import StandInTokenizer
+from pretrain.data.special_tokens import StandInTokenizer
 from pretrain.errors import PretrainError
 from pretrain.models import bert
 from pretrain.tasks import roberta as roberta_task

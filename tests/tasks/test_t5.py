@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pretrain.data.tokenized import TokenizedDocs
-from pretrain.data.tokenizer import StandInTokenizer
+from pretrain.data.special_tokens import StandInTokenizer
 from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
 from pretrain.objectives import span_corruption
