@@ -5,8 +5,10 @@ lr 1e-4, betas (0.9, 0.999), weight decay 0.01, 10k warmup then linear decay,
 batch 256 x 512 tokens, dropout 0.1, GELU. The paper trains 1M steps (90% at
 seq 128, then 10% at 512); point `data` at a real corpus:
 
+  python -m pretrain.prepare --config=configs/bert_base.py --out=stores/wiki_books \
+    --config.data.source=text --config.data.paths='corpus/*.txt'
   python -m pretrain.train --config=configs/bert_base.py --workdir=runs/bert_base \
-    --config.data.source=text --config.data.paths='corpus/*.txt' --config.mesh.fsdp=-1 --config.mesh.data=1
+    --config.data.source=prepared --config.data.paths=stores/wiki_books --config.mesh.fsdp=-1 --config.mesh.data=1
 
 Expected: masked-LM accuracy ~0.7 and NSP accuracy ~0.98 at the end on
 Wikipedia+BooksCorpus (the paper's corpus). On one small accelerator use

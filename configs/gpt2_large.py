@@ -11,8 +11,10 @@ rematerialized: without remat the float32 attention scores alone of one
 1,024-token sequence take 36 x 20 x 1024^2 x 4 bytes = 3 GB for the backward
 pass; with it each block keeps only its input.
 
+  python -m pretrain.prepare --config=configs/gpt2_large.py --out=stores/openwebtext \
+    --config.data.source=jsonl --config.data.paths='openwebtext/*.jsonl'
   python -m pretrain.train --config=configs/gpt2_large.py --workdir=runs/gpt2_large \
-    --config.data.source=jsonl --config.data.paths='openwebtext/*.jsonl' \
+    --config.data.source=prepared --config.data.paths=stores/openwebtext \
     --config.mesh.fsdp=-1 --config.mesh.data=1
 
 Needs a 50,257-piece tokenizer, as configs/gpt2_small.py explains.

@@ -6,8 +6,10 @@ AdamW betas (0.9, 0.95), weight decay 0.1, 2,000 warmup steps, cosine decay
 over 600k steps) with GPT-3's peak learning rate for this shape, 3e-4, decaying
 to 3e-5 (Brown et al. 2020, Table 2.1; GPT-2 does not publish its own).
 
+  python -m pretrain.prepare --config=configs/gpt2_medium.py --out=stores/openwebtext \
+    --config.data.source=jsonl --config.data.paths='openwebtext/*.jsonl'
   python -m pretrain.train --config=configs/gpt2_medium.py --workdir=runs/gpt2_medium \
-    --config.data.source=jsonl --config.data.paths='openwebtext/*.jsonl' \
+    --config.data.source=prepared --config.data.paths=stores/openwebtext \
     --config.mesh.fsdp=-1 --config.mesh.data=1
 
 Needs a 50,257-piece tokenizer, as configs/gpt2_small.py explains.

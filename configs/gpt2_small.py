@@ -11,13 +11,14 @@ same 125M shape, Brown et al. 2020): AdamW lr 6e-4, betas (0.9, 0.95), eps
 to 6e-5 at 600k steps (600k x 512 x 1,024 = 315B tokens).
 
 The tokenizer is a sentencepiece BPE model with exactly 50,257 pieces: point
-data at a real corpus (WebText was 40 GB; OpenWebText is the usual stand-in),
-train it once, then train the model:
+data at a real corpus (WebText was 40 GB; OpenWebText is the usual stand-in);
+preparing the store trains it once on a sample of the corpus and keeps it in
+the store, then train the model:
 
-  python -m pretrain.tokenizer --config=configs/gpt2_small.py \
+  python -m pretrain.prepare --config=configs/gpt2_small.py --out=stores/openwebtext \
     --config.data.source=jsonl --config.data.paths='openwebtext/*.jsonl'
   python -m pretrain.train --config=configs/gpt2_small.py --workdir=runs/gpt2_small \
-    --config.data.source=jsonl --config.data.paths='openwebtext/*.jsonl'
+    --config.data.source=prepared --config.data.paths=stores/openwebtext
 
 (or give a 50,257-piece model with --config.tokenizer.path). On the embedded
 demo corpus sentencepiece cannot find that many pieces and the run stops with

@@ -11,8 +11,10 @@ attention scores alone of one 1,024-token sequence take 48 x 25 x 1024^2 x 4
 bytes = 5 GB). Parameters, gradients and AdamW state take 25 GB in float32:
 shard them over the devices with FSDP.
 
+  python -m pretrain.prepare --config=configs/gpt2_xl.py --out=stores/openwebtext \
+    --config.data.source=jsonl --config.data.paths='openwebtext/*.jsonl'
   python -m pretrain.train --config=configs/gpt2_xl.py --workdir=runs/gpt2_xl \
-    --config.data.source=jsonl --config.data.paths='openwebtext/*.jsonl' \
+    --config.data.source=prepared --config.data.paths=stores/openwebtext \
     --config.mesh.fsdp=-1 --config.mesh.data=1
 
 Needs a 50,257-piece tokenizer, as configs/gpt2_small.py explains.

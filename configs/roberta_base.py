@@ -8,8 +8,10 @@ pretraining hyperparameters: AdamW lr 6e-4, betas (0.9, 0.98), eps 1e-6,
 weight decay 0.01, 24k warmup steps then linear decay, 500k steps of batch 8k
 sequences, dropout 0.1 (attention too), no gradient clipping.
 
+  python -m pretrain.prepare --config=configs/roberta_base.py --out=stores/wiki_books \
+    --config.data.source=text --config.data.paths='corpus/*.txt'
   python -m pretrain.train --config=configs/roberta_base.py --workdir=runs/roberta_base \
-    --config.data.source=text --config.data.paths='corpus/*.txt' --config.mesh.fsdp=-1 --config.mesh.data=1
+    --config.data.source=prepared --config.data.paths=stores/wiki_books --config.mesh.fsdp=-1 --config.mesh.data=1
 
 Deviation: RoBERTa's vocabulary is GPT-2's byte-level BPE; here it is a
 sentencepiece BPE of 50,265 pieces trained on the configured corpus (ids 0-4

@@ -6,9 +6,11 @@ configs/t5_small.py (Adafactor, rsqrt schedule at 1e-2 for 10k steps, inputs
 512 / targets 114, dropout 0, batch 128 for 2**19 steps; the paper's final
 models: batch 2048 for 1M steps).
 
-  python -m pretrain.train --config=configs/t5_base.py --workdir=runs/t5_base \
+  python -m pretrain.prepare --config=configs/t5_base.py --out=stores/c4 \
     --config.data.source=jsonl --config.data.paths='c4/*.jsonl' \
-    --config.tokenizer.path=spm32000.model --config.mesh.fsdp=-1 --config.mesh.data=1
+    --config.tokenizer.path=spm32000.model
+  python -m pretrain.train --config=configs/t5_base.py --workdir=runs/t5_base \
+    --config.data.source=prepared --config.data.paths=stores/c4 --config.mesh.fsdp=-1 --config.mesh.data=1
 
 Expected: 247,577,856 parameters, 81,408 tokens and 5.45e13 model FLOPs per
 step (2.9e19 for the run); the loss starts near 11 and falls; no public per-step loss

@@ -7,9 +7,11 @@ steps, inputs 512 / targets 114, dropout 0, batch 128 for 2**19 steps; the
 paper's final models: batch 2048 for 1M steps). Scanned layers keep compile
 time flat in depth.
 
-  python -m pretrain.train --config=configs/t5_large.py --workdir=runs/t5_large \
+  python -m pretrain.prepare --config=configs/t5_large.py --out=stores/c4 \
     --config.data.source=jsonl --config.data.paths='c4/*.jsonl' \
-    --config.tokenizer.path=spm32000.model --config.mesh.fsdp=-1 --config.mesh.data=1
+    --config.tokenizer.path=spm32000.model
+  python -m pretrain.train --config=configs/t5_large.py --workdir=runs/t5_large \
+    --config.data.source=prepared --config.data.paths=stores/c4 --config.mesh.fsdp=-1 --config.mesh.data=1
 
 Expected: 783,150,080 parameters, 81,408 tokens and 1.88e14 model FLOPs per
 step (9.9e19 for the run); the loss starts near 11 and falls; no public per-step loss

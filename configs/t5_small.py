@@ -10,9 +10,11 @@ pretraining (section 3.1.2). The released v1.1 checkpoints are at step 1M; the
 paper's final models used batch 2048 for 1M steps (section 3.7):
 `--config.train.batch_size=2048 --config.train.steps=1000000`.
 
-  python -m pretrain.train --config=configs/t5_small.py --workdir=runs/t5_small \
+  python -m pretrain.prepare --config=configs/t5_small.py --out=stores/c4 \
     --config.data.source=jsonl --config.data.paths='c4/*.jsonl' \
     --config.tokenizer.path=spm32000.model
+  python -m pretrain.train --config=configs/t5_small.py --workdir=runs/t5_small \
+    --config.data.source=prepared --config.data.paths=stores/c4
 
 Expected: the log reports 76,961,152 parameters and 81,408 tokens per step
 (128 x (512 + 114)); model FLOPs 1.36e13 per step (7.1e18 for the run). The

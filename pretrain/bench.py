@@ -766,7 +766,7 @@ def define_flags() -> None:
       "reference_max_seconds", 180.0, "Stop timing a reference after this long (at least one window).")
   flags.DEFINE_list("reference_dtypes", list(HF_DTYPES), "HF torch modes to time.")
   flags.DEFINE_bool("matmul", True, "Measure the matmul peak of each dtype.")
-  flags.DEFINE_bool("data", False, "Benchmark the input pipeline too (tokenizes the corpus).")
+  flags.DEFINE_bool("data", False, "Benchmark the input pipeline too (over the token store; a small corpus is prepared first).")
   flags.DEFINE_bool("breakdown", False, "Time forward, backward and the optimizer update alone.")
   flags.DEFINE_integer("profile_ops", 0, "List the N slowest XLA ops of forward+backward (jax.profiler).")
   flags.DEFINE_string("json_out", "", "Also write the results here as JSON.")
