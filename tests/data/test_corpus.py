@@ -14,6 +14,8 @@ import pytest
 import zstandard
 
 from pretrain.data import corpus
+from pretrain.data import embedded_corpus
+from pretrain.data import text_files
 from pretrain.errors import PretrainError
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for fake_gcs.
@@ -100,7 +102,7 @@ def test_embedded_corpus_is_deterministic_and_imports_no_stdlib_module():
     ("  \n\n ", []),
 ])
 def test_split_sentences(text, expected):
-  assert corpus.split_sentences(text) == expected
+  assert embedded_corpus.split_sentences(text) == expected
 
 
 def test_clean_docs_text_keeps_prose_and_drops_code():
@@ -133,7 +135,7 @@ Args:
    def f(x):
        return x
 """
-  cleaned = corpus._clean_docs_text(doc)
+  cleaned = embedded_corpus._clean_docs_text(doc)
   paragraphs = cleaned.split("\n\n")
   assert "Summary line of the function." in paragraphs
   assert "Longer description that is wrapped over two lines." in paragraphs
@@ -147,7 +149,7 @@ Args:
 
 
 def test_clean_docs_text_strips_rest_roles():
-  cleaned = corpus._clean_docs_text("See :func:`os.open` and :class:`~io.Foo`, or ``bar`` here.")
+  cleaned = embedded_corpus._clean_docs_text("See :func:`os.open` and :class:`~io.Foo`, or ``bar`` here.")
   assert cleaned == "See os.open and io.Foo, or bar here."
 
 
@@ -389,8 +391,8 @@ def _reference_docs(paths, source, field="text"):
         text = record.get(field) if isinstance(record, dict) else None
         if not isinstance(text, str):
           bad += 1
-        elif corpus.split_sentences(text):
-          docs.append(corpus.split_sentences(text))
+        elif embedded_corpus.split_sentences(text):
+          docs.append(embedded_corpus.split_sentences(text))
     if doc:
       docs.append(doc)
   return docs, undecodable, bad
@@ -464,7 +466,7 @@ def test_units_read_the_documents_of_whole_files(tmp_path, source, files, unit_b
 
 
 def test_units_of_random_files_read_the_documents_of_whole_files(tmp_path, monkeypatch):
-  monkeypatch.setattr(corpus, "_CHUNK", 3)  # Lines and characters across reads, too.
+  monkeypatch.setattr(text_files, "_CHUNK", 3)  # Lines and characters across reads, too.
   pieces = [b"Hello there.", b"caf\xc3\xa9 \xe2\x82\xac", b"\xff bad", b"", b"  ", b"\r", b"\xef\xbb\xbf",
             b"\xc3",
             b'{"text": "A doc. Two."}', b'{"text": 3}', b"[1]", b'{"text": "caf\xc3\xa9 ok."}']
@@ -583,21 +585,21 @@ def test_a_compressed_file_that_is_not_is_an_error_naming_it(tmp_path, name, kin
 
 
 def test_read_unit_streams_its_range_only(tmp_path, monkeypatch):
-  monkeypatch.setattr(corpus, "_CHUNK", 256)
+  monkeypatch.setattr(text_files, "_CHUNK", 256)
   docs = [[f"Document {i} with some words in it."] * 3 for i in range(2000)]
   path = _write(tmp_path / "big.txt", "\n\n".join("\n".join(d) for d in docs) + "\n")
   cfg = _data_cfg(source="text", paths=path)
   units, _ = corpus.plan_units(cfg, 4096)
   assert len(units) > 30
   read = {None: 0, "back": 0}
-  original = corpus._File.read
+  original = text_files.CorpusFile.read
 
   def spy(self, n=256, at=None):
     data = original(self, n, at)
     read["back" if at is not None else None] += len(data)
     return data
 
-  monkeypatch.setattr(corpus._File, "read", spy)
+  monkeypatch.setattr(text_files.CorpusFile, "read", spy)
   middle = list(corpus.read_unit(units[15], cfg, {}))
   assert middle and all(d in docs for d in middle)
   assert read[None] < 4096 + 3 * 256 and 0 < read["back"] <= 4096  # Its range, its last document, a look back.
