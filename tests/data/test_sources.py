@@ -242,3 +242,23 @@ def test_a_dropped_shard_builder_is_freed_at_once(two_stores, family):
     assert refs[0]() is None
   finally:
     gc.enable()
+
+
+def test_a_mixture_run_reports_what_each_store_gave(two_stores, tmp_path):
+  """metrics.jsonl: examples and tokens drawn per store, adding up to every example the run consumed."""
+  import json  # pylint: disable=g-import-not-at-top
+  from pretrain import train as train_lib  # pylint: disable=g-import-not-at-top
+  c, _, out = two_stores
+  cfg = c.copy_and_resolve_references()
+  cfg.data.update(source="prepared", paths="", mixture=f"{out['wiki']}=1,{out['books']}=3", mixture_run_length=2)
+  cfg.train.update(steps=4, log_every=2)
+  cfg.eval.every_steps = 0
+  train_lib.train(cfg, str(tmp_path / "run"))
+  rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8")]
+  logged = [r for r in rows if "examples_drawn/wiki" in r]
+  assert [r["step"] for r in logged] == [2, 3, 4]  # Logged every 2 steps, and flushed by the save at 3.
+  for r in logged:
+    examples = r["examples_drawn/wiki"] + r["examples_drawn/books"]
+    assert examples == r["step"] * cfg.train.batch_size
+    assert r["tokens_drawn/books"] == r["examples_drawn/books"] * cfg.data.max_seq_length
+  assert logged[-1]["examples_drawn/books"] > logged[-1]["examples_drawn/wiki"] > 0
