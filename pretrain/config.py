@@ -7,7 +7,14 @@ pretrain/sharding.py, `checkpoint` by pretrain/checkpoint.py, and `train`,
 `eval`, `metrics` by pretrain/train.py. A config file calls `base_config()` and
 overrides what its paper or experiment changes.
 """
+from typing import Any
+
 import ml_collections
+
+
+def field(section: Any, name: str, default: Any = None) -> Any:
+  """`section.name` of a config section, or of a plain dict (tests and prepare's JSON plans pass dicts)."""
+  return section.get(name, default) if isinstance(section, dict) else getattr(section, name, default)
 
 
 def attention_config(**overrides) -> ml_collections.ConfigDict:

@@ -14,6 +14,7 @@ import sys
 import types
 from typing import Any, Iterator, Sequence
 
+from pretrain import config as config_lib
 from pretrain.data.embedded_corpus import EMBEDDED_VERSION, embedded_documents
 from pretrain.data import text_files
 from pretrain.errors import PretrainError
@@ -84,10 +85,6 @@ def split_heldout(docs: list[list[str]], heldout_fraction: float) -> tuple[list[
   return train, heldout
 
 
-def _get(cfg: Any, name: str, default: Any = None) -> Any:
-  return getattr(cfg, name, default) if not isinstance(cfg, dict) else cfg.get(name, default)
-
-
 def _split_stats(prefix: str, docs: list[list[str]]) -> dict:
   return {
       f"{prefix}_num_docs": len(docs),
@@ -97,7 +94,7 @@ def _split_stats(prefix: str, docs: list[list[str]]) -> dict:
 
 
 def _source(data_cfg: Any) -> str:
-  source = _get(data_cfg, "source", "embedded")
+  source = config_lib.field(data_cfg, "source", "embedded")
   if source not in SOURCES:
     raise PretrainError(f"data.source={source!r} is unknown; allowed: {', '.join(SOURCES)}")
   return source
@@ -106,19 +103,19 @@ def _source(data_cfg: Any) -> str:
 def load_corpus(data_cfg: Any) -> Corpus:
   """Reads the configured corpus and splits off the fixed held-out documents."""
   source = _source(data_cfg)
-  fraction = _get(data_cfg, "heldout_fraction", 0.02)
+  fraction = config_lib.field(data_cfg, "heldout_fraction", 0.02)
   if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
     raise PretrainError(f"data.heldout_fraction={fraction!r} must be a number in [0, 1)")
   if source == "embedded":
     docs = embedded_documents()
     stats = {"num_files": 0, "undecodable_lines": 0, "bad_lines": 0}
   elif source == "text":
-    docs, stats = read_text_files(_get(data_cfg, "paths", ""))
+    docs, stats = read_text_files(config_lib.field(data_cfg, "paths", ""))
   else:
-    field = _get(data_cfg, "text_field", "text")
+    field = config_lib.field(data_cfg, "text_field", "text")
     if not field:
       raise PretrainError("data.text_field is empty; set it to the jsonl field holding the text")
-    docs, stats = read_jsonl(_get(data_cfg, "paths", ""), field)
+    docs, stats = read_jsonl(config_lib.field(data_cfg, "paths", ""), field)
   train, heldout = split_heldout(docs, float(fraction))
   stats = {"source": source, **stats, **_split_stats("train", train), **_split_stats("heldout", heldout)}
   return Corpus(train=train, heldout=heldout, stats=stats)
@@ -137,8 +134,8 @@ def corpus_fingerprint(data_cfg: Any) -> str:
   else:
     h.update(source.encode())
     if source == "jsonl":
-      h.update(f"\0{_get(data_cfg, 'text_field', 'text')}".encode())
-    for path, size in text_files.resolve_sources(_get(data_cfg, "paths", ""), source):
+      h.update(f"\0{config_lib.field(data_cfg, 'text_field', 'text')}".encode())
+    for path, size in text_files.resolve_sources(config_lib.field(data_cfg, "paths", ""), source):
       if text_files.is_url(path):
         from etils import epath  # pylint: disable=g-import-not-at-top
         with text_files.read_errors(path):
@@ -189,7 +186,7 @@ def plan_units(data_cfg: Any, unit_bytes: int = 64 << 20) -> tuple[list[InputUni
     raise PretrainError(f"unit_bytes={unit_bytes!r} must be a positive number of bytes")
   if source == "embedded":
     return [InputUnit(0, "embedded", ())], []
-  files = text_files.resolve_sources(_get(data_cfg, "paths", ""), source)
+  files = text_files.resolve_sources(config_lib.field(data_cfg, "paths", ""), source)
   groups: list[list[tuple[str, int, int]]] = []
   total = 0
   for path, size in files:
@@ -211,7 +208,7 @@ def _unit_docs(unit: InputUnit, data_cfg: Any, stats: dict, budgets: Sequence[fl
   if unit.source != source:
     raise PretrainError(f"input unit {unit.index} was planned for data.source={unit.source!r}, but it is "
                         f"{source!r} now: plan the units again")
-  field = _get(data_cfg, "text_field", "text")
+  field = config_lib.field(data_cfg, "text_field", "text")
   if source == "jsonl" and not field:
     raise PretrainError("data.text_field is empty; set it to the jsonl field holding the text")
   for key, value in (("undecodable_lines", 0), ("bad_lines", 0), ("ranges", [])):

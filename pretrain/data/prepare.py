@@ -25,6 +25,7 @@ from typing import Any, Iterable, Sequence
 from etils import epath
 import tqdm
 
+from pretrain import config as config_lib
 from pretrain import paths
 from pretrain.data import corpus as corpus_lib
 from pretrain.data import sentencepiece_tokenizer
@@ -49,13 +50,9 @@ _SLEEP_ENV = "PRETRAIN_PREPARE_TEST_SLEEP"
 _CORPUS_KEYS = ("source", "paths", "text_field", "heldout_fraction")
 
 
-def _get(cfg: Any, name: str, default: Any = None) -> Any:
-  return getattr(cfg, name, default) if not isinstance(cfg, dict) else cfg.get(name, default)
-
-
 def corpus_config(data_cfg: Any) -> dict:
   """The part of the data config that says which documents the corpus holds (sent to workers as JSON)."""
-  out = {k: _get(data_cfg, k) for k in _CORPUS_KEYS if _get(data_cfg, k) is not None}
+  out = {k: config_lib.field(data_cfg, k) for k in _CORPUS_KEYS if config_lib.field(data_cfg, k) is not None}
   if isinstance(out.get("paths"), (list, tuple)):
     out["paths"] = list(out["paths"])
   return out
@@ -76,7 +73,7 @@ def sample_sentences(data_cfg: Any, max_bytes: int = DEFAULT_SAMPLE_BYTES) -> It
   """
   units, _ = corpus_lib.plan_units(data_cfg)
   per_unit = max(1, int(max_bytes) // max(1, len(units)))
-  fraction = float(_get(data_cfg, "heldout_fraction", 0.02))
+  fraction = float(config_lib.field(data_cfg, "heldout_fraction", 0.02))
   for unit in units:
     train, _ = split_unit(list(corpus_lib.sample_unit(unit, data_cfg, per_unit)), fraction)
     yield from itertools.chain.from_iterable(train)
@@ -84,7 +81,7 @@ def sample_sentences(data_cfg: Any, max_bytes: int = DEFAULT_SAMPLE_BYTES) -> It
 
 def resolve_tokenizer(data_cfg: Any, tok_cfg: Any):
   """tokenizer.path if set; else the one trained on this corpus (cached); else trains it on a sample."""
-  path = _get(tok_cfg, "path", "")
+  path = config_lib.field(tok_cfg, "path", "")
   if path:
     return tokenizer_files.open_tokenizer(path)
   if data_cfg is None:
@@ -100,15 +97,16 @@ def resolve_tokenizer(data_cfg: Any, tok_cfg: Any):
 
 def train_on_sample(data_cfg: Any, tok_cfg: Any, out_path: str):
   """Trains `tok_cfg`'s tokenizer on a bounded sample of the corpus (all of a small one) into `out_path`."""
-  sample_bytes = int(_get(tok_cfg, "sample_bytes", None) or DEFAULT_SAMPLE_BYTES)
+  sample_bytes = int(config_lib.field(tok_cfg, "sample_bytes", None) or DEFAULT_SAMPLE_BYTES)
   bound = 0
-  if _get(data_cfg, "source", "embedded") != "embedded":
+  if config_lib.field(data_cfg, "source", "embedded") != "embedded":
     _, sources = corpus_lib.plan_units(data_cfg)
     if sum(s["size"] for s in sources) > sample_bytes:
-      bound = int(_get(tok_cfg, "input_sentence_size", None) or DEFAULT_INPUT_SENTENCE_SIZE)
-  vocab_size, model_type = _get(tok_cfg, "vocab_size"), _get(tok_cfg, "model_type", "unigram")
+      bound = int(config_lib.field(tok_cfg, "input_sentence_size", None) or DEFAULT_INPUT_SENTENCE_SIZE)
+  vocab_size = config_lib.field(tok_cfg, "vocab_size")
+  model_type = config_lib.field(tok_cfg, "model_type", "unigram")
   _logger.info("training a %s tokenizer (vocab %d) on up to %d MB of the %s corpus into %s",
-               model_type, vocab_size, sample_bytes >> 20, _get(data_cfg, "source"), out_path)
+               model_type, vocab_size, sample_bytes >> 20, config_lib.field(data_cfg, "source"), out_path)
   return sentencepiece_tokenizer.train_tokenizer(sample_sentences(data_cfg, sample_bytes), vocab_size,
                                                  model_type, out_path, input_sentence_size=bound)
 
@@ -128,12 +126,13 @@ def _tokenizer_files(tokenizer) -> list[tuple[str, str]]:
 
 def make_plan(data_cfg: Any, tokenizer, unit_bytes: int) -> tuple[dict, list]:
   """The plan (what plan.json holds) and the units."""
-  fraction = _get(data_cfg, "heldout_fraction", 0.02)
+  fraction = config_lib.field(data_cfg, "heldout_fraction", 0.02)
   if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
     raise PretrainError(f"data.heldout_fraction={fraction!r} must be a number in [0, 1)")
   units, sources = corpus_lib.plan_units(data_cfg, unit_bytes=unit_bytes)
-  source = units[0].source if units else _get(data_cfg, "source", "embedded")
-  corpus = {"source": source, "text_field": _get(data_cfg, "text_field", "text") if source == "jsonl" else "",
+  source = units[0].source if units else config_lib.field(data_cfg, "source", "embedded")
+  text_field = config_lib.field(data_cfg, "text_field", "text") if source == "jsonl" else ""
+  corpus = {"source": source, "text_field": text_field,
             "heldout_fraction": float(fraction), "unit_bytes": int(unit_bytes)}
   if source == "embedded":  # Its text is a function of the Python build.
     corpus["embedded"] = f"{corpus_lib.EMBEDDED_VERSION} {sys.version}"

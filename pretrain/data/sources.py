@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from pretrain import config as config_lib
 from pretrain.data import corpus as corpus_lib
 from pretrain.data import mixture
 from pretrain.data import prepare as prepare_lib
@@ -46,10 +47,6 @@ class WeightedStore:
   store: Any  # store_lib.Store
   weight: float
   name: str = ""  # In metrics: the store folder's name, or its whole path where two names repeat.
-
-
-def _get(cfg: Any, name: str, default: Any = None) -> Any:
-  return getattr(cfg, name, default) if not isinstance(cfg, dict) else cfg.get(name, default)
 
 
 def _split_paths(value) -> list[str]:
@@ -81,7 +78,7 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
 def auto_store_path(data_cfg: Any, tokenizer) -> str:
   """Where a small corpus is prepared in the cache: keyed by its text, the tokenizer and the split."""
   key = json.dumps([store_lib.FORMAT_VERSION, corpus_lib.corpus_fingerprint(data_cfg), tokenizer.fingerprint,
-                    float(_get(data_cfg, "heldout_fraction", 0.02))])
+                    float(config_lib.field(data_cfg, "heldout_fraction", 0.02))])
   return os.path.join(cache_dir(), "stores", hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
@@ -99,9 +96,9 @@ def _host_lock(path: str):
 
 def _auto_prepare(data_cfg: Any, tok_cfg: Any):
   """(tokenizer, store) of a small raw corpus, prepared once into the cache."""
-  limit_mb = float(_get(data_cfg, "auto_prepare_max_mb", 1024))
+  limit_mb = float(config_lib.field(data_cfg, "auto_prepare_max_mb", 1024))
   with _host_lock(os.path.join(cache_dir(), "stores", "prepare.lock")):
-    if _get(data_cfg, "source") != "embedded":
+    if config_lib.field(data_cfg, "source") != "embedded":
       _, sources = corpus_lib.plan_units(data_cfg)
       size_mb = sum(s["size"] for s in sources) / 2**20
       if size_mb > limit_mb:
@@ -112,25 +109,26 @@ def _auto_prepare(data_cfg: Any, tok_cfg: Any):
     tokenizer = prepare_lib.resolve_tokenizer(data_cfg, tok_cfg)
     out = auto_store_path(data_cfg, tokenizer)
     if not store_lib.exists(store_lib.join(out, store_lib.MANIFEST)):
-      _logger.info("preparing the %s corpus into %s", _get(data_cfg, "source"), out)
+      _logger.info("preparing the %s corpus into %s", config_lib.field(data_cfg, "source"), out)
     return tokenizer, prepare_lib.prepare(data_cfg, tokenizer, out)  # All cores; one unit runs in-process.
 
 
 def _store_tokenizer(store, tok_cfg: Any):
   """The run's tokenizer: tokenizer.path if set, else the one the store was prepared with."""
-  path = _get(tok_cfg, "path", "")
+  path = config_lib.field(tok_cfg, "path", "")
   return open_tokenizer(path) if path else store.open_tokenizer()
 
 
 def open_stores(data_cfg: Any, tok_cfg: Any) -> tuple[Any, list[WeightedStore]]:
   """(tokenizer, weighted stores) of the run's data config; every store checked against the tokenizer."""
-  source = _get(data_cfg, "source", "embedded")
-  spec = _get(data_cfg, "mixture", "")
+  source = config_lib.field(data_cfg, "source", "embedded")
+  spec = config_lib.field(data_cfg, "mixture", "")
   if spec and source != "prepared":
     raise PretrainError(f"data.mixture names prepared stores; set data.source=prepared (it is {source!r})")
   if source == "prepared":
-    entries = parse_mixture(spec) if spec else [(p, None) for p in _split_paths(_get(data_cfg, "paths", ""))]
-    if spec and _get(data_cfg, "paths", ""):
+    paths = _split_paths(config_lib.field(data_cfg, "paths", ""))
+    entries = parse_mixture(spec) if spec else [(p, None) for p in paths]
+    if spec and paths:
       raise PretrainError("set data.paths or data.mixture, not both")
     if not entries:
       raise PretrainError("data.source=prepared needs data.paths=DIR (a store made by python -m pretrain.prepare)")
@@ -168,7 +166,8 @@ def example_source(task, stores: list[WeightedStore], split: str, seed: int, *, 
     total = sum(shards[i].num_tokens for i in usable)
     for i in usable:
       k = len(builders)
-      builders.append(lambda st=ws.store, i=i, k=k: task.examples(st.documents(split, i), seed=_shard_seed(seed, k)))
+      builders.append(
+          lambda st=ws.store, i=i, k=k: task.examples(st.documents(split, i), seed=_shard_seed(seed, k)))
       weights.append(ws.weight * shards[i].num_tokens / total)
       names.append(ws.name or ws.store.name)
   if skipped:

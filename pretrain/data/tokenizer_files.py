@@ -20,29 +20,27 @@ import json
 import os
 from typing import Any
 
+from pretrain import config as config_lib
 from pretrain import paths
 from pretrain.data import corpus as corpus_lib
 from pretrain.data.sentencepiece_tokenizer import check_options, FORMAT_VERSION, SentencePieceTokenizer
 from pretrain.errors import PretrainError
 
 
-def _get(cfg: Any, name: str, default: Any = None) -> Any:
-  return getattr(cfg, name, default) if not isinstance(cfg, dict) else cfg.get(name, default)
-
-
 def cached_tokenizer_path(tok_cfg: Any, corpus_cfg: Any) -> str:
   """Where a tokenizer trained from `corpus_cfg` with `tok_cfg`'s options is cached."""
-  vocab_size, model_type = _get(tok_cfg, "vocab_size"), _get(tok_cfg, "model_type", "unigram")
+  vocab_size = config_lib.field(tok_cfg, "vocab_size")
+  model_type = config_lib.field(tok_cfg, "model_type", "unigram")
   check_options(vocab_size, model_type)
   key = [
       FORMAT_VERSION, corpus_lib.corpus_fingerprint(corpus_cfg), vocab_size, model_type,
       # The tokenizer sees only the train split, which depends on it.
-      float(_get(corpus_cfg, "heldout_fraction", 0.02)),
+      float(config_lib.field(corpus_cfg, "heldout_fraction", 0.02)),
   ]
   # The sample's bounds, only when set: with the defaults a model cached before is the one trained now.
   for name in ("sample_bytes", "input_sentence_size"):
-    if _get(tok_cfg, name, None):
-      key.append([name, int(_get(tok_cfg, name))])
+    if config_lib.field(tok_cfg, name, None):
+      key.append([name, int(config_lib.field(tok_cfg, name))])
   key = json.dumps(key)
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   return os.path.join(paths.cache_dir(), "tokenizers", f"{digest}.model")
