@@ -23,7 +23,7 @@ Expected: on OpenWebText the OpenAI checkpoint scores a validation loss of
 about 2.67 per GPT-2 token (nanoGPT's evaluation); the paper reports zero-shot
 WikiText-103 perplexity 22.05.
 """
-from pretrain.tasks import gpt2
+from pretrain.families.gpt2 import task as gpt2
 
 
 def get_config():

@@ -17,7 +17,7 @@ Run the command again and it resumes from the last checkpoint (and stops at
 once when the run is complete). `--config.data.packing=True` packs whole
 documents instead (0.5% padding on this corpus).
 """
-from pretrain.tasks import gpt2
+from pretrain.families.gpt2 import task as gpt2
 
 
 def get_config():

@@ -16,7 +16,7 @@ Expected: 247,577,856 parameters, 81,408 tokens and 5.45e13 model FLOPs per
 step (2.9e19 for the run); the loss starts near 11 and falls; no public per-step loss
 curve, so evaluate by fine-tuning.
 """
-from pretrain.tasks.t5 import t5_config
+from pretrain.families.t5.task import t5_config
 
 
 def get_config():

@@ -17,7 +17,7 @@ Expected: 783,150,080 parameters, 81,408 tokens and 1.88e14 model FLOPs per
 step (9.9e19 for the run); the loss starts near 11 and falls; no public per-step loss
 curve, so evaluate by fine-tuning.
 """
-from pretrain.tasks.t5 import t5_config
+from pretrain.families.t5.task import t5_config
 
 
 def get_config():

@@ -3,7 +3,7 @@
 d_model 512, d_ff 1024 (gated GELU), 6 heads of 64, 8 + 8 layers, vocabulary
 32,128 (32,000 sentencepiece pieces + 100 sentinels, padded to a multiple of
 128): 76,961,152 parameters, as google/t5-v1_1-small. Recipe (see
-pretrain.tasks.t5.t5_config for sources): Adafactor, lr 1/sqrt(max(step, 10k))
+pretrain.families.t5.task.t5_config for sources): Adafactor, lr 1/sqrt(max(step, 10k))
 (1e-2 for the first 10k steps), inputs 512 / targets 114 (568 raw tokens per
 example), dropout 0, z-loss 1e-4, batch 128 for 2**19 steps as in the paper's
 pretraining (section 3.1.2). The released v1.1 checkpoints are at step 1M; the
@@ -22,7 +22,7 @@ loss starts near 11 (ln 32,128 = 10.4, plus the spread of the initial logits) an
 published per-step loss curve for T5.1.1, so judge a run by fine-tuning, as
 the paper does.
 """
-from pretrain.tasks.t5 import t5_config
+from pretrain.families.t5.task import t5_config
 
 
 def get_config():

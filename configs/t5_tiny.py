@@ -14,7 +14,7 @@ all (idle cores: an estimated 2.5 min). Loss 8.13 at step 10 -> 6.02 at step 30 
 5.41 at step 75 -> 5.25 at step 150. Run the command again and it resumes
 from the last checkpoint.
 """
-from pretrain.tasks.t5 import t5_config
+from pretrain.families.t5.task import t5_config
 
 
 def get_config():

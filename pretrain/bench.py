@@ -6,7 +6,7 @@
   python -m pretrain.bench --config=configs/bert_tiny.py --data --json_out=bench.json
   python -m pretrain.bench --config=configs/gpt2_tiny.py --dtypes=float32 --breakdown --profile_ops=15
 
-Every family of the task registry (pretrain/tasks) is timed the same way. Times
+Every family of the task registry (pretrain/families) is timed the same way. Times
 the project's real compiled train step (training/step.py: forward,
 backward, clipping and the AdamW update, on the default data-parallel mesh) for
 each compute dtype, at the config's batch, sequence length and prediction
@@ -53,10 +53,10 @@ import numpy as np
 from pretrain import cli
 from pretrain import metrics as metrics_lib
 from pretrain import sharding
-from pretrain import tasks
+from pretrain import families
 from pretrain.data import special_tokens
 from pretrain.errors import PretrainError
-from pretrain.models import bert as bert_model
+from pretrain.families.bert import model as bert_model
 from pretrain.training import step as step_lib
 from pretrain.training.optimizer import make_optimizer
 
@@ -168,7 +168,7 @@ def _task(config, dtype: str | None = None):
   with config.unlocked():
     if dtype:
       config.model.dtype = dtype
-  return tasks.get_task(config, special_tokens.StandInTokenizer(_tokenizer_vocab(config)))
+  return families.get_task(config, special_tokens.StandInTokenizer(_tokenizer_vocab(config)))
 
 
 def _mlm_batch(task, batch_size: int) -> dict:
@@ -591,7 +591,7 @@ def bench_data(config, *, batches: int = 200, reference: bool = True) -> dict:
   batch_size = int(config.train.batch_size)
   from pretrain.data import sources  # pylint: disable=g-import-not-at-top
   tokenizer, stores = sources.open_stores(config.data, config.tokenizer)
-  task = tasks.get_task(config, tokenizer)
+  task = families.get_task(config, tokenizer)
   examples = sources.example_source(task, stores, "train", int(config.data.seed),
                                     run_length=int(config.data.mixture_run_length))
   rows = lambda i: np.arange(i * batch_size, (i + 1) * batch_size, dtype=np.int64)

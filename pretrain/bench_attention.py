@@ -56,7 +56,7 @@ import numpy as np
 from pretrain import cli
 from pretrain.errors import PretrainError
 from pretrain.models import attention
-from pretrain.models import bert as bert_model
+from pretrain.families.bert import model as bert_model
 from pretrain.models import layers
 
 CASES = ("attention", "layer")

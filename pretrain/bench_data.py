@@ -161,7 +161,7 @@ def child_train(a: dict) -> dict:
   first step (train's own metrics), peak RSS and RSS parts at the end."""
   import psutil  # pylint: disable=g-import-not-at-top
   started = psutil.Process().create_time()
-  from pretrain import tasks  # pylint: disable=g-import-not-at-top
+  from pretrain import families  # pylint: disable=g-import-not-at-top
   from pretrain import train as train_lib  # pylint: disable=g-import-not-at-top
   from pretrain.data import pipeline  # pylint: disable=g-import-not-at-top
   from pretrain.data import sources  # pylint: disable=g-import-not-at-top
@@ -174,7 +174,7 @@ def child_train(a: dict) -> dict:
     config[section][name] = value
   t0 = time.time()
   tokenizer, stores = sources.open_stores(config.data, config.tokenizer)
-  task = tasks.get_task(config.copy_and_resolve_references(), tokenizer)
+  task = families.get_task(config.copy_and_resolve_references(), tokenizer)
   source = sources.example_source(task, stores, "train", config.data.seed,
                                   run_length=config.data.mixture_run_length)
   stream = pipeline.BatchStream(source, config.train.batch_size, num_threads=config.data.num_threads,
@@ -224,10 +224,10 @@ def stream_rate(source, batch: int, *, threads: int = 2, batches: int = 50, warm
 
 
 def _stream_task(tokenizer, seq: int, predictions: int):
-  from pretrain import tasks  # pylint: disable=g-import-not-at-top
+  from pretrain import families  # pylint: disable=g-import-not-at-top
   config = ablate.load_config_file("configs/bert_tiny.py")
   config.data.update(max_seq_length=seq, max_predictions_per_seq=predictions)
-  return tasks.get_task(config, tokenizer)
+  return families.get_task(config, tokenizer)
 
 
 def bench_streams(store_path: str, data_cfg: dict, *, batch: int = 256, threads: int = 2,
@@ -279,12 +279,12 @@ def profile(workdir: str, data_cfg: dict, tokenizer, store_path: str) -> dict:
 def consumption() -> list[dict]:
   """Examples/s one chip's bert_base step consumes at MFU 0.5, per chip kind and sequence length."""
   from pretrain import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from pretrain import tasks  # pylint: disable=g-import-not-at-top
+  from pretrain import families  # pylint: disable=g-import-not-at-top
   out = []
   for seq, predictions in _SEQS:
     config = ablate.load_config_file("configs/bert_base.py")
     config.data.update(max_seq_length=seq, max_predictions_per_seq=predictions)
-    task = tasks.get_task(config, special_tokens.StandInTokenizer(config.tokenizer.vocab_size))
+    task = families.get_task(config, special_tokens.StandInTokenizer(config.tokenizer.vocab_size))
     flops = task.train_flops_per_example()
     for chip, platform, kind in _CHIPS:
       device = types.SimpleNamespace(platform=platform, device_kind=kind)

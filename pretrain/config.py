@@ -1,6 +1,6 @@
 """Default configuration shared by every config in configs/.
 
-Each top-level section is read by one module: `task` by pretrain/tasks, `data`
+Each top-level section is read by one module: `task` by pretrain/families, `data`
 by pretrain/data, `tokenizer` by pretrain/data/tokenizer_files.py, `model` by
 pretrain/models, `optimizer` by pretrain/training/optimizer.py, `mesh` by
 pretrain/sharding.py, `checkpoint` by pretrain/checkpoint.py, and `train`,

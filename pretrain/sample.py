@@ -29,18 +29,18 @@ import orbax.checkpoint as ocp
 
 from pretrain import checkpoint as ckpt_lib
 from pretrain import cli
-from pretrain import tasks
+from pretrain import families
 from pretrain.data import special_tokens
 from pretrain.data import tokenizer_files
 from pretrain.errors import PretrainError
-from pretrain.models import gpt2 as gpt2_model
-from pretrain.models import t5 as t5_model
+from pretrain.families.gpt2 import model as gpt2_model
+from pretrain.families.t5 import model as t5_model
 
 MASK_TEXT = "[MASK]"
 MLM_TASKS = ("bert", "roberta")
 GENERATIVE_TASKS = ("gpt2", "t5")
-# The project tokenizer's end-of-text: ends a GPT-2 document (pretrain/tasks/causal_examples.py) and a
-# T5 target (pretrain/tasks/t5.py). A run with another vocabulary uses its tokenizer's special.eos.
+# The project tokenizer's end-of-text: ends a GPT-2 document (pretrain/families/gpt2/examples.py) and a
+# T5 target (pretrain/families/t5/task.py). A run with another vocabulary uses its tokenizer's special.eos.
 END_ID = special_tokens.SEP_ID
 
 
@@ -57,7 +57,7 @@ def load_run(workdir: str, step: int | None = None):
     tokenizer = tokenizer_files.open_tokenizer(tok.get("path", ""))
     if tok.get("fingerprint") not in (None, tokenizer.fingerprint):
       raise PretrainError(f"the tokenizer at {tokenizer.path} changed since the checkpoint was written")
-    task = tasks.get_task(config, tokenizer)
+    task = families.get_task(config, tokenizer)
     # Restored without a target: plain host arrays, whatever mesh wrote them.
     restored = checkpointer._manager.restore(  # pylint: disable=protected-access
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))

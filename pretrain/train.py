@@ -4,7 +4,7 @@
 
 Running the same command on the same workdir resumes from the latest
 checkpoint, with the data stream exactly where it stopped. The loop knows
-nothing of any model family: the task (pretrain/tasks) supplies examples,
+nothing of any model family: the task (pretrain/families) supplies examples,
 model, loss and FLOPs.
 """
 import contextlib
@@ -33,7 +33,7 @@ from pretrain import distributed
 from pretrain import metrics as metrics_lib
 from pretrain import paths
 from pretrain import sharding
-from pretrain import tasks
+from pretrain import families
 from pretrain.data import pipeline
 from pretrain.data import sources as data_sources
 from pretrain.errors import PretrainError
@@ -170,7 +170,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   is_main = jax.process_index() == 0
 
   tokenizer, stores = data_sources.open_stores(config.data, config.tokenizer)
-  task = tasks.get_task(config, tokenizer)
+  task = families.get_task(config, tokenizer)
   model = task.build_model()
   total_steps = int(config.train.steps)
   tx, schedule = make_optimizer(config.optimizer, total_steps)

@@ -9,8 +9,8 @@ import pytest
 
 from pretrain import ablate
 from pretrain.errors import PretrainError
-from pretrain.models import bert
-from pretrain.models import gpt2
+from pretrain.families.bert import model as bert
+from pretrain.families.gpt2 import model as gpt2
 
 
 def _sweep(corpus_path, variants):

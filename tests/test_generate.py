@@ -7,9 +7,9 @@ from pretrain import sample
 from pretrain.data import special_tokens
 from pretrain.errors import PretrainError
 from pretrain.models import attention
-from pretrain.models import gpt2
-from pretrain.models import t5
-from pretrain.tasks import gpt2 as gpt2_task
+from pretrain.families.gpt2 import model as gpt2
+from pretrain.families.t5 import model as t5
+from pretrain.families.gpt2 import task as gpt2_task
 from pretrain.train import train
 
 SENTENCE = "The garden gate opens at seven every morning."

@@ -11,7 +11,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from pretrain import sharding
 from pretrain.errors import PretrainError
-from pretrain.models import bert
+from pretrain.families.bert import model as bert
 
 TINY = bert.BertConfig(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
 BATCH, LENGTH, PREDICTIONS = 8, 16, 4

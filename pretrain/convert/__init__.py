@@ -20,8 +20,9 @@ disagrees with config.json, a vocabulary mismatch) raises PretrainError naming
 the field or tensor, and nothing is written: output goes to a temporary folder
 renamed into place at the end.
 
-Families: FAMILIES maps a name, which is both HF's `model_type` and the
-project's `task.name`, to a module with
+Families: each registered family (pretrain/families) whose package has a
+`convert.py` converts; its name is both HF's `model_type` and the project's
+`task.name`, and the module has
   TASK, ARCHITECTURES                        project task, HF architectures read
   project_sections(hf_config, tensors)       -> {"task": .., "model": .., "data": ..} config overrides
   hf_to_params(tensors, hf_config, model)    -> (params, subtrees to initialize fresh)
@@ -35,9 +36,10 @@ and optionally
                                              (default: the tokenizer's)
 A family that returns a "tokenizer" section sets its vocab_size; else it is the model's.
 `tensors` is an hf_io.HfTensors: `take` checks each tensor's shape and what
-stays unused is an error. A new family is one module and one line here.
+stays unused is an error.
 """
 import importlib
+import importlib.util
 import logging
 import os
 import shutil
@@ -47,7 +49,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from pretrain import tasks
+from pretrain import families
 from pretrain.config import base_config
 from pretrain.convert import checkpoints
 from pretrain.convert import hf_io
@@ -57,21 +59,21 @@ from pretrain.errors import PretrainError
 
 _logger = logging.getLogger(__name__)
 
-FAMILIES = {
-    "bert": "pretrain.convert.bert",
-    "roberta": "pretrain.convert.roberta",
-    "gpt2": "pretrain.convert.gpt2",
-    "t5": "pretrain.convert.t5",
-}
 FORMAT = "pretrain-convert-v1"
 _SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
 
 
 def family(name: str, what: str):
-  """The conversion module of a family."""
-  if name not in FAMILIES:
-    raise PretrainError(f"{what}={name!r} is not supported; supported: {', '.join(map(repr, FAMILIES))}")
-  return importlib.import_module(FAMILIES[name])
+  """The conversion module (`convert.py`) of a registered family that has one."""
+  supported = [n for n in families.FAMILIES if _has_converter(n)]
+  if name not in supported:
+    raise PretrainError(f"{what}={name!r} is not supported; supported: {', '.join(map(repr, supported))}")
+  return families.family_part(name, "convert", what)
+
+
+def _has_converter(name: str) -> bool:
+  module = families.FAMILIES[name].split(":")[0]
+  return importlib.util.find_spec(module.rpartition(".")[0] + ".convert") is not None
 
 
 def _hf_family(hf_config: dict):
@@ -154,7 +156,7 @@ def _hf_tokenizer(hf_dir: str, config: dict) -> list[str]:
   tok = hf_tokenizer.HfTokenizer(os.path.join(hf_dir, names[0]))
   config["tokenizer"].update(path=names[0], vocab_size=tok.vocab_size)
   try:
-    tasks.get_task(ml_collections.ConfigDict(config), tok)
+    families.get_task(ml_collections.ConfigDict(config), tok)
   except PretrainError as e:
     raise PretrainError(f"{tok.path} does not fit the model: {e}") from None
   if os.path.isfile(os.path.join(hf_dir, hf_tokenizer.CONFIG)):

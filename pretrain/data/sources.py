@@ -7,7 +7,7 @@
 
 Every shard of every store is one component of one `mixture.MixtureSource`:
 a store's weight is split over its shards by their token counts, each shard is
-an endless example stream of the task's builder (pretrain/tasks), and global
+an endless example stream of the task's builder (pretrain/families), and global
 example i goes to the shard the mixture assigns, in runs of data.mixture_run_length
 consecutive examples (a process stays on a shard for several steps). Nothing but the manifests is
 read at start-up; a shard's index is read when the first example needs it and

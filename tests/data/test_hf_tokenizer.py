@@ -18,13 +18,13 @@ from pretrain.data import tokenizer_files
 from pretrain.data.tokenized import tokenize_documents
 from pretrain.data.tokenized import TokenizedDocs
 from pretrain.errors import PretrainError
-from pretrain.tasks import causal_examples as ce
-from pretrain.tasks import get_task
-from pretrain.tasks import t5 as t5_task
-from pretrain.tasks.bert_examples import BertExampleConfig
-from pretrain.tasks.bert_examples import BertExamples
-from pretrain.tasks.roberta_examples import RobertaExampleConfig
-from pretrain.tasks.roberta_examples import RobertaExamples
+from pretrain.families.gpt2 import examples as ce
+from pretrain.families import get_task
+from pretrain.families.t5 import task as t5_task
+from pretrain.families.bert.examples import BertExampleConfig
+from pretrain.families.bert.examples import BertExamples
+from pretrain.families.roberta.examples import RobertaExampleConfig
+from pretrain.families.roberta.examples import RobertaExamples
 from pretrain.train import train
 
 # bert-base-uncased's layout: [PAD] 0, [unused0..98] 1..99, [UNK] 100, [CLS] 101, [SEP] 102, [MASK] 103.
@@ -253,7 +253,7 @@ def test_a_run_on_a_published_layout_vocabulary_learns_and_fills_masks(memorised
 
 
 def test_gpt2_trains_on_a_byte_level_vocabulary_with_endoftext(vocabs, text_corpus, tiny_config_factory, tmp_path):
-  from pretrain.tasks import gpt2 as gpt2_task  # pylint: disable=g-import-not-at-top
+  from pretrain.families.gpt2 import task as gpt2_task  # pylint: disable=g-import-not-at-top
   c = gpt2_task.gpt2_config()
   tiny = tiny_config_factory(text_corpus)
   c.data.update(source="text", paths=text_corpus, max_seq_length=32, num_threads=1, heldout_fraction=0.05,

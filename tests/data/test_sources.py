@@ -6,15 +6,15 @@ import ml_collections
 import numpy as np
 import pytest
 
-from pretrain import tasks
+from pretrain import families
 from pretrain.data import corpus as corpus_lib
 from pretrain.data import pipeline
 from pretrain.data import prepare as prepare_lib
 from pretrain.data import sources
 from pretrain.data.tokenized import tokenize_documents
 from pretrain.errors import PretrainError
-from pretrain.tasks.gpt2 import gpt2_config
-from pretrain.tasks.t5 import t5_config
+from pretrain.families.gpt2.task import gpt2_config
+from pretrain.families.t5.task import t5_config
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import make_tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -74,7 +74,7 @@ def _old_examples(task, data_cfg, tokenizer, split, seed):
 def test_a_small_corpus_store_gives_the_in_memory_batches(text_setup, family):
   c, tokenizer, stores = text_setup
   cfg = _family_config(family, c.data, c.tokenizer)
-  task = tasks.get_task(cfg, tokenizer)
+  task = families.get_task(cfg, tokenizer)
   assert len(stores) == 1 and len(stores[0].store.shards("train")) == 1  # A small corpus is one shard.
   assert stores[0].store.manifest["corpus"]["source"] == c.data.source
   for split, seed in (("train", 3), ("heldout", 4)):
@@ -121,7 +121,7 @@ def test_mixture_proportions_follow_the_weights(two_stores):
   tok, stores = sources.open_stores(data, c.tokenizer)
   assert tok.fingerprint == tokenizer.fingerprint
   assert [len(s.store.shards("train")) > 1 for s in stores] == [True, True]
-  task = tasks.get_task(_family_config("bert", data, c.tokenizer), tok)
+  task = families.get_task(_family_config("bert", data, c.tokenizer), tok)
   src = sources.example_source(task, stores, "train", seed=0, run_length=4)
   drawn = src.drawn(40_000)
   assert set(drawn) == {"wiki", "books"}
@@ -138,7 +138,7 @@ def test_mixture_resume_mid_run_is_exact(two_stores):
   data.update(source="prepared", paths="", mixture=f"{out['wiki']}=1,{out['books']}=1")
   tok, stores = sources.open_stores(data, c.tokenizer)
   cfg = _family_config("gpt2_packed", data, c.tokenizer)
-  task = tasks.get_task(cfg, tok)
+  task = families.get_task(cfg, tok)
   make = lambda: sources.example_source(task, stores, "train", seed=1, run_length=3)
   whole = pipeline.BatchStream(make(), 8, num_threads=1)
   expected = [next(whole) for _ in range(6)]
@@ -214,7 +214,7 @@ def test_a_run_reads_a_store_in_gcs_as_the_local_one(fake_gcs, two_stores):
     data.update(source="prepared", paths=path)
     tok, stores = sources.open_stores(data, c.tokenizer)  # No tokenizer.path: the store's own copy.
     assert tok.fingerprint == tokenizer.fingerprint
-    task = tasks.get_task(_family_config("bert", data, c.tokenizer), tok)
+    task = families.get_task(_family_config("bert", data, c.tokenizer), tok)
     src = sources.example_source(task, stores, "train", seed=2, run_length=4)
     batches.append(src.batch(np.arange(100, 164, dtype=np.int64)))
   for k in batches[0]:
@@ -230,7 +230,7 @@ def test_a_dropped_shard_builder_is_freed_at_once(two_stores, family):
   data = c.data.copy_and_resolve_references()
   data.update(source="prepared", paths=out["wiki"])
   tok, stores = sources.open_stores(data, c.tokenizer)
-  task = tasks.get_task(_family_config(family, data, c.tokenizer), tok)
+  task = families.get_task(_family_config(family, data, c.tokenizer), tok)
   gc.disable()
   try:
     shards = stores[0].store.shards("train")

@@ -8,9 +8,9 @@ import pytest
 
 from pretrain.errors import PretrainError
 from pretrain.models import attention
-from pretrain.models import bert
-from pretrain.models import gpt2
-from pretrain.models import t5
+from pretrain.families.bert import model as bert
+from pretrain.families.gpt2 import model as gpt2
+from pretrain.families.t5 import model as t5
 
 BERT = bert.BertConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
 GPT2 = gpt2.Gpt2Config(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,

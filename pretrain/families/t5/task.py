@@ -50,7 +50,7 @@ from pretrain.data.epochs import Epochs
 from pretrain.data.tokenized import Documents
 from pretrain.data.special_tokens import PAD_ID, project_special_tokens, SEP_ID, SpecialTokens
 from pretrain.errors import PretrainError
-from pretrain.models import t5 as t5_model
+from pretrain.families.t5 import model as t5_model
 from pretrain.objectives import keyed_random
 from pretrain.objectives import span_corruption
 

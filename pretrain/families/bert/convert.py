@@ -31,7 +31,7 @@ start freshly initialized, as in transformers when BertForPreTraining loads a
 BertModel. Export writes BertForPreTraining with an NSP head, else
 BertForMaskedLM.
 
-HF's 'gelu' is the exact erf GELU, as pretrain/models/bert.py's; BERT's
+HF's 'gelu' is the exact erf GELU, as pretrain/families/bert/model.py's; BERT's
 LayerNorm eps is 1e-12 (config.json's layer_norm_eps is carried over).
 """
 import dataclasses
@@ -44,7 +44,7 @@ import numpy as np
 from pretrain.convert import checkpoints
 from pretrain.convert.hf_io import HfTensors
 from pretrain.errors import PretrainError
-from pretrain.models import bert as bert_model
+from pretrain.families.bert import model as bert_model
 
 TASK = "bert"
 ARCHITECTURES = ("BertForPreTraining", "BertForMaskedLM", "BertModel")

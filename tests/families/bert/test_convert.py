@@ -21,8 +21,8 @@ from pretrain.checkpoint import Checkpointer
 from pretrain.convert import checkpoints
 from pretrain.data.tokenizer_files import open_tokenizer
 from pretrain.errors import PretrainError
-from pretrain.models import bert as bert_model
-from pretrain.tasks import get_task
+from pretrain.families.bert import model as bert_model
+from pretrain.families import get_task
 from pretrain.train import train
 from pretrain.training.step import TrainState
 
@@ -378,7 +378,7 @@ def test_cli(pretraining, tmp_path, capsys):
   from pretrain.convert import __main__ as cli  # pylint: disable=import-outside-toplevel
   assert cli.main(["to-hf", "--ckpt", out, "--out", str(tmp_path / "hf")]) == 0
   assert json.loads(capsys.readouterr().out)["architecture"] == "BertForPreTraining"
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
   env = dict(os.environ, PYTHONPATH=root)
   run = subprocess.run([sys.executable, "-m", "pretrain.convert", "from-hf", "--hf_dir", str(tmp_path / "none"),
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env, check=False)

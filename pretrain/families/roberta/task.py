@@ -1,6 +1,6 @@
 """RoBERTa pretraining: masked LM only, on FULL-SENTENCES inputs (Liu et al. 2019).
 
-The network is BERT's (pretrain/models/bert.py) with RoBERTa's options: no
+The network is BERT's (pretrain/families/bert/model.py) with RoBERTa's options: no
 pooler and no next-sentence head, one token type (all zeros), and positions
 counted from 2 as HF's RoBERTa does. Masks are dynamic (new ones on every draw
 of a block). Model, loss and metrics are BertTask's with the NSP parts off.
@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pretrain.errors import PretrainError
-from pretrain.tasks import bert as bert_task
-from pretrain.tasks.roberta_examples import RobertaExampleConfig, RobertaExamples
+from pretrain.families.bert import task as bert_task
+from pretrain.families.roberta.examples import RobertaExampleConfig, RobertaExamples
 
 # RoBERTa's model options, for the keys a config's model section does not set.
 MODEL_DEFAULTS = dict(pooler=False, nsp_head=False, position_offset=2)

@@ -5,10 +5,10 @@ import pytest
 
 from pretrain.data import streams
 from pretrain.data.tokenized import TokenizedDocs
-from pretrain.tasks import bert_examples as be
-from pretrain.tasks import causal_examples as ce
-from pretrain.tasks import roberta_examples as rx
-from pretrain.tasks import t5 as t5_task
+from pretrain.families.bert import examples as be
+from pretrain.families.gpt2 import examples as ce
+from pretrain.families.roberta import examples as rx
+from pretrain.families.t5 import task as t5_task
 
 VOCAB = 1000
 

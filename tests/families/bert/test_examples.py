@@ -8,7 +8,7 @@ import pytest
 from pretrain.data.tokenized import TokenizedDocs
 from pretrain.errors import PretrainError
 from pretrain.objectives import masking
-from pretrain.tasks import bert_examples as be
+from pretrain.families.bert import examples as be
 
 CFG = be.BertExampleConfig()
 FIELDS = {  # name: (shape, dtype) at L = 128, P = 20.

@@ -13,12 +13,12 @@ from pretrain.data.special_tokens import StandInTokenizer
 from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
 from pretrain.objectives import span_corruption
-from pretrain.tasks import get_task
-from pretrain.tasks import t5 as t5_task
+from pretrain.families import get_task
+from pretrain.families.t5 import task as t5_task
 from pretrain.train import train
 
 TOKENIZER = StandInTokenizer(500, path="fake.model")
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 def small_config(inputs_length=32):

@@ -10,7 +10,7 @@ import pytest
 
 from pretrain.errors import PretrainError
 from pretrain.models import positions
-from pretrain.models import t5
+from pretrain.families.t5 import model as t5
 
 TINY = t5.T5Config(vocab_size=96, d_model=32, d_ff=48, d_kv=8, num_heads=3, num_layers=2, num_decoder_layers=2)
 SMALL = t5.T5Config(vocab_size=32128, d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8,

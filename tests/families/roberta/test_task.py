@@ -9,9 +9,9 @@ import pytest
 from pretrain.data.tokenized import TokenizedDocs
 from pretrain.data.special_tokens import StandInTokenizer
 from pretrain.errors import PretrainError
-from pretrain.models import bert
-from pretrain.tasks import roberta as roberta_task
-from pretrain.tasks import roberta_examples as rx
+from pretrain.families.bert import model as bert
+from pretrain.families.roberta import task as roberta_task
+from pretrain.families.roberta import examples as rx
 
 BASE = bert.BertConfig(vocab_size=50265, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
                        max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
@@ -272,8 +272,8 @@ TOKENIZER = StandInTokenizer(1000, path="fake.model")
 
 
 def test_task_loss_metrics_and_flops():
-  from pretrain import tasks  # pylint: disable=import-outside-toplevel
-  task = tasks.get_task(_task_config(), TOKENIZER)
+  from pretrain import families  # pylint: disable=import-outside-toplevel
+  task = families.get_task(_task_config(), TOKENIZER)
   assert isinstance(task, roberta_task.RobertaTask) and task.name == "roberta"
   mc = task.model_config
   assert (mc.pooler, mc.nsp_head, mc.position_offset, mc.type_vocab_size) == (False, False, 2, 1)

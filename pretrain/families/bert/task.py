@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from pretrain.errors import PretrainError
-from pretrain.models import bert as bert_model
-from pretrain.tasks.bert_examples import BertExampleConfig, BertExamples
+from pretrain.families.bert import model as bert_model
+from pretrain.families.bert.examples import BertExampleConfig, BertExamples
 
 
 def _cross_entropy(logits, labels):

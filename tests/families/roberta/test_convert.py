@@ -15,7 +15,7 @@ from pretrain import convert
 from pretrain.checkpoint import Checkpointer
 from pretrain.convert import checkpoints
 from pretrain.errors import PretrainError
-from pretrain.models import bert as bert_model
+from pretrain.families.bert import model as bert_model
 from pretrain.training.step import TrainState
 
 VOCAB, LENGTH = 99, 12

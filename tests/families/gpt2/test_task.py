@@ -13,8 +13,8 @@ from pretrain.data.pipeline import BatchStream
 from pretrain.data.tokenized import TokenizedDocs
 from pretrain.data.special_tokens import StandInTokenizer
 from pretrain.errors import PretrainError
-from pretrain.tasks import causal_examples as ce
-from pretrain.tasks import gpt2 as gpt2_task
+from pretrain.families.gpt2 import examples as ce
+from pretrain.families.gpt2 import task as gpt2_task
 from pretrain.train import train
 
 EOT = ce.EOT_ID

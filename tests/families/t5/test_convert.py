@@ -16,7 +16,7 @@ from pretrain import convert
 from pretrain.checkpoint import Checkpointer
 from pretrain.convert import checkpoints
 from pretrain.errors import PretrainError
-from pretrain.models import t5 as t5_model
+from pretrain.families.t5 import model as t5_model
 from pretrain.training.step import TrainState
 
 VOCAB, ENC_LENGTH, DEC_LENGTH = 256, 12, 9

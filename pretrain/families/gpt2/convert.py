@@ -19,16 +19,16 @@ export. `h.{i}.attn.bias` and `h.{i}.attn.masked_bias` are the causal-mask
 buffers of older files, not weights: they are skipped.
 
 HF's 'gelu_new' (and 'gelu_pytorch_tanh') is the tanh approximation, as
-pretrain/models/gpt2.py's; attention logits are scaled by 1/sqrt(head_dim)
+pretrain/families/gpt2/model.py's; attention logits are scaled by 1/sqrt(head_dim)
 (`scale_attn_weights`; `reorder_and_upcast_attn` only changes HF's
 arithmetic order and precision, and is accepted). HF's embd_pdrop and resid_pdrop are the model's one
 dropout_rate, so they must agree. The converted config is
-pretrain.tasks.gpt2.gpt2_config() with the checkpoint's shape, so its training
+pretrain.families.gpt2.task.gpt2_config() with the checkpoint's shape, so its training
 recipe (bfloat16 compute among it) is GPT-2's.
 
 Special ids: GPT-2's <|endoftext|> is both bos and eos. A model trained here
 ends every document with [SEP] and starts the next one after it
-(pretrain/tasks/causal_examples.py), so its export says bos = eos = [SEP].
+(pretrain/families/gpt2/examples.py), so its export says bos = eos = [SEP].
 """
 import dataclasses
 import re
@@ -36,11 +36,11 @@ import re
 import flax.linen as nn
 import numpy as np
 
-from pretrain.convert.bert import Entry, check_attention, read_params, write_tensors
+from pretrain.families.bert.convert import Entry, check_attention, read_params, write_tensors
 from pretrain.convert.hf_io import HfTensors
 from pretrain.errors import PretrainError
-from pretrain.models import gpt2 as gpt2_model
-from pretrain.tasks import gpt2 as gpt2_task
+from pretrain.families.gpt2 import model as gpt2_model
+from pretrain.families.gpt2 import task as gpt2_task
 
 TASK = "gpt2"
 ARCHITECTURES = ("GPT2LMHeadModel",)

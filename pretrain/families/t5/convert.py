@@ -33,7 +33,7 @@ project's untied lm_head. Export writes the published layout
 (tie_word_embeddings false, lm_head.weight stored). Neither side scales the
 attention logits by 1/sqrt(d_kv).
 
-The converted config is pretrain.tasks.t5.t5_config() with the checkpoint's
+The converted config is pretrain.families.t5.task.t5_config() with the checkpoint's
 shape and dropout, so its training recipe (bfloat16 compute among it) is
 T5's. HF's model has no sentinel count: task.extra_ids keeps its
 100, the top rows of the vocabulary, and tokenizer.vocab_size the rows below
@@ -45,11 +45,11 @@ import re
 import flax.linen as nn
 import numpy as np
 
-from pretrain.convert.bert import Entry, check_attention, read_params, write_tensors
+from pretrain.families.bert.convert import Entry, check_attention, read_params, write_tensors
 from pretrain.convert.hf_io import HfTensors
 from pretrain.errors import PretrainError
-from pretrain.models import t5 as t5_model
-from pretrain.tasks import t5 as t5_task
+from pretrain.families.t5 import model as t5_model
+from pretrain.families.t5 import task as t5_task
 
 TASK = "t5"
 ARCHITECTURES = ("T5ForConditionalGeneration",)

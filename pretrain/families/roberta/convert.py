@@ -1,6 +1,6 @@
 """RoBERTa <-> Hugging Face transformers' RobertaForMaskedLM.
 
-The encoder maps as BERT's (pretrain/convert/bert.py) under 'roberta.'; the
+The encoder maps as BERT's (pretrain/families/bert/convert.py) under 'roberta.'; the
 MLM head is `lm_head.{dense, layer_norm, bias}` with its decoder tied to the
 word embeddings. RobertaForMaskedLM has no pooler: `roberta.pooler.*` tensors
 (roberta-base's file has them) are skipped, as transformers skips them.
@@ -21,10 +21,10 @@ import re
 
 import numpy as np
 
-from pretrain.convert import bert
+from pretrain.families.bert import convert as bert
 from pretrain.convert.hf_io import HfTensors
 from pretrain.errors import PretrainError
-from pretrain.tasks import roberta as roberta_task
+from pretrain.families.roberta import task as roberta_task
 
 TASK = "roberta"
 ARCHITECTURES = ("RobertaForMaskedLM",)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pretrain.errors import PretrainError
-from pretrain.models import gpt2
+from pretrain.families.gpt2 import model as gpt2
 
 TINY = gpt2.Gpt2Config(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
                        max_position_embeddings=32)

@@ -2,8 +2,8 @@
 
 Config sections read here:
   task.name = 'gpt2'
-  model     the fields of pretrain.models.gpt2.Gpt2Config (vocab_size 0: the tokenizer's)
-  data      max_seq_length (the context, L) and packing (see pretrain/tasks/causal_examples.py)
+  model     the fields of pretrain.families.gpt2.model.Gpt2Config (vocab_size 0: the tokenizer's)
+  data      max_seq_length (the context, L) and packing (see pretrain/families/gpt2/examples.py)
 `gpt2_config()` gives all of them with GPT-2 small's shape and the usual recipe;
 configs/gpt2_*.py override it.
 """
@@ -16,8 +16,8 @@ import optax
 
 from pretrain import config as config_lib
 from pretrain.errors import PretrainError
-from pretrain.models import gpt2 as gpt2_model
-from pretrain.tasks.causal_examples import FIELDS, CausalExampleConfig, CausalExamples
+from pretrain.families.gpt2 import model as gpt2_model
+from pretrain.families.gpt2.examples import FIELDS, CausalExampleConfig, CausalExamples
 
 
 def gpt2_config() -> ml_collections.ConfigDict:

@@ -10,7 +10,7 @@ import pytest
 
 from pretrain.errors import PretrainError
 from pretrain.models import attention
-from pretrain.models import bert
+from pretrain.families.bert import model as bert
 
 TINY = bert.BertConfig(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
 BASE = bert.BertConfig(vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)

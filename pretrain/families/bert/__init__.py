@@ -1,0 +1,1 @@
+"""The bert family: model, task, examples and HF conversion."""

@@ -1,0 +1,1 @@
+"""The roberta family: model, task, examples and HF conversion."""

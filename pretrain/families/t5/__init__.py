@@ -1,0 +1,1 @@
+"""The t5 family: model, task, examples and HF conversion."""
