@@ -145,8 +145,3 @@ class Checkpointer:
     finally:
       self._manager.close()
 
-
-def abstract_like(tree):
-  """ShapeDtypeStructs (with shardings) for restoring into the layout of `tree`."""
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)

@@ -56,10 +56,6 @@ class MeshConfig:
   tensor: int = 1
 
 
-def logical_rules() -> tuple[tuple[str, Any], ...]:
-  return LOGICAL_RULES
-
-
 def _axis_sizes(mesh_cfg: Any) -> dict[str, int]:
   get = mesh_cfg.get if isinstance(mesh_cfg, Mapping) else lambda k, d: getattr(mesh_cfg, k, d)
   return {axis: int(get(axis, 1)) for axis in MESH_AXES}
@@ -155,3 +151,12 @@ def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict
   """Assembles each process's slice of the batch into global arrays sharded by `data_sharding`."""
   sharding = data_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def abstract(tree, shardings=None):
+  """ShapeDtypeStructs of `tree`'s arrays with `shardings` (a matching tree), or each array's own sharding:
+  the targets that compilation and checkpoint restore lay arrays out by."""
+  if shardings is None:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+                        tree)
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from pretrain.checkpoint import Checkpointer, abstract_like
+from pretrain import sharding
+from pretrain.checkpoint import Checkpointer
 from pretrain.errors import PretrainError
 from pretrain.sharding import make_mesh
 from pretrain.config import base_config
@@ -17,7 +18,7 @@ def test_save_restore_keep_last(tmp_path):
     c.save(step, {"w": jnp.full((4,), float(step))}, {"next_batch": step}, {"step": step})
   c.wait()
   assert c.all_steps() == [2, 3] and c.latest_step() == 3
-  state, data, _ = c.restore(3, abstract_like({"w": jnp.zeros(4)}))
+  state, data, _ = c.restore(3, sharding.abstract({"w": jnp.zeros(4)}))
   np.testing.assert_array_equal(state["w"], np.full(4, 3.0))
   assert data == {"next_batch": 3} and c.restore_config(3) == {"step": 3}
   c.close()
@@ -72,7 +73,7 @@ def test_unreadable_latest_checkpoint_falls_back_and_is_kept(tmp_path, caplog):
   c = Checkpointer(str(tmp_path), every_steps=1, keep=5)
   seen = []
   with caplog.at_level(logging.WARNING):
-    step, state, data, progress = c.restore_newest_readable(abstract_like({"w": jnp.zeros(64)}), seen.append)
+    step, state, data, progress = c.restore_newest_readable(sharding.abstract({"w": jnp.zeros(64)}), seen.append)
   assert step == 1 and data == {"next_batch": 1} and progress == {"restarts": 1}
   np.testing.assert_array_equal(state["w"], np.full(64, 1.0))
   assert seen == [{"step": 2}, {"step": 1}]
@@ -90,7 +91,7 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
   _truncate_arrays(os.path.join(str(tmp_path), "checkpoints", "1"))
   c = Checkpointer(str(tmp_path), every_steps=1, keep=5)
   with pytest.raises(PretrainError, match="no readable checkpoint.*1"):
-    c.restore_newest_readable(abstract_like({"w": jnp.zeros(64)}), lambda cfg: None)
+    c.restore_newest_readable(sharding.abstract({"w": jnp.zeros(64)}), lambda cfg: None)
   c.close()
 
 
@@ -100,7 +101,7 @@ def test_incompatible_config_propagates_without_touching_checkpoints(tmp_path):
   def refuse(cfg):
     raise PretrainError("different model")
   with pytest.raises(PretrainError, match="different model"):
-    c.restore_newest_readable(abstract_like({"w": jnp.zeros(64)}), refuse)
+    c.restore_newest_readable(sharding.abstract({"w": jnp.zeros(64)}), refuse)
   assert c.all_steps() == [1]
   c.close()
 
@@ -115,5 +116,5 @@ def test_a_failed_save_names_the_step_and_keeps_earlier_checkpoints(tmp_path, mo
     c.save(2, {"w": jnp.zeros(64)}, {}, {}, {})
   monkeypatch.undo()
   c.close()
-  state, *_ = Checkpointer(str(tmp_path), 1, 5).restore(1, abstract_like({"w": jnp.zeros(64)}))
+  state, *_ = Checkpointer(str(tmp_path), 1, 5).restore(1, sharding.abstract({"w": jnp.zeros(64)}))
   np.testing.assert_array_equal(state["w"], np.full(64, 1.0))

@@ -61,7 +61,8 @@ def test_metrics_rewrite_the_object_and_keep_earlier_lives(fake_gcs, monkeypatch
 
 
 def test_checkpoints_on_gcs_keep_the_last_and_restore(fake_gcs, _fake_gcs_server):
-  from pretrain.checkpoint import Checkpointer, abstract_like  # pylint: disable=g-import-not-at-top
+  from pretrain import sharding  # pylint: disable=g-import-not-at-top
+  from pretrain.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   c = Checkpointer(f"gs://{BUCKET}/run", every_steps=1, keep=2)
   assert c.directory == f"gs://{BUCKET}/run/checkpoints"
   for step in (1, 2, 3):
@@ -74,7 +75,7 @@ def test_checkpoints_on_gcs_keep_the_last_and_restore(fake_gcs, _fake_gcs_server
   assert _fake_gcs_server.requests["not faked"] == 0
   c = Checkpointer(f"gs://{BUCKET}/run", every_steps=1, keep=2)
   assert c.all_steps() == [2, 3]
-  state, data, _ = c.restore(3, abstract_like({"w": jnp.zeros(4)}))
+  state, data, _ = c.restore(3, sharding.abstract({"w": jnp.zeros(4)}))
   np.testing.assert_array_equal(state["w"], np.full(4, 3.0))
   assert data == {"next_batch": 3} and c.restore_config(3) == {"step": 3}
   c.close()
@@ -87,13 +88,14 @@ def test_checkpoints_on_gcs_keep_the_last_and_restore(fake_gcs, _fake_gcs_server
 
 
 def test_unreadable_checkpoint_on_gcs_is_moved_aside(fake_gcs):
-  from pretrain.checkpoint import Checkpointer, abstract_like  # pylint: disable=g-import-not-at-top
+  from pretrain import sharding  # pylint: disable=g-import-not-at-top
+  from pretrain.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   workdir = f"gs://{BUCKET}/run"
   _save_steps(workdir, (1, 2))
   ckpt_dir = fake_gcs / BUCKET / "run" / "checkpoints"
   _truncate_arrays(str(ckpt_dir / "2"))
   c = Checkpointer(workdir, every_steps=1, keep=5)
-  step, state, data, _ = c.restore_newest_readable(abstract_like({"w": jnp.zeros(64)}), lambda _: None)
+  step, state, data, _ = c.restore_newest_readable(sharding.abstract({"w": jnp.zeros(64)}), lambda _: None)
   assert step == 1 and data == {"next_batch": 1}
   np.testing.assert_array_equal(state["w"], np.full(64, 1.0))
   moved = [d for d in os.listdir(ckpt_dir) if d.startswith("2.unreadable-")]

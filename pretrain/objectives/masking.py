@@ -9,9 +9,10 @@ BERT does). Each chosen position becomes [MASK] (80%), a random non-special id
 (10%, uniform over `random_ids`; by default the ids from NUM_SPECIAL on, the
 project tokenizer's layout) or stays (10%).
 
-`mask_tokens` draws from a numpy Generator. `mask_batch` is the vectorized
-equivalent (same statistics, other draws) and is keyed: row b depends only on
-keys[b], so a keyed example is the same in any batch.
+`mask_batch` is vectorized and keyed: row b depends only on keys[b], so a
+keyed example is the same in any batch. (tests/objectives/test_masking.py
+holds a per-row reference drawn from a numpy Generator, with the same
+statistics, that it checks mask_batch against.)
 """
 import numpy as np
 
@@ -68,75 +69,21 @@ def _word_starts(maskable: np.ndarray, word_start: np.ndarray) -> np.ndarray:
   return maskable & (word_start | ~prev)
 
 
-def mask_tokens(ids: np.ndarray, maskable: np.ndarray, rng: np.random.Generator, *,
-                masked_lm_prob: float, max_predictions: int, vocab_size: int,
-                word_start: np.ndarray | None = None, mask_id: int = MASK_ID,
-                random_ids: np.ndarray | None = None):
-  """Masks one sequence.
-
-  Args:
-    ids: int [L] token ids.
-    maskable: bool [L]; False for specials and padding.
-    rng: the randomness.
-    masked_lm_prob: fraction of maskable tokens to predict.
-    max_predictions: P, the cap and the output length.
-    vocab_size: the vocabulary size.
-    word_start: bool [L] or None; when given, whole words are masked.
-    mask_id: the [MASK] id.
-    random_ids: the non-special ids, which random replacements are drawn from
-      uniformly (default: NUM_SPECIAL .. vocab_size - 1).
-
-  Returns:
-    (input_ids int32 [L], positions int32 [P] ascending, labels int32 [P],
-    weights float32 [P]), padded with 0 / 0 / 0.0.
-  """
-  ids = np.asarray(ids)
-  maskable = np.asarray(maskable, bool)
-  _check(max_predictions, ids.shape[0])
-  replacements = _random_ids(random_ids, vocab_size)
-  cand = np.flatnonzero(maskable)
-  k = int(num_to_predict(cand.size, masked_lm_prob, max_predictions))
-  if word_start is None:
-    chosen = rng.permutation(cand)[:k]
-  else:
-    starts = _word_starts(maskable, np.asarray(word_start, bool))[cand]
-    bounds = np.append(np.flatnonzero(starts), cand.size)  # Word w = cand[bounds[w]:bounds[w + 1]].
-    picked, count = [], 0
-    for w in rng.permutation(bounds.size - 1).tolist():
-      if count >= k:
-        break
-      size = int(bounds[w + 1] - bounds[w])
-      if count + size > k:
-        continue
-      picked.append(cand[bounds[w]:bounds[w + 1]])
-      count += size
-    chosen = np.concatenate(picked) if picked else cand[:0]
-  chosen = np.sort(chosen)
-  n = chosen.size
-  u = rng.random(n)
-  random = replacements[rng.integers(0, len(replacements), n)]
-  input_ids = ids.astype(np.int32)
-  new = np.where(u < _MASK_PROB, mask_id, np.where(u < _MASK_PROB + _KEEP_PROB, ids[chosen], random))
-  input_ids[chosen] = new
-  positions = np.zeros([max_predictions], np.int32)
-  labels = np.zeros([max_predictions], np.int32)
-  weights = np.zeros([max_predictions], np.float32)
-  positions[:n] = chosen
-  labels[:n] = ids[chosen]
-  weights[:n] = 1.0
-  return input_ids, positions, labels, weights
-
-
 def mask_batch(ids: np.ndarray, maskable: np.ndarray, keys: np.ndarray, *, masked_lm_prob: float,
                max_predictions: int, vocab_size: int, word_start: np.ndarray | None = None,
                mask_id: int = MASK_ID, random_ids: np.ndarray | None = None):
-  """Masks a batch, vectorized; as `mask_tokens` per row but with keyed draws.
+  """Masks a batch, vectorized, with keyed draws.
 
   Args:
     ids: int [B, L].
     maskable: bool [B, L].
     keys: uint64 [B]; row b's masks depend only on keys[b] (and its inputs).
-    masked_lm_prob, max_predictions, vocab_size, mask_id, random_ids: as `mask_tokens`.
+    masked_lm_prob: fraction of maskable tokens to predict.
+    max_predictions: P, the cap and the output length.
+    vocab_size: the vocabulary size.
+    mask_id: the [MASK] id.
+    random_ids: the non-special ids, which random replacements are drawn from
+      uniformly (default: NUM_SPECIAL .. vocab_size - 1).
     word_start: bool [B, L] or None (whole-word masking when given).
 
   Returns:

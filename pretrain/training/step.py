@@ -67,17 +67,10 @@ def _make_eval_step(task, model):
   return eval_step
 
 
-def _abstract_with(tree, shardings):
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
-
-
 @dataclasses.dataclass
 class StepFunctions:
   """What the loop needs to init, restore, train and evaluate on one mesh."""
   mesh: jax.sharding.Mesh
-  state_shardings: TrainState
-  param_shardings: Any
-  batch_sharding: jax.sharding.NamedSharding
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings (restore target).
   abstract_batch: dict
   num_params: int
@@ -115,7 +108,7 @@ def build(task, model, tx, schedule, mesh, global_batch: int, *, grad_accum: int
                                  abstract_opt, param_sh, abstract_params,
                                  transform_non_params=lambda _: replicated)
   state_sh = TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
-  abstract_state = _abstract_with(
+  abstract_state = sharding.abstract(
       TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt),
       state_sh)
   batch_sh = sharding.data_sharding(mesh)
@@ -127,8 +120,7 @@ def build(task, model, tx, schedule, mesh, global_batch: int, *, grad_accum: int
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   return StepFunctions(
-      mesh=mesh, state_shardings=state_sh, param_shardings=param_sh, batch_sharding=batch_sh,
-      abstract_state=abstract_state, abstract_batch=abstract_batch,
+      mesh=mesh, abstract_state=abstract_state, abstract_batch=abstract_batch,
       num_params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params)),
       _init=jax.jit(init_state, out_shardings=state_sh),
       _train_step=jax.jit(_make_train_step(task, model, tx, schedule, grad_accum, seed),

@@ -6,6 +6,65 @@ from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
 from pretrain.objectives import masking
 
+
+def mask_tokens(ids: np.ndarray, maskable: np.ndarray, rng: np.random.Generator, *,
+                masked_lm_prob: float, max_predictions: int, vocab_size: int,
+                word_start: np.ndarray | None = None, mask_id: int = masking.MASK_ID,
+                random_ids: np.ndarray | None = None):
+  """Masks one sequence: the per-row reference of masking.mask_batch (same statistics, other draws).
+
+  Args:
+    ids: int [L] token ids.
+    maskable: bool [L]; False for specials and padding.
+    rng: the randomness.
+    masked_lm_prob: fraction of maskable tokens to predict.
+    max_predictions: P, the cap and the output length.
+    vocab_size: the vocabulary size.
+    word_start: bool [L] or None; when given, whole words are masked.
+    mask_id: the [MASK] id.
+    random_ids: the non-special ids, which random replacements are drawn from
+      uniformly (default: NUM_SPECIAL .. vocab_size - 1).
+
+  Returns:
+    (input_ids int32 [L], positions int32 [P] ascending, labels int32 [P],
+    weights float32 [P]), padded with 0 / 0 / 0.0.
+  """
+  ids = np.asarray(ids)
+  maskable = np.asarray(maskable, bool)
+  masking._check(max_predictions, ids.shape[0])
+  replacements = masking._random_ids(random_ids, vocab_size)
+  cand = np.flatnonzero(maskable)
+  k = int(masking.num_to_predict(cand.size, masked_lm_prob, max_predictions))
+  if word_start is None:
+    chosen = rng.permutation(cand)[:k]
+  else:
+    starts = masking._word_starts(maskable, np.asarray(word_start, bool))[cand]
+    bounds = np.append(np.flatnonzero(starts), cand.size)  # Word w = cand[bounds[w]:bounds[w + 1]].
+    picked, count = [], 0
+    for w in rng.permutation(bounds.size - 1).tolist():
+      if count >= k:
+        break
+      size = int(bounds[w + 1] - bounds[w])
+      if count + size > k:
+        continue
+      picked.append(cand[bounds[w]:bounds[w + 1]])
+      count += size
+    chosen = np.concatenate(picked) if picked else cand[:0]
+  chosen = np.sort(chosen)
+  n = chosen.size
+  u = rng.random(n)
+  random = replacements[rng.integers(0, len(replacements), n)]
+  input_ids = ids.astype(np.int32)
+  new = np.where(u < masking._MASK_PROB, mask_id, np.where(u < masking._MASK_PROB + masking._KEEP_PROB, ids[chosen], random))
+  input_ids[chosen] = new
+  positions = np.zeros([max_predictions], np.int32)
+  labels = np.zeros([max_predictions], np.int32)
+  weights = np.zeros([max_predictions], np.float32)
+  positions[:n] = chosen
+  labels[:n] = ids[chosen]
+  weights[:n] = 1.0
+  return input_ids, positions, labels, weights
+
 VOCAB = 1000
 MASK = masking.MASK_ID
 
@@ -25,7 +84,7 @@ def _rows(rng, n, length=128):
 
 
 def _mask_each(ids, maskable, rng, word_start=None, **kw):
-  outs = [masking.mask_tokens(ids[r], maskable[r], rng, vocab_size=VOCAB,
+  outs = [mask_tokens(ids[r], maskable[r], rng, vocab_size=VOCAB,
                               word_start=None if word_start is None else word_start[r], **kw)
           for r in range(len(ids))]
   return tuple(np.stack(x) for x in zip(*outs))
@@ -180,19 +239,5 @@ def test_bad_arguments():
     masking.mask_batch(ids, ids > 0, np.zeros([1], np.uint64), masked_lm_prob=0.15, max_predictions=2,
                        vocab_size=5)
   with pytest.raises(PretrainError, match="max_predictions"):
-    masking.mask_tokens(ids[0], ids[0] > 0, np.random.default_rng(0), masked_lm_prob=0.15,
+    mask_tokens(ids[0], ids[0] > 0, np.random.default_rng(0), masked_lm_prob=0.15,
                         max_predictions=0, vocab_size=VOCAB)
-
-
-def test_keyed_random_primitives():
-  keys = keyed_random.row_keys(0, np.arange(4000))
-  u = keyed_random.uniform(keyed_random.bits(keys, np.arange(8)))
-  assert u.shape == (4000, 8) and u.min() >= 0 and u.max() < 1
-  assert abs(u.mean() - 0.5) < 0.01 and abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.05
-  x = keyed_random.bits(keys[:3], np.arange(3))
-  assert (keyed_random.popcount(x) == [[bin(int(v)).count("1") for v in r] for r in x]).all()
-  for n in (10, 100):  # One and two 64-trial words.
-    k = keyed_random.binomial_half(keys, np.full(4000, n), 50)
-    assert k.min() >= 0 and k.max() <= n
-    assert abs(k.mean() - n / 2) < 0.1 * np.sqrt(n) and abs(k.var() / (n / 4) - 1) < 0.1
-  assert (keyed_random.binomial_half(keys, np.zeros(4000, np.int64), 0) == 0).all()
