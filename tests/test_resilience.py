@@ -1,5 +1,4 @@
 """Fault injection: kill -9 at random moments, and what a restarted run reports about it."""
-import json
 import os
 import random
 import signal

@@ -11,7 +11,9 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The corpus, config and per-test cache fixtures of the library's own tests.
 sys.path.insert(0, os.path.join(_REPO, "tests", "data"))
-from test_tokenizer_files import _cache_dir, _cfgs, text_corpus  # pylint: disable=g-import-not-at-top,wrong-import-position,unused-import
+import test_tokenizer_files as shared  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_cache_dir, text_corpus, _cfgs = shared._cache_dir, shared.text_corpus, shared._cfgs  # The fixtures, shared.
 
 
 _CONFIG = """
