@@ -1,9 +1,9 @@
-"""bench_data's figures on a tiny corpus: every one produced, positive and finite (no timing assertions)."""
+"""pretrain.bench.data's figures on a tiny corpus: every one produced, positive and finite (no timing assertions)."""
 import json
 import math
 import os
 
-from pretrain import bench_data
+from pretrain.bench import data as bench_data
 
 _SMALL_MODEL = {"model.hidden_size": 64, "model.num_layers": 1, "model.num_heads": 2,
                 "model.intermediate_size": 128, "train.batch_size": 16}

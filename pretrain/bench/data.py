@@ -1,6 +1,6 @@
 """The data path: preparing a token store against HF `datasets`, and what a training process pays for it.
 
-  python -m pretrain.bench_data --sizes_mb=10,100,1000 --workdir=/tmp/bench_data
+  python -m pretrain.bench.data --sizes_mb=10,100,1000 --workdir=/tmp/bench_data
 
 Per size, a BERT-format corpus: the embedded corpus (CPython's docs, ~1.4 MB) repeated, each copy shuffled,
 in files of <= 64 MB; one sentencepiece tokenizer (trained once on the embedded corpus) for every size.
@@ -33,6 +33,7 @@ import numpy as np
 
 from pretrain import ablate
 from pretrain import cli
+from pretrain.bench import common
 from pretrain.data import corpus as corpus_lib
 from pretrain.data import prepare as prepare_lib
 from pretrain.data import special_tokens
@@ -41,7 +42,7 @@ from pretrain.data import tokenized as tokenized_lib
 from pretrain.data import tokenizer_files
 from pretrain.errors import PretrainError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MB = 1 << 20
 FILE_BYTES = 64 << 20
 _MARK = "BENCH_DATA_RESULT "
@@ -103,8 +104,8 @@ def time_prepare(data_cfg: dict, tokenizer, out: str, cores: int, text_bytes: in
 
 
 def run_child(kind: str, args: dict, env: dict | None = None) -> dict:
-  """Runs `python -m pretrain.bench_data --_child=KIND` in a fresh process; its result dict."""
-  cmd = [sys.executable, "-m", "pretrain.bench_data", f"--_child={kind}", f"--_args={json.dumps(args)}"]
+  """Runs `python -m pretrain.bench.data --_child=KIND` in a fresh process; its result dict."""
+  cmd = [sys.executable, "-m", "pretrain.bench.data", f"--_child={kind}", f"--_args={json.dumps(args)}"]
   proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ, **(env or {})),
                         check=False)
   lines = [l for l in proc.stdout.splitlines() if l.startswith(_MARK)]
@@ -211,18 +212,6 @@ def child_inmemory(a: dict) -> dict:
           "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def stream_rate(source, batch: int, *, threads: int = 2, batches: int = 50, warmup: int = 5) -> float:
-  """Examples/s of a BatchStream over `source`, after `warmup` batches."""
-  from pretrain.data import pipeline  # pylint: disable=g-import-not-at-top
-  stream = pipeline.BatchStream(source, batch, num_threads=threads)
-  for _ in range(warmup):
-    next(stream)
-  t0 = time.perf_counter()
-  for _ in range(batches):
-    next(stream)
-  return batches * batch / (time.perf_counter() - t0)
-
-
 def _stream_task(tokenizer, seq: int, predictions: int):
   from pretrain import families  # pylint: disable=g-import-not-at-top
   config = ablate.load_config_file("configs/bert_tiny.py")
@@ -233,13 +222,14 @@ def _stream_task(tokenizer, seq: int, predictions: int):
 def bench_streams(store_path: str, data_cfg: dict, *, batch: int = 256, threads: int = 2,
                   batches: int = 50) -> list[dict]:
   """Examples/s over the store's example_source and over the in-memory TokenizedDocs, per sequence length."""
+  from pretrain.bench import pipeline  # pylint: disable=g-import-not-at-top
   from pretrain.data import sources  # pylint: disable=g-import-not-at-top
   tokenizer, stores = sources.open_stores({"source": "prepared", "paths": store_path}, {"path": ""})
   docs = tokenized_lib.tokenize_documents(corpus_lib.load_corpus(data_cfg).train, tokenizer)
   rows = []
   for seq, predictions in _SEQS:
     task = _stream_task(tokenizer, seq, predictions)
-    rate = lambda source: stream_rate(source, batch, threads=threads, batches=batches)
+    rate = lambda source: pipeline.stream_rate(source, batch, threads=threads, batches=batches)
     rows.append({"seq": seq, "store": rate(sources.example_source(task, stores, "train", 0)),
                  "in_memory": rate(task.examples(docs, seed=0))})
   return rows
@@ -445,23 +435,18 @@ def define_flags() -> None:
 
 def main(argv):
   del argv
-  cli.quiet_library_logs()
   f = flags.FLAGS
   if f._child:  # pylint: disable=protected-access
+    cli.quiet_library_logs()
     result = _CHILDREN[f._child](json.loads(f._args))  # pylint: disable=protected-access
     print(_MARK + json.dumps(result), flush=True)
     return
   workdir = f.workdir or tempfile.mkdtemp(prefix="bench-data-")
-  try:
-    results = run([float(s) for s in f.sizes_mb], workdir, vocab_size=f.vocab_size,
-                  num_workers=f.num_workers, steps=f.steps, do_prepare=f.prepare, do_profile=f.profile,
-                  stream_sizes_mb=[float(s) for s in f.stream_sizes_mb],
-                  log=lambda s: print(s, file=sys.stderr, flush=True))
-  except PretrainError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(format_tables(results))
-  print(json.dumps(results))
+  common.run_main(
+      lambda: run([float(s) for s in f.sizes_mb], workdir, vocab_size=f.vocab_size, num_workers=f.num_workers,
+                  steps=f.steps, do_prepare=f.prepare, do_profile=f.profile,
+                  stream_sizes_mb=[float(s) for s in f.stream_sizes_mb], log=common.log),
+      format_tables, json_out="-")
 
 
 if __name__ == "__main__":

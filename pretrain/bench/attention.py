@@ -1,8 +1,8 @@
 """Forward+backward time and memory of each attention backend, alone and inside a BERT-base layer.
 
-  python -m pretrain.bench_attention
-  python -m pretrain.bench_attention --seq_lens=128,512 --dtype=bfloat16 --json_out=attention.json
-  python -m pretrain.bench_attention --interpret --seq_lens=128 --backends=pallas_gpu,splash_tpu --iters=1
+  python -m pretrain.bench.attention
+  python -m pretrain.bench.attention --seq_lens=128,512 --dtype=bfloat16 --json_out=attention.json
+  python -m pretrain.bench.attention --interpret --seq_lens=128 --backends=pallas_gpu,splash_tpu --iters=1
 
 For every requested backend of pretrain/models/attention.py and every sequence
 length, two cases are compiled and timed:
@@ -10,7 +10,7 @@ length, two cases are compiled and timed:
 * attention: `dot_product_attention` alone on q, k, v of `[batch, length,
   heads, head_dim]` (BERT-base: 12 x 64) in the compute dtype, with BERT's
   padding mask (all tokens real), gradients for q, k and v;
-* layer: `BertLayer` of models/bert.py (hidden heads * head_dim, intermediate
+* layer: `BertLayer` of families/bert/model.py (hidden heads * head_dim, intermediate
   4 * hidden, dropout off) on float32 activations, gradients for its
   parameters and its input.
 
@@ -37,12 +37,8 @@ that backward; the layer adds its q/k/v/out and FFN projections (BERT's count,
 `bert.forward_flops_per_sequence`), also x3 for forward + backward.
 """
 import dataclasses
-import datetime
-import json
 import os
-import platform
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
@@ -53,7 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pretrain import cli
+from pretrain.bench import common
 from pretrain.errors import PretrainError
 from pretrain.models import attention
 from pretrain.families.bert import model as bert_model
@@ -243,10 +239,6 @@ def measure(case: Case, *, iters: int = 10, warmup: int = 2) -> tuple[dict, Any]
   return record, outputs
 
 
-def versions() -> dict:
-  return {"jax": jax.__version__, "jaxlib": jax.lib.__version__, "python": platform.python_version()}
-
-
 def run_benchmark(*, seq_lens=DEFAULT_SEQ_LENS, backends=attention.BACKENDS, cases=CASES, shape: Shape = Shape(),
                   iters: int = 10, warmup: int = 2, interpret: bool = False,
                   log: Callable[[str], None] = lambda s: None) -> dict:
@@ -263,11 +255,8 @@ def run_benchmark(*, seq_lens=DEFAULT_SEQ_LENS, backends=attention.BACKENDS, cas
     raise PretrainError(f"iters={iters} must be positive and warmup={warmup} non-negative")
   device = jax.devices()[0]
   results: dict[str, Any] = {
-      "date": datetime.datetime.now().isoformat(timespec="seconds"),
-      "device": f"{device.device_kind} ({device.platform}), {os.cpu_count()} CPU cores",
+      **common.environment(f"{device.device_kind} ({device.platform}), {os.cpu_count()} CPU cores", jaxlib=True),
       "platform": jax.default_backend(),
-      "versions": versions(),
-      "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "shape": dataclasses.asdict(shape),
       "iters": iters,
       "warmup": warmup,
@@ -294,8 +283,7 @@ def run_benchmark(*, seq_lens=DEFAULT_SEQ_LENS, backends=attention.BACKENDS, cas
 def format_table(results: dict) -> str:
   """The records as a readable plain-text table; consecutive skips of one reason share a line."""
   s = results["shape"]
-  lines = [f"{results['device']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) +
-           (f"; XLA_FLAGS={results['xla_flags']}" if results["xla_flags"] else ""),
+  lines = [common.environment_line(results),
            f"batch {s['batch']}, {s['num_heads']} heads x {s['head_dim']}, {s['dtype']}; median of "
            f"{results['iters']} fwd+bwd after {results['warmup']} warmup" +
            ("; Pallas interpreter on" if results["interpret"] else ""), ""]
@@ -350,27 +338,22 @@ def define_flags() -> None:
   flags.DEFINE_string("json_out", "", "Also write the results here as JSON.")
 
 
-def main(argv):
-  cli.quiet_library_logs()
-  del argv
-  FLAGS = flags.FLAGS  # pylint: disable=invalid-name,redefined-outer-name
+def _measure() -> dict:
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   try:
-    try:
-      seq_lens = tuple(int(n) for n in FLAGS.seq_lens)
-    except ValueError as e:
-      raise PretrainError(f"--seq_lens={','.join(FLAGS.seq_lens)}: lengths must be integers") from e
-    shape = Shape(batch=FLAGS.batch or default_batch(jax.default_backend()), num_heads=FLAGS.num_heads,
-                  head_dim=FLAGS.head_dim, dtype=FLAGS.dtype)
-    results = run_benchmark(seq_lens=seq_lens, backends=tuple(FLAGS.backends), cases=tuple(FLAGS.cases),
-                            shape=shape, iters=FLAGS.iters, warmup=FLAGS.warmup, interpret=FLAGS.interpret,
-                            log=lambda s: print(s, file=sys.stderr, flush=True))
-  except PretrainError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
-  print(format_table(results))
-  if FLAGS.json_out:
-    with open(FLAGS.json_out, "w", encoding="utf-8") as f:
-      json.dump(results, f, indent=1)
+    seq_lens = tuple(int(n) for n in FLAGS.seq_lens)
+  except ValueError as e:
+    raise PretrainError(f"--seq_lens={','.join(FLAGS.seq_lens)}: lengths must be integers") from e
+  shape = Shape(batch=FLAGS.batch or default_batch(jax.default_backend()), num_heads=FLAGS.num_heads,
+                head_dim=FLAGS.head_dim, dtype=FLAGS.dtype)
+  return run_benchmark(seq_lens=seq_lens, backends=tuple(FLAGS.backends), cases=tuple(FLAGS.cases),
+                       shape=shape, iters=FLAGS.iters, warmup=FLAGS.warmup, interpret=FLAGS.interpret,
+                       log=common.log)
+
+
+def main(argv):
+  del argv
+  common.run_main(_measure, format_table, flags.FLAGS.json_out)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from pretrain import bench_attention
+from pretrain.bench import attention as bench_attention
 from pretrain.errors import PretrainError
 
 TINY = bench_attention.Shape(batch=2, num_heads=2, head_dim=8, dtype="float32")
