@@ -23,6 +23,16 @@ SENTENCE = "The garden gate opens at seven every morning."
 EOT = special_tokens.SEP_ID  # The project tokenizer's end-of-text.
 
 
+def _train_to_one_checkpoint(c, root, steps: int) -> str:
+  """Trains config `c` for `steps` without evals, checkpointing the last step only; returns the workdir."""
+  c.train.update(steps=steps, log_every=20)
+  c.eval.every_steps = 0
+  c.checkpoint.every_steps = steps
+  workdir = str(root / "run")
+  train(c, workdir)
+  return workdir
+
+
 @pytest.fixture(scope="module")
 def memorised_run(tmp_path_factory, text_corpus, tiny_config_factory, memorised_corpus):
   """A tiny BERT trained on prose in which every document repeats SENTENCE."""
@@ -31,12 +41,7 @@ def memorised_run(tmp_path_factory, text_corpus, tiny_config_factory, memorised_
   c.tokenizer.vocab_size = 400
   c.model.update(dropout_rate=0.0, attention_dropout_rate=0.0)
   c.optimizer.update(learning_rate=3e-3, warmup_steps=5)
-  c.train.update(steps=100, log_every=20)
-  c.eval.every_steps = 0
-  c.checkpoint.every_steps = 100
-  workdir = str(root / "run")
-  train(c, workdir)
-  return workdir
+  return _train_to_one_checkpoint(c, root, steps=100)
 
 
 def test_masked_word_of_a_memorised_sentence_comes_back(memorised_run):
@@ -168,12 +173,7 @@ def memorised_gpt2(tmp_path_factory, text_corpus, tiny_config_factory):
                  max_position_embeddings=64, dropout_rate=0.0, attention_dropout_rate=0.0, dtype="float32")
   c.data.update(max_seq_length=64, packing=True)
   c.optimizer.update(learning_rate=3e-3, warmup_steps=5, end_learning_rate=3e-4)
-  c.train.update(steps=60, log_every=20)
-  c.eval.every_steps = 0
-  c.checkpoint.every_steps = 60
-  workdir = str(root / "run")
-  train(c, workdir)
-  return workdir
+  return _train_to_one_checkpoint(c, root, steps=60)
 
 
 def test_memorised_sentence_comes_back(memorised_gpt2):
