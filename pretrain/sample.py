@@ -4,9 +4,10 @@
   python -m pretrain.sample --workdir=runs/gpt2_tiny --prompt="The for statement" \
       --max_new_tokens=32 --temperature=0.8 --top_k=40 --top_p=0.95 --seed=0
 
-Masked-LM checkpoints (bert, roberta): prints the top-k candidates for every
-`[MASK]` in the prompt. Causal-LM (gpt2) and encoder-decoder (t5) checkpoints:
-prints the prompt's continuation, greedy at temperature 0, else sampled from
+What a checkpoint can do is its task's `sampling` (pretrain/families/base.py).
+Masked-LM checkpoints (FILL_MASKS: bert, roberta): prints the top-k candidates
+for every `[MASK]` in the prompt. Decoder-only (gpt2) and encoder-decoder (t5)
+checkpoints: prints the prompt's continuation, greedy at temperature 0, else sampled from
 the temperature-scaled distribution cut to its top_k tokens and its top_p
 nucleus. Decoding runs through the models' key/value cache: the prompt is
 read once, then each new token is one jitted step. It stops at end-of-text
@@ -30,18 +31,11 @@ import orbax.checkpoint as ocp
 from pretrain import checkpoint as ckpt_lib
 from pretrain import cli
 from pretrain import families
-from pretrain.data import special_tokens
 from pretrain.data import tokenizer_files
 from pretrain.errors import PretrainError
-from pretrain.families.gpt2 import model as gpt2_model
-from pretrain.families.t5 import model as t5_model
+from pretrain.families import base
 
 MASK_TEXT = "[MASK]"
-MLM_TASKS = ("bert", "roberta")
-GENERATIVE_TASKS = ("gpt2", "t5")
-# The project tokenizer's end-of-text: ends a GPT-2 document (pretrain/families/gpt2/examples.py) and a
-# T5 target (pretrain/families/t5/task.py). A run with another vocabulary uses its tokenizer's special.eos.
-END_ID = special_tokens.SEP_ID
 
 
 def load_run(workdir: str, step: int | None = None):
@@ -89,17 +83,10 @@ def fill_masks(task, params, tokenizer, prompt: str, top_k: int = 5) -> list[lis
 
 def mask_probabilities(task, params, ids: np.ndarray) -> np.ndarray:
   """float32 [masks, vocab]: the model's distribution at each mask id of `ids` (with [CLS] ... [SEP])."""
-  if task.name not in MLM_TASKS:
+  if task.sampling != base.FILL_MASKS:
     raise PretrainError(f"filling masks needs a masked-LM checkpoint; this one is task {task.name!r}")
-  if len(ids) > task.seq_len:
-    raise PretrainError(f"the prompt is {len(ids)} tokens; the model was trained on at most {task.seq_len}")
-  positions = np.flatnonzero(ids == task.special.mask).astype(np.int32)
-  batch = {k: np.asarray(v) for k, v in task.dummy_batch(1).items()}
-  batch["input_ids"][0, :len(ids)] = ids
-  batch["input_mask"][0, :len(ids)] = 1
-  batch["masked_lm_positions"][0, :len(positions)] = positions
-  logits = task.build_model().apply({"params": params}, *task.init_args(batch), deterministic=True)[0]
-  return np.asarray(jax.nn.softmax(jnp.asarray(logits[0, :len(positions)], jnp.float32), axis=-1))
+  logits = task.mask_logits(task.build_model(), params, np.asarray(ids, np.int32))
+  return np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
 
 
 # Generation.
@@ -145,60 +132,72 @@ def sample_token(logits: jax.Array, rng: jax.Array, temperature: float = 0.0, to
   return jax.random.categorical(rng, filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
 
 
-def _decoder(model, params, prompt_ids: np.ndarray, max_new_tokens: int, max_input_length: int | None,
-             max_target_length: int | None, eos_id: int, decoder_start_id: int):
-  """(forward(params, cache, ids) -> (logits, cache), empty cache, first ids, steps) for one prompt."""
-  if isinstance(model, gpt2_model.Gpt2LMHeadModel):
-    limit = model.config.max_position_embeddings
-    if len(prompt_ids) > limit:
-      raise PretrainError(f"the prompt is {len(prompt_ids)} tokens; the model has {limit} positions")
-    # The last new token is returned, never fed back: it may take position `limit`.
-    steps = min(max_new_tokens, limit - len(prompt_ids) + 1)
-    cache_length = len(prompt_ids) + steps - 1
+def _decoder_only(model, params, prompt_ids: np.ndarray, max_new_tokens: int, **unused):
+  """(forward, cache length, first ids, steps) of a model whose __call__(ids, decode=True) uses a "cache"
+  collection, within its config's max_position_embeddings."""
+  del unused
+  limit = model.config.max_position_embeddings
+  if len(prompt_ids) > limit:
+    raise PretrainError(f"the prompt is {len(prompt_ids)} tokens; the model has {limit} positions")
+  # The last new token is returned, never fed back: it may take position `limit`.
+  steps = min(max_new_tokens, limit - len(prompt_ids) + 1)
 
-    def forward(params, cache, ids):  # ids [1, length] -> logits [1, length, vocab]
-      return model.apply({"params": params, **cache}, ids, decode=True, mutable=["cache"])
+  def forward(params, cache, ids):  # ids [1, length] -> logits [1, length, vocab]
+    return model.apply({"params": params, **cache}, ids, decode=True, mutable=["cache"])
 
-    first = prompt_ids[None]
-  elif isinstance(model, t5_model.T5Model):
-    inputs = np.append(prompt_ids, eos_id).astype(np.int32)[None]  # [1, enc_length]: the prompt, EOS
-    if max_input_length is not None and inputs.shape[1] > max_input_length:
-      raise PretrainError(f"the prompt is {inputs.shape[1]} tokens with EOS; the model was trained on inputs of "
-                          f"at most {max_input_length}")
-    steps = min(max_new_tokens, max_target_length or max_new_tokens)
-    cache_length = steps
-    input_mask = np.ones_like(inputs)
-    encoded = jax.jit(functools.partial(model.apply, method=t5_model.T5Model.encode))(
-        {"params": params}, inputs, input_mask)  # [1, enc_length, embed], once
-
-    def forward(params, cache, ids):  # ids [1, length] -> logits [1, length, vocab]
-      return model.apply({"params": params, **cache}, encoded, input_mask, ids, decode=True, mutable=["cache"],
-                         method=t5_model.T5Model.decode)
-
-    first = np.full([1, 1], decoder_start_id, np.int32)
-  else:
-    raise PretrainError(f"generation needs a GPT-2 or T5 model, not {type(model).__name__}")
-  # A decode call on inputs of the cache's length creates the empty cache.
-  _, cache = jax.jit(forward)(params, {}, np.zeros([1, cache_length], np.int32))
-  return forward, cache, first.astype(np.int32), steps
+  return forward, len(prompt_ids) + steps - 1, prompt_ids[None], steps
 
 
-def generate_ids(model, params, prompt_ids, *, max_new_tokens: int = 32, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0, seed: int = 0, stop_id: int | None = END_ID,
+def _encoder_decoder(model, params, prompt_ids: np.ndarray, max_new_tokens: int, *, max_input_length: int | None,
+                     max_target_length: int | None, eos_id: int | None, decoder_start_id: int | None):
+  """(forward, cache length, first ids, steps) of a model with methods encode(inputs, mask) and
+  decode(encoded, mask, ids, decode=True): the prompt + eos_id is encoded once, decoding starts from
+  decoder_start_id."""
+  if eos_id is None or decoder_start_id is None:
+    raise PretrainError("an encoder-decoder needs eos_id and decoder_start_id (its tokenizer's)")
+  inputs = np.append(prompt_ids, eos_id).astype(np.int32)[None]  # [1, enc_length]: the prompt, EOS
+  if max_input_length is not None and inputs.shape[1] > max_input_length:
+    raise PretrainError(f"the prompt is {inputs.shape[1]} tokens with EOS; the model was trained on inputs of "
+                        f"at most {max_input_length}")
+  steps = min(max_new_tokens, max_target_length or max_new_tokens)
+  input_mask = np.ones_like(inputs)
+  encoded = jax.jit(functools.partial(model.apply, method="encode"))(
+      {"params": params}, inputs, input_mask)  # [1, enc_length, embed], once
+
+  def forward(params, cache, ids):  # ids [1, length] -> logits [1, length, vocab]
+    return model.apply({"params": params, **cache}, encoded, input_mask, ids, decode=True, mutable=["cache"],
+                       method="decode")
+
+  return forward, steps, np.full([1, 1], decoder_start_id, np.int32), steps
+
+
+_DECODERS = {base.DECODER_ONLY: _decoder_only, base.ENCODER_DECODER: _encoder_decoder}
+
+
+def generate_ids(model, params, prompt_ids, *, decoding: str, stop_id: int | None, max_new_tokens: int = 32,
+                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                  max_input_length: int | None = None, max_target_length: int | None = None,
-                 eos_id: int = END_ID, decoder_start_id: int = special_tokens.PAD_ID,
+                 eos_id: int | None = None, decoder_start_id: int | None = None,
                  ) -> tuple[np.ndarray, np.ndarray]:
   """(new ids int32 [n], the logits float32 [n, vocab] each was chosen from) after prompt_ids.
 
-  GPT-2 continues prompt_ids; T5 encodes prompt_ids + eos_id and decodes from
-  decoder_start_id (T5's pad id). Stops after stop_id (included), max_new_tokens, or the positions
-  left: GPT-2's max_position_embeddings, T5's max_target_length (None: no limit).
+  `decoding` is the task's sampling kind: DECODER_ONLY continues prompt_ids;
+  ENCODER_DECODER encodes prompt_ids + eos_id and decodes from
+  decoder_start_id (T5's pad id). Stops after stop_id (included; the
+  tokenizer's end-of-text, or None), max_new_tokens, or the positions left:
+  a decoder-only model's max_position_embeddings, max_target_length (None: no limit).
   """
+  if decoding not in _DECODERS:
+    raise PretrainError(f"generation needs a decoder-only or encoder-decoder model, not decoding={decoding!r}")
   check_sampling(max_new_tokens, temperature, top_k, top_p)
   prompt_ids = np.asarray(prompt_ids, np.int32).reshape(-1)
   params = jax.device_put(params)
-  forward, cache, ids, steps = _decoder(model, params, prompt_ids, max_new_tokens, max_input_length,
-                                        max_target_length, eos_id, decoder_start_id)
+  forward, cache_length, ids, steps = _DECODERS[decoding](
+      model, params, prompt_ids, max_new_tokens, max_input_length=max_input_length,
+      max_target_length=max_target_length, eos_id=eos_id, decoder_start_id=decoder_start_id)
+  # A decode call on inputs of the cache's length creates the empty cache.
+  _, cache = jax.jit(forward)(params, {}, np.zeros([1, cache_length], np.int32))
+  ids = ids.astype(np.int32)
 
   @jax.jit
   def step(params, cache, ids, rng):  # One compiled call per token (and one for the prompt).
@@ -235,22 +234,19 @@ def _detokenize(ids: np.ndarray, tokenizer, num_sentinels: int) -> str:
 
 def generate(task, params, tokenizer, prompt: str, *, max_new_tokens: int = 32, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
-  """The text a gpt2 or t5 checkpoint writes after (GPT-2) or for (T5) prompt, up to end-of-text."""
-  if task.name not in GENERATIVE_TASKS:
-    raise PretrainError(f"generation needs a gpt2 or t5 checkpoint; this one is task {task.name!r}")
-  ids = tokenizer.encode([prompt])[0] if prompt.strip() else []
+  """The text a generating checkpoint (gpt2, t5) writes after (decoder-only) or for (encoder-decoder) prompt,
+  up to end-of-text."""
+  if task.sampling not in _DECODERS:
+    raise PretrainError(f"generation needs a decoder-only or encoder-decoder checkpoint; this one is task "
+                        f"{task.name!r}")
+  ids = task.generation_prompt(tokenizer.encode([prompt])[0] if prompt.strip() else [])
   eos = tokenizer.special.eos
-  if task.name == "gpt2":
-    ids = [eos] + ids  # Every training document follows an end-of-text token.
-    limits = {}
-  else:
-    limits = {"max_input_length": task.inputs_length, "max_target_length": task.targets_length,
-              "decoder_start_id": tokenizer.special.pad}
-  new, _ = generate_ids(task.build_model(), params, ids, max_new_tokens=max_new_tokens, temperature=temperature,
-                        top_k=top_k, top_p=top_p, seed=seed, stop_id=eos, eos_id=eos, **limits)
+  new, _ = generate_ids(task.build_model(), params, ids, decoding=task.sampling, max_new_tokens=max_new_tokens,
+                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_id=eos,
+                        **task.generation_options())
   if len(new) and new[-1] == eos:
     new = new[:-1]
-  return _detokenize(new, tokenizer, getattr(task, "num_sentinels", 0))
+  return _detokenize(new, tokenizer, task.num_sentinels)
 
 
 def define_flags() -> None:
@@ -275,7 +271,7 @@ def main(argv):
     sys.exit(2)
   try:
     _, tokenizer, task, params, step = load_run(fl.workdir, fl.step)
-    if task.name in MLM_TASKS:
+    if task.sampling == base.FILL_MASKS:
       candidates = fill_masks(task, params, tokenizer, fl.prompt, 5 if fl.top_k is None else fl.top_k)
     else:
       text = generate(task, params, tokenizer, fl.prompt, max_new_tokens=fl.max_new_tokens,
@@ -284,7 +280,7 @@ def main(argv):
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   print(f"step {step}: {fl.prompt}")
-  if task.name not in MLM_TASKS:
+  if task.sampling != base.FILL_MASKS:
     print(f"  -> {text}")
     return
   for i, options in enumerate(candidates):

@@ -8,6 +8,7 @@ nothing of any model family: the task (pretrain/families) supplies examples,
 model, loss and FLOPs.
 """
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -28,7 +29,6 @@ from tqdm import tqdm
 
 from pretrain import checkpoint as ckpt_lib
 from pretrain import cli
-from pretrain import convert
 from pretrain import distributed
 from pretrain import metrics as metrics_lib
 from pretrain import paths
@@ -61,28 +61,15 @@ def _validate(config, mesh):
     raise PretrainError(f"eval.batch_size={config.eval.batch_size} does not split over {shards} shards")
 
 
-def _check_resume_compatible(saved: dict, config, tokenizer):
-  """A checkpoint must be resumed with the same model, task and vocabulary."""
+def _check_resume_compatible(saved: dict, config, tokenizer, task):
+  """A checkpoint must be resumed with the same vocabulary, and the model and task its family says."""
   saved_tok = saved.get("_tokenizer", {})
   if saved_tok.get("fingerprint") not in (None, tokenizer.fingerprint):
     raise PretrainError(
         f"the tokenizer ({tokenizer.path}, vocab {tokenizer.vocab_size}) differs from the checkpoint's "
         f"(vocab {saved_tok.get('vocab_size')}, fingerprint {saved_tok.get('fingerprint', '')[:12]}); "
         "resume with the checkpoint's tokenizer or use a new workdir")
-  for section in ("task", "model"):
-    now, before = config[section].to_dict(), saved.get(section, {})
-    for d in (now, before):  # The kernel that computes attention does not change the model.
-      if isinstance(d.get("attention"), dict):
-        d["attention"] = {k: v for k, v in d["attention"].items() if k != "backend"}
-    changed = sorted(k for k in set(now) | set(before)
-                     if k not in ("dtype", "remat_policy", "scan_layers", "dropout_rate", "attention_dropout_rate")
-                     and now.get(k) != before.get(k))
-    if changed:
-      raise PretrainError(
-          f"config {section}.{changed[0]} is {now.get(changed[0])!r} but the checkpoint was trained with "
-          f"{before.get(changed[0])!r}; use a new workdir for a different model")
-  if config.model.scan_layers != saved.get("model", {}).get("scan_layers", config.model.scan_layers):
-    raise PretrainError("model.scan_layers differs from the checkpoint's (the parameter layout differs)")
+  task.check_resume(config, saved)
 
 
 def _attention_backends() -> dict:
@@ -94,10 +81,73 @@ def _attention_backends() -> dict:
           "attention_backend_reason": "; ".join(sorted({r for _, _, r in resolved if r}))}
 
 
-def _new_progress(first_start_time: float) -> dict:
-  """What the run has spent its wall-clock time on, carried across restarts in every checkpoint."""
-  return {"first_start_time": first_start_time, "restarts": 0, "useful_seconds": 0.0, "compile_seconds": 0.0,
-          "checkpoint_seconds": 0.0, "data_wait_seconds": 0.0, "eval_seconds": 0.0}
+@dataclasses.dataclass
+class Progress:
+  """What the run has spent its wall-clock time on, carried across restarts in every checkpoint (as
+  `to_dict()`), and the current logging interval's steps and data wait (not saved).
+
+  Time goes to `useful` (training steps) when an interval closes, less the
+  interval's data wait; checkpoint saves and evals are timed apart (`timed`)
+  and start a new interval.
+  """
+  first_start_time: float
+  restarts: int = 0
+  useful_seconds: float = 0.0
+  compile_seconds: float = 0.0
+  checkpoint_seconds: float = 0.0
+  data_wait_seconds: float = 0.0
+  eval_seconds: float = 0.0
+  interval_start: float = dataclasses.field(default_factory=time.perf_counter, repr=False)
+  interval_steps: int = dataclasses.field(default=0, repr=False)
+  interval_data_wait: float = dataclasses.field(default=0.0, repr=False)
+
+  _SAVED = ("first_start_time", "restarts", "useful_seconds", "compile_seconds", "checkpoint_seconds",
+            "data_wait_seconds", "eval_seconds")
+
+  @classmethod
+  def resumed(cls, saved: dict, first_start_time: float) -> "Progress":
+    """The progress of a checkpoint (its saved dict; older ones lack keys), one restart later."""
+    progress = cls(**dict({"first_start_time": first_start_time}, **{k: v for k, v in saved.items()
+                                                                      if k in cls._SAVED}))
+    progress.restarts += 1
+    return progress
+
+  def to_dict(self) -> dict:
+    return {k: getattr(self, k) for k in self._SAVED}
+
+  def step(self, data_wait: float) -> None:
+    """One training step, after waiting `data_wait` seconds for its batch."""
+    self.interval_steps += 1
+    self.interval_data_wait += data_wait
+
+  def close_interval(self) -> tuple[float, int, float]:
+    """(seconds, steps, data wait) of the interval so far, booked as useful and data-wait time; the next
+    interval starts at `new_interval`."""
+    elapsed = time.perf_counter() - self.interval_start
+    self.useful_seconds += elapsed - self.interval_data_wait
+    self.data_wait_seconds += self.interval_data_wait
+    return elapsed, self.interval_steps, self.interval_data_wait
+
+  def new_interval(self) -> None:
+    self.interval_start, self.interval_steps, self.interval_data_wait = time.perf_counter(), 0, 0.0
+
+  @contextlib.contextmanager
+  def timed(self, kind: str):
+    """Books the time inside to `<kind>_seconds` (checkpoint, eval), not to the steps around it."""
+    start = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.interval_start = time.perf_counter()
+      setattr(self, f"{kind}_seconds", getattr(self, f"{kind}_seconds") + self.interval_start - start)
+
+  def goodput_row(self) -> dict:
+    """Goodput: time in training steps that reached a checkpoint or this process, over all wall time since
+    the run first started (restarts, downtime and work lost to a crash count against it)."""
+    wall = max(time.time() - self.first_start_time, 1e-9)
+    return {"goodput": self.useful_seconds / wall, "restarts": self.restarts, "wall_seconds": wall,
+            **{f"badput_{k}": getattr(self, k) for k in
+               ("compile_seconds", "checkpoint_seconds", "data_wait_seconds", "eval_seconds")}}
 
 
 def _first_start_time(workdir: str, is_main: bool) -> float:
@@ -111,15 +161,6 @@ def _first_start_time(workdir: str, is_main: bool) -> float:
     if is_main:
       paths.write_bytes_atomic(path, json.dumps({"first_start_time": now}).encode())
     return now
-
-
-def _goodput(progress: dict) -> dict:
-  """Goodput: time in training steps that reached a checkpoint or this process, over all wall time since
-  the run first started (restarts, downtime and work lost to a crash count against it)."""
-  wall = max(time.time() - progress["first_start_time"], 1e-9)
-  return {"goodput": progress["useful_seconds"] / wall, "restarts": progress["restarts"],
-          "wall_seconds": wall, **{f"badput_{k}": progress[k] for k in
-                                   ("compile_seconds", "checkpoint_seconds", "data_wait_seconds", "eval_seconds")}}
 
 
 class _StopFlag:
@@ -201,22 +242,22 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
 
   with sharding.mesh_context(mesh):
     restored = checkpointer.restore_newest_readable(
-        fns.abstract_state, lambda saved: _check_resume_compatible(saved, config, tokenizer))
+        fns.abstract_state, lambda saved: _check_resume_compatible(saved, config, tokenizer, task))
   if restored is not None:
-    latest, state, data_state, progress = restored
+    latest, state, data_state, saved_progress = restored
     stream.set_state(data_state)
-    progress = dict(_new_progress(first_start_time), **progress)
-    progress["restarts"] += 1
-    _logger.info("resumed from step %d (restart %d)", latest, progress["restarts"])
+    progress = Progress.resumed(saved_progress, first_start_time)
+    _logger.info("resumed from step %d (restart %d)", latest, progress.restarts)
   else:
     state = fns.init_state(int(config.train.seed))
     if config.get("init_from"):
-      state = state.replace(params=convert.load_params(config.init_from, fns.abstract_state.params))
+      from pretrain.convert import checkpoints as params_io  # pylint: disable=import-outside-toplevel
+      state = state.replace(params=params_io.load_params(config.init_from, fns.abstract_state.params))
       _logger.info("params from %s", config.init_from)
-    progress = _new_progress(first_start_time)
+    progress = Progress(first_start_time)
   attention.clear_resolved_backends()
   train_step, compile_seconds = fns.compile_train_step()
-  progress["compile_seconds"] += compile_seconds
+  progress.compile_seconds += compile_seconds
   backend_row = _attention_backends()
   eval_step = fns.eval_step
 
@@ -232,16 +273,15 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   flops_per_step = task.train_flops_per_example() * global_batch
   peak = metrics_lib.peak_flops_per_device(config.metrics) * jax.device_count()
   tokens_per_step = global_batch * task.tokens_per_example
-  eval_batches = None
+  eval_batches: list = []  # Made at the first eval.
   last_row: dict = {}
 
   def run_eval(step):
-    nonlocal eval_batches
-    if eval_batches is None:
+    if not eval_batches:
       local = pipeline.fixed_batches(
           eval_examples, config.eval.batch_size, config.eval.num_batches,
           process_index=jax.process_index(), process_count=jax.process_count())
-      eval_batches = [sharding.make_global_batch(b, mesh) for b in local]
+      eval_batches.extend(sharding.make_global_batch(b, mesh) for b in local)
     sums = [eval_step(state.params, b) for b in eval_batches]
     total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
     row = {f"eval_{k}": float(v) for k, v in task.finalize(total).items()}
@@ -249,11 +289,10 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     return row
 
   pending: list[tuple[int, dict]] = []  # Device metrics not yet fetched, fetched at log/save time.
-  interval_start, interval_data_wait, interval_steps = time.perf_counter(), 0.0, 0
+  progress.new_interval()
 
   def flush(step) -> dict:
     """Fetches pending metrics, stops at the first non-finite loss, writes the averaged row."""
-    nonlocal pending, interval_start, interval_data_wait, interval_steps
     if not pending:
       return {}
     fetched = jax.device_get([m for _, m in pending])
@@ -263,12 +302,10 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
         raise PretrainError(
             f"loss is {float(m['loss'])} at step {s}; stopping. The last good checkpoint is "
             f"{'step ' + str(good) if good is not None else 'none'} (nothing was saved after step {s - 1}).")
-    elapsed = time.perf_counter() - interval_start
+    elapsed, interval_steps, interval_data_wait = progress.close_interval()
     row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
     row["learning_rate"] = float(fetched[-1]["learning_rate"])
     steps_per_sec = interval_steps / elapsed
-    progress["useful_seconds"] += elapsed - interval_data_wait
-    progress["data_wait_seconds"] += interval_data_wait
     if len(set(train_examples.names)) > 1:  # A mixture: what each source has given so far.
       for name, n in train_examples.drawn(stream.examples_consumed()).items():
         row[f"examples_drawn/{name}"] = n
@@ -280,20 +317,17 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
         tflops_per_sec=flops_per_step * steps_per_sec / 1e12,
         mfu=flops_per_step * steps_per_sec / peak,
         data_wait_fraction=interval_data_wait / elapsed,
-        **_goodput(progress),
+        **progress.goodput_row(),
     )
     writer.write(step, row)
-    pending = []
-    interval_start, interval_data_wait, interval_steps = time.perf_counter(), 0.0, 0
+    pending.clear()
+    progress.new_interval()
     return row
 
   def save(step):
-    nonlocal interval_start
     flush(step)
-    t_save = time.perf_counter()
-    checkpointer.save(step, state, stream.get_state(), saved_config, dict(progress))
-    interval_start = time.perf_counter()  # The blocking part of the save is not step time.
-    progress["checkpoint_seconds"] += interval_start - t_save
+    with progress.timed("checkpoint"):  # The blocking part of the save is not step time.
+      checkpointer.save(step, state, stream.get_state(), saved_config, progress.to_dict())
 
   stop = _StopFlag()
   bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
@@ -309,10 +343,10 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
       while step < total_steps and not stop.reached(step) and step != stop_at_step:
         t_data = time.perf_counter()
         batch = sharding.make_global_batch(next(stream), mesh)
-        interval_data_wait += time.perf_counter() - t_data
+        data_wait = time.perf_counter() - t_data
         state, metrics = train_step(state, batch)
         step += 1
-        interval_steps += 1
+        progress.step(data_wait)
         pending.append((step, metrics))
         bar.update(1)
         if step % config.train.log_every == 0 or step == total_steps:
@@ -321,10 +355,8 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
                           mfu=f"{last_row['mfu']:.1%}")
         if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total_steps):
           flush(step)
-          t_eval = time.perf_counter()
-          last_row.update(run_eval(step))
-          interval_start = time.perf_counter()
-          progress["eval_seconds"] += interval_start - t_eval
+          with progress.timed("eval"):
+            last_row.update(run_eval(step))
         if checkpointer.should_save(step) or step == total_steps:
           save(step)
       if step < total_steps:  # Stopped early by a signal or stop_at_step.

@@ -12,8 +12,9 @@ tokenizer.path names it, so training from the converted folder uses the
 model's own vocabulary; the task built on it must accept it (vocabulary size,
 special tokens), or nothing is written. `to-hf` writes config.json + model.safetensors that
 `transformers.AutoModel*.from_pretrained(OUT)` loads, from a converted folder
-or a training workdir (scanned layers are unstacked). `load_params` is what a
-train loop calls to start from converted (or any saved) params.
+or a training workdir (scanned layers are unstacked). `load_params`
+(checkpoints.load_params) is what a train loop calls to start from converted
+(or any saved) params.
 
 Bad input (an unsupported architecture, a missing tensor, a shape that
 disagrees with config.json, a vocabulary mismatch) raises PretrainError naming
@@ -22,7 +23,7 @@ renamed into place at the end.
 
 Families: each registered family (pretrain/families) whose package has a
 `convert.py` converts; its name is both HF's `model_type` and the project's
-`task.name`, and the module has
+`task.name`, its Task's `layer_stacks` name its layers, and the module has
   TASK, ARCHITECTURES                        project task, HF architectures read
   project_sections(hf_config, tensors)       -> {"task": .., "model": .., "data": ..} config overrides
   hf_to_params(tensors, hf_config, model)    -> (params, subtrees to initialize fresh)
@@ -43,21 +44,19 @@ import importlib.util
 import logging
 import os
 import shutil
-from typing import Any
 
-import jax
 import ml_collections
-import numpy as np
 
 from pretrain import families
 from pretrain.config import base_config
 from pretrain.convert import checkpoints
-from pretrain.convert import hf_io
-from pretrain.data import hf_tokenizer
 from pretrain.data import special_tokens
 from pretrain.errors import PretrainError
 
+# hf_io (safetensors) and hf_tokenizer (tokenizers) are imported where HF folders are read or written: a
+# run's init_from imports this package for checkpoints.load_params only.
 _logger = logging.getLogger(__name__)
+load_params = checkpoints.load_params
 
 FORMAT = "pretrain-convert-v1"
 _SPECIAL_IDS = ("pad_token_id", "bos_token_id", "eos_token_id")
@@ -105,6 +104,7 @@ def _fill_fresh(params: dict, fresh: list[str], module, model: dict) -> dict:
 
 def from_hf(hf_dir: str, out: str, *, allow_pickle: bool = False, scan_layers: bool = False) -> dict:
   """Converts the HF folder `hf_dir` into the converted folder `out`; returns convert.json's contents."""
+  from pretrain.convert import hf_io  # pylint: disable=import-outside-toplevel
   hf_io.check_out_dir(out)
   hf_config = hf_io.read_config(hf_dir)
   module = _hf_family(hf_config)
@@ -120,7 +120,7 @@ def from_hf(hf_dir: str, out: str, *, allow_pickle: bool = False, scan_layers: b
   params = _fill_fresh(params, fresh, module, model)
   checkpoints.check_shapes(params, module.abstract_params(model), hf_dir)
   if scan_layers:
-    params = checkpoints.stack_layers(params)
+    params = checkpoints.stack_layers(params, families.layer_stacks(hf_config["model_type"]))
     model["scan_layers"] = True
   source = {
       "format": FORMAT,
@@ -148,6 +148,7 @@ def _hf_tokenizer(hf_dir: str, config: dict) -> list[str]:
   The task is built on the tokenizer here, so a vocabulary the model cannot
   train with (size, missing special tokens) is refused before anything is written.
   """
+  from pretrain.data import hf_tokenizer  # pylint: disable=import-outside-toplevel
   names = [n for n in hf_tokenizer.FILES if os.path.isfile(os.path.join(hf_dir, n))][:1]
   if not names:
     _logger.warning("%s has no %s: the converted config trains with a new sentencepiece vocabulary of the "
@@ -190,13 +191,15 @@ def to_hf(ckpt: str, out: str, *, step: int | None = None) -> dict:
 
   Returns the written config.json's contents.
   """
+  from pretrain.convert import hf_io  # pylint: disable=import-outside-toplevel
   hf_io.check_out_dir(out)
   directory, key, config, source = checkpoints.locate(ckpt, step)
   module = family((config.get("task") or {}).get("name"), "the checkpoint's task.name")
   params = checkpoints.read_numpy(directory, key)
   model = _model_section(config, module)
-  if checkpoints.is_scanned(params):
-    params = checkpoints.unstack_layers(params)
+  stacks = checkpoints.family_stacks(config)
+  if checkpoints.is_scanned(params, stacks):
+    params = checkpoints.unstack_layers(params, stacks)
   model.update(scan_layers=False, remat_policy="none")
   checkpoints.check_shapes(params, module.abstract_params(model), ckpt)
   hf_config, tensors = module.params_to_hf(params, model, _special_ids(source, config), source.get("hf_config"))
@@ -217,27 +220,3 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   if tok_path and not os.path.isabs(tok_path):
     config.tokenizer.path = os.path.join(checkpoints.folder(path), tok_path)
   return config
-
-
-def load_params(path: str, target: Any = None, *, step: int | None = None):
-  """Params saved in `path`: a converted folder, a training workdir or one of its step folders.
-
-  Args:
-    path: the folder, local or a URL (gs://...).
-    target: None for numpy arrays in the layout stored; or the model's params
-      as ShapeDtypeStructs with shardings (e.g. `StepFunctions.abstract_state.params`),
-      to read them onto the devices in those shardings, in the target's layer
-      layout (scanned or not), after checking every shape.
-    step: the step of a training workdir (default: the newest).
-  """
-  directory, key, _, _ = checkpoints.locate(path, step)
-  if target is None:
-    return checkpoints.read_numpy(directory, key)
-  stored = checkpoints.stored_tree(directory, key)
-  if checkpoints.is_scanned(stored) == checkpoints.is_scanned(target):
-    checkpoints.check_shapes(stored, target, path)
-    return checkpoints.read_into(directory, key, target)
-  params = checkpoints.read_numpy(directory, key)
-  params = checkpoints.stack_layers(params) if checkpoints.is_scanned(target) else checkpoints.unstack_layers(params)
-  checkpoints.check_shapes(params, target, path)
-  return jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), params, target)

@@ -14,7 +14,8 @@ Two kinds of folders hold params:
 
 Both are read from a local folder or a URL (gs://..., through etils.epath and
 orbax's own GCS support), so a run can start from a converted folder copied to
-a bucket or from another run's gs:// workdir. They are written locally only.
+a bucket or from another run's gs:// workdir (`load_params`, all that a train
+loop's init_from needs). They are written locally only.
 """
 import json
 import os
@@ -26,8 +27,8 @@ from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
+from pretrain import families
 from pretrain import paths
-from pretrain.convert import hf_io
 from pretrain.errors import PretrainError
 
 PARAMS = "params"
@@ -49,8 +50,6 @@ from pretrain import convert
 def get_config():
   return convert.load_config(os.path.dirname(os.path.abspath(__file__)))
 '''
-
-_LAYER = re.compile(r"^(layer|h|block)_(\d+)$")
 
 
 def save_converted(directory: str, params, config: dict, source: dict) -> None:
@@ -110,6 +109,7 @@ def _is_step(step_dir: str) -> bool:
 def read_json(path: str, what: str) -> dict:
   """hf_io.read_json, of a local file or a URL."""
   if not paths.is_remote(path):
+    from pretrain.convert import hf_io  # pylint: disable=import-outside-toplevel  # safetensors: not for init_from.
     return hf_io.read_json(path, what)
   try:
     text = epath.Path(path).read_text(encoding="utf-8")
@@ -205,39 +205,47 @@ def read_into(directory: str, key: str | None, target) -> Any:
   return _restore(directory, key, target, ocp.checkpoint_utils.construct_restore_args(target))
 
 
-# Layer layouts: one subtree per layer (`layer_i` BERT, `h_i` GPT-2, `block_i` T5) or, with scan_layers,
-# one subtree stacked on axis 0 (`layers`, `h`, `block`).
-_STACKED = {"layer": "layers", "h": "h", "block": "block"}
+# Layer layouts: one subtree per layer (`<prefix>_<i>`, e.g. `layer_i` in BERT) or, with scan_layers, one
+# subtree stacked on axis 0 (e.g. `layers`). Each family names its own (Task.layer_stacks, {prefix: stacked});
+# `stacks=None` takes those of every registered family.
 
 
-def is_scanned(params) -> bool:
+def _stacks(stacks: dict[str, str] | None) -> dict[str, str]:
+  return families.layer_stacks() if stacks is None else stacks
+
+
+def is_scanned(params, stacks: dict[str, str] | None = None) -> bool:
+  stacks = _stacks(stacks)
   if not isinstance(params, dict):
     return False
-  return bool(set(_STACKED.values()) & set(params)) or any(is_scanned(v) for v in params.values())
+  return bool(set(stacks.values()) & set(params)) or any(is_scanned(v, stacks) for v in params.values())
 
 
-def unstack_layers(params):
+def unstack_layers(params, stacks: dict[str, str] | None = None):
   """Scanned layout -> one subtree per layer (numpy)."""
+  stacks = _stacks(stacks)
   if not isinstance(params, dict):
     return params
   out = {}
   for k, v in params.items():
-    prefix = next((p for p, s in _STACKED.items() if s == k), None)
+    prefix = next((p for p, s in stacks.items() if s == k), None)
     if prefix is None:
-      out[k] = unstack_layers(v)
+      out[k] = unstack_layers(v, stacks)
       continue
     for i in range(jax.tree.leaves(v)[0].shape[0]):
       out[f"{prefix}_{i}"] = jax.tree.map(lambda x, i=i: np.asarray(x[i]), v)
   return out
 
 
-def stack_layers(params):
+def stack_layers(params, stacks: dict[str, str] | None = None):
   """One subtree per layer -> the scanned layout (numpy)."""
+  stacks = _stacks(stacks)
   if not isinstance(params, dict):
     return params
-  out = {k: stack_layers(v) for k, v in params.items() if not _LAYER.match(k)}
-  for prefix, stacked in _STACKED.items():
-    n = sum(1 for k in params if _LAYER.match(k) and _LAYER.match(k).group(1) == prefix)
+  layer = re.compile(rf"^({'|'.join(map(re.escape, stacks))})_(\d+)$")
+  out = {k: stack_layers(v, stacks) for k, v in params.items() if not layer.match(k)}
+  for prefix, stacked in stacks.items():
+    n = sum(1 for k in params if layer.match(k) and layer.match(k).group(1) == prefix)
     if n:
       out[stacked] = jax.tree.map(lambda *xs: np.stack(xs), *(params[f"{prefix}_{i}"] for i in range(n)))
   return out
@@ -269,3 +277,34 @@ def check_shapes(actual: dict, expected: dict, what: str) -> None:
   for name in sorted(e):
     if _shape(a[name]) != _shape(e[name]):
       raise PretrainError(f"{what}: param {name} has shape {_shape(a[name])} but the model's is {_shape(e[name])}")
+
+
+def family_stacks(config: dict) -> dict[str, str] | None:
+  """The layer layout (Task.layer_stacks) of the family that a saved config names, or None (every family's)."""
+  name = (config.get("task") or {}).get("name")
+  return families.layer_stacks(name) if name in families.FAMILIES else None
+
+
+def load_params(path: str, target: Any = None, *, step: int | None = None):
+  """Params saved in `path`: a converted folder, a training workdir or one of its step folders.
+
+  Args:
+    path: the folder, local or a URL (gs://...).
+    target: None for numpy arrays in the layout stored; or the model's params
+      as ShapeDtypeStructs with shardings (e.g. `StepFunctions.abstract_state.params`),
+      to read them onto the devices in those shardings, in the target's layer
+      layout (scanned or not), after checking every shape.
+    step: the step of a training workdir (default: the newest).
+  """
+  directory, key, config, _ = locate(path, step)
+  if target is None:
+    return read_numpy(directory, key)
+  stacks = family_stacks(config)
+  stored = stored_tree(directory, key)
+  if is_scanned(stored, stacks) == is_scanned(target, stacks):
+    check_shapes(stored, target, path)
+    return read_into(directory, key, target)
+  params = read_numpy(directory, key)
+  params = stack_layers(params, stacks) if is_scanned(target, stacks) else unstack_layers(params, stacks)
+  check_shapes(params, target, path)
+  return jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), params, target)

@@ -1,21 +1,14 @@
 """BERT pretraining: masked LM + next-sentence prediction (Devlin et al. 2018)."""
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from pretrain.errors import PretrainError
+from pretrain.families import base
 from pretrain.families.bert import model as bert_model
 from pretrain.families.bert.examples import BertExampleConfig, BertExamples
-
-
-def _cross_entropy(logits, labels):
-  """Per-row cross entropy and correctness. logits [..., V] f32, labels [...] int."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, labels[..., None], axis=-1)[..., 0]
-  correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
-  return nll, correct
+from pretrain.objectives.losses import cross_entropy
 
 
 def model_config(config, tokenizer, **defaults) -> bert_model.BertConfig:
@@ -37,29 +30,48 @@ def check_seq_length(max_seq_length: int, model_cfg: bert_model.BertConfig) -> N
         f"{model_cfg.max_position_embeddings}{offset}")
 
 
-class BertTask:
+class BertTask(base.Task):
   """MLM + NSP on `[CLS] A [SEP] B [SEP]` pairs built on the fly from the corpus.
 
-  With model.nsp_head=False (and data.next_sentence_prediction=False) it is MLM only.
+  With model.nsp_head=False and data.next_sentence_prediction=False it is MLM only.
+  A subclass (RoBERTa) changes the model defaults, the option checks and the
+  examples through `_model_config`, `_check_options` and `_example_config`.
   """
 
   name = "bert"
+  sampling = base.FILL_MASKS
+  layer_stacks = {"layer": "layers"}
 
   def __init__(self, config, tokenizer):
-    self.model_config = model_config(config, tokenizer)
+    self.model_config = self._model_config(config, tokenizer)
     d = config.data
-    self.example_config = BertExampleConfig(
-        max_seq_length=d.max_seq_length, short_seq_prob=d.short_seq_prob,
-        masked_lm_prob=d.masked_lm_prob, max_predictions_per_seq=d.max_predictions_per_seq,
-        whole_word_masking=d.whole_word_masking, next_sentence_prediction=d.next_sentence_prediction)
-    if d.next_sentence_prediction and not self.model_config.nsp_head:
-      raise PretrainError("data.next_sentence_prediction=True needs model.nsp_head=True")
+    self._check_options(d)
+    self.example_config = self._example_config(d)
     check_seq_length(d.max_seq_length, self.model_config)
     self.vocab_size = self.model_config.vocab_size
     self.word_start = tokenizer.word_start
     self.special = tokenizer.special
     self.seq_len = d.max_seq_length
     self.num_predictions = d.max_predictions_per_seq
+
+  def _model_config(self, config, tokenizer) -> bert_model.BertConfig:
+    return model_config(config, tokenizer)
+
+  def _check_options(self, data) -> None:
+    """The data and model options must agree: the NSP head trains on the pairs' is-next labels."""
+    nsp, head = bool(data.next_sentence_prediction), self.model_config.nsp_head
+    if nsp != head:
+      raise PretrainError(
+          f"data.next_sentence_prediction={nsp} needs model.nsp_head={nsp} (it is {head}): "
+          + ("the next-sentence head needs sentence pairs" if nsp else
+             "without sentence pairs the next-sentence head would train on constant labels"))
+
+  def _example_config(self, data) -> BertExampleConfig:
+    d = data
+    return BertExampleConfig(
+        max_seq_length=d.max_seq_length, short_seq_prob=d.short_seq_prob,
+        masked_lm_prob=d.masked_lm_prob, max_predictions_per_seq=d.max_predictions_per_seq,
+        whole_word_masking=d.whole_word_masking, next_sentence_prediction=d.next_sentence_prediction)
 
   # --- data ---------------------------------------------------------------
 
@@ -110,7 +122,7 @@ class BertTask:
     mlm_logits, nsp_logits = model.apply(
         {"params": params}, *self.init_args(batch), deterministic=deterministic, rngs=rngs)
     w = batch["masked_lm_weights"]
-    mlm_nll, mlm_correct = _cross_entropy(mlm_logits, batch["masked_lm_ids"])
+    mlm_nll, mlm_correct, _ = cross_entropy(mlm_logits, batch["masked_lm_ids"])
     mlm_loss_sum = jnp.sum(mlm_nll * w)
     objective = mlm_loss_sum / denominators["mlm"]
     sums = {
@@ -119,7 +131,7 @@ class BertTask:
         "mlm_weight": jnp.sum(w),
     }
     if nsp_logits is not None:
-      nsp_nll, nsp_correct = _cross_entropy(nsp_logits, batch["next_sentence_labels"])
+      nsp_nll, nsp_correct, _ = cross_entropy(nsp_logits, batch["next_sentence_labels"])
       nsp_loss_sum = jnp.sum(nsp_nll)
       objective = objective + nsp_loss_sum / denominators["nsp"]
       sums.update(nsp_loss=nsp_loss_sum, nsp_correct=jnp.sum(nsp_correct),
@@ -143,3 +155,15 @@ class BertTask:
 
   def describe(self) -> dict:
     return {"model": dataclasses.asdict(self.model_config), "examples": dataclasses.asdict(self.example_config)}
+
+  def mask_logits(self, model, params, ids: np.ndarray):
+    """Logits [masks, vocab] at each mask id of `ids` ([CLS] ... [SEP], at most data.max_seq_length)."""
+    if len(ids) > self.seq_len:
+      raise PretrainError(f"the prompt is {len(ids)} tokens; the model was trained on at most {self.seq_len}")
+    positions = np.flatnonzero(ids == self.special.mask).astype(np.int32)
+    batch = self.dummy_batch(1)
+    batch["input_ids"][0, :len(ids)] = ids
+    batch["input_mask"][0, :len(ids)] = 1
+    batch["masked_lm_positions"][0, :len(positions)] = positions
+    mlm_logits, _ = model.apply({"params": params}, *self.init_args(batch), deterministic=True)
+    return mlm_logits[0, :len(positions)]

@@ -12,12 +12,13 @@ import dataclasses
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 
 from pretrain import config as config_lib
 from pretrain.errors import PretrainError
+from pretrain.families import base
 from pretrain.families.gpt2 import model as gpt2_model
 from pretrain.families.gpt2.examples import FIELDS, CausalExampleConfig, CausalExamples
+from pretrain.objectives.losses import cross_entropy
 
 
 def gpt2_config() -> ml_collections.ConfigDict:
@@ -53,10 +54,12 @@ def gpt2_config() -> ml_collections.ConfigDict:
   return c
 
 
-class Gpt2Task:
+class Gpt2Task(base.Task):
   """Next-token prediction over chunked or packed document streams."""
 
   name = "gpt2"
+  sampling = base.DECODER_ONLY
+  layer_stacks = {"h": "h"}
 
   def __init__(self, config, tokenizer):
     vocab = int(config.model.vocab_size) or tokenizer.vocab_size
@@ -113,8 +116,7 @@ class Gpt2Task:
     logits = model.apply(
         {"params": params}, *self.init_args(batch), deterministic=deterministic, rngs=rngs)  # [B, L, V]
     targets, w = batch["target_ids"], batch["loss_weights"]
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)  # [B, L]
-    correct = (jnp.argmax(logits, axis=-1) == targets).astype(jnp.float32)
+    nll, correct, _ = cross_entropy(logits, targets)  # [B, L]
     loss_sum = jnp.sum(nll * w)
     sums = {"loss_sum": loss_sum, "correct_sum": jnp.sum(correct * w), "weight_sum": jnp.sum(w)}
     return loss_sum / denominators["tokens"], sums
@@ -132,3 +134,7 @@ class Gpt2Task:
 
   def describe(self) -> dict:
     return {"model": dataclasses.asdict(self.model_config), "examples": dataclasses.asdict(self.example_config)}
+
+  def generation_prompt(self, ids: list[int]) -> list[int]:
+    """End-of-text, then the prompt: every training document follows an end-of-text token."""
+    return [self.special.eos] + list(ids)

@@ -21,22 +21,20 @@ class RobertaTask(bert_task.BertTask):
 
   name = "roberta"
 
-  def __init__(self, config, tokenizer):  # pylint: disable=super-init-not-called
-    self.model_config = bert_task.model_config(config, tokenizer, **MODEL_DEFAULTS)
+  def _model_config(self, config, tokenizer):
+    return bert_task.model_config(config, tokenizer, **MODEL_DEFAULTS)
+
+  def _check_options(self, data) -> None:
     if self.model_config.nsp_head:
       raise PretrainError("RoBERTa has no next-sentence head: set model.nsp_head=False")
-    d = config.data
-    if d.get("next_sentence_prediction", False):
+    if data.get("next_sentence_prediction", False):
       raise PretrainError("RoBERTa has no next-sentence prediction: set data.next_sentence_prediction=False")
-    self.example_config = RobertaExampleConfig(
+
+  def _example_config(self, data) -> RobertaExampleConfig:
+    d = data
+    return RobertaExampleConfig(
         max_seq_length=d.max_seq_length, masked_lm_prob=d.masked_lm_prob,
         max_predictions_per_seq=d.max_predictions_per_seq, whole_word_masking=d.whole_word_masking)
-    bert_task.check_seq_length(d.max_seq_length, self.model_config)
-    self.vocab_size = self.model_config.vocab_size
-    self.word_start = tokenizer.word_start
-    self.special = tokenizer.special
-    self.seq_len = d.max_seq_length
-    self.num_predictions = d.max_predictions_per_seq
 
   def examples(self, docs, seed: int) -> RobertaExamples:
     return RobertaExamples(docs, self.example_config, self.vocab_size, seed, word_start=self.word_start,

@@ -40,7 +40,6 @@ z_loss, accuracy (argmax over target tokens).
 """
 import dataclasses
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -48,14 +47,14 @@ import numpy as np
 from pretrain import config as config_lib
 from pretrain.data.epochs import Epochs
 from pretrain.data.tokenized import Documents
-from pretrain.data.special_tokens import PAD_ID, project_special_tokens, SEP_ID, SpecialTokens
+from pretrain.data.special_tokens import project_special_tokens, SpecialTokens
 from pretrain.errors import PretrainError
+from pretrain.families import base
 from pretrain.families.t5 import model as t5_model
 from pretrain.objectives import keyed_random
 from pretrain.objectives import span_corruption
+from pretrain.objectives.losses import cross_entropy
 
-EOS_ID = SEP_ID  # The project tokenizer's; a run takes the tokenizer's special.eos and .pad.
-DECODER_START_ID = PAD_ID
 _VOCAB_MULTIPLE = 128
 
 
@@ -220,10 +219,12 @@ def model_vocab_size(tokenizer_vocab: int, extra_ids: int) -> int:
   return -(-(tokenizer_vocab + extra_ids) // _VOCAB_MULTIPLE) * _VOCAB_MULTIPLE
 
 
-class T5Task:
+class T5Task(base.Task):
   """Span corruption (noise density 0.15, mean span 3) on T5 v1.1."""
 
   name = "t5"
+  sampling = base.ENCODER_DECODER
+  layer_stacks = {"block": "block"}  # In the encoder and in the decoder.
 
   def __init__(self, config, tokenizer):
     extra_ids = int(config.task.extra_ids)
@@ -303,10 +304,8 @@ class T5Task:
     logits = model.apply({"params": params}, *self.init_args(batch), deterministic=deterministic,
                          rngs=rngs)  # [batch, targets_length, vocab] float32
     labels, w = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
-    log_z = jax.nn.logsumexp(logits, axis=-1)  # [batch, targets_length]
-    nll = log_z - jnp.take_along_axis(logits, labels[..., None], axis=-1)[..., 0]
+    nll, correct, log_z = cross_entropy(logits, labels)  # [batch, targets_length]
     z_loss = self.z_loss * jnp.square(log_z)
-    correct = (jnp.argmax(logits, axis=-1) == labels).astype(jnp.float32)
     nll_sum, z_sum = jnp.sum(nll * w), jnp.sum(z_loss * w)
     objective = (nll_sum + z_sum) / denominators["tokens"]
     sums = {
@@ -337,3 +336,8 @@ class T5Task:
             "examples": dataclasses.asdict(self.example_config),
             "span_lengths": dataclasses.asdict(self.lengths),
             "first_sentinel": self.first_sentinel, "eos_id": self.special.eos}
+
+  def generation_options(self) -> dict:
+    """The prompt is encoded with EOS after it; decoding starts from the pad id, as in training."""
+    return {"max_input_length": self.inputs_length, "max_target_length": self.targets_length,
+            "eos_id": self.special.eos, "decoder_start_id": self.special.pad}

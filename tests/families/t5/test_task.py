@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pretrain.data.tokenized import TokenizedDocs
+from pretrain.data import special_tokens
 from pretrain.data.special_tokens import StandInTokenizer
 from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
@@ -114,14 +115,14 @@ def test_examples_are_span_corrupted_chunks_of_the_stream():
   assert (batch["encoder_input_mask"] == 1).all()  # 32 is reached exactly.
   np.testing.assert_array_equal(batch["decoder_loss_weights"], np.repeat([[1.0] * 8 + [0.0] * 4], 40, 0))
   targets = batch["decoder_target_tokens"]
-  assert (targets[:, 7] == t5_task.EOS_ID).all() and (targets[:, 8:] == 0).all()
-  np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 0], t5_task.DECODER_START_ID)
+  assert (targets[:, 7] == special_tokens.SEP_ID).all() and (targets[:, 8:] == 0).all()
+  np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 0], special_tokens.PAD_ID)
   np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 1:], targets[:, :-1])
   # Reading the same raw chunk and key through span_corrupt gives the same example.
   n = task.lengths.tokens_length
   raw = docs.tokens[(ex.chunk_starts(idx)[:, None] + np.arange(n)) % docs.num_tokens]
   inputs, tgt, _ = span_corruption.span_corrupt(
-      raw, keyed_random.row_keys(3, idx), task.lengths, first_sentinel=599, eos_id=t5_task.EOS_ID)
+      raw, keyed_random.row_keys(3, idx), task.lengths, first_sentinel=599, eos_id=special_tokens.SEP_ID)
   np.testing.assert_array_equal(batch["encoder_input_tokens"], inputs)
   np.testing.assert_array_equal(targets[:, :8], tgt)
 
