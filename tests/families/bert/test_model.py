@@ -241,7 +241,7 @@ def test_config_rejects_bad_values():
 
 
 def _attention_loss(backend, params, x, mask):
-  module = attention.MultiHeadAttention(num_heads=4, head_dim=16, backend=backend)
+  module = attention.MultiHeadAttention(num_heads=4, head_dim=16, config=attention.AttentionConfig(backend=backend))
   y = module.apply({'params': params}, x, mask=attention.padding_mask(mask))
   return jnp.sum(y * jnp.sin(jnp.arange(y.size).reshape(y.shape))), y
 
