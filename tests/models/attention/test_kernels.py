@@ -12,19 +12,26 @@ from attention_reference import (  # pylint: disable=g-import-not-at-top,wrong-i
     BATCH, L, PAD, SEGMENTS, assert_match, fast_jit, packed, qkv, reference_attention, reference_mask, run)
 
 
+def check_kernel(backend, qkv_arrays, mask, ref_mask, rows, *, scale=None, logits_soft_cap=None):
+  """The kernel's outputs and gradients match the reference on the rows that count, and it ran as requested."""
+  fn = lambda q, k, v: attention.dot_product_attention(q, k, v, mask=mask, backend=backend, scale=scale,
+                                                       logits_soft_cap=logits_soft_cap, self_attention=True,
+                                                       interpret=True)
+  with attention.recording() as resolutions:
+    got = run(fn, *qkv_arrays, rows)
+  want = run(lambda q, k, v: reference_attention(q, k, v, ref_mask, scale=scale, soft_cap=logits_soft_cap),
+             *qkv_arrays, rows)
+  assert_match(got, want, rows)
+  assert resolutions == [(backend, backend, 'requested')]
+  return fn
+
+
 def test_pallas_gpu_kernel_in_interpreter():
-  q, k, v = qkv(3, L, L, kv_heads=2)
   pad = (SEGMENTS > 0).astype(np.int32)
   mask = attention.AttentionMask(causal=True, segment_ids=SEGMENTS, input_mask=pad)
   ref_mask = reference_mask(BATCH, L, L, causal=True, segment_ids=SEGMENTS, input_mask=pad)
-  fn = lambda q, k, v: attention.dot_product_attention(q, k, v, mask=mask, backend='pallas_gpu', scale=0.3,
-                                                       self_attention=True, interpret=True)
   # Padding queries are rows nothing reads (the kernel lets them see the padding); the rest must match.
-  rows = pad > 0
-  with attention.recording() as resolutions:
-    got = run(fn, q, k, v, rows)
-  assert_match(got, run(lambda q, k, v: reference_attention(q, k, v, ref_mask, scale=0.3), q, k, v, rows), rows)
-  assert resolutions == [('pallas_gpu', 'pallas_gpu', 'requested')]
+  check_kernel('pallas_gpu', qkv(3, L, L, kv_heads=2), mask, ref_mask, pad > 0, scale=0.3)
 
   # Bidirectional with padding only, multi-query; forward.
   q, k, v = qkv(4, L, L, kv_heads=1)
@@ -42,13 +49,7 @@ def test_splash_tpu_kernel_in_interpreter():
   pad = (segments > 0).astype(np.int32)
   mask = attention.AttentionMask(causal=True, sliding_window=40, segment_ids=segments, input_mask=pad)
   ref_mask = reference_mask(BATCH, length, length, causal=True, window=40, segment_ids=segments, input_mask=pad)
-  fn = lambda q, k, v: attention.dot_product_attention(q, k, v, mask=mask, backend='splash_tpu', logits_soft_cap=3.0,
-                                                       self_attention=True, interpret=True)
-  rows = pad > 0
-  with attention.recording() as resolutions:
-    got = run(fn, q, k, v, rows)
-  assert_match(got, run(lambda q, k, v: reference_attention(q, k, v, ref_mask, soft_cap=3.0), q, k, v, rows), rows)
-  assert resolutions == [('splash_tpu', 'splash_tpu', 'requested')]
+  fn = check_kernel('splash_tpu', (q, k, v), mask, ref_mask, pad > 0, logits_soft_cap=3.0)
   jax.jit(fn).lower(q, k, v)  # The cached kernel serves another trace (its arrays are concrete).
 
   # A two-sided window with padding of the keys only (exact on every row), multi-query; forward.
