@@ -22,6 +22,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from pretrain import logs
 from pretrain.errors import PretrainError
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
@@ -102,13 +103,6 @@ def mesh_context(mesh: Mesh) -> Iterator[None]:
 
 
 _logger = logging.getLogger(__name__)
-_logged = set()
-
-
-def _log_once(message: str) -> None:
-  if message not in _logged:
-    _logged.add(message)
-    _logger.info(message)
 
 
 def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, name: str) -> PartitionSpec:
@@ -118,7 +112,8 @@ def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, name: str
     if axes is not None:
       n = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
       if dim % n:
-        _log_once(f'{name}: dim of size {dim} is not divisible by mesh axes {axes} ({n} devices); replicating it')
+        logs.log_once(_logger, f'{name}: dim of size {dim} is not divisible by mesh axes {axes} ({n} devices); '
+                      'replicating it', logging.INFO)
         axes = None
     fitted.append(axes)
   return PartitionSpec(*fitted)

@@ -72,9 +72,9 @@ def _check_resume_compatible(saved: dict, config, tokenizer, task):
   task.check_resume(config, saved)
 
 
-def _attention_backends() -> dict:
-  """What the compiled train step's attention ran on: {attention_backend, attention_backend_reason}."""
-  resolved = {(r.requested, r.backend, r.reason) for r in attention.resolved_backends()}
+def _attention_backends(resolutions) -> dict:
+  """What the compiled train step's attention ran on (its recorded resolutions), as metrics fields."""
+  resolved = set(resolutions)
   for requested, backend, reason in sorted(resolved):
     _logger.info("attention: %s -> %s (%s)", requested, backend, reason)
   return {"attention_backend": ",".join(sorted({b for _, b, _ in resolved})),
@@ -255,10 +255,10 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
       state = state.replace(params=params_io.load_params(config.init_from, fns.abstract_state.params))
       _logger.info("params from %s", config.init_from)
     progress = Progress(first_start_time)
-  attention.clear_resolved_backends()
-  train_step, compile_seconds = fns.compile_train_step()
+  with attention.recording() as resolutions:  # Each attention call resolves its backend while tracing.
+    train_step, compile_seconds = fns.compile_train_step()
   progress.compile_seconds += compile_seconds
-  backend_row = _attention_backends()
+  backend_row = _attention_backends(resolutions)
   eval_step = fns.eval_step
 
   start_step = int(jax.device_get(state.step))

@@ -30,7 +30,7 @@ hardware, unless --interpret runs them in the Pallas interpreter, which is slow
 and for checking only) would silently fall back to 'xla'; it is listed as
 skipped with `resolve_backend`'s reason instead. So is 'auto' when it resolves
 to a backend that is timed in its own row. Every timed row records the backend
-that ran and why (`resolved_backends()` at trace time).
+that ran and why (recorded at trace time, `attention.recording()`).
 
 TFLOP/s counts matmul FLOPs: attention 4 * B * H * L^2 * D forward and twice
 that backward; the layer adds its q/k/v/out and FFN projections (BERT's count,
@@ -199,11 +199,10 @@ def measure(case: Case, *, iters: int = 10, warmup: int = 2) -> tuple[dict, Any]
   """Compiles and times one case: (its record, the executable's last (output, gradients))."""
   if iters < 1 or warmup < 0:
     raise PretrainError(f"iters={iters} must be positive and warmup={warmup} non-negative")
-  attention.clear_resolved_backends()
-  t0 = time.perf_counter()
-  compiled = jax.jit(case.fn).lower(*case.args).compile()
-  compile_seconds = time.perf_counter() - t0
-  resolutions = attention.resolved_backends()  # Recorded while tracing.
+  with attention.recording() as resolutions:  # Each attention call resolves its backend while tracing.
+    t0 = time.perf_counter()
+    compiled = jax.jit(case.fn).lower(*case.args).compile()
+    compile_seconds = time.perf_counter() - t0
   memory = compiled.memory_analysis()
   peak_bytes = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
 

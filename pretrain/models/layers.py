@@ -63,6 +63,15 @@ def default_init(initializer_range: float) -> Initializer:
   return nn.initializers.truncated_normal(stddev=initializer_range)
 
 
+def scaled_init(init: Initializer, factor: float) -> Initializer:
+  """init's draw times factor (the same draw, then the scaling: a family's std relative to a shared one)."""
+  def scaled(key, shape, dtype=jnp.float32):
+    x = init(key, shape, dtype)
+    return x * jnp.asarray(factor, x.dtype)
+
+  return scaled
+
+
 def matmul(x: Array, kernel: Array, contract: tuple[int, int], dtype: DType) -> Array:
   """Contracts dim contract[0] of x with dim contract[1] of kernel; float32 result."""
   return jax.lax.dot_general(

@@ -23,8 +23,6 @@ Parameter tree (HF/TF names in parentheses):
   nsp_head                           (cls.seq_relationship; when nsp_head)
 """
 import dataclasses
-import functools
-import math
 import sys
 from typing import Any
 
@@ -37,6 +35,7 @@ from pretrain.errors import PretrainError
 from pretrain.models import attention as attention_lib
 from pretrain.models import layers
 from pretrain.models import positions as positions_lib
+from pretrain.models import stack
 
 Array = jax.Array
 
@@ -158,12 +157,13 @@ class BertLayer(nn.Module):
     dtype = cfg.compute_dtype
     dropout = layers.Dropout(cfg.dropout_rate)
 
-    h = cfg.attention.build(
+    h = attention_lib.MultiHeadAttention(
         num_heads=cfg.num_heads,
         head_dim=cfg.head_dim,
+        config=cfg.attention,
         dtype=dtype,
         dropout_rate=cfg.attention_dropout_rate,
-        initializer_range=cfg.initializer_range,
+        kernel_init=init,
         name='attention',
     )(x, mask=mask, bias=bias, deterministic=deterministic)
     x = layers.LayerNorm(cfg.layer_norm_eps, name='attention_layer_norm')(
@@ -192,25 +192,8 @@ class BertEncoder(nn.Module):
       length = x.shape[1]
       bias = cfg.attention.relative_position_bias(num_heads=cfg.num_heads, bidirectional=True,
                                                   name='relative_attention_bias')(length, length)
-    layer_cls = BertLayer
-    if cfg.remat_policy != 'none':
-      # deterministic (argument 4, counting self) picks the dropout branch at trace time.
-      layer_cls = nn.remat(layer_cls, policy=layers.remat_policy(cfg.remat_policy),
-                           prevent_cse=not cfg.scan_layers, static_argnums=(4,))
-    if cfg.scan_layers:
-      layer_cls = nn.scan(
-          layer_cls,
-          variable_axes={'params': 0},
-          split_rngs={'params': True, 'dropout': True},
-          in_axes=(nn.broadcast, nn.broadcast, nn.broadcast),
-          length=cfg.num_layers,
-          metadata_params={nn.PARTITION_NAME: 'layers'},
-      )
-      x, _ = layer_cls(cfg, name='layers')(x, mask, bias, deterministic)
-      return x
-    for i in range(cfg.num_layers):
-      x = layer_cls(cfg, name=f'layer_{i}')(x, mask, bias, deterministic)
-    return x
+    return stack.layer_stack(BertLayer, cfg, x, mask, bias, num_layers=cfg.num_layers, deterministic=deterministic,
+                             scanned_name='layers', unrolled_name='layer_{}')
 
 
 class BertModel(nn.Module):
@@ -290,9 +273,7 @@ def init_inputs(batch: int, seq_len: int, num_predictions: int) -> dict[str, np.
 
 def abstract_params(config: BertConfig, seq_len: int = 8, num_predictions: int = 2):
   """The boxed (logically annotated) parameter tree as ShapeDtypeStructs; allocates nothing."""
-  model = BertForPreTraining(config)
-  init = functools.partial(model.init, **init_inputs(1, seq_len, num_predictions))
-  return jax.eval_shape(init, jax.random.key(0))['params']
+  return stack.abstract_params(BertForPreTraining(config), init_inputs(1, seq_len, num_predictions))
 
 
 def count_params(config: BertConfig, heads: bool = True) -> int:
@@ -300,7 +281,7 @@ def count_params(config: BertConfig, heads: bool = True) -> int:
   params = abstract_params(config)
   if not heads:
     params = params['bert']
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(params)))
+  return stack.count_params(params)
 
 
 def forward_flops_per_sequence(config: BertConfig, seq_len: int, num_predictions: int) -> float:
@@ -308,11 +289,8 @@ def forward_flops_per_sequence(config: BertConfig, seq_len: int, num_predictions
   h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
   attn_features = config.num_heads * config.head_dim
   kv_features = (config.attention.num_kv_heads or config.num_heads) * config.head_dim
-  per_layer = (
-      2 * seq_len * h * (2 * attn_features + 2 * kv_features)  # q, out and k, v projections
-      + 2 * seq_len * seq_len * attn_features * 2  # q k^T and probs v
-      + 2 * seq_len * h * i * 2  # FFN
-  )
+  per_layer = (stack.attention_flops(h, attn_features, kv_features, seq_len, seq_len)
+               + stack.dense_flops(seq_len, h, i, 2))  # FFN
   heads = (
       2 * h * h * config.pooler + 2 * h * 2 * config.nsp_head  # pooler + NSP on [CLS]
       + num_predictions * (2 * h * h + 2 * h * v)  # MLM transform + tied decoder

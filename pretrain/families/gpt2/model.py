@@ -18,15 +18,13 @@ Kernels are [in, out], as HF's Conv1D weights; LayerNorm scale is HF's weight.
 
 Initialization as GPT-2 (and HF, nanoGPT): normal(0.02) weights, zero biases,
 and the two residual output projections (attn/out, mlp/c_proj) scaled by
-1/sqrt(2 * num_layers). MultiHeadAttention draws its four projections from one
-initializer (normal truncated at 2 sigma), so `init` scales attn/out after it
-is drawn.
+1/sqrt(2 * num_layers). The attention projections are drawn from a normal
+truncated at 2 sigma (MultiHeadAttention's default), attn/out's draw then scaled.
 
 Packed sequences: `segment_ids` (1, 2, ... per document, 0 = padding) keep
 attention inside a document, and `positions` restart at 0 in each one.
 """
 import dataclasses
-import functools
 import math
 from typing import Any
 
@@ -39,6 +37,7 @@ from pretrain.errors import PretrainError
 from pretrain.models import attention as attention_lib
 from pretrain.models import layers
 from pretrain.models import positions as positions_lib
+from pretrain.models import stack
 
 Array = jax.Array
 
@@ -123,12 +122,15 @@ class Gpt2Block(nn.Module):
     dropout = layers.Dropout(cfg.dropout_rate)
 
     h = layers.LayerNorm(cfg.layer_norm_eps, name='ln_1')(x)
-    h = cfg.attention.build(
+    init = layers.default_init(cfg.initializer_range)
+    h = attention_lib.MultiHeadAttention(
         num_heads=cfg.num_heads,
         head_dim=cfg.head_dim,
+        config=cfg.attention,
         dtype=cfg.compute_dtype,
         dropout_rate=cfg.attention_dropout_rate,
-        initializer_range=cfg.initializer_range,
+        kernel_init=init,
+        out_init=layers.scaled_init(init, cfg.residual_init_scale),  # A residual projection.
         name='attn',
     )(h, mask=mask, bias=bias, positions=positions, deterministic=deterministic, decode=self.decode)
     x = x + dropout(h, deterministic=deterministic)
@@ -141,32 +143,9 @@ class Gpt2Block(nn.Module):
     return (x, None) if cfg.scan_layers else x
 
 
-def _scale_attention_out(variables, factor: float):
-  """variables with every attn/out kernel multiplied by factor (boxed or not)."""
-  def scale(path, leaf):
-    names = [getattr(k, 'key', None) for k in path]
-    if names[-3:] != ['attn', 'out', 'kernel']:
-      return leaf
-    if isinstance(leaf, nn.Partitioned):
-      return leaf.replace_boxed(leaf.unbox() * factor)
-    return leaf * factor
-
-  return jax.tree_util.tree_map_with_path(scale, variables, is_leaf=lambda x: isinstance(x, nn.Partitioned))
-
-
 class Gpt2LMHeadModel(nn.Module):
   """Token ids -> next-token logits, float32 `[batch, length, vocab]`."""
   config: Gpt2Config
-
-  @nn.nowrap
-  def init(self, rngs, *args, **kwargs):
-    """flax's init, then GPT-2's residual scaling of the attention output projections.
-
-    (A draw from the truncated normal scaled afterwards has the same
-    distribution as one drawn at the scaled standard deviation.)
-    """
-    variables = super().init(rngs, *args, **kwargs)
-    return _scale_attention_out(variables, self.config.residual_init_scale)
 
   @nn.compact
   def __call__(
@@ -217,25 +196,8 @@ class Gpt2LMHeadModel(nn.Module):
              deterministic: bool, decode: bool = False) -> Array:
     """The num_layers blocks, unrolled (h_0, h_1, ...) or scanned (h, stacked on a layers axis)."""
     cfg = self.config
-    block_cls = Gpt2Block
-    if cfg.remat_policy != 'none':
-      # deterministic (argument 5, counting self) picks the dropout branch at trace time.
-      block_cls = nn.remat(block_cls, policy=layers.remat_policy(cfg.remat_policy),
-                           prevent_cse=not cfg.scan_layers, static_argnums=(5,))
-    if cfg.scan_layers:
-      block_cls = nn.scan(
-          block_cls,
-          variable_axes={'params': 0, 'cache': 0},
-          split_rngs={'params': True, 'dropout': True},
-          in_axes=(nn.broadcast,) * 4,
-          length=cfg.num_layers,
-          metadata_params={nn.PARTITION_NAME: 'layers'},
-      )
-      x, _ = block_cls(cfg, decode=decode, name='h')(x, mask, bias, positions, deterministic)
-      return x
-    for i in range(cfg.num_layers):
-      x = block_cls(cfg, decode=decode, name=f'h_{i}')(x, mask, bias, positions, deterministic)
-    return x
+    return stack.layer_stack(Gpt2Block, cfg, x, mask, bias, positions, num_layers=cfg.num_layers,
+                             deterministic=deterministic, scanned_name='h', unrolled_name='h_{}', decode=decode)
 
 
 def init_inputs(batch: int, seq_len: int) -> dict[str, np.ndarray]:
@@ -249,14 +211,12 @@ def init_inputs(batch: int, seq_len: int) -> dict[str, np.ndarray]:
 
 def abstract_params(config: Gpt2Config, seq_len: int = 8):
   """The boxed (logically annotated) parameter tree as ShapeDtypeStructs; allocates nothing."""
-  model = Gpt2LMHeadModel(config)
-  init = functools.partial(model.init, **init_inputs(1, seq_len))
-  return jax.eval_shape(init, jax.random.key(0))['params']
+  return stack.abstract_params(Gpt2LMHeadModel(config), init_inputs(1, seq_len))
 
 
 def count_params(config: Gpt2Config) -> int:
   """Number of parameters (the LM head is the tied wte, counted once)."""
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract_params(config))))
+  return stack.count_params(abstract_params(config))
 
 
 def forward_flops_per_sequence(config: Gpt2Config, seq_len: int) -> float:
@@ -268,10 +228,7 @@ def forward_flops_per_sequence(config: Gpt2Config, seq_len: int) -> float:
   h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
   attn_features = config.num_heads * config.head_dim
   kv_features = (config.attention.num_kv_heads or config.num_heads) * config.head_dim
-  per_layer = (
-      2 * seq_len * h * (2 * attn_features + 2 * kv_features)  # q, out and k, v projections
-      + 2 * seq_len * seq_len * attn_features * 2  # q k^T and probs v
-      + 2 * seq_len * h * i * 2  # MLP
-  )
-  lm_head = 2 * seq_len * h * v  # tied wte at every position
+  per_layer = (stack.attention_flops(h, attn_features, kv_features, seq_len, seq_len)
+               + stack.dense_flops(seq_len, h, i, 2))  # MLP
+  lm_head = stack.dense_flops(seq_len, h, v)  # tied wte at every position
   return float(config.num_layers * per_layer + lm_head)

@@ -46,6 +46,7 @@ from pretrain.errors import PretrainError
 from pretrain.models import attention as attention_lib
 from pretrain.models import layers
 from pretrain.models import positions as positions_lib
+from pretrain.models import stack
 
 Array = jax.Array
 
@@ -126,6 +127,19 @@ class GatedGeluFeedForward(nn.Module):
     return dense(cfg.d_model, ('mlp', 'embed'), name='wo')(h)  # [batch, length, embed]
 
 
+def _attention_inits(cfg: T5Config) -> dict[str, layers.Initializer]:
+  """T5's attention initializers: fan-in scaled normals, the query's also divided by sqrt(d_kv).
+
+  The query's 1/sqrt(d_kv) stands in for the logits scale T5 does not apply.
+  Key and value draw std d_model**-0.5 (from a normal truncated at 2 sigma, so
+  its stddev argument is divided by that truncation's std); query and out
+  scale the same draw, out to (heads * d_kv)**-0.5.
+  """
+  init = layers.default_init(cfg.d_model**-0.5 / _TRUNCATED_NORMAL_STD)
+  return {'kernel_init': init, 'query_init': layers.scaled_init(init, cfg.d_kv**-0.5),
+          'out_init': layers.scaled_init(init, math.sqrt(cfg.d_model / (cfg.num_heads * cfg.d_kv)))}
+
+
 class AttentionSublayer(nn.Module):
   """x + dropout(attention(norm(x), kv)): HF's T5LayerSelfAttention / T5LayerCrossAttention."""
   config: T5Config
@@ -140,16 +154,16 @@ class AttentionSublayer(nn.Module):
     variant = cfg.attention
     if kv is not None:  # Cross-attention: no positions or window between the two stacks.
       variant = dataclasses.replace(variant, position='none', sliding_window=None)
-    h = variant.build(
+    h = attention_lib.MultiHeadAttention(
         num_heads=cfg.num_heads,
         head_dim=cfg.d_kv,
+        config=variant,
         dtype=cfg.compute_dtype,
         dropout_rate=cfg.dropout_rate,
-        # T5's key/value init; T5Model.init rescales query and out (see _rescale_attention_init).
-        initializer_range=cfg.d_model**-0.5 / _TRUNCATED_NORMAL_STD,
         use_bias=False,
         logits_scale=1.0,
         name=self.attention_name,
+        **_attention_inits(cfg),
     )(h, kv, mask=mask, bias=bias, deterministic=deterministic, decode=self.decode)
     h = layers.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return nn.with_logical_constraint(x + h, ('act_batch', 'act_length', 'act_embed'))
@@ -193,30 +207,10 @@ class DecoderBlock(nn.Module):
     return (x, None) if cfg.scan_layers else x
 
 
-def _apply_blocks(block_cls, cfg: T5Config, num_blocks: int, x: Array, *args, deterministic: bool,
-                  **fields) -> Array:
-  """Runs num_blocks blocks (unrolled as block_{i}, or one scanned `block`); args are shared by all.
-
-  fields: extra module fields of every block (the decoder's decode).
-  """
-  if cfg.remat_policy != 'none':
-    # deterministic is the last argument (counting self) and picks the dropout branch at trace time.
-    block_cls = nn.remat(block_cls, policy=layers.remat_policy(cfg.remat_policy), prevent_cse=not cfg.scan_layers,
-                         static_argnums=(len(args) + 2,))
-  if cfg.scan_layers:
-    block_cls = nn.scan(
-        block_cls,
-        variable_axes={'params': 0, 'cache': 0},
-        split_rngs={'params': True, 'dropout': True},
-        in_axes=(nn.broadcast,) * (len(args) + 1),
-        length=num_blocks,
-        metadata_params={nn.PARTITION_NAME: 'layers'},
-    )
-    x, _ = block_cls(cfg, name='block', **fields)(x, *args, deterministic)
-    return x
-  for i in range(num_blocks):
-    x = block_cls(cfg, name=f'block_{i}', **fields)(x, *args, deterministic)
-  return x
+def _blocks(block_cls, cfg: T5Config, num_blocks: int, x: Array, *args, deterministic: bool, **fields) -> Array:
+  """The stack's blocks, unrolled as block_{i} or scanned as one `block`; fields: e.g. the decoder's decode."""
+  return stack.layer_stack(block_cls, cfg, x, *args, num_layers=num_blocks, deterministic=deterministic,
+                           scanned_name='block', unrolled_name='block_{}', **fields)
 
 
 class Encoder(nn.Module):
@@ -230,8 +224,8 @@ class Encoder(nn.Module):
     relative = cfg.relative_position_bias(bidirectional=True)
     bias = relative(length, length) if relative else None  # [1, heads, length, length]
     x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = _apply_blocks(EncoderBlock, cfg, cfg.num_layers, x, attention_lib.AttentionMask(input_mask=input_mask), bias,
-                      deterministic=deterministic)
+    x = _blocks(EncoderBlock, cfg, cfg.num_layers, x, attention_lib.AttentionMask(input_mask=input_mask), bias,
+                deterministic=deterministic)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, name='final_layer_norm')(x)
     return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
@@ -256,32 +250,10 @@ class Decoder(nn.Module):
     else:
       bias = relative(length, length) if relative else None  # [1, heads, length, length]
     x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-    x = _apply_blocks(DecoderBlock, cfg, cfg.num_decoder_layers, x, encoded, attention_lib.AttentionMask(causal=True),
-                      attention_lib.AttentionMask(input_mask=encoder_mask), bias, deterministic=deterministic,
-                      decode=decode)
+    x = _blocks(DecoderBlock, cfg, cfg.num_decoder_layers, x, encoded, attention_lib.AttentionMask(causal=True),
+                attention_lib.AttentionMask(input_mask=encoder_mask), bias, deterministic=deterministic, decode=decode)
     x = layers.RMSNorm(cfg.layer_norm_epsilon, name='final_layer_norm')(x)
     return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
-
-
-def _rescale_attention_init(params: Any, config: T5Config) -> Any:
-  """Scales freshly initialized attention kernels to T5's stds.
-
-  MultiHeadAttention draws q, k, v and out alike (std d_model**-0.5 here). T5
-  draws the query with d_model**-0.5 / sqrt(d_kv), which stands in for the
-  1/sqrt(d_kv) logits scale it does not apply, and out with
-  (heads * d_kv)**-0.5.
-  """
-  factors = {'query': config.d_kv**-0.5, 'out': math.sqrt(config.d_model / (config.num_heads * config.d_kv))}
-
-  def rescale(path, x):
-    names = {getattr(k, 'key', None) for k in path}
-    if {'SelfAttention', 'EncDecAttention'} & names:
-      for name, factor in factors.items():
-        if name in names:
-          return x * jnp.asarray(factor, x.dtype)
-    return x
-
-  return jax.tree_util.tree_map_with_path(rescale, params)
 
 
 class T5Model(nn.Module):
@@ -296,12 +268,6 @@ class T5Model(nn.Module):
     self.decoder = Decoder(cfg)
     self.lm_head = layers.Dense(cfg.vocab_size, ('embed', 'vocab'), use_bias=False, dtype=cfg.compute_dtype,
                                 kernel_init=_kernel_init)
-
-  @nn.nowrap
-  def init(self, rngs, *args, **kwargs):
-    """Module.init with T5's attention initialization (see _rescale_attention_init)."""
-    variables = super().init(rngs, *args, **kwargs)
-    return {**variables, 'params': _rescale_attention_init(variables['params'], self.config)}
 
   def encode(self, encoder_input_tokens: Array, encoder_input_mask: Array, deterministic: bool = True) -> Array:
     """int32 [batch, enc_length] tokens and mask (1 = real) -> [batch, enc_length, embed]."""
@@ -345,13 +311,11 @@ def init_inputs(batch: int, inputs_length: int, targets_length: int) -> dict[str
 
 def abstract_params(config: T5Config, inputs_length: int = 8, targets_length: int = 4):
   """The boxed (logically annotated) parameter tree as ShapeDtypeStructs; allocates nothing."""
-  model = T5Model(config)
-  init = functools.partial(model.init, **init_inputs(1, inputs_length, targets_length))
-  return jax.eval_shape(init, jax.random.key(0))['params']
+  return stack.abstract_params(T5Model(config), init_inputs(1, inputs_length, targets_length))
 
 
 def count_params(config: T5Config) -> int:
-  return sum(math.prod(x.shape) for x in jax.tree.leaves(nn.unbox(abstract_params(config))))
+  return stack.count_params(abstract_params(config))
 
 
 def forward_flops_per_example(config: T5Config, inputs_length: int, targets_length: int) -> float:
@@ -360,15 +324,9 @@ def forward_flops_per_example(config: T5Config, inputs_length: int, targets_leng
   inner = config.num_heads * config.d_kv
   kv_inner = (config.attention.num_kv_heads or config.num_heads) * config.d_kv
   li, lt = inputs_length, targets_length
-  encoder_layer = (
-      2 * li * d * (2 * inner + 2 * kv_inner)  # q, out and k, v
-      + 2 * li * li * inner * 2  # q k^T and probs v
-      + 2 * li * d * f * 3  # wi_0, wi_1, wo
-  )
-  decoder_layer = (
-      2 * lt * d * (2 * inner + 2 * kv_inner) + 2 * lt * lt * inner * 2  # self-attention
-      + 2 * lt * d * inner * 2 + 2 * li * d * kv_inner * 2  # cross-attention q, out / k, v (over the inputs)
-      + 2 * lt * li * inner * 2  # cross-attention q k^T and probs v
-      + 2 * lt * d * f * 3  # FFN
-  )
-  return float(config.num_layers * encoder_layer + config.num_decoder_layers * decoder_layer + 2 * lt * d * v)
+  encoder_layer = stack.attention_flops(d, inner, kv_inner, li, li) + stack.dense_flops(li, d, f, 3)  # wi_0, wi_1, wo
+  decoder_layer = (stack.attention_flops(d, inner, kv_inner, lt, lt)  # self-attention
+                   + stack.attention_flops(d, inner, kv_inner, lt, li)  # cross-attention: keys from the inputs
+                   + stack.dense_flops(lt, d, f, 3))  # FFN
+  lm_head = stack.dense_flops(lt, d, v)
+  return float(config.num_layers * encoder_layer + config.num_decoder_layers * decoder_layer + lm_head)
