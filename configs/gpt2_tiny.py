@@ -17,11 +17,11 @@ Run the command again and it resumes from the last checkpoint (and stops at
 once when the run is complete). `--config.data.packing=True` packs whole
 documents instead (0.5% padding on this corpus).
 """
-from pretrain.families.gpt2 import task as gpt2
+from pretrain.families.gpt2.config import gpt2_config
 
 
 def get_config():
-  c = gpt2.gpt2_config()
+  c = gpt2_config()
   c.tokenizer.update(vocab_size=8192, model_type="unigram")
   c.model.update(vocab_size=0, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
                  max_position_embeddings=128, dropout_rate=0.0, attention_dropout_rate=0.0)

@@ -14,14 +14,14 @@ all (idle cores: an estimated 2.5 min). Loss 8.13 at step 10 -> 6.02 at step 30 
 5.41 at step 75 -> 5.25 at step 150. Run the command again and it resumes
 from the last checkpoint.
 """
-from pretrain.families.t5.task import t5_config
+from pretrain.families.t5.config import t5_config
 
 
 def get_config():
   c = t5_config()
   c.tokenizer.vocab_size = 8192  # + 100 sentinels -> model vocabulary 8,320.
   c.data.inputs_length = 128
-  c.model.update(d_model=128, d_ff=256, d_kv=32, num_heads=4, num_layers=2, num_decoder_layers=2)
+  c.model.update(hidden_size=128, intermediate_size=256, head_dim=32, num_heads=4, num_layers=2, num_decoder_layers=2)
   c.optimizer.update(learning_rate=1e-2, warmup_steps=50)
   c.train.update(steps=150, batch_size=32, log_every=10)
   c.eval.update(every_steps=75, batch_size=32, num_batches=4)

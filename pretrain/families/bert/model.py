@@ -43,12 +43,12 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-  """BERT hyperparameters; names follow google-research/bert's bert_config.json."""
-  vocab_size: int
-  hidden_size: int
-  num_layers: int
-  num_heads: int
-  intermediate_size: int
+  """BERT hyperparameters; names follow google-research/bert's bert_config.json; defaults are BERT-base."""
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
   max_position_embeddings: int = 512
   type_vocab_size: int = 2
   dropout_rate: float = 0.1
