@@ -219,7 +219,7 @@ def describe_model(config) -> str:
   task = _task(config)
   m, batch = task.model_config, int(config.train.batch_size)
   if task.name == "t5":
-    return (f"T5 v1.1 d_model {m.d_model} d_ff {m.d_ff} heads {m.num_heads}x{m.d_kv} "
+    return (f"T5 v1.1 d_model {m.hidden_size} d_ff {m.intermediate_size} heads {m.num_heads}x{m.head_dim} "
             f"layers {m.num_layers}+{m.num_decoder_layers} vocab {m.vocab_size}, "
             f"batch {batch} x (inputs {task.inputs_length} + targets {task.targets_length})")
   shape = (f"L{m.num_layers} H{m.hidden_size} A{m.num_heads} I{m.intermediate_size} vocab {m.vocab_size}, "
@@ -361,7 +361,7 @@ def matmul_shapes(config) -> list[tuple[int, int, int]]:
   m = task.model_config
   tokens = int(config.train.batch_size) * task.tokens_per_example
   if task.name == "t5":
-    hidden, ffn = m.d_model, m.d_ff
+    hidden, ffn = m.hidden_size, m.intermediate_size
   else:
     hidden, ffn = m.hidden_size, m.intermediate_size
   return [(tokens, hidden, ffn), (tokens, ffn, hidden)]
@@ -471,11 +471,11 @@ def _hf_gpt2(transformers, m, b: dict):
 def _hf_t5(transformers, m, b: dict):
   import torch  # pylint: disable=g-import-not-at-top
   hf_config = transformers.T5Config(
-      vocab_size=m.vocab_size, d_model=m.d_model, d_kv=m.d_kv, d_ff=m.d_ff, num_layers=m.num_layers,
-      num_decoder_layers=m.num_decoder_layers, num_heads=m.num_heads,
-      relative_attention_num_buckets=m.relative_attention_num_buckets,
-      relative_attention_max_distance=m.relative_attention_max_distance, dropout_rate=m.dropout_rate,
-      layer_norm_epsilon=m.layer_norm_epsilon, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+      vocab_size=m.vocab_size, d_model=m.hidden_size, d_kv=m.head_dim, d_ff=m.intermediate_size,
+      num_layers=m.num_layers, num_decoder_layers=m.num_decoder_layers, num_heads=m.num_heads,
+      relative_attention_num_buckets=m.attention.relative_num_buckets,
+      relative_attention_max_distance=m.attention.relative_max_distance, dropout_rate=m.dropout_rate,
+      layer_norm_epsilon=m.layer_norm_eps, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
       pad_token_id=0, decoder_start_token_id=0)
   labels = np.where(b["decoder_loss_weights"] > 0, b["decoder_target_tokens"], -100)
   inputs = {"input_ids": _long(b["encoder_input_tokens"]), "attention_mask": _long(b["encoder_input_mask"]),
