@@ -14,11 +14,11 @@ Expected: masked-LM accuracy ~0.7 and NSP accuracy ~0.98 at the end on
 Wikipedia+BooksCorpus (the paper's corpus). On one small accelerator use
 `--config.train.grad_accum_steps` to keep the paper's batch.
 """
-from pretrain.config import base_config
+from pretrain.families.bert.config import bert_config
 
 
 def get_config():
-  c = base_config()
+  c = bert_config()
   c.data.max_seq_length = 512
   c.data.max_predictions_per_seq = 80
   c.train.steps = 1_000_000

@@ -12,11 +12,11 @@ batch 256 x 512, dropout 0.1).
 Expected on the paper's corpus: masked-LM accuracy a few points above base.
 For large-batch training switch to LAMB: `--config.optimizer.name=lamb`.
 """
-from pretrain.config import base_config
+from pretrain.families.bert.config import bert_config
 
 
 def get_config():
-  c = base_config()
+  c = bert_config()
   c.model.hidden_size = 1024
   c.model.num_layers = 24
   c.model.num_heads = 16

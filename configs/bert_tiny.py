@@ -3,20 +3,19 @@
   python -m pretrain.train --config=configs/bert_tiny.py --workdir=runs/bert_tiny
 
 Trains a sentencepiece vocabulary of 8,192 pieces on CPython's own
-documentation once (~20 s, cached), then 200 steps of MLM+NSP at batch 32 x
-128 tokens in bf16 compute with float32 accumulation.
+documentation once (cached), then 200 steps of MLM+NSP at batch 32 x 128
+tokens in bf16 compute with float32 accumulation.
 
-Measured on two CPU cores (AVX2, no bf16 matmul units): ~2,500 tokens/s,
-about 6 minutes in all. Loss 9.6 at step 10 -> 7.37 at step 200 (MLM 6.68,
-masked-LM accuracy 0.047; eval MLM loss 6.68, accuracy 0.042); NSP stays at
-chance (~0.5) at this budget. Run the command again and it resumes from the
-last checkpoint (and stops at once when the run is complete).
+Expected: loss 9.6 at step 10 -> 7.37 at step 200 (MLM 6.68, masked-LM
+accuracy 0.047; eval MLM loss 6.68, accuracy 0.042); NSP stays at chance
+(~0.5) at this budget. Run the command again and it resumes from the last
+checkpoint (and stops at once when the run is complete). Wall clock: BENCHMARKS.md.
 """
-from pretrain.config import base_config
+from pretrain.families.bert.config import bert_config
 
 
 def get_config():
-  c = base_config()
+  c = bert_config()
   c.tokenizer.vocab_size = 8192
   c.model.update(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, dtype="bfloat16")
   c.data.max_seq_length = 128

@@ -18,11 +18,11 @@ Expected: on OpenWebText the OpenAI checkpoint scores a validation loss of
 2.84 per GPT-2 token (nanoGPT's evaluation); the paper reports zero-shot
 WikiText-103 perplexity 26.37.
 """
-from pretrain.families.gpt2 import task as gpt2
+from pretrain.families.gpt2.config import gpt2_config
 
 
 def get_config():
-  c = gpt2.gpt2_config()
+  c = gpt2_config()
   c.model.update(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096)
   c.optimizer.update(learning_rate=3e-4, end_learning_rate=3e-5)
   return c

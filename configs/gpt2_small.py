@@ -32,8 +32,8 @@ been trained on WebText); with this project's tokenizer the per-token figure
 moves with the vocabulary. The paper reports the 124M model's zero-shot
 WikiText-103 perplexity as 37.50.
 """
-from pretrain.families.gpt2 import task as gpt2
+from pretrain.families.gpt2.config import gpt2_config
 
 
 def get_config():
-  return gpt2.gpt2_config()  # GPT-2 small is the GPT-2 base.
+  return gpt2_config()  # GPT-2 small is the GPT-2 base.

@@ -3,25 +3,22 @@
   python -m pretrain.train --config=configs/gpt2_tiny.py --workdir=runs/gpt2_tiny
 
 Uses the 8,192-piece sentencepiece vocabulary of configs/bert_tiny.py (trained
-on CPython's own documentation once, ~20 s, and cached), then 120 steps of
-next-token prediction at batch 16 x 128 tokens (chunked; 0.8 epochs of the
-316k-token corpus), in bf16 compute with float32 accumulation, no dropout.
+on CPython's own documentation once and cached), then 120 steps of next-token
+prediction at batch 16 x 128 tokens (chunked; 0.8 epochs of the 316k-token
+corpus), in bf16 compute with float32 accumulation, no dropout.
 
-Measured on two CPU cores (AVX2) shared with other jobs: loss 8.57 at step
-10 -> 6.13 at step 120 (accuracy 0.10; ln 8192 = 9.01 at init); eval loss
-6.34 at step 60 -> 6.07 at step 120 (perplexity 432); the same figures in two
-runs. Wall clock 4.3 minutes at a load average of ~3.5 (8.8 at ~7), 4.7
-CPU-minutes; the fastest 10-step stretch ran 1.18 s/step (1,730 tokens/s), at
-which the 120 steps take 2.4 minutes after ~25 s of start-up and compilation.
-Run the command again and it resumes from the last checkpoint (and stops at
-once when the run is complete). `--config.data.packing=True` packs whole
-documents instead (0.5% padding on this corpus).
+Expected: loss 8.57 at step 10 -> 6.13 at step 120 (accuracy 0.10; ln 8192 =
+9.01 at init); eval loss 6.34 at step 60 -> 6.07 at step 120 (perplexity
+432); the same figures in two runs. Run the command again and it resumes from
+the last checkpoint (and stops at once when the run is complete).
+`--config.data.packing=True` packs whole documents instead (0.5% padding on
+this corpus). Wall clock: BENCHMARKS.md.
 """
-from pretrain.families.gpt2 import task as gpt2
+from pretrain.families.gpt2.config import gpt2_config
 
 
 def get_config():
-  c = gpt2.gpt2_config()
+  c = gpt2_config()
   c.tokenizer.update(vocab_size=8192, model_type="unigram")
   c.model.update(vocab_size=0, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
                  max_position_embeddings=128, dropout_rate=0.0, attention_dropout_rate=0.0)

@@ -19,19 +19,10 @@ are [PAD] [UNK] [CLS] [SEP] [MASK]). The embedded corpus is too small for that
 many pieces: point `data` at a real corpus. On few accelerators keep the batch
 with `--config.train.grad_accum_steps`.
 """
-from pretrain.config import base_config
+from pretrain.families.roberta.config import roberta_config
 
 
 def get_config():
-  c = base_config()
-  c.task.name = "roberta"
-  c.tokenizer.update(vocab_size=50265, model_type="bpe")
-  c.model.update(max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, dtype="bfloat16")
-  c.model.position_offset = 2  # Positions 2..513 for 512 tokens; row 1 is padding's (HF's padding_idx).
-  c.model.pooler = False
-  c.model.nsp_head = False
-  c.data.update(max_seq_length=512, max_predictions_per_seq=80, next_sentence_prediction=False)
-  c.optimizer.update(learning_rate=6e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, warmup_steps=24_000,
-                     decay="linear", grad_clip_norm=0.0)
-  c.train.update(steps=500_000, batch_size=8192)
+  c = roberta_config()  # Positions 2..513 for 512 tokens (position_offset 2); row 1 is padding's (HF's padding_idx).
+  c.model.dtype = "bfloat16"
   return c

@@ -1,7 +1,7 @@
 """T5 v1.1 Large pretraining: span corruption (Raffel et al. 2020, v1.1 changes).
 
-d_model 1024, d_ff 2816 (gated GELU), 16 heads of 64, 24 + 24 layers,
-vocabulary 32,128: 783,150,080 parameters, as google/t5-v1_1-large. The
+Hidden size 1024, intermediate size 2816 (gated GELU), 16 heads of 64,
+24 + 24 layers, vocabulary 32,128: 783,150,080 parameters, as google/t5-v1_1-large. The
 recipe of configs/t5_small.py (Adafactor, rsqrt schedule at 1e-2 for 10k
 steps, inputs 512 / targets 114, dropout 0, batch 128 for 2**19 steps; the
 paper's final models: batch 2048 for 1M steps). Scanned layers keep compile
@@ -17,12 +17,12 @@ Expected: 783,150,080 parameters, 81,408 tokens and 1.88e14 model FLOPs per
 step (9.9e19 for the run); the loss starts near 11 and falls; no public per-step loss
 curve, so evaluate by fine-tuning.
 """
-from pretrain.families.t5.task import t5_config
+from pretrain.families.t5.config import t5_config
 
 
 def get_config():
   c = t5_config()
-  c.model.update(d_model=1024, d_ff=2816, d_kv=64, num_heads=16, num_layers=24, num_decoder_layers=24,
-                 scan_layers=True)
+  c.model.update(hidden_size=1024, intermediate_size=2816, head_dim=64, num_heads=16, num_layers=24,
+                 num_decoder_layers=24, scan_layers=True)
   c.data.update(inputs_length=512, targets_length=114)
   return c

@@ -1,9 +1,9 @@
 """T5 v1.1 Small pretraining: span corruption on C4-style text (Raffel et al. 2020, v1.1 changes).
 
-d_model 512, d_ff 1024 (gated GELU), 6 heads of 64, 8 + 8 layers, vocabulary
-32,128 (32,000 sentencepiece pieces + 100 sentinels, padded to a multiple of
-128): 76,961,152 parameters, as google/t5-v1_1-small. Recipe (see
-pretrain.families.t5.task.t5_config for sources): Adafactor, lr 1/sqrt(max(step, 10k))
+Hidden size 512, intermediate size 1024 (gated GELU), 6 heads of 64, 8 + 8
+layers, vocabulary 32,128 (32,000 sentencepiece pieces + 100 sentinels,
+padded to a multiple of 128): 76,961,152 parameters, as google/t5-v1_1-small. Recipe (see
+pretrain.families.t5.config.t5_config for sources): Adafactor, lr 1/sqrt(max(step, 10k))
 (1e-2 for the first 10k steps), inputs 512 / targets 114 (568 raw tokens per
 example), dropout 0, z-loss 1e-4, batch 128 for 2**19 steps as in the paper's
 pretraining (section 3.1.2). The released v1.1 checkpoints are at step 1M; the
@@ -22,11 +22,11 @@ loss starts near 11 (ln 32,128 = 10.4, plus the spread of the initial logits) an
 published per-step loss curve for T5.1.1, so judge a run by fine-tuning, as
 the paper does.
 """
-from pretrain.families.t5.task import t5_config
+from pretrain.families.t5.config import t5_config
 
 
 def get_config():
   c = t5_config()
-  c.model.update(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8, num_decoder_layers=8)
+  c.model.update(hidden_size=512, intermediate_size=1024, head_dim=64, num_heads=6, num_layers=8, num_decoder_layers=8)
   c.data.update(inputs_length=512, targets_length=114)
   return c

@@ -1,27 +1,25 @@
-"""A tiny T5 v1.1 (d_model 128, 2 + 2 layers) on the embedded corpus: the CPU demo of span corruption.
+"""A tiny T5 v1.1 (hidden size 128, 2 + 2 layers) on the embedded corpus: the CPU demo of span corruption.
 
   python -m pretrain.train --config=configs/t5_tiny.py --workdir=runs/t5_tiny
 
 Uses the 8,192-piece sentencepiece vocabulary of configs/bert_tiny.py (trained
-once, ~20 s, and cached) plus 100 sentinels; 150 steps of batch 32 with inputs
-128 / targets 29 (141 raw tokens per example), bf16 compute, and T5's own
-recipe at small scale: Adafactor, lr 1e-2 held for 50 steps then 1/sqrt decay.
+once and cached) plus 100 sentinels; 150 steps of batch 32 with inputs 128 /
+targets 29 (141 raw tokens per example), bf16 compute, and T5's own recipe at
+small scale: Adafactor, lr 1e-2 held for 50 steps then 1/sqrt decay.
 
-Measured on two CPU cores shared with other jobs (load average 4-7): 36 s
-compile, 0.6-1.0 s per step once warm, 4 min 17 s wall and 3 min of CPU in
-all (idle cores: an estimated 2.5 min). Loss 8.13 at step 10 -> 6.02 at step 30 ->
-5.29 at step 100 -> 5.20 at step 150 (token accuracy 0.06 -> 0.28); eval loss
-5.41 at step 75 -> 5.25 at step 150. Run the command again and it resumes
-from the last checkpoint.
+Expected: loss 8.13 at step 10 -> 6.02 at step 30 -> 5.29 at step 100 -> 5.20
+at step 150 (token accuracy 0.06 -> 0.28); eval loss 5.41 at step 75 -> 5.25
+at step 150. Run the command again and it resumes from the last checkpoint.
+Wall clock: BENCHMARKS.md.
 """
-from pretrain.families.t5.task import t5_config
+from pretrain.families.t5.config import t5_config
 
 
 def get_config():
   c = t5_config()
   c.tokenizer.vocab_size = 8192  # + 100 sentinels -> model vocabulary 8,320.
   c.data.inputs_length = 128
-  c.model.update(d_model=128, d_ff=256, d_kv=32, num_heads=4, num_layers=2, num_decoder_layers=2)
+  c.model.update(hidden_size=128, intermediate_size=256, head_dim=32, num_heads=4, num_layers=2, num_decoder_layers=2)
   c.optimizer.update(learning_rate=1e-2, warmup_steps=50)
   c.train.update(steps=150, batch_size=32, log_every=10)
   c.eval.update(every_steps=75, batch_size=32, num_batches=4)

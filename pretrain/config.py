@@ -1,12 +1,18 @@
-"""Default configuration shared by every config in configs/.
+"""The configuration sections every family shares, and the helpers that build a family's own.
 
 Each top-level section is read by one module: `task` by pretrain/families, `data`
-by pretrain/data, `tokenizer` by pretrain/data/tokenizer_files.py, `model` by
-pretrain/models, `optimizer` by pretrain/training/optimizer.py, `mesh` by
-pretrain/sharding.py, `checkpoint` by pretrain/checkpoint.py, and `train`,
-`eval`, `metrics` by pretrain/train.py. A config file calls `base_config()` and
-overrides what its paper or experiment changes.
+by pretrain/data (and the family's example builder), `tokenizer` by
+pretrain/data/tokenizer_files.py, `model` by the family's model, `optimizer` by
+pretrain/training/optimizer.py, `mesh` by pretrain/sharding.py, `checkpoint` by
+pretrain/checkpoint.py, and `train`, `eval`, `metrics` by pretrain/train.py.
+`base_config()` holds the family-independent sections and keys; a family's
+config function (pretrain.families.<family>.config: bert_config, roberta_config,
+gpt2_config, t5_config) adds its task name, its data keys and its model section,
+both written from the family's dataclasses by `section`. A config file calls
+the family's function and overrides what its paper or experiment changes.
 """
+import dataclasses
+import typing
 from typing import Any
 
 import ml_collections
@@ -17,26 +23,37 @@ def field(section: Any, name: str, default: Any = None) -> Any:
   return section.get(name, default) if isinstance(section, dict) else getattr(section, name, default)
 
 
-def attention_config(**overrides) -> ml_collections.ConfigDict:
-  """The `model.attention` section: MHA with the family's positions, plain XLA kernels."""
-  return ml_collections.ConfigDict(dict(dict(
-      backend="xla",  # 'xla', 'dot_product_attention', 'pallas_gpu', 'splash_tpu' or 'auto'.
-      num_kv_heads=0,  # 0: num_heads (MHA); 1: multi-query; a divisor of num_heads: grouped-query.
-      position="learned",  # 'learned', 'sinusoidal', 'rope', 'alibi', 'relative_bias' or 'none'.
-      rope_theta=10000.0,
-      rotary_fraction=1.0,
-      relative_num_buckets=32,
-      relative_max_distance=128,
-      qk_norm="none",  # 'none', 'layernorm' or 'rmsnorm'.
-      logits_soft_cap=0.0,
-      sliding_window=0,
-  ), **overrides))
+def section(value: Any) -> ml_collections.ConfigDict:
+  """The config section of a frozen config dataclass: every field at its value, nested dataclasses as sections.
+
+  A family's model dataclass is the schema of its `model` section, an example
+  config's of the `data` keys it reads. A None in an int or float field is
+  written 0 (0.0), which `from_dict` reads back as None (a command-line override
+  cannot change a None field's type); a None in any other field (e.g.
+  AttentionConfig.interpret) is left out, so the dataclass default applies.
+  """
+  hints = typing.get_type_hints(type(value))
+  out = {}
+  for f in dataclasses.fields(value):
+    v = getattr(value, f.name)
+    if dataclasses.is_dataclass(v):
+      v = section(v)
+    elif v is None:
+      types = typing.get_args(hints[f.name])
+      if float in types:
+        v = 0.0
+      elif int in types:
+        v = 0
+      else:
+        continue
+    out[f.name] = v
+  return ml_collections.ConfigDict(out)
 
 
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
-  c.task = ml_collections.ConfigDict(dict(name="bert"))
+  c.task = ml_collections.ConfigDict(dict(name=""))  # The family: a key of pretrain.families.FAMILIES.
   # Params to start a new run from (continued pretraining): a `python -m pretrain.convert from-hf`
   # output, another run's workdir or one of its step folders. A resumed run ignores it.
   c.init_from = ""
@@ -54,12 +71,6 @@ def base_config() -> ml_collections.ConfigDict:
       auto_prepare_max_mb=1024.0,  # Raw corpora up to this size are prepared on the fly; larger: pretrain.prepare.
       text_field="text",  # JSONL field holding a document.
       heldout_fraction=0.02,
-      max_seq_length=128,
-      short_seq_prob=0.1,
-      masked_lm_prob=0.15,
-      max_predictions_per_seq=20,
-      whole_word_masking=False,
-      next_sentence_prediction=True,
       seed=0,
       num_threads=2,  # grain reader threads building examples off the training thread.
       prefetch_batches=4,
@@ -74,26 +85,6 @@ def base_config() -> ml_collections.ConfigDict:
       # (0: 10M) drawn with a fixed seed.
       sample_bytes=0,
       input_sentence_size=0,
-  ))
-
-  c.model = ml_collections.ConfigDict(dict(
-      vocab_size=0,  # 0: the tokenizer's vocabulary size.
-      hidden_size=768,
-      num_layers=12,
-      num_heads=12,
-      intermediate_size=3072,
-      max_position_embeddings=512,
-      type_vocab_size=2,
-      dropout_rate=0.1,
-      attention_dropout_rate=0.1,
-      layer_norm_eps=1e-12,
-      initializer_range=0.02,
-      dtype="float32",  # Compute dtype; params stay float32, matmuls accumulate in float32.
-      scan_layers=False,
-      remat_policy="none",  # 'none', 'full' or a jax.checkpoint_policies name.
-      # The attention variant: pretrain/models/attention.py AttentionConfig. 0 means "none" for
-      # num_kv_heads (= num_heads), logits_soft_cap and sliding_window.
-      attention=attention_config(position="learned"),
   ))
 
   c.optimizer = ml_collections.ConfigDict(dict(

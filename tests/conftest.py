@@ -32,8 +32,8 @@ def write_memorised_corpus(text_corpus: str, path, sentence: str) -> str:
 
 def make_tiny_config(corpus_path: str):
   """A model small enough to train a few steps in seconds, with every dim divisible by 8."""
-  from pretrain.config import base_config  # pylint: disable=g-import-not-at-top
-  c = base_config()
+  from pretrain.families.bert.config import bert_config  # pylint: disable=g-import-not-at-top
+  c = bert_config()
   c.data.update(source="text", paths=corpus_path, max_seq_length=64, max_predictions_per_seq=10,
                 num_threads=1, heldout_fraction=0.05)
   c.tokenizer.vocab_size = 512

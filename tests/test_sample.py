@@ -13,7 +13,7 @@ from pretrain.data import special_tokens
 from pretrain.errors import PretrainError
 from pretrain.families import base
 from pretrain.families.gpt2 import model as gpt2
-from pretrain.families.gpt2 import task as gpt2_task
+from pretrain.families.gpt2.config import gpt2_config
 from pretrain.families.t5 import model as t5
 from pretrain.models import attention
 from pretrain.train import train
@@ -101,7 +101,8 @@ def test_gpt2_cached_decoding_equals_the_full_forward(variant):
 
 
 def test_t5_cached_decoding_equals_the_full_forward():
-  cfg = t5.T5Config(vocab_size=64, d_model=32, d_ff=64, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=2)
+  cfg = t5.T5Config(vocab_size=64, hidden_size=32, intermediate_size=64, head_dim=8, num_heads=4, num_layers=2,
+                    num_decoder_layers=2)
   model = t5.T5Model(cfg)
   params = jax.jit(model.init)(jax.random.key(0), **t5.init_inputs(1, 8, 4))["params"]
   prompt = np.asarray([10, 11, 12], np.int32)
@@ -164,7 +165,7 @@ def memorised_gpt2(tmp_path_factory, text_corpus, tiny_config_factory):
   docs = [d.split("\n")[:2] for d in open(text_corpus, encoding="utf-8").read().strip().split("\n\n")]
   corpus = root / "corpus.txt"
   corpus.write_text("\n\n".join("\n".join([SENTENCE, d[0]]) for d in docs) + "\n", encoding="utf-8")
-  c = gpt2_task.gpt2_config()
+  c = gpt2_config()
   tiny = tiny_config_factory(str(corpus))
   for section in ("data", "train", "eval", "checkpoint", "metrics"):
     c[section].update({k: v for k, v in tiny[section].to_dict().items() if k in c[section]})

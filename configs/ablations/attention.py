@@ -8,14 +8,13 @@ for every variant. Each variant changes only `model.attention`. Writes
 report.md, results.csv and loss_curves.png into the workdir; finished variants
 are skipped on a rerun, an interrupted one resumes.
 
-Measured on two CPU cores: ~2.2 minutes a variant, ~18 minutes for the sweep.
-Eval loss (MLM+NSP): alibi 7.13, rope_mqa 7.15, rope_gqa 7.17, rope 7.18,
+Expected eval loss (MLM+NSP): alibi 7.13, rope_mqa 7.15, rope_gqa 7.17, rope 7.18,
 none 7.23; the three variants with a learned position table (MHA, GQA, MQA)
 7.418 alike: at this budget they are still on the predict-the-frequent-tokens
 plateau that the table-free variants leave earlier, hence the heads comparison
 repeated on RoPE. One seed each: differences of a few hundredths may not
 survive another seed; raise train.steps in base_overrides for conclusions.
-Full table in BENCHMARKS.md.
+Full table and wall clock in BENCHMARKS.md.
 """
 import ml_collections
 

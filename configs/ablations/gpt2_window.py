@@ -8,12 +8,9 @@ variant; each variant changes only `model.attention.sliding_window` (plus
 RoPE for one, as sliding-window models usually pair it with rotary
 positions).
 
-Measured on two CPU cores: ~1 minute a variant, 5.3 minutes for the sweep.
-Eval loss window_32_rope 5.94, full 6.18, window_64 6.28, window_16 6.30,
-window_32 6.31 (one seed each; a smoke test of the variants at this budget).
-On CPU the xla backend applies the window as a mask over the full score
-matrix, so tokens/s barely moves; a kernel that skips masked blocks (splash
-on TPU) is where windows save time. Full table in BENCHMARKS.md.
+Expected eval loss: window_32_rope 5.94, full 6.18, window_64 6.28, window_16
+6.30, window_32 6.31 (one seed each; a smoke test of the variants at this
+budget). Full table and wall clock in BENCHMARKS.md.
 """
 import ml_collections
 

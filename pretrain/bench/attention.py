@@ -4,7 +4,7 @@
   python -m pretrain.bench.attention --seq_lens=128,512 --dtype=bfloat16 --json_out=attention.json
   python -m pretrain.bench.attention --interpret --seq_lens=128 --backends=pallas_gpu,splash_tpu --iters=1
 
-For every requested backend of pretrain/models/attention.py and every sequence
+For every requested backend of pretrain/models/attention/ and every sequence
 length, two cases are compiled and timed:
 
 * attention: `dot_product_attention` alone on q, k, v of `[batch, length,

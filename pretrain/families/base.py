@@ -22,13 +22,17 @@ what the family cannot train with. The train loop uses it as follows:
 The sampler (pretrain/sample.py) reads `sampling` and what goes with it
 (`mask_logits` for FILL_MASKS; `generation_prompt`, `generation_options` for
 the generating kinds); the converter (pretrain/convert) reads `layer_stacks`
-and the family's `convert.py`.
+and the family's `convert.py`; the step benchmark (pretrain/bench) builds its
+batches with `examples` and times the HF torch model of the family's
+`hf_reference.py` beside it.
 """
 import abc
+import dataclasses
 from typing import Any, ClassVar
 
 import numpy as np
 
+from pretrain import config as config_lib
 from pretrain.errors import PretrainError
 
 # What pretrain.sample can do with a checkpoint of the family (Task.sampling).
@@ -54,6 +58,16 @@ def _flat(section: Any, prefix: str) -> dict:
     else:
       out[f"{prefix}{k}"] = v
   return out
+
+
+def _model_defaults(model_config: Any) -> dict:
+  """{'model.<field>': default} of a model config dataclass whose fields all have defaults, else {}."""
+  if not dataclasses.is_dataclass(model_config):
+    return {}
+  try:
+    return _flat(config_lib.section(type(model_config)()), "model.")
+  except TypeError:  # A field without a default.
+    return {}
 
 
 class Task(abc.ABC):
@@ -127,8 +141,11 @@ class Task(abc.ABC):
   def check_resume(self, config, saved: dict) -> None:
     """PretrainError unless a checkpoint whose config was `saved` (a dict) can resume under `config`: the
     same task and model sections, up to `resumable_fields`."""
+    # A checkpoint written before a model field existed ran with the field's default.
+    defaults = _model_defaults(getattr(self, "model_config", None))
     for section in ("task", "model"):
       now, before = _flat(config[section], f"{section}."), _flat(saved.get(section), f"{section}.")
+      before = {**{k: v for k, v in defaults.items() if k in now and section == "model"}, **before}
       changed = sorted(k for k in set(now) | set(before)
                        if k not in self.resumable_fields and now.get(k) != before.get(k))
       if "model.scan_layers" in changed:

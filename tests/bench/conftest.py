@@ -3,8 +3,8 @@ import pytest
 
 
 def _tiny_config():
-  from pretrain.config import base_config  # pylint: disable=g-import-not-at-top
-  c = base_config()
+  from pretrain.families.bert.config import bert_config  # pylint: disable=g-import-not-at-top
+  c = bert_config()
   c.tokenizer.vocab_size = 512
   c.model.update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                  max_position_embeddings=32, dtype="float32")
@@ -16,17 +16,17 @@ def _tiny_config():
 def _family_config(name: str):
   """A tiny config of `name`'s family: one or two layers, seq 16, batch 8."""
   if name == "gpt2":
-    from pretrain.families.gpt2.task import gpt2_config  # pylint: disable=g-import-not-at-top
+    from pretrain.families.gpt2.config import gpt2_config  # pylint: disable=g-import-not-at-top
     c = gpt2_config()
     c.tokenizer.vocab_size = 256
     c.model.update(vocab_size=0, hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64,
                    max_position_embeddings=16, dtype="float32")
     c.data.max_seq_length = 16
   elif name == "t5":
-    from pretrain.families.t5.task import t5_config  # pylint: disable=g-import-not-at-top
+    from pretrain.families.t5.config import t5_config  # pylint: disable=g-import-not-at-top
     c = t5_config()
     c.tokenizer.vocab_size = 256  # + 100 sentinels -> model vocabulary 384.
-    c.model.update(d_model=32, d_ff=64, d_kv=16, num_heads=2, num_layers=1, num_decoder_layers=1,
+    c.model.update(hidden_size=32, intermediate_size=64, head_dim=16, num_heads=2, num_layers=1, num_decoder_layers=1,
                    dtype="float32")
     c.data.inputs_length = 16
   else:

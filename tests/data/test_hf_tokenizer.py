@@ -20,7 +20,7 @@ from pretrain.data.tokenized import TokenizedDocs
 from pretrain.errors import PretrainError
 from pretrain.families.gpt2 import examples as ce
 from pretrain.families import get_task
-from pretrain.families.t5 import task as t5_task
+from pretrain.families.t5.config import t5_config
 from pretrain.families.bert.examples import BertExampleConfig
 from pretrain.families.bert.examples import BertExamples
 from pretrain.families.roberta.examples import RobertaExampleConfig
@@ -186,7 +186,7 @@ def test_causal_examples_end_documents_with_endoftext(vocabs, text_corpus):
 def test_t5_takes_the_vocabularys_own_sentinels(vocabs, text_corpus):
   tok = tokenizer_files.open_tokenizer(vocabs["t5"])
   assert tok.special.pad == 0 and tok.special.eos == 1 and len(tok.sentinels) == 100
-  c = t5_task.t5_config()
+  c = t5_config()
   c.data.update(inputs_length=64)
   task = get_task(c, tok)
   assert task.first_sentinel == tok.vocab_size - 1 == tok.sentinels[0]
@@ -253,8 +253,8 @@ def test_a_run_on_a_published_layout_vocabulary_learns_and_fills_masks(memorised
 
 
 def test_gpt2_trains_on_a_byte_level_vocabulary_with_endoftext(vocabs, text_corpus, tiny_config_factory, tmp_path):
-  from pretrain.families.gpt2 import task as gpt2_task  # pylint: disable=g-import-not-at-top
-  c = gpt2_task.gpt2_config()
+  from pretrain.families.gpt2.config import gpt2_config  # pylint: disable=g-import-not-at-top
+  c = gpt2_config()
   tiny = tiny_config_factory(text_corpus)
   c.data.update(source="text", paths=text_corpus, max_seq_length=32, num_threads=1, heldout_fraction=0.05,
                 packing=True)

@@ -13,8 +13,8 @@ from pretrain.data import prepare as prepare_lib
 from pretrain.data import sources
 from pretrain.data.tokenized import tokenize_documents
 from pretrain.errors import PretrainError
-from pretrain.families.gpt2.task import gpt2_config
-from pretrain.families.t5.task import t5_config
+from pretrain.families.gpt2.config import gpt2_config
+from pretrain.families.t5.config import t5_config
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from conftest import make_tiny_config  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -43,7 +43,7 @@ def _family_config(family: str, data_cfg, tok_cfg) -> ml_collections.ConfigDict:
   else:
     c = t5_config()
     c.data.update(inputs_length=32)
-    c.model.update(vocab_size=0, d_model=32, d_ff=64, num_heads=2, num_layers=1, num_decoder_layers=1)
+    c.model.update(vocab_size=0, hidden_size=32, intermediate_size=64, num_heads=2, num_layers=1, num_decoder_layers=1)
   for k in ("source", "paths", "text_field", "heldout_fraction"):
     c.data[k] = data_cfg[k]
   c.tokenizer.update(vocab_size=tok_cfg.vocab_size, model_type=tok_cfg.model_type, path=tok_cfg.path)

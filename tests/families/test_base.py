@@ -2,14 +2,14 @@
 import pytest
 
 from pretrain import families
-from pretrain.config import base_config
+from pretrain.families.bert.config import bert_config
 from pretrain.data.special_tokens import StandInTokenizer
 from pretrain.errors import PretrainError
 from pretrain.families import base
 
 
 def _task_and_config():
-  c = base_config()
+  c = bert_config()
   c.model.update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=32)
   c.data.update(max_seq_length=32, max_predictions_per_seq=6)
   return families.get_task(c, StandInTokenizer(1000, path="fake.model")), c
@@ -45,4 +45,16 @@ def test_resume_allows_only_the_resumable_fields_to_change():
   c.model.attention.position = "learned"
   c.model.scan_layers = not c.model.scan_layers
   with pytest.raises(PretrainError, match="model.scan_layers differs"):
+    task.check_resume(c, saved)
+
+
+def test_a_field_the_checkpoint_predates_resumes_at_its_default():
+  task, c = _task_and_config()
+  saved = c.to_dict()
+  del saved["model"]["pooler"], saved["model"]["nsp_head"]  # Written before the fields were in the section.
+  task.check_resume(c, saved)
+  c.model.update(nsp_head=False)
+  c.data.next_sentence_prediction = False
+  task, _ = families.get_task(c, StandInTokenizer(1000, path="fake.model")), c
+  with pytest.raises(PretrainError, match="config model.nsp_head is False but the checkpoint was trained with True"):
     task.check_resume(c, saved)

@@ -15,7 +15,8 @@ from pretrain.families.t5 import model as t5
 BERT = bert.BertConfig(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
 GPT2 = gpt2.Gpt2Config(vocab_size=128, hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64,
                        max_position_embeddings=32)
-T5 = t5.T5Config(vocab_size=128, d_model=32, d_ff=48, d_kv=8, num_heads=4, num_layers=2, num_decoder_layers=2)
+T5 = t5.T5Config(vocab_size=128, hidden_size=32, intermediate_size=48, head_dim=8, num_heads=4, num_layers=2,
+                 num_decoder_layers=2)
 LENGTH = 12
 TABLES = {'bert': 'bert/embeddings/position_embeddings/embedding', 'gpt2': 'wpe/embedding'}  # Learned positions.
 

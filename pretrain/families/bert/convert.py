@@ -45,9 +45,11 @@ from pretrain.convert import checkpoints
 from pretrain.convert.hf_io import HfTensors
 from pretrain.errors import PretrainError
 from pretrain.families.bert import model as bert_model
+from pretrain.families.bert import config as bert_config_lib
 
 TASK = "bert"
 ARCHITECTURES = ("BertForPreTraining", "BertForMaskedLM", "BertModel")
+base_config = bert_config_lib.bert_config  # The converted config's defaults.
 
 # transformers' BertConfig defaults, for fields a config.json leaves out.
 HF_DEFAULTS = dict(

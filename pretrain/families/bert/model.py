@@ -42,12 +42,12 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-  """BERT hyperparameters; names follow google-research/bert's bert_config.json."""
-  vocab_size: int
-  hidden_size: int
-  num_layers: int
-  num_heads: int
-  intermediate_size: int
+  """BERT hyperparameters; names follow google-research/bert's bert_config.json; defaults are BERT-base."""
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
   max_position_embeddings: int = 512
   type_vocab_size: int = 2
   dropout_rate: float = 0.1
@@ -57,7 +57,7 @@ class BertConfig:
   dtype: str = 'float32'  # Matmul compute dtype; params are always float32.
   scan_layers: bool = False
   remat_policy: str = 'none'
-  # The attention variant (pretrain/models/attention.py). position: 'learned' (BERT's table),
+  # The attention variant (pretrain/models/attention/config.py). position: 'learned' (BERT's table),
   # 'sinusoidal', 'rope', 'alibi', 'relative_bias' (one T5 bias shared by the layers) or 'none'.
   attention: attention_lib.AttentionConfig = attention_lib.AttentionConfig(position='learned')
   position_offset: int = 0  # Row of the first real token's position; RoBERTa: 2.

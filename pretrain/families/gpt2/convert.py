@@ -23,7 +23,7 @@ pretrain/families/gpt2/model.py's; attention logits are scaled by 1/sqrt(head_di
 (`scale_attn_weights`; `reorder_and_upcast_attn` only changes HF's
 arithmetic order and precision, and is accepted). HF's embd_pdrop and resid_pdrop are the model's one
 dropout_rate, so they must agree. The converted config is
-pretrain.families.gpt2.task.gpt2_config() with the checkpoint's shape, so its training
+pretrain.families.gpt2.config.gpt2_config() with the checkpoint's shape, so its training
 recipe (bfloat16 compute among it) is GPT-2's.
 
 Special ids: GPT-2's <|endoftext|> is both bos and eos. A model trained here
@@ -40,12 +40,12 @@ from pretrain.families.bert.convert import Entry, check_attention, read_params, 
 from pretrain.convert.hf_io import HfTensors
 from pretrain.errors import PretrainError
 from pretrain.families.gpt2 import model as gpt2_model
-from pretrain.families.gpt2 import task as gpt2_task
+from pretrain.families.gpt2.config import gpt2_config
 
 TASK = "gpt2"
 ARCHITECTURES = ("GPT2LMHeadModel",)
 PREFIX = "transformer."
-base_config = gpt2_task.gpt2_config  # The converted config's defaults.
+base_config = gpt2_config  # The converted config's defaults.
 
 # transformers' GPT2Config defaults, for fields a config.json leaves out.
 HF_DEFAULTS = dict(

@@ -58,7 +58,7 @@ class Gpt2Config:
   dtype: str = 'float32'  # Matmul compute dtype; params are always float32.
   scan_layers: bool = False
   remat_policy: str = 'none'
-  # The attention variant (pretrain/models/attention.py). position: 'learned' (GPT-2's wpe),
+  # The attention variant (pretrain/models/attention/config.py). position: 'learned' (GPT-2's wpe),
   # 'sinusoidal', 'rope', 'alibi', 'relative_bias' (one causal T5 bias shared by the blocks) or 'none'.
   attention: attention_lib.AttentionConfig = attention_lib.AttentionConfig(position='learned')
 

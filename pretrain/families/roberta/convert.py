@@ -25,9 +25,11 @@ from pretrain.families.bert import convert as bert
 from pretrain.convert.hf_io import HfTensors
 from pretrain.errors import PretrainError
 from pretrain.families.roberta import task as roberta_task
+from pretrain.families.roberta.config import roberta_config
 
 TASK = "roberta"
 ARCHITECTURES = ("RobertaForMaskedLM",)
+base_config = roberta_config  # The converted config's defaults.
 PREFIX = "roberta."
 
 # transformers' RobertaConfig defaults (BERT's, with RoBERTa's special ids).

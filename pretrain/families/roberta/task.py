@@ -12,7 +12,8 @@ from pretrain.errors import PretrainError
 from pretrain.families.bert import task as bert_task
 from pretrain.families.roberta.examples import RobertaExampleConfig, RobertaExamples
 
-# RoBERTa's model options, for the keys a config's model section does not set.
+# RoBERTa's options of BERT's network: in roberta_config()'s model section, and the defaults of a model
+# section that lacks them.
 MODEL_DEFAULTS = dict(pooler=False, nsp_head=False, position_offset=2)
 
 

@@ -33,7 +33,7 @@ project's untied lm_head. Export writes the published layout
 (tie_word_embeddings false, lm_head.weight stored). Neither side scales the
 attention logits by 1/sqrt(d_kv).
 
-The converted config is pretrain.families.t5.task.t5_config() with the checkpoint's
+The converted config is pretrain.families.t5.config.t5_config() with the checkpoint's
 shape and dropout, so its training recipe (bfloat16 compute among it) is
 T5's. HF's model has no sentinel count: task.extra_ids keeps its
 100, the top rows of the vocabulary, and tokenizer.vocab_size the rows below
@@ -50,10 +50,11 @@ from pretrain.convert.hf_io import HfTensors
 from pretrain.errors import PretrainError
 from pretrain.families.t5 import model as t5_model
 from pretrain.families.t5 import task as t5_task
+from pretrain.families.t5.config import t5_config
 
 TASK = "t5"
 ARCHITECTURES = ("T5ForConditionalGeneration",)
-base_config = t5_task.t5_config  # The converted config's defaults.
+base_config = t5_config  # The converted config's defaults.
 
 # transformers' T5Config defaults, for fields a config.json leaves out.
 HF_DEFAULTS = dict(
@@ -62,10 +63,14 @@ HF_DEFAULTS = dict(
     layer_norm_epsilon=1e-6, feed_forward_proj="relu", is_encoder_decoder=True, pad_token_id=0, eos_token_id=1,
     decoder_start_token_id=0,
 )
-# HF config field == T5Config field.
-_FIELDS = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_decoder_layers", "num_heads",
-           "relative_attention_num_buckets", "relative_attention_max_distance", "dropout_rate",
-           "layer_norm_epsilon")
+# HF config field -> T5Config field (the relative bias's two in its attention section).
+_FIELDS = dict(
+    vocab_size="vocab_size", d_model="hidden_size", d_kv="head_dim", d_ff="intermediate_size",
+    num_layers="num_layers", num_decoder_layers="num_decoder_layers", num_heads="num_heads",
+    dropout_rate="dropout_rate", layer_norm_epsilon="layer_norm_eps",
+)
+_ATTENTION_FIELDS = dict(relative_attention_num_buckets="relative_num_buckets",
+                         relative_attention_max_distance="relative_max_distance")
 _HEAD = "lm_head.weight"
 _SKIPPED = re.compile(r"^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$")
 _ATTENTION = (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out"))
@@ -74,10 +79,11 @@ _FEED_FORWARD = ("wi_0", "wi_1", "wo")
 
 def entries(model: dict) -> list[Entry]:
   """Every HF tensor <-> project param of a T5 v1.1 model (`model`: T5Config fields)."""
-  v, d, f, inner = model["vocab_size"], model["d_model"], model["d_ff"], model["num_heads"] * model["d_kv"]
-  buckets, heads = model["relative_attention_num_buckets"], model["num_heads"]
-  hd = f"d_model={d}"
-  ha = f"d_model={d}, num_heads={heads}, d_kv={model['d_kv']}"
+  v, d, f = model["vocab_size"], model["hidden_size"], model["intermediate_size"]
+  inner = model["num_heads"] * model["head_dim"]
+  buckets, heads = model["attention"]["relative_num_buckets"], model["num_heads"]
+  hd = f"d_model={d}"  # The shapes are explained in config.json's names.
+  ha = f"d_model={d}, num_heads={heads}, d_kv={model['head_dim']}"
   hf = f"d_model={d}, d_ff={f}"
 
   def linear(name, path, n_in, n_out, implied_by):
@@ -114,7 +120,7 @@ def entries(model: dict) -> list[Entry]:
 
 
 def _head_entry(model: dict) -> Entry:
-  v, d = model["vocab_size"], model["d_model"]
+  v, d = model["vocab_size"], model["hidden_size"]
   return Entry(_HEAD, ("lm_head", "kernel"), (d, v), True, f"vocab_size={v}, d_model={d}")
 
 
@@ -141,7 +147,7 @@ def hf_fields(hf_config: dict) -> dict:
   if f["is_encoder_decoder"] is not True:
     raise PretrainError(f"config.json is_encoder_decoder={f['is_encoder_decoder']!r} is not supported: the "
                         "project's T5 is an encoder-decoder")
-  for name in _FIELDS:
+  for name in (*_FIELDS, *_ATTENTION_FIELDS):
     if isinstance(f[name], bool) or not isinstance(f[name], (int, float)):
       raise PretrainError(f"config.json {name}={f[name]!r} must be a number")
   return f
@@ -174,8 +180,9 @@ def project_sections(hf_config: dict, t: HfTensors) -> dict:
   """The project config sections of an HF T5ForConditionalGeneration (v1.1) folder."""
   del t  # The structure is fixed.
   f = hf_fields(hf_config)
-  model = {name: f[name] for name in _FIELDS}
-  model["attention"] = {"position": "relative_bias"}  # The other attention fields keep their (HF's) defaults.
+  model = {ours: f[hf] for hf, ours in _FIELDS.items()}
+  # The other attention fields keep their (HF's) defaults.
+  model["attention"] = dict({ours: f[hf] for hf, ours in _ATTENTION_FIELDS.items()}, position="relative_bias")
   try:
     t5_model.T5Config.from_dict(model)
   except PretrainError as e:
@@ -209,7 +216,8 @@ def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None
   """(config.json, tensors) of HF's T5ForConditionalGeneration in T5 v1.1's published layout."""
   check_attention(model, "relative_bias", "T5ForConditionalGeneration")
   config = {k: v for k, v in (base or {}).items() if k not in ("torch_dtype", "transformers_version")}
-  config.update({name: model[name] for name in _FIELDS})
+  config.update({hf: model[ours] for hf, ours in _FIELDS.items()})
+  config.update({hf: model["attention"][ours] for hf, ours in _ATTENTION_FIELDS.items()})
   config.update(architectures=["T5ForConditionalGeneration"], model_type="t5", feed_forward_proj="gated-gelu",
                 dense_act_fn="gelu_new", is_gated_act=True, is_encoder_decoder=True, tie_word_embeddings=False,
                 scale_decoder_outputs=False, dtype="float32")

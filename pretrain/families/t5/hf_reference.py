@@ -15,24 +15,24 @@ def tokenizer_vocab(config) -> int:
 
 def describe(task, batch_size: int) -> str:
   m = task.model_config
-  return (f"T5 v1.1 d_model {m.d_model} d_ff {m.d_ff} heads {m.num_heads}x{m.d_kv} "
+  return (f"T5 v1.1 d_model {m.hidden_size} d_ff {m.intermediate_size} heads {m.num_heads}x{m.head_dim} "
           f"layers {m.num_layers}+{m.num_decoder_layers} vocab {m.vocab_size}, "
           f"batch {batch_size} x (inputs {task.inputs_length} + targets {task.targets_length})")
 
 
 def ffn_dims(task) -> tuple[int, int]:
-  return task.model_config.d_model, task.model_config.d_ff
+  return task.model_config.hidden_size, task.model_config.intermediate_size
 
 
 def build(transformers, task, b: dict):
   import torch  # pylint: disable=g-import-not-at-top
   m = task.model_config
   hf_config = transformers.T5Config(
-      vocab_size=m.vocab_size, d_model=m.d_model, d_kv=m.d_kv, d_ff=m.d_ff, num_layers=m.num_layers,
+      vocab_size=m.vocab_size, d_model=m.hidden_size, d_kv=m.head_dim, d_ff=m.intermediate_size, num_layers=m.num_layers,
       num_decoder_layers=m.num_decoder_layers, num_heads=m.num_heads,
-      relative_attention_num_buckets=m.relative_attention_num_buckets,
-      relative_attention_max_distance=m.relative_attention_max_distance, dropout_rate=m.dropout_rate,
-      layer_norm_epsilon=m.layer_norm_epsilon, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
+      relative_attention_num_buckets=m.attention.relative_num_buckets,
+      relative_attention_max_distance=m.attention.relative_max_distance, dropout_rate=m.dropout_rate,
+      layer_norm_epsilon=m.layer_norm_eps, feed_forward_proj="gated-gelu", tie_word_embeddings=False,
       pad_token_id=0, decoder_start_token_id=0)
   labels = np.where(b["decoder_loss_weights"] > 0, b["decoder_target_tokens"], -100)
   inputs = {"input_ids": long_tensor(b["encoder_input_tokens"]),

@@ -3,7 +3,7 @@
   * Pre-norm residual blocks with T5's LayerNorm (RMSNorm: no mean
     subtraction, no bias, eps 1e-6), a final norm at the end of each stack.
   * Gated-GELU feed-forward (wi_0, wi_1, wo; GELU with the tanh approximation).
-  * No biases anywhere. No 1/sqrt(d_kv) on the attention logits: T5 folds it
+  * No biases anywhere. No 1/sqrt(head_dim) on the attention logits: T5 folds it
     into the query initialization instead.
   * Relative position bias: 32 log-spaced buckets up to distance 128, one
     [buckets, heads] table per stack, looked up once per forward and added in
@@ -62,32 +62,33 @@ _POSITIONS = ('relative_bias', 'rope', 'alibi', 'none')
 
 @dataclasses.dataclass(frozen=True)
 class T5Config:
-  """T5 hyperparameters; names follow HF's T5Config (config.json of google/t5-v1_1-*)."""
-  vocab_size: int
-  d_model: int
-  d_ff: int
-  d_kv: int
-  num_heads: int
-  num_layers: int  # Encoder blocks.
-  num_decoder_layers: int
-  relative_attention_num_buckets: int = 32
-  relative_attention_max_distance: int = 128
-  dropout_rate: float = 0.0
-  layer_norm_epsilon: float = 1e-6
+  """T5 hyperparameters, named as the other families' (HF's T5Config names in comments); defaults are T5 v1.1 small.
+
+  The relative position bias takes its buckets and distance from
+  `attention.relative_num_buckets` / `attention.relative_max_distance` (HF:
+  relative_attention_num_buckets / relative_attention_max_distance).
+  """
+  vocab_size: int = 32128
+  hidden_size: int = 512  # d_model
+  intermediate_size: int = 1024  # d_ff
+  head_dim: int = 64  # d_kv
+  num_heads: int = 6
+  num_layers: int = 8  # Encoder blocks.
+  num_decoder_layers: int = 8
+  dropout_rate: float = 0.0  # Everywhere, the attention weights included; T5 v1.1 pretrains without.
+  layer_norm_eps: float = 1e-6  # layer_norm_epsilon
   dtype: str = 'float32'  # Matmul compute dtype; params are always float32.
   scan_layers: bool = False
   remat_policy: str = 'none'
-  # The attention variant (pretrain/models/attention.py). position: 'relative_bias' (T5's, with the
-  # relative_attention_* settings above, shared by the layers of each stack), 'rope', 'alibi' or 'none'.
+  # The attention variant (pretrain/models/attention/config.py). position: 'relative_bias' (T5's, shared by the
+  # layers of each stack), 'rope', 'alibi' or 'none'.
   attention: attention_lib.AttentionConfig = attention_lib.AttentionConfig(position='relative_bias')
 
   def __post_init__(self):
-    for name in ('vocab_size', 'd_model', 'd_ff', 'd_kv', 'num_heads', 'num_layers', 'num_decoder_layers',
-                 'relative_attention_num_buckets', 'relative_attention_max_distance'):
+    for name in ('vocab_size', 'hidden_size', 'intermediate_size', 'head_dim', 'num_heads', 'num_layers',
+                 'num_decoder_layers'):
       if int(getattr(self, name)) < 1:
         raise PretrainError(f'T5Config.{name}={getattr(self, name)} must be positive')
-    if self.relative_attention_num_buckets < 4:
-      raise PretrainError(f'relative_attention_num_buckets={self.relative_attention_num_buckets} must be >= 4')
     layers.check_dtype_and_remat(self.dtype, self.remat_policy)
     self.attention.check_heads(self.num_heads)
     if self.attention.position not in _POSITIONS:
@@ -106,8 +107,8 @@ class T5Config:
     if self.attention.position != 'relative_bias':
       return None
     return positions_lib.RelativePositionBias(
-        num_heads=self.num_heads, num_buckets=self.relative_attention_num_buckets,
-        max_distance=self.relative_attention_max_distance, bidirectional=bidirectional,
+        num_heads=self.num_heads, num_buckets=self.attention.relative_num_buckets,
+        max_distance=self.attention.relative_max_distance, bidirectional=bidirectional,
         embedding_init=_relative_bias_init, name='relative_attention_bias')
 
 
@@ -119,25 +120,25 @@ class GatedGeluFeedForward(nn.Module):
   def __call__(self, x: Array, deterministic: bool) -> Array:
     cfg = self.config
     dense = functools.partial(layers.Dense, use_bias=False, dtype=cfg.compute_dtype, kernel_init=_kernel_init)
-    gate = dense(cfg.d_ff, ('embed', 'mlp'), name='wi_0')(x)  # [batch, length, mlp]
-    linear = dense(cfg.d_ff, ('embed', 'mlp'), name='wi_1')(x)  # [batch, length, mlp]
+    gate = dense(cfg.intermediate_size, ('embed', 'mlp'), name='wi_0')(x)  # [batch, length, mlp]
+    linear = dense(cfg.intermediate_size, ('embed', 'mlp'), name='wi_1')(x)  # [batch, length, mlp]
     h = jax.nn.gelu(gate, approximate=True) * linear
     h = nn.with_logical_constraint(h, ('act_batch', 'act_length', 'act_mlp'))
     h = layers.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
-    return dense(cfg.d_model, ('mlp', 'embed'), name='wo')(h)  # [batch, length, embed]
+    return dense(cfg.hidden_size, ('mlp', 'embed'), name='wo')(h)  # [batch, length, embed]
 
 
 def _attention_inits(cfg: T5Config) -> dict[str, layers.Initializer]:
-  """T5's attention initializers: fan-in scaled normals, the query's also divided by sqrt(d_kv).
+  """T5's attention initializers: fan-in scaled normals, the query's also divided by sqrt(head_dim).
 
-  The query's 1/sqrt(d_kv) stands in for the logits scale T5 does not apply.
-  Key and value draw std d_model**-0.5 (from a normal truncated at 2 sigma, so
+  The query's 1/sqrt(head_dim) stands in for the logits scale T5 does not apply.
+  Key and value draw std hidden_size**-0.5 (from a normal truncated at 2 sigma, so
   its stddev argument is divided by that truncation's std); query and out
-  scale the same draw, out to (heads * d_kv)**-0.5.
+  scale the same draw, out to (heads * head_dim)**-0.5.
   """
-  init = layers.default_init(cfg.d_model**-0.5 / _TRUNCATED_NORMAL_STD)
-  return {'kernel_init': init, 'query_init': layers.scaled_init(init, cfg.d_kv**-0.5),
-          'out_init': layers.scaled_init(init, math.sqrt(cfg.d_model / (cfg.num_heads * cfg.d_kv)))}
+  init = layers.default_init(cfg.hidden_size**-0.5 / _TRUNCATED_NORMAL_STD)
+  return {'kernel_init': init, 'query_init': layers.scaled_init(init, cfg.head_dim**-0.5),
+          'out_init': layers.scaled_init(init, math.sqrt(cfg.hidden_size / (cfg.num_heads * cfg.head_dim)))}
 
 
 class AttentionSublayer(nn.Module):
@@ -150,13 +151,13 @@ class AttentionSublayer(nn.Module):
   def __call__(self, x: Array, kv: Array | None, mask: attention_lib.AttentionMask, bias: Array | None,
                deterministic: bool) -> Array:
     cfg = self.config
-    h = layers.RMSNorm(cfg.layer_norm_epsilon, name='layer_norm')(x)
+    h = layers.RMSNorm(cfg.layer_norm_eps, name='layer_norm')(x)
     variant = cfg.attention
     if kv is not None:  # Cross-attention: no positions or window between the two stacks.
       variant = dataclasses.replace(variant, position='none', sliding_window=None)
     h = attention_lib.MultiHeadAttention(
         num_heads=cfg.num_heads,
-        head_dim=cfg.d_kv,
+        head_dim=cfg.head_dim,
         config=variant,
         dtype=cfg.compute_dtype,
         dropout_rate=cfg.dropout_rate,
@@ -176,7 +177,7 @@ class FeedForwardSublayer(nn.Module):
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
     cfg = self.config
-    h = layers.RMSNorm(cfg.layer_norm_epsilon, name='layer_norm')(x)
+    h = layers.RMSNorm(cfg.layer_norm_eps, name='layer_norm')(x)
     h = GatedGeluFeedForward(cfg, name='DenseReluDense')(h, deterministic)
     h = layers.Dropout(cfg.dropout_rate)(h, deterministic=deterministic)
     return nn.with_logical_constraint(x + h, ('act_batch', 'act_length', 'act_embed'))
@@ -226,7 +227,7 @@ class Encoder(nn.Module):
     x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = _blocks(EncoderBlock, cfg, cfg.num_layers, x, attention_lib.AttentionMask(input_mask=input_mask), bias,
                 deterministic=deterministic)
-    x = layers.RMSNorm(cfg.layer_norm_epsilon, name='final_layer_norm')(x)
+    x = layers.RMSNorm(cfg.layer_norm_eps, name='final_layer_norm')(x)
     return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -252,7 +253,7 @@ class Decoder(nn.Module):
     x = layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
     x = _blocks(DecoderBlock, cfg, cfg.num_decoder_layers, x, encoded, attention_lib.AttentionMask(causal=True),
                 attention_lib.AttentionMask(input_mask=encoder_mask), bias, deterministic=deterministic, decode=decode)
-    x = layers.RMSNorm(cfg.layer_norm_epsilon, name='final_layer_norm')(x)
+    x = layers.RMSNorm(cfg.layer_norm_eps, name='final_layer_norm')(x)
     return layers.Dropout(cfg.dropout_rate)(x, deterministic=deterministic)
 
 
@@ -262,7 +263,7 @@ class T5Model(nn.Module):
 
   def setup(self):
     cfg = self.config
-    self.shared = layers.Embed(cfg.vocab_size, cfg.d_model, ('vocab', 'embed'), cfg.compute_dtype,
+    self.shared = layers.Embed(cfg.vocab_size, cfg.hidden_size, ('vocab', 'embed'), cfg.compute_dtype,
                                embedding_init=_embedding_init)
     self.encoder = Encoder(cfg)
     self.decoder = Decoder(cfg)
@@ -320,9 +321,9 @@ def count_params(config: T5Config) -> int:
 
 def forward_flops_per_example(config: T5Config, inputs_length: int, targets_length: int) -> float:
   """Matmul FLOPs (2 per multiply-add) of one forward pass over one (inputs, targets) pair."""
-  d, f, v = config.d_model, config.d_ff, config.vocab_size
-  inner = config.num_heads * config.d_kv
-  kv_inner = (config.attention.num_kv_heads or config.num_heads) * config.d_kv
+  d, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
+  inner = config.num_heads * config.head_dim
+  kv_inner = (config.attention.num_kv_heads or config.num_heads) * config.head_dim
   li, lt = inputs_length, targets_length
   encoder_layer = stack.attention_flops(d, inner, kv_inner, li, li) + stack.dense_flops(li, d, f, 3)  # wi_0, wi_1, wo
   decoder_layer = (stack.attention_flops(d, inner, kv_inner, lt, lt)  # self-attention

@@ -41,10 +41,8 @@ z_loss, accuracy (argmax over target tokens).
 import dataclasses
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
-from pretrain import config as config_lib
 from pretrain.data.epochs import Epochs
 from pretrain.data.tokenized import Documents
 from pretrain.data.special_tokens import project_special_tokens, SpecialTokens
@@ -56,61 +54,6 @@ from pretrain.objectives import span_corruption
 from pretrain.objectives.losses import cross_entropy
 
 _VOCAB_MULTIPLE = 128
-
-
-def t5_config() -> ml_collections.ConfigDict:
-  """The config every T5 run starts from: base_config() with T5 v1.1's task, data, model and optimizer.
-
-  Sources. Architecture and vocabulary (32,128): google/t5-v1_1-* on the HF hub
-  and t5x's examples/t5/t5_1_1/*.gin. Pretraining: the paper (section 3.1.2)
-  trains 2**19 steps of batch 128 x 512 with Adafactor and lr
-  1/sqrt(max(step, 10**4)); its final models (section 3.7) 1M steps of batch
-  2048. t5x's T5.1.1 configs add z-loss 1e-4, dropout 0 for pretraining
-  (the v1.1 model card: "Dropout was turned off in pre-training"), inputs
-  512 / targets 114; their C4 example uses batch 256 for 100k steps, and the
-  released v1.1 checkpoints are at step 1,000,000 (t5x's t5_1_1_*/checkpoint_1000000).
-  Here: the paper's 2**19 steps x 128.
-
-  The model is T5 v1.1 small; configs/t5_*.py set the shape and the run. The
-  data keys replace BERT's (max_seq_length, masked_lm_prob, ...).
-  """
-  c = config_lib.base_config()
-  c.task = ml_collections.ConfigDict(dict(
-      name="t5",
-      extra_ids=100,  # Sentinel ids above the tokenizer's pieces.
-      z_loss=1e-4,
-  ))
-  generic = ("source", "paths", "mixture", "mixture_run_length", "auto_prepare_max_mb", "text_field",
-             "heldout_fraction", "seed", "num_threads", "prefetch_batches")
-  c.data = ml_collections.ConfigDict(dict(
-      {k: c.data[k] for k in generic},
-      inputs_length=512,
-      targets_length=0,  # 0: the length span corruption gives (114 for inputs 512); larger pads.
-      noise_density=0.15,
-      mean_noise_span_length=3.0,
-  ))
-  c.tokenizer.vocab_size = 32000
-  c.model = ml_collections.ConfigDict(dict(
-      vocab_size=0,  # 0: tokenizer pieces + task.extra_ids, rounded up to a multiple of 128.
-      d_model=512,
-      d_ff=1024,
-      d_kv=64,
-      num_heads=6,
-      num_layers=8,
-      num_decoder_layers=8,
-      relative_attention_num_buckets=32,
-      relative_attention_max_distance=128,
-      dropout_rate=0.0,  # T5 v1.1 pretrains without dropout (0.1 for fine-tuning).
-      layer_norm_epsilon=1e-6,
-      dtype="bfloat16",
-      scan_layers=False,
-      remat_policy="none",
-      attention=config_lib.attention_config(position="relative_bias"),
-  ))
-  c.optimizer.update(name="adafactor", learning_rate=1e-2, warmup_steps=10_000, decay="rsqrt",
-                     weight_decay=0.0, grad_clip_norm=0.0)
-  c.train.update(steps=524_288, batch_size=128)  # The paper's pretraining: 2**19 steps of 128 x 512 inputs.
-  return c
 
 
 @dataclasses.dataclass(frozen=True)

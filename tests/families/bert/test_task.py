@@ -2,7 +2,7 @@
 import pytest
 
 from pretrain import families
-from pretrain.config import base_config
+from pretrain.families.bert.config import bert_config
 from pretrain.data.special_tokens import StandInTokenizer
 from pretrain.errors import PretrainError
 
@@ -10,7 +10,7 @@ TOKENIZER = StandInTokenizer(1000, path="fake.model")
 
 
 def _config(nsp: bool, nsp_head: bool):
-  c = base_config()
+  c = bert_config()
   c.model.update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=32)
   c.model.nsp_head = nsp_head
   c.data.update(max_seq_length=32, max_predictions_per_seq=6, next_sentence_prediction=nsp)

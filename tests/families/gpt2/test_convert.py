@@ -89,7 +89,7 @@ def test_converted_config_and_source(converted):
   assert (m.vocab_size, m.hidden_size, m.num_layers, m.num_heads, m.intermediate_size) == (VOCAB, 32, 2, 2, 128)
   assert (m.max_position_embeddings, m.layer_norm_eps, m.dropout_rate, m.dtype) == (POSITIONS, 1e-5, 0.1, "bfloat16")
   assert cfg.data.max_seq_length == POSITIONS and cfg.tokenizer.vocab_size == VOCAB
-  assert cfg.optimizer.b2 == 0.95  # GPT-2's recipe (pretrain.families.gpt2.task.gpt2_config), not BERT's.
+  assert cfg.optimizer.b2 == 0.95  # GPT-2's recipe (pretrain.families.gpt2.config.gpt2_config), not BERT's.
   source = json.loads(open(os.path.join(out, "convert.json")).read())
   assert source["architecture"] == "GPT2LMHeadModel" and source["hf_dir"] == os.path.abspath(hf_dir)
   assert source["special_ids"] == {"pad_token_id": None, "bos_token_id": 98, "eos_token_id": 98}

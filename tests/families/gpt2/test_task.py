@@ -15,6 +15,7 @@ from pretrain.data.special_tokens import StandInTokenizer
 from pretrain.errors import PretrainError
 from pretrain.families.gpt2 import examples as ce
 from pretrain.families.gpt2 import task as gpt2_task
+from pretrain.families.gpt2.config import gpt2_config
 from pretrain.train import train
 
 EOT = ce.EOT_ID
@@ -39,7 +40,7 @@ _Tokenizer = functools.partial(StandInTokenizer, 512, path="stand-in")
 
 
 def _task_config(**data):
-  c = gpt2_task.gpt2_config()
+  c = gpt2_config()
   c.model.update(vocab_size=0, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
                  max_position_embeddings=32, dtype="float32")
   c.data.update(dict(dict(max_seq_length=32), **data))
@@ -161,7 +162,7 @@ def test_bad_input():
   with pytest.raises(PretrainError, match="n_embd"):
     gpt2_task.Gpt2Task(c, _Tokenizer())
   with pytest.raises(AttributeError):
-    _ = gpt2_task.gpt2_config().data.masked_lm_prob  # BERT-only keys are gone.
+    _ = gpt2_config().data.masked_lm_prob  # BERT-only keys are gone.
 
 
 def test_loss_at_init_is_log_vocab_and_ignores_padding():
@@ -195,7 +196,7 @@ def test_flops_and_tokens_per_example():
 
 
 def test_gpt2_config_is_gpt2_small():
-  c = gpt2_task.gpt2_config()
+  c = gpt2_config()
   assert c.task.name == "gpt2" and c.model.vocab_size == c.tokenizer.vocab_size == 50257
   assert (c.model.hidden_size, c.model.num_layers, c.model.num_heads) == (768, 12, 12)
   assert (c.data.max_seq_length, c.train.batch_size) == (1024, 512)

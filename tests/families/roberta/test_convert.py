@@ -108,8 +108,8 @@ def test_export_of_a_model_trained_with_the_project_tokenizer(converted, tmp_pat
   """[PAD] is 0 and [UNK] 1 there: HF must count positions from 1 and still read the rows the model reads."""
   cfg = bert_model.BertConfig.from_dict(dict(convert.load_config(converted[2]).model.to_dict(), scan_layers=True))
   params = checkpoints.stack_layers(convert.load_params(converted[2]))  # Any weights; scanned, as a run may save.
-  from pretrain.config import base_config  # pylint: disable=import-outside-toplevel
-  config = base_config()
+  from pretrain.families.roberta.config import roberta_config  # pylint: disable=import-outside-toplevel
+  config = roberta_config()
   config.task.name = "roberta"
   config.model.update({k: v for k, v in dataclasses.asdict(cfg).items() if k != "vocab_size"})
   config = dict(config.to_dict(), _tokenizer={"vocab_size": VOCAB, "fingerprint": "f", "path": "p"})

@@ -259,8 +259,8 @@ def test_flops_count_no_pooler_or_nsp_head():
 
 
 def _task_config(**data):
-  from pretrain.config import base_config  # pylint: disable=import-outside-toplevel
-  c = base_config()
+  from pretrain.families.roberta.config import roberta_config  # pylint: disable=import-outside-toplevel
+  c = roberta_config()
   c.task.name = "roberta"
   c.model.update(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=34,
                  type_vocab_size=1, layer_norm_eps=1e-5)

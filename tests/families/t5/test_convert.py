@@ -98,9 +98,9 @@ def test_logit_parity_with_padding(converted):
   cfg = convert.load_config(out)
   assert cfg.task.name == "t5" and cfg.model.attention.position == "relative_bias"
   m = cfg.model
-  assert (m.vocab_size, m.d_model, m.d_kv, m.num_heads, m.d_ff, m.num_layers, m.num_decoder_layers) == (
-      VOCAB, 32, 6, 4, 48, 2, 3)
-  assert (m.relative_attention_num_buckets, m.relative_attention_max_distance, m.dropout_rate) == (8, 10, 0.1)
+  assert (m.vocab_size, m.hidden_size, m.head_dim, m.num_heads, m.intermediate_size, m.num_layers,
+          m.num_decoder_layers) == (VOCAB, 32, 6, 4, 48, 2, 3)
+  assert (m.attention.relative_num_buckets, m.attention.relative_max_distance, m.dropout_rate) == (8, 10, 0.1)
   assert (cfg.task.extra_ids, cfg.tokenizer.vocab_size, m.dtype) == (100, VOCAB - 100, "bfloat16")
   source = json.loads(open(os.path.join(out, "convert.json")).read())
   assert source["special_ids"] == {"pad_token_id": 0, "bos_token_id": None, "eos_token_id": 1}

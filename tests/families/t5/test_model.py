@@ -12,13 +12,14 @@ from pretrain.errors import PretrainError
 from pretrain.models import positions
 from pretrain.families.t5 import model as t5
 
-TINY = t5.T5Config(vocab_size=96, d_model=32, d_ff=48, d_kv=8, num_heads=3, num_layers=2, num_decoder_layers=2)
-SMALL = t5.T5Config(vocab_size=32128, d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8,
+TINY = t5.T5Config(vocab_size=96, hidden_size=32, intermediate_size=48, head_dim=8, num_heads=3, num_layers=2,
+                   num_decoder_layers=2)
+SMALL = t5.T5Config(vocab_size=32128, hidden_size=512, intermediate_size=1024, head_dim=64, num_heads=6, num_layers=8,
                     num_decoder_layers=8)
-BASE = t5.T5Config(vocab_size=32128, d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12,
+BASE = t5.T5Config(vocab_size=32128, hidden_size=768, intermediate_size=2048, head_dim=64, num_heads=12, num_layers=12,
                    num_decoder_layers=12)
-LARGE = t5.T5Config(vocab_size=32128, d_model=1024, d_ff=2816, d_kv=64, num_heads=16, num_layers=24,
-                    num_decoder_layers=24)
+LARGE = t5.T5Config(vocab_size=32128, hidden_size=1024, intermediate_size=2816, head_dim=64, num_heads=16,
+                    num_layers=24, num_decoder_layers=24)
 BATCH, ENC, DEC = 2, 12, 7
 
 
@@ -81,8 +82,9 @@ def test_matches_hf_t5_v1_1(tiny_params):
   import transformers  # pylint: disable=g-import-not-at-top
   cfg = TINY
   hf_config = transformers.T5Config(
-      vocab_size=cfg.vocab_size, d_model=cfg.d_model, d_ff=cfg.d_ff, d_kv=cfg.d_kv, num_heads=cfg.num_heads,
-      num_layers=cfg.num_layers, num_decoder_layers=cfg.num_decoder_layers, feed_forward_proj='gated-gelu',
+      vocab_size=cfg.vocab_size, d_model=cfg.hidden_size, d_ff=cfg.intermediate_size, d_kv=cfg.head_dim,
+      num_heads=cfg.num_heads, num_layers=cfg.num_layers, num_decoder_layers=cfg.num_decoder_layers,
+      feed_forward_proj='gated-gelu',
       dropout_rate=0.0, layer_norm_epsilon=1e-6, decoder_start_token_id=0, pad_token_id=0,
       tie_word_embeddings=False)  # In transformers 5 this turns off the tied head's output scaling...
   hf_config.tie_word_embeddings = False  # ...and this unties the head.
@@ -157,16 +159,16 @@ def test_encoder_padding_does_not_change_outputs(tiny_params):
 
 
 def test_initialization_follows_t5(tiny_params):
-  p, d, heads_dim = tiny_params, TINY.d_model, TINY.num_heads * TINY.d_kv
+  p, d, heads_dim = tiny_params, TINY.hidden_size, TINY.num_heads * TINY.head_dim
   attn = p['encoder']['block_0']['layer_0']['SelfAttention']
   stds = {k: float(np.std(attn[k]['kernel'])) for k in ('query', 'key', 'value', 'out')}
-  np.testing.assert_allclose(stds['query'], d**-0.5 / TINY.d_kv**0.5, rtol=0.1)  # Folds in 1/sqrt(d_kv).
+  np.testing.assert_allclose(stds['query'], d**-0.5 / TINY.head_dim**0.5, rtol=0.1)  # Folds in 1/sqrt(d_kv).
   np.testing.assert_allclose(stds['key'], d**-0.5, rtol=0.1)
   np.testing.assert_allclose(stds['value'], d**-0.5, rtol=0.1)
   np.testing.assert_allclose(stds['out'], heads_dim**-0.5, rtol=0.1)
   ffn = p['decoder']['block_1']['layer_2']['DenseReluDense']
   np.testing.assert_allclose(float(np.std(ffn['wi_0']['kernel'])), d**-0.5, rtol=0.1)
-  np.testing.assert_allclose(float(np.std(ffn['wo']['kernel'])), TINY.d_ff**-0.5, rtol=0.1)
+  np.testing.assert_allclose(float(np.std(ffn['wo']['kernel'])), TINY.intermediate_size**-0.5, rtol=0.1)
   np.testing.assert_allclose(float(np.std(p['shared']['embedding'])), 1.0, rtol=0.1)
   np.testing.assert_allclose(float(np.std(p['lm_head']['kernel'])), d**-0.5, rtol=0.1)
   np.testing.assert_array_equal(p['encoder']['final_layer_norm']['scale'], 1.0)
@@ -259,10 +261,10 @@ def test_forward_flops_match_jaxpr(scan):
 
 
 def test_config_checks():
-  with pytest.raises(PretrainError, match='unknown T5Config keys: hidden_size'):
-    t5.T5Config.from_dict(dict(dataclasses.asdict(TINY), hidden_size=3))
+  with pytest.raises(PretrainError, match='unknown T5Config keys: d_model'):
+    t5.T5Config.from_dict(dict(dataclasses.asdict(TINY), d_model=3))
   with pytest.raises(PretrainError, match='remat_policy'):
     dataclasses.replace(TINY, remat_policy='some')
-  with pytest.raises(PretrainError, match='d_kv'):
-    dataclasses.replace(TINY, d_kv=0)
+  with pytest.raises(PretrainError, match='head_dim'):
+    dataclasses.replace(TINY, head_dim=0)
   assert t5.T5Config.from_dict(dataclasses.asdict(TINY)) == TINY

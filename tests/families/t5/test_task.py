@@ -16,6 +16,7 @@ from pretrain.objectives import keyed_random
 from pretrain.objectives import span_corruption
 from pretrain.families import get_task
 from pretrain.families.t5 import task as t5_task
+from pretrain.families.t5.config import t5_config
 from pretrain.train import train
 
 TOKENIZER = StandInTokenizer(500, path="fake.model")
@@ -23,9 +24,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 
 
 def small_config(inputs_length=32):
-  c = t5_task.t5_config()
+  c = t5_config()
   c.data.inputs_length = inputs_length
-  c.model.update(d_model=32, d_ff=48, d_kv=8, num_heads=4, num_layers=1, num_decoder_layers=1, dtype="float32")
+  c.model.update(hidden_size=32, intermediate_size=48, head_dim=8, num_heads=4, num_layers=1, num_decoder_layers=1,
+                 dtype="float32")
   return c
 
 
@@ -49,7 +51,7 @@ def test_task_sizes_vocabulary_and_lengths():
 
 
 def test_published_lengths():
-  c = t5_task.t5_config()
+  c = t5_config()
   task = get_task(c, StandInTokenizer(32000, path="x"))
   assert (task.lengths.tokens_length, task.inputs_length, task.targets_length) == (568, 512, 114)
   assert task.model_config.vocab_size == 32128
@@ -71,9 +73,9 @@ def test_published_configs(name, shape):
   """The shapes whose exact parameter counts tests/models/test_t5.py checks, and T5's recipe."""
   c = load_config(name)
   m = get_task(c, StandInTokenizer(32000, path="x")).model_config
-  d_model, d_ff, d_kv, heads, layers = shape
-  assert (m.vocab_size, m.d_model, m.d_ff, m.d_kv, m.num_heads, m.num_layers, m.num_decoder_layers) == (
-      32128, d_model, d_ff, d_kv, heads, layers, layers)
+  hidden, intermediate, head_dim, heads, layers = shape
+  assert (m.vocab_size, m.hidden_size, m.intermediate_size, m.head_dim, m.num_heads, m.num_layers,
+          m.num_decoder_layers) == (32128, hidden, intermediate, head_dim, heads, layers, layers)
   assert m.dropout_rate == 0.0 and c.task.z_loss == 1e-4
   assert (c.data.inputs_length, c.data.targets_length, c.train.batch_size) == (512, 114, 128)
   assert (c.optimizer.name, c.optimizer.decay, c.optimizer.learning_rate, c.optimizer.warmup_steps) == (
@@ -91,8 +93,8 @@ def test_bad_configs_are_refused():
   with pytest.raises(PretrainError, match="targets_length=7 is shorter than the 8"):
     get_task(c, TOKENIZER)
   c = small_config()
-  c.model.hidden_size = 64
-  with pytest.raises(PretrainError, match="unknown T5Config keys: hidden_size"):
+  c.model.d_model = 64
+  with pytest.raises(PretrainError, match="unknown T5Config keys: d_model"):
     get_task(c, TOKENIZER)
   c = small_config(inputs_length=512)
   c.task.extra_ids = 20
