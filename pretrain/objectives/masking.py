@@ -12,17 +12,20 @@ project tokenizer's layout) or stays (10%).
 `mask_batch` is vectorized and keyed: row b depends only on keys[b], so a
 keyed example is the same in any batch. (tests/objectives/test_masking.py
 holds a per-row reference drawn from a numpy Generator, with the same
-statistics, that it checks mask_batch against.)
+statistics, that it checks mask_batch against.) `MlmExamples` is what the
+masked-LM example builders share around it.
 """
 import numpy as np
 
 from pretrain.data.special_tokens import MASK_ID, NUM_SPECIAL  # Ids below NUM_SPECIAL are specials.
+from pretrain.data.special_tokens import project_special_tokens, SpecialTokens
 from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
 
 _MASK_PROB, _KEEP_PROB = 0.8, 0.1  # The rest (10%) gets a random id.
 _COL_BITS = np.uint64(16)  # Priorities carry the column in their low bits: no ties.
 _NONE = np.uint64(2**64 - 1)  # Priority of non-candidates: after every candidate.
+_MASK_STREAM = 1  # MlmExamples' masks use keys of their own stream (the examples' other draws use stream 0).
 
 
 def num_to_predict(n_maskable: np.ndarray | int, masked_lm_prob: float, max_predictions: int):
@@ -60,6 +63,50 @@ def check_example_inputs(docs, vocab_size: int, seed, whole_word_masking: bool,
     raise PretrainError(f"whole-word masking needs word_start of shape [{vocab_size}], "
                         f"got {None if word_start is None else np.shape(word_start)}")
   return np.asarray(word_start, bool)
+
+
+def check_config(cfg) -> None:
+  """Checks an MLM example config's masking fields (masked_lm_prob, max_predictions_per_seq, max_seq_length)."""
+  if not 0.0 < cfg.masked_lm_prob <= 1.0:
+    raise PretrainError(f"masked_lm_prob={cfg.masked_lm_prob} must be in (0, 1]")
+  if not 1 <= cfg.max_predictions_per_seq <= cfg.max_seq_length:
+    raise PretrainError(
+        f"max_predictions_per_seq={cfg.max_predictions_per_seq} must be in [1, max_seq_length]")
+
+
+class MlmExamples:
+  """What the masked-LM example builders (BERT's, RoBERTa's) share: their checked inputs, `self[i]`, and
+  `_mask`, which masks a batch. A subclass builds the unmasked batch in `batch(indices)`."""
+
+  def __init__(self, family: str, docs, cfg, vocab_size: int, seed: int, word_start: np.ndarray | None,
+               special: SpecialTokens | None):
+    self._ws = check_example_inputs(docs, vocab_size, seed, cfg.whole_word_masking, word_start)
+    self.special = special or project_special_tokens(vocab_size)
+    self.special.require(family, "pad", "cls", "sep", "mask")
+    self.cfg = cfg
+    self.vocab_size = int(vocab_size)
+    self.seed = int(seed)
+    self._docs = docs
+    doc_tokens = np.diff(docs.sentence_starts[docs.doc_starts])
+    self._nonempty_docs = np.flatnonzero(doc_tokens > 0)
+
+  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+    return {k: v[0] for k, v in self.batch(np.asarray([index], np.int64)).items()}
+
+  def _mask(self, ids: np.ndarray, text: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """(input_ids, the masked_lm_* fields) of a batch of ids [B, L] for the examples `idx`.
+
+    Targets are the non-special ids of `text` (so not the separators inside it); the masks are keyed
+    by (seed, index) on a stream of their own.
+    """
+    maskable = text & ~self.special.is_special[ids]
+    word_start = self._ws[ids] if self._ws is not None else None
+    input_ids, positions, labels, weights = mask_batch(
+        ids, maskable, keyed_random.row_keys(self.seed, idx, stream=_MASK_STREAM),
+        masked_lm_prob=self.cfg.masked_lm_prob, max_predictions=self.cfg.max_predictions_per_seq,
+        vocab_size=self.vocab_size, word_start=word_start, mask_id=self.special.mask,
+        random_ids=self.special.random_ids)
+    return input_ids, {"masked_lm_positions": positions, "masked_lm_ids": labels, "masked_lm_weights": weights}
 
 
 def _word_starts(maskable: np.ndarray, word_start: np.ndarray) -> np.ndarray:

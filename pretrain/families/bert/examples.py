@@ -28,7 +28,7 @@ import numpy as np
 
 from pretrain.data.epochs import Epochs
 from pretrain.data.tokenized import Documents
-from pretrain.data.special_tokens import project_special_tokens, SpecialTokens
+from pretrain.data.special_tokens import SpecialTokens
 from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
 from pretrain.objectives import masking
@@ -36,7 +36,6 @@ from pretrain.objectives import masking
 # Counters of the per-example draws (keyed by (seed, index), stream 0).
 _SPLIT, _RANDOM_NEXT, _RANDOM_DOC, _RANDOM_START = 0, 1, 2, 3
 _TRUNC_A, _TRUNC_B = 1 << 20, 1 << 21  # Up to 2**20 64-trial words each.
-_MASK_STREAM = 1  # Masks use keys of their own stream.
 _PLAN_BLOCK = 1 << 20  # Sentences per block of plan_instances.
 
 
@@ -55,11 +54,7 @@ class BertExampleConfig:
       raise PretrainError(f"max_seq_length={self.max_seq_length} must be >= {specials + 2}")
     if not 0.0 <= self.short_seq_prob <= 1.0:
       raise PretrainError(f"short_seq_prob={self.short_seq_prob} must be in [0, 1]")
-    if not 0.0 < self.masked_lm_prob <= 1.0:
-      raise PretrainError(f"masked_lm_prob={self.masked_lm_prob} must be in (0, 1]")
-    if not 1 <= self.max_predictions_per_seq <= self.max_seq_length:
-      raise PretrainError(
-          f"max_predictions_per_seq={self.max_predictions_per_seq} must be in [1, max_seq_length]")
+    masking.check_config(self)
 
   @property
   def max_num_tokens(self) -> int:
@@ -118,7 +113,7 @@ def truncated_lengths(len_a: np.ndarray, len_b: np.ndarray, max_tokens: int):
   return fa, fb
 
 
-class BertExamples:
+class BertExamples(masking.MlmExamples):
   """Random access to an endless stream of BERT examples: `self[i]` for any i >= 0."""
 
   def __init__(self, docs: Documents, cfg: BertExampleConfig, vocab_size: int, seed: int,
@@ -127,15 +122,8 @@ class BertExamples:
     if cfg.next_sentence_prediction and docs.num_docs < 2:
       raise PretrainError(
           f"next-sentence prediction needs >= 2 documents; the corpus has {docs.num_docs}")
-    self._ws = masking.check_example_inputs(docs, vocab_size, seed, cfg.whole_word_masking, word_start)
-    self.special = special or project_special_tokens(vocab_size)
-    self.special.require("BERT", "pad", "cls", "sep", "mask")
-    self.cfg = cfg
-    self.vocab_size = int(vocab_size)
-    self.seed = int(seed)
-    self._docs = docs
+    super().__init__("BERT", docs, cfg, vocab_size, seed, word_start, special)  # _nonempty_docs: random Bs' docs.
     doc_tokens = np.diff(docs.sentence_starts[docs.doc_starts])
-    self._nonempty_docs = np.flatnonzero(doc_tokens > 0)  # Where random next segments come from.
     self._doc_rank = np.cumsum(doc_tokens > 0) - 1  # A nonempty doc's position in _nonempty_docs.
     if cfg.next_sentence_prediction and self._nonempty_docs.size < 2:
       raise PretrainError("next-sentence prediction needs >= 2 nonempty documents")
@@ -167,9 +155,6 @@ class BertExamples:
       plan, order = g.plan
       out[g.rows] = plan[order[g.slots]]
     return out
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return {k: v[0] for k, v in self.batch(np.asarray([index], np.int64)).items()}
 
   def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     """The examples of `indices` stacked: each field [B, ...]; row b equals self[indices[b]]."""
@@ -227,18 +212,11 @@ class BertExamples:
       segment_ids = np.zeros([b, length], np.int32)
     input_mask = (col < n_real[:, None]).astype(np.int32)
 
-    maskable = text & ~sp.is_special[ids]  # A special id inside text is not a target either.
-    word_start = self._ws[ids] if self._ws is not None else None
-    input_ids, positions, labels, weights = masking.mask_batch(
-        ids, maskable, keyed_random.row_keys(self.seed, idx, stream=_MASK_STREAM),
-        masked_lm_prob=cfg.masked_lm_prob, max_predictions=cfg.max_predictions_per_seq,
-        vocab_size=self.vocab_size, word_start=word_start, mask_id=sp.mask, random_ids=sp.random_ids)
+    input_ids, masked = self._mask(ids, text, idx)
     return {
         "input_ids": input_ids,
         "input_mask": input_mask,
         "segment_ids": segment_ids,
-        "masked_lm_positions": positions,
-        "masked_lm_ids": labels,
-        "masked_lm_weights": weights,
+        **masked,
         "next_sentence_labels": nsp_labels,
     }

@@ -30,13 +30,12 @@ import numpy as np
 from pretrain.data.epochs import Epochs
 from pretrain.data.streams import doc_stream, Stream
 from pretrain.data.tokenized import Documents
-from pretrain.data.special_tokens import project_special_tokens, SpecialTokens
+from pretrain.data.special_tokens import SpecialTokens
 from pretrain.errors import PretrainError
 from pretrain.objectives import keyed_random
 from pretrain.objectives import masking
 
 _CROP = 0  # Counter of the crop offset of an over-long sentence (stream 0).
-_MASK_STREAM = 1  # Masks use keys of their own stream.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,11 +48,7 @@ class RobertaExampleConfig:
   def __post_init__(self):
     if self.max_seq_length < 3:
       raise PretrainError(f"max_seq_length={self.max_seq_length} must be >= 3")
-    if not 0.0 < self.masked_lm_prob <= 1.0:
-      raise PretrainError(f"masked_lm_prob={self.masked_lm_prob} must be in (0, 1]")
-    if not 1 <= self.max_predictions_per_seq <= self.max_seq_length:
-      raise PretrainError(
-          f"max_predictions_per_seq={self.max_predictions_per_seq} must be in [1, max_seq_length]")
+    masking.check_config(self)
 
   @property
   def max_num_tokens(self) -> int:
@@ -99,21 +94,13 @@ def plan_blocks(docs: Documents, max_tokens: int, doc_order: np.ndarray) -> tupl
   return stream, blocks[blocks[:, 1] > blocks[:, 0]]  # Blocks of empty sentences only are dropped.
 
 
-class RobertaExamples:
+class RobertaExamples(masking.MlmExamples):
   """Random access to an endless stream of FULL-SENTENCES MLM examples: `self[i]` for any i >= 0."""
 
   def __init__(self, docs: Documents, cfg: RobertaExampleConfig, vocab_size: int, seed: int,
                word_start: np.ndarray | None = None, special: SpecialTokens | None = None):
     """`special`: the tokenizer's special ids (default: the project's sentencepiece layout)."""
-    self._ws = masking.check_example_inputs(docs, vocab_size, seed, cfg.whole_word_masking, word_start)
-    self.special = special or project_special_tokens(vocab_size)
-    self.special.require("RoBERTa", "pad", "cls", "sep", "mask")
-    self.cfg = cfg
-    self.vocab_size = int(vocab_size)
-    self.seed = int(seed)
-    self._docs = docs
-    doc_tokens = np.diff(docs.sentence_starts[docs.doc_starts])
-    self._nonempty_docs = np.flatnonzero(doc_tokens > 0)
+    super().__init__("RoBERTa", docs, cfg, vocab_size, seed, word_start, special)
     if not self._nonempty_docs.size:
       raise PretrainError("the corpus yields no RoBERTa block (no tokens)")
     first = self._plan(0)
@@ -131,9 +118,6 @@ class RobertaExamples:
     n = self.num_instances if epoch else len(blocks)
     order = rng.permutation(len(blocks))[np.arange(n) % len(blocks)]
     return stream, blocks, order
-
-  def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-    return {k: v[0] for k, v in self.batch(np.asarray([index], np.int64)).items()}
 
   def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
     """The examples of `indices` stacked: each field [B, ...]; row b equals self[indices[b]]."""
@@ -162,16 +146,5 @@ class RobertaExamples:
     ids[:, 0] = sp.cls
     ids[rows, n_text + 1] = sp.sep
     input_mask = (col < (n_text + 2)[:, None]).astype(np.int32)
-    maskable = text & ~sp.is_special[ids]  # Not the separators.
-    word_start = self._ws[ids] if self._ws is not None else None
-    input_ids, positions, labels, weights = masking.mask_batch(
-        ids, maskable, keyed_random.row_keys(self.seed, idx, stream=_MASK_STREAM),
-        masked_lm_prob=cfg.masked_lm_prob, max_predictions=cfg.max_predictions_per_seq,
-        vocab_size=self.vocab_size, word_start=word_start, mask_id=sp.mask, random_ids=sp.random_ids)
-    return {
-        "input_ids": input_ids,
-        "input_mask": input_mask,
-        "masked_lm_positions": positions,
-        "masked_lm_ids": labels,
-        "masked_lm_weights": weights,
-    }
+    input_ids, masked = self._mask(ids, text, idx)  # The separators inside the block are no targets.
+    return {"input_ids": input_ids, "input_mask": input_mask, **masked}
