@@ -42,6 +42,7 @@ import jax
 import numpy as np
 
 from pretrain.convert import checkpoints
+from pretrain.convert import steps
 from pretrain.convert.hf_io import HfTensors
 from pretrain.errors import PretrainError
 from pretrain.families.bert import model as bert_model
@@ -168,13 +169,7 @@ def hf_fields(hf_config: dict, defaults: dict) -> dict:
 
 def model_fields(f: dict, **options) -> dict:
   """The project model section (BertConfig fields) of HF fields `f`."""
-  model = {ours: f[hf] for hf, ours in _FIELDS.items()}
-  model.update(options)
-  try:
-    bert_model.BertConfig.from_dict(model)
-  except PretrainError as e:
-    raise PretrainError(f"config.json describes a model the project cannot build: {e}") from None
-  return model
+  return steps.buildable(bert_model.BertConfig, dict({ours: f[hf] for hf, ours in _FIELDS.items()}, **options))
 
 
 def check_tensors(t: HfTensors, prefix: str, model: dict) -> None:
@@ -183,12 +178,7 @@ def check_tensors(t: HfTensors, prefix: str, model: dict) -> None:
   if word in t and t.shape(word)[0] != model["vocab_size"]:
     raise PretrainError(f"{t.source}: vocab mismatch: tensor {word} has {t.shape(word)[0]} rows but "
                         f"config.json vocab_size={model['vocab_size']}")
-  layer = re.compile(re.escape(prefix) + r"encoder\.layer\.(\d+)\.")
-  for name in t.names():
-    m = layer.match(name)
-    if m and int(m.group(1)) >= model["num_layers"]:
-      raise PretrainError(f"{t.source}: tensor {name} is layer {m.group(1)} but config.json "
-                          f"num_hidden_layers={model['num_layers']}")
+  steps.check_layer_count(t, re.escape(prefix) + r"encoder\.layer\.(\d+)\.", model["num_layers"], "num_hidden_layers")
 
 
 def read_params(t: HfTensors, table: list[Entry]) -> dict:
@@ -217,11 +207,8 @@ def skip_tied_decoder(t: HfTensors, heads: HeadNames, params: dict, prefix: str)
            prefix + "embeddings.word_embeddings.weight"),
           (f"{heads.decoder}.bias", params["mlm_head"]["output_bias"], heads.output_bias))
   for name, value, source in tied:
-    if name in t:
-      t.skip(name)
-      if t.shape(name) != value.shape or not np.array_equal(t.take(name, value.shape, ""), value):
-        raise PretrainError(f"{t.source}: tensor {name} differs from {source}: an untied MLM decoder is not "
-                            "supported (the project's decoder is the word embedding table)")
+    steps.skip_tied(t, name, value, source, "an untied MLM decoder is not supported (the project's decoder is "
+                    "the word embedding table)")
 
 
 def skip_buffers(t: HfTensors) -> None:
@@ -298,8 +285,7 @@ def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None
 
 def hf_config(model: dict, arch: str, model_type: str, base: dict | None) -> dict:
   """config.json fields of a BERT-style model, over `base` (the source's config.json, when converted from HF)."""
-  config = {k: v for k, v in (base or {}).items() if k not in ("torch_dtype", "transformers_version")}
-  config.update({hf: model[ours] for hf, ours in _FIELDS.items()})
+  config = steps.hf_config(base, model, _FIELDS)
   config.update(architectures=[arch], model_type=model_type, hidden_act="gelu", position_embedding_type="absolute",
                 tie_word_embeddings=True, is_decoder=False, add_cross_attention=False, dtype="float32")
   return config

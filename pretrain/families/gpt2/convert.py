@@ -37,6 +37,7 @@ import flax.linen as nn
 import numpy as np
 
 from pretrain.families.bert.convert import Entry, check_attention, read_params, write_tensors
+from pretrain.convert import steps
 from pretrain.convert.hf_io import HfTensors
 from pretrain.errors import PretrainError
 from pretrain.families.gpt2 import model as gpt2_model
@@ -152,22 +153,13 @@ def hf_fields(hf_config: dict) -> dict:
 
 
 def _check_layers(t: HfTensors, prefix: str, model: dict) -> None:
-  layer = re.compile(re.escape(prefix) + r"h\.(\d+)\.")
-  for name in t.names():
-    m = layer.match(name)
-    if m and int(m.group(1)) >= model["num_layers"]:
-      raise PretrainError(f"{t.source}: tensor {name} is layer {m.group(1)} but config.json "
-                          f"n_layer={model['num_layers']}")
+  steps.check_layer_count(t, re.escape(prefix) + r"h\.(\d+)\.", model["num_layers"], "n_layer")
 
 
 def _skip_tied_head(t: HfTensors, params: dict, prefix: str) -> None:
   """A stored lm_head.weight must be the token embedding table."""
-  name, wte = "lm_head.weight", params["wte"]["embedding"]
-  if name in t:
-    t.skip(name)
-    if t.shape(name) != wte.shape or not np.array_equal(t.take(name, wte.shape, ""), wte):
-      raise PretrainError(f"{t.source}: tensor {name} differs from {prefix}wte.weight: an untied LM head is not "
-                          "supported (the project's GPT-2 head is the token embedding table)")
+  steps.skip_tied(t, "lm_head.weight", params["wte"]["embedding"], f"{prefix}wte.weight",
+                  "an untied LM head is not supported (the project's GPT-2 head is the token embedding table)")
 
 
 # The family interface (see pretrain/convert/__init__.py).
@@ -180,10 +172,7 @@ def project_sections(hf_config: dict, t: HfTensors) -> dict:
   model = {ours: f[hf] for hf, ours in _FIELDS.items()}
   model["intermediate_size"] = f["n_inner"] or 4 * f["n_embd"]
   model["attention"] = {"position": "learned"}  # wpe; the other attention fields keep their (HF's) defaults.
-  try:
-    gpt2_model.Gpt2Config.from_dict(model)
-  except PretrainError as e:
-    raise PretrainError(f"config.json describes a model the project cannot build: {e}") from None
+  steps.buildable(gpt2_model.Gpt2Config, model)
   return {"task": {"name": TASK}, "model": model,
           "data": {"max_seq_length": min(1024, model["max_position_embeddings"])}}
 
@@ -210,8 +199,7 @@ def complete_model(model: dict) -> dict:
 def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None) -> tuple[dict, dict]:
   """(config.json, tensors) of HF's GPT2LMHeadModel."""
   check_attention(model, "learned", "GPT2LMHeadModel")
-  config = {k: v for k, v in (base or {}).items() if k not in ("torch_dtype", "transformers_version")}
-  config.update({hf: model[ours] for hf, ours in _FIELDS.items()})
+  config = steps.hf_config(base, model, _FIELDS)
   config.update(architectures=["GPT2LMHeadModel"], model_type="gpt2", n_inner=model["intermediate_size"],
                 embd_pdrop=model["dropout_rate"], activation_function="gelu_new", scale_attn_weights=True,
                 scale_attn_by_inverse_layer_idx=False, add_cross_attention=False, tie_word_embeddings=True,

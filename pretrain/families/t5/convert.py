@@ -46,6 +46,7 @@ import flax.linen as nn
 import numpy as np
 
 from pretrain.families.bert.convert import Entry, check_attention, read_params, write_tensors
+from pretrain.convert import steps
 from pretrain.convert.hf_io import HfTensors
 from pretrain.errors import PretrainError
 from pretrain.families.t5 import model as t5_model
@@ -166,11 +167,7 @@ def _check_layers(t: HfTensors, model: dict) -> None:
 
 def _skip_tied_embeddings(t: HfTensors, shared: np.ndarray) -> None:
   for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
-    if name in t:
-      t.skip(name)
-      if t.shape(name) != shared.shape or not np.array_equal(t.take(name, shared.shape, ""), shared):
-        raise PretrainError(f"{t.source}: tensor {name} differs from shared.weight: T5 embeds both stacks' "
-                            "tokens with shared.weight")
+    steps.skip_tied(t, name, shared, "shared.weight", "T5 embeds both stacks' tokens with shared.weight")
 
 
 # The family interface (see pretrain/convert/__init__.py).
@@ -183,10 +180,7 @@ def project_sections(hf_config: dict, t: HfTensors) -> dict:
   model = {ours: f[hf] for hf, ours in _FIELDS.items()}
   # The other attention fields keep their (HF's) defaults.
   model["attention"] = dict({ours: f[hf] for hf, ours in _ATTENTION_FIELDS.items()}, position="relative_bias")
-  try:
-    t5_model.T5Config.from_dict(model)
-  except PretrainError as e:
-    raise PretrainError(f"config.json describes a model the project cannot build: {e}") from None
+  steps.buildable(t5_model.T5Config, model)
   extra_ids = int(base_config().task.extra_ids)
   return {"task": {"name": TASK}, "model": model, "tokenizer": {"vocab_size": model["vocab_size"] - extra_ids}}
 
@@ -215,8 +209,7 @@ def complete_model(model: dict) -> dict:
 def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None) -> tuple[dict, dict]:
   """(config.json, tensors) of HF's T5ForConditionalGeneration in T5 v1.1's published layout."""
   check_attention(model, "relative_bias", "T5ForConditionalGeneration")
-  config = {k: v for k, v in (base or {}).items() if k not in ("torch_dtype", "transformers_version")}
-  config.update({hf: model[ours] for hf, ours in _FIELDS.items()})
+  config = steps.hf_config(base, model, _FIELDS)
   config.update({hf: model["attention"][ours] for hf, ours in _ATTENTION_FIELDS.items()})
   config.update(architectures=["T5ForConditionalGeneration"], model_type="t5", feed_forward_proj="gated-gelu",
                 dense_act_fn="gelu_new", is_gated_act=True, is_encoder_decoder=True, tie_word_embeddings=False,
