@@ -1,12 +1,33 @@
-"""What every family's model does alike: run a stack of layers, count its parameters and its matmul FLOPs."""
+"""What every family's model does alike: read its config, run a stack of layers, count its parameters and its
+matmul FLOPs."""
 import functools
 import math
-from typing import Any
+from typing import Any, Self
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
+from pretrain.models import attention as attention_lib
 from pretrain.models import layers
+
+
+class ModelConfig:
+  """Mixin of a family's model config dataclass, which has the fields dtype, num_heads, head_dim (a field or a
+  property) and attention."""
+
+  @property
+  def compute_dtype(self):
+    return jnp.dtype(self.dtype)
+
+  @property
+  def attention_features(self) -> tuple[int, int]:
+    """(q_features, kv_features) of attention_flops: heads * head_dim, kv_heads * head_dim."""
+    return self.num_heads * self.head_dim, (self.attention.num_kv_heads or self.num_heads) * self.head_dim
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> Self:
+    return attention_lib.model_config_from_dict(cls, d)
 
 
 def layer_stack(block_cls, config, x: jax.Array, *args, num_layers: int, deterministic: bool, scanned_name: str,

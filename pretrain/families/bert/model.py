@@ -24,7 +24,6 @@ Parameter tree (HF/TF names in parentheses):
 """
 import dataclasses
 import sys
-from typing import Any
 
 import flax.linen as nn
 import jax
@@ -41,7 +40,7 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class BertConfig:
+class BertConfig(stack.ModelConfig):
   """BERT hyperparameters; names follow google-research/bert's bert_config.json; defaults are BERT-base."""
   vocab_size: int = 30522
   hidden_size: int = 768
@@ -88,14 +87,6 @@ class BertConfig:
   @property
   def head_dim(self) -> int:
     return self.hidden_size // self.num_heads
-
-  @property
-  def compute_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> 'BertConfig':
-    return attention_lib.model_config_from_dict(cls, d)
 
 
 def gelu(x: Array) -> Array:
@@ -287,8 +278,7 @@ def count_params(config: BertConfig, heads: bool = True) -> int:
 def forward_flops_per_sequence(config: BertConfig, seq_len: int, num_predictions: int) -> float:
   """Matmul FLOPs (2 per multiply-add) of one forward pass over one sequence."""
   h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
-  attn_features = config.num_heads * config.head_dim
-  kv_features = (config.attention.num_kv_heads or config.num_heads) * config.head_dim
+  attn_features, kv_features = config.attention_features
   per_layer = (stack.attention_flops(h, attn_features, kv_features, seq_len, seq_len)
                + stack.dense_flops(seq_len, h, i, 2))  # FFN
   heads = (

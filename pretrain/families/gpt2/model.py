@@ -26,11 +26,9 @@ attention inside a document, and `positions` restart at 0 in each one.
 """
 import dataclasses
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pretrain.errors import PretrainError
@@ -43,7 +41,7 @@ Array = jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
-class Gpt2Config:
+class Gpt2Config(stack.ModelConfig):
   """GPT-2 hyperparameters (HF GPT2Config names in comments); defaults are GPT-2 small."""
   vocab_size: int = 50257
   hidden_size: int = 768  # n_embd
@@ -77,17 +75,9 @@ class Gpt2Config:
     return self.hidden_size // self.num_heads
 
   @property
-  def compute_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  @property
   def residual_init_scale(self) -> float:
     """GPT-2 scales the weights of the 2 * num_layers residual projections by 1/sqrt(2 * num_layers)."""
     return 1.0 / math.sqrt(2 * self.num_layers)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> 'Gpt2Config':
-    return attention_lib.model_config_from_dict(cls, d)
 
 
 def gelu(x: Array) -> Array:
@@ -226,8 +216,7 @@ def forward_flops_per_sequence(config: Gpt2Config, seq_len: int) -> float:
   half, as the usual MFU accounting does.
   """
   h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
-  attn_features = config.num_heads * config.head_dim
-  kv_features = (config.attention.num_kv_heads or config.num_heads) * config.head_dim
+  attn_features, kv_features = config.attention_features
   per_layer = (stack.attention_flops(h, attn_features, kv_features, seq_len, seq_len)
                + stack.dense_flops(seq_len, h, i, 2))  # MLP
   lm_head = stack.dense_flops(seq_len, h, v)  # tied wte at every position

@@ -35,11 +35,9 @@ With scan_layers, block_{i} becomes one `block` whose leaves stack the layers on
 import dataclasses
 import functools
 import math
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from pretrain.errors import PretrainError
@@ -61,7 +59,7 @@ _POSITIONS = ('relative_bias', 'rope', 'alibi', 'none')
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(stack.ModelConfig):
   """T5 hyperparameters, named as the other families' (HF's T5Config names in comments); defaults are T5 v1.1 small.
 
   The relative position bias takes its buckets and distance from
@@ -93,14 +91,6 @@ class T5Config:
     self.attention.check_heads(self.num_heads)
     if self.attention.position not in _POSITIONS:
       raise PretrainError(f'T5 takes attention.position in {", ".join(_POSITIONS)}, not {self.attention.position!r}')
-
-  @property
-  def compute_dtype(self):
-    return jnp.dtype(self.dtype)
-
-  @classmethod
-  def from_dict(cls, d: dict[str, Any]) -> 'T5Config':
-    return attention_lib.model_config_from_dict(cls, d)
 
   def relative_position_bias(self, bidirectional: bool) -> positions_lib.RelativePositionBias | None:
     """The stack's shared relative bias module (position='relative_bias'), else None."""
@@ -322,8 +312,7 @@ def count_params(config: T5Config) -> int:
 def forward_flops_per_example(config: T5Config, inputs_length: int, targets_length: int) -> float:
   """Matmul FLOPs (2 per multiply-add) of one forward pass over one (inputs, targets) pair."""
   d, f, v = config.hidden_size, config.intermediate_size, config.vocab_size
-  inner = config.num_heads * config.head_dim
-  kv_inner = (config.attention.num_kv_heads or config.num_heads) * config.head_dim
+  inner, kv_inner = config.attention_features
   li, lt = inputs_length, targets_length
   encoder_layer = stack.attention_flops(d, inner, kv_inner, li, li) + stack.dense_flops(li, d, f, 3)  # wi_0, wi_1, wo
   decoder_layer = (stack.attention_flops(d, inner, kv_inner, lt, lt)  # self-attention
