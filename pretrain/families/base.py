@@ -70,6 +70,22 @@ def _model_defaults(model_config: Any) -> dict:
     return {}
 
 
+def tokenizer_vocab_size(config, tokenizer, fix: str = "set model.vocab_size=0 to follow the tokenizer") -> int:
+  """config.model.vocab_size, 0 taking the tokenizer's; another must be the tokenizer's (`fix` ends that error)."""
+  vocab = int(config.model.vocab_size) or tokenizer.vocab_size
+  if vocab != tokenizer.vocab_size:
+    raise PretrainError(
+        f"model.vocab_size={vocab} but the tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces; {fix}")
+  return vocab
+
+
+def model_config(config_cls, config, vocab_size: int, **defaults):
+  """`config_cls` (a model config dataclass) of config.model with `vocab_size` (the family's resolution of
+  model.vocab_size) and the keys config.model lacks from `defaults`."""
+  model_fields = {k: v for k, v in config.model.to_dict().items() if k != "vocab_size"}
+  return config_cls.from_dict(dict(defaults, **model_fields, vocab_size=vocab_size))
+
+
 class Task(abc.ABC):
   """A model family's pretraining task (see the module docstring for who calls what)."""
 

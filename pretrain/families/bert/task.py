@@ -13,13 +13,7 @@ from pretrain.objectives.losses import cross_entropy
 
 def model_config(config, tokenizer, **defaults) -> bert_model.BertConfig:
   """The BertConfig of `config.model` (keys it lacks from `defaults`), its vocabulary checked against the tokenizer."""
-  vocab = int(config.model.vocab_size) or tokenizer.vocab_size
-  if vocab != tokenizer.vocab_size:
-    raise PretrainError(
-        f"model.vocab_size={vocab} but the tokenizer {tokenizer.path} has {tokenizer.vocab_size} "
-        "pieces; set model.vocab_size=0 to follow the tokenizer")
-  model_fields = {k: v for k, v in config.model.to_dict().items() if k != "vocab_size"}
-  return bert_model.BertConfig.from_dict(dict(defaults, **model_fields, vocab_size=vocab))
+  return base.model_config(bert_model.BertConfig, config, base.tokenizer_vocab_size(config, tokenizer), **defaults)
 
 
 def check_seq_length(max_seq_length: int, model_cfg: bert_model.BertConfig) -> None:

@@ -27,13 +27,9 @@ class Gpt2Task(base.Task):
   layer_stacks = {"h": "h"}
 
   def __init__(self, config, tokenizer):
-    vocab = int(config.model.vocab_size) or tokenizer.vocab_size
-    if vocab != tokenizer.vocab_size:
-      raise PretrainError(
-          f"model.vocab_size={vocab} but the tokenizer {tokenizer.path} has {tokenizer.vocab_size} "
-          "pieces; set model.vocab_size=0 to follow the tokenizer, or tokenizer.vocab_size to match")
-    model_fields = {k: v for k, v in config.model.to_dict().items() if k != "vocab_size"}
-    self.model_config = gpt2_model.Gpt2Config.from_dict(dict(model_fields, vocab_size=vocab))
+    vocab = base.tokenizer_vocab_size(
+        config, tokenizer, fix="set model.vocab_size=0 to follow the tokenizer, or tokenizer.vocab_size to match")
+    self.model_config = base.model_config(gpt2_model.Gpt2Config, config, vocab)
     d = config.data
     self.example_config = CausalExampleConfig(seq_len=d.max_seq_length, packing=d.get("packing", False))
     if d.max_seq_length > self.model_config.max_position_embeddings:

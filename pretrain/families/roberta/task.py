@@ -47,15 +47,10 @@ class RobertaTask(bert_task.BertTask):
     return 1, 1
 
   def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
-    """Zeros of every batch field's shape and dtype (for init and compilation)."""
-    l, p = self.seq_len, self.num_predictions
-    return {
-        "input_ids": np.zeros([batch_size, l], np.int32),
-        "input_mask": np.zeros([batch_size, l], np.int32),
-        "masked_lm_positions": np.zeros([batch_size, p], np.int32),
-        "masked_lm_ids": np.zeros([batch_size, p], np.int32),
-        "masked_lm_weights": np.zeros([batch_size, p], np.float32),
-    }
+    """BERT's batch fields but the segment ids and the next-sentence labels."""
+    batch = super().dummy_batch(batch_size)
+    del batch["segment_ids"], batch["next_sentence_labels"]
+    return batch
 
   def init_args(self, batch):
     segment_ids = jnp.zeros_like(batch["input_ids"])  # One token type.

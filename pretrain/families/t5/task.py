@@ -190,8 +190,7 @@ class T5Task(base.Task):
       raise PretrainError(
           f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size} pieces + "
           f"{extra_ids} sentinels; set model.vocab_size=0 to size it automatically")
-    model_fields = {k: v for k, v in config.model.to_dict().items() if k != "vocab_size"}
-    self.model_config = t5_model.T5Config.from_dict(dict(model_fields, vocab_size=vocab))
+    self.model_config = base.model_config(t5_model.T5Config, config, vocab)
     d = config.data
     self.example_config = T5ExampleConfig(
         inputs_length=int(d.inputs_length), targets_length=int(d.targets_length),
