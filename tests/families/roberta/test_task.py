@@ -1,5 +1,7 @@
 """RoBERTa: FULL-SENTENCES blocks, dynamic masks, the model options, the task, a short training run."""
 import dataclasses
+import os
+import sys
 
 import flax.linen as nn
 import jax
@@ -12,6 +14,10 @@ from pretrain.errors import PretrainError
 from pretrain.families.bert import model as bert
 from pretrain.families.roberta import task as roberta_task
 from pretrain.families.roberta import examples as rx
+
+# For tests/families/model_checks.py.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model_checks import matmul_flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BASE = bert.BertConfig(vocab_size=50265, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
                        max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
@@ -234,25 +240,12 @@ def test_model_option_checks():
     dataclasses.replace(TINY, position_offset=22)
 
 
-def _dot_flops(jaxpr) -> float:
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      (contract, _), _ = eqn.params["dimension_numbers"]
-      total += 2.0 * np.prod([eqn.invars[0].aval.shape[d] for d in contract]) * np.prod(eqn.outvars[0].aval.shape)
-    for sub in eqn.params.values():
-      inner = getattr(sub, "jaxpr", sub)
-      if hasattr(inner, "eqns"):
-        total += _dot_flops(inner)
-  return total
-
-
 def test_flops_count_no_pooler_or_nsp_head():
   model = bert.BertForPreTraining(TINY)
   inputs = bert.init_inputs(1, 16, 3)
   params = jax.eval_shape(model.init, jax.random.key(0), **inputs)
   jaxpr = jax.make_jaxpr(lambda p: model.apply(p, **inputs))(params).jaxpr
-  assert _dot_flops(jaxpr) == bert.forward_flops_per_sequence(TINY, 16, 3)
+  assert matmul_flops(jaxpr) == bert.forward_flops_per_sequence(TINY, 16, 3)
 
 
 # The task.
