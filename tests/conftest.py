@@ -11,6 +11,9 @@ os.environ.setdefault("PRETRAIN_CACHE_DIR", tempfile.mkdtemp(prefix="pretrain-te
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+# Helper modules that tests import from tests/ subfolders: their asserts report values as the tests' own do.
+pytest.register_assert_rewrite("hf_folders", "mlm_examples", "model_checks")
+
 
 @pytest.fixture(scope="session")
 def text_corpus(tmp_path_factory) -> str:

@@ -18,6 +18,15 @@ from pretrain.train import train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def without_evals(c, steps, checkpoint_every=None):
+  """Has config `c` train `steps` steps, a metrics row each and no evals; a checkpoint every `checkpoint_every`."""
+  c.train.update(steps=steps, log_every=1)
+  c.eval.every_steps = 0
+  if checkpoint_every is not None:
+    c.checkpoint.every_steps = checkpoint_every
+  return c
+
+
 def read_rows(workdir):
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     return [json.loads(line) for line in f]
@@ -90,8 +99,7 @@ def test_resume_is_bit_exact(tiny_config, tmp_path):
 def test_gradient_accumulation_matches_full_batch(tiny_config, tmp_path):
   c = tiny_config
   c.model.update(dropout_rate=0.0, attention_dropout_rate=0.0)
-  c.train.update(steps=1, log_every=1)
-  c.eval.every_steps = 0
+  without_evals(c, steps=1)
   full = train(c, str(tmp_path / "full"))
   c.train.grad_accum_steps = 2
   accum = train(c, str(tmp_path / "accum"))
@@ -102,9 +110,7 @@ def test_gradient_accumulation_matches_full_batch(tiny_config, tmp_path):
 def test_restore_onto_a_different_mesh(tiny_config, tmp_path):
   c = tiny_config
   c.model.update(dropout_rate=0.0, attention_dropout_rate=0.0)
-  c.train.update(steps=4, log_every=1)
-  c.eval.every_steps = 0
-  c.checkpoint.every_steps = 2
+  without_evals(c, steps=4, checkpoint_every=2)
   straight, moved = str(tmp_path / "straight"), str(tmp_path / "moved")
   train(c, straight)
   train(c, moved, stop_at_step=2)
@@ -117,9 +123,7 @@ def test_restore_onto_a_different_mesh(tiny_config, tmp_path):
 
 def test_sigterm_saves_and_exits_cleanly(tiny_config, tmp_path):
   c = tiny_config
-  c.train.update(steps=10_000, log_every=1)
-  c.eval.every_steps = 0
-  c.checkpoint.every_steps = 0
+  without_evals(c, steps=10_000, checkpoint_every=0)
   workdir = str(tmp_path / "run")
 
   def send_sigterm_after_first_row():
@@ -141,9 +145,8 @@ def test_sigterm_saves_and_exits_cleanly(tiny_config, tmp_path):
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
   c = tiny_config
   c.optimizer.update(learning_rate=1e30, warmup_steps=0, grad_clip_norm=0.0, decay="constant")
-  c.train.update(steps=20, log_every=1)
-  c.eval.every_steps = 0
-  c.checkpoint.update(every_steps=1, async_save=False)
+  without_evals(c, steps=20, checkpoint_every=1)
+  c.checkpoint.async_save = False
   workdir = str(tmp_path / "run")
   with pytest.raises(PretrainError, match=r"loss is nan at step (\d+)") as info:
     train(c, workdir)
@@ -168,9 +171,7 @@ def test_missing_corpus(tiny_config, tmp_path):
 
 def test_tokenizer_that_differs_from_the_checkpoint(tiny_config, tmp_path):
   c = tiny_config
-  c.train.update(steps=2, log_every=1)
-  c.eval.every_steps = 0
-  c.checkpoint.every_steps = 2
+  without_evals(c, steps=2, checkpoint_every=2)
   workdir = str(tmp_path / "run")
   train(c, workdir)
   ckpt_dir = os.path.join(workdir, "checkpoints", "2")
@@ -230,8 +231,7 @@ def test_cli_missing_corpus_is_one_clear_error(tmp_path):
 def test_checkpoints_survive_a_failed_rerun(tiny_config, tmp_path):
   """A rerun that fails (bad mesh) after a good run leaves every checkpoint as it was."""
   c = tiny_config
-  c.train.update(steps=3, log_every=1)
-  c.eval.every_steps = 0
+  without_evals(c, steps=3)
   workdir = str(tmp_path / "run")
   train(c, workdir)
   def files():
@@ -248,8 +248,7 @@ def test_checkpoints_survive_a_failed_rerun(tiny_config, tmp_path):
 
 def check_init_from(c, source: str, continued: str) -> dict:
   """Trains `source`, then `continued` from it at learning rate 0: both end with the same params (returned)."""
-  c.train.update(steps=2, log_every=1)
-  c.eval.every_steps = 0
+  without_evals(c, steps=2)
   train(c, source)
   c.init_from = source
   c.optimizer.update(learning_rate=0.0, warmup_steps=0)  # No update: the params stay the source's.

@@ -123,6 +123,14 @@ def _check_layout(ids, maskable, out, p):
   return chosen
 
 
+def _masked_rows(mask_fn, seed, n, masked_lm_prob, max_predictions):
+  """n random rows masked by mask_fn, their layout checked: (ids, maskable, mask_fn's output, chosen positions)."""
+  rng = np.random.default_rng(seed)
+  ids, maskable = _rows(rng, n)
+  out = mask_fn(ids, maskable, rng, masked_lm_prob=masked_lm_prob, max_predictions=max_predictions)
+  return ids, maskable, out, _check_layout(ids, maskable, out, max_predictions)
+
+
 def test_num_to_predict_follows_bert():
   got = masking.num_to_predict(np.array([0, 1, 3, 4, 10, 100, 1000]), 0.15, 20)
   assert got.tolist() == [0, 1, 1, 1, 2, 15, 20]
@@ -131,10 +139,7 @@ def test_num_to_predict_follows_bert():
 
 @MASKERS
 def test_statistics(mask_fn):
-  rng = np.random.default_rng(0)
-  ids, maskable = _rows(rng, 10_000)
-  out = mask_fn(ids, maskable, rng, masked_lm_prob=0.15, max_predictions=40)
-  chosen = _check_layout(ids, maskable, out, 40)
+  ids, maskable, out, chosen = _masked_rows(mask_fn, 0, 10_000, masked_lm_prob=0.15, max_predictions=40)
   k = masking.num_to_predict(maskable.sum(1), 0.15, 40)
   assert (chosen.sum(1) == k).all()  # Exactly the budget (below the cap here).
   assert abs(chosen.sum() / maskable.sum() - 0.15) < 0.005
@@ -154,10 +159,7 @@ def test_statistics(mask_fn):
 
 @MASKERS
 def test_cap_at_max_predictions(mask_fn):
-  rng = np.random.default_rng(1)
-  ids, maskable = _rows(rng, 300)
-  out = mask_fn(ids, maskable, rng, masked_lm_prob=0.5, max_predictions=5)
-  chosen = _check_layout(ids, maskable, out, 5)
+  _, maskable, out, chosen = _masked_rows(mask_fn, 1, 300, masked_lm_prob=0.5, max_predictions=5)
   assert (chosen.sum(1) == np.minimum(5, np.maximum(1, np.rint(maskable.sum(1) * 0.5)))).all()
   assert (out[3].sum(1)[maskable.sum(1) >= 10] == 5).all()
 

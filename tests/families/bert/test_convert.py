@@ -17,45 +17,39 @@ from safetensors.numpy import load_file, save_file
 
 from pretrain import convert
 from pretrain import sample
-from pretrain.checkpoint import Checkpointer
 from pretrain.convert import checkpoints
 from pretrain.data.tokenizer_files import open_tokenizer
 from pretrain.errors import PretrainError
 from pretrain.families.bert import model as bert_model
 from pretrain.families import get_task
 from pretrain.train import train
-from pretrain.training.step import TrainState
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "convert"))  # For tests/convert/hf_folders.py.
+from hf_folders import (  # pylint: disable=g-import-not-at-top,wrong-import-position
+    TOL, assert_converts_to, assert_refused, hf_and_converted, hf_outputs, import_scanned, max_diff, padded,
+    params_equal, perturb_and_save, read_json, reload, save_checkpoint)
 
 VOCAB, LENGTH = 99, 12
 HF_CONFIG = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                  max_position_embeddings=40, type_vocab_size=2)
-TOL = 1e-4
 
 
 def make_hf(cls, path, config_cls=transformers.BertConfig, seed=0, **overrides):
   """A random-weight HF model saved as safetensors; every weight perturbed so no bias or LayerNorm is trivial."""
   torch.manual_seed(seed)
-  model = cls(config_cls(**dict(HF_CONFIG, **overrides))).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  model.save_pretrained(path, safe_serialization=True)
-  return model
+  return perturb_and_save(cls(config_cls(**dict(HF_CONFIG, **overrides))).eval(), path)
 
 
 def inputs(pad_id=0, seed=0):
   """ids, token types and attention mask of 3 sequences of 12, 7 and 3 real tokens, right-padded with pad_id."""
-  rng = np.random.default_rng(seed)
-  mask = (np.arange(LENGTH)[None] < np.array([[12], [7], [3]])).astype(np.int32)
-  ids = np.where(mask > 0, rng.integers(5, VOCAB, (3, LENGTH)), pad_id).astype(np.int32)
+  ids, mask = padded(np.random.default_rng(seed), VOCAB, LENGTH, pad_id)
   types = ((np.arange(LENGTH)[None] >= np.array([[6], [4], [1]])) * mask).astype(np.int32)
   return ids, types, mask
 
 
 def hf_forward(model, ids, types, mask):
-  with torch.no_grad():
-    return model(input_ids=torch.tensor(ids, dtype=torch.long), token_type_ids=torch.tensor(types, dtype=torch.long),
-                 attention_mask=torch.tensor(mask, dtype=torch.long))
+  return hf_outputs(model, input_ids=ids, token_type_ids=types, attention_mask=mask)
 
 
 def project_forward(out, ids, types, mask):
@@ -68,22 +62,10 @@ def apply(module, params, *args):
   return jax.jit(lambda p, *a: module.apply({"params": p}, *a))(params, *args)
 
 
-def max_diff(a, b):
-  return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-
-
-def params_equal(a, b):
-  fa, fb = checkpoints.flatten(a), checkpoints.flatten(b)
-  return fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)
-
-
 @pytest.fixture(scope="module")
 def pretraining(tmp_path_factory):
   """(HF BertForPreTraining, its folder, the converted folder)."""
-  root = tmp_path_factory.mktemp("bert")
-  model = make_hf(transformers.BertForPreTraining, root / "hf")
-  convert.from_hf(str(root / "hf"), str(root / "converted"))
-  return model, str(root / "hf"), str(root / "converted")
+  return hf_and_converted(tmp_path_factory, "bert", lambda path: make_hf(transformers.BertForPreTraining, path))
 
 
 def test_pretraining_logit_parity_at_every_position(pretraining):
@@ -104,7 +86,7 @@ def test_converted_config_and_source(pretraining):
   assert cfg.model.layer_norm_eps == 1e-12 and cfg.model.vocab_size == VOCAB == cfg.tokenizer.vocab_size
   assert (cfg.model.num_layers, cfg.model.num_heads, cfg.model.pooler, cfg.model.nsp_head) == (2, 2, True, True)
   assert sorted(os.listdir(out)) == ["config.json", "config.py", "convert.json", "params"]
-  source = json.loads(open(os.path.join(out, "convert.json")).read())
+  source = read_json(out, "convert.json")
   assert source["architecture"] == "BertForPreTraining" and source["hf_dir"] == os.path.abspath(hf_dir)
   assert source["special_ids"]["pad_token_id"] == 0 and source["initialized_fresh"] == []
 
@@ -122,13 +104,11 @@ def test_round_trip_is_bit_exact_and_transformers_loads_it(pretraining, tmp_path
   model, _, out = pretraining
   config = convert.to_hf(out, str(tmp_path / "hf2"))
   assert config["architectures"] == ["BertForPreTraining"] and config["dtype"] == "float32"
-  reloaded, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "hf2"), output_loading_info=True)
-  assert not any(info.values()), info  # No missing, unexpected or mismatched keys.
+  reloaded = reload(transformers.BertForPreTraining, tmp_path / "hf2")
   ids, types, mask = inputs(seed=1)
-  a, b = hf_forward(model, ids, types, mask), hf_forward(reloaded.eval(), ids, types, mask)
+  a, b = hf_forward(model, ids, types, mask), hf_forward(reloaded, ids, types, mask)
   assert max_diff(a.prediction_logits, b.prediction_logits) == 0.0
-  convert.from_hf(str(tmp_path / "hf2"), str(tmp_path / "again"))
-  assert params_equal(convert.load_params(out), convert.load_params(str(tmp_path / "again")))
+  assert_converts_to(tmp_path / "hf2", tmp_path / "again", out)
 
 
 def test_masked_lm_parity_and_round_trip(tmp_path):
@@ -141,8 +121,7 @@ def test_masked_lm_parity_and_round_trip(tmp_path):
   mlm, nsp = project_forward(out, ids, types, mask)
   assert nsp is None and max_diff(mlm, hf_forward(model, ids, types, mask).logits) <= TOL
   assert convert.to_hf(out, str(tmp_path / "hf2"))["architectures"] == ["BertForMaskedLM"]
-  _, info = transformers.BertForMaskedLM.from_pretrained(str(tmp_path / "hf2"), output_loading_info=True)
-  assert not any(info.values()), info
+  reload(transformers.BertForMaskedLM, tmp_path / "hf2")
 
 
 def test_bert_model_gets_fresh_heads_and_encoder_parity(tmp_path):
@@ -162,10 +141,8 @@ def test_bert_model_gets_fresh_heads_and_encoder_parity(tmp_path):
 
 def test_scanned_import_and_export_from_a_training_workdir(pretraining, tmp_path):
   model, hf_dir, out = pretraining
-  scanned = str(tmp_path / "scanned")
-  convert.from_hf(hf_dir, scanned, scan_layers=True)
-  cfg = convert.load_config(scanned)
-  params = convert.load_params(scanned)
+  params = import_scanned(hf_dir, tmp_path / "scanned", out)
+  cfg = convert.load_config(str(tmp_path / "scanned"))
   kernel = params["bert"]["encoder"]["layers"]["intermediate"]["kernel"]
   assert cfg.model.scan_layers and kernel.shape == (2, 32, 64)
   ids, types, mask = inputs()
@@ -179,17 +156,11 @@ def test_scanned_import_and_export_from_a_training_workdir(pretraining, tmp_path
   config["_tokenizer"] = {"vocab_size": VOCAB, "fingerprint": "x", "path": "x",
                           "special_ids": {"pad": 5, "unk": 1, "cls": 7, "sep": 8, "mask": 9, "eos": 8}}
   adam = {"mu": jax.tree.map(np.zeros_like, params), "nu": jax.tree.map(np.ones_like, params)}
-  state = TrainState(step=np.int32(7), params=params, opt_state=adam)
-  workdir = str(tmp_path / "run")
-  ckpt = Checkpointer(workdir, every_steps=1, keep=2, async_save=False)
-  ckpt.save(7, state, {"next_batch": 0}, config, {})
-  ckpt.close()
+  workdir = save_checkpoint(tmp_path / "run", 7, params, config, opt_state=adam, data_state={"next_batch": 0}, keep=2)
   convert.to_hf(workdir, str(tmp_path / "exported"))
-  reloaded, info = transformers.BertForPreTraining.from_pretrained(str(tmp_path / "exported"),
-                                                                   output_loading_info=True)
-  assert not any(info.values()), info
+  reloaded = reload(transformers.BertForPreTraining, tmp_path / "exported")
   assert reloaded.config.pad_token_id == 5  # The pad id of the tokenizer the run trained with.
-  a, b = hf_forward(model, ids, types, mask), hf_forward(reloaded.eval(), ids, types, mask)
+  a, b = hf_forward(model, ids, types, mask), hf_forward(reloaded, ids, types, mask)
   assert max_diff(a.prediction_logits, b.prediction_logits) == 0.0
   with pytest.raises(PretrainError, match="no checkpoint of step 3"):
     convert.to_hf(workdir, str(tmp_path / "nope"), step=3)
@@ -269,23 +240,6 @@ def test_load_params_into_a_target_layout_and_sharding(pretraining):
 # Bad input: one clear error, nothing written.
 
 
-def _edited(src, dst, config=None, drop=(), add=None):
-  """A copy of an HF folder with config.json fields replaced and tensors dropped or added."""
-  shutil.copytree(src, dst)
-  if config:
-    with open(os.path.join(dst, "config.json")) as f:
-      c = json.load(f)
-    c.update(config)
-    with open(os.path.join(dst, "config.json"), "w") as f:
-      json.dump(c, f)
-  if drop or add:
-    path = os.path.join(dst, "model.safetensors")
-    tensors = {k: v for k, v in load_file(path).items() if k not in drop}
-    tensors.update(add or {})
-    save_file(tensors, path, metadata={"format": "pt"})
-  return str(dst)
-
-
 @pytest.mark.parametrize("edit, message", [
     (dict(config={"architectures": ["BertForSequenceClassification"]}),
      r"config.json architectures=\['BertForSequenceClassification'\] is not supported"),
@@ -307,11 +261,7 @@ def _edited(src, dst, config=None, drop=(), add=None):
     (dict(config={"num_attention_heads": 3}), r"hidden_size 32 is not divisible by num_heads 3"),
 ])
 def test_bad_hf_folders(pretraining, tmp_path, edit, message):
-  src = _edited(pretraining[1], tmp_path / "bad", **edit)
-  out = tmp_path / "out" / "converted"
-  with pytest.raises(PretrainError, match=message):
-    convert.from_hf(src, str(out))
-  assert not (tmp_path / "out").exists()  # Nothing written, not even the parent.
+  assert_refused(pretraining[1], tmp_path, edit, message)
 
 
 def test_pickle_needs_allow_pickle(pretraining, tmp_path):
@@ -323,8 +273,7 @@ def test_pickle_needs_allow_pickle(pretraining, tmp_path):
   with pytest.raises(PretrainError, match="only pytorch_model.bin.*--allow_pickle"):
     convert.from_hf(str(hf), str(tmp_path / "a"))
   assert not (tmp_path / "a").exists()
-  convert.from_hf(str(hf), str(tmp_path / "b"), allow_pickle=True)
-  assert params_equal(convert.load_params(out), convert.load_params(str(tmp_path / "b")))
+  assert_converts_to(hf, tmp_path / "b", out, allow_pickle=True)
 
 
 def test_bfloat16_and_sharded_safetensors(pretraining, tmp_path):
@@ -339,8 +288,7 @@ def test_bfloat16_and_sharded_safetensors(pretraining, tmp_path):
     save_file({k: tensors[k] for k in part}, str(sharded / f"model-{i}.safetensors"), metadata={"format": "pt"})
     weight_map.update({k: f"model-{i}.safetensors" for k in part})
   (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
-  convert.from_hf(str(sharded), str(tmp_path / "a"))
-  assert params_equal(convert.load_params(out), convert.load_params(str(tmp_path / "a")))
+  assert_converts_to(sharded, tmp_path / "a", out)
 
   half = tmp_path / "bf16"
   model = transformers.BertForPreTraining.from_pretrained(hf_dir, dtype=torch.bfloat16)

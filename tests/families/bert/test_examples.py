@@ -1,5 +1,7 @@
 """BERT examples: chunk plans, [CLS] A [SEP] B [SEP] layout, NSP, determinism, masking."""
 import dataclasses
+import os
+import sys
 import time
 
 import numpy as np
@@ -9,6 +11,10 @@ from pretrain.data.tokenized import TokenizedDocs
 from pretrain.errors import PretrainError
 from pretrain.objectives import masking
 from pretrain.families.bert import examples as be
+
+# For tests/families/mlm_examples.py.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mlm_examples import unique_ids, unmasked  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CFG = be.BertExampleConfig()
 FIELDS = {  # name: (shape, dtype) at L = 128, P = 20.
@@ -38,25 +44,16 @@ def docs():
 @pytest.fixture(scope="module")
 def unique():
   """The same shape of corpus, with token id = 5 + its position: every id names its source."""
-  d = _random_docs(1)
-  return TokenizedDocs(np.arange(5, 5 + d.num_tokens, dtype=np.int32), d.sentence_starts, d.doc_starts)
+  return unique_ids(_random_docs(1))
 
 
 def _vocab(docs):
   return int(docs.tokens.max()) + 1
 
 
-def _unmasked(ex):
-  """input_ids with the original ids back at the masked positions."""
-  ids = ex["input_ids"].copy()
-  used = ex["masked_lm_weights"] > 0
-  ids[ex["masked_lm_positions"][used]] = ex["masked_lm_ids"][used]
-  return ids
-
-
 def _split(ex, nsp=True):
   """(A, B) token ids of an example, checking the layout on the way."""
-  ids, n = _unmasked(ex), int(ex["input_mask"].sum())
+  ids, n = unmasked(ex), int(ex["input_mask"].sum())
   length = ids.shape[0]
   assert 0 < n <= length
   np.testing.assert_array_equal(ex["input_mask"], np.arange(length) < n)
@@ -288,7 +285,7 @@ def test_new_epoch_same_chunk_new_masks(unique):
   assert len(pairs) > 20
   for i, j in pairs:
     x, y = ex[i], ex[j]
-    np.testing.assert_array_equal(_unmasked(x), _unmasked(y))  # The same text...
+    np.testing.assert_array_equal(unmasked(x), unmasked(y))  # The same text...
     assert not np.array_equal(x["masked_lm_positions"], y["masked_lm_positions"])  # ...masked anew.
 
 

@@ -1,5 +1,7 @@
 """BERT model: shapes, exact parameter counts, scan/remat equivalence, masking, dropout, dtypes, FLOPs."""
 import dataclasses
+import os
+import sys
 
 import flax.linen as nn
 import jax
@@ -11,6 +13,11 @@ import pytest
 from pretrain.errors import PretrainError
 from pretrain.models import attention
 from pretrain.families.bert import model as bert
+
+# For tests/families/model_checks.py.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model_checks import (  # pylint: disable=g-import-not-at-top,wrong-import-position
+    assert_trees_close, matmul_flops, stack_unrolled)
 
 TINY = bert.BertConfig(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
 BASE = bert.BertConfig(vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072)
@@ -50,16 +57,8 @@ def loss_fn(config, params, batch, rng=None):
 def stack_layers(params, num_layers):
   """Non-scan params -> scan layout (encoder/layer_i/... -> encoder/layers/... stacked on axis 0)."""
   params = jax.tree.map(lambda x: x, params)  # copy of the dict structure
-  encoder = params['bert']['encoder']
-  layers = [encoder.pop(f'layer_{i}') for i in range(num_layers)]
-  encoder['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+  stack_unrolled(params['bert']['encoder'], 'layer_', num_layers, 'layers')
   return params
-
-
-def assert_trees_close(a, b, rtol=1e-5, atol=1e-6):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 @pytest.fixture(scope='module')
@@ -170,23 +169,6 @@ def test_bfloat16_compute_close_to_float32(tiny_params):
   assert all(g.dtype == jnp.float32 and np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
 
 
-def _jaxpr_matmul_flops(jaxpr) -> float:
-  """2 * multiply-adds of every dot_general in a jaxpr, nested jaxprs included."""
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'dot_general':
-      (lhs_contract, _), _ = eqn.params['dimension_numbers']
-      lhs_shape = eqn.invars[0].aval.shape
-      out_shape = eqn.outvars[0].aval.shape
-      total += 2.0 * np.prod([lhs_shape[d] for d in lhs_contract]) * np.prod(out_shape)
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        inner = getattr(sub, 'jaxpr', sub)
-        if hasattr(inner, 'eqns'):
-          total += _jaxpr_matmul_flops(inner) * eqn.params.get('length', 1)
-  return total
-
-
 @pytest.mark.parametrize('scan', [False, True])
 def test_forward_flops_match_jaxpr(scan):
   config = dataclasses.replace(TINY, scan_layers=scan, remat_policy='full')
@@ -194,7 +176,7 @@ def test_forward_flops_match_jaxpr(scan):
   inputs = bert.init_inputs(1, LENGTH, PREDICTIONS)
   params = jax.eval_shape(model.init, jax.random.key(0), **inputs)
   jaxpr = jax.make_jaxpr(lambda p: model.apply(p, **inputs))(params).jaxpr
-  assert _jaxpr_matmul_flops(jaxpr) == bert.forward_flops_per_sequence(config, LENGTH, PREDICTIONS)
+  assert matmul_flops(jaxpr) == bert.forward_flops_per_sequence(config, LENGTH, PREDICTIONS)
 
 
 def test_forward_flops_match_xla_cost_analysis():

@@ -1,10 +1,8 @@
 """GPT-2 <-> HF transformers: logit parity (padded and packed), round trips, a project-trained export, bad input."""
-import functools
-import json
 import os
 import shutil
+import sys
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -12,40 +10,33 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from pretrain import convert
-from pretrain.checkpoint import Checkpointer
-from pretrain.convert import checkpoints
 from pretrain.errors import PretrainError
 from pretrain.families.gpt2 import model as gpt2_model
-from pretrain.training.step import TrainState
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "convert"))  # For tests/convert/hf_folders.py.
+from hf_folders import (  # pylint: disable=g-import-not-at-top,wrong-import-position
+    TOL, assert_converts_to, assert_refused, hf_and_converted, hf_outputs, import_scanned, max_diff, padded,
+    perturb_and_save, project_outputs, read_json, reload, run_config, save_checkpoint)
 
 VOCAB, LENGTH, POSITIONS = 99, 12, 16
 HF_CONFIG = dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=2, n_positions=POSITIONS, bos_token_id=98,
                  eos_token_id=98)
-TOL = 1e-4
 
 
 def make_hf(path, seed=0):
   """A random-weight GPT2LMHeadModel saved as safetensors; every weight perturbed so no bias or norm is trivial."""
   torch.manual_seed(seed)
-  model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_CONFIG)).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  model.save_pretrained(path, safe_serialization=True)
-  return model
+  return perturb_and_save(transformers.GPT2LMHeadModel(transformers.GPT2Config(**HF_CONFIG)).eval(), path)
 
 
 def padded_inputs(seed=0):
   """ids and mask of 3 sequences of 12, 7 and 3 real tokens, right-padded with 0."""
-  rng = np.random.default_rng(seed)
-  mask = (np.arange(LENGTH)[None] < np.array([[12], [7], [3]])).astype(np.int32)
-  return np.where(mask > 0, rng.integers(5, VOCAB, (3, LENGTH)), 0).astype(np.int32), mask
+  return padded(np.random.default_rng(seed), VOCAB, LENGTH)
 
 
 def hf_logits(model, ids, mask=None):
-  with torch.no_grad():
-    return model(input_ids=torch.tensor(ids, dtype=torch.long),
-                 attention_mask=None if mask is None else torch.tensor(mask, dtype=torch.long)).logits.numpy()
+  return hf_outputs(model, input_ids=ids, attention_mask=mask).logits.numpy()
 
 
 def model_config(out, **overrides) -> gpt2_model.Gpt2Config:
@@ -54,31 +45,14 @@ def model_config(out, **overrides) -> gpt2_model.Gpt2Config:
                                               **overrides))
 
 
-@functools.cache
-def _apply(cfg: gpt2_model.Gpt2Config):
-  return jax.jit(gpt2_model.Gpt2LMHeadModel(cfg).apply)
-
-
 def project_logits(cfg, params, ids, positions=None, segment_ids=None):
-  return np.asarray(_apply(cfg)({"params": params}, ids, positions, segment_ids))
-
-
-def max_diff(a, b):
-  return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-
-
-def params_equal(a, b):
-  fa, fb = checkpoints.flatten(a), checkpoints.flatten(b)
-  return fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)
+  return project_outputs(gpt2_model.Gpt2LMHeadModel, cfg, params, ids, positions, segment_ids)
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   """(HF GPT2LMHeadModel, its folder, the converted folder)."""
-  root = tmp_path_factory.mktemp("gpt2")
-  model = make_hf(root / "hf")
-  convert.from_hf(str(root / "hf"), str(root / "converted"))
-  return model, str(root / "hf"), str(root / "converted")
+  return hf_and_converted(tmp_path_factory, "gpt2", make_hf)
 
 
 def test_converted_config_and_source(converted):
@@ -90,7 +64,7 @@ def test_converted_config_and_source(converted):
   assert (m.max_position_embeddings, m.layer_norm_eps, m.dropout_rate, m.dtype) == (POSITIONS, 1e-5, 0.1, "bfloat16")
   assert cfg.data.max_seq_length == POSITIONS and cfg.tokenizer.vocab_size == VOCAB
   assert cfg.optimizer.b2 == 0.95  # GPT-2's recipe (pretrain.families.gpt2.config.gpt2_config), not BERT's.
-  source = json.loads(open(os.path.join(out, "convert.json")).read())
+  source = read_json(out, "convert.json")
   assert source["architecture"] == "GPT2LMHeadModel" and source["hf_dir"] == os.path.abspath(hf_dir)
   assert source["special_ids"] == {"pad_token_id": None, "bos_token_id": 98, "eos_token_id": 98}
   assert source["skipped_tensors"] == [] and source["initialized_fresh"] == []
@@ -128,7 +102,7 @@ def test_packed_row_matches_each_document_alone(converted):
 def test_round_trip_is_bit_exact_and_transformers_loads_it(converted, tmp_path):
   model, hf_dir, out = converted
   config = convert.to_hf(out, str(tmp_path / "hf2"))
-  base = json.loads(open(os.path.join(hf_dir, "config.json")).read())
+  base = read_json(hf_dir, "config.json")
   assert config["architectures"] == ["GPT2LMHeadModel"] and config["dtype"] == "float32"
   assert {k: config[k] for k in ("n_inner", "bos_token_id", "eos_token_id", "pad_token_id")} == {
       "n_inner": 128, "bos_token_id": 98, "eos_token_id": 98, "pad_token_id": None}
@@ -136,12 +110,10 @@ def test_round_trip_is_bit_exact_and_transformers_loads_it(converted, tmp_path):
   assert {k: v for k, v in config.items() if k not in skip} == {k: v for k, v in base.items() if k not in skip}
   assert sorted(load_file(str(tmp_path / "hf2" / "model.safetensors"))) == sorted(
       load_file(os.path.join(hf_dir, "model.safetensors")))
-  reloaded, info = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf2"), output_loading_info=True)
-  assert not any(info.values()), info  # No missing, unexpected or mismatched keys.
+  reloaded = reload(transformers.GPT2LMHeadModel, tmp_path / "hf2")
   ids, mask = padded_inputs(seed=2)
-  assert max_diff(hf_logits(model, ids, mask), hf_logits(reloaded.eval(), ids, mask)) == 0.0
-  convert.from_hf(str(tmp_path / "hf2"), str(tmp_path / "again"))
-  assert params_equal(convert.load_params(out), convert.load_params(str(tmp_path / "again")))
+  assert max_diff(hf_logits(model, ids, mask), hf_logits(reloaded, ids, mask)) == 0.0
+  assert_converts_to(tmp_path / "hf2", tmp_path / "again", out)
 
 
 def test_gpt2_model_file_layout_with_buffers_and_a_stored_head(converted, tmp_path):
@@ -156,23 +128,17 @@ def test_gpt2_model_file_layout_with_buffers_and_a_stored_head(converted, tmp_pa
     tensors.update({f"h.{i}.attn.bias": causal, f"h.{i}.attn.masked_bias": np.array(-1e4, np.float32)})
   tensors["lm_head.weight"] = tensors["wte.weight"]
   save_file(tensors, str(hf / "model.safetensors"), metadata={"format": "pt"})
-  source = convert.from_hf(str(hf), str(tmp_path / "converted"))
+  source = assert_converts_to(hf, tmp_path / "converted", out)
   assert source["skipped_tensors"] == ["h.0.attn.bias", "h.0.attn.masked_bias", "h.1.attn.bias",
                                        "h.1.attn.masked_bias", "lm_head.weight"]
-  assert params_equal(convert.load_params(out), convert.load_params(str(tmp_path / "converted")))
 
 
 def test_export_of_a_model_trained_here(converted, tmp_path):
   """A training workdir: vocab_size 0 (the tokenizer's), [SEP] = 3 ends documents; HF must give the same logits."""
   _, _, out = converted
   params = convert.load_params(out)
-  config = convert.load_config(out).to_dict()
-  config["model"].update(vocab_size=0, dtype="float32")
-  config["_tokenizer"] = {"vocab_size": VOCAB, "fingerprint": "f", "path": "p"}
-  ckpt = Checkpointer(str(tmp_path / "run"), every_steps=1, keep=1, async_save=False)
-  ckpt.save(5, TrainState(step=np.int32(5), params=params, opt_state={}), {}, config, {})
-  ckpt.close()
-  hf_config = convert.to_hf(str(tmp_path / "run"), str(tmp_path / "hf"))
+  config = run_config(out, VOCAB)
+  hf_config = convert.to_hf(save_checkpoint(tmp_path / "run", 5, params, config), str(tmp_path / "hf"))
   assert (hf_config["pad_token_id"], hf_config["bos_token_id"], hf_config["eos_token_id"]) == (0, 3, 3)
   assert hf_config["vocab_size"] == VOCAB and hf_config["n_embd"] == 32
   reloaded = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path / "hf")).eval()
@@ -183,33 +149,14 @@ def test_export_of_a_model_trained_here(converted, tmp_path):
 
   # An attention variant HF's GPT-2 does not have is refused, even when the params fit.
   config["model"]["attention"]["sliding_window"] = 4
-  ckpt = Checkpointer(str(tmp_path / "windowed"), every_steps=1, keep=1, async_save=False)
-  ckpt.save(5, TrainState(step=np.int32(5), params=params, opt_state={}), {}, config, {})
-  ckpt.close()
+  windowed = save_checkpoint(tmp_path / "windowed", 5, params, config)
   with pytest.raises(PretrainError, match="model.attention.sliding_window=4 cannot be exported: GPT2LMHeadModel "
                                           "attends to the whole context"):
-    convert.to_hf(str(tmp_path / "windowed"), str(tmp_path / "nope"))
+    convert.to_hf(windowed, str(tmp_path / "nope"))
   assert not (tmp_path / "nope").exists()
 
 
 # Bad input: one clear error, nothing written.
-
-
-def _edited(src, dst, config=None, drop=(), add=None):
-  """A copy of an HF folder with config.json fields replaced and tensors dropped or added."""
-  shutil.copytree(src, dst)
-  if config:
-    with open(os.path.join(dst, "config.json")) as f:
-      c = json.load(f)
-    c.update(config)
-    with open(os.path.join(dst, "config.json"), "w") as f:
-      json.dump(c, f)
-  if drop or add:
-    path = os.path.join(dst, "model.safetensors")
-    tensors = {k: v for k, v in load_file(path).items() if k not in drop}
-    tensors.update(add or {})
-    save_file(tensors, path, metadata={"format": "pt"})
-  return str(dst)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -233,21 +180,13 @@ def _edited(src, dst, config=None, drop=(), add=None):
     (dict(config={"n_head": 3}), r"hidden_size 32 is not divisible by num_heads 3"),
 ])
 def test_bad_hf_folders(converted, tmp_path, edit, message):
-  src = _edited(converted[1], tmp_path / "bad", **edit)
-  out = tmp_path / "out" / "converted"
-  with pytest.raises(PretrainError, match=message):
-    convert.from_hf(src, str(out))
-  assert not (tmp_path / "out").exists()  # Nothing written, not even the parent.
+  assert_refused(converted[1], tmp_path, edit, message)
 
 
 def test_scanned_import_has_the_same_logits(converted, tmp_path):
-  hf_model, hf_dir, out = converted
-  scanned = str(tmp_path / "scanned")
-  convert.from_hf(hf_dir, scanned, scan_layers=True)
-  assert convert.load_config(scanned).model.scan_layers
-  params = convert.load_params(scanned)
+  _, hf_dir, out = converted
+  params = import_scanned(hf_dir, tmp_path / "scanned", out)
   assert "h" in params and "h_0" not in params and params["h"]["attn"]["query"]["kernel"].shape[0] == 2
-  ids, mask = padded_inputs()
-  got = project_logits(model_config(scanned), params, ids)
+  ids, _ = padded_inputs()
+  got = project_logits(model_config(str(tmp_path / "scanned")), params, ids)
   np.testing.assert_allclose(got, project_logits(model_config(out), convert.load_params(out), ids), atol=1e-5)
-  assert params_equal(checkpoints.unstack_layers(params), convert.load_params(out))

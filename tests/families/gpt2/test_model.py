@@ -1,6 +1,8 @@
 """GPT-2 model: exact parameter counts, init, causality, packed segments, scan/remat equivalence, FLOPs."""
 import dataclasses
 import functools
+import os
+import sys
 
 import flax.linen as nn
 import jax
@@ -10,6 +12,10 @@ import pytest
 
 from pretrain.errors import PretrainError
 from pretrain.families.gpt2 import model as gpt2
+
+# For tests/families/model_checks.py.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model_checks import assert_trees_close, stack_unrolled  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TINY = gpt2.Gpt2Config(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
                        max_position_embeddings=32)
@@ -45,15 +51,8 @@ def random_ids(seed=0, shape=(BATCH, LENGTH), vocab=256):
 def stack_layers(params, num_layers):
   """Unrolled params -> scan layout (h_i/... -> h/... stacked on axis 0)."""
   params = dict(params)
-  blocks = [params.pop(f'h_{i}') for i in range(num_layers)]
-  params['h'] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+  stack_unrolled(params, 'h_', num_layers, 'h')
   return params
-
-
-def assert_trees_close(a, b, rtol=1e-5, atol=1e-5):
-  assert jax.tree.structure(a) == jax.tree.structure(b)
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol)
 
 
 @pytest.fixture(scope='module')
@@ -150,7 +149,7 @@ def test_scanned_and_rematerialized_blocks_match_unrolled(tiny_params):
 
   plain_loss, plain_grads = jax.jit(jax.value_and_grad(lambda p: loss(TINY, p)))(tiny_params)
   scan_loss, scan_grads = jax.jit(jax.value_and_grad(lambda p: loss(scan_config, p)))(stacked)
-  assert_trees_close((plain_loss, stack_layers(plain_grads, TINY.num_layers)), (scan_loss, scan_grads))
+  assert_trees_close((plain_loss, stack_layers(plain_grads, TINY.num_layers)), (scan_loss, scan_grads), atol=1e-5)
 
 
 def test_dropout_only_when_not_deterministic(tiny_params):

@@ -2,6 +2,7 @@
 import dataclasses
 import json
 import os
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -12,40 +13,39 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from pretrain import convert
-from pretrain.checkpoint import Checkpointer
 from pretrain.convert import checkpoints
 from pretrain.errors import PretrainError
 from pretrain.families.bert import model as bert_model
-from pretrain.training.step import TrainState
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "convert"))  # For tests/convert/hf_folders.py.
+from hf_folders import (  # pylint: disable=g-import-not-at-top,wrong-import-position
+    TOL, assert_converts_to, hf_and_converted, hf_outputs, max_diff, padded, perturb_and_save, read_json, reload,
+    save_checkpoint)
 
 VOCAB, LENGTH = 99, 12
 HF_CONFIG = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                  max_position_embeddings=LENGTH + 2, type_vocab_size=1, layer_norm_eps=1e-5)
-TOL = 1e-4
 
 
 def make_hf(path, seed=0):
+  """A random-weight RobertaForMaskedLM saved with a pooler as roberta-base's file has, which the model skips."""
   torch.manual_seed(seed)
-  model = transformers.RobertaForMaskedLM(transformers.RobertaConfig(**HF_CONFIG)).eval()
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  model.save_pretrained(path, safe_serialization=True)
+  model = perturb_and_save(transformers.RobertaForMaskedLM(transformers.RobertaConfig(**HF_CONFIG)).eval(), path)
+  tensors = load_file(str(path / "model.safetensors"))
+  tensors.update({"roberta.pooler.dense.weight": np.ones((32, 32), np.float32),
+                  "roberta.pooler.dense.bias": np.ones(32, np.float32)})
+  save_file(tensors, str(path / "model.safetensors"), metadata={"format": "pt"})
   return model
 
 
 def inputs(pad_id, seed=0):
   """ids and mask of 3 sequences of 12, 7 and 3 real tokens, right-padded with pad_id."""
-  rng = np.random.default_rng(seed)
-  mask = (np.arange(LENGTH)[None] < np.array([[12], [7], [3]])).astype(np.int32)
-  ids = np.where(mask > 0, rng.integers(5, VOCAB, (3, LENGTH)), pad_id).astype(np.int32)
-  return ids, mask
+  return padded(np.random.default_rng(seed), VOCAB, LENGTH, pad_id)
 
 
 def hf_logits(model, ids, mask):
-  with torch.no_grad():
-    return model(input_ids=torch.tensor(ids, dtype=torch.long),
-                 attention_mask=torch.tensor(mask, dtype=torch.long)).logits.numpy()
+  return hf_outputs(model, input_ids=ids, attention_mask=mask).logits.numpy()
 
 
 def project_logits(cfg: bert_model.BertConfig, params, ids, mask):
@@ -55,21 +55,9 @@ def project_logits(cfg: bert_model.BertConfig, params, ids, mask):
   return np.asarray(mlm)
 
 
-def max_diff(a, b):
-  return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-
-
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
-  root = tmp_path_factory.mktemp("roberta")
-  model = make_hf(root / "hf")
-  path = root / "hf" / "model.safetensors"
-  tensors = load_file(str(path))  # roberta-base's file also holds a pooler, which RobertaForMaskedLM skips.
-  tensors.update({"roberta.pooler.dense.weight": np.ones((32, 32), np.float32),
-                  "roberta.pooler.dense.bias": np.ones(32, np.float32)})
-  save_file(tensors, str(path), metadata={"format": "pt"})
-  convert.from_hf(str(root / "hf"), str(root / "converted"))
-  return model, str(root / "hf"), str(root / "converted")
+  return hf_and_converted(tmp_path_factory, "roberta", make_hf)
 
 
 def test_logit_parity_at_every_position_with_padding(converted):
@@ -79,7 +67,7 @@ def test_logit_parity_at_every_position_with_padding(converted):
   m = cfg.model
   assert (m.position_offset, m.type_vocab_size, m.layer_norm_eps, m.pooler, m.nsp_head) == (2, 1, 1e-5, False, False)
   assert cfg.data.max_seq_length == LENGTH
-  source = json.loads(open(os.path.join(out, "convert.json")).read())
+  source = read_json(out, "convert.json")
   assert source["skipped_tensors"] == ["roberta.pooler.dense.bias", "roberta.pooler.dense.weight"]
   assert source["special_ids"] == {"pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}
   ids, mask = inputs(pad_id=1)
@@ -94,14 +82,10 @@ def test_round_trip_is_bit_exact(converted, tmp_path):
   config = convert.to_hf(out, str(tmp_path / "hf2"))
   assert config["architectures"] == ["RobertaForMaskedLM"] and config["pad_token_id"] == 1
   assert config["layer_norm_eps"] == 1e-5 and config["type_vocab_size"] == 1
-  reloaded, info = transformers.RobertaForMaskedLM.from_pretrained(str(tmp_path / "hf2"), output_loading_info=True)
-  assert not any(info.values()), info
+  reloaded = reload(transformers.RobertaForMaskedLM, tmp_path / "hf2")
   ids, mask = inputs(pad_id=1, seed=1)
-  assert max_diff(hf_logits(model, ids, mask), hf_logits(reloaded.eval(), ids, mask)) == 0.0
-  convert.from_hf(str(tmp_path / "hf2"), str(tmp_path / "again"))
-  a = checkpoints.flatten(convert.load_params(out))
-  b = checkpoints.flatten(convert.load_params(str(tmp_path / "again")))
-  assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+  assert max_diff(hf_logits(model, ids, mask), hf_logits(reloaded, ids, mask)) == 0.0
+  assert_converts_to(tmp_path / "hf2", tmp_path / "again", out)
 
 
 def test_export_of_a_model_trained_with_the_project_tokenizer(converted, tmp_path):
@@ -113,10 +97,7 @@ def test_export_of_a_model_trained_with_the_project_tokenizer(converted, tmp_pat
   config.task.name = "roberta"
   config.model.update({k: v for k, v in dataclasses.asdict(cfg).items() if k != "vocab_size"})
   config = dict(config.to_dict(), _tokenizer={"vocab_size": VOCAB, "fingerprint": "f", "path": "p"})
-  ckpt = Checkpointer(str(tmp_path / "run"), every_steps=1, keep=1, async_save=False)
-  ckpt.save(3, TrainState(step=np.int32(3), params=params, opt_state={}), {}, config, {})
-  ckpt.close()
-  hf_config = convert.to_hf(str(tmp_path / "run"), str(tmp_path / "hf"))
+  hf_config = convert.to_hf(save_checkpoint(tmp_path / "run", 3, params, config), str(tmp_path / "hf"))
   assert (hf_config["pad_token_id"], hf_config["bos_token_id"], hf_config["eos_token_id"]) == (0, 2, 3)
   reloaded = transformers.RobertaForMaskedLM.from_pretrained(str(tmp_path / "hf")).eval()
   ids, mask = inputs(pad_id=0)
@@ -128,7 +109,7 @@ def test_export_of_a_model_trained_with_the_project_tokenizer(converted, tmp_pat
 
 def test_bad_input(converted, tmp_path):
   _, hf_dir, out = converted
-  config = json.loads(open(os.path.join(hf_dir, "config.json")).read())
+  config = read_json(hf_dir, "config.json")
   bad = tmp_path / "bad"
   bad.mkdir()
   (bad / "config.json").write_text(json.dumps(dict(config, architectures=["RobertaForCausalLM"])))
@@ -140,7 +121,7 @@ def test_bad_input(converted, tmp_path):
   with pytest.raises(PretrainError, match=r"tensor roberta.embeddings.position_embeddings.weight has shape "
                                           r"\(14, 32\) but config.json \(max_position_embeddings=12"):
     convert.from_hf(str(bad), str(tmp_path / "out"))
-  saved = json.loads(open(os.path.join(out, "config.json")).read())
+  saved = read_json(out, "config.json")
   saved["task"]["name"] = "xlnet"
   (bad / "config.json").unlink()
   os.symlink(os.path.join(out, "params"), bad / "params")

@@ -1,5 +1,7 @@
 """RoBERTa: FULL-SENTENCES blocks, dynamic masks, the model options, the task, a short training run."""
 import dataclasses
+import os
+import sys
 
 import flax.linen as nn
 import jax
@@ -12,6 +14,11 @@ from pretrain.errors import PretrainError
 from pretrain.families.bert import model as bert
 from pretrain.families.roberta import task as roberta_task
 from pretrain.families.roberta import examples as rx
+
+# For tests/families/mlm_examples.py and model_checks.py.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from mlm_examples import unique_ids, unmasked  # pylint: disable=g-import-not-at-top,wrong-import-position
+from model_checks import matmul_flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 BASE = bert.BertConfig(vocab_size=50265, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
                        max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
@@ -31,20 +38,12 @@ def _random_docs(seed=0, n_docs=30, low=5, high=1000, max_len=12):
 @pytest.fixture(scope="module")
 def unique():
   """Token id = 5 + its position in the corpus: every id names its source."""
-  d = _random_docs(1)
-  return TokenizedDocs(np.arange(5, 5 + d.num_tokens, dtype=np.int32), d.sentence_starts, d.doc_starts)
-
-
-def _unmasked(ex):
-  ids = ex["input_ids"].copy()
-  used = ex["masked_lm_weights"] > 0
-  ids[ex["masked_lm_positions"][used]] = ex["masked_lm_ids"][used]
-  return ids
+  return unique_ids(_random_docs(1))
 
 
 def _body(ex):
   """The block between [CLS] and the final [SEP], checking the layout on the way."""
-  ids, n = _unmasked(ex), int(ex["input_mask"].sum())
+  ids, n = unmasked(ex), int(ex["input_mask"].sum())
   np.testing.assert_array_equal(ex["input_mask"], np.arange(ids.size) < n)
   assert ids[0] == 2 and ids[n - 1] == 3 and (ids[n:] == 0).all() and (ex["input_ids"][n:] == 0).all()
   return ids[1:n - 1]
@@ -152,7 +151,7 @@ def test_masking_skips_specials_and_hits_fifteen_percent(unique):
   cfg = rx.RobertaExampleConfig(max_seq_length=32, max_predictions_per_seq=32)
   ex = rx.RobertaExamples(unique, cfg, vocab_size=5 + unique.num_tokens, seed=0)
   b = ex.batch(np.arange(400))
-  ids = np.stack([_unmasked({k: v[r] for k, v in b.items()}) for r in range(400)])
+  ids = np.stack([unmasked({k: v[r] for k, v in b.items()}) for r in range(400)])
   w = b["masked_lm_weights"] > 0
   pos = b["masked_lm_positions"]
   targets = np.take_along_axis(ids, pos, axis=1)[w]
@@ -234,25 +233,12 @@ def test_model_option_checks():
     dataclasses.replace(TINY, position_offset=22)
 
 
-def _dot_flops(jaxpr) -> float:
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == "dot_general":
-      (contract, _), _ = eqn.params["dimension_numbers"]
-      total += 2.0 * np.prod([eqn.invars[0].aval.shape[d] for d in contract]) * np.prod(eqn.outvars[0].aval.shape)
-    for sub in eqn.params.values():
-      inner = getattr(sub, "jaxpr", sub)
-      if hasattr(inner, "eqns"):
-        total += _dot_flops(inner)
-  return total
-
-
 def test_flops_count_no_pooler_or_nsp_head():
   model = bert.BertForPreTraining(TINY)
   inputs = bert.init_inputs(1, 16, 3)
   params = jax.eval_shape(model.init, jax.random.key(0), **inputs)
   jaxpr = jax.make_jaxpr(lambda p: model.apply(p, **inputs))(params).jaxpr
-  assert _dot_flops(jaxpr) == bert.forward_flops_per_sequence(TINY, 16, 3)
+  assert matmul_flops(jaxpr) == bert.forward_flops_per_sequence(TINY, 16, 3)
 
 
 # The task.

@@ -1,11 +1,10 @@
 """T5 v1.1 <-> HF transformers: logit parity with padding, the head layouts, round trips, a project-trained export,
 bad input."""
-import functools
 import json
 import os
 import shutil
+import sys
 
-import jax
 import numpy as np
 import pytest
 import torch
@@ -13,11 +12,13 @@ import transformers
 from safetensors.numpy import load_file, save_file
 
 from pretrain import convert
-from pretrain.checkpoint import Checkpointer
-from pretrain.convert import checkpoints
-from pretrain.errors import PretrainError
 from pretrain.families.t5 import model as t5_model
-from pretrain.training.step import TrainState
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                "convert"))  # For tests/convert/hf_folders.py.
+from hf_folders import (  # pylint: disable=g-import-not-at-top,wrong-import-position
+    TOL, assert_converts_to, assert_refused, hf_and_converted, hf_outputs, import_scanned, max_diff, padded,
+    perturb_and_save, project_outputs, read_json, reload, run_config, save_checkpoint)
 
 VOCAB, ENC_LENGTH, DEC_LENGTH = 256, 12, 9
 # Few buckets and a short max_distance, so that 12 positions reach the log-spaced and the last buckets;
@@ -25,7 +26,6 @@ VOCAB, ENC_LENGTH, DEC_LENGTH = 256, 12, 9
 HF_CONFIG = dict(vocab_size=VOCAB, d_model=32, d_kv=6, num_heads=4, d_ff=48, num_layers=2, num_decoder_layers=3,
                  relative_attention_num_buckets=8, relative_attention_max_distance=10, feed_forward_proj="gated-gelu",
                  tie_word_embeddings=False, decoder_start_token_id=0)
-TOL = 1e-4
 
 
 def make_hf(path, seed=0, untie=True):
@@ -39,26 +39,19 @@ def make_hf(path, seed=0, untie=True):
   model = transformers.T5ForConditionalGeneration(transformers.T5Config(**HF_CONFIG))
   if untie:
     model.lm_head.weight = torch.nn.Parameter(torch.randn(VOCAB, 32) * 0.2)
-  with torch.no_grad():
-    for p in model.parameters():
-      p.add_(0.1 * torch.randn_like(p))
-  model.save_pretrained(path, safe_serialization=True)
-  return model.eval()
+  return perturb_and_save(model, path).eval()
 
 
 def inputs(seed=0):
   """Encoder ids and mask of 3 sequences of 12, 7 and 3 real tokens (right-padded with 0); decoder ids from 0."""
   rng = np.random.default_rng(seed)
-  mask = (np.arange(ENC_LENGTH)[None] < np.array([[12], [7], [3]])).astype(np.int32)
-  ids = np.where(mask > 0, rng.integers(2, VOCAB, (3, ENC_LENGTH)), 0).astype(np.int32)
+  ids, mask = padded(rng, VOCAB, ENC_LENGTH, low=2)
   decoder_ids = np.concatenate([np.zeros((3, 1)), rng.integers(2, VOCAB, (3, DEC_LENGTH - 1))], 1).astype(np.int32)
   return ids, mask, decoder_ids
 
 
 def hf_logits(model, ids, mask, decoder_ids):
-  with torch.no_grad():
-    return model(input_ids=torch.tensor(ids, dtype=torch.long), attention_mask=torch.tensor(mask, dtype=torch.long),
-                 decoder_input_ids=torch.tensor(decoder_ids, dtype=torch.long)).logits.numpy()
+  return hf_outputs(model, input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits.numpy()
 
 
 def model_config(out) -> t5_model.T5Config:
@@ -66,31 +59,14 @@ def model_config(out) -> t5_model.T5Config:
   return t5_model.T5Config.from_dict(dict(convert.load_config(out).model.to_dict(), dtype="float32"))
 
 
-@functools.cache
-def _apply(cfg: t5_model.T5Config):
-  return jax.jit(t5_model.T5Model(cfg).apply)
-
-
 def project_logits(cfg, params, ids, mask, decoder_ids):
-  return np.asarray(_apply(cfg)({"params": params}, ids, mask, decoder_ids))
-
-
-def max_diff(a, b):
-  return float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-
-
-def params_equal(a, b):
-  fa, fb = checkpoints.flatten(a), checkpoints.flatten(b)
-  return fa.keys() == fb.keys() and all(np.array_equal(fa[k], fb[k]) for k in fa)
+  return project_outputs(t5_model.T5Model, cfg, params, ids, mask, decoder_ids)
 
 
 @pytest.fixture(scope="module")
 def converted(tmp_path_factory):
   """(HF model with an untied head, its folder, the converted folder)."""
-  root = tmp_path_factory.mktemp("t5")
-  model = make_hf(root / "hf")
-  convert.from_hf(str(root / "hf"), str(root / "converted"))
-  return model, str(root / "hf"), str(root / "converted")
+  return hf_and_converted(tmp_path_factory, "t5", make_hf)
 
 
 def test_logit_parity_with_padding(converted):
@@ -102,7 +78,7 @@ def test_logit_parity_with_padding(converted):
           m.num_decoder_layers) == (VOCAB, 32, 6, 4, 48, 2, 3)
   assert (m.attention.relative_num_buckets, m.attention.relative_max_distance, m.dropout_rate) == (8, 10, 0.1)
   assert (cfg.task.extra_ids, cfg.tokenizer.vocab_size, m.dtype) == (100, VOCAB - 100, "bfloat16")
-  source = json.loads(open(os.path.join(out, "convert.json")).read())
+  source = read_json(out, "convert.json")
   assert source["special_ids"] == {"pad_token_id": 0, "bos_token_id": None, "eos_token_id": 1}
   assert source["skipped_tensors"] == [] and source["initialized_fresh"] == []
   ids, mask, decoder_ids = inputs()
@@ -135,13 +111,10 @@ def test_round_trip_is_bit_exact_and_transformers_loads_it(converted, tmp_path):
   assert (config["pad_token_id"], config["eos_token_id"], config["decoder_start_token_id"]) == (0, 1, 0)
   assert sorted(load_file(str(tmp_path / "hf2" / "model.safetensors"))) == sorted(
       load_file(os.path.join(hf_dir, "model.safetensors")))
-  reloaded, info = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / "hf2"),
-                                                                           output_loading_info=True)
-  assert not any(info.values()), info  # No missing, unexpected or mismatched keys.
+  reloaded = reload(transformers.T5ForConditionalGeneration, tmp_path / "hf2")
   ids, mask, decoder_ids = inputs(seed=1)
-  assert max_diff(hf_logits(model, ids, mask, decoder_ids), hf_logits(reloaded.eval(), ids, mask, decoder_ids)) == 0
-  convert.from_hf(str(tmp_path / "hf2"), str(tmp_path / "again"))
-  assert params_equal(convert.load_params(out), convert.load_params(str(tmp_path / "again")))
+  assert max_diff(hf_logits(model, ids, mask, decoder_ids), hf_logits(reloaded, ids, mask, decoder_ids)) == 0
+  assert_converts_to(tmp_path / "hf2", tmp_path / "again", out)
 
 
 def test_head_tied_by_transformers_5_and_published_config(converted, tmp_path):
@@ -170,23 +143,17 @@ def test_head_tied_by_transformers_5_and_published_config(converted, tmp_path):
                   "decoder.embed_tokens.weight": tensors["shared.weight"],
                   "decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight": np.ones((8, 4), np.float32)})
   save_file(tensors, str(published / "model.safetensors"), metadata={"format": "pt"})
-  source = convert.from_hf(str(published), str(tmp_path / "from_published"))
+  source = assert_converts_to(published, tmp_path / "from_published", out)
   assert source["skipped_tensors"] == ["decoder.block.0.layer.1.EncDecAttention.relative_attention_bias.weight",
                                        "decoder.embed_tokens.weight", "encoder.embed_tokens.weight"]
-  assert params_equal(convert.load_params(out), convert.load_params(str(tmp_path / "from_published")))
 
 
 def test_export_of_a_model_trained_here(converted, tmp_path):
   """A training workdir: vocab_size 0 (tokenizer pieces + 100 sentinels, rounded up to 128), [SEP] = 3 is EOS."""
   _, _, out = converted
   params = convert.load_params(out)
-  config = convert.load_config(out).to_dict()
-  config["model"].update(vocab_size=0, dtype="float32")
-  config["_tokenizer"] = {"vocab_size": 150, "fingerprint": "f", "path": "p"}  # 150 + 100 -> 256 rows.
-  ckpt = Checkpointer(str(tmp_path / "run"), every_steps=1, keep=1, async_save=False)
-  ckpt.save(4, TrainState(step=np.int32(4), params=params, opt_state={}), {}, config, {})
-  ckpt.close()
-  hf_config = convert.to_hf(str(tmp_path / "run"), str(tmp_path / "hf"))
+  config = run_config(out, 150)  # 150 + 100 -> 256 rows.
+  hf_config = convert.to_hf(save_checkpoint(tmp_path / "run", 4, params, config), str(tmp_path / "hf"))
   assert hf_config["vocab_size"] == VOCAB and "bos_token_id" not in hf_config
   assert (hf_config["pad_token_id"], hf_config["eos_token_id"], hf_config["decoder_start_token_id"]) == (0, 3, 0)
   reloaded = transformers.T5ForConditionalGeneration.from_pretrained(str(tmp_path / "hf")).eval()
@@ -196,24 +163,6 @@ def test_export_of_a_model_trained_here(converted, tmp_path):
 
 
 # Bad input: one clear error, nothing written.
-
-
-def _edited(src, dst, config=None, drop=(), add=None):
-  """A copy of an HF folder with config.json fields replaced (None: removed) and tensors dropped or added."""
-  shutil.copytree(src, dst)
-  if config:
-    with open(os.path.join(dst, "config.json")) as f:
-      c = json.load(f)
-    c.update(config)
-    c = {k: v for k, v in c.items() if v is not None}
-    with open(os.path.join(dst, "config.json"), "w") as f:
-      json.dump(c, f)
-  if drop or add:
-    path = os.path.join(dst, "model.safetensors")
-    tensors = {k: v for k, v in load_file(path).items() if k not in drop}
-    tensors.update(add or {})
-    save_file(tensors, path, metadata={"format": "pt"})
-  return str(dst)
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -242,22 +191,15 @@ def _edited(src, dst, config=None, drop=(), add=None):
      r"rescales the decoder output by d_model\*\*-0.5 \(T5 v1.0\)"),
 ])
 def test_bad_hf_folders(converted, tmp_path, edit, message):
-  src = _edited(converted[1], tmp_path / "bad", **edit)
-  out = tmp_path / "out" / "converted"
-  with pytest.raises(PretrainError, match=message):
-    convert.from_hf(src, str(out))
-  assert not (tmp_path / "out").exists()  # Nothing written, not even the parent.
+  assert_refused(converted[1], tmp_path, edit, message)
 
 
 def test_scanned_import_has_the_same_logits(converted, tmp_path):
   _, hf_dir, out = converted
-  scanned = str(tmp_path / "scanned")
-  convert.from_hf(hf_dir, scanned, scan_layers=True)
-  params = convert.load_params(scanned)
+  params = import_scanned(hf_dir, tmp_path / "scanned", out)
   assert "block" in params["encoder"] and "block_0" not in params["decoder"]
   assert params["decoder"]["block"]["layer_0"]["SelfAttention"]["query"]["kernel"].shape[0] == 3
   ids, mask, decoder_ids = inputs()
-  got = project_logits(model_config(scanned), params, ids, mask, decoder_ids)
+  got = project_logits(model_config(str(tmp_path / "scanned")), params, ids, mask, decoder_ids)
   want = project_logits(model_config(out), convert.load_params(out), ids, mask, decoder_ids)
   np.testing.assert_allclose(got, want, atol=1e-5)
-  assert params_equal(checkpoints.unstack_layers(params), convert.load_params(out))

@@ -1,6 +1,8 @@
 """T5 v1.1 model: exact parameter counts, HF equivalence, causality, padding, buckets, init, scan/remat, FLOPs."""
 import dataclasses
 import functools
+import os
+import sys
 
 import flax.linen as nn
 import jax
@@ -11,6 +13,11 @@ import pytest
 from pretrain.errors import PretrainError
 from pretrain.models import positions
 from pretrain.families.t5 import model as t5
+
+# For tests/families/model_checks.py.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from model_checks import (  # pylint: disable=g-import-not-at-top,wrong-import-position
+    assert_trees_close, count_primitive, matmul_flops, stack_unrolled)
 
 TINY = t5.T5Config(vocab_size=96, hidden_size=32, intermediate_size=48, head_dim=8, num_heads=3, num_layers=2,
                    num_decoder_layers=2)
@@ -180,8 +187,7 @@ def stack_blocks(params, config):
   """Unrolled block_{i} params -> the scanned layout (one `block`, leaves stacked on axis 0)."""
   params = jax.tree.map(lambda x: x, params)
   for stack, n in (('encoder', config.num_layers), ('decoder', config.num_decoder_layers)):
-    blocks = [params[stack].pop(f'block_{i}') for i in range(n)]
-    params[stack]['block'] = jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)
+    stack_unrolled(params[stack], 'block_', n, 'block')
   return params
 
 
@@ -199,22 +205,7 @@ def test_scan_and_remat_match_unrolled(tiny_params):
       stack_blocks(tiny_params, TINY))
   expected_grads = stack_blocks(expected_grads, TINY)
   np.testing.assert_allclose(actual_loss, expected_loss, rtol=1e-5)
-  assert jax.tree.structure(actual_grads) == jax.tree.structure(expected_grads)
-  for a, b in zip(jax.tree.leaves(actual_grads), jax.tree.leaves(expected_grads)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-
-
-def _count_primitive(jaxpr, name: str) -> int:
-  """Occurrences of a primitive in a jaxpr, nested jaxprs included (each counted once)."""
-  n = 0
-  for eqn in jaxpr.eqns:
-    n += eqn.primitive.name == name
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        inner = getattr(sub, 'jaxpr', sub)
-        if hasattr(inner, 'eqns'):
-          n += _count_primitive(inner, name)
-  return n
+  assert_trees_close(actual_grads, expected_grads, rtol=1e-4, atol=1e-6)
 
 
 def test_dropout_sites_only_when_not_deterministic():
@@ -227,27 +218,12 @@ def test_dropout_sites_only_when_not_deterministic():
   def draws(deterministic):
     jaxpr = jax.make_jaxpr(lambda p: model.apply(p, **inputs, deterministic=deterministic,
                                                  rngs={'dropout': jax.random.key(1)}))(params).jaxpr
-    return _count_primitive(jaxpr, 'random_bits')
+    return count_primitive(jaxpr, 'random_bits')
 
   encoder = 1 + TINY.num_layers * 4 + 1  # embeddings; attention weights, residual, FFN inner, residual; final
   decoder = 1 + TINY.num_decoder_layers * 6 + 1  # ... and cross-attention weights and residual
   assert draws(False) == encoder + decoder
   assert draws(True) == 0
-
-
-def _matmul_flops(jaxpr) -> float:
-  """2 * multiply-adds of every dot_general in a jaxpr, nested jaxprs (scan bodies: x length) included."""
-  total = 0.0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'dot_general':
-      (contract, _), _ = eqn.params['dimension_numbers']
-      total += 2.0 * np.prod([eqn.invars[0].aval.shape[d] for d in contract]) * np.prod(eqn.outvars[0].aval.shape)
-    for param in eqn.params.values():
-      for sub in param if isinstance(param, (tuple, list)) else (param,):
-        inner = getattr(sub, 'jaxpr', sub)
-        if hasattr(inner, 'eqns'):
-          total += _matmul_flops(inner) * eqn.params.get('length', 1)
-  return total
 
 
 @pytest.mark.parametrize('scan', [False, True])
@@ -257,7 +233,7 @@ def test_forward_flops_match_jaxpr(scan):
   inputs = t5.init_inputs(2, 10, 6)
   params = jax.eval_shape(model.init, jax.random.key(0), **inputs)
   jaxpr = jax.make_jaxpr(lambda p: model.apply(p, **inputs))(params).jaxpr
-  assert _matmul_flops(jaxpr) == 2 * t5.forward_flops_per_example(config, 10, 6)
+  assert matmul_flops(jaxpr) == 2 * t5.forward_flops_per_example(config, 10, 6)
 
 
 def test_config_checks():

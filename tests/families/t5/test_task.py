@@ -83,19 +83,19 @@ def test_published_configs(name, shape):
   assert load_config("t5_tiny").task.name == "t5"
 
 
-def test_bad_configs_are_refused():
+@pytest.mark.parametrize("section, key, value, message", [
+    ("model", "vocab_size", 550, "model.vocab_size=550 is smaller"),
+    ("data", "targets_length", 7, "targets_length=7 is shorter than the 8"),
+    ("model", "d_model", 64, "unknown T5Config keys: d_model"),
+])
+def test_bad_configs_are_refused(section, key, value, message):
   c = small_config()
-  c.model.vocab_size = 550
-  with pytest.raises(PretrainError, match="model.vocab_size=550 is smaller"):
+  setattr(c[section], key, value)
+  with pytest.raises(PretrainError, match=message):
     get_task(c, TOKENIZER)
-  c = small_config()
-  c.data.targets_length = 7
-  with pytest.raises(PretrainError, match="targets_length=7 is shorter than the 8"):
-    get_task(c, TOKENIZER)
-  c = small_config()
-  c.model.d_model = 64
-  with pytest.raises(PretrainError, match="unknown T5Config keys: d_model"):
-    get_task(c, TOKENIZER)
+
+
+def test_examples_that_do_not_fit_are_refused():
   c = small_config(inputs_length=512)
   c.task.extra_ids = 20
   with pytest.raises(PretrainError, match="28 noise spans but there are only 20 sentinels"):
