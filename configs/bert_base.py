@@ -14,6 +14,7 @@ Expected: masked-LM accuracy ~0.7 and NSP accuracy ~0.98 at the end on
 Wikipedia+BooksCorpus (the paper's corpus). On one small accelerator use
 `--config.train.grad_accum_steps` to keep the paper's batch.
 """
+
 from pretrain.families.bert.config import bert_config
 
 

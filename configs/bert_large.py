@@ -12,6 +12,7 @@ batch 256 x 512, dropout 0.1).
 Expected on the paper's corpus: masked-LM accuracy a few points above base.
 For large-batch training switch to LAMB: `--config.optimizer.name=lamb`.
 """
+
 from pretrain.families.bert.config import bert_config
 
 

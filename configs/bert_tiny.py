@@ -11,13 +11,16 @@ accuracy 0.047; eval MLM loss 6.68, accuracy 0.042); NSP stays at chance
 (~0.5) at this budget. Run the command again and it resumes from the last
 checkpoint (and stops at once when the run is complete). Wall clock: BENCHMARKS.md.
 """
+
 from pretrain.families.bert.config import bert_config
 
 
 def get_config():
   c = bert_config()
   c.tokenizer.vocab_size = 8192
-  c.model.update(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, dtype="bfloat16")
+  c.model.update(
+    hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, dtype="bfloat16"
+  )
   c.data.max_seq_length = 128
   c.data.max_predictions_per_seq = 20
   c.optimizer.update(learning_rate=1e-3, warmup_steps=20)

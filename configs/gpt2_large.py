@@ -23,12 +23,19 @@ Expected: on OpenWebText the OpenAI checkpoint scores a validation loss of
 about 2.67 per GPT-2 token (nanoGPT's evaluation); the paper reports zero-shot
 WikiText-103 perplexity 22.05.
 """
+
 from pretrain.families.gpt2.config import gpt2_config
 
 
 def get_config():
   c = gpt2_config()
-  c.model.update(hidden_size=1280, num_layers=36, num_heads=20, intermediate_size=5120,
-                 scan_layers=True, remat_policy="full")
+  c.model.update(
+    hidden_size=1280,
+    num_layers=36,
+    num_heads=20,
+    intermediate_size=5120,
+    scan_layers=True,
+    remat_policy="full",
+  )
   c.optimizer.update(learning_rate=2.5e-4, end_learning_rate=2.5e-5)
   return c

@@ -18,6 +18,7 @@ Expected: on OpenWebText the OpenAI checkpoint scores a validation loss of
 2.84 per GPT-2 token (nanoGPT's evaluation); the paper reports zero-shot
 WikiText-103 perplexity 26.37.
 """
+
 from pretrain.families.gpt2.config import gpt2_config
 
 

@@ -32,6 +32,7 @@ been trained on WebText); with this project's tokenizer the per-token figure
 moves with the vocabulary. The paper reports the 124M model's zero-shot
 WikiText-103 perplexity as 37.50.
 """
+
 from pretrain.families.gpt2.config import gpt2_config
 
 

@@ -14,14 +14,23 @@ the last checkpoint (and stops at once when the run is complete).
 `--config.data.packing=True` packs whole documents instead (0.5% padding on
 this corpus). Wall clock: BENCHMARKS.md.
 """
+
 from pretrain.families.gpt2.config import gpt2_config
 
 
 def get_config():
   c = gpt2_config()
   c.tokenizer.update(vocab_size=8192, model_type="unigram")
-  c.model.update(vocab_size=0, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
-                 max_position_embeddings=128, dropout_rate=0.0, attention_dropout_rate=0.0)
+  c.model.update(
+    vocab_size=0,
+    hidden_size=256,
+    num_layers=4,
+    num_heads=4,
+    intermediate_size=1024,
+    max_position_embeddings=128,
+    dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+  )
   c.data.max_seq_length = 128
   c.optimizer.update(learning_rate=1e-3, warmup_steps=10, end_learning_rate=1e-4)
   c.train.update(steps=120, batch_size=16, log_every=10)

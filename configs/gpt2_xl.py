@@ -23,12 +23,19 @@ Expected: on OpenWebText the OpenAI checkpoint scores a validation loss of
 about 2.54 per GPT-2 token (nanoGPT's evaluation); the paper reports zero-shot
 WikiText-103 perplexity 17.48.
 """
+
 from pretrain.families.gpt2.config import gpt2_config
 
 
 def get_config():
   c = gpt2_config()
-  c.model.update(hidden_size=1600, num_layers=48, num_heads=25, intermediate_size=6400,
-                 scan_layers=True, remat_policy="full")
+  c.model.update(
+    hidden_size=1600,
+    num_layers=48,
+    num_heads=25,
+    intermediate_size=6400,
+    scan_layers=True,
+    remat_policy="full",
+  )
   c.optimizer.update(learning_rate=2e-4, end_learning_rate=2e-5)
   return c

@@ -19,10 +19,13 @@ are [PAD] [UNK] [CLS] [SEP] [MASK]). The embedded corpus is too small for that
 many pieces: point `data` at a real corpus. On few accelerators keep the batch
 with `--config.train.grad_accum_steps`.
 """
+
 from pretrain.families.roberta.config import roberta_config
 
 
 def get_config():
-  c = roberta_config()  # Positions 2..513 for 512 tokens (position_offset 2); row 1 is padding's (HF's padding_idx).
+  c = (
+    roberta_config()
+  )  # Positions 2..513 for 512 tokens (position_offset 2); row 1 is padding's (HF's padding_idx).
   c.model.dtype = "bfloat16"
   return c

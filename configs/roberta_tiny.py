@@ -12,14 +12,21 @@ Expected: loss 8.81 at step 10 -> 7.94 (step 20) -> 6.97 (step 50) -> 6.87 at
 step 100 (masked-LM accuracy 0.025 -> 0.050); eval MLM loss 6.80 at step 50,
 6.76 at step 100. Wall clock and input-pipeline rate: BENCHMARKS.md.
 """
+
 from pretrain.families.roberta.config import roberta_config
 
 
 def get_config():
   c = roberta_config()
   c.tokenizer.vocab_size = 8192
-  c.model.update(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024, max_position_embeddings=130,
-                 dtype="bfloat16")
+  c.model.update(
+    hidden_size=256,
+    num_layers=4,
+    num_heads=4,
+    intermediate_size=1024,
+    max_position_embeddings=130,
+    dtype="bfloat16",
+  )
   c.data.update(max_seq_length=128, max_predictions_per_seq=20)
   c.optimizer.update(learning_rate=1e-3, warmup_steps=20)
   c.train.update(steps=100, batch_size=32, log_every=10)

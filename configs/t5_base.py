@@ -17,12 +17,19 @@ Expected: 247,577,856 parameters, 81,408 tokens and 5.45e13 model FLOPs per
 step (2.9e19 for the run); the loss starts near 11 and falls; no public per-step loss
 curve, so evaluate by fine-tuning.
 """
+
 from pretrain.families.t5.config import t5_config
 
 
 def get_config():
   c = t5_config()
-  c.model.update(hidden_size=768, intermediate_size=2048, head_dim=64, num_heads=12, num_layers=12,
-                 num_decoder_layers=12)
+  c.model.update(
+    hidden_size=768,
+    intermediate_size=2048,
+    head_dim=64,
+    num_heads=12,
+    num_layers=12,
+    num_decoder_layers=12,
+  )
   c.data.update(inputs_length=512, targets_length=114)
   return c

@@ -17,12 +17,20 @@ Expected: 783,150,080 parameters, 81,408 tokens and 1.88e14 model FLOPs per
 step (9.9e19 for the run); the loss starts near 11 and falls; no public per-step loss
 curve, so evaluate by fine-tuning.
 """
+
 from pretrain.families.t5.config import t5_config
 
 
 def get_config():
   c = t5_config()
-  c.model.update(hidden_size=1024, intermediate_size=2816, head_dim=64, num_heads=16, num_layers=24,
-                 num_decoder_layers=24, scan_layers=True)
+  c.model.update(
+    hidden_size=1024,
+    intermediate_size=2816,
+    head_dim=64,
+    num_heads=16,
+    num_layers=24,
+    num_decoder_layers=24,
+    scan_layers=True,
+  )
   c.data.update(inputs_length=512, targets_length=114)
   return c

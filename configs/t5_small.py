@@ -22,11 +22,19 @@ loss starts near 11 (ln 32,128 = 10.4, plus the spread of the initial logits) an
 published per-step loss curve for T5.1.1, so judge a run by fine-tuning, as
 the paper does.
 """
+
 from pretrain.families.t5.config import t5_config
 
 
 def get_config():
   c = t5_config()
-  c.model.update(hidden_size=512, intermediate_size=1024, head_dim=64, num_heads=6, num_layers=8, num_decoder_layers=8)
+  c.model.update(
+    hidden_size=512,
+    intermediate_size=1024,
+    head_dim=64,
+    num_heads=6,
+    num_layers=8,
+    num_decoder_layers=8,
+  )
   c.data.update(inputs_length=512, targets_length=114)
   return c

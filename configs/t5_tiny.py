@@ -12,6 +12,7 @@ at step 150 (token accuracy 0.06 -> 0.28); eval loss 5.41 at step 75 -> 5.25
 at step 150. Run the command again and it resumes from the last checkpoint.
 Wall clock: BENCHMARKS.md.
 """
+
 from pretrain.families.t5.config import t5_config
 
 
@@ -19,7 +20,14 @@ def get_config():
   c = t5_config()
   c.tokenizer.vocab_size = 8192  # + 100 sentinels -> model vocabulary 8,320.
   c.data.inputs_length = 128
-  c.model.update(hidden_size=128, intermediate_size=256, head_dim=32, num_heads=4, num_layers=2, num_decoder_layers=2)
+  c.model.update(
+    hidden_size=128,
+    intermediate_size=256,
+    head_dim=32,
+    num_heads=4,
+    num_layers=2,
+    num_decoder_layers=2,
+  )
   c.optimizer.update(learning_rate=1e-2, warmup_steps=50)
   c.train.update(steps=150, batch_size=32, log_every=10)
   c.eval.update(every_steps=75, batch_size=32, num_batches=4)

@@ -11,6 +11,7 @@ is, the others' is prefixed with `[i] `. SIGTERM/SIGINT reach every process as
 SIGTERM (the processes agree on a step, save it and exit); if any process fails,
 the rest are stopped and the launcher exits with the failed process's status.
 """
+
 import argparse
 import os
 import signal
@@ -35,7 +36,11 @@ def process_env(devices: int | None, base: dict[str, str] | None = None) -> dict
   """The environment of one process: CPU platform with `devices` fake devices, unbuffered output."""
   env = dict(os.environ if base is None else base)
   if devices:
-    xla = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+    xla = [
+      f
+      for f in env.get("XLA_FLAGS", "").split()
+      if not f.startswith("--xla_force_host_platform_device_count")
+    ]
     env["XLA_FLAGS"] = " ".join(xla + [f"--xla_force_host_platform_device_count={devices}"])
   env["JAX_PLATFORMS"] = "cpu"
   env["PYTHONUNBUFFERED"] = "1"
@@ -43,11 +48,22 @@ def process_env(devices: int | None, base: dict[str, str] | None = None) -> dict
   return env
 
 
-def train_commands(num_processes: int, train_args: Sequence[str], port: int,
-                   module: str = "pretrain.train") -> list[list[str]]:
+def train_commands(
+  num_processes: int, train_args: Sequence[str], port: int, module: str = "pretrain.train"
+) -> list[list[str]]:
   """One `python -m pretrain.train ...` per process, each told its place in the run."""
-  return [[sys.executable, "-m", module, *train_args, f"--coordinator_address=127.0.0.1:{port}",
-           f"--num_processes={num_processes}", f"--process_id={i}"] for i in range(num_processes)]
+  return [
+    [
+      sys.executable,
+      "-m",
+      module,
+      *train_args,
+      f"--coordinator_address=127.0.0.1:{port}",
+      f"--num_processes={num_processes}",
+      f"--process_id={i}",
+    ]
+    for i in range(num_processes)
+  ]
 
 
 def _pump(src: IO[bytes], dst: IO[str], prefix: str) -> None:
@@ -59,11 +75,19 @@ def _pump(src: IO[bytes], dst: IO[str], prefix: str) -> None:
 
 
 def _exit_status(returncode: int) -> int:
-  return 128 - returncode if returncode < 0 else returncode  # Killed by signal N: 128 + N, as a shell says.
+  return (
+    128 - returncode if returncode < 0 else returncode
+  )  # Killed by signal N: 128 + N, as a shell says.
 
 
-def run(commands: Sequence[Sequence[str]], env: dict[str, str], *, kill_grace_s: float = 10.0,
-        stdout: IO[str] = sys.stdout, stderr: IO[str] = sys.stderr) -> int:
+def run(
+  commands: Sequence[Sequence[str]],
+  env: dict[str, str],
+  *,
+  kill_grace_s: float = 10.0,
+  stdout: IO[str] = sys.stdout,
+  stderr: IO[str] = sys.stderr,
+) -> int:
   """Runs the processes to the end; returns 0, or the status of the first one that failed.
 
   A process that fails makes the launcher stop the rest: SIGTERM, then SIGKILL
@@ -91,8 +115,11 @@ def run(commands: Sequence[Sequence[str]], env: dict[str, str], *, kill_grace_s:
   if on_main_thread:
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
   for cmd in commands:
-    procs.append(subprocess.Popen(list(cmd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  start_new_session=True))  # Signals reach them only through here.
+    procs.append(
+      subprocess.Popen(
+        list(cmd), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+      )
+    )  # Signals reach them only through here.
   pumps = []
   for i, p in enumerate(procs):
     prefix = f"[{i}] " if i else ""
@@ -107,8 +134,10 @@ def run(commands: Sequence[Sequence[str]], env: dict[str, str], *, kill_grace_s:
       failed = [p for p in procs if p.returncode not in (None, 0)]
       if failed and not status:
         status = _exit_status(failed[0].returncode)
-        stderr.write(f"launch/local.py: process {procs.index(failed[0])} exited with status {status}; "
-                     "stopping the others\n")
+        stderr.write(
+          f"launch/local.py: process {procs.index(failed[0])} exited with status {status}; "
+          "stopping the others\n"
+        )
         for p in procs:
           if p.poll() is None:
             os.killpg(p.pid, signal.SIGTERM)
@@ -122,7 +151,9 @@ def run(commands: Sequence[Sequence[str]], env: dict[str, str], *, kill_grace_s:
     failed = [p for p in procs if p.returncode != 0]
     if failed and not status:  # They all ended between two polls.
       status = _exit_status(failed[0].returncode)
-      stderr.write(f"launch/local.py: process {procs.index(failed[0])} exited with status {status}\n")
+      stderr.write(
+        f"launch/local.py: process {procs.index(failed[0])} exited with status {status}\n"
+      )
   finally:
     for p in procs:  # Only reached with live processes if the launcher itself failed.
       if p.poll() is None:
@@ -137,16 +168,21 @@ def run(commands: Sequence[Sequence[str]], env: dict[str, str], *, kill_grace_s:
 
 def main(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0],
-      usage="python launch/local.py -n N [--devices_per_process K] -- --config=... --workdir=... [train flags]")
+    description=__doc__.split("\n\n")[0],
+    usage="python launch/local.py -n N [--devices_per_process K] -- --config=... --workdir=... [train flags]",
+  )
   parser.add_argument("-n", "--num_processes", type=int, required=True)
-  parser.add_argument("--devices_per_process", type=int, default=None,
-                      help="fake CPU devices per process (XLA_FLAGS=--xla_force_host_platform_device_count)")
+  parser.add_argument(
+    "--devices_per_process",
+    type=int,
+    default=None,
+    help="fake CPU devices per process (XLA_FLAGS=--xla_force_host_platform_device_count)",
+  )
   parser.add_argument("--port", type=int, default=0, help="coordinator port (default: a free one)")
   parser.add_argument("--kill_grace_s", type=float, default=10.0)
   argv = list(argv)
   split = argv.index("--") if "--" in argv else len(argv)
-  args, train_args = parser.parse_args(argv[:split]), argv[split + 1:]
+  args, train_args = parser.parse_args(argv[:split]), argv[split + 1 :]
   if args.num_processes < 1:
     parser.error(f"-n must be at least 1, got {args.num_processes}")
   if args.devices_per_process is not None and args.devices_per_process < 1:

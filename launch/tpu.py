@@ -25,6 +25,7 @@ Steps, each one `gcloud` command (`--dry_run` prints them all instead):
      runs again and resumes from the last checkpoint;
   5. the TPU is deleted (unless `--keep`), also when the launcher fails.
 """
+
 import argparse
 import dataclasses
 import importlib.util
@@ -41,17 +42,22 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The TPU software image to start from, per TPU generation.
 RUNTIME_VERSIONS = {
-    "v2": "tpu-ubuntu2204-base",
-    "v3": "tpu-ubuntu2204-base",
-    "v4": "tpu-ubuntu2204-base",
-    "v5litepod": "v2-alpha-tpuv5-lite",
-    "v5p": "v2-alpha-tpuv5",
-    "v6e": "v2-alpha-tpuv6e",
+  "v2": "tpu-ubuntu2204-base",
+  "v3": "tpu-ubuntu2204-base",
+  "v4": "tpu-ubuntu2204-base",
+  "v5litepod": "v2-alpha-tpuv5-lite",
+  "v5p": "v2-alpha-tpuv5",
+  "v6e": "v2-alpha-tpuv6e",
 }
 _READY = {"vm": "READY", "queued": "ACTIVE"}
-_PENDING = {"vm": {"CREATING", "STARTING", "RESTARTING", "REPAIRING"},
-            "queued": {"CREATING", "ACCEPTED", "PROVISIONING", "WAITING_FOR_RESOURCES"}}
-PIP_PACKAGES = ("jax[tpu]>=0.10.2,<0.11", "gcsfs")  # gcsfs: gs:// paths for the data and the workdir.
+_PENDING = {
+  "vm": {"CREATING", "STARTING", "RESTARTING", "REPAIRING"},
+  "queued": {"CREATING", "ACCEPTED", "PROVISIONING", "WAITING_FOR_RESOURCES"},
+}
+PIP_PACKAGES = (
+  "jax[tpu]>=0.10.2,<0.11",
+  "gcsfs",
+)  # gcsfs: gs:// paths for the data and the workdir.
 REMOTE_DIR = "~/pretrain"
 PID_FILE = "~/pretrain-train.pid"
 COMMIT_FILE = "commit_success.txt"  # Orbax writes it last into a step saved to GCS.
@@ -74,14 +80,21 @@ class Shell:
     self.dry_run = dry_run
     self.out = out
 
-  def __call__(self, cmd: Sequence[str] | str, *, capture: bool = False, check: bool = True,
-               dry_answer: str = "") -> Result:
+  def __call__(
+    self,
+    cmd: Sequence[str] | str,
+    *,
+    capture: bool = False,
+    check: bool = True,
+    dry_answer: str = "",
+  ) -> Result:
     shown = cmd if isinstance(cmd, str) else shlex.join(cmd)
     print(f"+ {shown}", file=self.out, flush=True)
     if self.dry_run:
       return Result(0, dry_answer)
-    proc = subprocess.run(cmd, shell=isinstance(cmd, str), text=True,
-                          stdout=subprocess.PIPE if capture else None)
+    proc = subprocess.run(
+      cmd, shell=isinstance(cmd, str), text=True, stdout=subprocess.PIPE if capture else None
+    )
     if check and proc.returncode:
       raise LaunchError(f"command failed with status {proc.returncode}: {shown}")
     return Result(proc.returncode, proc.stdout or "")
@@ -95,11 +108,15 @@ def generation(accelerator_type: str) -> str:
   """'v4-32' -> 'v4'; refuses types this launcher does not know."""
   m = re.fullmatch(r"(v2|v3|v4|v5p|v5litepod|v6e)-(\d+)", accelerator_type)
   if not m or int(m.group(2)) <= 0:
-    raise LaunchError(f"accelerator type {accelerator_type!r} is not one of {', '.join(RUNTIME_VERSIONS)} "
-                      "followed by -<size> (e.g. v4-32, v5p-128, v5litepod-16, v6e-64)")
+    raise LaunchError(
+      f"accelerator type {accelerator_type!r} is not one of {', '.join(RUNTIME_VERSIONS)} "
+      "followed by -<size> (e.g. v4-32, v5p-128, v5litepod-16, v6e-64)"
+    )
   gen, size = m.group(1), int(m.group(2))
   if gen in ("v2", "v3", "v4", "v5p") and size % 8:
-    raise LaunchError(f"accelerator type {accelerator_type!r}: {gen} slices come in multiples of 8 TensorCores")
+    raise LaunchError(
+      f"accelerator type {accelerator_type!r}: {gen} slices come in multiples of 8 TensorCores"
+    )
   return gen
 
 
@@ -120,7 +137,9 @@ def config_steps(train_args: Sequence[str]) -> int:
     raise LaunchError("the train flags after -- need --config=<file>")
   path, _, arg = config.partition(":")
   if not os.path.isfile(path):
-    raise LaunchError(f"config file {path} does not exist (paths are relative to where you run this)")
+    raise LaunchError(
+      f"config file {path} does not exist (paths are relative to where you run this)"
+    )
   sys.path.insert(0, REPO)  # Config files import pretrain.
   spec = importlib.util.spec_from_file_location("launch_config", path)
   module = importlib.util.module_from_spec(spec)
@@ -130,13 +149,16 @@ def config_steps(train_args: Sequence[str]) -> int:
 
 def pack_command(tarball: str) -> str:
   """Packs this checkout's files, tracked and untracked but not ignored (no .venv, no runs)."""
-  return (f"git -C {shlex.quote(REPO)} ls-files -z --cached --others --exclude-standard | "
-          f"tar -czf {shlex.quote(tarball)} -C {shlex.quote(REPO)} --null -T -")
+  return (
+    f"git -C {shlex.quote(REPO)} ls-files -z --cached --others --exclude-standard | "
+    f"tar -czf {shlex.quote(tarball)} -C {shlex.quote(REPO)} --null -T -"
+  )
 
 
 @dataclasses.dataclass
 class TpuRun:
   """One training run on one TPU slice."""
+
   name: str
   zone: str
   accelerator_type: str
@@ -156,10 +178,14 @@ class TpuRun:
   sh: Callable[..., Result] = dataclasses.field(default_factory=lambda: Shell(dry_run=False))
 
   def __post_init__(self):
-    self.runtime_version = self.runtime_version or RUNTIME_VERSIONS[generation(self.accelerator_type)]
+    self.runtime_version = (
+      self.runtime_version or RUNTIME_VERSIONS[generation(self.accelerator_type)]
+    )
     if not self.workdir.startswith("gs://"):
-      raise LaunchError(f"--workdir={self.workdir} must be a gs:// path: every worker writes to it and the "
-                        "launcher reads the checkpoint steps from it")
+      raise LaunchError(
+        f"--workdir={self.workdir} must be a gs:// path: every worker writes to it and the "
+        "launcher reads the checkpoint steps from it"
+      )
     self.kind = "queued" if self.queued else "vm"
 
   # Commands.
@@ -168,7 +194,11 @@ class TpuRun:
     return [f"--zone={self.zone}"] + ([f"--project={self.project}"] if self.project else [])
 
   def _tpus(self, *args: str) -> list[str]:
-    group = "queued-resources" if self.queued and args[0] in ("create", "describe", "delete") else "tpu-vm"
+    group = (
+      "queued-resources"
+      if self.queued and args[0] in ("create", "describe", "delete")
+      else "tpu-vm"
+    )
     return ["gcloud", "compute", "tpus", group, *args, *self._where()]
 
   def _ssh(self, command: str) -> list[str]:
@@ -177,13 +207,28 @@ class TpuRun:
   def create_command(self) -> list[str]:
     spot = ["--spot"] if self.spot else []
     if self.queued:
-      return self._tpus("create", self.name, f"--node-id={self.name}", f"--accelerator-type={self.accelerator_type}",
-                        f"--runtime-version={self.runtime_version}", *spot)
-    return self._tpus("create", self.name, f"--accelerator-type={self.accelerator_type}",
-                      f"--version={self.runtime_version}", *spot)
+      return self._tpus(
+        "create",
+        self.name,
+        f"--node-id={self.name}",
+        f"--accelerator-type={self.accelerator_type}",
+        f"--runtime-version={self.runtime_version}",
+        *spot,
+      )
+    return self._tpus(
+      "create",
+      self.name,
+      f"--accelerator-type={self.accelerator_type}",
+      f"--version={self.runtime_version}",
+      *spot,
+    )
 
   def state_command(self) -> list[str]:
-    return self._tpus("describe", self.name, "--format=value(state.state)" if self.queued else "--format=value(state)")
+    return self._tpus(
+      "describe",
+      self.name,
+      "--format=value(state.state)" if self.queued else "--format=value(state)",
+    )
 
   def delete_command(self) -> list[str]:
     return self._tpus("delete", self.name, *(["--force"] if self.queued else []), "--quiet")
@@ -194,9 +239,11 @@ class TpuRun:
     return f"cd {REMOTE_DIR} && echo $$ > {PID_FILE} && exec python3 -m pretrain.train {args}"
 
   def stop_leftover_command(self) -> str:
-    return (f"if [ -f {PID_FILE} ]; then p=$(cat {PID_FILE}); kill -TERM $p 2>/dev/null; "
-            "for i in $(seq 60); do kill -0 $p 2>/dev/null || break; sleep 1; done; "
-            f"kill -KILL $p 2>/dev/null; rm -f {PID_FILE}; fi; true")
+    return (
+      f"if [ -f {PID_FILE} ]; then p=$(cat {PID_FILE}); kill -TERM $p 2>/dev/null; "
+      "for i in $(seq 60); do kill -0 $p 2>/dev/null || break; sleep 1; done; "
+      f"kill -KILL $p 2>/dev/null; rm -f {PID_FILE}; fi; true"
+    )
 
   def checkpoints_command(self) -> list[str]:
     return ["gcloud", "storage", "ls", f"{self.workdir.rstrip('/')}/checkpoints/*/{COMMIT_FILE}"]
@@ -205,8 +252,12 @@ class TpuRun:
 
   def state(self, dry_answer: str | None = None) -> str:
     """READY/ACTIVE, a state on the way there, or PREEMPTED, SUSPENDED, ...; NOT_FOUND if there is no TPU."""
-    r = self.sh(self.state_command(), capture=True, check=False,
-                dry_answer=_READY[self.kind] if dry_answer is None else dry_answer)
+    r = self.sh(
+      self.state_command(),
+      capture=True,
+      check=False,
+      dry_answer=_READY[self.kind] if dry_answer is None else dry_answer,
+    )
     return (r.stdout.strip() or "NOT_FOUND") if r.returncode == 0 else "NOT_FOUND"
 
   def create(self) -> None:
@@ -214,32 +265,53 @@ class TpuRun:
     deadline = time.monotonic() + self.ready_timeout_s
     while (state := self.state()) != _READY[self.kind]:
       if state not in _PENDING[self.kind] or time.monotonic() > deadline:
-        raise LaunchError(f"TPU {self.name} is {state}, not {_READY[self.kind]}"
-                          + (" after waiting" if state in _PENDING[self.kind] else ""))
+        raise LaunchError(
+          f"TPU {self.name} is {state}, not {_READY[self.kind]}"
+          + (" after waiting" if state in _PENDING[self.kind] else "")
+        )
       self.sh.sleep(self.poll_s)
 
   def setup(self) -> None:
     """The code and its dependencies on every worker."""
     if self.git_url:
-      self.sh(self._ssh(f"rm -rf {REMOTE_DIR} && git clone --quiet {shlex.quote(self.git_url)} {REMOTE_DIR} && "
-                        f"git -C {REMOTE_DIR} checkout --quiet {shlex.quote(self.git_ref)}"))
+      self.sh(
+        self._ssh(
+          f"rm -rf {REMOTE_DIR} && git clone --quiet {shlex.quote(self.git_url)} {REMOTE_DIR} && "
+          f"git -C {REMOTE_DIR} checkout --quiet {shlex.quote(self.git_ref)}"
+        )
+      )
     else:
       tarball = os.path.join(tempfile.gettempdir(), f"pretrain-{self.name}.tar.gz")
       self.sh(pack_command(tarball))
       self.sh(self._tpus("scp", tarball, f"{self.name}:pretrain.tar.gz", "--worker=all"))
-      self.sh(self._ssh(f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && "
-                        f"tar -xzf ~/pretrain.tar.gz -C {REMOTE_DIR}"))
+      self.sh(
+        self._ssh(
+          f"rm -rf {REMOTE_DIR} && mkdir -p {REMOTE_DIR} && "
+          f"tar -xzf ~/pretrain.tar.gz -C {REMOTE_DIR}"
+        )
+      )
     packages = " ".join(shlex.quote(p) for p in PIP_PACKAGES)
-    self.sh(self._ssh(f"python3 -m pip install --quiet --upgrade pip && "
-                      f"python3 -m pip install --quiet -e {REMOTE_DIR} {packages}"))
+    self.sh(
+      self._ssh(
+        f"python3 -m pip install --quiet --upgrade pip && "
+        f"python3 -m pip install --quiet -e {REMOTE_DIR} {packages}"
+      )
+    )
 
   def final_step(self, dry_run_finished: bool = True) -> int | None:
     """The newest committed checkpoint step in the workdir, or None when there is none."""
     finished = f"{self.workdir.rstrip('/')}/checkpoints/{self.steps}/{COMMIT_FILE}\n"
-    r = self.sh(self.checkpoints_command(), capture=True, check=False,
-                dry_answer=finished if dry_run_finished else "")
-    steps = [int(m.group(1)) for line in r.stdout.splitlines()
-             if (m := re.search(rf"/checkpoints/(\d+)/{COMMIT_FILE}$", line.strip()))]
+    r = self.sh(
+      self.checkpoints_command(),
+      capture=True,
+      check=False,
+      dry_answer=finished if dry_run_finished else "",
+    )
+    steps = [
+      int(m.group(1))
+      for line in r.stdout.splitlines()
+      if (m := re.search(rf"/checkpoints/(\d+)/{COMMIT_FILE}$", line.strip()))
+    ]
     return max(steps) if r.returncode == 0 and steps else None
 
   def run(self) -> int:
@@ -247,9 +319,13 @@ class TpuRun:
     restarts = 0
     try:
       if self.final_step(dry_run_finished=False) == self.steps:
-        print(f"{self.workdir} already holds the final step {self.steps}; nothing to do.", flush=True)
+        print(
+          f"{self.workdir} already holds the final step {self.steps}; nothing to do.", flush=True
+        )
         return 0
-      if self.state(dry_answer="") != _READY[self.kind]:  # A TPU of this name left READY is used as it is.
+      if (
+        self.state(dry_answer="") != _READY[self.kind]
+      ):  # A TPU of this name left READY is used as it is.
         self.create()
       self.setup()
       while True:
@@ -257,21 +333,30 @@ class TpuRun:
         result = self.sh(self._ssh(self.train_command()), check=False)
         step = self.final_step()
         if step == self.steps:
-          print(f"run finished: {self.workdir} holds step {step} (restarts: {restarts})", flush=True)
+          print(
+            f"run finished: {self.workdir} holds step {step} (restarts: {restarts})", flush=True
+          )
           return restarts
         if restarts >= self.max_restarts:
-          raise LaunchError(f"the run stopped at checkpoint step {step} of {self.steps} after {restarts} "
-                            "restarts (--max_restarts); see the output above")
+          raise LaunchError(
+            f"the run stopped at checkpoint step {step} of {self.steps} after {restarts} "
+            "restarts (--max_restarts); see the output above"
+          )
         restarts += 1
         state = self.state()
-        print(f"training ended (status {result.returncode}) at checkpoint step {step} of {self.steps}; "
-              f"TPU {self.name} is {state}; relaunching (restart {restarts})", flush=True)
+        print(
+          f"training ended (status {result.returncode}) at checkpoint step {step} of {self.steps}; "
+          f"TPU {self.name} is {state}; relaunching (restart {restarts})",
+          flush=True,
+        )
         if state != _READY[self.kind]:  # Preempted, or gone: a new TPU, set up from scratch.
           self.sh(self.delete_command(), check=False)
           self.create()
           self.setup()
         else:
-          self.sh.sleep(min(self.poll_s, 30.0))  # A crash or a dropped connection: the same TPU again.
+          self.sh.sleep(
+            min(self.poll_s, 30.0)
+          )  # A crash or a dropped connection: the same TPU again.
     finally:
       if not self.keep:
         self.sh(self.delete_command(), check=False)
@@ -279,38 +364,65 @@ class TpuRun:
 
 def main(argv: Sequence[str]) -> int:
   parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0],
-      usage="python launch/tpu.py --name=N --zone=Z --accelerator_type=T --workdir=gs://... [options] -- "
-            "--config=configs/<name>.py [train flags]")
+    description=__doc__.split("\n\n")[0],
+    usage="python launch/tpu.py --name=N --zone=Z --accelerator_type=T --workdir=gs://... [options] -- "
+    "--config=configs/<name>.py [train flags]",
+  )
   parser.add_argument("--name", required=True, help="TPU (and queued resource) name")
   parser.add_argument("--zone", required=True, help="e.g. us-central2-b (v4), us-east5-a (v5p)")
-  parser.add_argument("--accelerator_type", required=True, help="e.g. v4-8, v4-32, v5p-128, v5litepod-16")
+  parser.add_argument(
+    "--accelerator_type", required=True, help="e.g. v4-8, v4-32, v5p-128, v5litepod-16"
+  )
   parser.add_argument("--workdir", required=True, help="gs:// path for checkpoints and metrics")
   parser.add_argument("--project", default=None)
-  parser.add_argument("--runtime_version", default=None,
-                      help="TPU software version (default per generation: " +
-                           ", ".join(f"{k}: {v}" for k, v in RUNTIME_VERSIONS.items()) + ")")
-  parser.add_argument("--queued", action="store_true", help="ask for the slice as a queued resource")
+  parser.add_argument(
+    "--runtime_version",
+    default=None,
+    help="TPU software version (default per generation: "
+    + ", ".join(f"{k}: {v}" for k, v in RUNTIME_VERSIONS.items())
+    + ")",
+  )
+  parser.add_argument(
+    "--queued", action="store_true", help="ask for the slice as a queued resource"
+  )
   parser.add_argument("--spot", action="store_true", help="spot capacity: cheaper, preemptible")
-  parser.add_argument("--git_url", default=None, help="clone this on the workers instead of copying this checkout")
+  parser.add_argument(
+    "--git_url", default=None, help="clone this on the workers instead of copying this checkout"
+  )
   parser.add_argument("--git_ref", default="main")
-  parser.add_argument("--steps", type=int, default=None, help="train.steps (default: read from the config)")
+  parser.add_argument(
+    "--steps", type=int, default=None, help="train.steps (default: read from the config)"
+  )
   parser.add_argument("--max_restarts", type=int, default=20)
   parser.add_argument("--poll_s", type=float, default=60.0)
   parser.add_argument("--keep", action="store_true", help="do not delete the TPU at the end")
-  parser.add_argument("--dry_run", action="store_true", help="print every command instead of running it")
+  parser.add_argument(
+    "--dry_run", action="store_true", help="print every command instead of running it"
+  )
   argv = list(argv)
   split = argv.index("--") if "--" in argv else len(argv)
-  args, train_args = parser.parse_args(argv[:split]), argv[split + 1:]
+  args, train_args = parser.parse_args(argv[:split]), argv[split + 1 :]
   if any(a.startswith("--workdir") for a in train_args):
     parser.error("give --workdir to the launcher (before --), not to the train flags")
   try:
-    run = TpuRun(args.name, args.zone, args.accelerator_type, args.workdir, train_args,
-                 args.steps if args.steps is not None else config_steps(train_args), project=args.project,
-                 runtime_version=args.runtime_version, queued=args.queued, spot=args.spot,
-                 git_url=args.git_url, git_ref=args.git_ref,
-                 max_restarts=args.max_restarts,
-                 poll_s=args.poll_s, keep=args.keep, sh=Shell(args.dry_run))
+    run = TpuRun(
+      args.name,
+      args.zone,
+      args.accelerator_type,
+      args.workdir,
+      train_args,
+      args.steps if args.steps is not None else config_steps(train_args),
+      project=args.project,
+      runtime_version=args.runtime_version,
+      queued=args.queued,
+      spot=args.spot,
+      git_url=args.git_url,
+      git_ref=args.git_ref,
+      max_restarts=args.max_restarts,
+      poll_s=args.poll_s,
+      keep=args.keep,
+      sh=Shell(args.dry_run),
+    )
     run.run()
   except LaunchError as e:
     print(f"error: {e}", file=sys.stderr)

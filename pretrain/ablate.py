@@ -17,6 +17,7 @@ skipped; an interrupted one resumes from its checkpoint. DIR then holds
 report.md (sorted by eval loss), results.csv and loss_curves.png. DIR may be a
 gs:// URL (read and written through etils.epath).
 """
+
 import csv
 import importlib.util
 import io
@@ -39,9 +40,20 @@ from pretrain.errors import PretrainError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A fair comparison: the same examples in the same order for the same number of steps.
-FIXED_KEYS = ("train.steps", "train.batch_size", "train.grad_accum_steps", "train.seed", "data.seed",
-              "data.max_seq_length", "data.inputs_length", "data.targets_length", "data.packing",
-              "data.source", "data.paths", "data.mixture")
+FIXED_KEYS = (
+  "train.steps",
+  "train.batch_size",
+  "train.grad_accum_steps",
+  "train.seed",
+  "data.seed",
+  "data.max_seq_length",
+  "data.inputs_length",
+  "data.targets_length",
+  "data.packing",
+  "data.source",
+  "data.paths",
+  "data.mixture",
+)
 RESULT = "result.json"
 
 
@@ -58,7 +70,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
 
 def _flatten(overrides, prefix="") -> dict[str, Any]:
   flat = {}
-  for key, value in (overrides.items() if overrides else []):
+  for key, value in overrides.items() if overrides else []:
     if isinstance(value, (dict, ml_collections.ConfigDict)):
       flat.update(_flatten(value, f"{prefix}{key}."))
     else:
@@ -97,13 +109,17 @@ def variant_configs(sweep) -> dict[str, ml_collections.ConfigDict]:
   out = {}
   for name, overrides in sweep.variants.items():
     if not name.replace("_", "").replace("-", "").isalnum():
-      raise PretrainError(f"variant name {name!r}: use letters, digits, '-' and '_' (it names a folder)")
+      raise PretrainError(
+        f"variant name {name!r}: use letters, digits, '-' and '_' (it names a folder)"
+      )
     config = ml_collections.ConfigDict(base.to_dict())
     _apply(config, overrides, f"variant {name}")
     for key in FIXED_KEYS:
       if _get(config, key) != _get(base, key):
-        raise PretrainError(f"variant {name} changes {key}; every variant must train on the same data "
-                            "for the same budget (set it in base_overrides instead)")
+        raise PretrainError(
+          f"variant {name} changes {key}; every variant must train on the same data "
+          "for the same budget (set it in base_overrides instead)"
+        )
     out[name] = config
   return out
 
@@ -112,23 +128,29 @@ def _train_variant(config_dict: dict, workdir: str) -> None:
   """Child process: train (or resume) one variant and record its peak memory."""
   import jax  # pylint: disable=g-import-not-at-top
   from pretrain.train import train  # pylint: disable=g-import-not-at-top
+
   cli.quiet_library_logs()
   status, error = "done", ""
   try:
     last = train(ml_collections.ConfigDict(config_dict), workdir)
-    if last.get("step", 0) < int(config_dict["train"]["steps"]):  # SIGTERM/SIGINT: saved, not finished.
-      status, error = "interrupted", f"stopped at step {last.get('step')}; run the sweep again to resume"
+    if last.get("step", 0) < int(
+      config_dict["train"]["steps"]
+    ):  # SIGTERM/SIGINT: saved, not finished.
+      status, error = (
+        "interrupted",
+        f"stopped at step {last.get('step')}; run the sweep again to resume",
+      )
   except PretrainError as e:
     status, error = "failed", str(e)
   stats = jax.devices()[0].memory_stats() or {}
   result = {
-      "status": status,
-      "error": error,
-      "steps": int(config_dict["train"]["steps"]),
-      # Device memory where the runtime reports it (GPU/TPU), else the process' peak RSS (CPU).
-      "peak_memory_bytes": int(stats.get("peak_bytes_in_use", 0))
-                           or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-      "peak_memory_kind": "device" if stats.get("peak_bytes_in_use") else "host_rss",
+    "status": status,
+    "error": error,
+    "steps": int(config_dict["train"]["steps"]),
+    # Device memory where the runtime reports it (GPU/TPU), else the process' peak RSS (CPU).
+    "peak_memory_bytes": int(stats.get("peak_bytes_in_use", 0))
+    or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    "peak_memory_kind": "device" if stats.get("peak_bytes_in_use") else "host_rss",
   }
   (epath.Path(workdir) / RESULT).write_text(json.dumps(result), encoding="utf-8")
 
@@ -145,11 +167,15 @@ def run_variant(name: str, config: ml_collections.ConfigDict, workdir: str, log=
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   log(f"{name}: training in {workdir}")
   process = multiprocessing.get_context("spawn").Process(
-      target=_train_variant, args=(config.to_dict(), workdir))
+    target=_train_variant, args=(config.to_dict(), workdir)
+  )
   process.start()
   process.join()
   if not path.is_file():
-    return {"status": "failed", "error": f"the training process exited with code {process.exitcode}"}
+    return {
+      "status": "failed",
+      "error": f"the training process exited with code {process.exitcode}",
+    }
   return json.loads(path.read_text(encoding="utf-8"))
 
 
@@ -157,7 +183,9 @@ def _read_rows(workdir: str) -> list[dict]:
   path = epath.Path(workdir) / "metrics.jsonl"
   if not path.is_file():
     return []
-  return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+  return [
+    json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()
+  ]
 
 
 def _accuracy_key(row: dict) -> str | None:
@@ -175,27 +203,33 @@ def summarize(name: str, config, workdir: str, result: dict) -> dict:
   acc_key = _accuracy_key(last_eval)
   speeds = sorted(r["tokens_per_sec"] for r in train_rows)
   return {
-      "variant": name,
-      "status": result.get("status", "missing"),
-      "params": int(header[0]["num_params"]) if header else None,
-      "final_train_loss": train_rows[-1]["loss"] if train_rows else None,
-      "eval_loss": last_eval.get("eval_loss"),
-      "eval_accuracy": last_eval.get(acc_key) if acc_key else None,
-      "accuracy_metric": acc_key or "",
-      "tokens_per_sec": speeds[len(speeds) // 2] if speeds else None,
-      "peak_memory_mib": result["peak_memory_bytes"] / 2**20 if result.get("peak_memory_bytes") else None,
-      "peak_memory_kind": result.get("peak_memory_kind", ""),
-      "compile_seconds": header[0]["compile_seconds"] if header else None,
-      "attention_backend": header[0].get("attention_backend", "") if header else "",
-      "tokens_per_step": header[0].get("tokens_per_step") if header else None,
-      "steps": result.get("steps"),
-      "error": result.get("error", ""),
+    "variant": name,
+    "status": result.get("status", "missing"),
+    "params": int(header[0]["num_params"]) if header else None,
+    "final_train_loss": train_rows[-1]["loss"] if train_rows else None,
+    "eval_loss": last_eval.get("eval_loss"),
+    "eval_accuracy": last_eval.get(acc_key) if acc_key else None,
+    "accuracy_metric": acc_key or "",
+    "tokens_per_sec": speeds[len(speeds) // 2] if speeds else None,
+    "peak_memory_mib": result["peak_memory_bytes"] / 2**20
+    if result.get("peak_memory_bytes")
+    else None,
+    "peak_memory_kind": result.get("peak_memory_kind", ""),
+    "compile_seconds": header[0]["compile_seconds"] if header else None,
+    "attention_backend": header[0].get("attention_backend", "") if header else "",
+    "tokens_per_step": header[0].get("tokens_per_step") if header else None,
+    "steps": result.get("steps"),
+    "error": result.get("error", ""),
   }
 
 
 def _sort_key(row):
   loss = row["eval_loss"]
-  return (loss is None or not math.isfinite(loss), loss if loss is not None else 0.0, row["variant"])
+  return (
+    loss is None or not math.isfinite(loss),
+    loss if loss is not None else 0.0,
+    row["variant"],
+  )
 
 
 def _fmt(value, spec="") -> str:
@@ -225,26 +259,35 @@ def write_report(sweep, rows: list[dict], curves: dict, workdir: str, command: s
 
   acc_name = next((r["accuracy_metric"] for r in rows if r["accuracy_metric"]), "eval accuracy")
   lines = [
-      f"# Ablation report: {os.path.basename(workdir.rstrip(os.sep))}",
-      "",
-      f"Base config: `{sweep.base}` with base overrides `{json.dumps(_flatten(sweep.get('base_overrides')))}`.",
-      f"Budget: the same {_budget(rows)} for every variant, "
-      f"same data order and seeds. Command: `{command}`.",
-      "",
-      f"| variant | params | final train loss | eval loss | {acc_name} | tokens/s | peak memory (MiB) "
-      "| compile s | attention backend |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    f"# Ablation report: {os.path.basename(workdir.rstrip(os.sep))}",
+    "",
+    f"Base config: `{sweep.base}` with base overrides `{json.dumps(_flatten(sweep.get('base_overrides')))}`.",
+    f"Budget: the same {_budget(rows)} for every variant, "
+    f"same data order and seeds. Command: `{command}`.",
+    "",
+    f"| variant | params | final train loss | eval loss | {acc_name} | tokens/s | peak memory (MiB) "
+    "| compile s | attention backend |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|---|",
   ]
   for r in rows:
     name = r["variant"] if r["status"] == "done" else f"{r['variant']} ({r['status']})"
     lines.append(
-        f"| {name} | {_fmt(r['params'], ',')} | {_fmt(r['final_train_loss'], '.4f')} | "
-        f"{_fmt(r['eval_loss'], '.4f')} | {_fmt(r['eval_accuracy'], '.4f')} | {_fmt(r['tokens_per_sec'], ',.0f')} | "
-        f"{_fmt(r['peak_memory_mib'], ',.0f')} | {_fmt(r['compile_seconds'], '.1f')} | {r['attention_backend']} |")
+      f"| {name} | {_fmt(r['params'], ',')} | {_fmt(r['final_train_loss'], '.4f')} | "
+      f"{_fmt(r['eval_loss'], '.4f')} | {_fmt(r['eval_accuracy'], '.4f')} | {_fmt(r['tokens_per_sec'], ',.0f')} | "
+      f"{_fmt(r['peak_memory_mib'], ',.0f')} | {_fmt(r['compile_seconds'], '.1f')} | {r['attention_backend']} |"
+    )
   overrides = {name: _flatten(o) for name, o in sweep.variants.items()}
-  lines += ["", "Sorted by eval loss (lower is better). Peak memory is the device's peak where the runtime "
-            "reports it, else the training process' peak resident memory.", "", "## Variants", ""]
-  lines += [f"- `{name}`: `{json.dumps(o) if o else 'the base config'}`" for name, o in overrides.items()]
+  lines += [
+    "",
+    "Sorted by eval loss (lower is better). Peak memory is the device's peak where the runtime "
+    "reports it, else the training process' peak resident memory.",
+    "",
+    "## Variants",
+    "",
+  ]
+  lines += [
+    f"- `{name}`: `{json.dumps(o) if o else 'the base config'}`" for name, o in overrides.items()
+  ]
   failed = [r for r in rows if r["error"]]
   if failed:
     lines += ["", "## Failures", ""] + [f"- `{r['variant']}`: {r['error']}" for r in failed]
@@ -254,11 +297,13 @@ def write_report(sweep, rows: list[dict], curves: dict, workdir: str, command: s
 
 def _plot(curves: dict, path: epath.Path) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
   for name, (train_xy, eval_xy) in curves.items():
-    line, = ax_train.plot(*zip(*train_xy), label=name) if train_xy else (None,)
+    (line,) = ax_train.plot(*zip(*train_xy), label=name) if train_xy else (None,)
     if eval_xy:
       ax_eval.plot(*zip(*eval_xy), marker="o", label=name, color=line.get_color() if line else None)
   for ax, title in ((ax_train, "train loss"), (ax_eval, "eval loss")):
@@ -282,13 +327,22 @@ def _curves(workdir: str):
   return train_xy, eval_xy
 
 
-def run_sweep(sweep, workdir: str, *, only: list[str] | None = None, report_only: bool = False,
-              command: str = "", log=print) -> list[dict]:
+def run_sweep(
+  sweep,
+  workdir: str,
+  *,
+  only: list[str] | None = None,
+  report_only: bool = False,
+  command: str = "",
+  log=print,
+) -> list[dict]:
   """Runs the sweep's variants (all or `only`) and writes the report; returns its rows."""
   configs = variant_configs(sweep)
   unknown = sorted(set(only or []) - set(configs))
   if unknown:
-    raise PretrainError(f"unknown variant(s) {', '.join(unknown)}; the sweep has {', '.join(configs)}")
+    raise PretrainError(
+      f"unknown variant(s) {', '.join(unknown)}; the sweep has {', '.join(configs)}"
+    )
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   rows, curves = [], {}
   for name, config in configs.items():
@@ -297,17 +351,22 @@ def run_sweep(sweep, workdir: str, *, only: list[str] | None = None, report_only
       result = run_variant(name, config, variant_dir, log=log)
     else:
       path = epath.Path(variant_dir) / RESULT
-      result = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"status": "not run"}
+      result = (
+        json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"status": "not run"}
+      )
     rows.append(summarize(name, config, variant_dir, result))
     curves[name] = _curves(variant_dir)
-  write_report(sweep, rows, curves, workdir, command or f"python -m pretrain.ablate --workdir={workdir}")
+  write_report(
+    sweep, rows, curves, workdir, command or f"python -m pretrain.ablate --workdir={workdir}"
+  )
   return sorted(rows, key=_sort_key)
 
 
 def define_flags() -> None:
   """CLI flags; defined only when run as a program so importing this module defines none."""
-  config_flags.DEFINE_config_file("config", None, "Sweep config, e.g. configs/ablations/attention.py.",
-                                  lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config", None, "Sweep config, e.g. configs/ablations/attention.py.", lock_config=True
+  )
   flags.DEFINE_string("workdir", None, "Sweep directory: one folder per variant plus the report.")
   flags.DEFINE_list("variant", [], "Run only these variants (others are reported if finished).")
   flags.DEFINE_bool("report_only", False, "Train nothing; write the report from what has finished.")
@@ -331,8 +390,14 @@ def main(argv):
       args.append(a)
   command = " ".join(["python -m pretrain.ablate"] + args)
   try:
-    rows = run_sweep(fl.config, fl.workdir, only=fl.variant, report_only=fl.report_only, command=command,
-                     log=lambda s: print(s, file=sys.stderr, flush=True))
+    rows = run_sweep(
+      fl.config,
+      fl.workdir,
+      only=fl.variant,
+      report_only=fl.report_only,
+      command=command,
+      log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
   except PretrainError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -8,6 +8,7 @@ the step, and the one before it is used. Restoring onto a different mesh works
 because the state is read into the shardings of the new run's abstract state.
 The workdir may be a gs:// URL: orbax writes it with tensorstore's GCS driver.
 """
+
 import logging
 import os
 import time
@@ -35,14 +36,13 @@ class Checkpointer:
     self.every_steps = int(every_steps)
     self._saving = None  # The step of the latest save started.
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
-        enable_async_checkpointing=async_save,
-        create=True,
-        cleanup_tmp_directories=True,  # Half-written saves of a killed run.
+      max_to_keep=keep,
+      enable_async_checkpointing=async_save,
+      create=True,
+      cleanup_tmp_directories=True,  # Half-written saves of a killed run.
     )
     try:
-      self._manager = ocp.CheckpointManager(
-          self.directory, options=options, item_names=ITEMS)
+      self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
     except OSError as e:
       raise PretrainError(f"cannot use checkpoint directory {self.directory}: {e}") from e
 
@@ -55,7 +55,9 @@ class Checkpointer:
   def should_save(self, step: int) -> bool:
     return self.every_steps > 0 and step % self.every_steps == 0
 
-  def save(self, step: int, state, data_state: dict, config: dict, progress: dict | None = None) -> None:
+  def save(
+    self, step: int, state, data_state: dict, config: dict, progress: dict | None = None
+  ) -> None:
     """Starts an async save of `step` (a step saved already is left as it is).
 
     A failed write (disk full, unwritable directory) raises PretrainError; the
@@ -67,14 +69,14 @@ class Checkpointer:
     self._saving = step
     try:
       self._manager.save(
-          step,
-          args=ocp.args.Composite(
-              state=ocp.args.StandardSave(state),
-              data=ocp.args.JsonSave(data_state),
-              config=ocp.args.JsonSave(config),
-              progress=ocp.args.JsonSave(progress or {}),
-          ),
-          force=True,
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          data=ocp.args.JsonSave(data_state),
+          config=ocp.args.JsonSave(config),
+          progress=ocp.args.JsonSave(progress or {}),
+        ),
+        force=True,
       )
     except Exception as e:  # pylint: disable=broad-except
       raise self._save_error(step, e) from e
@@ -82,8 +84,9 @@ class Checkpointer:
   def _save_error(self, step: int, e: Exception) -> PretrainError:
     good = [s for s in self._manager.all_steps() if s != step]
     return PretrainError(
-        f"saving the checkpoint of step {step} in {self.directory} failed ({type(e).__name__}: {e}); "
-        f"the earlier checkpoints ({', '.join(map(str, good)) or 'none'}) are intact")
+      f"saving the checkpoint of step {step} in {self.directory} failed ({type(e).__name__}: {e}); "
+      f"the earlier checkpoints ({', '.join(map(str, good)) or 'none'}) are intact"
+    )
 
   def restore_config(self, step: int) -> dict:
     out = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
@@ -91,10 +94,14 @@ class Checkpointer:
 
   def restore(self, step: int, abstract_state) -> tuple[object, dict, dict]:
     """Reads `step` into the shardings of `abstract_state` (ShapeDtypeStructs with .sharding)."""
-    items = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
+    items = ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+    )
     out = self._manager.restore(step, args=items)
     try:
-      progress = self._manager.restore(step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))["progress"]
+      progress = self._manager.restore(
+        step, args=ocp.args.Composite(progress=ocp.args.JsonRestore())
+      )["progress"]
     except Exception:  # pylint: disable=broad-except
       progress = {}  # Written before progress was recorded.
     _logger.info("restored step %d from %s", step, self.directory)
@@ -118,18 +125,29 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         moved = self._quarantine(step)
         bad.append(f"{step} ({type(e).__name__})")
-        _logger.warning("checkpoint step %d in %s is unreadable (%s: %s); moved it to %s and trying the "
-                        "previous one", step, self.directory, type(e).__name__, str(e)[:300], moved)
+        _logger.warning(
+          "checkpoint step %d in %s is unreadable (%s: %s); moved it to %s and trying the "
+          "previous one",
+          step,
+          self.directory,
+          type(e).__name__,
+          str(e)[:300],
+          moved,
+        )
     if bad:
-      raise PretrainError(f"no readable checkpoint in {self.directory}: steps {', '.join(bad)} are unreadable "
-                          "(moved aside, not deleted); use a new workdir or restore them by hand")
+      raise PretrainError(
+        f"no readable checkpoint in {self.directory}: steps {', '.join(bad)} are unreadable "
+        "(moved aside, not deleted); use a new workdir or restore them by hand"
+      )
     return None
 
   def _quarantine(self, step: int) -> str:
     source = epath.Path(self.directory) / str(step)
     target = source.parent / f"{source.name}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
     if jax.process_index() == 0 and source.is_dir():
-      source.rename(target)  # On GCS a copy of every object, then a delete: not atomic, but nothing is lost.
+      source.rename(
+        target
+      )  # On GCS a copy of every object, then a delete: not atomic, but nothing is lost.
     self._manager.reload()
     return os.fspath(target)
 
@@ -144,4 +162,3 @@ class Checkpointer:
       self.wait()
     finally:
       self._manager.close()
-

@@ -1,4 +1,5 @@
 """What every `python -m pretrain.<tool>` entry point shares."""
+
 import logging
 
 from absl import flags

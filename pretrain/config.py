@@ -11,6 +11,7 @@ gpt2_config, t5_config) adds its task name, its data keys and its model section,
 both written from the family's dataclasses by `section`. A config file calls
 the family's function and overrides what its paper or experiment changes.
 """
+
 import dataclasses
 import typing
 from typing import Any
@@ -20,7 +21,9 @@ import ml_collections
 
 def field(section: Any, name: str, default: Any = None) -> Any:
   """`section.name` of a config section, or of a plain dict (tests and prepare's JSON plans pass dicts)."""
-  return section.get(name, default) if isinstance(section, dict) else getattr(section, name, default)
+  return (
+    section.get(name, default) if isinstance(section, dict) else getattr(section, name, default)
+  )
 
 
 def section(value: Any) -> ml_collections.ConfigDict:
@@ -53,12 +56,15 @@ def section(value: Any) -> ml_collections.ConfigDict:
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
 
-  c.task = ml_collections.ConfigDict(dict(name=""))  # The family: a key of pretrain.families.FAMILIES.
+  c.task = ml_collections.ConfigDict(
+    dict(name="")
+  )  # The family: a key of pretrain.families.FAMILIES.
   # Params to start a new run from (continued pretraining): a `python -m pretrain.convert from-hf`
   # output, another run's workdir or one of its step folders. A resumed run ignores it.
   c.init_from = ""
 
-  c.data = ml_collections.ConfigDict(dict(
+  c.data = ml_collections.ConfigDict(
+    dict(
       # 'embedded' (CPython's own docs), 'text' (BERT format) or 'jsonl', prepared into the cache on
       # first use; or 'prepared': stores made by `python -m pretrain.prepare` (pretrain/data/sources.py).
       source="embedded",
@@ -74,9 +80,11 @@ def base_config() -> ml_collections.ConfigDict:
       seed=0,
       num_threads=2,  # grain reader threads building examples off the training thread.
       prefetch_batches=4,
-  ))
+    )
+  )
 
-  c.tokenizer = ml_collections.ConfigDict(dict(
+  c.tokenizer = ml_collections.ConfigDict(
+    dict(
       path="",  # A sentencepiece .model; '' trains one on the corpus once and caches it.
       vocab_size=30522,
       model_type="unigram",
@@ -85,9 +93,11 @@ def base_config() -> ml_collections.ConfigDict:
       # (0: 10M) drawn with a fixed seed.
       sample_bytes=0,
       input_sentence_size=0,
-  ))
+    )
+  )
 
-  c.optimizer = ml_collections.ConfigDict(dict(
+  c.optimizer = ml_collections.ConfigDict(
+    dict(
       name="adamw",  # 'adamw' or 'lamb'.
       learning_rate=1e-4,
       b1=0.9,
@@ -98,34 +108,43 @@ def base_config() -> ml_collections.ConfigDict:
       decay="linear",  # 'linear' (to 0 at train.steps, as BERT), 'cosine' or 'constant'.
       end_learning_rate=0.0,
       grad_clip_norm=1.0,
-  ))
+    )
+  )
 
-  c.train = ml_collections.ConfigDict(dict(
+  c.train = ml_collections.ConfigDict(
+    dict(
       steps=1_000_000,
       batch_size=256,  # Global, in sequences.
       grad_accum_steps=1,  # Microbatches per step; batch_size must divide evenly.
       seed=0,
       log_every=100,
-  ))
+    )
+  )
 
-  c.eval = ml_collections.ConfigDict(dict(
+  c.eval = ml_collections.ConfigDict(
+    dict(
       every_steps=10_000,  # 0 disables.
       batch_size=64,
       num_batches=20,
-  ))
+    )
+  )
 
   c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
-  c.checkpoint = ml_collections.ConfigDict(dict(
+  c.checkpoint = ml_collections.ConfigDict(
+    dict(
       every_steps=10_000,
       keep=3,
       async_save=True,
-  ))
+    )
+  )
 
-  c.metrics = ml_collections.ConfigDict(dict(
+  c.metrics = ml_collections.ConfigDict(
+    dict(
       # Peak FLOP/s of one device for MFU; 0 looks the device kind up (CPU: cpu_peak_flops).
       peak_flops_per_device=0.0,
       cpu_peak_flops=130e9,
       progress_bar=True,
-  ))
+    )
+  )
   return c

@@ -20,6 +20,7 @@ are made first, and the call itself runs in a thread that is given up on after
 cannot be cancelled: a caller that gets that error should exit the process
 (the train CLI does).
 """
+
 import dataclasses
 import glob
 import importlib.util
@@ -45,6 +46,7 @@ _JAX_TIMEOUT_MARGIN_S = 60
 @dataclasses.dataclass(frozen=True)
 class Launch:
   """This process's place in the run, and where that was learned ('flags', 'slurm', 'tpu', 'single')."""
+
   source: str
   coordinator_address: str | None = None
   num_processes: int = 1
@@ -80,7 +82,11 @@ def _int_env(environ: Mapping[str, str], name: str) -> int:
 
 
 def _slurm_tasks_per_node(environ: Mapping[str, str], ntasks: int) -> float:
-  nodes = environ.get("SLURM_STEP_NUM_NODES") or environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES")
+  nodes = (
+    environ.get("SLURM_STEP_NUM_NODES")
+    or environ.get("SLURM_JOB_NUM_NODES")
+    or environ.get("SLURM_NNODES")
+  )
   return ntasks / max(int(nodes), 1) if nodes and nodes.isdigit() else 1.0
 
 
@@ -94,9 +100,15 @@ def on_cloud_tpu_vm(environ: Mapping[str, str] = os.environ) -> bool:
   return bool(glob.glob("/dev/accel*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
-def detect(coordinator_address: str | None = None, num_processes: int | None = None,
-           process_id: int | None = None, local_device_ids: Sequence[int] | None = None, *,
-           coordinator_port: int | None = None, environ: Mapping[str, str] = os.environ) -> Launch:
+def detect(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  local_device_ids: Sequence[int] | None = None,
+  *,
+  coordinator_port: int | None = None,
+  environ: Mapping[str, str] = os.environ,
+) -> Launch:
   """Where this process belongs, from the arguments, then SLURM, then Cloud TPU (see module doc)."""
   ids = tuple(int(i) for i in local_device_ids) if local_device_ids else None
   explicit = (coordinator_address, num_processes, process_id)
@@ -105,31 +117,53 @@ def detect(coordinator_address: str | None = None, num_processes: int | None = N
   if any(v is not None for v in explicit):
     if num_processes is not None and slurm_ntasks not in (None, 1, num_processes):
       raise PretrainError(
-          f"--num_processes={num_processes} but SLURM started SLURM_NTASKS={slurm_ntasks} tasks; "
-          "drop --num_processes (SLURM's count is used) or launch that many tasks")
+        f"--num_processes={num_processes} but SLURM started SLURM_NTASKS={slurm_ntasks} tasks; "
+        "drop --num_processes (SLURM's count is used) or launch that many tasks"
+      )
     if in_slurm and slurm_ntasks > 1:
       num_processes = slurm_ntasks if num_processes is None else num_processes
       process_id = _int_env(environ, "SLURM_PROCID") if process_id is None else process_id
-    missing = [f"--{name}" for name, v in zip(("coordinator_address", "num_processes", "process_id"),
-                                              (coordinator_address, num_processes, process_id)) if v is None]
+    missing = [
+      f"--{name}"
+      for name, v in zip(
+        ("coordinator_address", "num_processes", "process_id"),
+        (coordinator_address, num_processes, process_id),
+      )
+      if v is None
+    ]
     if missing:
       raise PretrainError(
-          f"{', '.join(missing)} missing: a multi-process run outside SLURM and Cloud TPU needs "
-          "--coordinator_address, --num_processes and --process_id on every process")
+        f"{', '.join(missing)} missing: a multi-process run outside SLURM and Cloud TPU needs "
+        "--coordinator_address, --num_processes and --process_id on every process"
+      )
     return Launch("flags", coordinator_address, int(num_processes), int(process_id), ids)
   if in_slurm and slurm_ntasks > 1:
-    nodelist = (environ.get("SLURM_STEP_NODELIST") or environ.get("SLURM_JOB_NODELIST")
-                or environ.get("SLURM_NODELIST"))
+    nodelist = (
+      environ.get("SLURM_STEP_NODELIST")
+      or environ.get("SLURM_JOB_NODELIST")
+      or environ.get("SLURM_NODELIST")
+    )
     if not nodelist:
-      raise PretrainError("SLURM_NTASKS > 1 but no SLURM_STEP_NODELIST/SLURM_JOB_NODELIST/SLURM_NODELIST is set")
+      raise PretrainError(
+        "SLURM_NTASKS > 1 but no SLURM_STEP_NODELIST/SLURM_JOB_NODELIST/SLURM_NODELIST is set"
+      )
     port = coordinator_port or slurm_port(environ)
-    if ids is None and _slurm_tasks_per_node(environ, slurm_ntasks) > 1 and "SLURM_LOCALID" in environ:
+    if (
+      ids is None
+      and _slurm_tasks_per_node(environ, slurm_ntasks) > 1
+      and "SLURM_LOCALID" in environ
+    ):
       # One task per GPU: each takes the GPU of its local rank, unless SLURM already gave it just one.
       visible = [d for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d]
       if len(visible) != 1:
         ids = (_int_env(environ, "SLURM_LOCALID"),)
-    return Launch("slurm", f"{first_slurm_host(nodelist)}:{port}", slurm_ntasks,
-                  _int_env(environ, "SLURM_PROCID"), ids)
+    return Launch(
+      "slurm",
+      f"{first_slurm_host(nodelist)}:{port}",
+      slurm_ntasks,
+      _int_env(environ, "SLURM_PROCID"),
+      ids,
+    )
   if on_cloud_tpu_vm(environ):
     return Launch("tpu", local_device_ids=ids)
   return Launch("single", local_device_ids=ids)
@@ -163,8 +197,9 @@ def _check_coordinator_can_start(host: str, port: int, deadline: float) -> None:
       s.bind((sockaddr[0], 0))
     except OSError:
       raise PretrainError(
-          f"coordinator address {host}:{port} is not an address of this machine, but process 0 runs the "
-          "coordinator; give process 0's own host name or IP") from None
+        f"coordinator address {host}:{port} is not an address of this machine, but process 0 runs the "
+        "coordinator; give process 0's own host name or IP"
+      ) from None
   try:
     s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
   except OSError:
@@ -174,7 +209,8 @@ def _check_coordinator_can_start(host: str, port: int, deadline: float) -> None:
       s.bind(("", port))  # jax binds the port on all interfaces.
     except OSError as e:
       raise PretrainError(
-          f"coordinator port {port} is in use on this machine ({e.strerror}); choose another port") from None
+        f"coordinator port {port} is in use on this machine ({e.strerror}); choose another port"
+      ) from None
 
 
 def _reachable(host: str, port: int) -> bool:
@@ -205,10 +241,17 @@ def _call_with_deadline(fn, timeout_s: float) -> None:
     raise outcome[0]
 
 
-def initialize(coordinator_address: str | None = None, num_processes: int | None = None,
-               process_id: int | None = None, local_device_ids: Sequence[int] | None = None, *,
-               coordinator_port: int | None = None, timeout_s: int = DEFAULT_TIMEOUT_S,
-               heartbeat_timeout_s: int = 100, environ: Mapping[str, str] = os.environ) -> Launch:
+def initialize(
+  coordinator_address: str | None = None,
+  num_processes: int | None = None,
+  process_id: int | None = None,
+  local_device_ids: Sequence[int] | None = None,
+  *,
+  coordinator_port: int | None = None,
+  timeout_s: int = DEFAULT_TIMEOUT_S,
+  heartbeat_timeout_s: int = 100,
+  environ: Mapping[str, str] = os.environ,
+) -> Launch:
   """Joins the run this process belongs to (see the module doc); a no-op for a single process.
 
   Args:
@@ -232,15 +275,25 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       coordinator cannot be started or reached, or not every process joined
       within `timeout_s`.
   """
-  launch = detect(coordinator_address, num_processes, process_id, local_device_ids,
-                  coordinator_port=coordinator_port, environ=environ)
+  launch = detect(
+    coordinator_address,
+    num_processes,
+    process_id,
+    local_device_ids,
+    coordinator_port=coordinator_port,
+    environ=environ,
+  )
   if launch.source == "single":
     return launch
-  jax_kwargs = dict(initialization_timeout=int(timeout_s) + _JAX_TIMEOUT_MARGIN_S,
-                    heartbeat_timeout_seconds=int(heartbeat_timeout_s))
+  jax_kwargs = dict(
+    initialization_timeout=int(timeout_s) + _JAX_TIMEOUT_MARGIN_S,
+    heartbeat_timeout_seconds=int(heartbeat_timeout_s),
+  )
   if launch.source == "tpu":
     what = "the Cloud TPU slice's workers (from the TPU metadata)"
-    call = lambda: jax.distributed.initialize(local_device_ids=launch.local_device_ids, **jax_kwargs)
+    call = lambda: jax.distributed.initialize(
+      local_device_ids=launch.local_device_ids, **jax_kwargs
+    )
   else:
     n, pid = launch.num_processes, launch.process_id
     if n < 1:
@@ -260,10 +313,15 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
       jax.config.update("jax_cpu_collectives_implementation", "gloo")
     what = f"{n} processes at coordinator {launch.coordinator_address}"
     call = lambda: jax.distributed.initialize(
-        launch.coordinator_address, n, pid, launch.local_device_ids, **jax_kwargs)
+      launch.coordinator_address, n, pid, launch.local_device_ids, **jax_kwargs
+    )
 
-  _logger.info("joining %s (from %s) as process %s", what, launch.source,
-               launch.process_id if launch.source != "tpu" else "?")
+  _logger.info(
+    "joining %s (from %s) as process %s",
+    what,
+    launch.source,
+    launch.process_id if launch.source != "tpu" else "?",
+  )
   start = time.monotonic()
   try:
     _call_with_deadline(call, max(timeout_s - (time.monotonic() - start), 1))
@@ -271,29 +329,51 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     raise PretrainError(_timeout_message(launch, timeout_s)) from None
   except (RuntimeError, ValueError, TypeError) as e:
     raise PretrainError(f"jax.distributed.initialize failed for {what}: {e}") from None
-  if launch.source != "tpu" and (jax.process_count(), jax.process_index()) != (launch.num_processes,
-                                                                                 launch.process_id):
+  if launch.source != "tpu" and (jax.process_count(), jax.process_index()) != (
+    launch.num_processes,
+    launch.process_id,
+  ):
     raise PretrainError(
-        f"this process was started as process {launch.process_id} of {launch.num_processes}, but the "
-        f"coordinator at {launch.coordinator_address} formed a run of {jax.process_count()} processes "
-        f"with this one as {jax.process_index()}; every process must be given the same --num_processes")
-  _logger.info("process %d of %d: %d local devices, %d in all (%.1f s to join)", jax.process_index(),
-               jax.process_count(), jax.local_device_count(), jax.device_count(), time.monotonic() - start)
-  return Launch(launch.source, launch.coordinator_address, jax.process_count(), jax.process_index(),
-                launch.local_device_ids)
+      f"this process was started as process {launch.process_id} of {launch.num_processes}, but the "
+      f"coordinator at {launch.coordinator_address} formed a run of {jax.process_count()} processes "
+      f"with this one as {jax.process_index()}; every process must be given the same --num_processes"
+    )
+  _logger.info(
+    "process %d of %d: %d local devices, %d in all (%.1f s to join)",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    time.monotonic() - start,
+  )
+  return Launch(
+    launch.source,
+    launch.coordinator_address,
+    jax.process_count(),
+    jax.process_index(),
+    launch.local_device_ids,
+  )
 
 
 def _timeout_message(launch: Launch, timeout_s: float) -> str:
   if launch.source == "tpu":
-    return (f"the Cloud TPU slice's workers did not all join within {timeout_s} s; the same command "
-            "must run on every worker (gcloud ... ssh --worker=all)")
+    return (
+      f"the Cloud TPU slice's workers did not all join within {timeout_s} s; the same command "
+      "must run on every worker (gcloud ... ssh --worker=all)"
+    )
   n, pid, address = launch.num_processes, launch.process_id, launch.coordinator_address
   if pid == 0:
-    return (f"process 0 started the coordinator at {address}, but not all {n} processes joined within "
-            f"{timeout_s} s; check that the launch started {n} processes (ids 0 .. {n - 1}) and that "
-            f"they can reach {address}")
+    return (
+      f"process 0 started the coordinator at {address}, but not all {n} processes joined within "
+      f"{timeout_s} s; check that the launch started {n} processes (ids 0 .. {n - 1}) and that "
+      f"they can reach {address}"
+    )
   if not _reachable(*_split_address(address)):
-    return (f"process {pid} of {n} could not reach the coordinator at {address} within {timeout_s} s: "
-            "nothing accepts connections there (wrong address or port, or process 0 is not running)")
-  return (f"process {pid} reached the coordinator at {address}, but not all {n} processes joined within "
-          f"{timeout_s} s; check that the launch started {n} processes with distinct ids 0 .. {n - 1}")
+    return (
+      f"process {pid} of {n} could not reach the coordinator at {address} within {timeout_s} s: "
+      "nothing accepts connections there (wrong address or port, or process 0 is not running)"
+    )
+  return (
+    f"process {pid} reached the coordinator at {address}, but not all {n} processes joined within "
+    f"{timeout_s} s; check that the launch started {n} processes with distinct ids 0 .. {n - 1}"
+  )

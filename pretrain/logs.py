@@ -1,4 +1,5 @@
 """Logging helpers shared by the package."""
+
 import logging
 
 _logged: set[tuple[str, str]] = set()

@@ -2,6 +2,7 @@
 
 Only process 0 writes; every row is one JSON object with the step.
 """
+
 import json
 import logging
 import math
@@ -20,17 +21,17 @@ _logger = logging.getLogger(__name__)
 
 # Dense bf16 peak FLOP/s per device (per chip; per core for v2/v3/v4 megacore chips this is the chip).
 _PEAK_FLOPS = (
-    ("v6", 918e12),
-    ("v5p", 459e12),
-    ("v5 lite", 197e12),
-    ("v5e", 197e12),
-    ("v4", 275e12),
-    ("v3", 123e12),
-    ("v2", 45e12),
-    ("h200", 989e12),
-    ("h100", 989e12),
-    ("a100", 312e12),
-    ("l4", 121e12),
+  ("v6", 918e12),
+  ("v5p", 459e12),
+  ("v5 lite", 197e12),
+  ("v5e", 197e12),
+  ("v4", 275e12),
+  ("v3", 123e12),
+  ("v2", 45e12),
+  ("h200", 989e12),
+  ("h100", 989e12),
+  ("a100", 312e12),
+  ("l4", 121e12),
 )
 
 
@@ -68,6 +69,7 @@ class MetricsWriter:
     if not self.enabled:
       return
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+
     if not paths.is_remote(workdir):
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -130,8 +132,13 @@ class MetricsWriter:
           self._tb_uploaded[name] = size
     except Exception as e:  # pylint: disable=broad-except
       # A transient storage error must not stop training; the next sync writes everything again.
-      _logger.warning("could not write metrics to %s (%s: %s)%s", self._remote, type(e).__name__, e,
-                      "" if final else "; retrying at the next sync")
+      _logger.warning(
+        "could not write metrics to %s (%s: %s)%s",
+        self._remote,
+        type(e).__name__,
+        e,
+        "" if final else "; retrying at the next sync",
+      )
 
   def close(self):
     if not self.enabled:

@@ -6,6 +6,7 @@ through epath, whose gs:// backend is tensorflow's gfile when tensorflow is
 installed and fsspec + gcsfs otherwise. `cache_dir` is the host's local cache
 root (trained tokenizers, stores, copies of gs:// shards).
 """
+
 import os
 import tempfile
 from typing import Any, Callable
@@ -33,7 +34,9 @@ def write_atomic(path: str, write: Callable[[Any], None]) -> None:
       write(f)
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; others on the host read caches and stores.
+    os.chmod(
+      tmp, 0o666 & ~umask
+    )  # mkstemp makes 0600 files; others on the host read caches and stores.
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

@@ -17,6 +17,7 @@ max_new_tokens, or where the model's positions end. The run's own config and
 tokenizer are read from the checkpoint, so a sample always uses the
 vocabulary the model was trained with.
 """
+
 import functools
 import sys
 
@@ -50,11 +51,14 @@ def load_run(workdir: str, step: int | None = None):
     config = ml_collections.ConfigDict(saved)
     tokenizer = tokenizer_files.open_tokenizer(tok.get("path", ""))
     if tok.get("fingerprint") not in (None, tokenizer.fingerprint):
-      raise PretrainError(f"the tokenizer at {tokenizer.path} changed since the checkpoint was written")
+      raise PretrainError(
+        f"the tokenizer at {tokenizer.path} changed since the checkpoint was written"
+      )
     task = families.get_task(config, tokenizer)
     # Restored without a target: plain host arrays, whatever mesh wrote them.
     restored = checkpointer._manager.restore(  # pylint: disable=protected-access
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    )
   finally:
     checkpointer.close()
   return config, tokenizer, task, restored["state"]["params"], step
@@ -75,16 +79,22 @@ def encode_masked(prompt: str, tokenizer) -> np.ndarray:
   return np.asarray(ids + [special.sep], np.int32)
 
 
-def fill_masks(task, params, tokenizer, prompt: str, top_k: int = 5) -> list[list[tuple[str, float]]]:
+def fill_masks(
+  task, params, tokenizer, prompt: str, top_k: int = 5
+) -> list[list[tuple[str, float]]]:
   """For each `[MASK]` in order: the top_k (piece, probability) the model predicts."""
   probs = mask_probabilities(task, params, encode_masked(prompt, tokenizer))
-  return [[(tokenizer.id_to_piece(i), float(row[i])) for i in np.argsort(-row)[:top_k]] for row in probs]
+  return [
+    [(tokenizer.id_to_piece(i), float(row[i])) for i in np.argsort(-row)[:top_k]] for row in probs
+  ]
 
 
 def mask_probabilities(task, params, ids: np.ndarray) -> np.ndarray:
   """float32 [masks, vocab]: the model's distribution at each mask id of `ids` (with [CLS] ... [SEP])."""
   if task.sampling != base.FILL_MASKS:
-    raise PretrainError(f"filling masks needs a masked-LM checkpoint; this one is task {task.name!r}")
+    raise PretrainError(
+      f"filling masks needs a masked-LM checkpoint; this one is task {task.name!r}"
+    )
   logits = task.mask_logits(task.build_model(), params, np.asarray(ids, np.int32))
   return np.asarray(jax.nn.softmax(jnp.asarray(logits, jnp.float32), axis=-1))
 
@@ -104,7 +114,9 @@ def check_sampling(max_new_tokens: int, temperature: float, top_k: int, top_p: f
     raise PretrainError(f"top_p={top_p} must be in (0, 1] (1 keeps every token)")
 
 
-def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+def filter_logits(
+  logits: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0
+) -> jax.Array:
   """float32 `[..., vocab]`: logits / temperature, -inf outside the top_k and outside the top_p nucleus.
 
   The nucleus is the smallest set of most likely tokens whose probability
@@ -124,12 +136,15 @@ def filter_logits(logits: jax.Array, temperature: float = 1.0, top_k: int = 0, t
   return logits
 
 
-def sample_token(logits: jax.Array, rng: jax.Array, temperature: float = 0.0, top_k: int = 0,
-                 top_p: float = 1.0) -> jax.Array:
+def sample_token(
+  logits: jax.Array, rng: jax.Array, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0
+) -> jax.Array:
   """int32 `[...]` from logits `[..., vocab]`: the argmax at temperature 0, else a draw from filter_logits."""
   if temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  return jax.random.categorical(rng, filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+  return jax.random.categorical(rng, filter_logits(logits, temperature, top_k, top_p)).astype(
+    jnp.int32
+  )
 
 
 def _decoder_only(model, params, prompt_ids: np.ndarray, max_new_tokens: int, **unused):
@@ -148,8 +163,17 @@ def _decoder_only(model, params, prompt_ids: np.ndarray, max_new_tokens: int, **
   return forward, len(prompt_ids) + steps - 1, prompt_ids[None], steps
 
 
-def _encoder_decoder(model, params, prompt_ids: np.ndarray, max_new_tokens: int, *, max_input_length: int | None,
-                     max_target_length: int | None, eos_id: int | None, decoder_start_id: int | None):
+def _encoder_decoder(
+  model,
+  params,
+  prompt_ids: np.ndarray,
+  max_new_tokens: int,
+  *,
+  max_input_length: int | None,
+  max_target_length: int | None,
+  eos_id: int | None,
+  decoder_start_id: int | None,
+):
   """(forward, cache length, first ids, steps) of a model with methods encode(inputs, mask) and
   decode(encoded, mask, ids, decode=True): the prompt + eos_id is encoded once, decoding starts from
   decoder_start_id."""
@@ -157,16 +181,26 @@ def _encoder_decoder(model, params, prompt_ids: np.ndarray, max_new_tokens: int,
     raise PretrainError("an encoder-decoder needs eos_id and decoder_start_id (its tokenizer's)")
   inputs = np.append(prompt_ids, eos_id).astype(np.int32)[None]  # [1, enc_length]: the prompt, EOS
   if max_input_length is not None and inputs.shape[1] > max_input_length:
-    raise PretrainError(f"the prompt is {inputs.shape[1]} tokens with EOS; the model was trained on inputs of "
-                        f"at most {max_input_length}")
+    raise PretrainError(
+      f"the prompt is {inputs.shape[1]} tokens with EOS; the model was trained on inputs of "
+      f"at most {max_input_length}"
+    )
   steps = min(max_new_tokens, max_target_length or max_new_tokens)
   input_mask = np.ones_like(inputs)
   encoded = jax.jit(functools.partial(model.apply, method="encode"))(
-      {"params": params}, inputs, input_mask)  # [1, enc_length, embed], once
+    {"params": params}, inputs, input_mask
+  )  # [1, enc_length, embed], once
 
   def forward(params, cache, ids):  # ids [1, length] -> logits [1, length, vocab]
-    return model.apply({"params": params, **cache}, encoded, input_mask, ids, decode=True, mutable=["cache"],
-                       method="decode")
+    return model.apply(
+      {"params": params, **cache},
+      encoded,
+      input_mask,
+      ids,
+      decode=True,
+      mutable=["cache"],
+      method="decode",
+    )
 
   return forward, steps, np.full([1, 1], decoder_start_id, np.int32), steps
 
@@ -174,11 +208,23 @@ def _encoder_decoder(model, params, prompt_ids: np.ndarray, max_new_tokens: int,
 _DECODERS = {base.DECODER_ONLY: _decoder_only, base.ENCODER_DECODER: _encoder_decoder}
 
 
-def generate_ids(model, params, prompt_ids, *, decoding: str, stop_id: int | None, max_new_tokens: int = 32,
-                 temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int = 0,
-                 max_input_length: int | None = None, max_target_length: int | None = None,
-                 eos_id: int | None = None, decoder_start_id: int | None = None,
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def generate_ids(
+  model,
+  params,
+  prompt_ids,
+  *,
+  decoding: str,
+  stop_id: int | None,
+  max_new_tokens: int = 32,
+  temperature: float = 0.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  seed: int = 0,
+  max_input_length: int | None = None,
+  max_target_length: int | None = None,
+  eos_id: int | None = None,
+  decoder_start_id: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
   """(new ids int32 [n], the logits float32 [n, vocab] each was chosen from) after prompt_ids.
 
   `decoding` is the task's sampling kind: DECODER_ONLY continues prompt_ids;
@@ -188,13 +234,22 @@ def generate_ids(model, params, prompt_ids, *, decoding: str, stop_id: int | Non
   a decoder-only model's max_position_embeddings, max_target_length (None: no limit).
   """
   if decoding not in _DECODERS:
-    raise PretrainError(f"generation needs a decoder-only or encoder-decoder model, not decoding={decoding!r}")
+    raise PretrainError(
+      f"generation needs a decoder-only or encoder-decoder model, not decoding={decoding!r}"
+    )
   check_sampling(max_new_tokens, temperature, top_k, top_p)
   prompt_ids = np.asarray(prompt_ids, np.int32).reshape(-1)
   params = jax.device_put(params)
   forward, cache_length, ids, steps = _DECODERS[decoding](
-      model, params, prompt_ids, max_new_tokens, max_input_length=max_input_length,
-      max_target_length=max_target_length, eos_id=eos_id, decoder_start_id=decoder_start_id)
+    model,
+    params,
+    prompt_ids,
+    max_new_tokens,
+    max_input_length=max_input_length,
+    max_target_length=max_target_length,
+    eos_id=eos_id,
+    decoder_start_id=decoder_start_id,
+  )
   # A decode call on inputs of the cache's length creates the empty cache.
   _, cache = jax.jit(forward)(params, {}, np.zeros([1, cache_length], np.int32))
   ids = ids.astype(np.int32)
@@ -232,18 +287,40 @@ def _detokenize(ids: np.ndarray, tokenizer, num_sentinels: int) -> str:
   return " ".join(p for p in parts if p)
 
 
-def generate(task, params, tokenizer, prompt: str, *, max_new_tokens: int = 32, temperature: float = 0.0,
-             top_k: int = 0, top_p: float = 1.0, seed: int = 0) -> str:
+def generate(
+  task,
+  params,
+  tokenizer,
+  prompt: str,
+  *,
+  max_new_tokens: int = 32,
+  temperature: float = 0.0,
+  top_k: int = 0,
+  top_p: float = 1.0,
+  seed: int = 0,
+) -> str:
   """The text a generating checkpoint (gpt2, t5) writes after (decoder-only) or for (encoder-decoder) prompt,
   up to end-of-text."""
   if task.sampling not in _DECODERS:
-    raise PretrainError(f"generation needs a decoder-only or encoder-decoder checkpoint; this one is task "
-                        f"{task.name!r}")
+    raise PretrainError(
+      f"generation needs a decoder-only or encoder-decoder checkpoint; this one is task "
+      f"{task.name!r}"
+    )
   ids = task.generation_prompt(tokenizer.encode([prompt])[0] if prompt.strip() else [])
   eos = tokenizer.special.eos
-  new, _ = generate_ids(task.build_model(), params, ids, decoding=task.sampling, max_new_tokens=max_new_tokens,
-                        temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop_id=eos,
-                        **task.generation_options())
+  new, _ = generate_ids(
+    task.build_model(),
+    params,
+    ids,
+    decoding=task.sampling,
+    max_new_tokens=max_new_tokens,
+    temperature=temperature,
+    top_k=top_k,
+    top_p=top_p,
+    seed=seed,
+    stop_id=eos,
+    **task.generation_options(),
+  )
   if len(new) and new[-1] == eos:
     new = new[:-1]
   return _detokenize(new, tokenizer, task.num_sentinels)
@@ -251,14 +328,26 @@ def generate(task, params, tokenizer, prompt: str, *, max_new_tokens: int = 32, 
 
 def define_flags() -> None:
   """CLI flags; defined only when run as a program so importing this module defines none."""
-  flags.DEFINE_string("workdir", None, "A training run's directory (its latest checkpoint is used).")
-  flags.DEFINE_string("prompt", None, "Text; for masked-LM checkpoints with [MASK] where to predict.")
-  flags.DEFINE_integer("top_k", None, "Masked LM: candidates shown per [MASK] (default 5). Generation: sample "
-                       "from the top_k most likely tokens (default 0: all).")
+  flags.DEFINE_string(
+    "workdir", None, "A training run's directory (its latest checkpoint is used)."
+  )
+  flags.DEFINE_string(
+    "prompt", None, "Text; for masked-LM checkpoints with [MASK] where to predict."
+  )
+  flags.DEFINE_integer(
+    "top_k",
+    None,
+    "Masked LM: candidates shown per [MASK] (default 5). Generation: sample "
+    "from the top_k most likely tokens (default 0: all).",
+  )
   flags.DEFINE_integer("step", None, "A checkpoint step instead of the latest.")
   flags.DEFINE_integer("max_new_tokens", 32, "Generation: at most this many new tokens.")
-  flags.DEFINE_float("temperature", 0.0, "Generation: 0 is greedy; otherwise logits are divided by it.")
-  flags.DEFINE_float("top_p", 1.0, "Generation: sample from the smallest set of tokens with this much mass.")
+  flags.DEFINE_float(
+    "temperature", 0.0, "Generation: 0 is greedy; otherwise logits are divided by it."
+  )
+  flags.DEFINE_float(
+    "top_p", 1.0, "Generation: sample from the smallest set of tokens with this much mass."
+  )
   flags.DEFINE_integer("seed", 0, "Generation: the sampling seed.")
 
 
@@ -272,10 +361,21 @@ def main(argv):
   try:
     _, tokenizer, task, params, step = load_run(fl.workdir, fl.step)
     if task.sampling == base.FILL_MASKS:
-      candidates = fill_masks(task, params, tokenizer, fl.prompt, 5 if fl.top_k is None else fl.top_k)
+      candidates = fill_masks(
+        task, params, tokenizer, fl.prompt, 5 if fl.top_k is None else fl.top_k
+      )
     else:
-      text = generate(task, params, tokenizer, fl.prompt, max_new_tokens=fl.max_new_tokens,
-                      temperature=fl.temperature, top_k=fl.top_k or 0, top_p=fl.top_p, seed=fl.seed)
+      text = generate(
+        task,
+        params,
+        tokenizer,
+        fl.prompt,
+        max_new_tokens=fl.max_new_tokens,
+        temperature=fl.temperature,
+        top_k=fl.top_k or 0,
+        top_p=fl.top_p,
+        seed=fl.seed,
+      )
   except PretrainError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

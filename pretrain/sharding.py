@@ -11,6 +11,7 @@ pretrain/models); `LOGICAL_RULES` is the only place that says where each lives.
 Jit and trace model code inside `mesh_context(mesh)` so activation constraints
 apply.
 """
+
 import contextlib
 import dataclasses
 import logging
@@ -25,33 +26,34 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from pretrain import logs
 from pretrain.errors import PretrainError
 
-MESH_AXES = ('data', 'fsdp', 'tensor')
-BATCH_AXES = ('data', 'fsdp')
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
 
 LOGICAL_RULES = (
-    # Activations.
-    ('act_batch', BATCH_AXES),
-    ('act_length', None),
-    ('act_embed', None),
-    ('act_heads', 'tensor'),
-    ('act_mlp', 'tensor'),
-    ('act_vocab', 'tensor'),
-    # Parameters.
-    ('embed', 'fsdp'),
-    ('heads', 'tensor'),
-    ('mlp', 'tensor'),
-    ('vocab', 'tensor'),
-    ('norm', None),
-    ('position', None),
-    ('types', None),
-    ('classes', None),
-    ('layers', None),
+  # Activations.
+  ("act_batch", BATCH_AXES),
+  ("act_length", None),
+  ("act_embed", None),
+  ("act_heads", "tensor"),
+  ("act_mlp", "tensor"),
+  ("act_vocab", "tensor"),
+  # Parameters.
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("mlp", "tensor"),
+  ("vocab", "tensor"),
+  ("norm", None),
+  ("position", None),
+  ("types", None),
+  ("classes", None),
+  ("layers", None),
 )
 
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
   """Mesh axis sizes; one of them may be -1 for all remaining devices."""
+
   data: int = -1
   fsdp: int = 1
   tensor: int = 1
@@ -72,24 +74,29 @@ def make_mesh(mesh_cfg: Any, devices: list[jax.Device] | None = None) -> Mesh:
   """
   devices = list(jax.devices() if devices is None else devices)
   sizes = _axis_sizes(mesh_cfg)
-  requested = ', '.join(f'{axis}={n}' for axis, n in sizes.items())
+  requested = ", ".join(f"{axis}={n}" for axis, n in sizes.items())
   fill = [axis for axis, n in sizes.items() if n == -1]
   if len(fill) > 1 or any(n < 1 and n != -1 for n in sizes.values()):
-    raise PretrainError(f'mesh ({requested}): sizes must be positive, or -1 for at most one axis')
+    raise PretrainError(f"mesh ({requested}): sizes must be positive, or -1 for at most one axis")
   if fill:
     rest = math.prod(n for n in sizes.values() if n != -1)
     if len(devices) % rest:
       raise PretrainError(
-          f'mesh ({requested}) does not fit {len(devices)} devices '
-          f'(jax.device_count() = {jax.device_count()}): {len(devices)} is not divisible by {rest}')
+        f"mesh ({requested}) does not fit {len(devices)} devices "
+        f"(jax.device_count() = {jax.device_count()}): {len(devices)} is not divisible by {rest}"
+      )
     sizes[fill[0]] = len(devices) // rest
   if math.prod(sizes.values()) != len(devices):
     raise PretrainError(
-        f'mesh ({requested}) needs {math.prod(sizes.values())} devices but there are {len(devices)} '
-        f'(jax.device_count() = {jax.device_count()})')
+      f"mesh ({requested}) needs {math.prod(sizes.values())} devices but there are {len(devices)} "
+      f"(jax.device_count() = {jax.device_count()})"
+    )
   return jax.make_mesh(
-      tuple(sizes[a] for a in MESH_AXES), MESH_AXES,
-      axis_types=(AxisType.Auto,) * len(MESH_AXES), devices=devices)
+    tuple(sizes[a] for a in MESH_AXES),
+    MESH_AXES,
+    axis_types=(AxisType.Auto,) * len(MESH_AXES),
+    devices=devices,
+  )
 
 
 @contextlib.contextmanager
@@ -112,8 +119,12 @@ def _fit_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh, name: str
     if axes is not None:
       n = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
       if dim % n:
-        logs.log_once(_logger, f'{name}: dim of size {dim} is not divisible by mesh axes {axes} ({n} devices); '
-                      'replicating it', logging.INFO)
+        logs.log_once(
+          _logger,
+          f"{name}: dim of size {dim} is not divisible by mesh axes {axes} ({n} devices); "
+          "replicating it",
+          logging.INFO,
+        )
         axes = None
     fitted.append(axes)
   return PartitionSpec(*fitted)
@@ -127,14 +138,18 @@ def param_shardings(boxed_params: Any, mesh: Mesh) -> Any:
       leaves boxed in `nn.LogicallyPartitioned` (unannotated leaves replicate).
     mesh: the mesh to shard over.
   """
+
   def sharding(path, leaf):
     if isinstance(leaf, nn.Partitioned):
       spec = nn.logical_to_mesh_axes(leaf.names, LOGICAL_RULES)
-      return NamedSharding(mesh, _fit_spec(spec, leaf.value.shape, mesh, jax.tree_util.keystr(path)))
+      return NamedSharding(
+        mesh, _fit_spec(spec, leaf.value.shape, mesh, jax.tree_util.keystr(path))
+      )
     return NamedSharding(mesh, PartitionSpec())
 
   return jax.tree_util.tree_map_with_path(
-      sharding, boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned))
+    sharding, boxed_params, is_leaf=lambda x: isinstance(x, nn.Partitioned)
+  )
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
@@ -145,13 +160,19 @@ def data_sharding(mesh: Mesh) -> NamedSharding:
 def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles each process's slice of the batch into global arrays sharded by `data_sharding`."""
   sharding = data_sharding(mesh)
-  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in local_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+    for k, v in local_batch.items()
+  }
 
 
 def abstract(tree, shardings=None):
   """ShapeDtypeStructs of `tree`'s arrays with `shardings` (a matching tree), or each array's own sharding:
   the targets that compilation and checkpoint restore lay arrays out by."""
   if shardings is None:
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
-                        tree)
-  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+    return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree
+    )
+  return jax.tree.map(
+    lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+  )

@@ -11,6 +11,7 @@ tokenizer.json or vocab.txt) is opened as a run would open it. Either way it
 prints the vocabulary size, the special token ids the tasks will use and the
 pieces of a corpus sentence.
 """
+
 import os
 import sys
 
@@ -24,6 +25,7 @@ from pretrain.data import prepare as prepare_lib
 from pretrain.data import sentencepiece_tokenizer
 from pretrain.data import tokenizer_files
 from pretrain.errors import PretrainError
+
 
 def define_flags() -> None:
   """CLI flags; defined only when run as a program so importing this module defines none."""
@@ -43,22 +45,29 @@ def _sample_sentence(data_cfg) -> str:
 
 def run(config, out: str) -> None:
   data_cfg, tok_cfg = config.data, config.tokenizer
-  path = os.path.expanduser(out) if out else tokenizer_files.cached_tokenizer_path(tok_cfg, data_cfg)
+  path = (
+    os.path.expanduser(out) if out else tokenizer_files.cached_tokenizer_path(tok_cfg, data_cfg)
+  )
   if tok_cfg.path and not out:
     tokenizer = tokenizer_files.open_tokenizer(tok_cfg.path)
   elif not out and os.path.isfile(path):
     print(f"already trained, reusing {path}")
     tokenizer = sentencepiece_tokenizer.SentencePieceTokenizer(path)
   else:
-    print(f"training a {tok_cfg.model_type} tokenizer (vocab {tok_cfg.vocab_size}) on the "
-          f"{data_cfg.source} corpus ...", flush=True)
+    print(
+      f"training a {tok_cfg.model_type} tokenizer (vocab {tok_cfg.vocab_size}) on the "
+      f"{data_cfg.source} corpus ...",
+      flush=True,
+    )
     tokenizer = prepare_lib.train_on_sample(data_cfg, tok_cfg, path)
   print(f"path: {tokenizer.path}")
   print(f"vocab_size: {tokenizer.vocab_size}")
   print("special ids: " + ", ".join(f"{k}={v}" for k, v in tokenizer.special.ids().items()))
   units, sources = corpus_lib.plan_units(data_cfg)
-  print(f"corpus: source={data_cfg.source}, files={len(sources)}, "
-        f"bytes={sum(s['size'] for s in sources)}, units={len(units)}")
+  print(
+    f"corpus: source={data_cfg.source}, files={len(sources)}, "
+    f"bytes={sum(s['size'] for s in sources)}, units={len(units)}"
+  )
   sample = _sample_sentence(data_cfg)
   pieces = [tokenizer.id_to_piece(i) for i in tokenizer.encode([sample])[0]]
   print(f"sample: {sample}")

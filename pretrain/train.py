@@ -7,6 +7,7 @@ checkpoint, with the data stream exactly where it stopped. The loop knows
 nothing of any model family: the task (pretrain/families) supplies examples,
 model, loss and FLOPs.
 """
+
 import contextlib
 import json
 import logging
@@ -49,15 +50,19 @@ def _validate(config, mesh):
     raise PretrainError(f"train.steps={t.steps} must be positive")
   if t.grad_accum_steps <= 0 or t.batch_size % t.grad_accum_steps:
     raise PretrainError(
-        f"train.batch_size={t.batch_size} must be a multiple of train.grad_accum_steps={t.grad_accum_steps}")
+      f"train.batch_size={t.batch_size} must be a multiple of train.grad_accum_steps={t.grad_accum_steps}"
+    )
   shards = mesh.shape["data"] * mesh.shape["fsdp"]
   micro = t.batch_size // t.grad_accum_steps
   if micro % shards:
     raise PretrainError(
-        f"microbatch of {micro} sequences (train.batch_size / train.grad_accum_steps) does not split over "
-        f"the {shards} data-parallel shards of mesh {dict(mesh.shape)}")
+      f"microbatch of {micro} sequences (train.batch_size / train.grad_accum_steps) does not split over "
+      f"the {shards} data-parallel shards of mesh {dict(mesh.shape)}"
+    )
   if config.eval.every_steps and config.eval.batch_size % shards:
-    raise PretrainError(f"eval.batch_size={config.eval.batch_size} does not split over {shards} shards")
+    raise PretrainError(
+      f"eval.batch_size={config.eval.batch_size} does not split over {shards} shards"
+    )
 
 
 def _check_resume_compatible(saved: dict, config, tokenizer, task):
@@ -65,9 +70,10 @@ def _check_resume_compatible(saved: dict, config, tokenizer, task):
   saved_tok = saved.get("_tokenizer", {})
   if saved_tok.get("fingerprint") not in (None, tokenizer.fingerprint):
     raise PretrainError(
-        f"the tokenizer ({tokenizer.path}, vocab {tokenizer.vocab_size}) differs from the checkpoint's "
-        f"(vocab {saved_tok.get('vocab_size')}, fingerprint {saved_tok.get('fingerprint', '')[:12]}); "
-        "resume with the checkpoint's tokenizer or use a new workdir")
+      f"the tokenizer ({tokenizer.path}, vocab {tokenizer.vocab_size}) differs from the checkpoint's "
+      f"(vocab {saved_tok.get('vocab_size')}, fingerprint {saved_tok.get('fingerprint', '')[:12]}); "
+      "resume with the checkpoint's tokenizer or use a new workdir"
+    )
   task.check_resume(config, saved)
 
 
@@ -76,8 +82,10 @@ def _attention_backends(resolutions) -> dict:
   resolved = set(resolutions)
   for requested, backend, reason in sorted(resolved):
     _logger.info("attention: %s -> %s (%s)", requested, backend, reason)
-  return {"attention_backend": ",".join(sorted({b for _, b, _ in resolved})),
-          "attention_backend_reason": "; ".join(sorted({r for _, _, r in resolved if r}))}
+  return {
+    "attention_backend": ",".join(sorted({b for _, b, _ in resolved})),
+    "attention_backend_reason": "; ".join(sorted({r for _, _, r in resolved if r})),
+  }
 
 
 class _StopFlag:
@@ -105,8 +113,10 @@ class _StopFlag:
       yield
       return
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
     def handler(signum, _):
       self.signal = signal.Signals(signum).name
+
     for s in previous:
       signal.signal(s, handler)
     try:
@@ -133,9 +143,16 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   total_steps = int(config.train.steps)
   tx, schedule = make_optimizer(config.optimizer, total_steps)
   run_length = int(config.data.mixture_run_length)
-  train_examples = data_sources.example_source(task, stores, "train", config.data.seed, run_length=run_length)
-  eval_examples = (data_sources.example_source(task, stores, "heldout", config.data.seed + 1, run_length=run_length)
-                   if config.eval.every_steps else None)
+  train_examples = data_sources.example_source(
+    task, stores, "train", config.data.seed, run_length=run_length
+  )
+  eval_examples = (
+    data_sources.example_source(
+      task, stores, "heldout", config.data.seed + 1, run_length=run_length
+    )
+    if config.eval.every_steps
+    else None
+  )
   corpus_stats = data_sources.describe(stores)
 
   try:
@@ -144,22 +161,43 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     raise PretrainError(f"cannot create workdir {workdir}: {e}") from e
   first_start_time = progress_lib.first_start_time(workdir, is_main)
   checkpointer = ckpt_lib.Checkpointer(
-      workdir, config.checkpoint.every_steps, config.checkpoint.keep, config.checkpoint.async_save)
-  saved_config = dict(config.to_dict(), _tokenizer={
-      "path": tokenizer.path, "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size,
-      "special_ids": tokenizer.special.ids()})
+    workdir, config.checkpoint.every_steps, config.checkpoint.keep, config.checkpoint.async_save
+  )
+  saved_config = dict(
+    config.to_dict(),
+    _tokenizer={
+      "path": tokenizer.path,
+      "fingerprint": tokenizer.fingerprint,
+      "vocab_size": tokenizer.vocab_size,
+      "special_ids": tokenizer.special.ids(),
+    },
+  )
   saved_config = json.loads(json.dumps(saved_config, default=str))
   global_batch = int(config.train.batch_size)
-  fns = step_lib.build(task, model, tx, schedule, mesh, global_batch,
-                       grad_accum=int(config.train.grad_accum_steps), seed=int(config.train.seed))
+  fns = step_lib.build(
+    task,
+    model,
+    tx,
+    schedule,
+    mesh,
+    global_batch,
+    grad_accum=int(config.train.grad_accum_steps),
+    seed=int(config.train.seed),
+  )
 
   stream = pipeline.BatchStream(
-      train_examples, global_batch, process_index=jax.process_index(), process_count=jax.process_count(),
-      num_threads=config.data.num_threads, prefetch_batches=config.data.prefetch_batches)
+    train_examples,
+    global_batch,
+    process_index=jax.process_index(),
+    process_count=jax.process_count(),
+    num_threads=config.data.num_threads,
+    prefetch_batches=config.data.prefetch_batches,
+  )
 
   with sharding.mesh_context(mesh):
     restored = checkpointer.restore_newest_readable(
-        fns.abstract_state, lambda saved: _check_resume_compatible(saved, config, tokenizer, task))
+      fns.abstract_state, lambda saved: _check_resume_compatible(saved, config, tokenizer, task)
+    )
   if restored is not None:
     latest, state, data_state, saved_progress = restored
     stream.set_state(data_state)
@@ -169,10 +207,15 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     state = fns.init_state(int(config.train.seed))
     if config.get("init_from"):
       from pretrain.convert import checkpoints as params_io  # pylint: disable=import-outside-toplevel
-      state = state.replace(params=params_io.load_params(config.init_from, fns.abstract_state.params))
+
+      state = state.replace(
+        params=params_io.load_params(config.init_from, fns.abstract_state.params)
+      )
       _logger.info("params from %s", config.init_from)
     progress = progress_lib.Progress(first_start_time)
-  with attention.recording() as resolutions:  # Each attention call resolves its backend while tracing.
+  with (
+    attention.recording() as resolutions
+  ):  # Each attention call resolves its backend while tracing.
     train_step, compile_seconds = fns.compile_train_step()
   progress.compile_seconds += compile_seconds
   backend_row = _attention_backends(resolutions)
@@ -184,8 +227,13 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   if start_step == 0:
     writer.write_text("config", "```\n" + str(config) + "\n```")
   if is_main:
-    _logger.info("task %s, %s parameters, mesh %s, corpus %s", task.name, f"{n_params:,}",
-                 dict(mesh.shape), corpus_stats)
+    _logger.info(
+      "task %s, %s parameters, mesh %s, corpus %s",
+      task.name,
+      f"{n_params:,}",
+      dict(mesh.shape),
+      corpus_stats,
+    )
 
   flops_per_step = task.train_flops_per_example() * global_batch
   peak = metrics_lib.peak_flops_per_device(config.metrics) * jax.device_count()
@@ -196,8 +244,12 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   def run_eval(step):
     if not eval_batches:
       local = pipeline.fixed_batches(
-          eval_examples, config.eval.batch_size, config.eval.num_batches,
-          process_index=jax.process_index(), process_count=jax.process_count())
+        eval_examples,
+        config.eval.batch_size,
+        config.eval.num_batches,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+      )
       eval_batches.extend(sharding.make_global_batch(b, mesh) for b in local)
     sums = [eval_step(state.params, b) for b in eval_batches]
     total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
@@ -217,8 +269,9 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
       if not math.isfinite(float(m["loss"])):
         good = checkpointer.latest_step()
         raise PretrainError(
-            f"loss is {float(m['loss'])} at step {s}; stopping. The last good checkpoint is "
-            f"{'step ' + str(good) if good is not None else 'none'} (nothing was saved after step {s - 1}).")
+          f"loss is {float(m['loss'])} at step {s}; stopping. The last good checkpoint is "
+          f"{'step ' + str(good) if good is not None else 'none'} (nothing was saved after step {s - 1})."
+        )
     elapsed, interval_steps, interval_data_wait = progress.close_interval()
     row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
     row["learning_rate"] = float(fetched[-1]["learning_rate"])
@@ -228,13 +281,13 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
         row[f"examples_drawn/{name}"] = n
         row[f"tokens_drawn/{name}"] = n * task.tokens_per_example
     row.update(
-        tokens_per_sec=tokens_per_step * steps_per_sec,
-        examples_per_sec=global_batch * steps_per_sec,
-        step_time=elapsed / interval_steps,
-        tflops_per_sec=flops_per_step * steps_per_sec / 1e12,
-        mfu=flops_per_step * steps_per_sec / peak,
-        data_wait_fraction=interval_data_wait / elapsed,
-        **progress.goodput_row(),
+      tokens_per_sec=tokens_per_step * steps_per_sec,
+      examples_per_sec=global_batch * steps_per_sec,
+      step_time=elapsed / interval_steps,
+      tflops_per_sec=flops_per_step * steps_per_sec / 1e12,
+      mfu=flops_per_step * steps_per_sec / peak,
+      data_wait_fraction=interval_data_wait / elapsed,
+      **progress.goodput_row(),
     )
     writer.write(step, row)
     pending.clear()
@@ -247,11 +300,24 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
       checkpointer.save(step, state, stream.get_state(), saved_config, progress.to_dict())
 
   stop = _StopFlag()
-  bar = tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-             disable=not (is_main and config.metrics.progress_bar), file=sys.stderr)
+  bar = tqdm(
+    total=total_steps,
+    initial=start_step,
+    unit="step",
+    dynamic_ncols=True,
+    disable=not (is_main and config.metrics.progress_bar),
+    file=sys.stderr,
+  )
   if is_main and start_step < total_steps:
-    writer.write(start_step, {"compile_seconds": compile_seconds, "num_params": n_params,
-                              "tokens_per_step": tokens_per_step, **backend_row})
+    writer.write(
+      start_step,
+      {
+        "compile_seconds": compile_seconds,
+        "num_params": n_params,
+        "tokens_per_step": tokens_per_step,
+        **backend_row,
+      },
+    )
   step = start_step
   if is_main and start_step >= total_steps:
     print(f"{workdir} already holds the final step {start_step}; nothing to do.", file=sys.stderr)
@@ -268,8 +334,11 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
         bar.update(1)
         if step % config.train.log_every == 0 or step == total_steps:
           last_row = flush(step)
-          bar.set_postfix(loss=f"{last_row['loss']:.3f}", tok_s=f"{last_row['tokens_per_sec']:,.0f}",
-                          mfu=f"{last_row['mfu']:.1%}")
+          bar.set_postfix(
+            loss=f"{last_row['loss']:.3f}",
+            tok_s=f"{last_row['tokens_per_sec']:,.0f}",
+            mfu=f"{last_row['mfu']:.1%}",
+          )
         if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total_steps):
           flush(step)
           with progress.timed("eval"):
@@ -279,7 +348,9 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
       if step < total_steps:  # Stopped early by a signal or stop_at_step.
         save(step)
         if is_main and stop.signal:
-          print(f"{stop.signal} received: saved a checkpoint at step {step}; exiting.", file=sys.stderr)
+          print(
+            f"{stop.signal} received: saved a checkpoint at step {step}; exiting.", file=sys.stderr
+          )
   finally:
     bar.close()
     checkpointer.close()
@@ -290,15 +361,26 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
 
 def define_flags() -> None:
   """CLI flags; defined only when run as a program so that modules importing this one stay free to."""
-  config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/bert_tiny.py.", lock_config=True)
-  flags.DEFINE_string("workdir", None, "Where checkpoints, metrics.jsonl and TensorBoard files go: a "
-                      "folder or a gs:// URL.")
+  config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/bert_tiny.py.", lock_config=True
+  )
+  flags.DEFINE_string(
+    "workdir",
+    None,
+    "Where checkpoints, metrics.jsonl and TensorBoard files go: a folder or a gs:// URL.",
+  )
   # A multi-process run (pretrain/distributed.py). Under SLURM and on Cloud TPU these are found on their own.
-  flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0, which runs the coordinator.")
+  flags.DEFINE_string(
+    "coordinator_address", None, "HOST:PORT of process 0, which runs the coordinator."
+  )
   flags.DEFINE_integer("num_processes", None, "Processes in the run.")
   flags.DEFINE_integer("process_id", None, "This process's index, 0 .. num_processes - 1.")
-  flags.DEFINE_list("local_device_ids", None, "Local devices this process uses, e.g. 0,1 (default: all).")
-  flags.DEFINE_integer("coordinator_port", None, "Coordinator port under SLURM (default: from SLURM_JOB_ID).")
+  flags.DEFINE_list(
+    "local_device_ids", None, "Local devices this process uses, e.g. 0,1 (default: all)."
+  )
+  flags.DEFINE_integer(
+    "coordinator_port", None, "Coordinator port under SLURM (default: from SLURM_JOB_ID)."
+  )
   flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for every process to join.")
 
 
@@ -313,14 +395,24 @@ def main(argv):
   try:
     device_ids = [int(i) for i in f.local_device_ids] if f.local_device_ids else None
   except ValueError:
-    print(f"error: --local_device_ids={','.join(f.local_device_ids)} must be integers", file=sys.stderr)
+    print(
+      f"error: --local_device_ids={','.join(f.local_device_ids)} must be integers", file=sys.stderr
+    )
     sys.exit(2)
   try:
-    launch = distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, device_ids,
-                                    coordinator_port=f.coordinator_port, timeout_s=f.distributed_timeout)
+    launch = distributed.initialize(
+      f.coordinator_address,
+      f.num_processes,
+      f.process_id,
+      device_ids,
+      coordinator_port=f.coordinator_port,
+      timeout_s=f.distributed_timeout,
+    )
   except PretrainError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
-    os._exit(2)  # A jax.distributed.initialize still waiting in its thread would hold up a normal exit.
+    os._exit(
+      2
+    )  # A jax.distributed.initialize still waiting in its thread would hold up a normal exit.
   code = 0
   try:
     row = train(config, workdir)
@@ -331,6 +423,7 @@ def main(argv):
     if launch.num_processes == 1:
       raise
     import traceback  # pylint: disable=g-import-not-at-top
+
     traceback.print_exc()
     code = 1
   if code and launch.num_processes > 1:

@@ -1,10 +1,11 @@
 """Shared test setup: 8 fake CPU devices (set before jax is imported anywhere),
 a tokenizer cache private to the test session, and a tiny corpus + config."""
+
 import os
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+  os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("PRETRAIN_CACHE_DIR", tempfile.mkdtemp(prefix="pretrain-test-cache-"))
@@ -19,6 +20,7 @@ pytest.register_assert_rewrite("hf_folders", "mlm_examples", "model_checks")
 def text_corpus(tmp_path_factory) -> str:
   """~200 documents of real prose in BERT's format (a sentence per line, blank line between docs)."""
   from pretrain.data.corpus import embedded_documents  # pylint: disable=g-import-not-at-top
+
   docs = [d for d in embedded_documents() if len(d) >= 4][:200]
   path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
   path.write_text("\n\n".join("\n".join(d) for d in docs) + "\n", encoding="utf-8")
@@ -27,7 +29,9 @@ def text_corpus(tmp_path_factory) -> str:
 
 def write_memorised_corpus(text_corpus: str, path, sentence: str) -> str:
   """A corpus in which every document of `text_corpus` (its first and last lines) repeats `sentence`."""
-  docs = [d.split("\n")[:2] for d in open(text_corpus, encoding="utf-8").read().strip().split("\n\n")]
+  docs = [
+    d.split("\n")[:2] for d in open(text_corpus, encoding="utf-8").read().strip().split("\n\n")
+  ]
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n\n".join("\n".join([sentence, d[0], sentence, d[-1]]) for d in docs) + "\n")
   return str(path)
@@ -36,12 +40,20 @@ def write_memorised_corpus(text_corpus: str, path, sentence: str) -> str:
 def make_tiny_config(corpus_path: str):
   """A model small enough to train a few steps in seconds, with every dim divisible by 8."""
   from pretrain.families.bert.config import bert_config  # pylint: disable=g-import-not-at-top
+
   c = bert_config()
-  c.data.update(source="text", paths=corpus_path, max_seq_length=64, max_predictions_per_seq=10,
-                num_threads=1, heldout_fraction=0.05)
+  c.data.update(
+    source="text",
+    paths=corpus_path,
+    max_seq_length=64,
+    max_predictions_per_seq=10,
+    num_threads=1,
+    heldout_fraction=0.05,
+  )
   c.tokenizer.vocab_size = 512
-  c.model.update(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
-                 max_position_embeddings=64)
+  c.model.update(
+    hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, max_position_embeddings=64
+  )
   c.optimizer.update(learning_rate=1e-3, warmup_steps=2)
   c.train.update(steps=6, batch_size=16, log_every=2)
   c.eval.update(every_steps=3, batch_size=16, num_batches=2)

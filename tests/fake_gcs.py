@@ -20,6 +20,7 @@ test_remote_workdir does, by putting tests/ on sys.path):
   _fake_gcs_server = server_fixture()             # Only for tensorstore (orbax checkpoints).
   fake_gcs = root_fixture(server="_fake_gcs_server")  # Or root_fixture() for epath/fsspec alone.
 """
+
 import http.server
 import json
 import os
@@ -78,7 +79,11 @@ class FakeGcsFileSystem(DirFileSystem):
 def _prune(folder):
   """Removes empty folders up to the bucket: on GCS a prefix with no objects is gone."""
   root = FakeGcsFileSystem.root
-  while len(folder) > len(root) and os.path.dirname(folder) != root.rstrip("/") and os.path.isdir(folder):
+  while (
+    len(folder) > len(root)
+    and os.path.dirname(folder) != root.rstrip("/")
+    and os.path.isdir(folder)
+  ):
     if os.listdir(folder):
       return
     os.rmdir(folder)
@@ -123,8 +128,14 @@ class _FakeGcsHandler(http.server.BaseHTTPRequestHandler):
     self.wfile.write(body)
 
   def _metadata(self, bucket, name, file):
-    return {"kind": "storage#object", "bucket": bucket, "name": name, "size": str(os.path.getsize(file)),
-            "generation": str(self.server.generation(file)), "metageneration": "1"}
+    return {
+      "kind": "storage#object",
+      "bucket": bucket,
+      "name": name,
+      "size": str(os.path.getsize(file)),
+      "generation": str(self.server.generation(file)),
+      "metageneration": "1",
+    }
 
   def _handle(self):
     n = int(self.headers.get("Content-Length") or 0)
@@ -153,7 +164,11 @@ class _FakeGcsHandler(http.server.BaseHTTPRequestHandler):
     generation = self.server.generation(file) if exists else 0
     if "ifGenerationMatch" in params and int(params["ifGenerationMatch"]) != generation:
       return True
-    return "ifGenerationNotMatch" in params and exists and int(params["ifGenerationNotMatch"]) == generation
+    return (
+      "ifGenerationNotMatch" in params
+      and exists
+      and int(params["ifGenerationNotMatch"]) == generation
+    )
 
   def _insert(self, bucket, base, name, params, payload):
     self.server.requests["upload"] += 1
@@ -165,8 +180,11 @@ class _FakeGcsHandler(http.server.BaseHTTPRequestHandler):
     with open(tmp, "wb") as f:
       f.write(payload)
     os.replace(tmp, file)
-    return self._reply(200, json.dumps(self._metadata(bucket, name, file)).encode(),
-                       {"Content-Type": "application/json"})
+    return self._reply(
+      200,
+      json.dumps(self._metadata(bucket, name, file)).encode(),
+      {"Content-Type": "application/json"},
+    )
 
   def _object(self, bucket, base, name, params):
     file = os.path.join(base, name)
@@ -190,12 +208,18 @@ class _FakeGcsHandler(http.server.BaseHTTPRequestHandler):
     if "ifGenerationNotMatch" in params and int(params["ifGenerationNotMatch"]) == generation:
       return self._reply(304)
     if params.get("alt") != "media":
-      return self._reply(200, json.dumps(self._metadata(bucket, name, file)).encode(),
-                         {"Content-Type": "application/json"})
+      return self._reply(
+        200,
+        json.dumps(self._metadata(bucket, name, file)).encode(),
+        {"Content-Type": "application/json"},
+      )
     with open(file, "rb") as f:
       data = f.read()
-    headers = {"Content-Type": "application/octet-stream", "x-goog-generation": str(generation),
-               "x-goog-metageneration": "1"}
+    headers = {
+      "Content-Type": "application/octet-stream",
+      "x-goog-generation": str(generation),
+      "x-goog-metageneration": "1",
+    }
     wanted = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
     if not wanted:
       return self._reply(200, data, headers)
@@ -207,7 +231,7 @@ class _FakeGcsHandler(http.server.BaseHTTPRequestHandler):
     if first >= len(data) and len(data):
       return self._reply(416)
     headers["Content-Range"] = f"bytes {first}-{last}/{len(data)}"
-    return self._reply(206, data[first:last + 1], headers)
+    return self._reply(206, data[first : last + 1], headers)
 
   def _list(self, bucket, base, params):
     self.server.requests["list"] += 1
@@ -216,13 +240,25 @@ class _FakeGcsHandler(http.server.BaseHTTPRequestHandler):
       for f in files:
         names.append(os.path.relpath(os.path.join(folder, f), base).replace(os.sep, "/"))
     names.sort()
-    prefix, start, end = params.get("prefix", ""), params.get("startOffset"), params.get("endOffset")
+    prefix, start, end = (
+      params.get("prefix", ""),
+      params.get("startOffset"),
+      params.get("endOffset"),
+    )
     token = params.get("pageToken")
-    names = [n for n in names if n.startswith(prefix) and (start is None or n >= start)
-             and (end is None or n < end) and (token is None or n > token)]
+    names = [
+      n
+      for n in names
+      if n.startswith(prefix)
+      and (start is None or n >= start)
+      and (end is None or n < end)
+      and (token is None or n > token)
+    ]
     limit = int(params.get("maxResults", 1000))
-    body = {"kind": "storage#objects",
-            "items": [self._metadata(bucket, n, os.path.join(base, n)) for n in names[:limit]]}
+    body = {
+      "kind": "storage#objects",
+      "items": [self._metadata(bucket, n, os.path.join(base, n)) for n in names[:limit]],
+    }
     if len(names) > limit:
       body["nextPageToken"] = names[limit - 1]
     return self._reply(200, json.dumps(body).encode(), {"Content-Type": "application/json"})
@@ -257,6 +293,7 @@ def root_fixture(server: str | None = None):
   @pytest.fixture
   def fake_gcs(request, tmp_path, monkeypatch):
     from etils.epath import gpath  # pylint: disable=g-import-not-at-top
+
     root = tmp_path / "gcs"
     (root / BUCKET).mkdir(parents=True)
     monkeypatch.setattr(FakeGcsFileSystem, "root", str(root))
@@ -266,8 +303,12 @@ def root_fixture(server: str | None = None):
     monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
     if server:
       from orbax.checkpoint._src.path import gcs_utils  # pylint: disable=g-import-not-at-top
-      monkeypatch.setattr(gcs_utils, "get_bucket", lambda name: types.SimpleNamespace(
-          hierarchical_namespace_enabled=False))
+
+      monkeypatch.setattr(
+        gcs_utils,
+        "get_bucket",
+        lambda name: types.SimpleNamespace(hierarchical_namespace_enabled=False),
+      )
       fake_server = request.getfixturevalue(server)
       fake_server.requests.update(dict.fromkeys(fake_server.requests, 0))
     return root

@@ -1,4 +1,5 @@
 """Orbax checkpoints: state + data + config, keep-last-K, restore onto another mesh bit-exactly."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,7 +37,9 @@ def test_restore_onto_another_mesh_is_bit_exact(tmp_path):
   c.save(1, {"x": a}, {}, {})
   c.wait()
   target_sharding = NamedSharding(mesh_b, P("fsdp", "tensor"))
-  state, _, _ = c.restore(1, {"x": jax.ShapeDtypeStruct((16, 8), jnp.float32, sharding=target_sharding)})
+  state, _, _ = c.restore(
+    1, {"x": jax.ShapeDtypeStruct((16, 8), jnp.float32, sharding=target_sharding)}
+  )
   assert state["x"].sharding == target_sharding
   np.testing.assert_array_equal(np.asarray(state["x"]), np.asarray(x))
   c.close()
@@ -45,13 +48,20 @@ def test_restore_onto_another_mesh_is_bit_exact(tmp_path):
 def _save_steps(directory, steps):
   c = Checkpointer(directory, every_steps=1, keep=5)
   for step in steps:
-    c.save(step, {"w": jnp.full((64,), float(step))}, {"next_batch": step}, {"step": step}, {"restarts": step})
+    c.save(
+      step,
+      {"w": jnp.full((64,), float(step))},
+      {"next_batch": step},
+      {"step": step},
+      {"restarts": step},
+    )
   c.close()
 
 
 def _truncate_arrays(step_dir):
   """Cuts every array data file of a checkpoint's state in half, as a crash mid-copy would."""
   import os  # pylint: disable=g-import-not-at-top
+
   cut = 0
   for root, _, files in os.walk(os.path.join(step_dir, "state")):
     for f in files:
@@ -67,13 +77,16 @@ def _truncate_arrays(step_dir):
 def test_unreadable_latest_checkpoint_falls_back_and_is_kept(tmp_path, caplog):
   import logging  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
+
   _save_steps(str(tmp_path), (1, 2))
   ckpt_dir = os.path.join(str(tmp_path), "checkpoints")
   _truncate_arrays(os.path.join(ckpt_dir, "2"))
   c = Checkpointer(str(tmp_path), every_steps=1, keep=5)
   seen = []
   with caplog.at_level(logging.WARNING):
-    step, state, data, progress = c.restore_newest_readable(sharding.abstract({"w": jnp.zeros(64)}), seen.append)
+    step, state, data, progress = c.restore_newest_readable(
+      sharding.abstract({"w": jnp.zeros(64)}), seen.append
+    )
   assert step == 1 and data == {"next_batch": 1} and progress == {"restarts": 1}
   np.testing.assert_array_equal(state["w"], np.full(64, 1.0))
   assert seen == [{"step": 2}, {"step": 1}]
@@ -87,6 +100,7 @@ def test_unreadable_latest_checkpoint_falls_back_and_is_kept(tmp_path, caplog):
 
 def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
   import os  # pylint: disable=g-import-not-at-top
+
   _save_steps(str(tmp_path), (1,))
   _truncate_arrays(os.path.join(str(tmp_path), "checkpoints", "1"))
   c = Checkpointer(str(tmp_path), every_steps=1, keep=5)
@@ -98,8 +112,10 @@ def test_no_readable_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
 def test_incompatible_config_propagates_without_touching_checkpoints(tmp_path):
   _save_steps(str(tmp_path), (1,))
   c = Checkpointer(str(tmp_path), every_steps=1, keep=5)
+
   def refuse(cfg):
     raise PretrainError("different model")
+
   with pytest.raises(PretrainError, match="different model"):
     c.restore_newest_readable(sharding.abstract({"w": jnp.zeros(64)}), refuse)
   assert c.all_steps() == [1]
@@ -109,8 +125,10 @@ def test_incompatible_config_propagates_without_touching_checkpoints(tmp_path):
 def test_a_failed_save_names_the_step_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
   _save_steps(str(tmp_path), (1,))
   c = Checkpointer(str(tmp_path), every_steps=1, keep=5)
+
   def disk_full(*args, **kwargs):
     raise OSError(28, "No space left on device")
+
   monkeypatch.setattr(c._manager, "save", disk_full)  # pylint: disable=protected-access
   with pytest.raises(PretrainError, match=r"step 2 .*No space left on device.*\(1\) are intact"):
     c.save(2, {"w": jnp.zeros(64)}, {}, {}, {})

@@ -1,4 +1,5 @@
 """Config sections are written from the families' dataclasses and read back into the same values."""
+
 import dataclasses
 
 import pytest
@@ -21,8 +22,15 @@ def test_section_writes_none_as_zero_and_leaves_out_what_zero_cannot_stand_for()
   assert AttentionConfig.from_dict(s.to_dict()) == AttentionConfig(position="rope")
 
 
-@pytest.mark.parametrize("make,cls", [(bert_config, BertConfig), (roberta_config, BertConfig),
-                                      (gpt2_config, Gpt2Config), (t5_config, T5Config)])
+@pytest.mark.parametrize(
+  "make,cls",
+  [
+    (bert_config, BertConfig),
+    (roberta_config, BertConfig),
+    (gpt2_config, Gpt2Config),
+    (t5_config, T5Config),
+  ],
+)
 def test_every_model_field_is_in_the_section(make, cls):
   model = make().model.to_dict()
   assert set(model) == {f.name for f in dataclasses.fields(cls)}

@@ -1,4 +1,5 @@
 """Launch scripts: the gcloud commands of a TPU pod run (dry run), relaunch after preemption, the sbatch script."""
+
 import importlib.util
 import os
 import shlex
@@ -12,7 +13,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _load(name):
-  spec = importlib.util.spec_from_file_location(f"launch_{name}", os.path.join(REPO, "launch", f"{name}.py"))
+  spec = importlib.util.spec_from_file_location(
+    f"launch_{name}", os.path.join(REPO, "launch", f"{name}.py")
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
@@ -23,8 +26,13 @@ slurm = _load("slurm")
 
 
 def _dry_run(script, *args):
-  r = subprocess.run([sys.executable, os.path.join(REPO, "launch", script), "--dry_run", *args], cwd=REPO,
-                     capture_output=True, text=True, timeout=120)
+  r = subprocess.run(
+    [sys.executable, os.path.join(REPO, "launch", script), "--dry_run", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   commands = [line[2:] for line in r.stdout.splitlines() if line.startswith("+ ")]
   return r, commands
 
@@ -41,82 +49,155 @@ def _flag(argv, name):
 
 
 def test_v4_32_tpu_vm_run(tmp_path):
-  r, commands = _dry_run("tpu.py", "--name=bert-v4", "--zone=us-central2-b", "--accelerator_type=v4-32",
-                         "--workdir=gs://bkt/runs/bert_base", "--project=my-proj",
-                         "--", "--config=configs/bert_base.py", "--config.data.source=prepared",
-                         "--config.data.paths=gs://bkt/wiki_store")
+  r, commands = _dry_run(
+    "tpu.py",
+    "--name=bert-v4",
+    "--zone=us-central2-b",
+    "--accelerator_type=v4-32",
+    "--workdir=gs://bkt/runs/bert_base",
+    "--project=my-proj",
+    "--",
+    "--config=configs/bert_base.py",
+    "--config.data.source=prepared",
+    "--config.data.paths=gs://bkt/wiki_store",
+  )
   assert r.returncode == 0, r.stderr
   cmds = _gcloud(commands)
   assert [c[:5] for c in cmds] == [
-      ["gcloud", "storage", "ls", "gs://bkt/runs/bert_base/checkpoints/*/commit_success.txt"],  # Done? No.
-      ["gcloud", "compute", "tpus", "tpu-vm", "describe"],  # Is there a TPU of this name? No.
-      ["gcloud", "compute", "tpus", "tpu-vm", "create"],
-      ["gcloud", "compute", "tpus", "tpu-vm", "describe"],  # Until READY.
-      ["gcloud", "compute", "tpus", "tpu-vm", "scp"],
-      ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # Unpack the code.
-      ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # pip install (no corpus copy: the store is read from GCS).
-      ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # Stop a leftover run.
-      ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # Train.
-      ["gcloud", "storage", "ls", "gs://bkt/runs/bert_base/checkpoints/*/commit_success.txt"],
-      ["gcloud", "compute", "tpus", "tpu-vm", "delete"],
+    [
+      "gcloud",
+      "storage",
+      "ls",
+      "gs://bkt/runs/bert_base/checkpoints/*/commit_success.txt",
+    ],  # Done? No.
+    ["gcloud", "compute", "tpus", "tpu-vm", "describe"],  # Is there a TPU of this name? No.
+    ["gcloud", "compute", "tpus", "tpu-vm", "create"],
+    ["gcloud", "compute", "tpus", "tpu-vm", "describe"],  # Until READY.
+    ["gcloud", "compute", "tpus", "tpu-vm", "scp"],
+    ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # Unpack the code.
+    [
+      "gcloud",
+      "compute",
+      "tpus",
+      "tpu-vm",
+      "ssh",
+    ],  # pip install (no corpus copy: the store is read from GCS).
+    ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # Stop a leftover run.
+    ["gcloud", "compute", "tpus", "tpu-vm", "ssh"],  # Train.
+    ["gcloud", "storage", "ls", "gs://bkt/runs/bert_base/checkpoints/*/commit_success.txt"],
+    ["gcloud", "compute", "tpus", "tpu-vm", "delete"],
   ]
   create = cmds[2]
   assert create[5] == "bert-v4"
   assert _flag(create, "zone") == "us-central2-b" and _flag(create, "project") == "my-proj"
-  assert _flag(create, "accelerator-type") == "v4-32" and _flag(create, "version") == "tpu-ubuntu2204-base"
+  assert (
+    _flag(create, "accelerator-type") == "v4-32"
+    and _flag(create, "version") == "tpu-ubuntu2204-base"
+  )
   assert "--spot" not in create
   for c in cmds[4:9]:
     assert "--worker=all" in c and _flag(c, "zone") == "us-central2-b"
   tarball = os.path.join(tempfile.gettempdir(), "pretrain-bert-v4.tar.gz")
   assert cmds[4][5:7] == [tarball, "bert-v4:pretrain.tar.gz"]
   assert all(c[5] == "bert-v4" for c in cmds[5:9])
-  assert "pip install --quiet -e ~/pretrain 'jax[tpu]>=0.10.2,<0.11' gcsfs" in _flag(cmds[6], "command")
+  assert "pip install --quiet -e ~/pretrain 'jax[tpu]>=0.10.2,<0.11' gcsfs" in _flag(
+    cmds[6], "command"
+  )
   assert not any("rsync" in c for c in commands)
   train = _flag(cmds[8], "command")
-  assert train.endswith("exec python3 -m pretrain.train --config=configs/bert_base.py "
-                        "--config.data.source=prepared --config.data.paths=gs://bkt/wiki_store "
-                        "--workdir=gs://bkt/runs/bert_base")
-  assert cmds[-1] == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "bert-v4", "--quiet",
-                      "--zone=us-central2-b", "--project=my-proj"]
+  assert train.endswith(
+    "exec python3 -m pretrain.train --config=configs/bert_base.py "
+    "--config.data.source=prepared --config.data.paths=gs://bkt/wiki_store "
+    "--workdir=gs://bkt/runs/bert_base"
+  )
+  assert cmds[-1] == [
+    "gcloud",
+    "compute",
+    "tpus",
+    "tpu-vm",
+    "delete",
+    "bert-v4",
+    "--quiet",
+    "--zone=us-central2-b",
+    "--project=my-proj",
+  ]
   tar = [c for c in commands if not c.startswith("gcloud ")]
-  assert tar == [f"git -C {REPO} ls-files -z --cached --others --exclude-standard | "
-                 f"tar -czf {tarball} -C {REPO} --null -T -"]
+  assert tar == [
+    f"git -C {REPO} ls-files -z --cached --others --exclude-standard | "
+    f"tar -czf {tarball} -C {REPO} --null -T -"
+  ]
   assert "holds step 1000000" in r.stdout  # bert_base's train.steps, read from the config file.
 
 
 def test_v5p_128_queued_spot_run_from_git():
-  r, commands = _dry_run("tpu.py", "--name=bert-v5p", "--zone=us-east5-a", "--accelerator_type=v5p-128",
-                         "--workdir=gs://bkt/runs/b", "--queued", "--spot",
-                         "--git_url=https://example.com/pretrain.git", "--git_ref=v1.2", "--",
-                         "--config=configs/bert_base.py", "--config.train.steps=5000")
+  r, commands = _dry_run(
+    "tpu.py",
+    "--name=bert-v5p",
+    "--zone=us-east5-a",
+    "--accelerator_type=v5p-128",
+    "--workdir=gs://bkt/runs/b",
+    "--queued",
+    "--spot",
+    "--git_url=https://example.com/pretrain.git",
+    "--git_ref=v1.2",
+    "--",
+    "--config=configs/bert_base.py",
+    "--config.train.steps=5000",
+  )
   assert r.returncode == 0, r.stderr
   cmds = _gcloud(commands)
   assert len(cmds) == len(commands)  # Nothing copied from this checkout.
   create = cmds[2]
   assert create[:6] == ["gcloud", "compute", "tpus", "queued-resources", "create", "bert-v5p"]
   assert _flag(create, "node-id") == "bert-v5p" and _flag(create, "accelerator-type") == "v5p-128"
-  assert _flag(create, "runtime-version") == "v2-alpha-tpuv5" and _flag(create, "zone") == "us-east5-a"
+  assert (
+    _flag(create, "runtime-version") == "v2-alpha-tpuv5" and _flag(create, "zone") == "us-east5-a"
+  )
   assert "--spot" in create
   assert cmds[3][:5] == ["gcloud", "compute", "tpus", "queued-resources", "describe"]
   assert _flag(cmds[3], "format") == "value(state.state)"
   clone = _flag(cmds[4], "command")
-  assert "git clone --quiet https://example.com/pretrain.git ~/pretrain" in clone and "checkout --quiet v1.2" in clone
+  assert (
+    "git clone --quiet https://example.com/pretrain.git ~/pretrain" in clone
+    and "checkout --quiet v1.2" in clone
+  )
   ssh = [c for c in cmds if c[3:5] == ["tpu-vm", "ssh"]]
   assert len(ssh) == 4 and all("--worker=all" in c for c in ssh)
   assert _flag(ssh[-1], "command").endswith(
-      "python3 -m pretrain.train --config=configs/bert_base.py --config.train.steps=5000 --workdir=gs://bkt/runs/b")
-  assert cmds[-1] == ["gcloud", "compute", "tpus", "queued-resources", "delete", "bert-v5p", "--force", "--quiet",
-                      "--zone=us-east5-a"]
+    "python3 -m pretrain.train --config=configs/bert_base.py --config.train.steps=5000 --workdir=gs://bkt/runs/b"
+  )
+  assert cmds[-1] == [
+    "gcloud",
+    "compute",
+    "tpus",
+    "queued-resources",
+    "delete",
+    "bert-v5p",
+    "--force",
+    "--quiet",
+    "--zone=us-east5-a",
+  ]
   assert "holds step 5000" in r.stdout
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--accelerator_type=v4-30", "--workdir=gs://b/r"], "accelerator type 'v4-30': v4 slices come in multiples of 8"),
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (
+      ["--accelerator_type=v4-30", "--workdir=gs://b/r"],
+      "accelerator type 'v4-30': v4 slices come in multiples of 8",
+    ),
     (["--accelerator_type=v9-8", "--workdir=gs://b/r"], "accelerator type 'v9-8' is not one of"),
-    (["--accelerator_type=v4-8", "--workdir=/home/me/run"], "--workdir=/home/me/run must be a gs:// path"),
-])
+    (
+      ["--accelerator_type=v4-8", "--workdir=/home/me/run"],
+      "--workdir=/home/me/run must be a gs:// path",
+    ),
+  ],
+)
 def test_tpu_launcher_refuses_bad_input(args, message):
-  r, commands = _dry_run("tpu.py", "--name=x", "--zone=us-central2-b", *args, "--", "--config=configs/bert_tiny.py")
+  r, commands = _dry_run(
+    "tpu.py", "--name=x", "--zone=us-central2-b", *args, "--", "--config=configs/bert_tiny.py"
+  )
   assert r.returncode == 2 and commands == []
   assert r.stderr.strip().startswith(f"error: {message}")
 
@@ -133,7 +214,9 @@ class _Cloud:
     argv = cmd if isinstance(cmd, list) else [cmd]
     verb = argv[4] if argv[:3] == ["gcloud", "compute", "tpus"] else " ".join(argv[:3])
     command = next((a for a in argv if a.startswith("--command=")), "")
-    self.log.append(verb if verb != "ssh" else "ssh train" if "pretrain.train" in command else "ssh")
+    self.log.append(
+      verb if verb != "ssh" else "ssh train" if "pretrain.train" in command else "ssh"
+    )
     if verb == "create":
       self.state = "READY"
     elif verb == "delete":
@@ -142,7 +225,11 @@ class _Cloud:
       return tpu.Result(0 if self.state != "NOT_FOUND" else 1, self.state)
     elif verb == "gcloud storage ls":
       # Committed steps only; a step folder whose save was cut off has no commit file and is not listed.
-      listing = "" if self.checkpoint is None else f"gs://b/r/checkpoints/{self.checkpoint}/commit_success.txt\n"
+      listing = (
+        ""
+        if self.checkpoint is None
+        else f"gs://b/r/checkpoints/{self.checkpoint}/commit_success.txt\n"
+      )
       return tpu.Result(0 if listing else 1, listing)
     elif "pretrain.train" in command:
       self.trainings += 1
@@ -158,24 +245,57 @@ class _Cloud:
 
 def test_preempted_tpu_is_recreated_and_the_run_resumed():
   cloud = _Cloud(steps=1000)
-  run = tpu.TpuRun("x", "us-central2-b", "v4-32", "gs://b/r", ["--config=configs/bert_base.py"], 1000,
-                   git_url="https://example.com/p.git", sh=cloud)
+  run = tpu.TpuRun(
+    "x",
+    "us-central2-b",
+    "v4-32",
+    "gs://b/r",
+    ["--config=configs/bert_base.py"],
+    1000,
+    git_url="https://example.com/p.git",
+    sh=cloud,
+  )
   assert run.run() == 1
   assert cloud.log == [
-      "gcloud storage ls", "describe", "create", "describe", "ssh", "ssh", "ssh", "ssh train",
-      "gcloud storage ls", "describe",  # Stopped at 300 of 1000; the TPU was preempted:
-      "delete", "create", "describe", "ssh", "ssh",  # a new one, set up again,
-      "ssh", "ssh train", "gcloud storage ls",  # and the same train command resumes to the end.
-      "delete",
+    "gcloud storage ls",
+    "describe",
+    "create",
+    "describe",
+    "ssh",
+    "ssh",
+    "ssh",
+    "ssh train",
+    "gcloud storage ls",
+    "describe",  # Stopped at 300 of 1000; the TPU was preempted:
+    "delete",
+    "create",
+    "describe",
+    "ssh",
+    "ssh",  # a new one, set up again,
+    "ssh",
+    "ssh train",
+    "gcloud storage ls",  # and the same train command resumes to the end.
+    "delete",
   ]
 
 
 def test_a_run_that_keeps_failing_stops_after_max_restarts_and_deletes_the_tpu():
   cloud = _Cloud(steps=1000)
   cloud.steps = 500  # Every attempt after the first ends at 500, never at the run's 1000.
-  run = tpu.TpuRun("x", "us-central2-b", "v4-32", "gs://b/r", ["--config=configs/bert_base.py"], 1000,
-                   git_url="https://example.com/p.git", max_restarts=2, sh=cloud)
-  with pytest.raises(tpu.LaunchError, match="stopped at checkpoint step 500 of 1000 after 2 restarts"):
+  run = tpu.TpuRun(
+    "x",
+    "us-central2-b",
+    "v4-32",
+    "gs://b/r",
+    ["--config=configs/bert_base.py"],
+    1000,
+    git_url="https://example.com/p.git",
+    max_restarts=2,
+    sh=cloud,
+  )
+  with pytest.raises(
+    tpu.LaunchError, match="stopped at checkpoint step 500 of 1000 after 2 restarts"
+  ):
     run.run()
   assert cloud.log.count("ssh train") == 3 and cloud.log[-1] == "delete"
 
@@ -183,8 +303,12 @@ def test_a_run_that_keeps_failing_stops_after_max_restarts_and_deletes_the_tpu()
 def test_the_code_tarball_holds_the_checkout_without_ignored_files(tmp_path):
   tarball = tmp_path / "code.tar.gz"
   assert subprocess.run(tpu.pack_command(str(tarball)), shell=True, cwd=tmp_path).returncode == 0
-  names = subprocess.run(["tar", "-tzf", str(tarball)], capture_output=True, text=True, check=True).stdout.split()
-  assert {"pyproject.toml", "pretrain/train.py", "pretrain/distributed.py", "launch/tpu.py"} <= set(names)
+  names = subprocess.run(
+    ["tar", "-tzf", str(tarball)], capture_output=True, text=True, check=True
+  ).stdout.split()
+  assert {"pyproject.toml", "pretrain/train.py", "pretrain/distributed.py", "launch/tpu.py"} <= set(
+    names
+  )
   assert not any(n.startswith(".venv/") or "__pycache__" in n for n in names)
 
 
@@ -194,37 +318,77 @@ def test_steps_come_from_the_config_file_and_its_overrides():
 
 
 def test_sbatch_script_one_process_per_gpu(tmp_path):
-  r, commands = _dry_run("slurm.py", "--nodes=4", "--gpus_per_node=8", "--partition=gpu", "--account=lm",
-                         "--time=2-00:00:00", "--venv=/opt/venv", "--job_name=bert", "--",
-                         "--config=configs/bert_base.py", "--workdir=/shared/runs/bert base")
+  r, commands = _dry_run(
+    "slurm.py",
+    "--nodes=4",
+    "--gpus_per_node=8",
+    "--partition=gpu",
+    "--account=lm",
+    "--time=2-00:00:00",
+    "--venv=/opt/venv",
+    "--job_name=bert",
+    "--",
+    "--config=configs/bert_base.py",
+    "--workdir=/shared/runs/bert base",
+  )
   assert r.returncode == 0, r.stderr
   assert commands == ["sbatch bert.sbatch"]
-  script = r.stdout[:r.stdout.index("+ sbatch")]
+  script = r.stdout[: r.stdout.index("+ sbatch")]
   directives = [line.split(" ", 1)[1] for line in script.splitlines() if line.startswith("#SBATCH")]
-  assert directives == ["--job-name=bert", "--nodes=4", "--ntasks-per-node=8", "--gpus-per-node=8",
-                        "--time=2-00:00:00", "--partition=gpu", "--account=lm", "--output=%x-%j.out",
-                        "--open-mode=append", "--signal=TERM@120", "--requeue"]
+  assert directives == [
+    "--job-name=bert",
+    "--nodes=4",
+    "--ntasks-per-node=8",
+    "--gpus-per-node=8",
+    "--time=2-00:00:00",
+    "--partition=gpu",
+    "--account=lm",
+    "--output=%x-%j.out",
+    "--open-mode=append",
+    "--signal=TERM@120",
+    "--requeue",
+  ]
   assert f"cd {REPO}\n" in script and "source /opt/venv/bin/activate\n" in script
   srun = [line for line in script.splitlines() if line.startswith("srun ")]
-  assert srun == ["srun --kill-on-bad-exit=1 python -m pretrain.train --config=configs/bert_base.py "
-                  "'--workdir=/shared/runs/bert base'"]
+  assert srun == [
+    "srun --kill-on-bad-exit=1 python -m pretrain.train --config=configs/bert_base.py "
+    "'--workdir=/shared/runs/bert base'"
+  ]
   path = tmp_path / "bert.sbatch"
   path.write_text(script)
-  assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0  # Valid bash.
+  assert (
+    subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
+  )  # Valid bash.
 
 
 def test_sbatch_script_one_process_per_node():
-  script = slurm.sbatch_script(["--config=configs/bert_base.py", "--workdir=/shared/r"], nodes=2, gpus_per_node=4,
-                               tasks="per_node", coordinator_port=29500)
+  script = slurm.sbatch_script(
+    ["--config=configs/bert_base.py", "--workdir=/shared/r"],
+    nodes=2,
+    gpus_per_node=4,
+    tasks="per_node",
+    coordinator_port=29500,
+  )
   assert "#SBATCH --ntasks-per-node=1\n#SBATCH --gpus-per-node=4\n" in script
-  assert script.rstrip().endswith("python -m pretrain.train --config=configs/bert_base.py --workdir=/shared/r "
-                                  "--coordinator_port=29500")
+  assert script.rstrip().endswith(
+    "python -m pretrain.train --config=configs/bert_base.py --workdir=/shared/r "
+    "--coordinator_port=29500"
+  )
   assert "2 process(es), one per node" in script
 
 
 def test_slurm_launcher_refuses_bad_input():
-  r, _ = _dry_run("slurm.py", "--nodes=2", "--gpus_per_node=8", "--time=forever", "--",
-                  "--config=configs/bert_base.py", "--workdir=/shared/r")
+  r, _ = _dry_run(
+    "slurm.py",
+    "--nodes=2",
+    "--gpus_per_node=8",
+    "--time=forever",
+    "--",
+    "--config=configs/bert_base.py",
+    "--workdir=/shared/r",
+  )
   assert r.returncode == 2 and "--time='forever' is not a SLURM time" in r.stderr
-  r, _ = _dry_run("slurm.py", "--nodes=2", "--gpus_per_node=8", "--", "--config=configs/bert_base.py")
+  r, _ = _dry_run(
+    "slurm.py", "--nodes=2", "--gpus_per_node=8", "--", "--config=configs/bert_base.py"
+  )
   assert r.returncode == 2 and "need --config=<file> and --workdir=<shared directory>" in r.stderr

@@ -1,4 +1,5 @@
 """Metrics: MFU peak lookup, metrics.jsonl rows."""
+
 import json
 import math
 import types
@@ -11,9 +12,16 @@ def test_peak_flops_lookup():
   c = base_config().metrics
   cpu = types.SimpleNamespace(platform="cpu", device_kind="cpu")
   assert peak_flops_per_device(c, cpu) == c.cpu_peak_flops
-  assert peak_flops_per_device(c, types.SimpleNamespace(platform="tpu", device_kind="TPU v4")) == 275e12
-  assert peak_flops_per_device(c, types.SimpleNamespace(platform="gpu", device_kind="NVIDIA H200")) == 989e12
-  assert math.isnan(peak_flops_per_device(c, types.SimpleNamespace(platform="gpu", device_kind="X1")))
+  assert (
+    peak_flops_per_device(c, types.SimpleNamespace(platform="tpu", device_kind="TPU v4")) == 275e12
+  )
+  assert (
+    peak_flops_per_device(c, types.SimpleNamespace(platform="gpu", device_kind="NVIDIA H200"))
+    == 989e12
+  )
+  assert math.isnan(
+    peak_flops_per_device(c, types.SimpleNamespace(platform="gpu", device_kind="X1"))
+  )
   c.peak_flops_per_device = 5.0
   assert peak_flops_per_device(c, cpu) == 5.0
 

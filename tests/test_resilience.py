@@ -1,4 +1,5 @@
 """Fault injection: kill -9 at random moments, and what a restarted run reports about it."""
+
 import os
 import random
 import signal
@@ -22,15 +23,17 @@ def _config_file(tmp_path, corpus_path, steps):
   """A config file for the CLI that is exactly the in-process tiny config."""
   path = tmp_path / "tiny_config.py"
   path.write_text(
-      "import sys\n"
-      f"sys.path.insert(0, {TESTS!r})\n"
-      "from conftest import make_tiny_config\n"
-      "def get_config():\n"
-      f"  c = make_tiny_config({corpus_path!r})\n"
-      f"  c.train.update(steps={steps}, log_every=1)\n"
-      "  c.eval.every_steps = 0\n"
-      "  c.checkpoint.update(every_steps=1, keep=3)\n"
-      "  return c\n", encoding="utf-8")
+    "import sys\n"
+    f"sys.path.insert(0, {TESTS!r})\n"
+    "from conftest import make_tiny_config\n"
+    "def get_config():\n"
+    f"  c = make_tiny_config({corpus_path!r})\n"
+    f"  c.train.update(steps={steps}, log_every=1)\n"
+    "  c.eval.every_steps = 0\n"
+    "  c.checkpoint.update(every_steps=1, keep=3)\n"
+    "  return c\n",
+    encoding="utf-8",
+  )
   return str(path)
 
 
@@ -47,16 +50,26 @@ def test_ten_kill_nines_resume_to_bit_identical_params(text_corpus, tmp_path):
   kills, resumed_lives, first_kill = 0, 0, None
   while True:
     launched = time.time()
-    has_checkpoint = Checkpointer(workdir, 1, 3).latest_step() is not None if os.path.isdir(workdir) else False
+    has_checkpoint = (
+      Checkpointer(workdir, 1, 3).latest_step() is not None if os.path.isdir(workdir) else False
+    )
     rows_before = len(_rows(workdir))
-    proc = subprocess.Popen([sys.executable, "-m", "pretrain.train", f"--config={config_path}",
-                             f"--workdir={workdir}"], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+      [sys.executable, "-m", "pretrain.train", f"--config={config_path}", f"--workdir={workdir}"],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
     resumed_lives += has_checkpoint
     if kills < 10:
       deadline = time.time() + 120
-      while len(_rows(workdir)) <= rows_before + 1 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)  # Training has started (its first rows are written): now kill it at a random moment.
+      while (
+        len(_rows(workdir)) <= rows_before + 1 and proc.poll() is None and time.time() < deadline
+      ):
+        time.sleep(
+          0.05
+        )  # Training has started (its first rows are written): now kill it at a random moment.
       time.sleep(rng.uniform(0.0, 0.8))
       if proc.poll() is None:
         proc.send_signal(signal.SIGKILL)

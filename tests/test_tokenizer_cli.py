@@ -1,4 +1,5 @@
 """Tests for the `python -m pretrain.tokenizer` entry point (pretrain/tokenizer.py)."""
+
 import os
 import subprocess
 import sys
@@ -13,7 +14,11 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(_REPO, "tests", "data"))
 import test_tokenizer_files as shared  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-_cache_dir, text_corpus, _cfgs = shared._cache_dir, shared.text_corpus, shared._cfgs  # The fixtures, shared.
+_cache_dir, text_corpus, _cfgs = (
+  shared._cache_dir,
+  shared.text_corpus,
+  shared._cfgs,
+)  # The fixtures, shared.
 
 
 _CONFIG = """
@@ -32,8 +37,13 @@ def _cli(tmp_path, cache, source, paths, *args):
   config = tmp_path / "config.py"
   config.write_text(_CONFIG.format(source=source, paths=paths))
   env = dict(os.environ, PRETRAIN_CACHE_DIR=str(cache))
-  return subprocess.run([sys.executable, "-m", "pretrain.tokenizer", f"--config={config}", *args],
-                        capture_output=True, text=True, env=env, cwd=_REPO)
+  return subprocess.run(
+    [sys.executable, "-m", "pretrain.tokenizer", f"--config={config}", *args],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=_REPO,
+  )
 
 
 def test_cli_trains_into_the_cache(text_corpus, tmp_path, _cache_dir):
@@ -47,7 +57,9 @@ def test_cli_trains_into_the_cache(text_corpus, tmp_path, _cache_dir):
   assert "corpus: source=text, files=" in result.stdout and "pieces: \u2581" in result.stdout
   assert tokenizer_files.load_tokenizer(tok_cfg, data_cfg).path == path  # Found without training.
   out = tmp_path / "out" / "my.model"
-  result = _cli(tmp_path, _cache_dir, "text", text_corpus, f"--out={out}", "--config.tokenizer.vocab_size=350")
+  result = _cli(
+    tmp_path, _cache_dir, "text", text_corpus, f"--out={out}", "--config.tokenizer.vocab_size=350"
+  )
   assert result.returncode == 0, result.stderr
   assert sentencepiece_tokenizer.SentencePieceTokenizer(str(out)).vocab_size == 350
 

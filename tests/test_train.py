@@ -1,4 +1,5 @@
 """End to end: the train loop on a tiny model — loss falls, resume is bit-exact, bad input is refused."""
+
 import json
 import os
 import signal
@@ -39,6 +40,7 @@ def train_rows(workdir):
 def final_params(workdir):
   """The latest checkpoint's state as numpy arrays (restored without a target)."""
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
   directory = os.path.join(workdir, "checkpoints")
   mngr = ocp.CheckpointManager(directory, item_names=("state", "data", "config"))
   step = mngr.latest_step()
@@ -56,8 +58,17 @@ def test_tiny_run_learns_and_writes_everything(tiny_config, tmp_path):
   last = train(c, workdir)
   rows = train_rows(workdir)
   assert [r["step"] for r in rows] == list(range(5, 41, 5))
-  required = {"step", "loss", "mlm_loss", "mlm_accuracy", "nsp_accuracy", "learning_rate",
-              "tokens_per_sec", "mfu", "data_wait_fraction"}
+  required = {
+    "step",
+    "loss",
+    "mlm_loss",
+    "mlm_accuracy",
+    "nsp_accuracy",
+    "learning_rate",
+    "tokens_per_sec",
+    "mfu",
+    "data_wait_fraction",
+  }
   assert required <= set(rows[0])
   assert rows[-1]["loss"] < rows[0]["loss"] - 0.5, [r["loss"] for r in rows]
   assert 0 < rows[0]["tokens_per_sec"] and 0 < rows[0]["mfu"] < 1
@@ -68,7 +79,9 @@ def test_tiny_run_learns_and_writes_everything(tiny_config, tmp_path):
   assert evals[-1]["eval_mlm_loss"] < evals[0]["eval_mlm_loss"] + 0.5
   assert last["step"] == 40
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["20", "40"]
-  assert any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard")))
+  assert any(
+    f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(workdir, "tensorboard"))
+  )
   # The same command again finds the run complete and changes nothing.
   mtime = os.path.getmtime(os.path.join(workdir, "checkpoints", "40"))
   train(c, workdir)
@@ -186,8 +199,14 @@ def test_tokenizer_that_differs_from_the_checkpoint(tiny_config, tmp_path):
 
 def _cli(args, env_extra=None):
   env = dict(os.environ, **(env_extra or {}))
-  return subprocess.run([sys.executable, "-m", "pretrain.train", *args], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return subprocess.run(
+    [sys.executable, "-m", "pretrain.train", *args],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
 
 
 def test_cli_rejects_unknown_key_and_bad_type(tmp_path):
@@ -201,18 +220,32 @@ def test_cli_rejects_unknown_key_and_bad_type(tmp_path):
 
 def test_cli_trains_resumes_and_keeps_library_logs_quiet(text_corpus, tmp_path):
   workdir = str(tmp_path / "run")
-  args = ["--config=configs/bert_tiny.py", f"--workdir={workdir}", "--config.data.source=text",
-          f"--config.data.paths={text_corpus}", "--config.tokenizer.vocab_size=512",
-          "--config.model.hidden_size=32", "--config.model.num_layers=1", "--config.model.num_heads=2",
-          "--config.model.intermediate_size=64", "--config.data.max_seq_length=32",
-          "--config.data.max_predictions_per_seq=5", "--config.train.steps=4", "--config.train.batch_size=8",
-          "--config.train.log_every=2", "--config.eval.every_steps=0", "--config.checkpoint.every_steps=2",
-          "--config.metrics.progress_bar=False"]
+  args = [
+    "--config=configs/bert_tiny.py",
+    f"--workdir={workdir}",
+    "--config.data.source=text",
+    f"--config.data.paths={text_corpus}",
+    "--config.tokenizer.vocab_size=512",
+    "--config.model.hidden_size=32",
+    "--config.model.num_layers=1",
+    "--config.model.num_heads=2",
+    "--config.model.intermediate_size=64",
+    "--config.data.max_seq_length=32",
+    "--config.data.max_predictions_per_seq=5",
+    "--config.train.steps=4",
+    "--config.train.batch_size=8",
+    "--config.train.log_every=2",
+    "--config.eval.every_steps=0",
+    "--config.checkpoint.every_steps=2",
+    "--config.metrics.progress_bar=False",
+  ]
   r = _cli(args)
   assert r.returncode == 0, r.stderr[-2000:]
   assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 4
   assert [row["step"] for row in train_rows(workdir)] == [2, 4]
-  assert "CheckpointManager" not in r.stderr and "async_checkpointer" not in r.stderr, r.stderr[-2000:]
+  assert "CheckpointManager" not in r.stderr and "async_checkpointer" not in r.stderr, r.stderr[
+    -2000:
+  ]
   r = _cli(args[:-5] + ["--config.train.steps=6", *args[-4:]])  # Same run, extended: resumes at 4.
   assert r.returncode == 0, r.stderr[-2000:]
   assert "resumed from step 4" in r.stderr
@@ -221,8 +254,14 @@ def test_cli_trains_resumes_and_keeps_library_logs_quiet(text_corpus, tmp_path):
 
 def test_cli_missing_corpus_is_one_clear_error(tmp_path):
   workdir = str(tmp_path / "run")
-  r = _cli(["--config=configs/bert_tiny.py", f"--workdir={workdir}", "--config.data.source=text",
-            f"--config.data.paths={tmp_path}/absent/*.txt"])
+  r = _cli(
+    [
+      "--config=configs/bert_tiny.py",
+      f"--workdir={workdir}",
+      "--config.data.source=text",
+      f"--config.data.paths={tmp_path}/absent/*.txt",
+    ]
+  )
   assert r.returncode == 2
   assert r.stderr.strip().splitlines()[-1].startswith("error:") and "absent" in r.stderr
   assert not os.path.exists(workdir)
@@ -234,10 +273,15 @@ def test_checkpoints_survive_a_failed_rerun(tiny_config, tmp_path):
   without_evals(c, steps=3)
   workdir = str(tmp_path / "run")
   train(c, workdir)
+
   def files():
     root = os.path.join(workdir, "checkpoints")
-    return {os.path.join(dp, f): os.path.getmtime(os.path.join(dp, f))
-            for dp, _, fs in os.walk(root) for f in fs}
+    return {
+      os.path.join(dp, f): os.path.getmtime(os.path.join(dp, f))
+      for dp, _, fs in os.walk(root)
+      for f in fs
+    }
+
   snapshot = files()
   c.mesh.update(data=5)
   with pytest.raises(PretrainError):

@@ -16,6 +16,7 @@ repeated on RoPE. One seed each: differences of a few hundredths may not
 survive another seed; raise train.steps in base_overrides for conclusions.
 Full table and wall clock in BENCHMARKS.md.
 """
+
 import ml_collections
 
 
@@ -23,21 +24,21 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.base = "configs/bert_tiny.py"
   c.base_overrides = dict(
-      train=dict(steps=250, batch_size=16, log_every=10),
-      optimizer=dict(learning_rate=1e-3, warmup_steps=10),
-      eval=dict(every_steps=50, batch_size=32, num_batches=4),
-      checkpoint=dict(every_steps=50, keep=1),
-      metrics=dict(progress_bar=False),
+    train=dict(steps=250, batch_size=16, log_every=10),
+    optimizer=dict(learning_rate=1e-3, warmup_steps=10),
+    eval=dict(every_steps=50, batch_size=32, num_batches=4),
+    checkpoint=dict(every_steps=50, keep=1),
+    metrics=dict(progress_bar=False),
   )
   c.variants = dict(
-      mha_learned={},  # BERT as published: 4 query and 4 key/value heads, a learned position table.
-      gqa=dict(model=dict(attention=dict(num_kv_heads=2))),
-      mqa=dict(model=dict(attention=dict(num_kv_heads=1))),
-      rope=dict(model=dict(attention=dict(position="rope"))),
-      alibi=dict(model=dict(attention=dict(position="alibi"))),
-      no_positions=dict(model=dict(attention=dict(position="none"))),
-      # The heads comparison again on RoPE, which leaves the early plateau within this budget.
-      rope_gqa=dict(model=dict(attention=dict(position="rope", num_kv_heads=2))),
-      rope_mqa=dict(model=dict(attention=dict(position="rope", num_kv_heads=1))),
+    mha_learned={},  # BERT as published: 4 query and 4 key/value heads, a learned position table.
+    gqa=dict(model=dict(attention=dict(num_kv_heads=2))),
+    mqa=dict(model=dict(attention=dict(num_kv_heads=1))),
+    rope=dict(model=dict(attention=dict(position="rope"))),
+    alibi=dict(model=dict(attention=dict(position="alibi"))),
+    no_positions=dict(model=dict(attention=dict(position="none"))),
+    # The heads comparison again on RoPE, which leaves the early plateau within this budget.
+    rope_gqa=dict(model=dict(attention=dict(position="rope", num_kv_heads=2))),
+    rope_mqa=dict(model=dict(attention=dict(position="rope", num_kv_heads=1))),
   )
   return c

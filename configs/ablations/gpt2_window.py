@@ -12,6 +12,7 @@ Expected eval loss: window_32_rope 5.94, full 6.18, window_64 6.28, window_16
 6.30, window_32 6.31 (one seed each; a smoke test of the variants at this
 budget). Full table and wall clock in BENCHMARKS.md.
 """
+
 import ml_collections
 
 
@@ -19,16 +20,16 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.base = "configs/gpt2_tiny.py"
   c.base_overrides = dict(
-      train=dict(steps=80, log_every=10),
-      eval=dict(every_steps=40, num_batches=4),
-      checkpoint=dict(every_steps=40, keep=1),
-      metrics=dict(progress_bar=False),
+    train=dict(steps=80, log_every=10),
+    eval=dict(every_steps=40, num_batches=4),
+    checkpoint=dict(every_steps=40, keep=1),
+    metrics=dict(progress_bar=False),
   )
   c.variants = dict(
-      full={},
-      window_64=dict(model=dict(attention=dict(sliding_window=64))),
-      window_32=dict(model=dict(attention=dict(sliding_window=32))),
-      window_16=dict(model=dict(attention=dict(sliding_window=16))),
-      window_32_rope=dict(model=dict(attention=dict(sliding_window=32, position="rope"))),
+    full={},
+    window_64=dict(model=dict(attention=dict(sliding_window=64))),
+    window_32=dict(model=dict(attention=dict(sliding_window=32))),
+    window_16=dict(model=dict(attention=dict(sliding_window=16))),
+    window_32_rope=dict(model=dict(attention=dict(sliding_window=32, position="rope"))),
   )
   return c

@@ -1,4 +1,5 @@
 """`python -m pretrain.bench`: the training-step benchmark (pretrain/bench/step.py)."""
+
 from absl import app
 
 from pretrain.bench import step

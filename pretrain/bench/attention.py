@@ -36,6 +36,7 @@ TFLOP/s counts matmul FLOPs: attention 4 * B * H * L^2 * D forward and twice
 that backward; the layer adds its q/k/v/out and FFN projections (BERT's count,
 `bert.forward_flops_per_sequence`), also x3 for forward + backward.
 """
+
 import dataclasses
 import os
 import statistics
@@ -64,6 +65,7 @@ _MIB = 2.0**20
 @dataclasses.dataclass(frozen=True)
 class Shape:
   """The sizes every case shares; defaults are BERT-base's attention."""
+
   batch: int = 1
   num_heads: int = 12
   head_dim: int = 64
@@ -83,6 +85,7 @@ class Shape:
 @dataclasses.dataclass
 class Case:
   """One jitted forward + backward to time: `fn(*args)` -> (forward output, gradients)."""
+
   kind: str  # One of CASES.
   backend: str  # As requested.
   seq_len: int
@@ -104,20 +107,23 @@ def attention_flops(shape: Shape, seq_len: int) -> float:
 
 def _features(shape: Shape, seq_len: int) -> attention.AttentionFeatures:
   """What both cases ask of a backend: padded self-attention, as BertEncoder calls it."""
-  return attention.AttentionFeatures(padding=True, self_attention=True, dtype=shape.dtype, q_length=seq_len,
-                                     kv_length=seq_len)
+  return attention.AttentionFeatures(
+    padding=True, self_attention=True, dtype=shape.dtype, q_length=seq_len, kv_length=seq_len
+  )
 
 
-def skip_reason(backend: str, seq_len: int, shape: Shape, *, interpret: bool = False,
-                timed: tuple[str, ...] = ()) -> str | None:
+def skip_reason(
+  backend: str, seq_len: int, shape: Shape, *, interpret: bool = False, timed: tuple[str, ...] = ()
+) -> str | None:
   """Why (backend, seq_len) is not timed on this platform; None when it is.
 
   A backend that would fall back to 'xla' is skipped with the fallback's
   reason; 'auto' is skipped when it resolves to a backend in `timed`.
   """
   platform_name = jax.default_backend()
-  resolved, reason = attention.resolve_backend(backend, _features(shape, seq_len), platform_name,
-                                               interpret=interpret)
+  resolved, reason = attention.resolve_backend(
+    backend, _features(shape, seq_len), platform_name, interpret=interpret
+  )
   if backend == "auto":
     if resolved in timed:
       return f"auto resolves to {resolved} ({reason}); timed in the {resolved} row"
@@ -127,7 +133,9 @@ def skip_reason(backend: str, seq_len: int, shape: Shape, *, interpret: bool = F
   return None
 
 
-def attention_case(backend: str, seq_len: int, shape: Shape, *, interpret: bool = False, seed: int = 0) -> Case:
+def attention_case(
+  backend: str, seq_len: int, shape: Shape, *, interpret: bool = False, seed: int = 0
+) -> Case:
   """`dot_product_attention` alone, q/k/v in the compute dtype, gradients for q, k and v."""
   dtype = jnp.dtype(shape.dtype)
   rng = np.random.default_rng(seed)
@@ -140,26 +148,44 @@ def attention_case(backend: str, seq_len: int, shape: Shape, *, interpret: bool 
     mask = attention.AttentionMask(input_mask=input_mask)
 
     def attend(q, k, v):
-      return attention.dot_product_attention(q, k, v, mask=mask, backend=backend, dtype=dtype,
-                                             self_attention=True, interpret=interpret)
+      return attention.dot_product_attention(
+        q, k, v, mask=mask, backend=backend, dtype=dtype, self_attention=True, interpret=interpret
+      )
 
     out, vjp = jax.vjp(attend, query, key, value)  # [batch, length, heads, head_dim]
     return out, vjp(cotangent)
 
-  return Case("attention", backend, seq_len, shape, fwd_bwd, (query, key, value, input_mask, cotangent),
-              attention_flops(shape, seq_len))
+  return Case(
+    "attention",
+    backend,
+    seq_len,
+    shape,
+    fwd_bwd,
+    (query, key, value, input_mask, cotangent),
+    attention_flops(shape, seq_len),
+  )
 
 
 def layer_config(backend: str, shape: Shape, *, interpret: bool = False) -> bert_model.BertConfig:
   """A one-layer BERT of the shape (intermediate 4 x hidden), dropout off, no heads."""
   return bert_model.BertConfig(
-      vocab_size=30522, hidden_size=shape.hidden_size, num_layers=1, num_heads=shape.num_heads,
-      intermediate_size=4 * shape.hidden_size, dropout_rate=0.0, attention_dropout_rate=0.0,
-      dtype=shape.dtype, pooler=False, nsp_head=False,
-      attention=attention.AttentionConfig(backend=backend, position="learned", interpret=interpret))
+    vocab_size=30522,
+    hidden_size=shape.hidden_size,
+    num_layers=1,
+    num_heads=shape.num_heads,
+    intermediate_size=4 * shape.hidden_size,
+    dropout_rate=0.0,
+    attention_dropout_rate=0.0,
+    dtype=shape.dtype,
+    pooler=False,
+    nsp_head=False,
+    attention=attention.AttentionConfig(backend=backend, position="learned", interpret=interpret),
+  )
 
 
-def layer_case(backend: str, seq_len: int, shape: Shape, *, interpret: bool = False, seed: int = 0) -> Case:
+def layer_case(
+  backend: str, seq_len: int, shape: Shape, *, interpret: bool = False, seed: int = 0
+) -> Case:
   """One `BertLayer`, gradients for its parameters and its input."""
   config = layer_config(backend, shape, interpret=interpret)
   layer = bert_model.BertLayer(config)
@@ -169,7 +195,9 @@ def layer_case(backend: str, seq_len: int, shape: Shape, *, interpret: bool = Fa
   input_mask = jnp.ones((shape.batch, seq_len), jnp.int32)
   mask = attention.AttentionMask(input_mask=input_mask)
   # Initialization traces the attention too: the benchmark resets the record before compiling.
-  params = nn.unbox(jax.jit(layer.init, static_argnums=(4,))(jax.random.key(seed), x, mask, None, True))["params"]
+  params = nn.unbox(
+    jax.jit(layer.init, static_argnums=(4,))(jax.random.key(seed), x, mask, None, True)
+  )["params"]
 
   def fwd_bwd(params, x, input_mask, cotangent):
     mask = attention.AttentionMask(input_mask=input_mask)
@@ -182,7 +210,9 @@ def layer_case(backend: str, seq_len: int, shape: Shape, *, interpret: bool = Fa
   return Case("layer", backend, seq_len, shape, fwd_bwd, (params, x, input_mask, cotangent), flops)
 
 
-def build_case(kind: str, backend: str, seq_len: int, shape: Shape, *, interpret: bool = False) -> Case:
+def build_case(
+  kind: str, backend: str, seq_len: int, shape: Shape, *, interpret: bool = False
+) -> Case:
   if kind not in CASES:
     raise PretrainError(f"unknown case {kind!r}; valid: {', '.join(CASES)}")
   attention.check_backend(backend)
@@ -191,20 +221,31 @@ def build_case(kind: str, backend: str, seq_len: int, shape: Shape, *, interpret
 
 
 def _record(case: Case) -> dict:
-  return {"case": case.kind, "backend": case.backend, "seq_len": case.seq_len, "batch": case.shape.batch,
-          "num_heads": case.shape.num_heads, "head_dim": case.shape.head_dim, "dtype": case.shape.dtype}
+  return {
+    "case": case.kind,
+    "backend": case.backend,
+    "seq_len": case.seq_len,
+    "batch": case.shape.batch,
+    "num_heads": case.shape.num_heads,
+    "head_dim": case.shape.head_dim,
+    "dtype": case.shape.dtype,
+  }
 
 
 def measure(case: Case, *, iters: int = 10, warmup: int = 2) -> tuple[dict, Any]:
   """Compiles and times one case: (its record, the executable's last (output, gradients))."""
   if iters < 1 or warmup < 0:
     raise PretrainError(f"iters={iters} must be positive and warmup={warmup} non-negative")
-  with attention.recording() as resolutions:  # Each attention call resolves its backend while tracing.
+  with (
+    attention.recording() as resolutions
+  ):  # Each attention call resolves its backend while tracing.
     t0 = time.perf_counter()
     compiled = jax.jit(case.fn).lower(*case.args).compile()
     compile_seconds = time.perf_counter() - t0
   memory = compiled.memory_analysis()
-  peak_bytes = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+  peak_bytes = (
+    memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+  )
 
   outputs = None
   for _ in range(warmup):
@@ -219,18 +260,18 @@ def measure(case: Case, *, iters: int = 10, warmup: int = 2) -> tuple[dict, Any]
   tokens = case.shape.batch * case.seq_len
   record = _record(case)
   record.update(
-      ran=", ".join(sorted({r.backend for r in resolutions})),
-      reason="; ".join(r.reason for r in resolutions),
-      seconds=seconds,
-      step_seconds=step,
-      tokens_per_sec=tokens / step,
-      flops=case.flops,
-      tflops_per_sec=case.flops / step / 1e12,
-      peak_bytes=int(peak_bytes),
-      temp_bytes=int(memory.temp_size_in_bytes),
-      argument_bytes=int(memory.argument_size_in_bytes),
-      output_bytes=int(memory.output_size_in_bytes),
-      compile_seconds=compile_seconds,
+    ran=", ".join(sorted({r.backend for r in resolutions})),
+    reason="; ".join(r.reason for r in resolutions),
+    seconds=seconds,
+    step_seconds=step,
+    tokens_per_sec=tokens / step,
+    flops=case.flops,
+    tflops_per_sec=case.flops / step / 1e12,
+    peak_bytes=int(peak_bytes),
+    temp_bytes=int(memory.temp_size_in_bytes),
+    argument_bytes=int(memory.argument_size_in_bytes),
+    output_bytes=int(memory.output_size_in_bytes),
+    compile_seconds=compile_seconds,
   )
   stats = jax.devices()[0].memory_stats()
   if stats and "peak_bytes_in_use" in stats:
@@ -238,9 +279,17 @@ def measure(case: Case, *, iters: int = 10, warmup: int = 2) -> tuple[dict, Any]
   return record, outputs
 
 
-def run_benchmark(*, seq_lens=DEFAULT_SEQ_LENS, backends=attention.BACKENDS, cases=CASES, shape: Shape = Shape(),
-                  iters: int = 10, warmup: int = 2, interpret: bool = False,
-                  log: Callable[[str], None] = lambda s: None) -> dict:
+def run_benchmark(
+  *,
+  seq_lens=DEFAULT_SEQ_LENS,
+  backends=attention.BACKENDS,
+  cases=CASES,
+  shape: Shape = Shape(),
+  iters: int = 10,
+  warmup: int = 2,
+  interpret: bool = False,
+  log: Callable[[str], None] = lambda s: None,
+) -> dict:
   """Every (case, backend, seq_len) timed or skipped with its reason, as one JSON-able dict."""
   seq_lens = tuple(int(n) for n in seq_lens)
   if not seq_lens or min(seq_lens) < 1:
@@ -254,14 +303,16 @@ def run_benchmark(*, seq_lens=DEFAULT_SEQ_LENS, backends=attention.BACKENDS, cas
     raise PretrainError(f"iters={iters} must be positive and warmup={warmup} non-negative")
   device = jax.devices()[0]
   results: dict[str, Any] = {
-      **common.environment(f"{device.device_kind} ({device.platform}), {os.cpu_count()} CPU cores", jaxlib=True),
-      "platform": jax.default_backend(),
-      "shape": dataclasses.asdict(shape),
-      "iters": iters,
-      "warmup": warmup,
-      "interpret": interpret,
-      "memory_source": MEMORY_SOURCE,
-      "records": [],
+    **common.environment(
+      f"{device.device_kind} ({device.platform}), {os.cpu_count()} CPU cores", jaxlib=True
+    ),
+    "platform": jax.default_backend(),
+    "shape": dataclasses.asdict(shape),
+    "iters": iters,
+    "warmup": warmup,
+    "interpret": interpret,
+    "memory_source": MEMORY_SOURCE,
+    "records": [],
   }
   timed = tuple(b for b in backends if b != "auto")
   for kind in cases:
@@ -273,8 +324,9 @@ def run_benchmark(*, seq_lens=DEFAULT_SEQ_LENS, backends=attention.BACKENDS, cas
           results["records"].append(dict(_record(probe), skipped=reason))
           continue
         log(f"{kind} {backend} seq {seq_len} ...")
-        record, _ = measure(build_case(kind, backend, seq_len, shape, interpret=interpret), iters=iters,
-                            warmup=warmup)
+        record, _ = measure(
+          build_case(kind, backend, seq_len, shape, interpret=interpret), iters=iters, warmup=warmup
+        )
         results["records"].append(record)
   return results
 
@@ -282,12 +334,17 @@ def run_benchmark(*, seq_lens=DEFAULT_SEQ_LENS, backends=attention.BACKENDS, cas
 def format_table(results: dict) -> str:
   """The records as a readable plain-text table; consecutive skips of one reason share a line."""
   s = results["shape"]
-  lines = [common.environment_line(results),
-           f"batch {s['batch']}, {s['num_heads']} heads x {s['head_dim']}, {s['dtype']}; median of "
-           f"{results['iters']} fwd+bwd after {results['warmup']} warmup" +
-           ("; Pallas interpreter on" if results["interpret"] else ""), ""]
-  header = (f"{'case':10}{'backend':23}{'seq':>6}{'fwd+bwd ms':>12}{'tokens/s':>11}{'TFLOP/s':>9}"
-            f"{'peak MiB':>10}{'compile s':>10}")
+  lines = [
+    common.environment_line(results),
+    f"batch {s['batch']}, {s['num_heads']} heads x {s['head_dim']}, {s['dtype']}; median of "
+    f"{results['iters']} fwd+bwd after {results['warmup']} warmup"
+    + ("; Pallas interpreter on" if results["interpret"] else ""),
+    "",
+  ]
+  header = (
+    f"{'case':10}{'backend':23}{'seq':>6}{'fwd+bwd ms':>12}{'tokens/s':>11}{'TFLOP/s':>9}"
+    f"{'peak MiB':>10}{'compile s':>10}"
+  )
   lines += [header, "-" * len(header)]
   notes: dict[str, None] = {}
   records = results["records"]
@@ -296,26 +353,36 @@ def format_table(results: dict) -> str:
     r = records[i]
     if "skipped" in r:
       j = i
-      while (j + 1 < len(records) and records[j + 1].get("skipped") == r["skipped"]
-             and (records[j + 1]["case"], records[j + 1]["backend"]) == (r["case"], r["backend"])):
+      while (
+        j + 1 < len(records)
+        and records[j + 1].get("skipped") == r["skipped"]
+        and (records[j + 1]["case"], records[j + 1]["backend"]) == (r["case"], r["backend"])
+      ):
         j += 1
       lengths = ",".join(str(records[k]["seq_len"]) for k in range(i, j + 1))
       lines.append(f"{r['case']:10}{r['backend']:23}  skipped at seq {lengths}: {r['skipped']}")
       i = j + 1
       continue
     name = r["backend"] if r["ran"] == r["backend"] else f"{r['backend']}->{r['ran']}"
-    lines.append(f"{r['case']:10}{name:23}{r['seq_len']:>6}{r['step_seconds'] * 1e3:>12.2f}"
-                 f"{r['tokens_per_sec']:>11,.0f}{r['tflops_per_sec']:>9.4f}{r['peak_bytes'] / _MIB:>10.2f}"
-                 f"{r['compile_seconds']:>10.2f}")
+    lines.append(
+      f"{r['case']:10}{name:23}{r['seq_len']:>6}{r['step_seconds'] * 1e3:>12.2f}"
+      f"{r['tokens_per_sec']:>11,.0f}{r['tflops_per_sec']:>9.4f}{r['peak_bytes'] / _MIB:>10.2f}"
+      f"{r['compile_seconds']:>10.2f}"
+    )
     if r["reason"] != "requested":
       notes[f"{r['backend']}: {r['reason']}"] = None
     i += 1
-  lines += ["", f"peak memory: {results['memory_source']}",
-            "TFLOP/s: attention 12*B*H*L^2*D per fwd+bwd; layer adds its projections and FFN (x3)"]
+  lines += [
+    "",
+    f"peak memory: {results['memory_source']}",
+    "TFLOP/s: attention 12*B*H*L^2*D per fwd+bwd; layer adds its projections and FFN (x3)",
+  ]
   device_peaks = [r["device_peak_bytes_in_use"] for r in records if "device_peak_bytes_in_use" in r]
   if device_peaks:
-    lines.append(f"device peak_bytes_in_use (the process's high-water mark, not per case): "
-                 f"{max(device_peaks) / _MIB:,.1f} MiB")
+    lines.append(
+      f"device peak_bytes_in_use (the process's high-water mark, not per case): "
+      f"{max(device_peaks) / _MIB:,.1f} MiB"
+    )
   lines += [f"backend {note}" for note in notes]
   return "\n".join(lines)
 
@@ -323,17 +390,26 @@ def format_table(results: dict) -> str:
 def define_flags() -> None:
   """CLI flags; defined only when run as a program so importing this module defines none."""
   flags.DEFINE_list("seq_lens", [str(n) for n in DEFAULT_SEQ_LENS], "Sequence lengths.")
-  flags.DEFINE_list("backends", list(attention.BACKENDS), "Attention backends to time (or list as skipped).")
-  flags.DEFINE_list("cases", list(CASES), "attention (the op alone) and/or layer (a BERT encoder layer).")
+  flags.DEFINE_list(
+    "backends", list(attention.BACKENDS), "Attention backends to time (or list as skipped)."
+  )
+  flags.DEFINE_list(
+    "cases", list(CASES), "attention (the op alone) and/or layer (a BERT encoder layer)."
+  )
   flags.DEFINE_enum("dtype", "float32", list(layers.DTYPES), "Matmul compute dtype.")
   flags.DEFINE_integer("batch", 0, "Batch size; 0: 1 on CPU, 8 on GPU/TPU.")
-  flags.DEFINE_integer("num_heads", 12, "Attention heads (the layer's hidden size is heads * head_dim).")
+  flags.DEFINE_integer(
+    "num_heads", 12, "Attention heads (the layer's hidden size is heads * head_dim)."
+  )
   flags.DEFINE_integer("head_dim", 64, "Size of each head.")
   flags.DEFINE_integer("iters", 10, "Timed calls per case; the median is reported.")
   flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
-  flags.DEFINE_bool("interpret", attention.interpret_default(),
-                    f"Run the Pallas kernels in the Pallas interpreter (slow; for checking); default from "
-                    f"{attention.INTERPRET_ENV}.")
+  flags.DEFINE_bool(
+    "interpret",
+    attention.interpret_default(),
+    f"Run the Pallas kernels in the Pallas interpreter (slow; for checking); default from "
+    f"{attention.INTERPRET_ENV}.",
+  )
   flags.DEFINE_string("json_out", "", "Also write the results here as JSON.")
 
 
@@ -343,11 +419,22 @@ def _measure() -> dict:
     seq_lens = tuple(int(n) for n in FLAGS.seq_lens)
   except ValueError as e:
     raise PretrainError(f"--seq_lens={','.join(FLAGS.seq_lens)}: lengths must be integers") from e
-  shape = Shape(batch=FLAGS.batch or default_batch(jax.default_backend()), num_heads=FLAGS.num_heads,
-                head_dim=FLAGS.head_dim, dtype=FLAGS.dtype)
-  return run_benchmark(seq_lens=seq_lens, backends=tuple(FLAGS.backends), cases=tuple(FLAGS.cases),
-                       shape=shape, iters=FLAGS.iters, warmup=FLAGS.warmup, interpret=FLAGS.interpret,
-                       log=common.log)
+  shape = Shape(
+    batch=FLAGS.batch or default_batch(jax.default_backend()),
+    num_heads=FLAGS.num_heads,
+    head_dim=FLAGS.head_dim,
+    dtype=FLAGS.dtype,
+  )
+  return run_benchmark(
+    seq_lens=seq_lens,
+    backends=tuple(FLAGS.backends),
+    cases=tuple(FLAGS.cases),
+    shape=shape,
+    iters=FLAGS.iters,
+    warmup=FLAGS.warmup,
+    interpret=FLAGS.interpret,
+    log=common.log,
+  )
 
 
 def main(argv):

@@ -7,6 +7,7 @@ path collates eval batches (`pipeline.fixed_batches`). What a family needs for
 that beyond its task, the data options that keep every example full length and
 the tokenizer size its config implies, comes from its `hf_reference` module.
 """
+
 import types
 
 import numpy as np
@@ -38,8 +39,11 @@ def synthetic_docs(task, num_docs: int, seed: int = 0) -> TokenizedDocs:
   """`num_docs` one-sentence documents of random non-special ids, each as long as two examples."""
   length = 2 * task.tokens_per_example + 2
   ids = np.random.default_rng(seed).choice(task.special.random_ids, num_docs * length)
-  return TokenizedDocs(ids.astype(np.int32), np.arange(0, num_docs * length + 1, length, dtype=np.int64),
-                       np.arange(num_docs + 1, dtype=np.int64))
+  return TokenizedDocs(
+    ids.astype(np.int32),
+    np.arange(0, num_docs * length + 1, length, dtype=np.int64),
+    np.arange(num_docs + 1, dtype=np.int64),
+  )
 
 
 def task_batch(task, batch_size: int, seed: int = 0) -> dict:
@@ -49,5 +53,7 @@ def task_batch(task, batch_size: int, seed: int = 0) -> dict:
   want = {k: (v.shape, v.dtype) for k, v in task.dummy_batch(batch_size).items()}
   got = {k: (v.shape, v.dtype) for k, v in batch.items()}
   if got != want:
-    raise PretrainError(f"task {task.name!r}'s examples have the fields {got}; its dummy batch {want}")
+    raise PretrainError(
+      f"task {task.name!r}'s examples have the fields {got}; its dummy batch {want}"
+    )
   return batch

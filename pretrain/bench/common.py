@@ -1,4 +1,5 @@
 """What every benchmark CLI shares: the environment a result was measured in, and `main`'s shape."""
+
 import datetime
 import json
 import os
@@ -13,6 +14,7 @@ from pretrain.errors import PretrainError
 def versions(*, jaxlib: bool = False, hf: bool = False) -> dict:
   """Versions of what the figures depend on: jax and python; jaxlib and torch/transformers when asked."""
   import jax  # pylint: disable=g-import-not-at-top  (bench.data's children time their own imports)
+
   v = {"jax": jax.__version__}
   if jaxlib:
     v["jaxlib"] = jax.lib.__version__
@@ -21,6 +23,7 @@ def versions(*, jaxlib: bool = False, hf: bool = False) -> dict:
     try:
       import torch  # pylint: disable=g-import-not-at-top
       import transformers  # pylint: disable=g-import-not-at-top
+
       v.update(torch=torch.__version__, transformers=transformers.__version__)
     except ImportError:
       pass
@@ -29,14 +32,21 @@ def versions(*, jaxlib: bool = False, hf: bool = False) -> dict:
 
 def environment(device: str, **version_options) -> dict:
   """The date, device, versions and XLA_FLAGS of a result."""
-  return {"date": datetime.datetime.now().isoformat(timespec="seconds"), "device": device,
-          "versions": versions(**version_options), "xla_flags": os.environ.get("XLA_FLAGS", "")}
+  return {
+    "date": datetime.datetime.now().isoformat(timespec="seconds"),
+    "device": device,
+    "versions": versions(**version_options),
+    "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
 
 
 def environment_line(results: dict) -> str:
   """`environment`'s device, versions and XLA_FLAGS as a table's first line."""
-  return (f"{results['device']}; " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) +
-          (f"; XLA_FLAGS={results['xla_flags']}" if results["xla_flags"] else ""))
+  return (
+    f"{results['device']}; "
+    + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+    + (f"; XLA_FLAGS={results['xla_flags']}" if results["xla_flags"] else "")
+  )
 
 
 def log(line: str) -> None:
@@ -44,7 +54,9 @@ def log(line: str) -> None:
   print(line, file=sys.stderr, flush=True)
 
 
-def run_main(measure: Callable[[], dict], format_table: Callable[[dict], str], json_out: str = "") -> None:
+def run_main(
+  measure: Callable[[], dict], format_table: Callable[[dict], str], json_out: str = ""
+) -> None:
   """Runs `measure`, prints its table, and writes its results as JSON to `json_out` ('-': stdout).
 
   A PretrainError is a one-line error and exit status 2.

@@ -14,6 +14,7 @@ in files of <= 64 MB; one sentencepiece tokenizer (trained once on the embedded 
 MB is 2**20 bytes. Corpora in --workdir are reused; stores and `datasets` caches are made afresh (their
 wall time is the measurement) unless --noprepare. --profile: where one unit's and 20 batches' time goes.
 """
+
 import cProfile
 import gc
 import json
@@ -66,7 +67,9 @@ def write_corpus(folder: str, size_mb: float, seed: int = 0, file_bytes: int = F
   target, total, copies, files, out, written = int(size_mb * MB), 0, 0, [], None, 0
   while total < target:
     for i in np.random.default_rng([seed, copies]).permutation(len(docs)):
-      if out is None or (written and written + len(docs[i]) > file_bytes):  # A file is one input unit.
+      if out is None or (
+        written and written + len(docs[i]) > file_bytes
+      ):  # A file is one input unit.
         if out:
           out.close()
         files.append(os.path.join(folder, f"part-{len(files):05d}.txt"))
@@ -86,8 +89,10 @@ def write_corpus(folder: str, size_mb: float, seed: int = 0, file_bytes: int = F
 
 def bench_tokenizer(vocab_size: int):
   """The one tokenizer of every size: trained (once, cached) on the embedded corpus."""
-  return prepare_lib.resolve_tokenizer({"source": "embedded", "heldout_fraction": 0.02},
-                                       {"vocab_size": int(vocab_size), "model_type": "unigram"})
+  return prepare_lib.resolve_tokenizer(
+    {"source": "embedded", "heldout_fraction": 0.02},
+    {"vocab_size": int(vocab_size), "model_type": "unigram"},
+  )
 
 
 def time_prepare(data_cfg: dict, tokenizer, out: str, cores: int, text_bytes: int) -> dict:
@@ -98,27 +103,44 @@ def time_prepare(data_cfg: dict, tokenizer, out: str, cores: int, text_bytes: in
   seconds = time.perf_counter() - t0
   units = len(store.manifest["splits"]["train"])
   mb_per_s = text_bytes / MB / seconds
-  return {"seconds": seconds, "mb_per_s": mb_per_s, "mb_per_s_per_core": mb_per_s / cores, "units": units,
-          "workers": min(cores, units), "train_tokens": store.num_tokens("train"),
-          "store_mb": sum(s.bytes + s.index_bytes for sp in store_lib.SPLITS for s in store.shards(sp)) / MB}
+  return {
+    "seconds": seconds,
+    "mb_per_s": mb_per_s,
+    "mb_per_s_per_core": mb_per_s / cores,
+    "units": units,
+    "workers": min(cores, units),
+    "train_tokens": store.num_tokens("train"),
+    "store_mb": sum(s.bytes + s.index_bytes for sp in store_lib.SPLITS for s in store.shards(sp))
+    / MB,
+  }
 
 
 def run_child(kind: str, args: dict, env: dict | None = None) -> dict:
   """Runs `python -m pretrain.bench.data --_child=KIND` in a fresh process; its result dict."""
-  cmd = [sys.executable, "-m", "pretrain.bench.data", f"--_child={kind}", f"--_args={json.dumps(args)}"]
-  proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ, **(env or {})),
-                        check=False)
+  cmd = [
+    sys.executable,
+    "-m",
+    "pretrain.bench.data",
+    f"--_child={kind}",
+    f"--_args={json.dumps(args)}",
+  ]
+  proc = subprocess.run(
+    cmd, capture_output=True, text=True, cwd=REPO, env=dict(os.environ, **(env or {})), check=False
+  )
   lines = [l for l in proc.stdout.splitlines() if l.startswith(_MARK)]
   if proc.returncode or not lines:
     raise PretrainError(f"the {kind} child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-  return json.loads(lines[-1][len(_MARK):])
+  return json.loads(lines[-1][len(_MARK) :])
 
 
 def _proc_status() -> dict:
   """RSS parts of this process now, in MiB (from /proc/self/status)."""
   with open("/proc/self/status", encoding="ascii") as f:
     fields = dict(line.split(":", 1) for line in f if ":" in line)
-  return {k: int(fields[k].split()[0]) / 1024 for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")}
+  return {
+    k: int(fields[k].split()[0]) / 1024
+    for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
+  }
 
 
 def _peak_rss_mib() -> float:
@@ -134,6 +156,7 @@ def hf_encode(batch: dict, model_path: str) -> dict:
   """`datasets.map` function: every line encoded with the sentencepiece model (loaded once per worker)."""
   if model_path not in _SP:
     import sentencepiece as spm  # pylint: disable=g-import-not-at-top
+
     _SP[model_path] = spm.SentencePieceProcessor(model_file=model_path)
   return {"input_ids": _SP[model_path].encode(batch["text"], out_type=int)}
 
@@ -142,44 +165,78 @@ def child_datasets(a: dict) -> dict:
   """HF datasets: the text files into Arrow, then every line tokenized into its Arrow cache."""
   import datasets  # pylint: disable=g-import-not-at-top
   import pyarrow.compute as pc  # pylint: disable=g-import-not-at-top
+
   datasets.disable_progress_bars()
   cores, files = int(a["cores"]), a["files"]
   t0 = time.perf_counter()
-  ds = datasets.load_dataset("text", data_files=files, split="train", cache_dir=a["cache_dir"],
-                             num_proc=cores if len(files) > 1 else None)
+  ds = datasets.load_dataset(
+    "text",
+    data_files=files,
+    split="train",
+    cache_dir=a["cache_dir"],
+    num_proc=cores if len(files) > 1 else None,
+  )
   t1 = time.perf_counter()
-  ds = ds.map(hf_encode, batched=True, num_proc=cores, remove_columns=["text"],
-              fn_kwargs={"model_path": a["model_path"]})
+  ds = ds.map(
+    hf_encode,
+    batched=True,
+    num_proc=cores,
+    remove_columns=["text"],
+    fn_kwargs={"model_path": a["model_path"]},
+  )
   t2 = time.perf_counter()
   lengths = pc.list_value_length(ds.data.table.column("input_ids"))
-  cache_mb = sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(a["cache_dir"]) for n in ns) / MB
-  return {"load_seconds": t1 - t0, "map_seconds": t2 - t1, "seconds": t2 - t0, "rows": len(ds),
-          "tokens": int(pc.sum(lengths).as_py()), "cache_mb": cache_mb}
+  cache_mb = (
+    sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(a["cache_dir"]) for n in ns)
+    / MB
+  )
+  return {
+    "load_seconds": t1 - t0,
+    "map_seconds": t2 - t1,
+    "seconds": t2 - t0,
+    "rows": len(ds),
+    "tokens": int(pc.sum(lengths).as_py()),
+    "cache_mb": cache_mb,
+  }
 
 
 def child_train(a: dict) -> dict:
   """bert_tiny on the store: time to the first batch (measured here, before train) and to the end of the
   first step (train's own metrics), peak RSS and RSS parts at the end."""
   import psutil  # pylint: disable=g-import-not-at-top
+
   started = psutil.Process().create_time()
   from pretrain import families  # pylint: disable=g-import-not-at-top
   from pretrain import train as train_lib  # pylint: disable=g-import-not-at-top
   from pretrain.data import pipeline  # pylint: disable=g-import-not-at-top
   from pretrain.data import sources  # pylint: disable=g-import-not-at-top
+
   config = ablate.load_config_file("configs/bert_tiny.py")
-  overrides = {"data.source": "prepared", "data.paths": a["store"], "train.steps": int(a["steps"]),
-               "train.log_every": 1, "eval.every_steps": 0, "checkpoint.every_steps": 10**9,
-               "metrics.progress_bar": False, **a.get("overrides", {})}
+  overrides = {
+    "data.source": "prepared",
+    "data.paths": a["store"],
+    "train.steps": int(a["steps"]),
+    "train.log_every": 1,
+    "eval.every_steps": 0,
+    "checkpoint.every_steps": 10**9,
+    "metrics.progress_bar": False,
+    **a.get("overrides", {}),
+  }
   for key, value in overrides.items():
     section, name = key.split(".")
     config[section][name] = value
   t0 = time.time()
   tokenizer, stores = sources.open_stores(config.data, config.tokenizer)
   task = families.get_task(config.copy_and_resolve_references(), tokenizer)
-  source = sources.example_source(task, stores, "train", config.data.seed,
-                                  run_length=config.data.mixture_run_length)
-  stream = pipeline.BatchStream(source, config.train.batch_size, num_threads=config.data.num_threads,
-                                prefetch_batches=config.data.prefetch_batches)
+  source = sources.example_source(
+    task, stores, "train", config.data.seed, run_length=config.data.mixture_run_length
+  )
+  stream = pipeline.BatchStream(
+    source,
+    config.train.batch_size,
+    num_threads=config.data.num_threads,
+    prefetch_batches=config.data.prefetch_batches,
+  )
   next(stream)
   t_batch = time.time()
   rss_batch = _peak_rss_mib()
@@ -193,12 +250,19 @@ def child_train(a: dict) -> dict:
   step1 = next(r for r in rows if r["step"] == 1 and "wall_seconds" in r)
   compile_s = next(r["compile_seconds"] for r in rows if "compile_seconds" in r)
   status = _proc_status()
-  return {"first_batch_s": t_batch - started, "data_startup_s": t_batch - t0, "imports_s": t0 - started,
-          "first_step_done_s": train_start + step1["wall_seconds"] - started, "compile_s": compile_s,
-          "peak_rss_mib": _peak_rss_mib(), "peak_rss_first_batch_mib": rss_batch,
-          "rss_anon_mib": status["RssAnon"], "rss_file_mib": status["RssFile"],
-          "rss_shmem_mib": status["RssShmem"],
-          "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+  return {
+    "first_batch_s": t_batch - started,
+    "data_startup_s": t_batch - t0,
+    "imports_s": t0 - started,
+    "first_step_done_s": train_start + step1["wall_seconds"] - started,
+    "compile_s": compile_s,
+    "peak_rss_mib": _peak_rss_mib(),
+    "peak_rss_first_batch_mib": rss_batch,
+    "rss_anon_mib": status["RssAnon"],
+    "rss_file_mib": status["RssFile"],
+    "rss_shmem_mib": status["RssShmem"],
+    "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  }
 
 
 def child_inmemory(a: dict) -> dict:
@@ -207,31 +271,44 @@ def child_inmemory(a: dict) -> dict:
   base = _proc_status()["VmRSS"]
   t0 = time.perf_counter()
   docs = tokenized_lib.tokenize_documents(corpus_lib.load_corpus(a["data_cfg"]).train, tokenizer)
-  return {"seconds": time.perf_counter() - t0, "peak_rss_mib": _peak_rss_mib(), "base_rss_mib": base,
-          "end_rss_mib": _proc_status()["VmRSS"], "train_tokens": int(docs.num_tokens),
-          "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+  return {
+    "seconds": time.perf_counter() - t0,
+    "peak_rss_mib": _peak_rss_mib(),
+    "base_rss_mib": base,
+    "end_rss_mib": _proc_status()["VmRSS"],
+    "train_tokens": int(docs.num_tokens),
+    "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+  }
 
 
 def _stream_task(tokenizer, seq: int, predictions: int):
   from pretrain import families  # pylint: disable=g-import-not-at-top
+
   config = ablate.load_config_file("configs/bert_tiny.py")
   config.data.update(max_seq_length=seq, max_predictions_per_seq=predictions)
   return families.get_task(config, tokenizer)
 
 
-def bench_streams(store_path: str, data_cfg: dict, *, batch: int = 256, threads: int = 2,
-                  batches: int = 50) -> list[dict]:
+def bench_streams(
+  store_path: str, data_cfg: dict, *, batch: int = 256, threads: int = 2, batches: int = 50
+) -> list[dict]:
   """Examples/s over the store's example_source and over the in-memory TokenizedDocs, per sequence length."""
   from pretrain.bench import pipeline  # pylint: disable=g-import-not-at-top
   from pretrain.data import sources  # pylint: disable=g-import-not-at-top
+
   tokenizer, stores = sources.open_stores({"source": "prepared", "paths": store_path}, {"path": ""})
   docs = tokenized_lib.tokenize_documents(corpus_lib.load_corpus(data_cfg).train, tokenizer)
   rows = []
   for seq, predictions in _SEQS:
     task = _stream_task(tokenizer, seq, predictions)
     rate = lambda source: pipeline.stream_rate(source, batch, threads=threads, batches=batches)
-    rows.append({"seq": seq, "store": rate(sources.example_source(task, stores, "train", 0)),
-                 "in_memory": rate(task.examples(docs, seed=0))})
+    rows.append(
+      {
+        "seq": seq,
+        "store": rate(sources.example_source(task, stores, "train", 0)),
+        "in_memory": rate(task.examples(docs, seed=0)),
+      }
+    )
   return rows
 
 
@@ -242,20 +319,34 @@ def top_functions(fn, top: int = 8) -> dict:
   prof.runcall(fn)
   wall = time.perf_counter() - t0
   stats = sorted(pstats.Stats(prof).stats.items(), key=lambda kv: -kv[1][2])[:top]
-  return {"seconds": wall, "top": [{"function": f"{os.path.basename(f)}:{line}({name})", "calls": v[1],
-                                    "seconds": v[2], "share": v[2] / wall} for (f, line, name), v in stats]}
+  return {
+    "seconds": wall,
+    "top": [
+      {
+        "function": f"{os.path.basename(f)}:{line}({name})",
+        "calls": v[1],
+        "seconds": v[2],
+        "share": v[2] / wall,
+      }
+      for (f, line, name), v in stats
+    ],
+  }
 
 
 def profile(workdir: str, data_cfg: dict, tokenizer, store_path: str) -> dict:
   """Where the time goes: the first prepare unit (`run_unit`, in this process) and 20 store batches."""
   from pretrain.data import sources  # pylint: disable=g-import-not-at-top
+
   plan, units = prepare_lib.make_plan(data_cfg, tokenizer, prepare_lib.DEFAULT_UNIT_BYTES)
   out = os.path.join(workdir, "profile-unit")
   shutil.rmtree(out, ignore_errors=True)
   os.makedirs(os.path.join(out, prepare_lib.WORK))
   corpus_json = json.dumps(prepare_lib.corpus_config(data_cfg))
-  unit = top_functions(lambda: prepare_lib.run_unit(plan["units"][0], corpus_json, tokenizer.path,
-                                                    tokenizer.fingerprint, out, len(units)))
+  unit = top_functions(
+    lambda: prepare_lib.run_unit(
+      plan["units"][0], corpus_json, tokenizer.path, tokenizer.fingerprint, out, len(units)
+    )
+  )
   shutil.rmtree(out, ignore_errors=True)
   unit["mb"] = units[0].num_bytes / MB
   tok, stores = sources.open_stores({"source": "prepared", "paths": store_path}, {"path": ""})
@@ -270,6 +361,7 @@ def consumption() -> list[dict]:
   """Examples/s one chip's bert_base step consumes at MFU 0.5, per chip kind and sequence length."""
   from pretrain import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
   from pretrain import families  # pylint: disable=g-import-not-at-top
+
   out = []
   for seq, predictions in _SEQS:
     config = ablate.load_config_file("configs/bert_base.py")
@@ -279,28 +371,55 @@ def consumption() -> list[dict]:
     for chip, platform, kind in _CHIPS:
       device = types.SimpleNamespace(platform=platform, device_kind=kind)
       peak = metrics_lib.peak_flops_per_device(config.metrics, device)
-      out.append({"chip": chip, "seq": seq, "peak_flops": peak, "flops_per_example": flops,
-                  "examples_per_s": 0.5 * peak / flops})
+      out.append(
+        {
+          "chip": chip,
+          "seq": seq,
+          "peak_flops": peak,
+          "flops_per_example": flops,
+          "examples_per_s": 0.5 * peak / flops,
+        }
+      )
   return out
 
 
-def run(sizes_mb, workdir: str, *, vocab_size: int = 8192, num_workers: int = 0, steps: int = 2,
-        stream_sizes_mb=(10, 100), stream_batches: int = 50, do_prepare: bool = True,
-        do_profile: bool = False, train_overrides: dict | None = None, log=lambda s: None) -> dict:
+def run(
+  sizes_mb,
+  workdir: str,
+  *,
+  vocab_size: int = 8192,
+  num_workers: int = 0,
+  steps: int = 2,
+  stream_sizes_mb=(10, 100),
+  stream_batches: int = 50,
+  do_prepare: bool = True,
+  do_profile: bool = False,
+  train_overrides: dict | None = None,
+  log=lambda s: None,
+) -> dict:
   """Every measurement, as one JSON-able dict."""
   cores = num_workers or os.cpu_count() or 1
   sizes_mb = sorted(float(s) for s in sizes_mb)
   os.makedirs(workdir, exist_ok=True)
   log(f"tokenizer (vocab {vocab_size}) on the embedded corpus ...")
   tokenizer = bench_tokenizer(vocab_size)
-  results = {"date": time.strftime("%Y-%m-%d %H:%M"), "cores": cores, "vocab_size": tokenizer.vocab_size,
-             "corpus": "the embedded corpus (CPython's docs) repeated, each copy shuffled", "sizes": [],
-             "consumption": consumption()}
+  results = {
+    "date": time.strftime("%Y-%m-%d %H:%M"),
+    "cores": cores,
+    "vocab_size": tokenizer.vocab_size,
+    "corpus": "the embedded corpus (CPython's docs) repeated, each copy shuffled",
+    "sizes": [],
+    "consumption": consumption(),
+  }
   for size in sizes_mb:
     tag = f"{size:g}mb"
     corpus = write_corpus(os.path.join(workdir, f"corpus-{tag}"), size)
-    row = {"size_mb": size, "text_bytes": corpus["bytes"], "files": len(corpus["files"]),
-           "copies": corpus["copies"]}
+    row = {
+      "size_mb": size,
+      "text_bytes": corpus["bytes"],
+      "files": len(corpus["files"]),
+      "copies": corpus["copies"],
+    }
     data_cfg = {"source": "text", "paths": ",".join(corpus["files"]), "heldout_fraction": 0.02}
     store = os.path.join(workdir, f"store-{tag}")
     if do_prepare or store_lib.read_manifest(store) is None:
@@ -309,9 +428,16 @@ def run(sizes_mb, workdir: str, *, vocab_size: int = 8192, num_workers: int = 0,
       log(f"{tag}: HF datasets load_dataset + map (num_proc {cores}) ...")
       cache = os.path.join(workdir, f"hf-cache-{tag}")
       shutil.rmtree(cache, ignore_errors=True)
-      hf = run_child("datasets", {"files": corpus["files"], "cores": cores, "cache_dir": cache,
-                                  "model_path": tokenizer.path},
-                     env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
+      hf = run_child(
+        "datasets",
+        {
+          "files": corpus["files"],
+          "cores": cores,
+          "cache_dir": cache,
+          "model_path": tokenizer.path,
+        },
+        env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"},
+      )
       shutil.rmtree(cache, ignore_errors=True)
       hf["mb_per_s"] = corpus["bytes"] / MB / hf["seconds"]
       hf["mb_per_s_per_core"] = hf["mb_per_s"] / cores
@@ -319,17 +445,28 @@ def run(sizes_mb, workdir: str, *, vocab_size: int = 8192, num_workers: int = 0,
       row["prepare_over_datasets"] = row["prepare"]["mb_per_s"] / hf["mb_per_s"]
     log(f"{tag}: training process on the store ...")
     with tempfile.TemporaryDirectory(dir=workdir, prefix="train-") as run_dir:
-      row["train"] = run_child("train", {"store": store, "steps": steps, "workdir": run_dir,
-                                         "overrides": train_overrides or {}})
+      row["train"] = run_child(
+        "train",
+        {"store": store, "steps": steps, "workdir": run_dir, "overrides": train_overrides or {}},
+      )
     prev = [r["in_memory"] for r in results["sizes"] if "peak_rss_mib" in r.get("in_memory", {})]
-    estimate = ((prev[-1]["peak_rss_mib"] - prev[-1]["base_rss_mib"]) * size / prev[-1]["size_mb"]
-                + prev[-1]["base_rss_mib"]) if prev else 6 * corpus["bytes"] / MB
+    estimate = (
+      (
+        (prev[-1]["peak_rss_mib"] - prev[-1]["base_rss_mib"]) * size / prev[-1]["size_mb"]
+        + prev[-1]["base_rss_mib"]
+      )
+      if prev
+      else 6 * corpus["bytes"] / MB
+    )
     if estimate > _MAX_OLD_PATH_MIB:
-      row["in_memory"] = {"skipped": f"estimated peak RSS {estimate:,.0f} MiB > {_MAX_OLD_PATH_MIB:,} MiB"}
+      row["in_memory"] = {
+        "skipped": f"estimated peak RSS {estimate:,.0f} MiB > {_MAX_OLD_PATH_MIB:,} MiB"
+      }
     else:
       log(f"{tag}: the old in-memory path ...")
-      row["in_memory"] = dict(run_child("inmemory", {"data_cfg": data_cfg, "model_path": tokenizer.path}),
-                              size_mb=size)
+      row["in_memory"] = dict(
+        run_child("inmemory", {"data_cfg": data_cfg, "model_path": tokenizer.path}), size_mb=size
+      )
     if size in [float(s) for s in stream_sizes_mb]:
       log(f"{tag}: batch streams ...")
       row["streams"] = bench_streams(store, data_cfg, batches=stream_batches)
@@ -342,9 +479,13 @@ def run(sizes_mb, workdir: str, *, vocab_size: int = 8192, num_workers: int = 0,
     for k in ("peak_rss", "peak_rss_first_batch"):
       r["train"][f"{k}_increase"] = r["train"][f"{k}_mib"] / first[f"{k}_mib"] - 1
   growth = last["peak_rss_increase"]
-  results["targets"] = {"peak_rss_increase": growth, "rss_met": growth < 0.05,
-                        "peak_rss_first_batch_increase": last["peak_rss_first_batch_increase"],
-                        "first_batch_s": last["first_batch_s"], "startup_met": last["first_batch_s"] < 10}
+  results["targets"] = {
+    "peak_rss_increase": growth,
+    "rss_met": growth < 0.05,
+    "peak_rss_first_batch_increase": last["peak_rss_first_batch_increase"],
+    "first_batch_s": last["first_batch_s"],
+    "startup_met": last["first_batch_s"] < 10,
+  }
   return results
 
 
@@ -358,62 +499,145 @@ def format_tables(results: dict) -> str:
   """The results as Markdown tables."""
   sizes, cores = results["sizes"], results["cores"]
   mb = lambda r: f"{r['text_bytes'] / MB:,.1f}"
-  lines = [f"Corpus: {results['corpus']}; tokenizer vocab {results['vocab_size']}; {cores} cores.", ""]
+  lines = [
+    f"Corpus: {results['corpus']}; tokenizer vocab {results['vocab_size']}; {cores} cores.",
+    "",
+  ]
   prep = [r for r in sizes if "prepare" in r]
   if prep:
     lines += ["Preparation (MB of text per second; MB = 2^20 bytes):", ""]
-    lines += _table(["corpus MB", "files", "units (workers)", "prepare s", "MB/s", "MB/s/core",
-                     "datasets s (load + map)", "MB/s", "MB/s/core", "prepare / datasets"],
-                    [[mb(r), str(r["files"]), f"{r['prepare']['units']} ({r['prepare']['workers']})",
-                      f"{r['prepare']['seconds']:.1f}", f"{r['prepare']['mb_per_s']:.2f}",
-                      f"{r['prepare']['mb_per_s_per_core']:.2f}",
-                      f"{r['datasets']['seconds']:.1f} ({r['datasets']['load_seconds']:.1f} + "
-                      f"{r['datasets']['map_seconds']:.1f})", f"{r['datasets']['mb_per_s']:.2f}",
-                      f"{r['datasets']['mb_per_s_per_core']:.2f}", f"{r['prepare_over_datasets']:.2f}x"]
-                     for r in prep])
-    out = [f"{mb(r)} MB -> store {r['prepare']['store_mb']:,.1f} MB ({r['prepare']['train_tokens']:,} train "
-           f"tokens), datasets cache {r['datasets']['cache_mb']:,.1f} MB ({r['datasets']['tokens']:,} tokens)"
-           for r in prep]
+    lines += _table(
+      [
+        "corpus MB",
+        "files",
+        "units (workers)",
+        "prepare s",
+        "MB/s",
+        "MB/s/core",
+        "datasets s (load + map)",
+        "MB/s",
+        "MB/s/core",
+        "prepare / datasets",
+      ],
+      [
+        [
+          mb(r),
+          str(r["files"]),
+          f"{r['prepare']['units']} ({r['prepare']['workers']})",
+          f"{r['prepare']['seconds']:.1f}",
+          f"{r['prepare']['mb_per_s']:.2f}",
+          f"{r['prepare']['mb_per_s_per_core']:.2f}",
+          f"{r['datasets']['seconds']:.1f} ({r['datasets']['load_seconds']:.1f} + "
+          f"{r['datasets']['map_seconds']:.1f})",
+          f"{r['datasets']['mb_per_s']:.2f}",
+          f"{r['datasets']['mb_per_s_per_core']:.2f}",
+          f"{r['prepare_over_datasets']:.2f}x",
+        ]
+        for r in prep
+      ],
+    )
+    out = [
+      f"{mb(r)} MB -> store {r['prepare']['store_mb']:,.1f} MB ({r['prepare']['train_tokens']:,} train "
+      f"tokens), datasets cache {r['datasets']['cache_mb']:,.1f} MB ({r['datasets']['tokens']:,} tokens)"
+      for r in prep
+    ]
     lines += ["", "Output: " + "; ".join(out), ""]
-  lines += ["Training process (bert_tiny on the store, fresh subprocess; seconds from process start; "
-            "MiB):", ""]
+  lines += [
+    "Training process (bert_tiny on the store, fresh subprocess; seconds from process start; MiB):",
+    "",
+  ]
   rows = []
   for r in sizes:
     t, m = r["train"], r["in_memory"]
-    old = (["skipped", m["skipped"]] if "skipped" in m else
-           [f"{m['seconds']:.1f}",
-            f"{m['peak_rss_mib']:,.0f} (+{m['peak_rss_mib'] - m['base_rss_mib']:,.0f})"])
-    rows.append([mb(r), f"{t['first_batch_s']:.1f} ({t['data_startup_s']:.2f})",
-                 f"{t['first_step_done_s']:.1f}",
-                 f"{t['peak_rss_first_batch_mib']:,.0f} ({t['peak_rss_first_batch_increase']:+.1%})",
-                 f"{t['peak_rss_mib']:,.0f}", f"{t['peak_rss_increase']:+.1%}", f"{t['rss_anon_mib']:,.0f}",
-                 f"{t['rss_file_mib']:,.0f}", *old])
-  lines += _table(["corpus MB", "first batch s (data part)", "first step done s",
-                   "peak RSS to first batch (vs smallest)", "peak RSS", "vs smallest",
-                   "RssAnon end", "RssFile end", "old path s", "old path peak RSS (+ over its start)"], rows)
+    old = (
+      ["skipped", m["skipped"]]
+      if "skipped" in m
+      else [
+        f"{m['seconds']:.1f}",
+        f"{m['peak_rss_mib']:,.0f} (+{m['peak_rss_mib'] - m['base_rss_mib']:,.0f})",
+      ]
+    )
+    rows.append(
+      [
+        mb(r),
+        f"{t['first_batch_s']:.1f} ({t['data_startup_s']:.2f})",
+        f"{t['first_step_done_s']:.1f}",
+        f"{t['peak_rss_first_batch_mib']:,.0f} ({t['peak_rss_first_batch_increase']:+.1%})",
+        f"{t['peak_rss_mib']:,.0f}",
+        f"{t['peak_rss_increase']:+.1%}",
+        f"{t['rss_anon_mib']:,.0f}",
+        f"{t['rss_file_mib']:,.0f}",
+        *old,
+      ]
+    )
+  lines += _table(
+    [
+      "corpus MB",
+      "first batch s (data part)",
+      "first step done s",
+      "peak RSS to first batch (vs smallest)",
+      "peak RSS",
+      "vs smallest",
+      "RssAnon end",
+      "RssFile end",
+      "old path s",
+      "old path peak RSS (+ over its start)",
+    ],
+    rows,
+  )
   tg = results["targets"]
-  lines += ["", f"Targets, {mb(sizes[0])} -> {mb(sizes[-1])} MB: peak RSS {tg['peak_rss_increase']:+.1%} "
-            f"({'met' if tg['rss_met'] else 'MISSED'}: < 5%; to the first batch "
-            f"{tg['peak_rss_first_batch_increase']:+.1%}); first batch {tg['first_batch_s']:.1f} s "
-            f"({'met' if tg['startup_met'] else 'MISSED'}: < 10 s)", ""]
+  lines += [
+    "",
+    f"Targets, {mb(sizes[0])} -> {mb(sizes[-1])} MB: peak RSS {tg['peak_rss_increase']:+.1%} "
+    f"({'met' if tg['rss_met'] else 'MISSED'}: < 5%; to the first batch "
+    f"{tg['peak_rss_first_batch_increase']:+.1%}); first batch {tg['first_batch_s']:.1f} s "
+    f"({'met' if tg['startup_met'] else 'MISSED'}: < 10 s)",
+    "",
+  ]
   per_chip = {(c["chip"], c["seq"]): c["examples_per_s"] for c in results["consumption"]}
-  lines += ["bert_base at MFU 0.5 consumes per chip (examples/s): " + ", ".join(
-      f"{chip} seq {seq} {v:,.0f}" for (chip, seq), v in per_chip.items()), ""]
+  lines += [
+    "bert_base at MFU 0.5 consumes per chip (examples/s): "
+    + ", ".join(f"{chip} seq {seq} {v:,.0f}" for (chip, seq), v in per_chip.items()),
+    "",
+  ]
   rows = []
   for r in sizes:
     for s in r.get("streams", []):
       fed = [f"{s['store'] / per_chip[(chip, s['seq'])]:.1f}" for chip, _, _ in _CHIPS]
-      rows.append([mb(r), str(s["seq"]), f"{s['store']:,.0f}", f"{s['in_memory']:,.0f}",
-                   f"{s['store'] / s['in_memory']:.2f}x", *fed])
+      rows.append(
+        [
+          mb(r),
+          str(s["seq"]),
+          f"{s['store']:,.0f}",
+          f"{s['in_memory']:,.0f}",
+          f"{s['store'] / s['in_memory']:.2f}x",
+          *fed,
+        ]
+      )
   if rows:
     lines += ["BatchStream (BERT task, batch 256, 2 threads, examples/s after warm-up):", ""]
-    lines += _table(["corpus MB", "seq", "store", "in-memory", "store / in-memory",
-                     *[f"{c} chips fed" for c, _, _ in _CHIPS]], rows)
-  for name, what in (("prepare_unit", "one prepare unit (run_unit)"), ("store_batches", "20 store batches")):
+    lines += _table(
+      [
+        "corpus MB",
+        "seq",
+        "store",
+        "in-memory",
+        "store / in-memory",
+        *[f"{c} chips fed" for c, _, _ in _CHIPS],
+      ],
+      rows,
+    )
+  for name, what in (
+    ("prepare_unit", "one prepare unit (run_unit)"),
+    ("store_batches", "20 store batches"),
+  ):
     if name in results.get("profile", {}):
       p = results["profile"][name]
-      lines += ["", f"cProfile, {what}: {p['seconds']:.2f} s wall; own time: " + "; ".join(
-          f"{t['function']} {t['seconds']:.2f} s ({t['share']:.0%})" for t in p["top"])]
+      lines += [
+        "",
+        f"cProfile, {what}: {p['seconds']:.2f} s wall; own time: "
+        + "; ".join(f"{t['function']} {t['seconds']:.2f} s ({t['share']:.0%})" for t in p["top"]),
+      ]
   return "\n".join(lines)
 
 
@@ -427,8 +651,12 @@ def define_flags() -> None:
   flags.DEFINE_integer("num_workers", 0, "Processes for prepare and datasets.map (0: all cores).")
   flags.DEFINE_integer("steps", 2, "Train steps of each training process.")
   flags.DEFINE_list("stream_sizes_mb", ["10", "100"], "Sizes whose batch streams are timed.")
-  flags.DEFINE_bool("prepare", True, "Time prepare and datasets (off: reuse the stores in --workdir).")
-  flags.DEFINE_bool("profile", False, "cProfile one prepare unit and 20 store batches of the largest size.")
+  flags.DEFINE_bool(
+    "prepare", True, "Time prepare and datasets (off: reuse the stores in --workdir)."
+  )
+  flags.DEFINE_bool(
+    "profile", False, "cProfile one prepare unit and 20 store batches of the largest size."
+  )
   flags.DEFINE_string("_child", "", "Internal: run one measurement in this process.")
   flags.DEFINE_string("_args", "{}", "Internal: the child's arguments, JSON.")
 
@@ -443,10 +671,20 @@ def main(argv):
     return
   workdir = f.workdir or tempfile.mkdtemp(prefix="bench-data-")
   common.run_main(
-      lambda: run([float(s) for s in f.sizes_mb], workdir, vocab_size=f.vocab_size, num_workers=f.num_workers,
-                  steps=f.steps, do_prepare=f.prepare, do_profile=f.profile,
-                  stream_sizes_mb=[float(s) for s in f.stream_sizes_mb], log=common.log),
-      format_tables, json_out="-")
+    lambda: run(
+      [float(s) for s in f.sizes_mb],
+      workdir,
+      vocab_size=f.vocab_size,
+      num_workers=f.num_workers,
+      steps=f.steps,
+      do_prepare=f.prepare,
+      do_profile=f.profile,
+      stream_sizes_mb=[float(s) for s in f.stream_sizes_mb],
+      log=common.log,
+    ),
+    format_tables,
+    json_out="-",
+  )
 
 
 if __name__ == "__main__":

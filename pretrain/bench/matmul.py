@@ -1,4 +1,5 @@
 """The matmul peak: a jitted [M, K] x [K, N] matmul of the model's FFN shapes, and torch's Linear."""
+
 import os
 
 import jax
@@ -19,8 +20,12 @@ def matmul_shapes(config) -> list[tuple[int, int, int]]:
 
 def _report(engine: str, dtype: str, shape: tuple[int, int, int]):
   m, k, n = shape
-  return lambda t: {"engine": engine, "dtype": dtype, "shape": f"{m}x{k}x{n}",
-                    "flops_per_sec": 2 * m * k * n / t.step_seconds}
+  return lambda t: {
+    "engine": engine,
+    "dtype": dtype,
+    "shape": f"{m}x{k}x{n}",
+    "flops_per_sec": 2 * m * k * n / t.step_seconds,
+  }
 
 
 def matmul_case(shape: tuple[int, int, int], dtype: str) -> Case:
@@ -36,13 +41,19 @@ def matmul_case(shape: tuple[int, int, int], dtype: str) -> Case:
       r = matmul(a, b)
     r.block_until_ready()
 
-  return Case(f"jax matmul {dtype} {m}x{k}x{n}", run, _report("jax", dtype, shape), warmup=2,
-              window_seconds=0.5)
+  return Case(
+    f"jax matmul {dtype} {m}x{k}x{n}",
+    run,
+    _report("jax", dtype, shape),
+    warmup=2,
+    window_seconds=0.5,
+  )
 
 
 def torch_matmul_case(shape: tuple[int, int, int], autocast: bool) -> Case:
   """The same matmul as torch's Linear does it, in float32 or under bfloat16 autocast."""
   import torch  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(os.cpu_count())
   m, k, n = shape
   x, w = torch.randn(m, k), torch.randn(n, k)
@@ -53,5 +64,10 @@ def torch_matmul_case(shape: tuple[int, int, int], autocast: bool) -> Case:
         torch.nn.functional.linear(x, w)
 
   dtype = "bf16-autocast" if autocast else "float32"
-  return Case(f"torch matmul {dtype} {m}x{k}x{n}", run, _report("torch", dtype, shape), warmup=1,
-              window_seconds=0.5)
+  return Case(
+    f"torch matmul {dtype} {m}x{k}x{n}",
+    run,
+    _report("torch", dtype, shape),
+    warmup=1,
+    window_seconds=0.5,
+  )

@@ -1,4 +1,5 @@
 """Examples/s of the input pipeline: a BatchStream over an example source, and BERT's against HF's collator."""
+
 import time
 
 import numpy as np
@@ -15,10 +16,12 @@ def _per_second(run, examples: int) -> float:
   return examples / (time.perf_counter() - t0)
 
 
-def stream_rate(source, batch: int, *, threads: int = 2, prefetch: int = 4, batches: int = 50,
-                warmup: int = 5) -> float:
+def stream_rate(
+  source, batch: int, *, threads: int = 2, prefetch: int = 4, batches: int = 50, warmup: int = 5
+) -> float:
   """Examples/s of a BatchStream over `source`, after `warmup` batches."""
   from pretrain.data import pipeline  # pylint: disable=g-import-not-at-top
+
   stream = pipeline.BatchStream(source, batch, num_threads=threads, prefetch_batches=prefetch)
   for _ in range(warmup):
     next(stream)
@@ -29,13 +32,19 @@ def hf_tokenizer_stand_in(vocab_size: int):
   """A transformers fast tokenizer with the project's special ids 0..4 and `vocab_size` pieces."""
   import tokenizers  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
+
   vocab = {tok: i for i, tok in enumerate(special_tokens.SPECIAL_TOKENS)}
   vocab.update({f"piece{i}": i for i in range(special_tokens.NUM_SPECIAL, vocab_size)})
   tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
   tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
   return transformers.PreTrainedTokenizerFast(
-      tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-      sep_token="[SEP]", mask_token="[MASK]")
+    tokenizer_object=tok,
+    pad_token="[PAD]",
+    unk_token="[UNK]",
+    cls_token="[CLS]",
+    sep_token="[SEP]",
+    mask_token="[MASK]",
+  )
 
 
 def _unmasked_ids(batch: dict) -> np.ndarray:
@@ -56,27 +65,44 @@ def bert_pipeline(config, *, batches: int = 200, reference_collator: bool = True
     raise PretrainError(f"--data times BERT's input pipeline only; task.name={config.task.name!r}")
   batch_size = int(config.train.batch_size)
   from pretrain.data import sources  # pylint: disable=g-import-not-at-top
+
   tokenizer, stores = sources.open_stores(config.data, config.tokenizer)
   task = families.get_task(config, tokenizer)
-  examples = sources.example_source(task, stores, "train", int(config.data.seed),
-                                    run_length=int(config.data.mixture_run_length))
+  examples = sources.example_source(
+    task, stores, "train", int(config.data.seed), run_length=int(config.data.mixture_run_length)
+  )
   rows = lambda i: np.arange(i * batch_size, (i + 1) * batch_size, dtype=np.int64)
   examples.batch(rows(0))  # Plans the first epoch.
-  out = {"corpus_train_tokens": sum(ws.store.num_tokens("train") for ws in stores),
-         "corpus_source": config.data.source,
-         "batch_size": batch_size, "batches": batches}
-  out["bert_examples_per_sec"] = _per_second(lambda: [examples.batch(rows(i)) for i in range(1, batches + 1)],
-                                             batches * batch_size)
-  out["batch_stream_per_sec"] = stream_rate(examples, batch_size, threads=config.data.num_threads,
-                                            prefetch=config.data.prefetch_batches, batches=batches, warmup=1)
+  out = {
+    "corpus_train_tokens": sum(ws.store.num_tokens("train") for ws in stores),
+    "corpus_source": config.data.source,
+    "batch_size": batch_size,
+    "batches": batches,
+  }
+  out["bert_examples_per_sec"] = _per_second(
+    lambda: [examples.batch(rows(i)) for i in range(1, batches + 1)], batches * batch_size
+  )
+  out["batch_stream_per_sec"] = stream_rate(
+    examples,
+    batch_size,
+    threads=config.data.num_threads,
+    prefetch=config.data.prefetch_batches,
+    batches=batches,
+    warmup=1,
+  )
   out["batch_stream_threads"] = int(config.data.num_threads)
   if reference_collator and reference.hf_available():
     import transformers  # pylint: disable=g-import-not-at-top
+
     collator = transformers.DataCollatorForLanguageModeling(
-        hf_tokenizer_stand_in(tokenizer.vocab_size), mlm=True, mlm_probability=0.15)
-    features = [[{"input_ids": row.tolist()} for row in _unmasked_ids(examples.batch(rows(i)))]
-                for i in range(batches)]
+      hf_tokenizer_stand_in(tokenizer.vocab_size), mlm=True, mlm_probability=0.15
+    )
+    features = [
+      [{"input_ids": row.tolist()} for row in _unmasked_ids(examples.batch(rows(i)))]
+      for i in range(batches)
+    ]
     it = iter(features)
-    out["hf_collator_per_sec"] = _per_second(lambda: [collator(next(it)) for _ in range(batches)],
-                                             batches * batch_size)
+    out["hf_collator_per_sec"] = _per_second(
+      lambda: [collator(next(it)) for _ in range(batches)], batches * batch_size
+    )
   return out

@@ -1,4 +1,5 @@
 """Where a project step's time goes: its parts jitted alone, and the slowest XLA ops of forward+backward."""
+
 import gzip
 import json
 import os
@@ -17,13 +18,15 @@ def _objective(task, model, batch):
   """(params, batch, deterministic) -> the task's objective, with a fixed dropout key."""
   rng = jax.random.key(0)
   denominators = task.denominators(batch)
-  return lambda p, b, deterministic: task.loss(model, p, b, denominators, dropout_rng=rng,
-                                               deterministic=deterministic)[0]
+  return lambda p, b, deterministic: task.loss(
+    model, p, b, denominators, dropout_rng=rng, deterministic=deterministic
+  )[0]
 
 
 def breakdown(case: Case, *, steps: int = 5, windows: int = 3) -> dict:
   """Milliseconds of the step's parts, each jitted alone: where a project step's time goes."""
   import optax  # pylint: disable=g-import-not-at-top
+
   task, model, tx, mesh, params, batch = case.context()
   objective = _objective(task, model, batch)
 
@@ -36,15 +39,16 @@ def breakdown(case: Case, *, steps: int = 5, windows: int = 3) -> dict:
       for _ in range(n):
         r = fn(*args)
       jax.block_until_ready(r)
+
     return Case(label, run, lambda t: t.step_seconds * 1e3, steps=steps, warmup=1)
 
   with sharding.mesh_context(mesh):
     grad = jax.jit(jax.grad(lambda p, b: objective(p, b, False)))
     cases = [
-        part("forward, no dropout", jax.jit(lambda p, b: objective(p, b, True)), params, batch),
-        part("forward", jax.jit(lambda p, b: objective(p, b, False)), params, batch),
-        part("forward+backward", grad, params, batch),
-        part("optimizer update", jax.jit(update), params, grad(params, batch), tx.init(params)),
+      part("forward, no dropout", jax.jit(lambda p, b: objective(p, b, True)), params, batch),
+      part("forward", jax.jit(lambda p, b: objective(p, b, False)), params, batch),
+      part("forward+backward", grad, params, batch),
+      part("optimizer update", jax.jit(update), params, grad(params, batch), tx.init(params)),
     ]
     return dict(zip([c.label for c in cases], run_cases(cases, windows)))
 
@@ -65,7 +69,11 @@ def top_ops(case: Case, *, top: int = 15, steps: int = 3) -> list[dict]:
   with sharding.mesh_context(mesh):
     grad = jax.jit(jax.grad(lambda p, b: objective(p, b, False)))
     compiled = grad.lower(params, batch).compile()
-    origin = {m.group(1): m.group(2) for line in compiled.as_text().splitlines() if (m := _OP_NAME.match(line))}
+    origin = {
+      m.group(1): m.group(2)
+      for line in compiled.as_text().splitlines()
+      if (m := _OP_NAME.match(line))
+    }
     jax.block_until_ready(compiled(params, batch))
     with tempfile.TemporaryDirectory(prefix="pretrain-profile-") as d:
       start = time.perf_counter()
@@ -73,7 +81,12 @@ def top_ops(case: Case, *, top: int = 15, steps: int = 3) -> list[dict]:
         for _ in range(steps):
           jax.block_until_ready(compiled(params, batch))
       wall = (time.perf_counter() - start) / steps
-      traces = [os.path.join(r, f) for r, _, fs in os.walk(d) for f in fs if f.endswith("perfetto_trace.json.gz")]
+      traces = [
+        os.path.join(r, f)
+        for r, _, fs in os.walk(d)
+        for f in fs
+        if f.endswith("perfetto_trace.json.gz")
+      ]
       if not traces:
         raise PretrainError("jax.profiler wrote no perfetto trace")
       with gzip.open(traces[0], "rt", encoding="utf-8") as f:
@@ -81,7 +94,11 @@ def top_ops(case: Case, *, top: int = 15, steps: int = 3) -> list[dict]:
   events = events["traceEvents"] if isinstance(events, dict) else events
   seconds: dict[str, float] = {}
   for e in events:
-    if e.get("ph") == "X" and e.get("name") in origin:  # XLA ops only, not runtime or Python frames.
+    if (
+      e.get("ph") == "X" and e.get("name") in origin
+    ):  # XLA ops only, not runtime or Python frames.
       seconds[e["name"]] = seconds.get(e["name"], 0.0) + float(e.get("dur", 0)) * 1e-6 / steps
   ranked = sorted(seconds.items(), key=lambda kv: -kv[1])[:top]
-  return [{"op": name, "ms": s * 1e3, "share": s / wall, "from": origin[name]} for name, s in ranked]
+  return [
+    {"op": name, "ms": s * 1e3, "share": s / wall, "from": origin[name]} for name, s in ranked
+  ]

@@ -12,6 +12,7 @@ found through the family registry), with these names:
   flops_per_example(task)       model FLOPs of HF's training step per example
   notes(task)                   how HF's step's work differs from the project's
 """
+
 import importlib
 import os
 
@@ -23,8 +24,15 @@ from pretrain.bench.timing import Case, throughput
 from pretrain.errors import PretrainError
 
 HF_DTYPES = ("float32", "bf16-autocast")
-INTERFACE = ("FULL_LENGTH_DATA", "tokenizer_vocab", "describe", "ffn_dims", "build", "flops_per_example",
-             "notes")
+INTERFACE = (
+  "FULL_LENGTH_DATA",
+  "tokenizer_vocab",
+  "describe",
+  "ffn_dims",
+  "build",
+  "flops_per_example",
+  "notes",
+)
 
 
 def hf_available() -> bool:
@@ -40,6 +48,7 @@ def hf_available() -> bool:
 def long_tensor(x: np.ndarray):
   """int64 torch tensor of an array (HF's ids and labels)."""
   import torch  # pylint: disable=g-import-not-at-top
+
   return torch.from_numpy(np.ascontiguousarray(x).astype(np.int64))
 
 
@@ -53,8 +62,10 @@ def tokenizer_vocab(config) -> int:
 
 def layers_shape(m, batch_size: int, seq_len: int) -> str:
   """A model config's num_layers, hidden_size, num_heads, intermediate_size and vocab_size, and the batch."""
-  return (f"L{m.num_layers} H{m.hidden_size} A{m.num_heads} I{m.intermediate_size} vocab {m.vocab_size}, "
-          f"batch {batch_size} x seq {seq_len}")
+  return (
+    f"L{m.num_layers} H{m.hidden_size} A{m.num_heads} I{m.intermediate_size} vocab {m.vocab_size}, "
+    f"batch {batch_size} x seq {seq_len}"
+  )
 
 
 def ffn_dims(task) -> tuple[int, int]:
@@ -73,7 +84,9 @@ def reference_notes(config) -> list[str]:
   notes = list(batches.family_reference(task.name).notes(task))
   name = config.optimizer.name
   if name != "adamw":
-    notes.append(f"the project's step updates with its config's optimizer ({name}); HF's with torch AdamW.")
+    notes.append(
+      f"the project's step updates with its config's optimizer ({name}); HF's with torch AdamW."
+    )
   return notes
 
 
@@ -81,6 +94,7 @@ def hf_case(config, autocast: bool, *, steps: int = 5, max_seconds: float = floa
   """The HF torch model of the task's family + torch AdamW, identical shape: one training step."""
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
+
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
   task = batches.bench_task(config)
@@ -89,8 +103,13 @@ def hf_case(config, autocast: bool, *, steps: int = 5, max_seconds: float = floa
   model, inputs = ref.build(transformers, task, batches.task_batch(task, batch_size))
   model.train()
   opt_cfg = config.optimizer
-  optimizer = torch.optim.AdamW(model.parameters(), lr=opt_cfg.learning_rate, betas=(opt_cfg.b1, opt_cfg.b2),
-                                eps=opt_cfg.eps, weight_decay=opt_cfg.weight_decay)
+  optimizer = torch.optim.AdamW(
+    model.parameters(),
+    lr=opt_cfg.learning_rate,
+    betas=(opt_cfg.b1, opt_cfg.b2),
+    eps=opt_cfg.eps,
+    weight_decay=opt_cfg.weight_decay,
+  )
   clip = float(opt_cfg.grad_clip_norm or 0.0)
 
   def run(n):
@@ -109,9 +128,12 @@ def hf_case(config, autocast: bool, *, steps: int = 5, max_seconds: float = floa
     flops = ref.flops_per_example(task) * batch_size
     peak = metrics_lib.peak_flops_per_device(config.metrics)
     row = throughput("hf_torch", dtype, timing, batch_size * task.tokens_per_example, flops, peak)
-    row.update(model=type(model).__name__, flops_per_example=ref.flops_per_example(task),
-               num_params=sum(p.numel() for p in model.parameters()),
-               attn_implementation=getattr(model.config, "_attn_implementation", None))
+    row.update(
+      model=type(model).__name__,
+      flops_per_example=ref.flops_per_example(task),
+      num_params=sum(p.numel() for p in model.parameters()),
+      attn_implementation=getattr(model.config, "_attn_implementation", None),
+    )
     return row
 
   # No compilation to warm up: one step allocates the optimizer state.

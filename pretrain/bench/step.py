@@ -33,6 +33,7 @@ projects every position onto the vocabulary (labels -100 elsewhere); HF's
 TFLOP/s column counts that dense work. `notes` in the results lists each
 difference of this kind between the two steps.
 """
+
 import os
 from typing import Any, Callable
 
@@ -86,21 +87,43 @@ def project_case(config, dtype: str, *, steps: int = 5, warmup: int = 2) -> Case
     flops = task.train_flops_per_example() * batch_size
     peak = metrics_lib.peak_flops_per_device(config.metrics) * mesh.size
     row = throughput("project", dtype, timing, batch_size * task.tokens_per_example, flops, peak)
-    row.update(compile_seconds=compile_seconds, num_params=fns.num_params, devices=mesh.size,
-               flops_per_example=task.train_flops_per_example())
+    row.update(
+      compile_seconds=compile_seconds,
+      num_params=fns.num_params,
+      devices=mesh.size,
+      flops_per_example=task.train_flops_per_example(),
+    )
     return row
 
-  return Case(f"project {dtype}", run, report, steps=steps, warmup=warmup,
-              context=lambda: (task, model, tx, mesh, state.params, batch))
+  return Case(
+    f"project {dtype}",
+    run,
+    report,
+    steps=steps,
+    warmup=warmup,
+    context=lambda: (task, model, tx, mesh, state.params, batch),
+  )
 
 
 # --- running it all ----------------------------------------------------------------
 
 
-def run_benchmark(config, *, dtypes=("float32", "bfloat16"), reference: str = "auto", steps: int = 5,
-                  windows: int = 3, warmup: int = 2, matmul: bool = True, data: bool = False,
-                  breakdown_parts: bool = False, profile_ops: int = 0, reference_max_seconds: float = 180.0,
-                  reference_dtypes=HF_DTYPES, log: Callable[[str], None] = lambda s: None) -> dict:
+def run_benchmark(
+  config,
+  *,
+  dtypes=("float32", "bfloat16"),
+  reference: str = "auto",
+  steps: int = 5,
+  windows: int = 3,
+  warmup: int = 2,
+  matmul: bool = True,
+  data: bool = False,
+  breakdown_parts: bool = False,
+  profile_ops: int = 0,
+  reference_max_seconds: float = 180.0,
+  reference_dtypes=HF_DTYPES,
+  log: Callable[[str], None] = lambda s: None,
+) -> dict:
   """Every measurement the flags ask for, as one JSON-able dict."""
   if reference not in ("auto", "hf", "none"):
     raise PretrainError(f"reference={reference!r}: expected 'auto', 'hf' or 'none'")
@@ -110,11 +133,14 @@ def run_benchmark(config, *, dtypes=("float32", "bfloat16"), reference: str = "a
   reference_lib.check_dtypes(reference_dtypes)
   device = jax.devices()[0]
   results: dict[str, Any] = {
-      "model": describe_model(config),
-      **common.environment(f"{jax.device_count()} x {device.device_kind} ({device.platform}), "
-                           f"{os.cpu_count()} CPU cores", hf=True),
-      "windows": windows,
-      "notes": reference_lib.reference_notes(config) if use_hf else [],
+    "model": describe_model(config),
+    **common.environment(
+      f"{jax.device_count()} x {device.device_kind} ({device.platform}), "
+      f"{os.cpu_count()} CPU cores",
+      hf=True,
+    ),
+    "windows": windows,
+    "notes": reference_lib.reference_notes(config) if use_hf else [],
   }
   project, matmuls, hf = [], [], []
   for dtype in dtypes:
@@ -125,17 +151,23 @@ def run_benchmark(config, *, dtypes=("float32", "bfloat16"), reference: str = "a
   if use_hf:
     for hf_dtype in reference_dtypes:
       autocast = hf_dtype == "bf16-autocast"
-      hf.append(reference_lib.hf_case(config, autocast, steps=steps, max_seconds=reference_max_seconds))
+      hf.append(
+        reference_lib.hf_case(config, autocast, steps=steps, max_seconds=reference_max_seconds)
+      )
       if matmul:
         matmuls += [torch_matmul_case(shape, autocast) for shape in matmul_shapes(config)]
   log(f"timing {len(project + hf + matmuls)} cases, {windows} windows each, round robin ...")
   rows = run_cases(project + hf + matmuls, windows)
-  results["project"] = rows[:len(project)]
-  results["hf"] = rows[len(project):len(project) + len(hf)]
-  results["matmul"] = rows[len(project) + len(hf):]
+  results["project"] = rows[: len(project)]
+  results["hf"] = rows[len(project) : len(project) + len(hf)]
+  results["matmul"] = rows[len(project) + len(hf) :]
 
   for r in results["project"]:
-    same = [m["flops_per_sec"] for m in results["matmul"] if m["engine"] == "jax" and m["dtype"] == r["dtype"]]
+    same = [
+      m["flops_per_sec"]
+      for m in results["matmul"]
+      if m["engine"] == "jax" and m["dtype"] == r["dtype"]
+    ]
     if same:
       r["of_matmul_peak"] = r["tflops_per_sec"] * 1e12 / (max(same) * jax.device_count())
   results["ratios"] = {}
@@ -144,7 +176,9 @@ def run_benchmark(config, *, dtypes=("float32", "bfloat16"), reference: str = "a
     for hf_dtype, tokens in hf_tokens.items():
       if r["dtype"] == "float32" and hf_dtype != "float32":
         continue  # float32 is compared with float32 only.
-      results["ratios"][f"project {r['dtype']} / HF torch {hf_dtype}"] = r["tokens_per_sec"] / tokens
+      results["ratios"][f"project {r['dtype']} / HF torch {hf_dtype}"] = (
+        r["tokens_per_sec"] / tokens
+      )
   if breakdown_parts:
     for case, r in zip(project, results["project"]):
       log(f"timing the parts of the {r['dtype']} step ...")
@@ -162,15 +196,19 @@ def run_benchmark(config, *, dtypes=("float32", "bfloat16"), reference: str = "a
 def format_table(results: dict) -> str:
   """The results as a readable plain-text table."""
   lines = [results["model"], common.environment_line(results), ""]
-  header = (f"{'':26}{'tokens/s':>10}{'step ms':>9}{'windows min-max':>17}{'TFLOP/s':>9}{'MFU':>7}"
-            f"{'of matmul peak':>16}")
+  header = (
+    f"{'':26}{'tokens/s':>10}{'step ms':>9}{'windows min-max':>17}{'TFLOP/s':>9}{'MFU':>7}"
+    f"{'of matmul peak':>16}"
+  )
   lines += [header, "-" * len(header)]
   for r in results["project"] + results["hf"]:
     name = f"{'project' if r['name'] == 'project' else 'HF torch'} {r['dtype']}"
     of_peak = f"{r['of_matmul_peak']:.1%}" if "of_matmul_peak" in r else "-"
     spread = f"{min(r['window_step_seconds']) * 1e3:.0f}-{max(r['window_step_seconds']) * 1e3:.0f}"
-    lines.append(f"{name:26}{r['tokens_per_sec']:>10,.0f}{r['step_seconds'] * 1e3:>9.1f}{spread:>17}"
-                 f"{r['tflops_per_sec']:>9.4f}{r['mfu']:>7.1%}{of_peak:>16}")
+    lines.append(
+      f"{name:26}{r['tokens_per_sec']:>10,.0f}{r['step_seconds'] * 1e3:>9.1f}{spread:>17}"
+      f"{r['tflops_per_sec']:>9.4f}{r['mfu']:>7.1%}{of_peak:>16}"
+    )
   if results["project"]:
     peak = results["project"][0]["peak_flops"]
     hf_model = f"; HF torch is {results['hf'][0]['model']}" if results["hf"] else ""
@@ -191,50 +229,85 @@ def format_table(results: dict) -> str:
   for r in results["project"]:
     if "breakdown_ms" in r:
       lines.append("")
-      lines.append(f"project {r['dtype']} breakdown (ms, each part jitted alone): " +
-                   ", ".join(f"{k} {v:.1f}" for k, v in r["breakdown_ms"].items()) +
-                   f"; full step {r['step_seconds'] * 1e3:.1f}")
+      lines.append(
+        f"project {r['dtype']} breakdown (ms, each part jitted alone): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in r["breakdown_ms"].items())
+        + f"; full step {r['step_seconds'] * 1e3:.1f}"
+      )
   for r in results["project"]:
     if "top_ops" in r:
-      lines += ["", f"project {r['dtype']} forward+backward, slowest XLA ops (ms per step, share of the step):"]
-      lines += [f"  {o['ms']:8.1f} {o['share']:6.1%}  {o['op']:32} {o['from']}" for o in r["top_ops"]]
+      lines += [
+        "",
+        f"project {r['dtype']} forward+backward, slowest XLA ops (ms per step, share of the step):",
+      ]
+      lines += [
+        f"  {o['ms']:8.1f} {o['share']:6.1%}  {o['op']:32} {o['from']}" for o in r["top_ops"]
+      ]
   if "data" in results:
     d = results["data"]
-    lines += ["", f"input pipeline (batch {d['batch_size']}, examples/s): "
-              f"BertExamples.batch 1 thread {d['bert_examples_per_sec']:,.0f}; "
-              f"BatchStream {d['batch_stream_threads']} threads {d['batch_stream_per_sec']:,.0f}" +
-              (f"; HF DataCollatorForLanguageModeling {d['hf_collator_per_sec']:,.0f}"
-               if "hf_collator_per_sec" in d else "")]
+    lines += [
+      "",
+      f"input pipeline (batch {d['batch_size']}, examples/s): "
+      f"BertExamples.batch 1 thread {d['bert_examples_per_sec']:,.0f}; "
+      f"BatchStream {d['batch_stream_threads']} threads {d['batch_stream_per_sec']:,.0f}"
+      + (
+        f"; HF DataCollatorForLanguageModeling {d['hf_collator_per_sec']:,.0f}"
+        if "hf_collator_per_sec" in d
+        else ""
+      ),
+    ]
   return "\n".join(lines)
 
 
 def define_flags() -> None:
   """CLI flags; defined only when run as a program so importing this module defines none."""
-  config_flags.DEFINE_config_file("config", "configs/bert_tiny.py", "Config file.", lock_config=True)
+  config_flags.DEFINE_config_file(
+    "config", "configs/bert_tiny.py", "Config file.", lock_config=True
+  )
   flags.DEFINE_integer("steps", 5, "Timed steps per window.")
   flags.DEFINE_integer("windows", 3, "Timing windows; the median window is reported.")
   flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
   flags.DEFINE_list("dtypes", ["float32", "bfloat16"], "Compute dtypes of the project's step.")
-  flags.DEFINE_enum("reference", "auto", ["auto", "hf", "none"],
-                    "HF torch reference; auto = when torch and transformers import.")
+  flags.DEFINE_enum(
+    "reference",
+    "auto",
+    ["auto", "hf", "none"],
+    "HF torch reference; auto = when torch and transformers import.",
+  )
   flags.DEFINE_float(
-      "reference_max_seconds", 180.0, "Stop timing a reference after this long (at least one window).")
+    "reference_max_seconds", 180.0, "Stop timing a reference after this long (at least one window)."
+  )
   flags.DEFINE_list("reference_dtypes", list(HF_DTYPES), "HF torch modes to time.")
   flags.DEFINE_bool("matmul", True, "Measure the matmul peak of each dtype.")
-  flags.DEFINE_bool("data", False,
-                    "Benchmark the input pipeline too (over the token store; a small corpus is prepared first).")
+  flags.DEFINE_bool(
+    "data",
+    False,
+    "Benchmark the input pipeline too (over the token store; a small corpus is prepared first).",
+  )
   flags.DEFINE_bool("breakdown", False, "Time forward, backward and the optimizer update alone.")
-  flags.DEFINE_integer("profile_ops", 0, "List the N slowest XLA ops of forward+backward (jax.profiler).")
+  flags.DEFINE_integer(
+    "profile_ops", 0, "List the N slowest XLA ops of forward+backward (jax.profiler)."
+  )
   flags.DEFINE_string("json_out", "", "Also write the results here as JSON.")
 
 
 def _measure() -> dict:
   FLAGS = flags.FLAGS  # pylint: disable=invalid-name
   return run_benchmark(
-      FLAGS.config, dtypes=tuple(FLAGS.dtypes), reference=FLAGS.reference, steps=FLAGS.steps,
-      windows=FLAGS.windows, warmup=FLAGS.warmup, matmul=FLAGS.matmul, data=FLAGS.data,
-      breakdown_parts=FLAGS.breakdown, profile_ops=FLAGS.profile_ops, reference_max_seconds=FLAGS.reference_max_seconds,
-      reference_dtypes=tuple(FLAGS.reference_dtypes), log=common.log)
+    FLAGS.config,
+    dtypes=tuple(FLAGS.dtypes),
+    reference=FLAGS.reference,
+    steps=FLAGS.steps,
+    windows=FLAGS.windows,
+    warmup=FLAGS.warmup,
+    matmul=FLAGS.matmul,
+    data=FLAGS.data,
+    breakdown_parts=FLAGS.breakdown,
+    profile_ops=FLAGS.profile_ops,
+    reference_max_seconds=FLAGS.reference_max_seconds,
+    reference_dtypes=tuple(FLAGS.reference_dtypes),
+    log=common.log,
+  )
 
 
 def main(argv):

@@ -1,4 +1,5 @@
 """The timing harness: cases warmed up, then timed window by window, round robin."""
+
 import dataclasses
 import math
 import statistics
@@ -11,6 +12,7 @@ from pretrain.errors import PretrainError
 @dataclasses.dataclass(frozen=True)
 class Timing:
   """Seconds per step of each timing window; the median window is the figure."""
+
   window_step_seconds: tuple[float, ...]
   steps_per_window: int
 
@@ -27,6 +29,7 @@ class Case:
   the steps per window follow from the warmup's pace instead of `steps`;
   `max_seconds` caps the timed seconds of a slow case (one window at least).
   """
+
   label: str
   run: Callable[[int], None]
   report: Callable[[Timing], dict]
@@ -49,10 +52,14 @@ def measure(cases: list[Case], windows: int = 3, pause: float = 0.25) -> list[Ti
   steps, spent, seconds = [], [0.0] * len(cases), [[] for _ in cases]
   for case in cases:
     if case.steps < 1 or case.warmup < 1:
-      raise PretrainError(f"{case.label}: steps={case.steps} and warmup={case.warmup} must be positive")
+      raise PretrainError(
+        f"{case.label}: steps={case.steps} and warmup={case.warmup} must be positive"
+      )
     t0 = time.perf_counter()
     case.run(case.warmup)
-    pace = (time.perf_counter() - t0) / case.warmup  # An overestimate: the first step is the slowest.
+    pace = (
+      time.perf_counter() - t0
+    ) / case.warmup  # An overestimate: the first step is the slowest.
     n = case.steps
     if case.window_seconds:
       n = int(min(max(case.window_seconds / pace, 1), 1000))
@@ -76,18 +83,20 @@ def run_cases(cases: list[Case], windows: int = 3) -> list[dict]:
   return [case.report(t) for case, t in zip(cases, measure(cases, windows))]
 
 
-def throughput(name: str, dtype: str, timing: Timing, tokens: int, flops: float, peak: float) -> dict:
+def throughput(
+  name: str, dtype: str, timing: Timing, tokens: int, flops: float, peak: float
+) -> dict:
   """The result row of a training step: `tokens` and model `flops` a step, against `peak` FLOP/s."""
   seconds = timing.step_seconds
   return {
-      "name": name,
-      "dtype": dtype,
-      "step_seconds": seconds,
-      "window_step_seconds": list(timing.window_step_seconds),
-      "steps_per_window": timing.steps_per_window,
-      "tokens_per_sec": tokens / seconds,
-      "tflops_per_sec": flops / seconds / 1e12,
-      "peak_flops": peak,
-      "mfu": flops / seconds / peak,
-      "flops_per_step": flops,
+    "name": name,
+    "dtype": dtype,
+    "step_seconds": seconds,
+    "window_step_seconds": list(timing.window_step_seconds),
+    "steps_per_window": timing.steps_per_window,
+    "tokens_per_sec": tokens / seconds,
+    "tflops_per_sec": flops / seconds / 1e12,
+    "peak_flops": peak,
+    "mfu": flops / seconds / peak,
+    "flops_per_step": flops,
   }

@@ -39,6 +39,7 @@ A family that returns a "tokenizer" section sets its vocab_size; else it is the 
 `tensors` is an hf_io.HfTensors: `take` checks each tensor's shape and what
 stays unused is an error.
 """
+
 import importlib
 import importlib.util
 import logging
@@ -66,7 +67,9 @@ def family(name: str, what: str):
   """The conversion module (`convert.py`) of a registered family that has one."""
   supported = [n for n in families.FAMILIES if _has_converter(n)]
   if name not in supported:
-    raise PretrainError(f"{what}={name!r} is not supported; supported: {', '.join(map(repr, supported))}")
+    raise PretrainError(
+      f"{what}={name!r} is not supported; supported: {', '.join(map(repr, supported))}"
+    )
   return families.family_part(name, "convert", what)
 
 
@@ -80,8 +83,10 @@ def _hf_family(hf_config: dict):
   module = family(model_type, "config.json model_type")
   archs = hf_config.get("architectures") or []
   if not isinstance(archs, list) or len(archs) != 1 or archs[0] not in module.ARCHITECTURES:
-    raise PretrainError(f"config.json architectures={archs!r} is not supported for model_type {model_type!r}; "
-                        f"supported: {', '.join(module.ARCHITECTURES)}")
+    raise PretrainError(
+      f"config.json architectures={archs!r} is not supported for model_type {model_type!r}; "
+      f"supported: {', '.join(module.ARCHITECTURES)}"
+    )
   return module
 
 
@@ -102,9 +107,12 @@ def _fill_fresh(params: dict, fresh: list[str], module, model: dict) -> dict:
   return dict(params, **{name: init[name] for name in fresh})
 
 
-def from_hf(hf_dir: str, out: str, *, allow_pickle: bool = False, scan_layers: bool = False) -> dict:
+def from_hf(
+  hf_dir: str, out: str, *, allow_pickle: bool = False, scan_layers: bool = False
+) -> dict:
   """Converts the HF folder `hf_dir` into the converted folder `out`; returns convert.json's contents."""
   from pretrain.convert import hf_io  # pylint: disable=import-outside-toplevel
+
   hf_io.check_out_dir(out)
   hf_config = hf_io.read_config(hf_dir)
   module = _hf_family(hf_config)
@@ -115,22 +123,26 @@ def from_hf(hf_dir: str, out: str, *, allow_pickle: bool = False, scan_layers: b
   unused = tensors.unused()
   if unused:
     more = f" (and {len(unused) - 1} more)" if len(unused) > 1 else ""
-    raise PretrainError(f"{hf_dir}: unexpected tensor {unused[0]}{more}: {hf_config['architectures'][0]} "
-                        "has no such weight")
+    raise PretrainError(
+      f"{hf_dir}: unexpected tensor {unused[0]}{more}: {hf_config['architectures'][0]} "
+      "has no such weight"
+    )
   params = _fill_fresh(params, fresh, module, model)
   checkpoints.check_shapes(params, module.abstract_params(model), hf_dir)
   if scan_layers:
     params = checkpoints.stack_layers(params, families.layer_stacks(hf_config["model_type"]))
     model["scan_layers"] = True
   source = {
-      "format": FORMAT,
-      "family": hf_config["model_type"],
-      "architecture": hf_config["architectures"][0],
-      "hf_dir": os.path.abspath(hf_dir),
-      "hf_config": hf_config,
-      "special_ids": {k: hf_config.get(k, getattr(module, "HF_DEFAULTS", {}).get(k)) for k in _SPECIAL_IDS},
-      "initialized_fresh": fresh,
-      "skipped_tensors": tensors.skipped(),  # Buffers, tied copies, weights the architecture does not use.
+    "format": FORMAT,
+    "family": hf_config["model_type"],
+    "architecture": hf_config["architectures"][0],
+    "hf_dir": os.path.abspath(hf_dir),
+    "hf_config": hf_config,
+    "special_ids": {
+      k: hf_config.get(k, getattr(module, "HF_DEFAULTS", {}).get(k)) for k in _SPECIAL_IDS
+    },
+    "initialized_fresh": fresh,
+    "skipped_tensors": tensors.skipped(),  # Buffers, tied copies, weights the architecture does not use.
   }
   config = _project_config(module, sections)
   tokenizer_files = _hf_tokenizer(hf_dir, config)
@@ -149,10 +161,15 @@ def _hf_tokenizer(hf_dir: str, config: dict) -> list[str]:
   train with (size, missing special tokens) is refused before anything is written.
   """
   from pretrain.data import hf_tokenizer  # pylint: disable=import-outside-toplevel
+
   names = [n for n in hf_tokenizer.FILES if os.path.isfile(os.path.join(hf_dir, n))][:1]
   if not names:
-    _logger.warning("%s has no %s: the converted config trains with a new sentencepiece vocabulary of the "
-                    "model's size", hf_dir, " or ".join(hf_tokenizer.FILES))
+    _logger.warning(
+      "%s has no %s: the converted config trains with a new sentencepiece vocabulary of the "
+      "model's size",
+      hf_dir,
+      " or ".join(hf_tokenizer.FILES),
+    )
     return []
   tok = hf_tokenizer.HfTokenizer(os.path.join(hf_dir, names[0]))
   config["tokenizer"].update(path=names[0], vocab_size=tok.vocab_size)
@@ -171,7 +188,10 @@ def _special_ids(source: dict, config: dict) -> dict:
   if source.get("special_ids"):
     return dict(source["special_ids"])
   ids = (config.get("_tokenizer") or {}).get("special_ids") or {
-      "pad": special_tokens.PAD_ID, "cls": special_tokens.CLS_ID, "eos": special_tokens.SEP_ID}
+    "pad": special_tokens.PAD_ID,
+    "cls": special_tokens.CLS_ID,
+    "eos": special_tokens.SEP_ID,
+  }
   bos = ids.get("cls", ids.get("eos"))
   return {"pad_token_id": ids.get("pad"), "bos_token_id": bos, "eos_token_id": ids.get("eos")}
 
@@ -182,7 +202,9 @@ def _model_section(config: dict, module) -> dict:
     raise PretrainError("the checkpoint's config has no model section")
   if not model.get("vocab_size"):  # 0: follows the tokenizer recorded with the checkpoint.
     vocab = (config.get("_tokenizer") or {}).get("vocab_size") or config["tokenizer"]["vocab_size"]
-    model["vocab_size"] = module.model_vocab_size(config, vocab) if hasattr(module, "model_vocab_size") else vocab
+    model["vocab_size"] = (
+      module.model_vocab_size(config, vocab) if hasattr(module, "model_vocab_size") else vocab
+    )
   return module.complete_model(model)  # A training config may leave fields at the model's defaults.
 
 
@@ -192,6 +214,7 @@ def to_hf(ckpt: str, out: str, *, step: int | None = None) -> dict:
   Returns the written config.json's contents.
   """
   from pretrain.convert import hf_io  # pylint: disable=import-outside-toplevel
+
   hf_io.check_out_dir(out)
   directory, key, config, source = checkpoints.locate(ckpt, step)
   module = family((config.get("task") or {}).get("name"), "the checkpoint's task.name")
@@ -202,7 +225,9 @@ def to_hf(ckpt: str, out: str, *, step: int | None = None) -> dict:
     params = checkpoints.unstack_layers(params, stacks)
   model.update(scan_layers=False, remat_policy="none")
   checkpoints.check_shapes(params, module.abstract_params(model), ckpt)
-  hf_config, tensors = module.params_to_hf(params, model, _special_ids(source, config), source.get("hf_config"))
+  hf_config, tensors = module.params_to_hf(
+    params, model, _special_ids(source, config), source.get("hf_config")
+  )
   with hf_io.staged_dir(out) as tmp:
     hf_io.write_hf_dir(tmp, hf_config, tensors)
   return hf_config
@@ -214,8 +239,9 @@ def load_config(path: str) -> ml_collections.ConfigDict:
   A relative tokenizer.path is the tokenizer copied into the folder (in a
   folder at a URL, a URL too, which a run cannot open: tokenizer files are local).
   """
-  config = ml_collections.ConfigDict(checkpoints.read_json(os.path.join(path, checkpoints.CONFIG),
-                                                           "converted model config"))
+  config = ml_collections.ConfigDict(
+    checkpoints.read_json(os.path.join(path, checkpoints.CONFIG), "converted model config")
+  )
   tok_path = config.tokenizer.get("path", "")
   if tok_path and not os.path.isabs(tok_path):
     config.tokenizer.path = os.path.join(checkpoints.folder(path), tok_path)

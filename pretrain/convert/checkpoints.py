@@ -17,6 +17,7 @@ orbax's own GCS support), so a run can start from a converted folder copied to
 a bucket or from another run's gs:// workdir (`load_params`, all that a train
 loop's init_from needs). They are written locally only.
 """
+
 import json
 import os
 import re
@@ -110,6 +111,7 @@ def read_json(path: str, what: str) -> dict:
   """hf_io.read_json, of a local file or a URL."""
   if not paths.is_remote(path):
     from pretrain.convert import hf_io  # pylint: disable=import-outside-toplevel  # safetensors: not for init_from.
+
     return hf_io.read_json(path, what)
   try:
     text = epath.Path(path).read_text(encoding="utf-8")
@@ -128,16 +130,23 @@ def read_json(path: str, what: str) -> dict:
 
 def _step_dir(path: str, step: int | None) -> str:
   """The step folder of a training workdir (or of its checkpoints/ folder): `step`, or the newest."""
-  directory = os.path.join(path, "checkpoints") if _isdir(os.path.join(path, "checkpoints")) else path
-  steps = sorted(int(n) for n in _listdir(directory)
-                 if n.isdigit() and _is_step(os.path.join(directory, n)))
+  directory = (
+    os.path.join(path, "checkpoints") if _isdir(os.path.join(path, "checkpoints")) else path
+  )
+  steps = sorted(
+    int(n) for n in _listdir(directory) if n.isdigit() and _is_step(os.path.join(directory, n))
+  )
   if not steps:
-    raise PretrainError(f"{path} holds no checkpoint: expected a converted folder ({PARAMS}/, {CONFIG}) "
-                        "or a training workdir (checkpoints/<step>/state)")
+    raise PretrainError(
+      f"{path} holds no checkpoint: expected a converted folder ({PARAMS}/, {CONFIG}) "
+      "or a training workdir (checkpoints/<step>/state)"
+    )
   if step is None:
     return os.path.join(directory, str(steps[-1]))
   if step not in steps:
-    raise PretrainError(f"{path} has no checkpoint of step {step}; it has steps {', '.join(map(str, steps))}")
+    raise PretrainError(
+      f"{path} has no checkpoint of step {step}; it has steps {', '.join(map(str, steps))}"
+    )
   return os.path.join(directory, str(step))
 
 
@@ -165,7 +174,9 @@ def locate(path: str, step: int | None = None) -> tuple[str, str | None, dict, d
   try:
     config = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(os.path.join(step_dir, "config"))
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many types for a bad folder.
-    raise PretrainError(f"cannot read the config of checkpoint {step_dir}: {type(e).__name__}: {e}") from None
+    raise PretrainError(
+      f"cannot read the config of checkpoint {step_dir}: {type(e).__name__}: {e}"
+    ) from None
   return os.path.join(step_dir, "state"), "params", config, {}
 
 
@@ -174,7 +185,9 @@ def stored_tree(directory: str, key: str | None):
   try:
     tree = ocp.PyTreeCheckpointHandler().metadata(epath.Path(directory)).tree
   except Exception as e:  # pylint: disable=broad-except
-    raise PretrainError(f"cannot read the checkpoint in {directory}: {type(e).__name__}: {e}") from None
+    raise PretrainError(
+      f"cannot read the checkpoint in {directory}: {type(e).__name__}: {e}"
+    ) from None
   if key is not None:
     if key not in tree:
       raise PretrainError(f"the checkpoint in {directory} has no {key!r}")
@@ -186,8 +199,10 @@ def _restore(directory: str, key: str | None, item, restore_args):
   if key is not None:
     item, restore_args = {key: item}, {key: restore_args}
   try:
-    out = ocp.PyTreeCheckpointer().restore(directory, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
+    out = ocp.PyTreeCheckpointer().restore(
+      directory,
+      args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True),
+    )
   except Exception as e:  # pylint: disable=broad-except
     raise PretrainError(f"cannot read the params in {directory}: {type(e).__name__}: {e}") from None
   return out[key] if key is not None else out
@@ -197,7 +212,9 @@ def read_numpy(directory: str, key: str | None) -> dict:
   """The params as numpy arrays on the host, in the layout stored."""
   tree = stored_tree(directory, key)
   item = jax.tree.map(lambda _: 0, tree)
-  return _restore(directory, key, item, jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item))
+  return _restore(
+    directory, key, item, jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), item)
+  )
 
 
 def read_into(directory: str, key: str | None, target) -> Any:
@@ -218,7 +235,9 @@ def is_scanned(params, stacks: dict[str, str] | None = None) -> bool:
   stacks = _stacks(stacks)
   if not isinstance(params, dict):
     return False
-  return bool(set(stacks.values()) & set(params)) or any(is_scanned(v, stacks) for v in params.values())
+  return bool(set(stacks.values()) & set(params)) or any(
+    is_scanned(v, stacks) for v in params.values()
+  )
 
 
 def unstack_layers(params, stacks: dict[str, str] | None = None):
@@ -247,7 +266,9 @@ def stack_layers(params, stacks: dict[str, str] | None = None):
   for prefix, stacked in stacks.items():
     n = sum(1 for k in params if layer.match(k) and layer.match(k).group(1) == prefix)
     if n:
-      out[stacked] = jax.tree.map(lambda *xs: np.stack(xs), *(params[f"{prefix}_{i}"] for i in range(n)))
+      out[stacked] = jax.tree.map(
+        lambda *xs: np.stack(xs), *(params[f"{prefix}_{i}"] for i in range(n))
+      )
   return out
 
 
@@ -269,14 +290,20 @@ def check_shapes(actual: dict, expected: dict, what: str) -> None:
   a, e = flatten(actual), flatten(expected)
   missing, extra = sorted(set(e) - set(a)), sorted(set(a) - set(e))
   if missing:
-    raise PretrainError(f"{what}: param {missing[0]} is missing" + (f" (and {len(missing) - 1} more)" if
-                                                                    len(missing) > 1 else ""))
+    raise PretrainError(
+      f"{what}: param {missing[0]} is missing"
+      + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+    )
   if extra:
-    raise PretrainError(f"{what}: unexpected param {extra[0]}" + (f" (and {len(extra) - 1} more)" if
-                                                                  len(extra) > 1 else ""))
+    raise PretrainError(
+      f"{what}: unexpected param {extra[0]}"
+      + (f" (and {len(extra) - 1} more)" if len(extra) > 1 else "")
+    )
   for name in sorted(e):
     if _shape(a[name]) != _shape(e[name]):
-      raise PretrainError(f"{what}: param {name} has shape {_shape(a[name])} but the model's is {_shape(e[name])}")
+      raise PretrainError(
+        f"{what}: param {name} has shape {_shape(a[name])} but the model's is {_shape(e[name])}"
+      )
 
 
 def family_stacks(config: dict) -> dict[str, str] | None:
@@ -305,6 +332,10 @@ def load_params(path: str, target: Any = None, *, step: int | None = None):
     check_shapes(stored, target, path)
     return read_into(directory, key, target)
   params = read_numpy(directory, key)
-  params = stack_layers(params, stacks) if is_scanned(target, stacks) else unstack_layers(params, stacks)
+  params = (
+    stack_layers(params, stacks) if is_scanned(target, stacks) else unstack_layers(params, stacks)
+  )
   check_shapes(params, target, path)
-  return jax.tree.map(lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), params, target)
+  return jax.tree.map(
+    lambda x, t: jax.device_put(np.asarray(x, t.dtype), t.sharding), params, target
+  )

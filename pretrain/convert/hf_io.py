@@ -6,6 +6,7 @@ named by `model.safetensors.index.json`). A folder with only
 with `torch.load(weights_only=True)`. Floating-point tensors come back as
 float32 numpy arrays.
 """
+
 import contextlib
 import json
 import os
@@ -69,13 +70,16 @@ def _read_safetensors(paths: list[str]) -> dict[str, np.ndarray]:
 
 def _read_pickle(path: str) -> dict[str, np.ndarray]:
   import torch  # pylint: disable=import-outside-toplevel  # Only for --allow_pickle.
+
   try:
     state = torch.load(path, map_location="cpu", weights_only=True)
   except Exception as e:  # pylint: disable=broad-except  # Unpickling errors have many types.
     raise PretrainError(f"cannot read {path} with torch.load(weights_only=True): {e}") from None
   if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
     raise PretrainError(f"{path} does not hold a state dict of tensors")
-  return {k: _as_float32((v.float() if v.is_floating_point() else v).numpy()) for k, v in state.items()}
+  return {
+    k: _as_float32((v.float() if v.is_floating_point() else v).numpy()) for k, v in state.items()
+  }
 
 
 def read_tensors(hf_dir: str, allow_pickle: bool = False) -> dict[str, np.ndarray]:
@@ -93,10 +97,13 @@ def read_tensors(hf_dir: str, allow_pickle: bool = False) -> dict[str, np.ndarra
   if os.path.isfile(pickle):
     if not allow_pickle:
       raise PretrainError(
-          f"{hf_dir} has no {SAFETENSORS}, only {PICKLE} (a pickle, which can run code when loaded); "
-          "pass --allow_pickle to read it with torch.load(weights_only=True), or convert it to safetensors")
+        f"{hf_dir} has no {SAFETENSORS}, only {PICKLE} (a pickle, which can run code when loaded); "
+        "pass --allow_pickle to read it with torch.load(weights_only=True), or convert it to safetensors"
+      )
     return _read_pickle(pickle)
-  raise PretrainError(f"{hf_dir} has no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE}")
+  raise PretrainError(
+    f"{hf_dir} has no weights: expected {SAFETENSORS}, {SAFETENSORS_INDEX} or {PICKLE}"
+  )
 
 
 def write_hf_dir(directory: str, config: dict, tensors: dict[str, np.ndarray]) -> None:
@@ -111,10 +118,14 @@ def write_hf_dir(directory: str, config: dict, tensors: dict[str, np.ndarray]) -
 def check_out_dir(out: str) -> None:
   """`out` must not exist yet, or be an empty directory."""
   if paths.is_remote(out):  # os.path would take a URL for a local folder named "gs:".
-    raise PretrainError(f"--out {out} is a URL: only local output folders are supported; write locally, then "
-                        "copy the folder (e.g. gsutil cp -r)")
+    raise PretrainError(
+      f"--out {out} is a URL: only local output folders are supported; write locally, then "
+      "copy the folder (e.g. gsutil cp -r)"
+    )
   if os.path.exists(out) and not (os.path.isdir(out) and not os.listdir(out)):
-    raise PretrainError(f"--out {out} already exists and is not an empty directory; choose a new one")
+    raise PretrainError(
+      f"--out {out} already exists and is not an empty directory; choose a new one"
+    )
 
 
 @contextlib.contextmanager
@@ -161,10 +172,14 @@ class HfTensors:
       raise PretrainError(f"{self.source}: tensor {name} is missing")
     x = self._tensors[name]
     if tuple(x.shape) != tuple(shape):
-      raise PretrainError(f"{self.source}: tensor {name} has shape {tuple(x.shape)} but config.json "
-                          f"({implied_by}) implies {tuple(shape)}")
+      raise PretrainError(
+        f"{self.source}: tensor {name} has shape {tuple(x.shape)} but config.json "
+        f"({implied_by}) implies {tuple(shape)}"
+      )
     if x.dtype != np.float32:
-      raise PretrainError(f"{self.source}: tensor {name} has dtype {x.dtype}, expected floating point")
+      raise PretrainError(
+        f"{self.source}: tensor {name} has dtype {x.dtype}, expected floating point"
+      )
     self._used.add(name)
     return x
 

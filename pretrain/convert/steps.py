@@ -1,4 +1,5 @@
 """Steps that several families' convert.py take alike (see pretrain/convert/__init__.py for the interface)."""
+
 import re
 
 import numpy as np
@@ -26,7 +27,9 @@ def check_layer_count(t: HfTensors, layer: str, num_layers: int, field: str) -> 
   for name in t.names():
     m = pattern.match(name)
     if m and int(m.group(1)) >= num_layers:
-      raise PretrainError(f"{t.source}: tensor {name} is layer {m.group(1)} but config.json {field}={num_layers}")
+      raise PretrainError(
+        f"{t.source}: tensor {name} is layer {m.group(1)} but config.json {field}={num_layers}"
+      )
 
 
 def skip_tied(t: HfTensors, name: str, value: np.ndarray, source: str, why: str) -> None:

@@ -6,6 +6,7 @@ lines (one document per line in a text field). Files are local or gs://, plain o
 streamed. For preparation in parallel, plan_units cuts the corpus into input units (byte ranges,
 from file sizes alone) that read_unit reads one at a time: no process holds more than a unit's text.
 """
+
 import dataclasses
 import hashlib
 import math
@@ -24,8 +25,11 @@ SOURCES = ("embedded", "text", "jsonl")
 
 def _whole_files(files: list[str], source: str, field: str, stats: dict) -> list[list[str]]:
   cfg = types.SimpleNamespace(source=source, field=field)
-  return [doc for path in files
-          for doc in text_files.read_range(path, 0, math.inf, cfg, stats, None, hash_bytes=False)]
+  return [
+    doc
+    for path in files
+    for doc in text_files.read_range(path, 0, math.inf, cfg, stats, None, hash_bytes=False)
+  ]
 
 
 def read_text_files(patterns: str | Sequence[str]) -> tuple[list[list[str]], dict]:
@@ -49,9 +53,10 @@ def read_jsonl(patterns: str | Sequence[str], text_field: str) -> tuple[list[lis
   docs = _whole_files(files, "jsonl", text_field, stats)
   if not docs:
     raise PretrainError(
-        f"jsonl files {files} hold no usable text in field {text_field!r} "
-        f"({stats['bad_lines']} bad line(s), {stats['undecodable_lines']} undecodable line(s); "
-        "set data.text_field)")
+      f"jsonl files {files} hold no usable text in field {text_field!r} "
+      f"({stats['bad_lines']} bad line(s), {stats['undecodable_lines']} undecodable line(s); "
+      "set data.text_field)"
+    )
   return docs, stats
 
 
@@ -66,11 +71,15 @@ def _doc_hash(doc: list[str]) -> str:
   return hashlib.sha256("\n".join(doc).encode("utf-8")).hexdigest()
 
 
-def split_heldout(docs: list[list[str]], heldout_fraction: float) -> tuple[list[list[str]], list[list[str]]]:
+def split_heldout(
+  docs: list[list[str]], heldout_fraction: float
+) -> tuple[list[list[str]], list[list[str]]]:
   """Splits by a hash of each document's text: stable across runs, machines and order."""
   if len(docs) < 2:
-    raise PretrainError(f"the corpus has {len(docs)} document(s); at least 2 are needed "
-                        "(one for training, one held out)")
+    raise PretrainError(
+      f"the corpus has {len(docs)} document(s); at least 2 are needed "
+      "(one for training, one held out)"
+    )
   hashes = [_doc_hash(doc) for doc in docs]
   threshold = heldout_fraction * 10_000
   held = [int(h[:8], 16) % 10_000 < threshold for h in hashes]
@@ -87,9 +96,9 @@ def split_heldout(docs: list[list[str]], heldout_fraction: float) -> tuple[list[
 
 def _split_stats(prefix: str, docs: list[list[str]]) -> dict:
   return {
-      f"{prefix}_num_docs": len(docs),
-      f"{prefix}_num_sentences": sum(len(d) for d in docs),
-      f"{prefix}_num_chars": sum(len(s) for d in docs for s in d),
+    f"{prefix}_num_docs": len(docs),
+    f"{prefix}_num_sentences": sum(len(d) for d in docs),
+    f"{prefix}_num_chars": sum(len(s) for d in docs for s in d),
   }
 
 
@@ -117,7 +126,12 @@ def load_corpus(data_cfg: Any) -> Corpus:
       raise PretrainError("data.text_field is empty; set it to the jsonl field holding the text")
     docs, stats = read_jsonl(config_lib.field(data_cfg, "paths", ""), field)
   train, heldout = split_heldout(docs, float(fraction))
-  stats = {"source": source, **stats, **_split_stats("train", train), **_split_stats("heldout", heldout)}
+  stats = {
+    "source": source,
+    **stats,
+    **_split_stats("train", train),
+    **_split_stats("heldout", heldout),
+  }
   return Corpus(train=train, heldout=heldout, stats=stats)
 
 
@@ -138,6 +152,7 @@ def corpus_fingerprint(data_cfg: Any) -> str:
     for path, size in text_files.resolve_sources(config_lib.field(data_cfg, "paths", ""), source):
       if text_files.is_url(path):
         from etils import epath  # pylint: disable=g-import-not-at-top
+
         with text_files.read_errors(path):
           h.update(f"\0{path}\0{size}\0{epath.Path(path).stat().mtime}".encode())
       else:
@@ -152,9 +167,12 @@ def corpus_fingerprint(data_cfg: Any) -> str:
 @dataclasses.dataclass(frozen=True)
 class InputUnit:
   """A piece of the corpus that one worker reads: byte ranges of files, in corpus order."""
+
   index: int
   source: str  # 'embedded' | 'text' | 'jsonl'
-  ranges: tuple[tuple[str, int, int], ...]  # (path or gs:// URL, start byte, end byte); () for embedded.
+  ranges: tuple[
+    tuple[str, int, int], ...
+  ]  # (path or gs:// URL, start byte, end byte); () for embedded.
 
   @property
   def num_bytes(self) -> int:
@@ -169,9 +187,13 @@ class InputUnit:
       ranges = tuple((str(p), int(a), int(b)) for p, a, b in d["ranges"])
       unit = cls(int(d["index"]), str(d["source"]), ranges)
     except (KeyError, TypeError, ValueError) as e:
-      raise PretrainError(f"input unit {d!r} is malformed ({e!r}); it needs index, source and ranges") from e
+      raise PretrainError(
+        f"input unit {d!r} is malformed ({e!r}); it needs index, source and ranges"
+      ) from e
     if unit.source not in SOURCES:
-      raise PretrainError(f"input unit {unit.index} has source {unit.source!r}; allowed: {', '.join(SOURCES)}")
+      raise PretrainError(
+        f"input unit {unit.index} has source {unit.source!r}; allowed: {', '.join(SOURCES)}"
+      )
     return unit
 
 
@@ -198,16 +220,21 @@ def plan_units(data_cfg: Any, unit_bytes: int = 64 << 20) -> tuple[list[InputUni
         total = 0
       groups[-1].append((path, a, b))
       total += b - a
-  return ([InputUnit(i, source, tuple(g)) for i, g in enumerate(groups)],
-          [{"path": p, "size": s} for p, s in files])
+  return (
+    [InputUnit(i, source, tuple(g)) for i, g in enumerate(groups)],
+    [{"path": p, "size": s} for p, s in files],
+  )
 
 
-def _unit_docs(unit: InputUnit, data_cfg: Any, stats: dict, budgets: Sequence[float | None],
-               hash_bytes: bool) -> Iterator[list[str]]:
+def _unit_docs(
+  unit: InputUnit, data_cfg: Any, stats: dict, budgets: Sequence[float | None], hash_bytes: bool
+) -> Iterator[list[str]]:
   source = _source(data_cfg)
   if unit.source != source:
-    raise PretrainError(f"input unit {unit.index} was planned for data.source={unit.source!r}, but it is "
-                        f"{source!r} now: plan the units again")
+    raise PretrainError(
+      f"input unit {unit.index} was planned for data.source={unit.source!r}, but it is "
+      f"{source!r} now: plan the units again"
+    )
   field = config_lib.field(data_cfg, "text_field", "text")
   if source == "jsonl" and not field:
     raise PretrainError("data.text_field is empty; set it to the jsonl field holding the text")
@@ -235,8 +262,10 @@ def sample_unit(unit: InputUnit, data_cfg: Any, max_bytes: int) -> Iterator[list
   Each nonempty range gives at least one document; with max_bytes >= unit.num_bytes this is read_unit.
   """
   share = max_bytes / max(len(unit.ranges), 1)  # Bytes per range; None: all of it.
-  budgets = [None if max_bytes >= unit.num_bytes or end - start <= share else share
-             for _, start, end in unit.ranges]
+  budgets = [
+    None if max_bytes >= unit.num_bytes or end - start <= share else share
+    for _, start, end in unit.ranges
+  ]
   yield from _unit_docs(unit, data_cfg, {}, budgets, hash_bytes=False)
   total = 0
   for doc in embedded_documents() if unit.source == "embedded" else ():

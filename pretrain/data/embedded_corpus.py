@@ -3,6 +3,7 @@
 The pydoc topics and the standard library's docstrings, lightly cleaned of
 reST markup and code, so that a first run needs no download.
 """
+
 import ast
 import functools
 import os
@@ -23,17 +24,46 @@ _BLOCK_FIELDS = ("body", "orelse", "finalbody", "handlers", "cases")
 # A sentence ends at . ! or ? (plus closing quotes/brackets) followed by
 # whitespace and something that can start a sentence.
 _SENTENCE_END = re.compile(r"[.!?][\"')\]\u201d\u2019]*\s+(?=[\"'(\[\u201c\u2018]?[A-Z0-9])")
-_ABBREVIATIONS = frozenset({
-    "e.g", "i.e", "etc", "cf", "vs", "viz", "al", "approx", "mr", "mrs", "ms", "dr", "prof", "st",
-    "jr", "sr", "no", "fig", "eq", "vol", "ch", "sec", "resp", "a.k.a", "ca", "inc", "ltd", "co",
-})
+_ABBREVIATIONS = frozenset(
+  {
+    "e.g",
+    "i.e",
+    "etc",
+    "cf",
+    "vs",
+    "viz",
+    "al",
+    "approx",
+    "mr",
+    "mrs",
+    "ms",
+    "dr",
+    "prof",
+    "st",
+    "jr",
+    "sr",
+    "no",
+    "fig",
+    "eq",
+    "vol",
+    "ch",
+    "sec",
+    "resp",
+    "a.k.a",
+    "ca",
+    "inc",
+    "ltd",
+    "co",
+  }
+)
 _ROLE = re.compile(r":[\w.:+-]+:`~?([^`]*)`")  # reST roles such as :func:`os.open`.
 _DIRECTIVE = re.compile(r"^\s*\.\.\s+[\w:.-]+::")
 _PUNCT_LINE = re.compile(r"^\s*[\W_]+\s*$")
 _BULLET = re.compile(r"^(?:[*+\-\u2022]|\d+[.)]|\(\d+\))\s+")
 _CODE_LINE = re.compile(
-    r"^\s*(?:def |class \w+[(:]|import |from \S+ import|return(?:$|\s+\S+$|\s+\S*[(\[.*+])|@\w|#|print\(|try:|else:|"
-    r"(?:if|elif|for|while|with|except)\b.*:$)|::=|\w+ = \S|[{};]$")
+  r"^\s*(?:def |class \w+[(:]|import |from \S+ import|return(?:$|\s+\S+$|\s+\S*[(\[.*+])|@\w|#|print\(|try:|else:|"
+  r"(?:if|elif|for|while|with|except)\b.*:$)|::=|\w+ = \S|[{};]$"
+)
 
 
 def split_sentences(text: str) -> list[str]:
@@ -43,11 +73,13 @@ def split_sentences(text: str) -> list[str]:
     paragraph = " ".join(paragraph.split())
     start = 0
     for m in _SENTENCE_END.finditer(paragraph):
-      word = paragraph[start:m.start()].rsplit(" ", 1)[-1].lstrip("\"'([").lower()
+      word = paragraph[start : m.start()].rsplit(" ", 1)[-1].lstrip("\"'([").lower()
       # Abbreviations and initials ("J. Smith") do not end a sentence.
-      if word in _ABBREVIATIONS or (len(word) == 1 and word.isalpha() and paragraph[m.start()] == "."):
+      if word in _ABBREVIATIONS or (
+        len(word) == 1 and word.isalpha() and paragraph[m.start()] == "."
+      ):
         continue
-      sentences.append(paragraph[start:m.end()].strip())
+      sentences.append(paragraph[start : m.end()].strip())
       start = m.end()
     sentences.append(paragraph[start:].strip())
   return [s for s in sentences if s]
@@ -89,7 +121,9 @@ def _clean_docs_text(text: str) -> str:
       continue
     if stripped.startswith(">>>"):
       in_doctest = True
-    if in_doctest or stripped.startswith("...") or _DIRECTIVE.match(line) or _PUNCT_LINE.match(line):
+    if (
+      in_doctest or stripped.startswith("...") or _DIRECTIVE.match(line) or _PUNCT_LINE.match(line)
+    ):
       continue
     # A bullet starts its own paragraph, without its marker.
     if _BULLET.match(stripped) and current:
@@ -140,9 +174,12 @@ def _stdlib_files() -> list[str]:
     # Only packages. pydoc_data holds the topics (read on their own); encodings
     # is codec tables, slow to parse and nearly without prose.
     dirnames[:] = sorted(
-        d for d in dirnames
-        if d not in _SKIP_DIRS and d not in ("pydoc_data", "encodings")
-        and os.path.exists(os.path.join(dirpath, d, "__init__.py")))
+      d
+      for d in dirnames
+      if d not in _SKIP_DIRS
+      and d not in ("pydoc_data", "encodings")
+      and os.path.exists(os.path.join(dirpath, d, "__init__.py"))
+    )
     files.extend(os.path.join(dirpath, f) for f in sorted(filenames) if f.endswith(".py"))
   return sorted(files)
 

@@ -5,6 +5,7 @@ examples per epoch, through a plan (chunks, blocks, a permutation...) drawn per
 epoch. Plans are cached for the last few epochs: neighbouring indices share an
 epoch and a batch near a boundary spans two, so two suffice.
 """
+
 import collections
 import inspect
 import threading
@@ -21,6 +22,7 @@ CACHED_EPOCHS = 2
 
 class Group(NamedTuple, Generic[Plan]):
   """The rows of a batch that read one epoch."""
+
   epoch: int
   rows: np.ndarray  # int64 [k]: their places in the batch, ascending.
   slots: np.ndarray  # int64 [k]: their slots in the epoch, in [0, N).
@@ -30,8 +32,14 @@ class Group(NamedTuple, Generic[Plan]):
 class Epochs(Generic[Plan]):
   """`plan(epoch)` for the epochs a batch reads, thread-safe, the last `cached` epochs kept."""
 
-  def __init__(self, num_per_epoch: int, plan: Callable[[int], Plan], *, cached: int = CACHED_EPOCHS,
-               first: Plan | None = None):
+  def __init__(
+    self,
+    num_per_epoch: int,
+    plan: Callable[[int], Plan],
+    *,
+    cached: int = CACHED_EPOCHS,
+    first: Plan | None = None,
+  ):
     """`first`: epoch 0's plan when the caller has made it already (e.g. to learn N from it)."""
     if num_per_epoch < 1:
       raise PretrainError(f"an epoch needs >= 1 example, got num_per_epoch={num_per_epoch}")

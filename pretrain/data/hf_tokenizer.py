@@ -17,6 +17,7 @@ WordPiece with `##` continuations); it lowercases when tokenizer_config.json
 says `do_lower_case`, or, without one, when the vocabulary has no uppercase
 letters (an uncased vocabulary).
 """
+
 import hashlib
 import json
 import os
@@ -37,12 +38,12 @@ FILES = ("tokenizer.json", "vocab.txt")  # What a folder is searched for, in thi
 CONFIG = "tokenizer_config.json"
 # The spellings tried for each role, in order, when tokenizer_config.json does not name the token.
 _ROLE_TOKENS = {
-    "pad": ("[PAD]", "<pad>", "<|padding|>"),
-    "unk": ("[UNK]", "<unk>", "<|endoftext|>"),
-    "cls": ("[CLS]", "<s>"),
-    "sep": ("[SEP]", "</s>"),
-    "mask": ("[MASK]", "<mask>"),
-    "eos": ("<|endoftext|>", "</s>", "[SEP]"),
+  "pad": ("[PAD]", "<pad>", "<|padding|>"),
+  "unk": ("[UNK]", "<unk>", "<|endoftext|>"),
+  "cls": ("[CLS]", "<s>"),
+  "sep": ("[SEP]", "</s>"),
+  "mask": ("[MASK]", "<mask>"),
+  "eos": ("<|endoftext|>", "</s>", "[SEP]"),
 }
 _WORDPIECE_PREFIX = "##"
 _BYTE_LEVEL_SPACE = "\u0120"  # 'Ġ': byte-level BPE's mark of a piece that begins with a space.
@@ -98,7 +99,9 @@ def _wordpiece(path: str, text: str, lowercase: bool | None) -> tokenizers.Token
     raise PretrainError(f"{path}: a WordPiece vocabulary needs an unknown token ([UNK] or <unk>)")
   if lowercase is None:
     lowercase = _uncased(list(vocab))
-  tok = tokenizers.Tokenizer(models.WordPiece(vocab, unk_token=unk, continuing_subword_prefix=_WORDPIECE_PREFIX))
+  tok = tokenizers.Tokenizer(
+    models.WordPiece(vocab, unk_token=unk, continuing_subword_prefix=_WORDPIECE_PREFIX)
+  )
   tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
   tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
   tok.decoder = decoders.WordPiece(prefix=_WORDPIECE_PREFIX)
@@ -126,7 +129,9 @@ def _word_start(pieces: list[str | None], spec: dict) -> np.ndarray:
   if "ByteLevel" in pre:
     marker = _BYTE_LEVEL_SPACE
   elif "Metaspace" in pre:
-    marker = (spec.get("pre_tokenizer") or {}).get("replacement") or sentencepiece_tokenizer.WORD_START
+    marker = (spec.get("pre_tokenizer") or {}).get(
+      "replacement"
+    ) or sentencepiece_tokenizer.WORD_START
   else:
     return np.ones(len(pieces), bool)  # No word marks: every piece is its own word.
   return np.array([p is None or p.startswith(marker) for p in pieces], bool)
@@ -182,7 +187,9 @@ class HfTokenizer:
     if is_special.all():
       raise PretrainError(f"{path}: every token is special; nothing to train on")
     is_special.flags.writeable = False
-    self._special = special_tokens.SpecialTokens(**roles, is_special=is_special, source=f"the tokenizer {path}")
+    self._special = special_tokens.SpecialTokens(
+      **roles, is_special=is_special, source=f"the tokenizer {path}"
+    )
     word_start = _word_start(pieces, json.loads(tok.to_str())) | is_special
     word_start.flags.writeable = False
     self._word_start = word_start

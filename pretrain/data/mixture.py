@@ -10,6 +10,7 @@ so each component reads its local indices 0, 1, 2, ... in order, and any global
 index maps in O(1) from (weights, seed, R, P) alone: no state, no replay, the
 same on any process count, and a resumed run continues exactly.
 """
+
 import collections
 import ctypes
 import ctypes.util
@@ -84,7 +85,9 @@ def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
 class Mixture:
   """Maps global example indices to (component, local index); pure numpy, stateless, thread-safe."""
 
-  def __init__(self, weights: Sequence[float], seed: int, run_length: int = 1, period: int | None = None):
+  def __init__(
+    self, weights: Sequence[float], seed: int, run_length: int = 1, period: int | None = None
+  ):
     self.weights = _check_weights(weights)
     self.num_components = len(self.weights)
     self.seed = _check_int(seed, "seed", 0)
@@ -154,19 +157,31 @@ class MixtureSource:
   "1", ...) may repeat: shards of one store share its name and `drawn` sums them.
   """
 
-  def __init__(self, builders: Sequence[Callable[[], ExampleSource]], weights: Sequence[float], *,
-               seed: int, run_length: int, names: Sequence[str] | None = None, max_open: int = 4):
+  def __init__(
+    self,
+    builders: Sequence[Callable[[], ExampleSource]],
+    weights: Sequence[float],
+    *,
+    seed: int,
+    run_length: int,
+    names: Sequence[str] | None = None,
+    max_open: int = 4,
+  ):
     self._builders = list(builders)
     weights = list(weights)
     if not self._builders:
       raise PretrainError("a mixture needs at least one component")
     if len(weights) != len(self._builders):
-      raise PretrainError(f"a mixture of {len(self._builders)} components got {len(weights)} weights")
+      raise PretrainError(
+        f"a mixture of {len(self._builders)} components got {len(weights)} weights"
+      )
     if names is None:
       names = [str(k) for k in range(len(self._builders))]
     self.names = [str(x) for x in names]
     if len(self.names) != len(self._builders):
-      raise PretrainError(f"a mixture of {len(self._builders)} components got {len(self.names)} names")
+      raise PretrainError(
+        f"a mixture of {len(self._builders)} components got {len(self.names)} names"
+      )
     _check_weights(weights, self.names)
     self.mixture = Mixture(weights, seed, run_length)
     self.max_open = _check_int(max_open, "max_open", 1)
@@ -206,20 +221,28 @@ class MixtureSource:
     for k, rows in zip(ks, groups):
       part = self._component(int(k)).batch(local[rows])
       if out is None:
-        out = {key: np.empty((len(comp),) + np.shape(v)[1:], np.asarray(v).dtype) for key, v in part.items()}
+        out = {
+          key: np.empty((len(comp),) + np.shape(v)[1:], np.asarray(v).dtype)
+          for key, v in part.items()
+        }
         first = int(k)
       if set(part) != set(out):
-        raise PretrainError(f"mixture components {first} and {int(k)} return different fields: "
-                            f"{sorted(out)} vs {sorted(part)}")
+        raise PretrainError(
+          f"mixture components {first} and {int(k)} return different fields: "
+          f"{sorted(out)} vs {sorted(part)}"
+        )
       for key, v in part.items():
         v, have = np.asarray(v), out[key]
         if v.shape[:1] != (len(rows),):
-          raise PretrainError(f"mixture component {int(k)} returns {v.shape[:1]} rows of {key!r} "
-                              f"for {len(rows)} indices")
+          raise PretrainError(
+            f"mixture component {int(k)} returns {v.shape[:1]} rows of {key!r} "
+            f"for {len(rows)} indices"
+          )
         if v.shape[1:] != have.shape[1:] or v.dtype != have.dtype:
           raise PretrainError(
-              f"mixture components {first} and {int(k)} return {key!r} as {have.dtype} rows of "
-              f"{have.shape[1:]} vs {v.dtype} rows of {v.shape[1:]}")
+            f"mixture components {first} and {int(k)} return {key!r} as {have.dtype} rows of "
+            f"{have.shape[1:]} vs {v.dtype} rows of {v.shape[1:]}"
+          )
         have[rows] = v
     return out
 

@@ -7,6 +7,7 @@ the training thread. The iterator's state is the next batch index plus the
 offset, so a run resumed with another process count, or even another batch
 size, continues at the same global example: nothing is repeated or skipped.
 """
+
 from typing import Any, Protocol
 
 import grain
@@ -18,31 +19,43 @@ _ENDLESS = 10**15  # grain wants a length; no run gets near it.
 
 
 class ExampleSource(Protocol):
-
-  def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-    ...
+  def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]: ...
 
 
 class BatchStream:
   """An endless, deterministic, resumable iterator over this process's batch rows."""
 
-  def __init__(self, source: ExampleSource, global_batch_size: int, *, process_index: int = 0,
-               process_count: int = 1, num_threads: int = 2, prefetch_batches: int = 4,
-               example_offset: int = 0):
+  def __init__(
+    self,
+    source: ExampleSource,
+    global_batch_size: int,
+    *,
+    process_index: int = 0,
+    process_count: int = 1,
+    num_threads: int = 2,
+    prefetch_batches: int = 4,
+    example_offset: int = 0,
+  ):
     if global_batch_size % process_count:
       raise PretrainError(
-          f"batch size {global_batch_size} does not split over {process_count} processes")
+        f"batch size {global_batch_size} does not split over {process_count} processes"
+      )
     self.source = source
     self.global_batch_size = global_batch_size
     self.local_batch_size = global_batch_size // process_count
     self.process_index = process_index
     self.example_offset = int(example_offset)
-    self._options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch_batches)
+    self._options = grain.ReadOptions(
+      num_threads=num_threads, prefetch_buffer_size=prefetch_batches
+    )
     self._start(0)
 
   def _rows(self, batch_index: int) -> np.ndarray:
-    first = (self.example_offset + batch_index * self.global_batch_size
-             + self.process_index * self.local_batch_size)
+    first = (
+      self.example_offset
+      + batch_index * self.global_batch_size
+      + self.process_index * self.local_batch_size
+    )
     return np.arange(first, first + self.local_batch_size, dtype=np.int64)
 
   def _start(self, next_batch: int):
@@ -59,9 +72,9 @@ class BatchStream:
 
   def get_state(self) -> dict[str, Any]:
     return {
-        "example_offset": self.example_offset,
-        "next_batch": int(self._iter.get_state()["next_index"]),
-        "global_batch_size": self.global_batch_size,
+      "example_offset": self.example_offset,
+      "next_batch": int(self._iter.get_state()["next_index"]),
+      "global_batch_size": self.global_batch_size,
     }
 
   def examples_consumed(self) -> int:
@@ -70,7 +83,9 @@ class BatchStream:
 
   def set_state(self, state: dict[str, Any]):
     """Continues at the global example where `state` stopped, whatever the batch size was."""
-    consumed = int(state["example_offset"]) + int(state["next_batch"]) * int(state["global_batch_size"])
+    consumed = int(state["example_offset"]) + int(state["next_batch"]) * int(
+      state["global_batch_size"]
+    )
     if consumed % self.global_batch_size == 0:
       self.example_offset, next_batch = 0, consumed // self.global_batch_size
     else:
@@ -78,8 +93,14 @@ class BatchStream:
     self._start(next_batch)
 
 
-def fixed_batches(source: ExampleSource, global_batch_size: int, num_batches: int, *,
-                  process_index: int = 0, process_count: int = 1) -> list[dict[str, np.ndarray]]:
+def fixed_batches(
+  source: ExampleSource,
+  global_batch_size: int,
+  num_batches: int,
+  *,
+  process_index: int = 0,
+  process_count: int = 1,
+) -> list[dict[str, np.ndarray]]:
   """The same eval batches on every call (this process's rows of each)."""
   local = global_batch_size // process_count
   out = []

@@ -9,6 +9,7 @@ however often it was killed and however many workers ran: every file depends onl
 Runners: "local" (processes on this host; one runs in-process) and "beam" (pretrain/data/prepare_beam.py:
 Dataflow, Flink, Spark, or Beam's DirectRunner), both running `run_unit`.
 """
+
 import concurrent.futures
 import functools
 import itertools
@@ -40,7 +41,9 @@ PLAN = "plan.json"
 WORK = "work"
 TOKENIZER_DIR = "tokenizer"
 DEFAULT_UNIT_BYTES = 64 << 20
-DEFAULT_SAMPLE_BYTES = 1 << 30  # Of text, to train a tokenizer on: bounds its memory at any corpus size.
+DEFAULT_SAMPLE_BYTES = (
+  1 << 30
+)  # Of text, to train a tokenizer on: bounds its memory at any corpus size.
 # Sentencepiece's own bound (sentences, sampled with a fixed seed), used only when the corpus exceeds the
 # sample: a smaller corpus trains with exactly the options, and so gives exactly the model, it always did.
 DEFAULT_INPUT_SENTENCE_SIZE = 10_000_000
@@ -52,7 +55,11 @@ _CORPUS_KEYS = ("source", "paths", "text_field", "heldout_fraction")
 
 def corpus_config(data_cfg: Any) -> dict:
   """The part of the data config that says which documents the corpus holds (sent to workers as JSON)."""
-  out = {k: config_lib.field(data_cfg, k) for k in _CORPUS_KEYS if config_lib.field(data_cfg, k) is not None}
+  out = {
+    k: config_lib.field(data_cfg, k)
+    for k in _CORPUS_KEYS
+    if config_lib.field(data_cfg, k) is not None
+  }
   if isinstance(out.get("paths"), (list, tuple)):
     out["paths"] = list(out["paths"])
   return out
@@ -102,13 +109,26 @@ def train_on_sample(data_cfg: Any, tok_cfg: Any, out_path: str):
   if config_lib.field(data_cfg, "source", "embedded") != "embedded":
     _, sources = corpus_lib.plan_units(data_cfg)
     if sum(s["size"] for s in sources) > sample_bytes:
-      bound = int(config_lib.field(tok_cfg, "input_sentence_size", None) or DEFAULT_INPUT_SENTENCE_SIZE)
+      bound = int(
+        config_lib.field(tok_cfg, "input_sentence_size", None) or DEFAULT_INPUT_SENTENCE_SIZE
+      )
   vocab_size = config_lib.field(tok_cfg, "vocab_size")
   model_type = config_lib.field(tok_cfg, "model_type", "unigram")
-  _logger.info("training a %s tokenizer (vocab %d) on up to %d MB of the %s corpus into %s",
-               model_type, vocab_size, sample_bytes >> 20, config_lib.field(data_cfg, "source"), out_path)
-  return sentencepiece_tokenizer.train_tokenizer(sample_sentences(data_cfg, sample_bytes), vocab_size,
-                                                 model_type, out_path, input_sentence_size=bound)
+  _logger.info(
+    "training a %s tokenizer (vocab %d) on up to %d MB of the %s corpus into %s",
+    model_type,
+    vocab_size,
+    sample_bytes >> 20,
+    config_lib.field(data_cfg, "source"),
+    out_path,
+  )
+  return sentencepiece_tokenizer.train_tokenizer(
+    sample_sentences(data_cfg, sample_bytes),
+    vocab_size,
+    model_type,
+    out_path,
+    input_sentence_size=bound,
+  )
 
 
 def _tokenizer_files(tokenizer) -> list[tuple[str, str]]:
@@ -118,6 +138,7 @@ def _tokenizer_files(tokenizer) -> list[tuple[str, str]]:
     return [(src, f"{TOKENIZER_DIR}/tokenizer.model")]
   files = [(src, f"{TOKENIZER_DIR}/{os.path.basename(src)}")]
   from pretrain.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+
   config = os.path.join(os.path.dirname(os.path.abspath(src)), hf_tokenizer.CONFIG)
   if os.path.isfile(config):
     files.append((config, f"{TOKENIZER_DIR}/{hf_tokenizer.CONFIG}"))
@@ -132,17 +153,27 @@ def make_plan(data_cfg: Any, tokenizer, unit_bytes: int) -> tuple[dict, list]:
   units, sources = corpus_lib.plan_units(data_cfg, unit_bytes=unit_bytes)
   source = units[0].source if units else config_lib.field(data_cfg, "source", "embedded")
   text_field = config_lib.field(data_cfg, "text_field", "text") if source == "jsonl" else ""
-  corpus = {"source": source, "text_field": text_field,
-            "heldout_fraction": float(fraction), "unit_bytes": int(unit_bytes)}
+  corpus = {
+    "source": source,
+    "text_field": text_field,
+    "heldout_fraction": float(fraction),
+    "unit_bytes": int(unit_bytes),
+  }
   if source == "embedded":  # Its text is a function of the Python build.
     corpus["embedded"] = f"{corpus_lib.EMBEDDED_VERSION} {sys.version}"
   tok = store_lib.tokenizer_info(tokenizer)
   tok["files"] = []
   for src, name in _tokenizer_files(tokenizer):
-    tok["files"].append({"file": name, "bytes": os.path.getsize(src), "sha256": store_lib.file_sha256(src)})
-  plan = {"format_version": store_lib.FORMAT_VERSION, "corpus": corpus, "tokenizer": tok,
-          "sources": [{"path": s["path"], "size": int(s["size"])} for s in sources],
-          "units": [u.to_json() for u in units]}
+    tok["files"].append(
+      {"file": name, "bytes": os.path.getsize(src), "sha256": store_lib.file_sha256(src)}
+    )
+  plan = {
+    "format_version": store_lib.FORMAT_VERSION,
+    "corpus": corpus,
+    "tokenizer": tok,
+    "sources": [{"path": s["path"], "size": int(s["size"])} for s in sources],
+    "units": [u.to_json() for u in units],
+  }
   return plan, units
 
 
@@ -155,8 +186,10 @@ def _differences(old: dict, new: dict) -> str:
       out.append(f"{key} {a!r}, here {b!r}")
   a, b = old.get("tokenizer", {}), new["tokenizer"]
   if (a.get("fingerprint"), a.get("vocab_size")) != (b["fingerprint"], b["vocab_size"]):
-    out.append(f"tokenizer {str(a.get('fingerprint'))[:12]} (vocab {a.get('vocab_size')}), here "
-               f"{b['fingerprint'][:12]} (vocab {b['vocab_size']})")
+    out.append(
+      f"tokenizer {str(a.get('fingerprint'))[:12]} (vocab {a.get('vocab_size')}), here "
+      f"{b['fingerprint'][:12]} (vocab {b['vocab_size']})"
+    )
   a = [(s.get("path"), s.get("size")) for s in old.get("sources", [])]
   b = [(s["path"], s["size"]) for s in new["sources"]]
   if a != b:
@@ -171,10 +204,13 @@ def _differences(old: dict, new: dict) -> str:
 
 
 def _same_store(manifest: dict, plan: dict) -> bool:
-  return (manifest.get("format_version") == plan["format_version"] and manifest.get("corpus") == plan["corpus"]
-          and manifest.get("tokenizer") == plan["tokenizer"]
-          and [(s.get("path"), s.get("size")) for s in manifest.get("sources", [])]
-          == [(s["path"], s["size"]) for s in plan["sources"]])
+  return (
+    manifest.get("format_version") == plan["format_version"]
+    and manifest.get("corpus") == plan["corpus"]
+    and manifest.get("tokenizer") == plan["tokenizer"]
+    and [(s.get("path"), s.get("size")) for s in manifest.get("sources", [])]
+    == [(s["path"], s["size"]) for s in plan["sources"]]
+  )
 
 
 def _marker_path(out: str, i: int) -> str:
@@ -188,6 +224,7 @@ def _tmp_dir(out: str) -> str:
 def _fetch_tokenizer(url: str, fingerprint: str) -> str:
   """A local copy of the tokenizer at `url` (and its HF config beside it), for workers without `out` mounted."""
   from pretrain.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+
   folder = os.path.join(paths.cache_dir(), "store-cache", f"tokenizer-{fingerprint[:16]}")
   os.makedirs(folder, exist_ok=True)
   for src in (url, f"{url.rsplit('/', 1)[0]}/{hf_tokenizer.CONFIG}"):
@@ -207,13 +244,16 @@ def _worker_tokenizer(path: str, fingerprint: str):
   local = _fetch_tokenizer(path, fingerprint) if paths.is_remote(path) else path
   tokenizer = tokenizer_files.open_tokenizer(local)
   if tokenizer.fingerprint != fingerprint:
-    raise PretrainError(f"tokenizer {path} changed while preparing: its fingerprint is "
-                        f"{tokenizer.fingerprint[:12]}, the plan's {fingerprint[:12]}")
+    raise PretrainError(
+      f"tokenizer {path} changed while preparing: its fingerprint is "
+      f"{tokenizer.fingerprint[:12]}, the plan's {fingerprint[:12]}"
+    )
   return tokenizer
 
 
-def run_unit(unit_json: Any, corpus_json: str, tokenizer_path: str, fingerprint: str, out: str,
-             num_units: int) -> dict:
+def run_unit(
+  unit_json: Any, corpus_json: str, tokenizer_path: str, fingerprint: str, out: str, num_units: int
+) -> dict:
   """Reads, splits, tokenizes and writes one unit's shards, then its done marker (returned).
 
   Only JSON-able arguments: it runs in spawned processes and on Beam workers.
@@ -232,17 +272,26 @@ def run_unit(unit_json: Any, corpus_json: str, tokenizer_path: str, fingerprint:
   try:
     for split in store_lib.SPLITS:
       tokenized = tokenized_lib.tokenize_documents(splits[split], tokenizer)
-      shards[split] = store_lib.write_shard(out, store_lib.shard_stem(split, unit.index, num_units), tokenized,
-                                            dtype, tmp)
+      shards[split] = store_lib.write_shard(
+        out, store_lib.shard_stem(split, unit.index, num_units), tokenized, dtype, tmp
+      )
       if sleep:
         time.sleep(sleep)
   finally:
     if remote:
       shutil.rmtree(tmp, ignore_errors=True)
-  unit_stats = {"undecodable_lines": int(stats["undecodable_lines"]), "bad_lines": int(stats["bad_lines"]),
-                "ranges": [dict(r) for r in stats.get("ranges", [])]}
-  marker = {"index": unit.index, "unit": unit_json, "input_docs": len(docs), "shards": shards,
-            "stats": unit_stats}
+  unit_stats = {
+    "undecodable_lines": int(stats["undecodable_lines"]),
+    "bad_lines": int(stats["bad_lines"]),
+    "ranges": [dict(r) for r in stats.get("ranges", [])],
+  }
+  marker = {
+    "index": unit.index,
+    "unit": unit_json,
+    "input_docs": len(docs),
+    "shards": shards,
+    "stats": unit_stats,
+  }
   paths.write_bytes_atomic(_marker_path(out, unit.index), store_lib.dumps(marker))
   return marker
 
@@ -264,8 +313,11 @@ def _done_markers(out: str, plan: dict) -> dict[int, dict]:
         want[entry["file"]], want[entry["index_file"]] = entry["bytes"], entry["index_bytes"]
   sizes = store_lib._sizes(out, list(want))  # pylint: disable=protected-access
   bad = {n for n, size in want.items() if sizes.get(n) != size}
-  return {i: m for i, m in markers.items()
-          if not any(e and (e["file"] in bad or e["index_file"] in bad) for e in m["shards"].values())}
+  return {
+    i: m
+    for i, m in markers.items()
+    if not any(e and (e["file"] in bad or e["index_file"] in bad) for e in m["shards"].values())
+  }
 
 
 def _unit_mb(unit_json: Any) -> float:
@@ -276,6 +328,7 @@ def _unit_mb(unit_json: Any) -> float:
 def _run_local(todo: list, args: tuple, num_workers: int, progress) -> None:
   def done(marker_unit):
     progress.update(round(_unit_mb(marker_unit), 3))
+
   if num_workers <= 1:
     for u in todo:
       run_unit(u, *args)
@@ -300,19 +353,27 @@ def _check_out(out: str, plan: dict) -> bool:
     manifest, _ = got
     if _same_store(manifest, plan):
       return True
-    raise PretrainError(f"{out} holds a finished store of another corpus ({_differences(manifest, plan)}); "
-                        "choose another --out")
+    raise PretrainError(
+      f"{out} holds a finished store of another corpus ({_differences(manifest, plan)}); "
+      "choose another --out"
+    )
   try:
     old = json.loads(store_lib.read_bytes(store_lib.join(out, PLAN)))
   except FileNotFoundError:
     old = None
   except ValueError:
-    raise PretrainError(f"{store_lib.join(out, PLAN)} is not valid JSON; choose another --out") from None
+    raise PretrainError(
+      f"{store_lib.join(out, PLAN)} is not valid JSON; choose another --out"
+    ) from None
   if old is not None and old != plan:
-    raise PretrainError(f"{out} holds a partial store of another plan ({_differences(old, plan)}); rerun with "
-                        "that plan's corpus and tokenizer to finish it, or choose another --out")
+    raise PretrainError(
+      f"{out} holds a partial store of another plan ({_differences(old, plan)}); rerun with "
+      "that plan's corpus and tokenizer to finish it, or choose another --out"
+    )
   if old is None and not paths.is_remote(out) and os.path.isdir(out) and os.listdir(out):
-    raise PretrainError(f"{out} is a folder that is not a token store (no {PLAN}); choose a new or empty --out")
+    raise PretrainError(
+      f"{out} is a folder that is not a token store (no {PLAN}); choose a new or empty --out"
+    )
   return False
 
 
@@ -322,16 +383,20 @@ def _finalize(out: str, plan: dict, markers: list[dict]) -> dict:
   totals, stats = manifest["totals"], manifest["stats"]
   if not totals["train"]["num_docs"] or not totals["heldout"]["num_docs"]:
     docs = sum(m["input_docs"] for m in markers)
-    skipped = (f"skipped {stats['undecodable_lines']} undecodable line(s) and {stats['bad_lines']} bad "
-               "line(s)")
+    skipped = (
+      f"skipped {stats['undecodable_lines']} undecodable line(s) and {stats['bad_lines']} bad "
+      "line(s)"
+    )
     size = sum(s["size"] for s in plan["sources"])
     what = f"the {plan['corpus']['source']} corpus ({len(plan['sources'])} file(s), {size} bytes)"
     if not docs:
       raise PretrainError(f"{what} holds no documents ({skipped})")
     if not totals["train"]["num_docs"]:
       raise PretrainError(f"{what} has no train document after tokenizing ({docs} read; {skipped})")
-    raise PretrainError(f"{what} has no held-out document: {docs} document(s) read, and a unit holds out a "
-                        f"document only when it has 2 or more ({skipped}); use a larger unit size")
+    raise PretrainError(
+      f"{what} has no held-out document: {docs} document(s) read, and a unit holds out a "
+      f"document only when it has 2 or more ({skipped}); use a larger unit size"
+    )
   return manifest
 
 
@@ -339,8 +404,12 @@ def _remove_new(out: str, plan: dict, out_existed: bool) -> None:
   """After a failure on input with nothing usable: removes what this run wrote, where it began the store."""
   names = [PLAN] + [f"{WORK}/unit-{i:05d}.json" for i in range(len(plan["units"]))]
   names += [f["file"] for f in plan["tokenizer"]["files"]]
-  names += [f"{s}-{i:05d}-of-{len(plan['units']):05d}{ext}" for s in store_lib.SPLITS
-            for i in range(len(plan["units"])) for ext in (".array_record", ".index.npz")]
+  names += [
+    f"{s}-{i:05d}-of-{len(plan['units']):05d}{ext}"
+    for s in store_lib.SPLITS
+    for i in range(len(plan["units"]))
+    for ext in (".array_record", ".index.npz")
+  ]
   for name in names:
     p = store_lib.join(out, name)
     if paths.is_remote(p):
@@ -370,9 +439,16 @@ def _put_tokenizer(out: str, tokenizer) -> None:
     paths.write_bytes_atomic(dest, data)
 
 
-def prepare(data_cfg: Any, tokenizer, out: str, *, num_workers: int | None = None,
-            unit_bytes: int = DEFAULT_UNIT_BYTES, runner: str = "local",
-            pipeline_args: Sequence[str] | None = None) -> store_lib.Store:
+def prepare(
+  data_cfg: Any,
+  tokenizer,
+  out: str,
+  *,
+  num_workers: int | None = None,
+  unit_bytes: int = DEFAULT_UNIT_BYTES,
+  runner: str = "local",
+  pipeline_args: Sequence[str] | None = None,
+) -> store_lib.Store:
   """Prepares the store of `data_cfg` tokenized by `tokenizer` at `out` (a folder or gs:// URL).
 
   Idempotent and restartable: an `out` holding this finished store is returned untouched, a partial one
@@ -400,22 +476,38 @@ def prepare(data_cfg: Any, tokenizer, out: str, *, num_workers: int | None = Non
   todo = [u for i, u in enumerate(plan["units"]) if i not in done]
   n = len(units)
   total_mb = sum(_unit_mb(u) for u in plan["units"])
-  with tqdm.tqdm(total=round(total_mb, 3), initial=round(total_mb - sum(_unit_mb(u) for u in todo), 3),
-                 unit="MB", desc=f"prepare {n} unit(s)", disable=None, file=sys.stderr) as progress:
+  with tqdm.tqdm(
+    total=round(total_mb, 3),
+    initial=round(total_mb - sum(_unit_mb(u) for u in todo), 3),
+    unit="MB",
+    desc=f"prepare {n} unit(s)",
+    disable=None,
+    file=sys.stderr,
+  ) as progress:
     if runner == "beam":
       from pretrain.data import prepare_beam  # pylint: disable=g-import-not-at-top  (Beam is slow to import)
+
       tok_path = store_lib.join(out, plan["tokenizer"]["files"][0]["file"])
-      prepare_beam.run(todo, (json.dumps(corpus_config(data_cfg)), tok_path, tokenizer.fingerprint, out, n),
-                       pipeline_args or [])
+      prepare_beam.run(
+        todo,
+        (json.dumps(corpus_config(data_cfg)), tok_path, tokenizer.fingerprint, out, n),
+        pipeline_args or [],
+      )
     else:
       workers = min(num_workers or os.cpu_count() or 1, max(1, len(todo)))
-      _run_local(todo, (json.dumps(corpus_config(data_cfg)), tokenizer.path, tokenizer.fingerprint, out, n),
-                 workers, progress)
+      _run_local(
+        todo,
+        (json.dumps(corpus_config(data_cfg)), tokenizer.path, tokenizer.fingerprint, out, n),
+        workers,
+        progress,
+      )
   done = _done_markers(out, plan)
   missing = [i for i in range(n) if i not in done]
   if missing:
-    raise PretrainError(f"{len(missing)} of {n} unit(s) of {out} did not finish (first: unit {missing[0]}); "
-                        "rerun to finish them")
+    raise PretrainError(
+      f"{len(missing)} of {n} unit(s) of {out} did not finish (first: unit {missing[0]}); "
+      "rerun to finish them"
+    )
   try:
     manifest = _finalize(out, plan, [done[i] for i in range(n)])
   except PretrainError:
@@ -424,5 +516,7 @@ def prepare(data_cfg: Any, tokenizer, out: str, *, num_workers: int | None = Non
     raise
   paths.write_bytes_atomic(store_lib.join(out, store_lib.MANIFEST), store_lib.dumps(manifest))
   if not paths.is_remote(out):
-    shutil.rmtree(_tmp_dir(out), ignore_errors=True)  # Temp files of killed units: only ours live there.
+    shutil.rmtree(
+      _tmp_dir(out), ignore_errors=True
+    )  # Temp files of killed units: only ours live there.
   return store_lib.open_store(out)

@@ -9,6 +9,7 @@ runner does, so both write the same store. Workers read the tokenizer from the s
 (`out/tokenizer/`), so they need only `out` and the corpus to be reachable, and this package
 installed (`--setup_file` or a custom container on Dataflow).
 """
+
 from typing import Any, Sequence
 
 from pretrain.errors import PretrainError
@@ -16,6 +17,7 @@ from pretrain.errors import PretrainError
 
 def _run_unit(unit_json: Any, args: tuple) -> int:
   from pretrain.data import prepare  # pylint: disable=g-import-not-at-top  (imported on the worker)
+
   return prepare.run_unit(unit_json, *args)["index"]
 
 
@@ -30,7 +32,10 @@ def run(units: Sequence[Any], args: tuple, pipeline_args: Sequence[str]) -> None
     return
   options = PipelineOptions(list(pipeline_args))
   with beam.Pipeline(options=options) as p:
-    _ = (p
-         | "Units" >> beam.Create(list(units))
-         | "Spread" >> beam.Reshuffle()  # One unit per worker slot, not all units in the Create's bundle.
-         | "Prepare" >> beam.Map(_run_unit, tuple(args)))
+    _ = (
+      p
+      | "Units" >> beam.Create(list(units))
+      | "Spread"
+      >> beam.Reshuffle()  # One unit per worker slot, not all units in the Create's bundle.
+      | "Prepare" >> beam.Map(_run_unit, tuple(args))
+    )

@@ -4,6 +4,7 @@ A SentencePiece model (.model) with [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0..4
 (pretrain/data/special_tokens.py), as `python -m pretrain.tokenizer` trains (and the
 default run trains itself, pretrain/data/tokenizer_files.py).
 """
+
 import hashlib
 import io
 import numbers
@@ -51,9 +52,10 @@ class SentencePieceTokenizer:
       piece = self._sp.IdToPiece(i) if i < size else None
       if piece != expected:
         raise PretrainError(
-            f"tokenizer model {path!r}: id {i} is {piece!r}, expected {expected!r} "
-            f"(special tokens must be {', '.join(SPECIAL_TOKENS)} at ids 0..{NUM_SPECIAL - 1}; "
-            "train one with `python -m pretrain.tokenizer`)")
+          f"tokenizer model {path!r}: id {i} is {piece!r}, expected {expected!r} "
+          f"(special tokens must be {', '.join(SPECIAL_TOKENS)} at ids 0..{NUM_SPECIAL - 1}; "
+          "train one with `python -m pretrain.tokenizer`)"
+        )
     pieces = [self._sp.IdToPiece(i) for i in range(size)]
     word_start = np.array([p.startswith(WORD_START) for p in pieces], bool)
     word_start[:NUM_SPECIAL] = True
@@ -108,13 +110,25 @@ class SentencePieceTokenizer:
 def check_options(vocab_size: Any, model_type: Any) -> None:
   """Refuses a model type or vocabulary size that cannot be trained (also checked for a cache key)."""
   if model_type not in MODEL_TYPES:
-    raise PretrainError(f"tokenizer.model_type={model_type!r} is unknown; allowed: {', '.join(MODEL_TYPES)}")
-  if not isinstance(vocab_size, numbers.Integral) or isinstance(vocab_size, bool) or vocab_size <= NUM_SPECIAL:
+    raise PretrainError(
+      f"tokenizer.model_type={model_type!r} is unknown; allowed: {', '.join(MODEL_TYPES)}"
+    )
+  if (
+    not isinstance(vocab_size, numbers.Integral)
+    or isinstance(vocab_size, bool)
+    or vocab_size <= NUM_SPECIAL
+  ):
     raise PretrainError(f"tokenizer.vocab_size={vocab_size!r} must be an integer > {NUM_SPECIAL}")
 
 
-def train_tokenizer(sentences: Iterable[str], vocab_size: int, model_type: str, out_path: str, *,
-                    input_sentence_size: int = 0) -> SentencePieceTokenizer:
+def train_tokenizer(
+  sentences: Iterable[str],
+  vocab_size: int,
+  model_type: str,
+  out_path: str,
+  *,
+  input_sentence_size: int = 0,
+) -> SentencePieceTokenizer:
   """Trains a SentencePiece model on `sentences` and writes it atomically to `out_path`.
 
   input_sentence_size > 0 keeps at most that many sentences, sampled with a fixed seed, so
@@ -139,18 +153,21 @@ def train_tokenizer(sentences: Iterable[str], vocab_size: int, model_type: str, 
   model = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
-        sentence_iterator=nonempty(),
-        model_writer=model,
-        vocab_size=int(vocab_size),
-        model_type=model_type,
-        pad_id=PAD_ID, pad_piece="[PAD]",
-        unk_id=UNK_ID, unk_piece="[UNK]",
-        bos_id=-1, eos_id=-1,
-        control_symbols=list(SPECIAL_TOKENS[2:]),
-        character_coverage=0.9995,
-        num_threads=_TRAIN_THREADS,
-        **({"shuffle_input_sentence": False} | bounded),
-        minloglevel=2,
+      sentence_iterator=nonempty(),
+      model_writer=model,
+      vocab_size=int(vocab_size),
+      model_type=model_type,
+      pad_id=PAD_ID,
+      pad_piece="[PAD]",
+      unk_id=UNK_ID,
+      unk_piece="[UNK]",
+      bos_id=-1,
+      eos_id=-1,
+      control_symbols=list(SPECIAL_TOKENS[2:]),
+      character_coverage=0.9995,
+      num_threads=_TRAIN_THREADS,
+      **({"shuffle_input_sentence": False} | bounded),
+      minloglevel=2,
     )
   except RuntimeError as e:
     if not count:
@@ -158,8 +175,9 @@ def train_tokenizer(sentences: Iterable[str], vocab_size: int, model_type: str, 
     m = _TOO_HIGH.search(str(e))
     if m:
       raise PretrainError(
-          f"tokenizer.vocab_size={vocab_size} is too large for the training text "
-          f"({count} sentences); sentencepiece suggests at most {m.group(2)}") from None
+        f"tokenizer.vocab_size={vocab_size} is too large for the training text "
+        f"({count} sentences); sentencepiece suggests at most {m.group(2)}"
+      ) from None
     raise PretrainError(f"training the tokenizer {out_path!r} failed: {e}") from None
   paths.write_atomic(out_path, lambda f: f.write(model.getvalue()))
   return SentencePieceTokenizer(out_path)

@@ -14,6 +14,7 @@ read at start-up; a shard's index is read when the first example needs it and
 its tokens document by document (pretrain/data/store.py). A store of one shard
 (every small corpus) gives exactly the examples of the shard alone.
 """
+
 import contextlib
 import dataclasses
 import fcntl
@@ -62,13 +63,17 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
       continue
     path, sep, weight = item.rpartition("=")
     if not sep or not path:
-      raise PretrainError(f"data.mixture entry {item!r} must be PATH=WEIGHT (e.g. gs://b/wiki=1,gs://b/books=1)")
+      raise PretrainError(
+        f"data.mixture entry {item!r} must be PATH=WEIGHT (e.g. gs://b/wiki=1,gs://b/books=1)"
+      )
     try:
       w = float(weight)
     except ValueError:
       raise PretrainError(f"data.mixture weight {weight!r} of {path} is not a number") from None
     if not np.isfinite(w) or w <= 0:
-      raise PretrainError(f"data.mixture weight of {path} is {weight}: weights must be positive numbers")
+      raise PretrainError(
+        f"data.mixture weight of {path} is {weight}: weights must be positive numbers"
+      )
     out.append((path, w))
   if not out:
     raise PretrainError("data.mixture is set but names no store")
@@ -77,8 +82,14 @@ def parse_mixture(spec: str) -> list[tuple[str, float]]:
 
 def auto_store_path(data_cfg: Any, tokenizer) -> str:
   """Where a small corpus is prepared in the cache: keyed by its text, the tokenizer and the split."""
-  key = json.dumps([store_lib.FORMAT_VERSION, corpus_lib.corpus_fingerprint(data_cfg), tokenizer.fingerprint,
-                    float(config_lib.field(data_cfg, "heldout_fraction", 0.02))])
+  key = json.dumps(
+    [
+      store_lib.FORMAT_VERSION,
+      corpus_lib.corpus_fingerprint(data_cfg),
+      tokenizer.fingerprint,
+      float(config_lib.field(data_cfg, "heldout_fraction", 0.02)),
+    ]
+  )
   return os.path.join(cache_dir(), "stores", hashlib.sha256(key.encode()).hexdigest()[:16])
 
 
@@ -103,14 +114,17 @@ def _auto_prepare(data_cfg: Any, tok_cfg: Any):
       size_mb = sum(s["size"] for s in sources) / 2**20
       if size_mb > limit_mb:
         raise PretrainError(
-            f"the corpus is {size_mb:,.0f} MB, more than data.auto_prepare_max_mb={limit_mb:g} prepares on "
-            "the fly: prepare it once with `python -m pretrain.prepare --config=... --out=DIR` and train with "
-            "--config.data.source=prepared --config.data.paths=DIR")
+          f"the corpus is {size_mb:,.0f} MB, more than data.auto_prepare_max_mb={limit_mb:g} prepares on "
+          "the fly: prepare it once with `python -m pretrain.prepare --config=... --out=DIR` and train with "
+          "--config.data.source=prepared --config.data.paths=DIR"
+        )
     tokenizer = prepare_lib.resolve_tokenizer(data_cfg, tok_cfg)
     out = auto_store_path(data_cfg, tokenizer)
     if not store_lib.exists(store_lib.join(out, store_lib.MANIFEST)):
       _logger.info("preparing the %s corpus into %s", config_lib.field(data_cfg, "source"), out)
-    return tokenizer, prepare_lib.prepare(data_cfg, tokenizer, out)  # All cores; one unit runs in-process.
+    return tokenizer, prepare_lib.prepare(
+      data_cfg, tokenizer, out
+    )  # All cores; one unit runs in-process.
 
 
 def _store_tokenizer(store, tok_cfg: Any):
@@ -124,29 +138,39 @@ def open_stores(data_cfg: Any, tok_cfg: Any) -> tuple[Any, list[WeightedStore]]:
   source = config_lib.field(data_cfg, "source", "embedded")
   spec = config_lib.field(data_cfg, "mixture", "")
   if spec and source != "prepared":
-    raise PretrainError(f"data.mixture names prepared stores; set data.source=prepared (it is {source!r})")
+    raise PretrainError(
+      f"data.mixture names prepared stores; set data.source=prepared (it is {source!r})"
+    )
   if source == "prepared":
     paths = _split_paths(config_lib.field(data_cfg, "paths", ""))
     entries = parse_mixture(spec) if spec else [(p, None) for p in paths]
     if spec and paths:
       raise PretrainError("set data.paths or data.mixture, not both")
     if not entries:
-      raise PretrainError("data.source=prepared needs data.paths=DIR (a store made by python -m pretrain.prepare)")
+      raise PretrainError(
+        "data.source=prepared needs data.paths=DIR (a store made by python -m pretrain.prepare)"
+      )
     stores = [store_lib.open_store(os.path.expanduser(p)) for p, _ in entries]
     tokenizer = _store_tokenizer(stores[0], tok_cfg)
     # Without explicit weights the stores pool by tokens, as one corpus in several folders.
-    weighted = [WeightedStore(s, w if w is not None else float(s.num_tokens("train")))
-                for s, (_, w) in zip(stores, entries)]
+    weighted = [
+      WeightedStore(s, w if w is not None else float(s.num_tokens("train")))
+      for s, (_, w) in zip(stores, entries)
+    ]
   elif source in corpus_lib.SOURCES:
     tokenizer, store = _auto_prepare(data_cfg, tok_cfg)
     weighted = [WeightedStore(store, 1.0)]
   else:
-    raise PretrainError(f"data.source={source!r} is unknown; allowed: prepared, {', '.join(corpus_lib.SOURCES)}")
+    raise PretrainError(
+      f"data.source={source!r} is unknown; allowed: prepared, {', '.join(corpus_lib.SOURCES)}"
+    )
   for w in weighted:
     w.store.check_tokenizer(tokenizer)
   names = [w.store.name for w in weighted]
-  weighted = [dataclasses.replace(w, name=w.store.name if names.count(w.store.name) == 1 else w.store.path)
-              for w in weighted]
+  weighted = [
+    dataclasses.replace(w, name=w.store.name if names.count(w.store.name) == 1 else w.store.path)
+    for w in weighted
+  ]
   return tokenizer, weighted
 
 
@@ -154,37 +178,61 @@ def _shard_seed(seed: int, component: int) -> int:
   return int(seed) if component == 0 else (int(seed) + _SHARD_SEED_STRIDE * component) % 2**31
 
 
-def example_source(task, stores: list[WeightedStore], split: str, seed: int, *, run_length: int = 4096,
-                   max_open: int = 4) -> mixture.MixtureSource:
+def example_source(
+  task,
+  stores: list[WeightedStore],
+  split: str,
+  seed: int,
+  *,
+  run_length: int = 4096,
+  max_open: int = 4,
+) -> mixture.MixtureSource:
   """The task's examples over every usable shard of `split`, by global example index."""
   builders, weights, names, skipped = [], [], [], 0
   min_docs, min_tokens = task.min_shard
   for ws in stores:
     shards = ws.store.shards(split)
-    usable = [i for i, s in enumerate(shards) if s.num_docs >= min_docs and s.num_tokens >= min_tokens]
+    usable = [
+      i for i, s in enumerate(shards) if s.num_docs >= min_docs and s.num_tokens >= min_tokens
+    ]
     skipped += len(shards) - len(usable)
     total = sum(shards[i].num_tokens for i in usable)
     for i in usable:
       k = len(builders)
       builders.append(
-          lambda st=ws.store, i=i, k=k: task.examples(st.documents(split, i), seed=_shard_seed(seed, k)))
+        lambda st=ws.store, i=i, k=k: task.examples(
+          st.documents(split, i), seed=_shard_seed(seed, k)
+        )
+      )
       weights.append(ws.weight * shards[i].num_tokens / total)
       names.append(ws.name or ws.store.name)
   if skipped:
-    _logger.warning("%s split: %d shard(s) too small for the %s task (< %d documents or < %d tokens) left out",
-                    split, skipped, task.name, min_docs, min_tokens)
+    _logger.warning(
+      "%s split: %d shard(s) too small for the %s task (< %d documents or < %d tokens) left out",
+      split,
+      skipped,
+      task.name,
+      min_docs,
+      min_tokens,
+    )
   if not builders:
     where = ", ".join(ws.store.path for ws in stores)
-    raise PretrainError(f"no {split} shard of {where} is large enough for the {task.name} task "
-                        f"(needs >= {min_docs} documents and >= {min_tokens} tokens)")
-  return mixture.MixtureSource(builders, weights, seed=int(seed), run_length=run_length, names=names,
-                               max_open=max_open)
+    raise PretrainError(
+      f"no {split} shard of {where} is large enough for the {task.name} task "
+      f"(needs >= {min_docs} documents and >= {min_tokens} tokens)"
+    )
+  return mixture.MixtureSource(
+    builders, weights, seed=int(seed), run_length=run_length, names=names, max_open=max_open
+  )
 
 
 def describe(stores: list[WeightedStore]) -> dict:
   """A JSON-able summary for the run's log."""
   out = {}
   for ws in stores:
-    out[ws.name or ws.store.name] = {"path": ws.store.path, "weight": ws.weight,
-                          **{f"{s}_{k}": v for s in SPLITS for k, v in ws.store.totals(s).items()}}
+    out[ws.name or ws.store.name] = {
+      "path": ws.store.path,
+      "weight": ws.weight,
+      **{f"{s}_{k}": v for s in SPLITS for k, v in ws.store.totals(s).items()},
+    }
   return out

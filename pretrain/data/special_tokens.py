@@ -4,6 +4,7 @@ The project's SentencePiece models hold [PAD] [UNK] [CLS] [SEP] [MASK] at ids 0.
 (pretrain/data/sentencepiece_tokenizer.py). Every tokenizer tells the example builders its
 special ids (`special`, a `SpecialTokens`) instead of their assuming the fixed ids.
 """
+
 import dataclasses
 import functools
 
@@ -23,6 +24,7 @@ class SpecialTokens:
   A role the vocabulary lacks is None; a task that needs it says so (`require`).
   Special ids are never masked-LM targets nor random replacements.
   """
+
   pad: int | None
   unk: int | None
   cls: int | None  # Starts a BERT/RoBERTa sequence (RoBERTa's <s>).
@@ -37,9 +39,13 @@ class SpecialTokens:
   def require(self, task: str, *roles: str) -> None:
     missing = [r for r in roles if getattr(self, r) is None]
     if missing:
-      have = ", ".join(f"{r}={getattr(self, r)}" for r in self.ROLES if getattr(self, r) is not None)
-      raise PretrainError(f"the {task} task needs the {', '.join(missing)} token{'s' * (len(missing) > 1)}, "
-                          f"which {self.source} does not have (it has {have or 'no special tokens'})")
+      have = ", ".join(
+        f"{r}={getattr(self, r)}" for r in self.ROLES if getattr(self, r) is not None
+      )
+      raise PretrainError(
+        f"the {task} task needs the {', '.join(missing)} token{'s' * (len(missing) > 1)}, "
+        f"which {self.source} does not have (it has {have or 'no special tokens'})"
+      )
 
   @functools.cached_property
   def random_ids(self) -> np.ndarray:
@@ -54,14 +60,23 @@ def project_special_tokens(vocab_size: int, source: str = "the tokenizer") -> Sp
   """The project's SentencePiece layout: [PAD] [UNK] [CLS] [SEP] [MASK] at 0..4; [SEP] also ends a text."""
   is_special = np.arange(vocab_size) < NUM_SPECIAL
   is_special.flags.writeable = False
-  return SpecialTokens(pad=PAD_ID, unk=UNK_ID, cls=CLS_ID, sep=SEP_ID, mask=MASK_ID, eos=SEP_ID,
-                       is_special=is_special, source=source)
+  return SpecialTokens(
+    pad=PAD_ID,
+    unk=UNK_ID,
+    cls=CLS_ID,
+    sep=SEP_ID,
+    mask=MASK_ID,
+    eos=SEP_ID,
+    is_special=is_special,
+    source=source,
+  )
 
 
 @dataclasses.dataclass(frozen=True)
 class StandInTokenizer:
   """What a task reads from a tokenizer, for timing and tests that need no trained vocabulary:
   the project's special ids, every piece a word start, no text."""
+
   vocab_size: int
   path: str = "<stand-in>"
   sentinels: tuple[int, ...] = ()

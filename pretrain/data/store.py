@@ -15,6 +15,7 @@ rebuilt store is byte-identical.
 only the records `take` touches. A gs:// shard is downloaded once per host into the cache
 (`paths.cache_dir()/store-cache/`), since the ArrayRecord reader needs a local file.
 """
+
 import dataclasses
 import hashlib
 import io
@@ -70,9 +71,14 @@ def token_dtype(vocab_size: int) -> str:
 
 def tokenizer_info(tokenizer) -> dict:
   """What the manifest records of the tokenizer: enough to refuse a run with another one."""
-  kind = {"Tokenizer": "sentencepiece", "HfTokenizer": "huggingface"}.get(type(tokenizer).__name__,
-                                                                         type(tokenizer).__name__)
-  return {"fingerprint": tokenizer.fingerprint, "vocab_size": int(tokenizer.vocab_size), "kind": kind}
+  kind = {"Tokenizer": "sentencepiece", "HfTokenizer": "huggingface"}.get(
+    type(tokenizer).__name__, type(tokenizer).__name__
+  )
+  return {
+    "fingerprint": tokenizer.fingerprint,
+    "vocab_size": int(tokenizer.vocab_size),
+    "kind": kind,
+  }
 
 
 def shard_stem(split: str, unit: int, num_units: int) -> str:
@@ -109,7 +115,7 @@ def _write_records(path: str, docs: TokenizedDocs, dtype: np.dtype) -> None:
     for d in range(docs.num_docs):
       s0, s1 = docs.doc_starts[d], docs.doc_starts[d + 1]
       header = np.concatenate([[s1 - s0], lengths[s0:s1]]).astype("<u4")
-      writer.write(header.tobytes() + tokens[token_starts[d]:token_starts[d + 1]].tobytes())
+      writer.write(header.tobytes() + tokens[token_starts[d] : token_starts[d + 1]].tobytes())
   finally:
     writer.close()
 
@@ -130,19 +136,28 @@ def write_shard(out: str, stem: str, docs: TokenizedDocs, dtype: str, tmp_dir: s
     return None
   dt = np.dtype(dtype).newbyteorder("<")
   if docs.num_tokens and int(docs.tokens.max()) > np.iinfo(dt).max:
-    raise PretrainError(f"token id {int(docs.tokens.max())} does not fit the store's {dtype} tokens")
+    raise PretrainError(
+      f"token id {int(docs.tokens.max())} does not fit the store's {dtype} tokens"
+    )
   os.makedirs(tmp_dir, exist_ok=True)
   tag = uuid.uuid4().hex  # Unique: a retried unit may run twice at once (Beam).
-  entry = {"file": f"{stem}.array_record", "index_file": f"{stem}.index.npz",
-           "num_docs": docs.num_docs, "num_sentences": docs.num_sentences, "num_tokens": docs.num_tokens,
-           "max_token_id": docs.max_token_id}
+  entry = {
+    "file": f"{stem}.array_record",
+    "index_file": f"{stem}.index.npz",
+    "num_docs": docs.num_docs,
+    "num_sentences": docs.num_sentences,
+    "num_tokens": docs.num_tokens,
+    "max_token_id": docs.max_token_id,
+  }
   tmps = {}
   try:
     for key in ("file", "index_file"):
       tmps[key] = os.path.join(tmp_dir, f"{entry[key]}.{tag}.tmp")
     _write_records(tmps["file"], docs, dt)
-    index = {"sentence_lengths": np.diff(docs.sentence_starts).astype(np.uint32),
-             "doc_sentences": np.diff(docs.doc_starts).astype(np.uint32)}
+    index = {
+      "sentence_lengths": np.diff(docs.sentence_starts).astype(np.uint32),
+      "doc_sentences": np.diff(docs.doc_starts).astype(np.uint32),
+    }
     with open(tmps["index_file"], "wb") as f:
       _write_npz(f, index)
     for key, prefix in (("file", ""), ("index_file", "index_")):
@@ -176,19 +191,22 @@ def build_manifest(tokenizer: dict, corpus: dict, sources: list[dict], units: li
       ranges.setdefault(r["path"], []).append({k: v for k, v in r.items() if k != "path"})
   totals = {}
   for split, shards in splits.items():
-    totals[split] = {f: sum(s[f] for s in shards) for f in ("num_docs", "num_sentences", "num_tokens", "bytes")}
+    totals[split] = {
+      f: sum(s[f] for s in shards) for f in ("num_docs", "num_sentences", "num_tokens", "bytes")
+    }
     totals[split]["max_token_id"] = max((s["max_token_id"] for s in shards), default=-1)
     totals[split]["num_shards"] = len(shards)
   return {
-      "format_version": FORMAT_VERSION,
-      "tokenizer": tokenizer,
-      "token_dtype": token_dtype(tokenizer["vocab_size"]),
-      "corpus": corpus,
-      "sources": [dict(s, ranges=sorted(ranges.get(s["path"], []), key=lambda r: r["start"]))
-                  for s in sources],
-      "splits": splits,
-      "totals": totals,
-      "stats": stats,
+    "format_version": FORMAT_VERSION,
+    "tokenizer": tokenizer,
+    "token_dtype": token_dtype(tokenizer["vocab_size"]),
+    "corpus": corpus,
+    "sources": [
+      dict(s, ranges=sorted(ranges.get(s["path"], []), key=lambda r: r["start"])) for s in sources
+    ],
+    "splits": splits,
+    "totals": totals,
+    "stats": stats,
   }
 
 
@@ -264,16 +282,24 @@ class ShardDocuments:
       with np.load(io.BytesIO(read_bytes(path)), allow_pickle=False) as z:
         lengths, per_doc = z["sentence_lengths"], z["doc_sentences"]
     except FileNotFoundError:
-      raise PretrainError(f"token store {self._store.path}: {self.info.index_file} is missing") from None
+      raise PretrainError(
+        f"token store {self._store.path}: {self.info.index_file} is missing"
+      ) from None
     except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-      raise PretrainError(f"token store {self._store.path}: {self.info.index_file} is unreadable: {e}"
-                          ) from None
+      raise PretrainError(
+        f"token store {self._store.path}: {self.info.index_file} is unreadable: {e}"
+      ) from None
     sentence_starts = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
     doc_starts = np.concatenate([[0], np.cumsum(per_doc, dtype=np.int64)]).astype(np.int64)
     if (len(lengths), len(per_doc), sentence_starts[-1]) != (
-        self.num_sentences, self.num_docs, self.num_tokens) or doc_starts[-1] != self.num_sentences:
-      raise PretrainError(f"token store {self._store.path}: {self.info.index_file} does not match the "
-                          "manifest's counts")
+      self.num_sentences,
+      self.num_docs,
+      self.num_tokens,
+    ) or doc_starts[-1] != self.num_sentences:
+      raise PretrainError(
+        f"token store {self._store.path}: {self.info.index_file} does not match the "
+        "manifest's counts"
+      )
     for a in (sentence_starts, doc_starts):
       a.flags.writeable = False
     return sentence_starts, doc_starts, sentence_starts[doc_starts]
@@ -292,8 +318,10 @@ class ShardDocuments:
     if not flat.size:
       return np.zeros(positions.shape, np.int32)
     if flat.min() < 0 or flat.max() >= self.num_tokens:
-      raise IndexError(f"token positions {flat.min()}..{flat.max()} outside [0, {self.num_tokens}) "
-                       f"of {self.info.file}")
+      raise IndexError(
+        f"token positions {flat.min()}..{flat.max()} outside [0, {self.num_tokens}) "
+        f"of {self.info.file}"
+      )
     _, _, doc_tokens = self._index()
     doc = np.searchsorted(doc_tokens, flat, side="right") - 1
     unique, inverse = np.unique(doc, return_inverse=True)
@@ -303,8 +331,10 @@ class ShardDocuments:
       n = int.from_bytes(r[:4], "little")
       part = np.frombuffer(r, self._dtype, offset=4 + 4 * n)
       if len(part) != doc_tokens[d + 1] - doc_tokens[d]:
-        raise PretrainError(f"token store {self._store.path}: record {d} of {self.info.file} holds "
-                            f"{len(part)} tokens, its index says {doc_tokens[d + 1] - doc_tokens[d]}")
+        raise PretrainError(
+          f"token store {self._store.path}: record {d} of {self.info.file} holds "
+          f"{len(part)} tokens, its index says {doc_tokens[d + 1] - doc_tokens[d]}"
+        )
       parts.append(part)
     offsets = np.concatenate([[0], np.cumsum([len(p) for p in parts])])
     tokens = np.concatenate(parts)
@@ -317,14 +347,18 @@ def _sizes(path: str, names: list[str]) -> dict[str, int]:
   if not paths.is_remote(path):
     return {n: os.path.getsize(join(path, n)) for n in names if os.path.isfile(join(path, n))}
   import fsspec  # pylint: disable=g-import-not-at-top
+
   fs, root = fsspec.core.url_to_fs(path)
   try:
     listing = fs.ls(root, detail=True)
   except FileNotFoundError:
     listing = []
   wanted = set(names)
-  return {os.path.basename(e["name"].rstrip("/")): int(e["size"]) for e in listing
-          if os.path.basename(e["name"].rstrip("/")) in wanted}
+  return {
+    os.path.basename(e["name"].rstrip("/")): int(e["size"])
+    for e in listing
+    if os.path.basename(e["name"].rstrip("/")) in wanted
+  }
 
 
 class Store:
@@ -337,7 +371,9 @@ class Store:
     self._shards = {s: [ShardInfo.from_json(d) for d in manifest["splits"][s]] for s in SPLITS}
     # Shards in use are shared; one no builder holds any more is freed with its index (a store may have
     # thousands of shards, and a run reads a few at a time).
-    self._documents: "weakref.WeakValueDictionary[tuple[str, int], ShardDocuments]" = weakref.WeakValueDictionary()
+    self._documents: "weakref.WeakValueDictionary[tuple[str, int], ShardDocuments]" = (
+      weakref.WeakValueDictionary()
+    )
     self._lock = threading.Lock()
 
   @property
@@ -362,7 +398,9 @@ class Store:
   def documents(self, split: str, i: int) -> ShardDocuments:
     self._check_split(split)
     if not 0 <= i < len(self._shards[split]):
-      raise PretrainError(f"token store {self.path} has {len(self._shards[split])} {split} shards, not {i + 1}")
+      raise PretrainError(
+        f"token store {self.path} has {len(self._shards[split])} {split} shards, not {i + 1}"
+      )
     with self._lock:
       docs = self._documents.get((split, i))
       if docs is None:
@@ -375,9 +413,12 @@ class Store:
   def open_tokenizer(self):
     """The tokenizer the store was prepared with (its copy in the store), checked."""
     from pretrain.data import tokenizer_files  # pylint: disable=g-import-not-at-top
+
     files = self.manifest["tokenizer"].get("files") or []
     if not files:
-      raise PretrainError(f"token store {self.path} holds no copy of its tokenizer; set tokenizer.path")
+      raise PretrainError(
+        f"token store {self.path} holds no copy of its tokenizer; set tokenizer.path"
+      )
     local = [self.local_file(f["file"], f["bytes"], f["sha256"]) for f in files]
     for f, p in zip(files, local):
       if not os.path.isfile(p):
@@ -389,12 +430,16 @@ class Store:
   def check_tokenizer(self, tokenizer) -> None:
     """Refuses a run whose tokenizer is not the one the store was tokenized with."""
     want = self.manifest["tokenizer"]
-    if tokenizer.fingerprint != want["fingerprint"] or int(tokenizer.vocab_size) != want["vocab_size"]:
+    if (
+      tokenizer.fingerprint != want["fingerprint"]
+      or int(tokenizer.vocab_size) != want["vocab_size"]
+    ):
       raise PretrainError(
-          f"token store {self.path} was tokenized with the {want['kind']} tokenizer "
-          f"{want['fingerprint'][:12]} (vocab {want['vocab_size']}), but this run's tokenizer "
-          f"{getattr(tokenizer, 'path', '')} is {tokenizer.fingerprint[:12]} (vocab {tokenizer.vocab_size}); "
-          "use the store's tokenizer, or prepare a store with this one")
+        f"token store {self.path} was tokenized with the {want['kind']} tokenizer "
+        f"{want['fingerprint'][:12]} (vocab {want['vocab_size']}), but this run's tokenizer "
+        f"{getattr(tokenizer, 'path', '')} is {tokenizer.fingerprint[:12]} (vocab {tokenizer.vocab_size}); "
+        "use the store's tokenizer, or prepare a store with this one"
+      )
 
   def local_file(self, name: str, size: int, sha256: str) -> str:
     """A shard file as a local path: the store's own, or (gs://) a verified copy in the host's cache."""
@@ -404,7 +449,9 @@ class Store:
     if os.path.isfile(dest) and os.path.getsize(dest) == size:
       return dest
     os.makedirs(os.path.dirname(dest), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(dest), prefix=f".{os.path.basename(name)}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(
+      dir=os.path.dirname(dest), prefix=f".{os.path.basename(name)}.", suffix=".tmp"
+    )
     try:
       h = hashlib.sha256()
       with os.fdopen(fd, "wb") as dst, epath.Path(join(self.path, name)).open("rb") as src:
@@ -413,9 +460,13 @@ class Store:
           dst.write(chunk)
       got = os.path.getsize(tmp)
       if got != size or h.hexdigest() != sha256:
-        raise PretrainError(f"token store {self.path}: downloaded {name} has {got} bytes and sha256 "
-                            f"{h.hexdigest()[:12]}; the manifest says {size} bytes, {sha256[:12]}")
-      if not (os.path.isfile(dest) and os.path.getsize(dest) == size):  # Another process may have won.
+        raise PretrainError(
+          f"token store {self.path}: downloaded {name} has {got} bytes and sha256 "
+          f"{h.hexdigest()[:12]}; the manifest says {size} bytes, {sha256[:12]}"
+        )
+      if not (
+        os.path.isfile(dest) and os.path.getsize(dest) == size
+      ):  # Another process may have won.
         os.replace(tmp, dest)
     finally:
       if os.path.exists(tmp):
@@ -432,7 +483,9 @@ def read_manifest(path: str) -> tuple[dict, bytes] | None:
   try:
     manifest = json.loads(raw)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise PretrainError(f"{join(path, MANIFEST)} is not valid JSON ({e}); prepare the store again") from None
+    raise PretrainError(
+      f"{join(path, MANIFEST)} is not valid JSON ({e}); prepare the store again"
+    ) from None
   if not isinstance(manifest, dict):
     raise PretrainError(f"{join(path, MANIFEST)} is not a token store manifest")
   return manifest, raw
@@ -445,13 +498,17 @@ def open_store(path: str) -> Store:
     path = os.path.expanduser(path)
   got = read_manifest(path)
   if got is None:
-    raise PretrainError(f"{path} is not a finished token store (no {MANIFEST}); run "
-                        f"python -m pretrain.prepare --config=... --out={path}")
+    raise PretrainError(
+      f"{path} is not a finished token store (no {MANIFEST}); run "
+      f"python -m pretrain.prepare --config=... --out={path}"
+    )
   manifest, raw = got
   version = manifest.get("format_version")
   if version != FORMAT_VERSION:
-    raise PretrainError(f"token store {path} has format {version!r}, this code reads {FORMAT_VERSION!r}; "
-                        "prepare it again with python -m pretrain.prepare")
+    raise PretrainError(
+      f"token store {path} has format {version!r}, this code reads {FORMAT_VERSION!r}; "
+      "prepare it again with python -m pretrain.prepare"
+    )
   try:
     shards = [ShardInfo.from_json(d) for s in SPLITS for d in manifest["splits"][s]]
     np.dtype(manifest["token_dtype"])
@@ -468,6 +525,7 @@ def open_store(path: str) -> Store:
       raise PretrainError(f"token store {path}: shard {name} is missing")
     if sizes[name] != size:
       how = "is truncated" if sizes[name] < size else "is larger than written"
-      raise PretrainError(f"token store {path}: shard {name} {how}: {sizes[name]} bytes, "
-                          f"the manifest says {size}")
+      raise PretrainError(
+        f"token store {path}: shard {name} {how}: {sizes[name]} bytes, the manifest says {size}"
+      )
   return Store(path, manifest, hashlib.sha256(raw).hexdigest())

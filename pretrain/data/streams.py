@@ -6,6 +6,7 @@ Neither stream is ever materialised: stream position v maps to a separator or
 to a flat token position, so a batch fetches just the tokens it reads, in one
 `Documents.take`.
 """
+
 import dataclasses
 
 import numpy as np
@@ -15,7 +16,10 @@ import numpy as np
 class Stream:
   """Documents end to end, each opened by a separator (the first one too if `first_sep`), and one
   more separator closing the stream if `last_sep`."""
-  doc_start: np.ndarray  # int64 [D + 1]: where the j-th document (its separator first) starts on the stream.
+
+  doc_start: (
+    np.ndarray
+  )  # int64 [D + 1]: where the j-th document (its separator first) starts on the stream.
   doc_tokens: np.ndarray  # int64 [D]: flat token position of the j-th document's first token.
   first_sep: bool = False
   last_sep: bool = False
@@ -50,11 +54,15 @@ class Stream:
     return ids
 
 
-def doc_stream(docs, doc_order: np.ndarray, *, first_sep: bool = False, last_sep: bool = False) -> Stream:
+def doc_stream(
+  docs, doc_order: np.ndarray, *, first_sep: bool = False, last_sep: bool = False
+) -> Stream:
   """The stream of documents `doc_order` (nonempty ones, in stream order) of `docs` (Documents)."""
   ds, ss = docs.doc_starts, docs.sentence_starts
   order = np.asarray(doc_order, np.int64)
   first_token = ss[ds[order]].astype(np.int64)
   seps = (np.arange(order.size) > 0) | first_sep
-  doc_start = np.concatenate([[0], np.cumsum(ss[ds[order + 1]] - first_token + seps)]).astype(np.int64)
+  doc_start = np.concatenate([[0], np.cumsum(ss[ds[order + 1]] - first_token + seps)]).astype(
+    np.int64
+  )
   return Stream(doc_start, first_token, bool(first_sep), bool(last_sep))

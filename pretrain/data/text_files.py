@@ -5,6 +5,7 @@ that starts mid-file skips the line it starts in and, for BERT-format text, a do
 range owns; it reads past `end` only to finish its last document. So the documents of any split of a
 file into ranges, read one after the other, are the file's documents. Compressed files are one range.
 """
+
 import contextlib
 import glob
 import gzip
@@ -25,7 +26,9 @@ _logger = logging.getLogger(__name__)
 _CHUNK = 1 << 20  # Bytes per read when streaming a file.
 _COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _CREDENTIALS_HINT = "check your credentials (gcloud auth application-default login)"
-_AUTH_WORDS = re.compile(r"forbidden|credential|permission|unauthori[sz]ed|access denied|\b40[13]\b", re.I)
+_AUTH_WORDS = re.compile(
+  r"forbidden|credential|permission|unauthori[sz]ed|access denied|\b40[13]\b", re.I
+)
 
 
 def split_patterns(patterns: str | Sequence[str]) -> list[str]:
@@ -45,8 +48,11 @@ def resolve_sources(patterns: str | Sequence[str], what: str) -> list[tuple[str,
     raise PretrainError(f"no {what} files given: data.paths is empty")
   files = {}
   for pattern in globs:
-    matched = (_glob_gcs(pattern) if is_url(pattern)
-               else [(p, os.stat(p).st_size) for p in _glob_local(pattern)])
+    matched = (
+      _glob_gcs(pattern)
+      if is_url(pattern)
+      else [(p, os.stat(p).st_size) for p in _glob_local(pattern)]
+    )
     if not matched:
       raise PretrainError(f"{what} glob {pattern!r} matches no files")
     files.update(matched)
@@ -91,23 +97,34 @@ def is_url(path: str) -> bool:
 
 
 def compression(path: str) -> str | None:
-  return next((kind for suffix, kind in _COMPRESSION.items() if path.lower().endswith(suffix)), None)
+  return next(
+    (kind for suffix, kind in _COMPRESSION.items() if path.lower().endswith(suffix)), None
+  )
 
 
 def _remote_error(action: str, url: str, e: Exception) -> PretrainError:
   """A failed GCS access in one line naming the URL and the cause (and credentials where they may be it)."""
-  auth = (isinstance(e, PermissionError) or getattr(e, "code", None) in (401, 403)
-          or type(e).__module__.startswith("google.auth") or _AUTH_WORDS.search(str(e)))
+  auth = (
+    isinstance(e, PermissionError)
+    or getattr(e, "code", None) in (401, 403)
+    or type(e).__module__.startswith("google.auth")
+    or _AUTH_WORDS.search(str(e))
+  )
   cause = " ".join(f"{type(e).__name__}: {e}".split())
-  return PretrainError(f"cannot {action} {url}: {cause}" + (f"; {_CREDENTIALS_HINT}" if auth else ""))
+  return PretrainError(
+    f"cannot {action} {url}: {cause}" + (f"; {_CREDENTIALS_HINT}" if auth else "")
+  )
 
 
 def _glob_gcs(pattern: str) -> list[tuple[str, int]]:
   """(URL, size) of the objects a gs:// glob matches: a listing of the bucket under its fixed prefix."""
   from etils import epath  # pylint: disable=g-import-not-at-top  (loads its GCS backend)
+
   if "**" in pattern:
-    raise PretrainError(f"gs:// glob {pattern!r}: ** is not supported on GCS (a listing per level); use *")
-  bucket, _, name = pattern[len("gs://"):].partition("/")
+    raise PretrainError(
+      f"gs:// glob {pattern!r}: ** is not supported on GCS (a listing per level); use *"
+    )
+  bucket, _, name = pattern[len("gs://") :].partition("/")
   try:
     stats = [(os.fspath(p), p.stat()) for p in epath.Path(f"gs://{bucket}").glob(name)]
   except FileNotFoundError:
@@ -127,8 +144,11 @@ def read_errors(path: str):
   except Exception as e:  # pylint: disable=broad-except  (gcsfs and google.auth raise many kinds)
     if isinstance(e, PretrainError):
       raise
-    raise (_remote_error("read", path, e) if is_url(path)
-           else PretrainError(f"cannot read corpus file {path}: {e}")) from e
+    raise (
+      _remote_error("read", path, e)
+      if is_url(path)
+      else PretrainError(f"cannot read corpus file {path}: {e}")
+    ) from e
 
 
 class CorpusFile:
@@ -140,6 +160,7 @@ class CorpusFile:
     with read_errors(path):
       if is_url(path):
         from etils import epath  # pylint: disable=g-import-not-at-top
+
         self._f = epath.Path(path).open("rb")
       else:
         self._f = open(path, "rb")  # pylint: disable=consider-using-with
@@ -157,7 +178,7 @@ class CorpusFile:
     if self.window:
       a, b = max(self.window[0], self.pos), min(self.window[1], self.pos + len(data))
       if a < b:
-        self._hash.update(data[a - self.pos:b - self.pos])
+        self._hash.update(data[a - self.pos : b - self.pos])
         self.hashed += b - a
     self.pos += len(data)
     return data
@@ -168,8 +189,9 @@ class CorpusFile:
     while self.pos < end and self.read(min(_CHUNK, end - self.pos)):
       pass
     if self.hashed != end - start or (whole and (self.pos > end or self.read(1))):
-      raise PretrainError(f"corpus file {self.path} changed size since the units were planned; "
-                          "plan them again")
+      raise PretrainError(
+        f"corpus file {self.path} changed size since the units were planned; plan them again"
+      )
     return {"bytes": self.hashed, "sha256": self._hash.hexdigest()}
 
   def close(self):
@@ -182,6 +204,7 @@ def _decompressed(f: CorpusFile, kind: str) -> Callable[[int], bytes]:
     stream, errors = gzip.GzipFile(fileobj=f, mode="rb"), (OSError, EOFError, zlib.error)
   else:
     import zstandard  # pylint: disable=g-import-not-at-top
+
     stream = zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True)
     errors = (zstandard.ZstdError, OSError)
 
@@ -189,7 +212,9 @@ def _decompressed(f: CorpusFile, kind: str) -> Callable[[int], bytes]:
     try:
       return stream.read(n)
     except errors as e:  # The file's own read errors are PretrainErrors already.
-      raise PretrainError(f"corpus file {f.path} is not valid {kind} data ({e}), despite its name") from e
+      raise PretrainError(
+        f"corpus file {f.path} is not valid {kind} data ({e}), despite its name"
+      ) from e
 
   return read
 
@@ -203,15 +228,19 @@ def _open_before(f: CorpusFile, pos: int, tail: bytes) -> bool:
       n = min(step, lo)
       buf, lo, step = f.read(n, at=lo - n) + buf, lo - n, min(step * 2, _CHUNK)
     line_start = lo + nl + 1
-    line = _decode(buf[nl + 1:] + tail, line_start)
+    line = _decode(buf[nl + 1 :] + tail, line_start)
     if line is not None:
       return bool(line.strip())
-    buf, tail, end = buf[:max(nl, 0)], b"", line_start - 1
+    buf, tail, end = buf[: max(nl, 0)], b"", line_start - 1
   return False
 
 
-def _text_docs(lines: Iterable[tuple[int, str | None]], hi: float, foreign: Callable[[], bool],
-               budget: float | None) -> Iterator[list[str]]:
+def _text_docs(
+  lines: Iterable[tuple[int, str | None]],
+  hi: float,
+  foreign: Callable[[], bool],
+  budget: float | None,
+) -> Iterator[list[str]]:
   """BERT-format documents whose first line starts before `hi`; `foreign()`: the first line continues a
   document that a previous range owns."""
   doc: list[str] = []
@@ -237,8 +266,14 @@ def _text_docs(lines: Iterable[tuple[int, str | None]], hi: float, foreign: Call
     yield doc
 
 
-def _jsonl_docs(lines: Iterable[tuple[int, str | None]], hi: float, field: str, budget: float | None,
-                where: str, stats: dict) -> Iterator[list[str]]:
+def _jsonl_docs(
+  lines: Iterable[tuple[int, str | None]],
+  hi: float,
+  field: str,
+  budget: float | None,
+  where: str,
+  stats: dict,
+) -> Iterator[list[str]]:
   """The documents of the JSON lines that start before `hi`; bad lines are counted."""
   bad, first, yielded = 0, None, False
   for pos, line in lines:
@@ -258,20 +293,24 @@ def _jsonl_docs(lines: Iterable[tuple[int, str | None]], hi: float, field: str, 
       yield sentences
       yielded = True
   if bad:
-    _logger.warning("%s: skipped %d line(s) that are not JSON objects with a string field %r",
-                    where, bad, field)
+    _logger.warning(
+      "%s: skipped %d line(s) that are not JSON objects with a string field %r", where, bad, field
+    )
     stats["bad_lines"] += bad
 
 
-def read_range(path: str, start: int, end: int, cfg: Any, stats: dict, budget: float | None,
-                hash_bytes: bool) -> Iterator[list[str]]:
+def read_range(
+  path: str, start: int, end: int, cfg: Any, stats: dict, budget: float | None, hash_bytes: bool
+) -> Iterator[list[str]]:
   """The documents that start in [start, end) of a file (all of a compressed one), streamed."""
   kind = compression(path)
   lo, hi = (0, math.inf) if kind else (start, end)
   f = CorpusFile(path, max(lo - 1, 0), ((0, end) if kind else (start, end)) if hash_bytes else None)
   with contextlib.closing(f):
     raw = _raw_lines(_decompressed(f, kind) if kind else f.read, f.pos)
-    tail = next(raw)[1] if lo > 0 else b""  # The end of a line that starts before `start`: not ours.
+    tail = (
+      next(raw)[1] if lo > 0 else b""
+    )  # The end of a line that starts before `start`: not ours.
     undecodable = 0
 
     def decoded() -> Iterator[tuple[int, str | None]]:
@@ -290,4 +329,6 @@ def read_range(path: str, start: int, end: int, cfg: Any, stats: dict, budget: f
       _logger.warning("%s: skipped %d line(s) that are not valid UTF-8", where, undecodable)
       stats["undecodable_lines"] += undecodable
     if hash_bytes:
-      stats["ranges"].append({"path": path, "start": start, "end": end, **f.digest(whole=bool(kind))})
+      stats["ranges"].append(
+        {"path": path, "start": start, "end": end, **f.digest(whole=bool(kind))}
+      )

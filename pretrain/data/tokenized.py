@@ -6,6 +6,7 @@ only through `take`, so that a store on disk (pretrain/data/store.py) can read
 just the documents a batch needs. `TokenizedDocs` holds everything in memory
 (tests, small corpora); `tokenize_documents` encodes text into one.
 """
+
 import dataclasses
 import itertools
 from typing import Protocol
@@ -24,20 +25,18 @@ class Documents(Protocol):
   sentence_starts[s + 1] - 1; document d is sentences doc_starts[d] ..
   doc_starts[d + 1] - 1.
   """
+
   sentence_starts: np.ndarray  # int64 [num_sentences + 1]
   doc_starts: np.ndarray  # int64 [num_docs + 1]
 
   @property
-  def num_docs(self) -> int:
-    ...
+  def num_docs(self) -> int: ...
 
   @property
-  def num_sentences(self) -> int:
-    ...
+  def num_sentences(self) -> int: ...
 
   @property
-  def num_tokens(self) -> int:
-    ...
+  def num_tokens(self) -> int: ...
 
   @property
   def max_token_id(self) -> int:
@@ -52,9 +51,14 @@ class Documents(Protocol):
 @dataclasses.dataclass(frozen=True)
 class TokenizedDocs:
   """Documents held as three flat arrays in memory."""
+
   tokens: np.ndarray  # int32 [n_tokens]: every sentence's ids, concatenated.
-  sentence_starts: np.ndarray  # int64 [n_sentences + 1]: sentence s = tokens[starts[s]:starts[s + 1]].
-  doc_starts: np.ndarray  # int64 [n_docs + 1]: document d = sentences doc_starts[d]:doc_starts[d + 1].
+  sentence_starts: (
+    np.ndarray
+  )  # int64 [n_sentences + 1]: sentence s = tokens[starts[s]:starts[s + 1]].
+  doc_starts: (
+    np.ndarray
+  )  # int64 [n_docs + 1]: document d = sentences doc_starts[d]:doc_starts[d + 1].
 
   @property
   def num_docs(self) -> int:
@@ -76,7 +80,7 @@ class TokenizedDocs:
     return self.tokens[positions]
 
   def sentence(self, s: int) -> np.ndarray:
-    return self.tokens[self.sentence_starts[s]:self.sentence_starts[s + 1]]
+    return self.tokens[self.sentence_starts[s] : self.sentence_starts[s + 1]]
 
   @classmethod
   def from_lists(cls, docs: list[list[list[int]]]) -> "TokenizedDocs":
@@ -92,7 +96,9 @@ class TokenizedDocs:
       if n:
         doc_starts.append(doc_starts[-1] + n)
     flat = np.concatenate(tokens) if tokens else np.zeros([0], np.int32)
-    return cls(flat.astype(np.int32), np.asarray(sentence_starts, np.int64), np.asarray(doc_starts, np.int64))
+    return cls(
+      flat.astype(np.int32), np.asarray(sentence_starts, np.int64), np.asarray(doc_starts, np.int64)
+    )
 
 
 def tokenize_documents(docs: list[list[str]], tokenizer: SentencePieceTokenizer) -> TokenizedDocs:
@@ -100,7 +106,7 @@ def tokenize_documents(docs: list[list[str]], tokenizer: SentencePieceTokenizer)
   sentences = list(itertools.chain.from_iterable(docs))
   tokens, lengths = [], []
   for i in range(0, len(sentences), _ENCODE_BATCH):
-    ids = tokenizer.encode(sentences[i:i + _ENCODE_BATCH])
+    ids = tokenizer.encode(sentences[i : i + _ENCODE_BATCH])
     n = np.fromiter(map(len, ids), np.int64, count=len(ids))
     lengths.append(n)
     tokens.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, count=int(n.sum())))
@@ -111,7 +117,7 @@ def tokenize_documents(docs: list[list[str]], tokenizer: SentencePieceTokenizer)
   per_doc = np.bincount(doc_of_sentence[keep], minlength=len(docs))
   per_doc = per_doc[per_doc > 0]
   return TokenizedDocs(
-      tokens=flat,
-      sentence_starts=np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64),
-      doc_starts=np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64),
+    tokens=flat,
+    sentence_starts=np.concatenate([[0], np.cumsum(lengths[keep])]).astype(np.int64),
+    doc_starts=np.concatenate([[0], np.cumsum(per_doc)]).astype(np.int64),
   )

@@ -15,6 +15,7 @@ stores (pretrain/data/store.py), not here.
 Every tokenizer tells the example builders its special ids (`special`,
 pretrain/data/special_tokens.py) instead of their assuming the fixed ids above.
 """
+
 import hashlib
 import json
 import os
@@ -23,7 +24,11 @@ from typing import Any
 from pretrain import config as config_lib
 from pretrain import paths
 from pretrain.data import corpus as corpus_lib
-from pretrain.data.sentencepiece_tokenizer import check_options, FORMAT_VERSION, SentencePieceTokenizer
+from pretrain.data.sentencepiece_tokenizer import (
+  check_options,
+  FORMAT_VERSION,
+  SentencePieceTokenizer,
+)
 from pretrain.errors import PretrainError
 
 
@@ -33,9 +38,12 @@ def cached_tokenizer_path(tok_cfg: Any, corpus_cfg: Any) -> str:
   model_type = config_lib.field(tok_cfg, "model_type", "unigram")
   check_options(vocab_size, model_type)
   key = [
-      FORMAT_VERSION, corpus_lib.corpus_fingerprint(corpus_cfg), vocab_size, model_type,
-      # The tokenizer sees only the train split, which depends on it.
-      float(config_lib.field(corpus_cfg, "heldout_fraction", 0.02)),
+    FORMAT_VERSION,
+    corpus_lib.corpus_fingerprint(corpus_cfg),
+    vocab_size,
+    model_type,
+    # The tokenizer sees only the train split, which depends on it.
+    float(config_lib.field(corpus_cfg, "heldout_fraction", 0.02)),
   ]
   # The sample's bounds, only when set: with the defaults a model cached before is the one trained now.
   for name in ("sample_bytes", "input_sentence_size"):
@@ -50,15 +58,19 @@ def open_tokenizer(path: str):
   """The tokenizer in `path`: a SentencePiece model, an HF tokenizer.json or vocab.txt, or a folder of one."""
   path = os.path.expanduser(path)
   if paths.is_remote(path):  # E.g. the tokenizer of a converted folder in a bucket.
-    raise PretrainError(f"tokenizer.path {path!r} is a URL: tokenizer files must be local; copy it (e.g. gsutil "
-                        "cp) and set tokenizer.path to the copy")
+    raise PretrainError(
+      f"tokenizer.path {path!r} is a URL: tokenizer files must be local; copy it (e.g. gsutil "
+      "cp) and set tokenizer.path to the copy"
+    )
   if os.path.isdir(path):
     from pretrain.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+
     return hf_tokenizer.HfTokenizer(hf_tokenizer.find_in_folder(path))
   if not os.path.isfile(path):
     raise PretrainError(f"tokenizer.path {path!r} does not exist")
   if path.endswith((".json", ".txt")):
     from pretrain.data import hf_tokenizer  # pylint: disable=g-import-not-at-top
+
     return hf_tokenizer.HfTokenizer(path)
   return SentencePieceTokenizer(path)
 
@@ -66,4 +78,5 @@ def open_tokenizer(path: str):
 def load_tokenizer(tok_cfg: Any, corpus_cfg: Any = None):
   """Opens `tok_cfg.path`, or (path empty) the tokenizer trained once on a sample of the corpus and cached."""
   from pretrain.data import prepare  # pylint: disable=g-import-not-at-top  (prepare imports this module)
+
   return prepare.resolve_tokenizer(corpus_cfg, tok_cfg)

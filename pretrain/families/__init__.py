@@ -8,6 +8,7 @@ pretrain/convert) and `hf_reference.py` (the HF torch reference the
 benchmarks time). Adding a family is that package plus one line in FAMILIES;
 nothing else in the project names a family.
 """
+
 import importlib
 import types
 
@@ -17,10 +18,10 @@ from pretrain.families.base import Task
 # task.name -> "module:class" of its Task, imported on use so one family's deps never load another's.
 # The family's other parts are modules beside the task module (`family_part`).
 FAMILIES = {
-    "bert": "pretrain.families.bert.task:BertTask",
-    "roberta": "pretrain.families.roberta.task:RobertaTask",
-    "gpt2": "pretrain.families.gpt2.task:Gpt2Task",
-    "t5": "pretrain.families.t5.task:T5Task",
+  "bert": "pretrain.families.bert.task:BertTask",
+  "roberta": "pretrain.families.roberta.task:RobertaTask",
+  "gpt2": "pretrain.families.gpt2.task:Gpt2Task",
+  "t5": "pretrain.families.t5.task:T5Task",
 }
 
 

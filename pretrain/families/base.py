@@ -26,6 +26,7 @@ and the family's `convert.py`; the step benchmark (pretrain/bench) builds its
 batches with `examples` and times the HF torch model of the family's
 `hf_reference.py` beside it.
 """
+
 import abc
 import dataclasses
 from typing import Any, ClassVar
@@ -36,15 +37,28 @@ from pretrain import config as config_lib
 from pretrain.errors import PretrainError
 
 # What pretrain.sample can do with a checkpoint of the family (Task.sampling).
-FILL_MASKS = "fill_masks"  # Masked LM: the distribution at each [MASK] of a prompt (Task.mask_logits).
-DECODER_ONLY = "decoder_only"  # Continues the prompt: model.apply(ids, decode=True) with a "cache" collection.
-ENCODER_DECODER = "encoder_decoder"  # Encodes the prompt, decodes from a start id: model methods encode/decode.
+FILL_MASKS = (
+  "fill_masks"  # Masked LM: the distribution at each [MASK] of a prompt (Task.mask_logits).
+)
+DECODER_ONLY = (
+  "decoder_only"  # Continues the prompt: model.apply(ids, decode=True) with a "cache" collection.
+)
+ENCODER_DECODER = (
+  "encoder_decoder"  # Encodes the prompt, decodes from a start id: model methods encode/decode.
+)
 SAMPLING = (FILL_MASKS, DECODER_ONLY, ENCODER_DECODER)
 
 # Fields of the task and model sections that say how the model is computed, not what it is (the
 # compute dtype, remat, dropout, the attention kernel): a run may resume with other values.
-RESUMABLE_FIELDS = frozenset({"model.dtype", "model.remat_policy", "model.dropout_rate",
-                              "model.attention_dropout_rate", "model.attention.backend"})
+RESUMABLE_FIELDS = frozenset(
+  {
+    "model.dtype",
+    "model.remat_policy",
+    "model.dropout_rate",
+    "model.attention_dropout_rate",
+    "model.attention.backend",
+  }
+)
 
 
 def _flat(section: Any, prefix: str) -> dict:
@@ -70,12 +84,15 @@ def _model_defaults(model_config: Any) -> dict:
     return {}
 
 
-def tokenizer_vocab_size(config, tokenizer, fix: str = "set model.vocab_size=0 to follow the tokenizer") -> int:
+def tokenizer_vocab_size(
+  config, tokenizer, fix: str = "set model.vocab_size=0 to follow the tokenizer"
+) -> int:
   """config.model.vocab_size, 0 taking the tokenizer's; another must be the tokenizer's (`fix` ends that error)."""
   vocab = int(config.model.vocab_size) or tokenizer.vocab_size
   if vocab != tokenizer.vocab_size:
     raise PretrainError(
-        f"model.vocab_size={vocab} but the tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces; {fix}")
+      f"model.vocab_size={vocab} but the tokenizer {tokenizer.path} has {tokenizer.vocab_size} pieces; {fix}"
+    )
   return vocab
 
 
@@ -90,7 +107,9 @@ class Task(abc.ABC):
   """A model family's pretraining task (see the module docstring for who calls what)."""
 
   name: ClassVar[str]  # The family's registry name (config task.name).
-  sampling: ClassVar[str | None] = None  # One of SAMPLING, or None: pretrain.sample refuses the checkpoint.
+  sampling: ClassVar[str | None] = (
+    None  # One of SAMPLING, or None: pretrain.sample refuses the checkpoint.
+  )
   resumable_fields: ClassVar[frozenset[str]] = RESUMABLE_FIELDS
   # Per-layer param subtrees `<prefix>_<i>` -> the name of the one subtree they stack into with
   # model.scan_layers (pretrain/convert/checkpoints.py moves params between the two layouts).
@@ -162,20 +181,28 @@ class Task(abc.ABC):
     for section in ("task", "model"):
       now, before = _flat(config[section], f"{section}."), _flat(saved.get(section), f"{section}.")
       before = {**{k: v for k, v in defaults.items() if k in now and section == "model"}, **before}
-      changed = sorted(k for k in set(now) | set(before)
-                       if k not in self.resumable_fields and now.get(k) != before.get(k))
+      changed = sorted(
+        k
+        for k in set(now) | set(before)
+        if k not in self.resumable_fields and now.get(k) != before.get(k)
+      )
       if "model.scan_layers" in changed:
-        raise PretrainError("model.scan_layers differs from the checkpoint's (the parameter layout differs)")
+        raise PretrainError(
+          "model.scan_layers differs from the checkpoint's (the parameter layout differs)"
+        )
       if changed:
         raise PretrainError(
-            f"config {changed[0]} is {now.get(changed[0])!r} but the checkpoint was trained with "
-            f"{before.get(changed[0])!r}; use a new workdir for a different model")
+          f"config {changed[0]} is {now.get(changed[0])!r} but the checkpoint was trained with "
+          f"{before.get(changed[0])!r}; use a new workdir for a different model"
+        )
 
   # --- sampling (pretrain/sample.py) ----------------------------------------
 
   def mask_logits(self, model, params, ids: np.ndarray):
     """FILL_MASKS: logits [masks, vocab] at each mask id of `ids` (a whole input, e.g. [CLS] ... [SEP])."""
-    raise PretrainError(f"filling masks needs a masked-LM checkpoint; this one is task {self.name!r}")
+    raise PretrainError(
+      f"filling masks needs a masked-LM checkpoint; this one is task {self.name!r}"
+    )
 
   def generation_prompt(self, ids: list[int]) -> list[int]:
     """DECODER_ONLY / ENCODER_DECODER: the ids generation starts from, for the tokenized prompt `ids`."""

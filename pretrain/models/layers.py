@@ -8,6 +8,7 @@ float32 one, while bfloat16 inputs with float32 accumulation are ~3.5x faster,
 and on accelerators float32 accumulation is what the hardware does anyway.
 LayerNorm, softmax, GELU and residual math stay in float32.
 """
+
 import dataclasses
 from typing import Any, Callable
 
@@ -22,17 +23,17 @@ Array = jax.Array
 DType = Any
 Initializer = Callable[..., Array]
 
-DTYPES = ('float32', 'bfloat16')
+DTYPES = ("float32", "bfloat16")
 # jax.checkpoint_policies that are policies themselves (the others are factories).
 _JAX_REMAT_POLICIES = (
-    'everything_saveable',
-    'nothing_saveable',
-    'dots_saveable',
-    'dots_with_no_batch_dims_saveable',
-    'checkpoint_dots',
-    'checkpoint_dots_with_no_batch_dims',
+  "everything_saveable",
+  "nothing_saveable",
+  "dots_saveable",
+  "dots_with_no_batch_dims_saveable",
+  "checkpoint_dots",
+  "checkpoint_dots_with_no_batch_dims",
 )
-REMAT_POLICIES = ('none', 'full') + _JAX_REMAT_POLICIES
+REMAT_POLICIES = ("none", "full") + _JAX_REMAT_POLICIES
 
 
 def check_config_keys(cls, d) -> None:
@@ -40,22 +41,24 @@ def check_config_keys(cls, d) -> None:
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(d) - names)
   if unknown:
-    raise PretrainError(f'unknown {cls.__name__} keys: {", ".join(unknown)}; valid: {", ".join(sorted(names))}')
+    raise PretrainError(
+      f"unknown {cls.__name__} keys: {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+    )
 
 
 def check_dtype_and_remat(dtype: str, remat: str) -> None:
   """Raises PretrainError for a compute dtype or remat policy name no model knows."""
   if dtype not in DTYPES:
-    raise PretrainError(f'unknown dtype {dtype!r}; valid: {", ".join(DTYPES)}')
+    raise PretrainError(f"unknown dtype {dtype!r}; valid: {', '.join(DTYPES)}")
   if remat not in REMAT_POLICIES:
-    raise PretrainError(f'unknown remat_policy {remat!r}; valid: {", ".join(REMAT_POLICIES)}')
+    raise PretrainError(f"unknown remat_policy {remat!r}; valid: {', '.join(REMAT_POLICIES)}")
 
 
 def remat_policy(name: str):
   """The jax.checkpoint policy for a config name ('full' saves nothing)."""
-  if name not in REMAT_POLICIES or name == 'none':
-    raise PretrainError(f'no remat policy for {name!r}; valid: {", ".join(REMAT_POLICIES[1:])}')
-  return None if name == 'full' else getattr(jax.checkpoint_policies, name)
+  if name not in REMAT_POLICIES or name == "none":
+    raise PretrainError(f"no remat policy for {name!r}; valid: {', '.join(REMAT_POLICIES[1:])}")
+  return None if name == "full" else getattr(jax.checkpoint_policies, name)
 
 
 def default_init(initializer_range: float) -> Initializer:
@@ -65,6 +68,7 @@ def default_init(initializer_range: float) -> Initializer:
 
 def scaled_init(init: Initializer, factor: float) -> Initializer:
   """init's draw times factor (the same draw, then the scaling: a family's std relative to a shared one)."""
+
   def scaled(key, shape, dtype=jnp.float32):
     x = init(key, shape, dtype)
     return x * jnp.asarray(factor, x.dtype)
@@ -75,10 +79,10 @@ def scaled_init(init: Initializer, factor: float) -> Initializer:
 def matmul(x: Array, kernel: Array, contract: tuple[int, int], dtype: DType) -> Array:
   """Contracts dim contract[0] of x with dim contract[1] of kernel; float32 result."""
   return jax.lax.dot_general(
-      x.astype(dtype),
-      kernel.astype(dtype),
-      (((contract[0],), (contract[1],)), ((), ())),
-      preferred_element_type=jnp.float32,
+    x.astype(dtype),
+    kernel.astype(dtype),
+    (((contract[0],), (contract[1],)), ((), ())),
+    preferred_element_type=jnp.float32,
   )
 
 
@@ -88,6 +92,7 @@ class Dense(nn.Module):
   Kernels stay 2-D (multi-head layouts are reshapes of the activations) because
   linen's >2-D logical kernel specs fail under a mesh.
   """
+
   features: int
   kernel_axes: tuple[str, str]
   use_bias: bool = True
@@ -98,18 +103,18 @@ class Dense(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kernel = self.param(
-        'kernel',
-        nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
-        (x.shape[-1], self.features),
-        jnp.float32,
+      "kernel",
+      nn.with_logical_partitioning(self.kernel_init, self.kernel_axes),
+      (x.shape[-1], self.features),
+      jnp.float32,
     )
     y = matmul(x, kernel, (x.ndim - 1, 0), self.dtype)
     if self.use_bias:
       bias = self.param(
-          'bias',
-          nn.with_logical_partitioning(self.bias_init, (self.kernel_axes[1],)),
-          (self.features,),
-          jnp.float32,
+        "bias",
+        nn.with_logical_partitioning(self.bias_init, (self.kernel_axes[1],)),
+        (self.features,),
+        jnp.float32,
       )
       y = y + bias
     return y
@@ -117,18 +122,19 @@ class Dense(nn.Module):
 
 class Embed(nn.Module):
   """A `[vocab, embed]` lookup table, optionally reused as a tied output layer."""
+
   num_embeddings: int
   features: int
-  axes: tuple[str, str] = ('vocab', 'embed')
+  axes: tuple[str, str] = ("vocab", "embed")
   dtype: DType = jnp.float32
   embedding_init: Initializer = default_init(0.02)
 
   def setup(self):
     self.embedding = self.param(
-        'embedding',
-        nn.with_logical_partitioning(self.embedding_init, self.axes),
-        (self.num_embeddings, self.features),
-        jnp.float32,
+      "embedding",
+      nn.with_logical_partitioning(self.embedding_init, self.axes),
+      (self.num_embeddings, self.features),
+      jnp.float32,
     )
 
   def __call__(self, ids: Array) -> Array:
@@ -141,30 +147,42 @@ class Embed(nn.Module):
 
 class RMSNorm(nn.Module):
   """x / rms(x) * scale over the last axis, in float32 (no mean, no bias): T5's LayerNorm, and QK-norm."""
+
   epsilon: float = 1e-6
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    scale = self.param('scale', nn.with_logical_partitioning(nn.initializers.ones_init(), ('norm',)),
-                       (x.shape[-1],), jnp.float32)
+    scale = self.param(
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
+      (x.shape[-1],),
+      jnp.float32,
+    )
     x = x.astype(jnp.float32)
     return x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon) * scale
 
 
 class LayerNorm(nn.Module):
   """Layer normalization over the last axis, computed in float32."""
+
   epsilon: float = 1e-12
-  axes: tuple[str, ...] = ('norm',)
+  axes: tuple[str, ...] = ("norm",)
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     features = x.shape[-1]
     scale = self.param(
-        'scale', nn.with_logical_partitioning(nn.initializers.ones_init(), self.axes),
-        (features,), jnp.float32)
+      "scale",
+      nn.with_logical_partitioning(nn.initializers.ones_init(), self.axes),
+      (features,),
+      jnp.float32,
+    )
     bias = self.param(
-        'bias', nn.with_logical_partitioning(nn.initializers.zeros_init(), self.axes),
-        (features,), jnp.float32)
+      "bias",
+      nn.with_logical_partitioning(nn.initializers.zeros_init(), self.axes),
+      (features,),
+      jnp.float32,
+    )
     x = x.astype(jnp.float32)
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
@@ -195,10 +213,11 @@ def dropout(x: Array, rate: float, rng: Array) -> Array:
 
 class Dropout(nn.Module):
   """`dropout` with a key from the 'dropout' rng stream; identity when deterministic."""
+
   rate: float
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool) -> Array:
     if deterministic or self.rate <= 0.0:
       return x
-    return dropout(x, self.rate, self.make_rng('dropout'))
+    return dropout(x, self.rate, self.make_rng("dropout"))

@@ -19,6 +19,7 @@ module applies it:
 Every scheme reads explicit position ids `[batch, length]` (or `[1, length]`),
 so packed sequences can restart at each segment: `segment_positions`.
 """
+
 import math
 
 import flax.linen as nn
@@ -30,14 +31,14 @@ from pretrain.errors import PretrainError
 
 Array = jax.Array
 
-POSITIONS = ('none', 'learned', 'sinusoidal', 'rope', 'alibi', 'relative_bias')
+POSITIONS = ("none", "learned", "sinusoidal", "rope", "alibi", "relative_bias")
 # The schemes MultiHeadAttention applies itself; the others belong to the family model.
-ATTENTION_POSITIONS = ('rope', 'alibi')
+ATTENTION_POSITIONS = ("rope", "alibi")
 
 
 def check_position(position: str) -> None:
   if position not in POSITIONS:
-    raise PretrainError(f'unknown position {position!r}; valid: {", ".join(POSITIONS)}')
+    raise PretrainError(f"unknown position {position!r}; valid: {', '.join(POSITIONS)}")
 
 
 def default_positions(length: int) -> Array:
@@ -50,8 +51,12 @@ def segment_positions(segment_ids: Array) -> Array:
   length = segment_ids.shape[-1]
   index = jnp.arange(length, dtype=jnp.int32)
   starts = jnp.concatenate(
-      [jnp.ones_like(segment_ids[..., :1], jnp.bool_), segment_ids[..., 1:] != segment_ids[..., :-1]], axis=-1)
-  start_index = jax.lax.cummax(jnp.where(starts, index, 0), axis=segment_ids.ndim - 1)  # [batch, length]
+    [jnp.ones_like(segment_ids[..., :1], jnp.bool_), segment_ids[..., 1:] != segment_ids[..., :-1]],
+    axis=-1,
+  )
+  start_index = jax.lax.cummax(
+    jnp.where(starts, index, 0), axis=segment_ids.ndim - 1
+  )  # [batch, length]
   return index - start_index
 
 
@@ -61,11 +66,17 @@ def segment_positions(segment_ids: Array) -> Array:
 def sinusoidal_embedding(positions: Array, features: int, max_timescale: float = 10000.0) -> Array:
   """Positions `[...]` -> float32 `[..., features]`: PE[p, 2i] = sin(p / T^(2i/d)), PE[p, 2i+1] = cos(...)."""
   if features % 2:
-    raise PretrainError(f'sinusoidal position embedding needs an even number of features, got {features}')
-  inv_timescales = max_timescale**(-np.arange(0, features, 2, dtype=np.float64) / features)  # [features / 2]
+    raise PretrainError(
+      f"sinusoidal position embedding needs an even number of features, got {features}"
+    )
+  inv_timescales = max_timescale ** (
+    -np.arange(0, features, 2, dtype=np.float64) / features
+  )  # [features / 2]
   angles = jnp.asarray(positions, jnp.float32)[..., None] * inv_timescales.astype(np.float32)
   # Interleave: sin at even features, cos at odd.
-  return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(angles.shape[:-1] + (features,))
+  return jnp.stack([jnp.sin(angles), jnp.cos(angles)], axis=-1).reshape(
+    angles.shape[:-1] + (features,)
+  )
 
 
 def sinusoidal_table(length: int, features: int, max_timescale: float = 10000.0) -> Array:
@@ -79,14 +90,18 @@ def sinusoidal_table(length: int, features: int, max_timescale: float = 10000.0)
 def rotary_dims(head_dim: int, fraction: float = 1.0) -> int:
   """How many leading dims of each head RoPE rotates: head_dim * fraction, rounded down to even."""
   if not 0.0 < fraction <= 1.0:
-    raise PretrainError(f'rotary_fraction {fraction} must be in (0, 1]')
+    raise PretrainError(f"rotary_fraction {fraction} must be in (0, 1]")
   dims = int(head_dim * fraction) // 2 * 2
   if dims < 2:
-    raise PretrainError(f'rotary_fraction {fraction} of head_dim {head_dim} leaves fewer than 2 dims to rotate')
+    raise PretrainError(
+      f"rotary_fraction {fraction} of head_dim {head_dim} leaves fewer than 2 dims to rotate"
+    )
   return dims
 
 
-def apply_rope(x: Array, positions: Array, *, theta: float = 10000.0, fraction: float = 1.0) -> Array:
+def apply_rope(
+  x: Array, positions: Array, *, theta: float = 10000.0, fraction: float = 1.0
+) -> Array:
   """Rotates `[batch, length, heads, head_dim]` by its positions `[batch or 1, length]`; float32.
 
   Pairs dim i with dim i + rotary/2 of the first `rotary` dims (rotate-half) and
@@ -96,8 +111,12 @@ def apply_rope(x: Array, positions: Array, *, theta: float = 10000.0, fraction: 
   head_dim = x.shape[-1]
   rotary = rotary_dims(head_dim, fraction)
   half = rotary // 2
-  inv_freq = (theta**(-np.arange(half, dtype=np.float64) * 2 / rotary)).astype(np.float32)  # [half]
-  angles = jnp.asarray(positions, jnp.float32)[:, :, None, None] * inv_freq  # [batch, length, 1, half]
+  inv_freq = (theta ** (-np.arange(half, dtype=np.float64) * 2 / rotary)).astype(
+    np.float32
+  )  # [half]
+  angles = (
+    jnp.asarray(positions, jnp.float32)[:, :, None, None] * inv_freq
+  )  # [batch, length, 1, half]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
   x = x.astype(jnp.float32)
   x1, x2, rest = x[..., :half], x[..., half:rotary], x[..., rotary:]
@@ -115,28 +134,32 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
   of the 2n' series fills the rest (Press et al., the reference code).
   """
   if num_heads < 1:
-    raise PretrainError(f'ALiBi needs at least one head, got {num_heads}')
+    raise PretrainError(f"ALiBi needs at least one head, got {num_heads}")
 
   def power_of_two_slopes(n):
-    start = 2.0**(-8.0 / n)
-    return [start**(i + 1) for i in range(n)]
+    start = 2.0 ** (-8.0 / n)
+    return [start ** (i + 1) for i in range(n)]
 
-  closest = 2**int(math.floor(math.log2(num_heads)))
+  closest = 2 ** int(math.floor(math.log2(num_heads)))
   slopes = power_of_two_slopes(closest)
   if closest < num_heads:
-    slopes += power_of_two_slopes(2 * closest)[0::2][:num_heads - closest]
+    slopes += power_of_two_slopes(2 * closest)[0::2][: num_heads - closest]
   return np.asarray(slopes, np.float32)
 
 
-def alibi_bias(slopes: Array, q_positions: Array, kv_positions: Array, *, bidirectional: bool = True) -> Array:
+def alibi_bias(
+  slopes: Array, q_positions: Array, kv_positions: Array, *, bidirectional: bool = True
+) -> Array:
   """float32 `[batch or 1, heads, q_length, kv_length]` logits bias -slope * distance.
 
   bidirectional: distance |q - k| (symmetric, for encoders). Otherwise the
   causal form q - k, which equals the symmetric one wherever a causal mask lets
   a query look (k <= q).
   """
-  relative = (jnp.asarray(q_positions, jnp.float32)[:, :, None]
-              - jnp.asarray(kv_positions, jnp.float32)[:, None, :])  # [batch, q_length, kv_length]
+  relative = (
+    jnp.asarray(q_positions, jnp.float32)[:, :, None]
+    - jnp.asarray(kv_positions, jnp.float32)[:, None, :]
+  )  # [batch, q_length, kv_length]
   distance = jnp.abs(relative) if bidirectional else relative
   return -jnp.asarray(slopes, jnp.float32)[None, :, None, None] * distance[:, None]
 
@@ -152,17 +175,24 @@ def _distance_buckets(num_buckets: int, max_distance: int) -> np.ndarray:
   """
   max_exact = num_buckets // 2
   distance = np.arange(max_distance + 1)
-  with np.errstate(divide='ignore'):  # log(0) at distance 0, which takes the exact branch.
-    log_ratio = (np.log(distance.astype(np.float32) / np.float32(max_exact))
-                 / np.float32(math.log(max_distance / max_exact)))
-  large = max_exact + np.where(distance < max_exact, 0.0,
-                               log_ratio * np.float32(num_buckets - max_exact)).astype(np.int32)
+  with np.errstate(divide="ignore"):  # log(0) at distance 0, which takes the exact branch.
+    log_ratio = np.log(distance.astype(np.float32) / np.float32(max_exact)) / np.float32(
+      math.log(max_distance / max_exact)
+    )
+  large = max_exact + np.where(
+    distance < max_exact, 0.0, log_ratio * np.float32(num_buckets - max_exact)
+  ).astype(np.int32)
   large = np.minimum(large, num_buckets - 1)
   return np.where(distance < max_exact, distance, large).astype(np.int32)
 
 
-def relative_position_bucket(relative_position: Array, *, bidirectional: bool = True, num_buckets: int = 32,
-                             max_distance: int = 128) -> Array:
+def relative_position_bucket(
+  relative_position: Array,
+  *,
+  bidirectional: bool = True,
+  num_buckets: int = 32,
+  max_distance: int = 128,
+) -> Array:
   """T5's bucket of each relative position (key position - query position); int32.
 
   Half of the buckets (all of them when causal) are exact distances 0 ..
@@ -172,10 +202,14 @@ def relative_position_bucket(relative_position: Array, *, bidirectional: bool = 
   bucket 0 (a causal mask hides them).
   """
   if num_buckets < 4 or (bidirectional and num_buckets % 2):
-    raise PretrainError(f'relative position num_buckets {num_buckets} must be >= 4 (and even when bidirectional)')
+    raise PretrainError(
+      f"relative position num_buckets {num_buckets} must be >= 4 (and even when bidirectional)"
+    )
   half = num_buckets // 2 if bidirectional else num_buckets
   if max_distance <= half // 2:
-    raise PretrainError(f'relative position max_distance {max_distance} must exceed the {half // 2} exact buckets')
+    raise PretrainError(
+      f"relative position max_distance {max_distance} must exceed the {half // 2} exact buckets"
+    )
   relative_position = jnp.asarray(relative_position, jnp.int32)
   if bidirectional:
     offset = jnp.where(relative_position > 0, half, 0)
@@ -193,22 +227,41 @@ class RelativePositionBias(nn.Module):
   Build it once per stack (encoder, decoder) and pass its output as `bias=` to
   every layer's self-attention.
   """
+
   num_heads: int
   num_buckets: int = 32
   max_distance: int = 128
   bidirectional: bool = True
-  embedding_init: nn.initializers.Initializer = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
+  embedding_init: nn.initializers.Initializer = nn.initializers.variance_scaling(
+    1.0, "fan_avg", "uniform"
+  )
 
   @nn.compact
-  def __call__(self, q_length: int, kv_length: int, *, q_positions: Array | None = None,
-               kv_positions: Array | None = None) -> Array:
+  def __call__(
+    self,
+    q_length: int,
+    kv_length: int,
+    *,
+    q_positions: Array | None = None,
+    kv_positions: Array | None = None,
+  ) -> Array:
     """float32 bias; `[batch, ...]` when position ids `[batch, length]` are given, else `[1, ...]`."""
-    table = self.param('embedding', nn.with_logical_partitioning(self.embedding_init, ('position', 'heads')),
-                       (self.num_buckets, self.num_heads), jnp.float32)
+    table = self.param(
+      "embedding",
+      nn.with_logical_partitioning(self.embedding_init, ("position", "heads")),
+      (self.num_buckets, self.num_heads),
+      jnp.float32,
+    )
     q_positions = default_positions(q_length) if q_positions is None else q_positions
     kv_positions = default_positions(kv_length) if kv_positions is None else kv_positions
-    relative = kv_positions[:, None, :] - q_positions[:, :, None]  # [batch or 1, q_length, kv_length]
-    buckets = relative_position_bucket(relative, bidirectional=self.bidirectional, num_buckets=self.num_buckets,
-                                       max_distance=self.max_distance)
+    relative = (
+      kv_positions[:, None, :] - q_positions[:, :, None]
+    )  # [batch or 1, q_length, kv_length]
+    buckets = relative_position_bucket(
+      relative,
+      bidirectional=self.bidirectional,
+      num_buckets=self.num_buckets,
+      max_distance=self.max_distance,
+    )
     bias = jnp.take(table, buckets, axis=0)  # [batch or 1, q_length, kv_length, heads]
     return jnp.transpose(bias, (0, 3, 1, 2))  # [batch or 1, heads, q_length, kv_length]

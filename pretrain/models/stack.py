@@ -1,5 +1,6 @@
 """What every family's model does alike: read its config, run a stack of layers, count its parameters and its
 matmul FLOPs."""
+
 import functools
 import math
 from typing import Any, Self
@@ -23,15 +24,26 @@ class ModelConfig:
   @property
   def attention_features(self) -> tuple[int, int]:
     """(q_features, kv_features) of attention_flops: heads * head_dim, kv_heads * head_dim."""
-    return self.num_heads * self.head_dim, (self.attention.num_kv_heads or self.num_heads) * self.head_dim
+    return self.num_heads * self.head_dim, (
+      self.attention.num_kv_heads or self.num_heads
+    ) * self.head_dim
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> Self:
     return attention_lib.model_config_from_dict(cls, d)
 
 
-def layer_stack(block_cls, config, x: jax.Array, *args, num_layers: int, deterministic: bool, scanned_name: str,
-                unrolled_name: str, **fields) -> jax.Array:
+def layer_stack(
+  block_cls,
+  config,
+  x: jax.Array,
+  *args,
+  num_layers: int,
+  deterministic: bool,
+  scanned_name: str,
+  unrolled_name: str,
+  **fields,
+) -> jax.Array:
   """x through num_layers blocks `block_cls(config, **fields)`; args go to every block unchanged.
 
   Unrolled, the blocks are modules unrolled_name.format(i); with
@@ -40,17 +52,21 @@ def layer_stack(block_cls, config, x: jax.Array, *args, num_layers: int, determi
   (x, None). config.remat_policy rematerializes each block; deterministic, its
   last argument, stays static because it picks the dropout branch at trace time.
   """
-  if config.remat_policy != 'none':
-    block_cls = nn.remat(block_cls, policy=layers.remat_policy(config.remat_policy),
-                         prevent_cse=not config.scan_layers, static_argnums=(len(args) + 2,))  # Counting self.
+  if config.remat_policy != "none":
+    block_cls = nn.remat(
+      block_cls,
+      policy=layers.remat_policy(config.remat_policy),
+      prevent_cse=not config.scan_layers,
+      static_argnums=(len(args) + 2,),
+    )  # Counting self.
   if config.scan_layers:
     block_cls = nn.scan(
-        block_cls,
-        variable_axes={'params': 0, 'cache': 0},
-        split_rngs={'params': True, 'dropout': True},
-        in_axes=(nn.broadcast,) * (len(args) + 1),
-        length=num_layers,
-        metadata_params={nn.PARTITION_NAME: 'layers'},
+      block_cls,
+      variable_axes={"params": 0, "cache": 0},
+      split_rngs={"params": True, "dropout": True},
+      in_axes=(nn.broadcast,) * (len(args) + 1),
+      length=num_layers,
+      metadata_params={nn.PARTITION_NAME: "layers"},
     )
     x, _ = block_cls(config, name=scanned_name, **fields)(x, *args, deterministic)
     return x
@@ -61,7 +77,7 @@ def layer_stack(block_cls, config, x: jax.Array, *args, num_layers: int, determi
 
 def abstract_params(model: nn.Module, inputs: dict[str, Any]):
   """The boxed (logically annotated) parameter tree of model.init(**inputs) as ShapeDtypeStructs; allocates nothing."""
-  return jax.eval_shape(functools.partial(model.init, **inputs), jax.random.key(0))['params']
+  return jax.eval_shape(functools.partial(model.init, **inputs), jax.random.key(0))["params"]
 
 
 def count_params(params) -> int:
@@ -77,11 +93,16 @@ def dense_flops(length: int, features_in: int, features_out: int, count: int = 1
   return 2 * length * features_in * features_out * count
 
 
-def attention_flops(embed: int, q_features: int, kv_features: int, q_length: int, kv_length: int) -> int:
+def attention_flops(
+  embed: int, q_features: int, kv_features: int, q_length: int, kv_length: int
+) -> int:
   """One attention layer: q and out projections, k and v projections, then q k^T and probs v.
 
   q_features is heads * head_dim, kv_features kv_heads * head_dim; the score
   matrix counts in full (not the causal half), as the usual MFU accounting does.
   """
-  return (dense_flops(q_length, embed, q_features, 2) + dense_flops(kv_length, embed, kv_features, 2)
-          + 2 * q_length * kv_length * q_features * 2)
+  return (
+    dense_flops(q_length, embed, q_features, 2)
+    + dense_flops(kv_length, embed, kv_features, 2)
+    + 2 * q_length * kv_length * q_features * 2
+  )

@@ -4,6 +4,7 @@ Draw c of a row is SplitMix64 output c of a stream seeded by the row's key, so a
 example keyed by (seed, global index) is the same whichever batch, process or
 thread builds it.
 """
+
 import functools
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Token-level cross entropy, the one loss every family's objective is made of."""
+
 import jax
 import jax.numpy as jnp
 

@@ -15,6 +15,7 @@ holds a per-row reference drawn from a numpy Generator, with the same
 statistics, that it checks mask_batch against.) `MlmExamples` is what the
 masked-LM example builders share around it.
 """
+
 import numpy as np
 
 from pretrain.data.special_tokens import MASK_ID, NUM_SPECIAL  # Ids below NUM_SPECIAL are specials.
@@ -25,7 +26,9 @@ from pretrain.objectives import keyed_random
 _MASK_PROB, _KEEP_PROB = 0.8, 0.1  # The rest (10%) gets a random id.
 _COL_BITS = np.uint64(16)  # Priorities carry the column in their low bits: no ties.
 _NONE = np.uint64(2**64 - 1)  # Priority of non-candidates: after every candidate.
-_MASK_STREAM = 1  # MlmExamples' masks use keys of their own stream (the examples' other draws use stream 0).
+_MASK_STREAM = (
+  1  # MlmExamples' masks use keys of their own stream (the examples' other draws use stream 0).
+)
 
 
 def num_to_predict(n_maskable: np.ndarray | int, masked_lm_prob: float, max_predictions: int):
@@ -39,19 +42,24 @@ def _random_ids(random_ids: np.ndarray | None, vocab_size: int) -> np.ndarray:
   if random_ids is None:
     random_ids = np.arange(NUM_SPECIAL, vocab_size)
   if not len(random_ids):
-    raise PretrainError(f"vocab_size={vocab_size} leaves no ids for a random replacement of a masked token")
+    raise PretrainError(
+      f"vocab_size={vocab_size} leaves no ids for a random replacement of a masked token"
+    )
   return np.asarray(random_ids, np.int64)
 
 
 def _check(max_predictions: int, length: int):
   if max_predictions < 1:
     raise PretrainError(f"max_predictions={max_predictions} must be >= 1")
-  if length >= 2**int(_COL_BITS):
-    raise PretrainError(f"sequence length {length} is too long for masking (max {2**int(_COL_BITS) - 1})")
+  if length >= 2 ** int(_COL_BITS):
+    raise PretrainError(
+      f"sequence length {length} is too long for masking (max {2 ** int(_COL_BITS) - 1})"
+    )
 
 
-def check_example_inputs(docs, vocab_size: int, seed, whole_word_masking: bool,
-                         word_start: np.ndarray | None) -> np.ndarray | None:
+def check_example_inputs(
+  docs, vocab_size: int, seed, whole_word_masking: bool, word_start: np.ndarray | None
+) -> np.ndarray | None:
   """Checks what a masked-LM builder is given (docs: Documents); returns the word-start table or None."""
   if not isinstance(seed, (int, np.integer)) or seed < 0:
     raise PretrainError(f"seed={seed!r} must be a non-negative integer")
@@ -60,8 +68,10 @@ def check_example_inputs(docs, vocab_size: int, seed, whole_word_masking: bool,
   if not whole_word_masking:
     return None
   if word_start is None or np.shape(word_start) != (vocab_size,):
-    raise PretrainError(f"whole-word masking needs word_start of shape [{vocab_size}], "
-                        f"got {None if word_start is None else np.shape(word_start)}")
+    raise PretrainError(
+      f"whole-word masking needs word_start of shape [{vocab_size}], "
+      f"got {None if word_start is None else np.shape(word_start)}"
+    )
   return np.asarray(word_start, bool)
 
 
@@ -71,15 +81,24 @@ def check_config(cfg) -> None:
     raise PretrainError(f"masked_lm_prob={cfg.masked_lm_prob} must be in (0, 1]")
   if not 1 <= cfg.max_predictions_per_seq <= cfg.max_seq_length:
     raise PretrainError(
-        f"max_predictions_per_seq={cfg.max_predictions_per_seq} must be in [1, max_seq_length]")
+      f"max_predictions_per_seq={cfg.max_predictions_per_seq} must be in [1, max_seq_length]"
+    )
 
 
 class MlmExamples:
   """What the masked-LM example builders (BERT's, RoBERTa's) share: their checked inputs, `self[i]`, and
   `_mask`, which masks a batch. A subclass builds the unmasked batch in `batch(indices)`."""
 
-  def __init__(self, family: str, docs, cfg, vocab_size: int, seed: int, word_start: np.ndarray | None,
-               special: SpecialTokens | None):
+  def __init__(
+    self,
+    family: str,
+    docs,
+    cfg,
+    vocab_size: int,
+    seed: int,
+    word_start: np.ndarray | None,
+    special: SpecialTokens | None,
+  ):
     self._ws = check_example_inputs(docs, vocab_size, seed, cfg.whole_word_masking, word_start)
     self.special = special or project_special_tokens(vocab_size)
     self.special.require(family, "pad", "cls", "sep", "mask")
@@ -93,7 +112,9 @@ class MlmExamples:
   def __getitem__(self, index: int) -> dict[str, np.ndarray]:
     return {k: v[0] for k, v in self.batch(np.asarray([index], np.int64)).items()}
 
-  def _mask(self, ids: np.ndarray, text: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+  def _mask(
+    self, ids: np.ndarray, text: np.ndarray, idx: np.ndarray
+  ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(input_ids, the masked_lm_* fields) of a batch of ids [B, L] for the examples `idx`.
 
     Targets are the non-special ids of `text` (so not the separators inside it); the masks are keyed
@@ -102,11 +123,21 @@ class MlmExamples:
     maskable = text & ~self.special.is_special[ids]
     word_start = self._ws[ids] if self._ws is not None else None
     input_ids, positions, labels, weights = mask_batch(
-        ids, maskable, keyed_random.row_keys(self.seed, idx, stream=_MASK_STREAM),
-        masked_lm_prob=self.cfg.masked_lm_prob, max_predictions=self.cfg.max_predictions_per_seq,
-        vocab_size=self.vocab_size, word_start=word_start, mask_id=self.special.mask,
-        random_ids=self.special.random_ids)
-    return input_ids, {"masked_lm_positions": positions, "masked_lm_ids": labels, "masked_lm_weights": weights}
+      ids,
+      maskable,
+      keyed_random.row_keys(self.seed, idx, stream=_MASK_STREAM),
+      masked_lm_prob=self.cfg.masked_lm_prob,
+      max_predictions=self.cfg.max_predictions_per_seq,
+      vocab_size=self.vocab_size,
+      word_start=word_start,
+      mask_id=self.special.mask,
+      random_ids=self.special.random_ids,
+    )
+    return input_ids, {
+      "masked_lm_positions": positions,
+      "masked_lm_ids": labels,
+      "masked_lm_weights": weights,
+    }
 
 
 def _word_starts(maskable: np.ndarray, word_start: np.ndarray) -> np.ndarray:
@@ -116,9 +147,18 @@ def _word_starts(maskable: np.ndarray, word_start: np.ndarray) -> np.ndarray:
   return maskable & (word_start | ~prev)
 
 
-def mask_batch(ids: np.ndarray, maskable: np.ndarray, keys: np.ndarray, *, masked_lm_prob: float,
-               max_predictions: int, vocab_size: int, word_start: np.ndarray | None = None,
-               mask_id: int = MASK_ID, random_ids: np.ndarray | None = None):
+def mask_batch(
+  ids: np.ndarray,
+  maskable: np.ndarray,
+  keys: np.ndarray,
+  *,
+  masked_lm_prob: float,
+  max_predictions: int,
+  vocab_size: int,
+  word_start: np.ndarray | None = None,
+  mask_id: int = MASK_ID,
+  random_ids: np.ndarray | None = None,
+):
   """Masks a batch, vectorized, with keyed draws.
 
   Args:
@@ -166,8 +206,9 @@ def mask_batch(ids: np.ndarray, maskable: np.ndarray, keys: np.ndarray, *, maske
   u = (d2 >> np.uint64(32)).astype(np.float64) * 2.0**-32
   lo = (d2 & np.uint64(0xFFFFFFFF)).astype(np.float64) * 2.0**-32
   random = replacements[(lo * len(replacements)).astype(np.int64)]
-  new = np.where(u < _MASK_PROB, mask_id,
-                 np.where(u < _MASK_PROB + _KEEP_PROB, labels_flat, random))
+  new = np.where(
+    u < _MASK_PROB, mask_id, np.where(u < _MASK_PROB + _KEEP_PROB, labels_flat, random)
+  )
   input_ids = ids.astype(np.int32)
   input_ids[rows, cols] = new
   positions = np.zeros([b, p], np.int32)

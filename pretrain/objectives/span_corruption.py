@@ -18,6 +18,7 @@ every example has the same static shapes and nothing is ever truncated.
 Randomness comes from counter-based keys (pretrain/objectives/keyed_random.py),
 one per example, so an example's mask depends only on its key.
 """
+
 import dataclasses
 
 import numpy as np
@@ -29,6 +30,7 @@ from pretrain.objectives import keyed_random
 @dataclasses.dataclass(frozen=True)
 class SpanLengths:
   """The static lengths of one span-corruption setting."""
+
   tokens_length: int  # Raw tokens consumed per example.
   num_noise_tokens: int
   num_noise_spans: int
@@ -36,7 +38,9 @@ class SpanLengths:
   targets_length: int  # Noise tokens + a sentinel per span + EOS.
 
 
-def span_lengths(tokens_length: int, noise_density: float, mean_noise_span_length: float) -> SpanLengths:
+def span_lengths(
+  tokens_length: int, noise_density: float, mean_noise_span_length: float
+) -> SpanLengths:
   """Noise tokens, spans and the resulting lengths for a chunk of `tokens_length` tokens.
 
   The rounding is T5's random_spans_noise_mask: noise tokens clipped to
@@ -51,12 +55,18 @@ def span_lengths(tokens_length: int, noise_density: float, mean_noise_span_lengt
   noise = min(max(int(round(tokens_length * noise_density)), 1), tokens_length - 1)
   spans = max(int(round(noise / mean_noise_span_length)), 1)
   nonnoise = tokens_length - noise
-  return SpanLengths(tokens_length, noise, spans, inputs_length=nonnoise + spans + 1,
-                     targets_length=noise + spans + 1)
+  return SpanLengths(
+    tokens_length,
+    noise,
+    spans,
+    inputs_length=nonnoise + spans + 1,
+    targets_length=noise + spans + 1,
+  )
 
 
-def random_spans_helper(inputs_length: int, noise_density: float = 0.15,
-                        mean_noise_span_length: float = 3.0) -> SpanLengths:
+def random_spans_helper(
+  inputs_length: int, noise_density: float = 0.15, mean_noise_span_length: float = 3.0
+) -> SpanLengths:
   """The longest raw chunk whose corrupted inputs (with EOS) fit in `inputs_length`.
 
   T5's random_spans_helper: inputs 512 at density 0.15 and mean span 3 read
@@ -68,7 +78,10 @@ def random_spans_helper(inputs_length: int, noise_density: float = 0.15,
   if inputs_length < 3:
     raise PretrainError(f"inputs_length={inputs_length} must be >= 3 (a token, a sentinel and EOS)")
   tokens_length = inputs_length - 1
-  while span_lengths(tokens_length + 1, noise_density, mean_noise_span_length).inputs_length <= inputs_length:
+  while (
+    span_lengths(tokens_length + 1, noise_density, mean_noise_span_length).inputs_length
+    <= inputs_length
+  ):
     tokens_length += 1
   out = span_lengths(tokens_length, noise_density, mean_noise_span_length)
   if noise_density == 0.5 and out.targets_length > out.inputs_length:
@@ -77,7 +90,9 @@ def random_spans_helper(inputs_length: int, noise_density: float = 0.15,
   return out
 
 
-def random_segmentation(keys: np.ndarray, num_items: int, num_segments: int, first_counter: int) -> np.ndarray:
+def random_segmentation(
+  keys: np.ndarray, num_items: int, num_segments: int, first_counter: int
+) -> np.ndarray:
   """int64 [B, num_segments]: a uniformly random split of num_items into positive parts, per key.
 
   Picks num_segments - 1 of the num_items - 1 gaps between items as cuts (the
@@ -89,9 +104,15 @@ def random_segmentation(keys: np.ndarray, num_items: int, num_segments: int, fir
   b = len(keys)
   if num_segments == 1:
     return np.full([b, 1], num_items, np.int64)
-  draws = keyed_random.bits(keys, np.arange(first_counter, first_counter + num_items - 1))  # [B, items - 1]
-  cuts = np.sort(np.argpartition(draws, num_segments - 2, axis=1)[:, :num_segments - 1], axis=1) + 1
-  bounds = np.concatenate([np.zeros([b, 1], np.int64), cuts, np.full([b, 1], num_items, np.int64)], axis=1)
+  draws = keyed_random.bits(
+    keys, np.arange(first_counter, first_counter + num_items - 1)
+  )  # [B, items - 1]
+  cuts = (
+    np.sort(np.argpartition(draws, num_segments - 2, axis=1)[:, : num_segments - 1], axis=1) + 1
+  )
+  bounds = np.concatenate(
+    [np.zeros([b, 1], np.int64), cuts, np.full([b, 1], num_items, np.int64)], axis=1
+  )
   return np.diff(bounds, axis=1)
 
 
@@ -99,7 +120,9 @@ def random_spans_noise_mask(keys: np.ndarray, lengths: SpanLengths) -> np.ndarra
   """bool [B, tokens_length]: True on noise; non-noise span first, noise span last."""
   n, spans = lengths.tokens_length, lengths.num_noise_spans
   noise = random_segmentation(keys, lengths.num_noise_tokens, spans, first_counter=0)  # [B, spans]
-  nonnoise = random_segmentation(keys, n - lengths.num_noise_tokens, spans, first_counter=n)  # [B, spans]
+  nonnoise = random_segmentation(
+    keys, n - lengths.num_noise_tokens, spans, first_counter=n
+  )  # [B, spans]
   interleaved = np.stack([nonnoise, noise], axis=2).reshape(len(keys), 2 * spans)  # [B, 2 * spans]
   span_starts = np.cumsum(interleaved, axis=1)[:, :-1]  # [B, 2 * spans - 1], all < n
   starts = np.zeros([len(keys), n], np.int64)
@@ -119,8 +142,9 @@ def _span_to_sentinel(tokens: np.ndarray, drop: np.ndarray, first_sentinel: int)
   return kept[~drop | first].reshape(len(tokens), -1)
 
 
-def span_corrupt(tokens: np.ndarray, keys: np.ndarray, lengths: SpanLengths, *, first_sentinel: int,
-                 eos_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def span_corrupt(
+  tokens: np.ndarray, keys: np.ndarray, lengths: SpanLengths, *, first_sentinel: int, eos_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(inputs [B, inputs_length], targets [B, targets_length], noise mask [B, tokens_length]).
 
   Args:
@@ -132,7 +156,9 @@ def span_corrupt(tokens: np.ndarray, keys: np.ndarray, lengths: SpanLengths, *, 
   """
   tokens = np.asarray(tokens)
   if tokens.ndim != 2 or tokens.shape[1] != lengths.tokens_length:
-    raise PretrainError(f"span_corrupt: tokens of shape {tokens.shape}, expected [batch, {lengths.tokens_length}]")
+    raise PretrainError(
+      f"span_corrupt: tokens of shape {tokens.shape}, expected [batch, {lengths.tokens_length}]"
+    )
   noise = random_spans_noise_mask(keys, lengths)
   eos = np.full([len(tokens), 1], eos_id, tokens.dtype)
   inputs = np.concatenate([_span_to_sentinel(tokens, noise, first_sentinel), eos], axis=1)

@@ -1,4 +1,5 @@
 """Optimizers from config: AdamW, LAMB or Adafactor, warmup + decay, clipping, decay mask."""
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -16,7 +17,9 @@ def rsqrt_schedule(peak: float, warmup_steps: int) -> optax.Schedule:
   1 / sqrt(max(step, 10_000)). The "warmup" holds the rate constant; there is no ramp.
   """
   if warmup_steps < 1:
-    raise PretrainError(f"optimizer.decay='rsqrt' needs optimizer.warmup_steps >= 1, got {warmup_steps}")
+    raise PretrainError(
+      f"optimizer.decay='rsqrt' needs optimizer.warmup_steps >= 1, got {warmup_steps}"
+    )
 
   def schedule(step):
     return peak * jnp.sqrt(warmup_steps / jnp.maximum(jnp.asarray(step, jnp.float32), warmup_steps))
@@ -38,7 +41,8 @@ def learning_rate_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
     decay = optax.constant_schedule(peak)
   else:
     raise PretrainError(
-        f"optimizer.decay={opt_cfg.decay!r}: expected 'linear', 'cosine', 'constant' or 'rsqrt'")
+      f"optimizer.decay={opt_cfg.decay!r}: expected 'linear', 'cosine', 'constant' or 'rsqrt'"
+    )
   if warmup <= 0:
     return decay
   return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
@@ -46,16 +50,26 @@ def learning_rate_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
 
 def decay_mask(params):
   """True for the leaves weight decay applies to."""
+
   def keep(path, _):
     name = getattr(path[-1], "key", getattr(path[-1], "name", str(path[-1])))
     return name not in _NO_DECAY_LEAVES
+
   return jax.tree_util.tree_map_with_path(keep, params)
 
 
-def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def make_optimizer(
+  opt_cfg, total_steps: int
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
   schedule = learning_rate_schedule(opt_cfg, total_steps)
-  kwargs = dict(learning_rate=schedule, b1=opt_cfg.b1, b2=opt_cfg.b2, eps=opt_cfg.eps,
-                weight_decay=opt_cfg.weight_decay, mask=decay_mask)
+  kwargs = dict(
+    learning_rate=schedule,
+    b1=opt_cfg.b1,
+    b2=opt_cfg.b2,
+    eps=opt_cfg.eps,
+    weight_decay=opt_cfg.weight_decay,
+    mask=decay_mask,
+  )
   if opt_cfg.name == "adamw":
     tx = optax.adamw(**kwargs)
   elif opt_cfg.name == "lamb":
@@ -67,7 +81,9 @@ def make_optimizer(opt_cfg, total_steps: int) -> tuple[optax.GradientTransformat
     # scaled by the learning rate; scaling it here gives weight_decay AdamW's meaning (lr * wd * param).
     wd = float(opt_cfg.weight_decay)
     decay_rate = (lambda step: wd * schedule(step)) if wd else None
-    tx = optax.adafactor(learning_rate=schedule, weight_decay_rate=decay_rate, weight_decay_mask=decay_mask)
+    tx = optax.adafactor(
+      learning_rate=schedule, weight_decay_rate=decay_rate, weight_decay_mask=decay_mask
+    )
   else:
     raise PretrainError(f"optimizer.name={opt_cfg.name!r}: expected 'adamw', 'lamb' or 'adafactor'")
   if opt_cfg.grad_clip_norm and opt_cfg.grad_clip_norm > 0:

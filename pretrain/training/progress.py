@@ -4,6 +4,7 @@ The train loop books time into a Progress, saves it in every checkpoint and
 reports goodput (time in steps that reached a checkpoint over all wall time
 since the run first started) in its metrics rows.
 """
+
 import contextlib
 import dataclasses
 import json
@@ -23,6 +24,7 @@ class Progress:
   interval's data wait; checkpoint saves and evals are timed apart (`timed`)
   and start a new interval.
   """
+
   first_start_time: float
   restarts: int = 0
   useful_seconds: float = 0.0
@@ -34,14 +36,25 @@ class Progress:
   interval_steps: int = dataclasses.field(default=0, repr=False)
   interval_data_wait: float = dataclasses.field(default=0.0, repr=False)
 
-  _SAVED = ("first_start_time", "restarts", "useful_seconds", "compile_seconds", "checkpoint_seconds",
-            "data_wait_seconds", "eval_seconds")
+  _SAVED = (
+    "first_start_time",
+    "restarts",
+    "useful_seconds",
+    "compile_seconds",
+    "checkpoint_seconds",
+    "data_wait_seconds",
+    "eval_seconds",
+  )
 
   @classmethod
   def resumed(cls, saved: dict, first_start_time: float) -> "Progress":
     """The progress of a checkpoint (its saved dict; older ones lack keys), one restart later."""
-    progress = cls(**dict({"first_start_time": first_start_time}, **{k: v for k, v in saved.items()
-                                                                      if k in cls._SAVED}))
+    progress = cls(
+      **dict(
+        {"first_start_time": first_start_time},
+        **{k: v for k, v in saved.items() if k in cls._SAVED},
+      )
+    )
     progress.restarts += 1
     return progress
 
@@ -72,15 +85,23 @@ class Progress:
       yield
     finally:
       self.interval_start = time.perf_counter()
-      setattr(self, f"{kind}_seconds", getattr(self, f"{kind}_seconds") + self.interval_start - start)
+      setattr(
+        self, f"{kind}_seconds", getattr(self, f"{kind}_seconds") + self.interval_start - start
+      )
 
   def goodput_row(self) -> dict:
     """Goodput: time in training steps that reached a checkpoint or this process, over all wall time since
     the run first started (restarts, downtime and work lost to a crash count against it)."""
     wall = max(time.time() - self.first_start_time, 1e-9)
-    return {"goodput": self.useful_seconds / wall, "restarts": self.restarts, "wall_seconds": wall,
-            **{f"badput_{k}": getattr(self, k) for k in
-               ("compile_seconds", "checkpoint_seconds", "data_wait_seconds", "eval_seconds")}}
+    return {
+      "goodput": self.useful_seconds / wall,
+      "restarts": self.restarts,
+      "wall_seconds": wall,
+      **{
+        f"badput_{k}": getattr(self, k)
+        for k in ("compile_seconds", "checkpoint_seconds", "data_wait_seconds", "eval_seconds")
+      },
+    }
 
 
 def first_start_time(workdir: str, is_main: bool) -> float:

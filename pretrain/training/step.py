@@ -4,6 +4,7 @@
 params (through the one rules table in pretrain/sharding.py), so the loop and
 the benchmark compile exactly the same step.
 """
+
 import dataclasses
 import time
 from typing import Any, Callable
@@ -31,6 +32,7 @@ def _make_train_step(task, model, tx, schedule, grad_accum: int, seed: int):
   def grads_and_sums(params, batch, denominators, rng):
     def objective(p):
       return task.loss(model, p, batch, denominators, dropout_rng=rng, deterministic=False)
+
     (_, sums), grads = jax.value_and_grad(objective, has_aux=True)(params)
     return grads, sums
 
@@ -42,12 +44,15 @@ def _make_train_step(task, model, tx, schedule, grad_accum: int, seed: int):
     else:
       # Microbatch i takes rows i, i + A, i + 2A, ... so every microbatch stays spread over all shards.
       micro = jax.tree.map(lambda x: x.reshape(-1, grad_accum, *x.shape[1:]).swapaxes(0, 1), batch)
+
       def body(carry, xs):
         i, mb = xs
         g, s = grads_and_sums(state.params, mb, denominators, jax.random.fold_in(rng, i))
         return jax.tree.map(jnp.add, carry, (g, s)), None
-      zero = jax.eval_shape(lambda: grads_and_sums(
-          state.params, jax.tree.map(lambda x: x[0], micro), denominators, rng))
+
+      zero = jax.eval_shape(
+        lambda: grads_and_sums(state.params, jax.tree.map(lambda x: x[0], micro), denominators, rng)
+      )
       zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), zero)
       (grads, sums), _ = jax.lax.scan(body, zero, (jnp.arange(grad_accum), micro))
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -64,12 +69,14 @@ def _make_eval_step(task, model):
   def eval_step(params, batch):
     _, sums = task.loss(model, params, batch, task.denominators(batch), deterministic=True)
     return sums
+
   return eval_step
 
 
 @dataclasses.dataclass
 class StepFunctions:
   """What the loop needs to init, restore, train and evaluate on one mesh."""
+
   mesh: jax.sharding.Mesh
   abstract_state: TrainState  # ShapeDtypeStructs carrying their shardings (restore target).
   abstract_batch: dict
@@ -94,8 +101,9 @@ class StepFunctions:
       return self._eval_step(params, batch)
 
 
-def build(task, model, tx, schedule, mesh, global_batch: int, *, grad_accum: int = 1,
-          seed: int = 0) -> StepFunctions:
+def build(
+  task, model, tx, schedule, mesh, global_batch: int, *, grad_accum: int = 1, seed: int = 0
+) -> StepFunctions:
   dummy = task.dummy_batch(1)
   boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *task.init_args(dummy)))["params"]
   param_sh = sharding.param_shardings(boxed, mesh)
@@ -104,28 +112,43 @@ def build(task, model, tx, schedule, mesh, global_batch: int, *, grad_accum: int
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
   # Optimizer leaves shaped like their param share its sharding; others (Adafactor's factored row/column
   # moments, counts) are small and replicated.
-  opt_sh = optax.tree_map_params(tx, lambda leaf, s, p: s if leaf.shape == p.shape else replicated,
-                                 abstract_opt, param_sh, abstract_params,
-                                 transform_non_params=lambda _: replicated)
+  opt_sh = optax.tree_map_params(
+    tx,
+    lambda leaf, s, p: s if leaf.shape == p.shape else replicated,
+    abstract_opt,
+    param_sh,
+    abstract_params,
+    transform_non_params=lambda _: replicated,
+  )
   state_sh = TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
   abstract_state = sharding.abstract(
-      TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt),
-      state_sh)
+    TrainState(
+      step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt
+    ),
+    state_sh,
+  )
   batch_sh = sharding.data_sharding(mesh)
   abstract_batch = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct((global_batch,) + x.shape[1:], x.dtype, sharding=batch_sh), dummy)
+    lambda x: jax.ShapeDtypeStruct((global_batch,) + x.shape[1:], x.dtype, sharding=batch_sh), dummy
+  )
 
   def init_state(rng):
     params = nn.unbox(model.init(rng, *task.init_args(dummy))["params"])
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   return StepFunctions(
-      mesh=mesh, abstract_state=abstract_state, abstract_batch=abstract_batch,
-      num_params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params)),
-      _init=jax.jit(init_state, out_shardings=state_sh),
-      _train_step=jax.jit(_make_train_step(task, model, tx, schedule, grad_accum, seed),
-                          in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, replicated),
-                          donate_argnums=(0,)),
-      _eval_step=jax.jit(_make_eval_step(task, model), in_shardings=(param_sh, batch_sh),
-                         out_shardings=replicated),
+    mesh=mesh,
+    abstract_state=abstract_state,
+    abstract_batch=abstract_batch,
+    num_params=sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params)),
+    _init=jax.jit(init_state, out_shardings=state_sh),
+    _train_step=jax.jit(
+      _make_train_step(task, model, tx, schedule, grad_accum, seed),
+      in_shardings=(state_sh, batch_sh),
+      out_shardings=(state_sh, replicated),
+      donate_argnums=(0,),
+    ),
+    _eval_step=jax.jit(
+      _make_eval_step(task, model), in_shardings=(param_sh, batch_sh), out_shardings=replicated
+    ),
   )

@@ -1,4 +1,5 @@
 """The attention benchmark's records are real measurements, and the backends it times agree."""
+
 import json
 import math
 
@@ -38,7 +39,9 @@ def test_records_are_real_measurements(measured):
     assert r["peak_bytes"] == r["temp_bytes"] + r["argument_bytes"] + r["output_bytes"]
     # At least the forward output and the gradients the executable returned.
     assert r["output_bytes"] >= sum(x.nbytes for x in jax.tree.leaves(outputs)) > 0
-    assert r["argument_bytes"] >= 4 * 2 * seq_len * 16 * 4  # q, k, v and the cotangent (or x, params, ...).
+    assert (
+      r["argument_bytes"] >= 4 * 2 * seq_len * 16 * 4
+    )  # q, k, v and the cotangent (or x, params, ...).
   attn = measured["attention", "xla", 32][0]
   assert attn["flops"] == 12 * 2 * 2 * 32 * 32 * 8
   layer = measured["layer", "xla", 32][0]
@@ -61,14 +64,20 @@ def test_backends_agree(measured, kind):
 
 
 def test_unrunnable_backends_are_listed_with_their_reason(measured):
-  results = bench_attention.run_benchmark(seq_lens=(16, 32), backends=("pallas_gpu", "splash_tpu"),
-                                          shape=TINY, iters=1)
+  results = bench_attention.run_benchmark(
+    seq_lens=(16, 32), backends=("pallas_gpu", "splash_tpu"), shape=TINY, iters=1
+  )
   records = results["records"]
   assert [(r["case"], r["backend"], r["seq_len"]) for r in records] == [
-      (kind, backend, n) for kind in bench_attention.CASES for backend in ("pallas_gpu", "splash_tpu")
-      for n in (16, 32)]
+    (kind, backend, n)
+    for kind in bench_attention.CASES
+    for backend in ("pallas_gpu", "splash_tpu")
+    for n in (16, 32)
+  ]
   for r in records:
-    assert r["skipped"].startswith(f"{r['backend']} needs a {'GPU' if r['backend'] == 'pallas_gpu' else 'TPU'}")
+    assert r["skipped"].startswith(
+      f"{r['backend']} needs a {'GPU' if r['backend'] == 'pallas_gpu' else 'TPU'}"
+    )
   auto = bench_attention.skip_reason("auto", 16, TINY, timed=TIMED)
   assert auto.startswith("auto resolves to xla")
   # The interpreter makes pallas_gpu runnable at 16 tokens; splash still needs multiples of 128.

@@ -1,4 +1,5 @@
 """The benchmark's batches are the task's own examples, full length, with its dummy batch's fields."""
+
 import glob
 import os
 
@@ -42,7 +43,9 @@ def test_task_batch_matches_the_task_fields(name, family_config):
   if name == "gpt2":
     np.testing.assert_array_equal(batch["input_ids"][:, 1:], batch["target_ids"][:, :-1])
   if name == "t5":
-    np.testing.assert_array_equal(batch["decoder_input_tokens"][:, 1:], batch["decoder_target_tokens"][:, :-1])
+    np.testing.assert_array_equal(
+      batch["decoder_input_tokens"][:, 1:], batch["decoder_target_tokens"][:, :-1]
+    )
     assert batch["encoder_input_tokens"].max() <= task.first_sentinel
 
 

@@ -1,4 +1,5 @@
 """The step benchmark's --data: BERT's input pipeline only."""
+
 import pytest
 
 from pretrain.bench import pipeline

@@ -1,4 +1,5 @@
 """The benchmark's figures are finite and consistent with each other (no timing assertions)."""
+
 import json
 import math
 
@@ -8,19 +9,31 @@ from pretrain.bench import step
 
 
 def test_run_benchmark_figures_are_consistent(tiny_config):
-  results = step.run_benchmark(tiny_config, dtypes=("float32", "bfloat16"), reference="none", steps=2,
-                               windows=2, warmup=1)
+  results = step.run_benchmark(
+    tiny_config, dtypes=("float32", "bfloat16"), reference="none", steps=2, windows=2, warmup=1
+  )
   assert [r["dtype"] for r in results["project"]] == ["float32", "bfloat16"]
   assert results["hf"] == [] and results["ratios"] == {}
   for r in results["project"]:
     assert len(r["window_step_seconds"]) == 2
-    for key in ("step_seconds", "tokens_per_sec", "tflops_per_sec", "mfu", "of_matmul_peak", "peak_flops"):
+    for key in (
+      "step_seconds",
+      "tokens_per_sec",
+      "tflops_per_sec",
+      "mfu",
+      "of_matmul_peak",
+      "peak_flops",
+    ):
       assert math.isfinite(r[key]) and r[key] > 0, (key, r[key])
     assert r["tokens_per_sec"] == pytest.approx(8 * 32 / r["step_seconds"])
-    assert r["tflops_per_sec"] == pytest.approx(r["flops_per_example"] * 8 / r["step_seconds"] / 1e12)
+    assert r["tflops_per_sec"] == pytest.approx(
+      r["flops_per_example"] * 8 / r["step_seconds"] / 1e12
+    )
     assert r["mfu"] == pytest.approx(r["tflops_per_sec"] * 1e12 / r["peak_flops"])
     jax_peak = max(m["flops_per_sec"] for m in results["matmul"] if m["dtype"] == r["dtype"])
-    assert r["of_matmul_peak"] == pytest.approx(r["tflops_per_sec"] * 1e12 / (jax_peak * r["devices"]))
+    assert r["of_matmul_peak"] == pytest.approx(
+      r["tflops_per_sec"] * 1e12 / (jax_peak * r["devices"])
+    )
   assert {m["shape"] for m in results["matmul"]} == {"256x32x64", "256x64x32"}
   table = step.format_table(results)
   assert "project bfloat16" in table and "tokens/s" in table
@@ -28,8 +41,16 @@ def test_run_benchmark_figures_are_consistent(tiny_config):
 
 
 def test_profile_lists_the_slowest_xla_ops_of_forward_and_backward(tiny_config):
-  results = step.run_benchmark(tiny_config, dtypes=("float32",), reference="none", steps=1, windows=1,
-                               warmup=1, matmul=False, profile_ops=5)
+  results = step.run_benchmark(
+    tiny_config,
+    dtypes=("float32",),
+    reference="none",
+    steps=1,
+    windows=1,
+    warmup=1,
+    matmul=False,
+    profile_ops=5,
+  )
   ops = results["project"][0]["top_ops"]
   assert 1 <= len(ops) <= 5
   ms = [o["ms"] for o in ops]

@@ -6,6 +6,7 @@ A test module imports it by putting tests/convert/ on sys.path:
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "convert"))
   from hf_folders import ...
 """
+
 import functools
 import json
 import os
@@ -45,7 +46,9 @@ def padded(rng, vocab, length, pad_id=0, low=5):
 def hf_outputs(model, **inputs):
   """model(**inputs) without gradients, every input (an int array, or None) passed as a long tensor."""
   with torch.no_grad():
-    return model(**{k: None if v is None else torch.tensor(v, dtype=torch.long) for k, v in inputs.items()})
+    return model(
+      **{k: None if v is None else torch.tensor(v, dtype=torch.long) for k, v in inputs.items()}
+    )
 
 
 @functools.cache
@@ -106,7 +109,9 @@ def import_scanned(hf_dir, out, converted):
 def save_checkpoint(workdir, step, params, config, opt_state=None, data_state=None, keep=1):
   """A training workdir with one checkpoint: TrainState(step, params, opt_state) and the run's config dict."""
   ckpt = Checkpointer(str(workdir), every_steps=1, keep=keep, async_save=False)
-  state = TrainState(step=np.int32(step), params=params, opt_state={} if opt_state is None else opt_state)
+  state = TrainState(
+    step=np.int32(step), params=params, opt_state={} if opt_state is None else opt_state
+  )
   ckpt.save(step, state, data_state or {}, config, {})
   ckpt.close()
   return str(workdir)

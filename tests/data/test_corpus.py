@@ -1,4 +1,5 @@
 """Tests for pretrain.data.corpus."""
+
 import gzip
 import hashlib
 import json
@@ -17,7 +18,9 @@ from pretrain.data import embedded_corpus
 from pretrain.data import text_files
 from pretrain.errors import PretrainError
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # tests/, for fake_gcs.
+sys.path.insert(
+  0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+)  # tests/, for fake_gcs.
 from fake_gcs import BUCKET, FakeGcsFileSystem, root_fixture  # pylint: disable=wrong-import-position
 
 fake_gcs = root_fixture()
@@ -101,13 +104,16 @@ def test_load_corpus_embedded():
   assert corpus.load_corpus(_data_cfg(heldout_fraction=0.05)).heldout == c.heldout
 
 
-@pytest.mark.parametrize("kw, message", [
+@pytest.mark.parametrize(
+  "kw, message",
+  [
     (dict(source="parquet"), "data.source='parquet' is unknown; allowed: embedded, text, jsonl"),
     (dict(heldout_fraction=1.0), "heldout_fraction"),
     (dict(heldout_fraction=-0.1), "heldout_fraction"),
     (dict(source="text", paths=""), "data.paths is empty"),
     (dict(source="jsonl", paths="x.jsonl", text_field=""), "data.text_field is empty"),
-])
+  ],
+)
 def test_load_corpus_rejects_bad_config(kw, message):
   with pytest.raises(PretrainError, match=message.replace("(", r"\(").replace(")", r"\)")):
     corpus.load_corpus(_data_cfg(**kw))
@@ -123,14 +129,16 @@ def test_load_corpus_accepts_a_plain_dict(tmp_path):
 
 
 def test_read_text_files_bert_format(tmp_path):
-  a = _write(tmp_path / "a.txt", "Doc one, line one.\nDoc one, line two.\n\n\n  \nDoc two.\r\n\nDoc three.")
+  a = _write(
+    tmp_path / "a.txt", "Doc one, line one.\nDoc one, line two.\n\n\n  \nDoc two.\r\n\nDoc three."
+  )
   b = _write(tmp_path / "b.txt", "\ufeffDoc four, after a BOM.\n  Doc four, stripped.  \n")
   docs, stats = corpus.read_text_files([b, a])  # Files are read sorted.
   assert docs == [
-      ["Doc one, line one.", "Doc one, line two."],
-      ["Doc two."],
-      ["Doc three."],
-      ["Doc four, after a BOM.", "Doc four, stripped."],
+    ["Doc one, line one.", "Doc one, line two."],
+    ["Doc two."],
+    ["Doc three."],
+    ["Doc four, after a BOM.", "Doc four, stripped."],
   ]
   assert stats == {"num_files": 2, "undecodable_lines": 0, "bad_lines": 0}
 
@@ -170,8 +178,10 @@ def test_read_text_files_empty_corpus_is_an_error(tmp_path):
 
 
 def test_read_text_files_skips_and_counts_undecodable_lines(tmp_path, caplog):
-  path = _write(tmp_path / "mixed.txt",
-                b"Good line one.\nBad \xff\xfe line.\nGood line two, caf\xc3\xa9.\n\nAlso \xc3 bad.\nLast doc.\n")
+  path = _write(
+    tmp_path / "mixed.txt",
+    b"Good line one.\nBad \xff\xfe line.\nGood line two, caf\xc3\xa9.\n\nAlso \xc3 bad.\nLast doc.\n",
+  )
   with caplog.at_level(logging.WARNING):
     docs, stats = corpus.read_text_files(path)
   assert docs == [["Good line one.", "Good line two, caf\u00e9."], ["Last doc."]]
@@ -186,19 +196,21 @@ def test_read_text_files_skips_and_counts_undecodable_lines(tmp_path, caplog):
 
 def test_read_jsonl(tmp_path):
   lines = [
-      json.dumps({"text": "First document. It has two sentences.", "id": 1}),
-      "",
-      json.dumps({"body": "Wrong field."}),
-      "{not json",
-      json.dumps(["a", "list"]),
-      json.dumps({"text": 42}),
-      json.dumps({"text": "   "}),
-      json.dumps({"text": "Second document.\n\nA new paragraph! Yes."}),
+    json.dumps({"text": "First document. It has two sentences.", "id": 1}),
+    "",
+    json.dumps({"body": "Wrong field."}),
+    "{not json",
+    json.dumps(["a", "list"]),
+    json.dumps({"text": 42}),
+    json.dumps({"text": "   "}),
+    json.dumps({"text": "Second document.\n\nA new paragraph! Yes."}),
   ]
-  path = _write(tmp_path / "d.jsonl", "\n".join(lines).encode() + b"\n\xff{\"text\": \"x\"}\n")
+  path = _write(tmp_path / "d.jsonl", "\n".join(lines).encode() + b'\n\xff{"text": "x"}\n')
   docs, stats = corpus.read_jsonl(path, "text")
-  assert docs == [["First document.", "It has two sentences."],
-                  ["Second document.", "A new paragraph!", "Yes."]]
+  assert docs == [
+    ["First document.", "It has two sentences."],
+    ["Second document.", "A new paragraph!", "Yes."],
+  ]
   assert stats == {"num_files": 1, "undecodable_lines": 1, "bad_lines": 4}
   docs, _ = corpus.read_jsonl(path, "body")
   assert docs == [["Wrong field."]]
@@ -213,9 +225,13 @@ def test_read_jsonl_all_bad_names_field_and_file(tmp_path):
 
 def test_load_corpus_jsonl(tmp_path):
   for i in range(3):
-    _write(tmp_path / f"{i}.jsonl", "\n".join(json.dumps({"t": f"Doc {i}{j}. More {j}."}) for j in range(10)))
-  c = corpus.load_corpus(_data_cfg(source="jsonl", paths=f"{tmp_path}/*.jsonl", text_field="t",
-                                   heldout_fraction=0.2))
+    _write(
+      tmp_path / f"{i}.jsonl",
+      "\n".join(json.dumps({"t": f"Doc {i}{j}. More {j}."}) for j in range(10)),
+    )
+  c = corpus.load_corpus(
+    _data_cfg(source="jsonl", paths=f"{tmp_path}/*.jsonl", text_field="t", heldout_fraction=0.2)
+  )
   assert c.stats["train_num_docs"] + c.stats["heldout_num_docs"] == 30
   assert c.stats["num_files"] == 3 and c.stats["bad_lines"] == 0
   assert all(len(d) == 2 for d in c.train + c.heldout)
@@ -287,26 +303,42 @@ def _reference_docs(paths, source, field="text"):
 
 
 _TEXT_FILES = {
-    "a.txt": (b"\xef\xbb\xbfFirst doc, after a BOM.\r\nStill the first.\n\n\n   \n\n"
-              + "Second doc: caf\u00e9, \u20ac and \U0001F600 straddle boundaries.\n".encode()
-              + b"Bad \xff\xfe inside a doc.\nThe second doc goes on.\n\n\xc3 bad right after a blank.\n"
-              b"Third doc.\r\n  \t \n\xff\n\nFourth doc, no trailing newline"),
-    "b.txt": "\n\n\nAfter leading blanks.\n\ufeffA BOM that is not at byte 0 stays.\r\n".encode(),
-    "c.txt": b"",
-    "d.txt": b"\n \n\n",
-    "e.txt": b"".join(f"Doc {i}, line one \u00e9\u00e8.\nDoc {i}, line two.\n{chr(10) * (i % 3 + 1)}".encode()
-                      for i in range(40)),
-    "f.txt": b"One line only",
+  "a.txt": (
+    b"\xef\xbb\xbfFirst doc, after a BOM.\r\nStill the first.\n\n\n   \n\n"
+    + "Second doc: caf\u00e9, \u20ac and \U0001f600 straddle boundaries.\n".encode()
+    + b"Bad \xff\xfe inside a doc.\nThe second doc goes on.\n\n\xc3 bad right after a blank.\n"
+    b"Third doc.\r\n  \t \n\xff\n\nFourth doc, no trailing newline"
+  ),
+  "b.txt": "\n\n\nAfter leading blanks.\n\ufeffA BOM that is not at byte 0 stays.\r\n".encode(),
+  "c.txt": b"",
+  "d.txt": b"\n \n\n",
+  "e.txt": b"".join(
+    f"Doc {i}, line one \u00e9\u00e8.\nDoc {i}, line two.\n{chr(10) * (i % 3 + 1)}".encode()
+    for i in range(40)
+  ),
+  "f.txt": b"One line only",
 }
 _JSONL_FILES = {
-    "a.jsonl": (b"\xef\xbb\xbf" + json.dumps({"text": "After a BOM. Two sentences."}).encode() + b"\r\n\n"
-                + b"{not json\n" + '{"text": "Caf\u00e9 \U0001F600 here."}'.encode()
-                + b"\n\xff{\"text\": \"undecodable\"}\n" + json.dumps(["a", "list"]).encode() + b"\n"
-                + json.dumps({"text": 42}).encode() + b"\n   \n" + json.dumps({"text": "   "}).encode() + b"\n"
-                + json.dumps({"text": "No trailing newline."}).encode()),
-    "b.jsonl": b"".join(json.dumps({"text": f"Line {i}. Sentence two of {i}!", "id": i}).encode() + b"\n"
-                        for i in range(30)),
-    "c.jsonl": b"",
+  "a.jsonl": (
+    b"\xef\xbb\xbf"
+    + json.dumps({"text": "After a BOM. Two sentences."}).encode()
+    + b"\r\n\n"
+    + b"{not json\n"
+    + '{"text": "Caf\u00e9 \U0001f600 here."}'.encode()
+    + b'\n\xff{"text": "undecodable"}\n'
+    + json.dumps(["a", "list"]).encode()
+    + b"\n"
+    + json.dumps({"text": 42}).encode()
+    + b"\n   \n"
+    + json.dumps({"text": "   "}).encode()
+    + b"\n"
+    + json.dumps({"text": "No trailing newline."}).encode()
+  ),
+  "b.jsonl": b"".join(
+    json.dumps({"text": f"Line {i}. Sentence two of {i}!", "id": i}).encode() + b"\n"
+    for i in range(30)
+  ),
+  "c.jsonl": b"",
 }
 
 
@@ -319,7 +351,9 @@ def _read_units(cfg, unit_bytes):
   stats, docs = {}, []
   for unit in units:
     got = list(corpus.read_unit(unit, cfg, stats))
-    assert list(corpus.sample_unit(unit, cfg, unit.num_bytes)) == got  # An unbounded sample is the unit.
+    assert (
+      list(corpus.sample_unit(unit, cfg, unit.num_bytes)) == got
+    )  # An unbounded sample is the unit.
     docs += got
   return units, sources, docs, stats
 
@@ -328,9 +362,11 @@ def _check_ranges(ranges, sources):
   """The ranges tile each file, each with the sha256 of exactly its bytes."""
   for src in sources:
     mine = [r for r in ranges if r["path"] == src["path"]]
-    assert [r["start"] for r in mine] == [0] + [r["end"] for r in mine[:-1]] and mine[-1]["end"] == src["size"]
+    assert [r["start"] for r in mine] == [0] + [r["end"] for r in mine[:-1]] and mine[-1][
+      "end"
+    ] == src["size"]
   for r in ranges:
-    data = open(r["path"], "rb").read()[r["start"]:r["end"]]
+    data = open(r["path"], "rb").read()[r["start"] : r["end"]]
     assert r["bytes"] == len(data) and r["sha256"] == hashlib.sha256(data).hexdigest()
 
 
@@ -350,20 +386,39 @@ def test_units_read_the_documents_of_whole_files(tmp_path, source, files, unit_b
   assert all(u.num_bytes <= unit_bytes or len(u.ranges) == 1 for u in units)
   _check_ranges(stats["ranges"], sources)
   if unit_bytes == 1:
-    assert len(units) == sum(os.path.getsize(p) for p in paths)  # A unit per byte; empty files join one.
+    assert len(units) == sum(
+      os.path.getsize(p) for p in paths
+    )  # A unit per byte; empty files join one.
 
 
 def test_units_of_random_files_read_the_documents_of_whole_files(tmp_path, monkeypatch):
   monkeypatch.setattr(text_files, "_CHUNK", 3)  # Lines and characters across reads, too.
-  pieces = [b"Hello there.", b"caf\xc3\xa9 \xe2\x82\xac", b"\xff bad", b"", b"  ", b"\r", b"\xef\xbb\xbf",
-            b"\xc3",
-            b'{"text": "A doc. Two."}', b'{"text": 3}', b"[1]", b'{"text": "caf\xc3\xa9 ok."}']
+  pieces = [
+    b"Hello there.",
+    b"caf\xc3\xa9 \xe2\x82\xac",
+    b"\xff bad",
+    b"",
+    b"  ",
+    b"\r",
+    b"\xef\xbb\xbf",
+    b"\xc3",
+    b'{"text": "A doc. Two."}',
+    b'{"text": 3}',
+    b"[1]",
+    b'{"text": "caf\xc3\xa9 ok."}',
+  ]
   rng = random.Random(0)
   for trial in range(12):
     folder = tmp_path / str(trial)
-    paths = [_write(folder / f"{i}.txt", b"".join(rng.choice(pieces) + rng.choice([b"\n", b"\r\n", b""])
-                                                  for _ in range(rng.randint(0, 25))))
-             for i in range(rng.randint(1, 3))]
+    paths = [
+      _write(
+        folder / f"{i}.txt",
+        b"".join(
+          rng.choice(pieces) + rng.choice([b"\n", b"\r\n", b""]) for _ in range(rng.randint(0, 25))
+        ),
+      )
+      for i in range(rng.randint(1, 3))
+    ]
     for source in ("text", "jsonl"):
       want, undecodable, bad = _reference_docs(paths, source)
       for unit_bytes in (1, 5, 33):
@@ -375,27 +430,45 @@ def test_units_of_random_files_read_the_documents_of_whole_files(tmp_path, monke
 
 
 def test_plan_units_splits_big_files_and_groups_small_ones(tmp_path):
-  for name, size in (("a.txt", 10), ("b.txt", 25), ("c.txt", 3), ("d.txt", 4), ("e.txt", 9), ("f.gz", 30)):
+  for name, size in (
+    ("a.txt", 10),
+    ("b.txt", 25),
+    ("c.txt", 3),
+    ("d.txt", 4),
+    ("e.txt", 9),
+    ("f.gz", 30),
+  ):
     _write(tmp_path / name, b"x" * size)
-  units, sources = corpus.plan_units(_data_cfg(source="text", paths=f"{tmp_path}/*.txt,{tmp_path}/*.gz"), 10)
+  units, sources = corpus.plan_units(
+    _data_cfg(source="text", paths=f"{tmp_path}/*.txt,{tmp_path}/*.gz"), 10
+  )
   p = lambda name: str(tmp_path / name)  # pylint: disable=unnecessary-lambda-assignment
   assert [u.ranges for u in units] == [
-      ((p("a.txt"), 0, 10),),
-      ((p("b.txt"), 0, 8),), ((p("b.txt"), 8, 16),), ((p("b.txt"), 16, 25),),  # Even pieces of <= 10 bytes.
-      ((p("c.txt"), 0, 3), (p("d.txt"), 0, 4)),  # Small files grouped while they fit.
-      ((p("e.txt"), 0, 9),),
-      ((p("f.gz"), 0, 30),),  # Compressed: one range, however big.
+    ((p("a.txt"), 0, 10),),
+    ((p("b.txt"), 0, 8),),
+    ((p("b.txt"), 8, 16),),
+    ((p("b.txt"), 16, 25),),  # Even pieces of <= 10 bytes.
+    ((p("c.txt"), 0, 3), (p("d.txt"), 0, 4)),  # Small files grouped while they fit.
+    ((p("e.txt"), 0, 9),),
+    ((p("f.gz"), 0, 30),),  # Compressed: one range, however big.
   ]
   assert [u.index for u in units] == list(range(7)) and {u.source for u in units} == {"text"}
-  assert [s["path"] for s in sources] == [p(n) for n in ("a.txt", "b.txt", "c.txt", "d.txt", "e.txt", "f.gz")]
-  assert corpus.plan_units(_data_cfg(source="text", paths=f"{tmp_path}/*.txt"))[0][0].num_bytes == 51
+  assert [s["path"] for s in sources] == [
+    p(n) for n in ("a.txt", "b.txt", "c.txt", "d.txt", "e.txt", "f.gz")
+  ]
+  assert (
+    corpus.plan_units(_data_cfg(source="text", paths=f"{tmp_path}/*.txt"))[0][0].num_bytes == 51
+  )
 
 
 def test_input_unit_json_round_trip():
   unit = corpus.InputUnit(3, "jsonl", (("gs://b/x.jsonl", 0, 10), ("/data/y.jsonl", 5, 9)))
   assert corpus.InputUnit.from_json(json.loads(json.dumps(unit.to_json()))) == unit
-  assert unit.to_json() == {"index": 3, "source": "jsonl",
-                            "ranges": [["gs://b/x.jsonl", 0, 10], ["/data/y.jsonl", 5, 9]]}
+  assert unit.to_json() == {
+    "index": 3,
+    "source": "jsonl",
+    "ranges": [["gs://b/x.jsonl", 0, 10], ["/data/y.jsonl", 5, 9]],
+  }
   with pytest.raises(PretrainError, match="malformed"):
     corpus.InputUnit.from_json({"index": 0, "source": "text"})
   with pytest.raises(PretrainError, match="source 'csv'"):
@@ -409,7 +482,7 @@ def test_embedded_unit():
   assert list(corpus.read_unit(units[0], _data_cfg(), stats)) == corpus.embedded_documents()
   assert stats == {"undecodable_lines": 0, "bad_lines": 0, "ranges": []}
   sample = list(corpus.sample_unit(units[0], _data_cfg(), 20_000))
-  assert sample == corpus.embedded_documents()[:len(sample)]
+  assert sample == corpus.embedded_documents()[: len(sample)]
   size = sum(len(s.encode()) + 1 for d in sample for s in d) + len(sample)
   assert 20_000 <= size <= 20_000 + sum(len(s.encode()) + 1 for s in sample[-1]) + 1
   assert len(list(corpus.sample_unit(units[0], _data_cfg(), 1))) == 1
@@ -429,8 +502,11 @@ def test_plan_and_read_unit_errors(tmp_path):
   with pytest.raises(PretrainError, match="planned for data.source='text', but it is 'jsonl'"):
     list(corpus.read_unit(unit, _data_cfg(source="jsonl", paths=path), {}))
   with pytest.raises(PretrainError, match="data.text_field is empty"):
-    list(corpus.read_unit(corpus.InputUnit(0, "jsonl", unit.ranges), _data_cfg(source="jsonl", text_field=""),
-                          {}))
+    list(
+      corpus.read_unit(
+        corpus.InputUnit(0, "jsonl", unit.ranges), _data_cfg(source="jsonl", text_field=""), {}
+      )
+    )
   # A file that changed since planning: its manifest entry would be wrong.
   _write(tmp_path / "a.txt", "Some")
   with pytest.raises(PretrainError, match="a.txt changed size since the units were planned"):
@@ -458,14 +534,24 @@ def test_compressed_files_are_one_range_each(tmp_path, suffix):
   assert [u.ranges for u in units] == [((s["path"], 0, s["size"]),) for s in sources]
   _check_ranges(stats["ranges"], sources)  # The sha256 of the compressed bytes.
   with open(sources[-1]["path"], "ab") as f:
-    f.write(gzip.compress(b"More.\n") if suffix == ".gz" else zstandard.ZstdCompressor().compress(b"More.\n"))
+    f.write(
+      gzip.compress(b"More.\n")
+      if suffix == ".gz"
+      else zstandard.ZstdCompressor().compress(b"More.\n")
+    )
   with pytest.raises(PretrainError, match="changed size since the units were planned"):
     list(corpus.read_unit(units[-1], cfg, {}))
 
 
-@pytest.mark.parametrize("name, kind", [("bad.gz", "gzip"), ("bad.zst", "zstd"), ("cut.gz", "gzip")])
+@pytest.mark.parametrize(
+  "name, kind", [("bad.gz", "gzip"), ("bad.zst", "zstd"), ("cut.gz", "gzip")]
+)
 def test_a_compressed_file_that_is_not_is_an_error_naming_it(tmp_path, name, kind):
-  data = gzip.compress(b"Some text.\n" * 100)[:-30] if name == "cut.gz" else b"Plain text, not compressed.\n"
+  data = (
+    gzip.compress(b"Some text.\n" * 100)[:-30]
+    if name == "cut.gz"
+    else b"Plain text, not compressed.\n"
+  )
   path = _write(tmp_path / name, data)
   units, _ = corpus.plan_units(_data_cfg(source="text", paths=path))
   with pytest.raises(PretrainError, match=f"corpus file .*{name} is not valid {kind} data"):
@@ -490,7 +576,9 @@ def test_read_unit_streams_its_range_only(tmp_path, monkeypatch):
   monkeypatch.setattr(text_files.CorpusFile, "read", spy)
   middle = list(corpus.read_unit(units[15], cfg, {}))
   assert middle and all(d in docs for d in middle)
-  assert read[None] < 4096 + 3 * 256 and 0 < read["back"] <= 4096  # Its range, its last document, a look back.
+  assert (
+    read[None] < 4096 + 3 * 256 and 0 < read["back"] <= 4096
+  )  # Its range, its last document, a look back.
 
 
 def test_sample_unit_is_a_bounded_prefix_of_each_range(tmp_path):
@@ -506,17 +594,26 @@ def test_sample_unit_is_a_bounded_prefix_of_each_range(tmp_path):
   per_range = len(sample) // 2
   assert sample == docs[:per_range] + docs[:per_range]  # The start of each range, document-aligned.
   assert 1000 <= per_range * doc_bytes <= 1000 + doc_bytes
-  assert list(corpus.sample_unit(unit, cfg, 1)) == [docs[0], docs[0]]  # At least a document a range.
+  assert list(corpus.sample_unit(unit, cfg, 1)) == [
+    docs[0],
+    docs[0],
+  ]  # At least a document a range.
   assert list(corpus.sample_unit(unit, cfg, unit.num_bytes)) == docs + docs
-  jsonl = _data_cfg(source="jsonl", paths=_write(tmp_path / "d.jsonl", "".join(
-      json.dumps({"text": " ".join(d)}) + "\n" for d in docs)))
+  jsonl = _data_cfg(
+    source="jsonl",
+    paths=_write(
+      tmp_path / "d.jsonl", "".join(json.dumps({"text": " ".join(d)}) + "\n" for d in docs)
+    ),
+  )
   [unit], _ = corpus.plan_units(jsonl)
   assert list(corpus.sample_unit(unit, jsonl, 1)) == [docs[0]]
   assert 10 < len(list(corpus.sample_unit(unit, jsonl, 2000))) < 40
 
 
 def test_a_range_warns_of_its_undecodable_lines(tmp_path, caplog):
-  path = _write(tmp_path / "mixed.txt", b"Good line.\n" * 50 + b"Bad \xff line.\n" + b"Good line.\n" * 50)
+  path = _write(
+    tmp_path / "mixed.txt", b"Good line.\n" * 50 + b"Bad \xff line.\n" + b"Good line.\n" * 50
+  )
   cfg = _data_cfg(source="text", paths=path)
   units, _ = corpus.plan_units(cfg, 300)
   stats = {}
@@ -533,36 +630,55 @@ def test_a_range_warns_of_its_undecodable_lines(tmp_path, caplog):
 
 def test_units_read_gcs_files_as_the_local_ones(fake_gcs, tmp_path):
   local = tmp_path / "local"
-  files = {**_TEXT_FILES, **{k.replace(".txt", ".jsonl"): v for k, v in _JSONL_FILES.items()},
-           "z.txt.gz": gzip.compress(_TEXT_FILES["e.txt"])}
+  files = {
+    **_TEXT_FILES,
+    **{k.replace(".txt", ".jsonl"): v for k, v in _JSONL_FILES.items()},
+    "z.txt.gz": gzip.compress(_TEXT_FILES["e.txt"]),
+  }
   _write_all(local, files)
   shutil.copytree(local, fake_gcs / BUCKET / "corpus")
   for source, glob in (("text", "*.txt,{}/*.gz"), ("jsonl", "*.jsonl")):
-    remote_cfg = _data_cfg(source=source, paths=f"gs://{BUCKET}/corpus/" + glob.format(f"gs://{BUCKET}/corpus"))
+    remote_cfg = _data_cfg(
+      source=source, paths=f"gs://{BUCKET}/corpus/" + glob.format(f"gs://{BUCKET}/corpus")
+    )
     local_cfg = _data_cfg(source=source, paths=f"{local}/" + glob.format(local))
     for unit_bytes in (7, 4096):
       _, remote_sources, remote_docs, remote_stats = _read_units(remote_cfg, unit_bytes)
       _, local_sources, local_docs, local_stats = _read_units(local_cfg, unit_bytes)
       assert remote_docs == local_docs and len(remote_docs) > 3
       assert [s["path"] for s in remote_sources] == [
-          s["path"].replace(str(local), f"gs://{BUCKET}/corpus") for s in local_sources]
+        s["path"].replace(str(local), f"gs://{BUCKET}/corpus") for s in local_sources
+      ]
       assert [s["size"] for s in remote_sources] == [s["size"] for s in local_sources]
       for got, want in zip(remote_stats["ranges"], local_stats["ranges"], strict=True):
         assert {**got, "path": want["path"]} == want
       assert remote_stats["undecodable_lines"] == local_stats["undecodable_lines"]
   assert corpus.corpus_fingerprint(remote_cfg) != corpus.corpus_fingerprint(local_cfg)
-  with pytest.raises(PretrainError, match=f"jsonl glob 'gs://{BUCKET}/nothing/\\*.jsonl' matches no files"):
+  with pytest.raises(
+    PretrainError, match=f"jsonl glob 'gs://{BUCKET}/nothing/\\*.jsonl' matches no files"
+  ):
     corpus.plan_units(_data_cfg(source="jsonl", paths=f"gs://{BUCKET}/nothing/*.jsonl"))
   with pytest.raises(PretrainError, match=r"\*\* is not supported on GCS"):
     corpus.plan_units(_data_cfg(source="jsonl", paths=f"gs://{BUCKET}/**/*.jsonl"))
 
 
-@pytest.mark.parametrize("error, credentials", [
-    (OSError("Forbidden: fake-bucket/corpus\nsa@p.iam.gserviceaccount.com has no storage.objects.list"), True),
+@pytest.mark.parametrize(
+  "error, credentials",
+  [
+    (
+      OSError(
+        "Forbidden: fake-bucket/corpus\nsa@p.iam.gserviceaccount.com has no storage.objects.list"
+      ),
+      True,
+    ),
     (PermissionError("denied"), True),
-    (ValueError("Invalid gcloud credentials"), True),  # What gcsfs raises when the default login fails.
+    (
+      ValueError("Invalid gcloud credentials"),
+      True,
+    ),  # What gcsfs raises when the default login fails.
     (RuntimeError("connection reset"), False),
-])
+  ],
+)
 def test_gcs_listing_that_fails_names_the_url_and_cause(fake_gcs, monkeypatch, error, credentials):
   def refuse(self, path, **kwargs):
     raise error
@@ -584,5 +700,7 @@ def test_gcs_read_without_access_names_the_url(fake_gcs, monkeypatch):
     raise PermissionError("403 storage.objects.get denied")
 
   monkeypatch.setattr(FakeGcsFileSystem, "open", refuse)
-  with pytest.raises(PretrainError, match=r"cannot read gs://fake-bucket/a.txt: PermissionError: 403 .*credentials"):
+  with pytest.raises(
+    PretrainError, match=r"cannot read gs://fake-bucket/a.txt: PermissionError: 403 .*credentials"
+  ):
     list(corpus.read_unit(unit, cfg, {}))

@@ -1,4 +1,5 @@
 """The embedded corpus (CPython's own documentation): extraction, sentence splitting, cleaning."""
+
 import hashlib
 import json
 import subprocess
@@ -47,8 +48,9 @@ def test_embedded_corpus_is_cached_and_a_fresh_copy():
 
 
 def test_embedded_corpus_is_deterministic_and_imports_no_stdlib_module():
-  out = subprocess.run([sys.executable, "-c", _EMBEDDED_SUMMARY], capture_output=True, text=True,
-                       check=True).stdout.splitlines()
+  out = subprocess.run(
+    [sys.executable, "-c", _EMBEDDED_SUMMARY], capture_output=True, text=True, check=True
+  ).stdout.splitlines()
   here = hashlib.sha256(json.dumps(corpus.embedded_documents()).encode()).hexdigest()
   assert out[0] == here
   assert json.loads(out[1]) == []
@@ -57,7 +59,9 @@ def test_embedded_corpus_is_deterministic_and_imports_no_stdlib_module():
 # Sentence splitting and cleaning.
 
 
-@pytest.mark.parametrize("text, expected", [
+@pytest.mark.parametrize(
+  "text, expected",
+  [
     ("One. Two! Three? Four", ["One.", "Two!", "Three?", "Four"]),
     ("Use e.g. Foo or i.e. Bar here. Next one.", ["Use e.g. Foo or i.e. Bar here.", "Next one."]),
     ("Ask Mr. Smith, Dr. Who etc. Then stop.", ["Ask Mr. Smith, Dr. Who etc. Then stop."]),
@@ -65,10 +69,14 @@ def test_embedded_corpus_is_deterministic_and_imports_no_stdlib_module():
     ('He said "stop." "Why?" she asked.', ['He said "stop."', '"Why?" she asked.']),
     ("Version 3.11 is out. 42 is the answer.", ["Version 3.11 is out.", "42 is the answer."]),
     ("lower. case does not split", ["lower. case does not split"]),
-    ("call os.path.join() to join.\nWrapped line.", ["call os.path.join() to join.", "Wrapped line."]),
+    (
+      "call os.path.join() to join.\nWrapped line.",
+      ["call os.path.join() to join.", "Wrapped line."],
+    ),
     ("First para\nwrapped.\n\n  \nSecond para", ["First para wrapped.", "Second para"]),
     ("  \n\n ", []),
-])
+  ],
+)
 def test_split_sentences(text, expected):
   assert embedded_corpus.split_sentences(text) == expected
 
@@ -117,5 +125,7 @@ Args:
 
 
 def test_clean_docs_text_strips_rest_roles():
-  cleaned = embedded_corpus._clean_docs_text("See :func:`os.open` and :class:`~io.Foo`, or ``bar`` here.")
+  cleaned = embedded_corpus._clean_docs_text(
+    "See :func:`os.open` and :class:`~io.Foo`, or ``bar`` here."
+  )
   assert cleaned == "See os.open and io.Foo, or bar here."

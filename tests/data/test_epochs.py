@@ -1,4 +1,5 @@
 """Epochs: global index -> (epoch, slot), per-epoch plans made on demand, the last two cached."""
+
 import numpy as np
 import pytest
 
@@ -18,7 +19,9 @@ def _counting(n=5):
 
 def test_index_reads_epoch_and_slot():
   epochs, _ = _counting(5)
-  epoch, slot = epochs.locate(np.array([[0, 4], [5, 12], [23, 5_000_000_007]]))  # Any shape, flattened.
+  epoch, slot = epochs.locate(
+    np.array([[0, 4], [5, 12], [23, 5_000_000_007]])
+  )  # Any shape, flattened.
   np.testing.assert_array_equal(epoch, [0, 0, 1, 2, 4, 1_000_000_001])
   np.testing.assert_array_equal(slot, [0, 4, 0, 2, 3, 2])
   assert epoch.dtype == slot.dtype == np.int64

@@ -1,5 +1,6 @@
 """HF tokenizers (vocab.txt, tokenizer.json) through the data path: special ids where published
 vocabularies put them, masking that never touches them, and runs trained on them."""
+
 import json
 import os
 
@@ -41,9 +42,13 @@ def _write_bert_vocab(corpus: str, path: str, size: int = 500) -> str:
   wp = Tokenizer(models.WordPiece(unk_token="[UNK]"))
   wp.normalizer = normalizers.BertNormalizer(lowercase=True)
   wp.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-  wp.train_from_iterator(_lines(corpus), trainers.WordPieceTrainer(vocab_size=size - 104, special_tokens=["[UNK]"]))
+  wp.train_from_iterator(
+    _lines(corpus), trainers.WordPieceTrainer(vocab_size=size - 104, special_tokens=["[UNK]"])
+  )
   pieces = [t for t, _ in sorted(wp.get_vocab().items(), key=lambda kv: kv[1]) if t != "[UNK]"]
-  vocab = ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + pieces
+  vocab = (
+    ["[PAD]"] + [f"[unused{i}]" for i in range(99)] + ["[UNK]", "[CLS]", "[SEP]", "[MASK]"] + pieces
+  )
   with open(path, "w", encoding="utf-8") as f:
     f.write("\n".join(vocab) + "\n")
   return path
@@ -53,8 +58,12 @@ def _byte_level_bpe(corpus: str, size: int, specials: list[str]) -> Tokenizer:
   tok = Tokenizer(models.BPE())
   tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
   tok.decoder = decoders.ByteLevel()
-  tok.train_from_iterator(_lines(corpus), trainers.BpeTrainer(
-      vocab_size=size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+  tok.train_from_iterator(
+    _lines(corpus),
+    trainers.BpeTrainer(
+      vocab_size=size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    ),
+  )
   return tok
 
 
@@ -70,9 +79,19 @@ def vocabs(tmp_path_factory, text_corpus):
   tok = _byte_level_bpe(text_corpus, 600, ["<s>", "<pad>", "</s>", "<unk>"])
   tok.add_special_tokens(["<mask>"])  # Last, as roberta-base's 50264.
   tok.save(str(root / "roberta" / "tokenizer.json"))
-  (root / "roberta" / "tokenizer_config.json").write_text(json.dumps({
-      "bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>", "sep_token": "</s>", "pad_token": "<pad>",
-      "unk_token": "<unk>", "mask_token": {"content": "<mask>", "lstrip": True}}))
+  (root / "roberta" / "tokenizer_config.json").write_text(
+    json.dumps(
+      {
+        "bos_token": "<s>",
+        "cls_token": "<s>",
+        "eos_token": "</s>",
+        "sep_token": "</s>",
+        "pad_token": "<pad>",
+        "unk_token": "<unk>",
+        "mask_token": {"content": "<mask>", "lstrip": True},
+      }
+    )
+  )
   out["roberta"] = str(root / "roberta" / "tokenizer.json")
 
   os.makedirs(root / "gpt2")
@@ -85,9 +104,15 @@ def vocabs(tmp_path_factory, text_corpus):
   tok = Tokenizer(models.Unigram())
   tok.pre_tokenizer = pre_tokenizers.Metaspace()
   tok.decoder = decoders.Metaspace()
-  tok.train_from_iterator(_lines(text_corpus), trainers.UnigramTrainer(
-      vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
-  tok.add_special_tokens([f"<extra_id_{k}>" for k in reversed(range(100))])  # <extra_id_0> last, as T5's.
+  tok.train_from_iterator(
+    _lines(text_corpus),
+    trainers.UnigramTrainer(
+      vocab_size=400, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"
+    ),
+  )
+  tok.add_special_tokens(
+    [f"<extra_id_{k}>" for k in reversed(range(100))]
+  )  # <extra_id_0> last, as T5's.
   tok.save(str(root / "t5" / "tokenizer.json"))
   out["t5"] = str(root / "t5" / "tokenizer.json")
   return out
@@ -110,9 +135,15 @@ def test_wordpiece_vocab_has_berts_published_special_ids(vocabs):
   assert 100 not in ids and tok.decode(ids) == "the statement exits"
   pieces = [tok.id_to_piece(i) for i in range(tok.vocab_size)]
   continuation = np.array([p.startswith("##") for p in pieces])
-  assert continuation.any() and not tok.word_start[continuation].any() and tok.word_start[~continuation].all()
+  assert (
+    continuation.any()
+    and not tok.word_start[continuation].any()
+    and tok.word_start[~continuation].all()
+  )
   # The folder works as tokenizer.path too, and the same file gives the same fingerprint.
-  assert tokenizer_files.open_tokenizer(os.path.dirname(vocabs["bert"])).fingerprint == tok.fingerprint
+  assert (
+    tokenizer_files.open_tokenizer(os.path.dirname(vocabs["bert"])).fingerprint == tok.fingerprint
+  )
 
 
 def test_roles_from_tokenizer_config_and_byte_level_word_starts(vocabs):
@@ -130,8 +161,14 @@ def test_roles_from_tokenizer_config_and_byte_level_word_starts(vocabs):
 def test_bert_examples_use_the_vocabularys_ids_and_never_mask_a_special(vocabs, text_corpus):
   tok = tokenizer_files.open_tokenizer(vocabs["bert"])
   cfg = BertExampleConfig(max_seq_length=64, max_predictions_per_seq=10, whole_word_masking=True)
-  ex = BertExamples(_docs(tok, text_corpus), cfg, tok.vocab_size, seed=0, word_start=tok.word_start,
-                    special=tok.special)
+  ex = BertExamples(
+    _docs(tok, text_corpus),
+    cfg,
+    tok.vocab_size,
+    seed=0,
+    word_start=tok.word_start,
+    special=tok.special,
+  )
   b = ex.batch(np.arange(256))
   ids, real = b["input_ids"], b["input_mask"].astype(bool)
   assert (ids[:, 0] == 101).all() and ((ids == 101).sum(1) == 1).all()
@@ -157,8 +194,13 @@ def test_bert_examples_use_the_vocabularys_ids_and_never_mask_a_special(vocabs, 
 
 def test_roberta_examples_with_a_byte_level_vocabulary(vocabs, text_corpus):
   tok = tokenizer_files.open_tokenizer(vocabs["roberta"])
-  ex = RobertaExamples(_docs(tok, text_corpus), RobertaExampleConfig(max_seq_length=64, max_predictions_per_seq=10),
-                       tok.vocab_size, seed=0, special=tok.special)
+  ex = RobertaExamples(
+    _docs(tok, text_corpus),
+    RobertaExampleConfig(max_seq_length=64, max_predictions_per_seq=10),
+    tok.vocab_size,
+    seed=0,
+    special=tok.special,
+  )
   b = ex.batch(np.arange(64))
   ids, real = b["input_ids"], b["input_mask"].astype(bool)
   assert (ids[:, 0] == 0).all() and (ids[~real] == 1).all()
@@ -169,18 +211,31 @@ def test_roberta_examples_with_a_byte_level_vocabulary(vocabs, text_corpus):
 def test_causal_examples_end_documents_with_endoftext(vocabs, text_corpus):
   tok = tokenizer_files.open_tokenizer(vocabs["gpt2"])
   eot = tok.vocab_size - 1
-  assert tok.special.eos == eot and tok.special.pad is None and tok.id_to_piece(eot) == "<|endoftext|>"
+  assert (
+    tok.special.eos == eot and tok.special.pad is None and tok.id_to_piece(eot) == "<|endoftext|>"
+  )
   docs = _docs(tok, text_corpus, n=20)
   stream, starts, _ = ce.token_stream(docs, eot)
-  assert (stream[starts] == eot).all() and stream[-1] == eot and (stream == eot).sum() == len(starts) + 1
+  assert (
+    (stream[starts] == eot).all() and stream[-1] == eot and (stream == eot).sum() == len(starts) + 1
+  )
   short = TokenizedDocs.from_lists([tok.encode(["the statement exits"]), tok.encode(["the loop"])])
-  packed = ce.CausalExamples(short, ce.CausalExampleConfig(seq_len=32, packing=True), tok.vocab_size, seed=0,
-                             special=tok.special)
+  packed = ce.CausalExamples(
+    short,
+    ce.CausalExampleConfig(seq_len=32, packing=True),
+    tok.vocab_size,
+    seed=0,
+    special=tok.special,
+  )
   b = packed.batch(np.arange(2))
   pad = b["segment_ids"] == 0
   assert pad.any() and (b["input_ids"][pad] == eot).all() and (b["loss_weights"][pad] == 0).all()
-  with pytest.raises(PretrainError, match=r"BERT task needs the pad, cls, sep, mask tokens, which the tokenizer "):
-    BertExamples(docs, BertExampleConfig(max_seq_length=32), tok.vocab_size, seed=0, special=tok.special)
+  with pytest.raises(
+    PretrainError, match=r"BERT task needs the pad, cls, sep, mask tokens, which the tokenizer "
+  ):
+    BertExamples(
+      docs, BertExampleConfig(max_seq_length=32), tok.vocab_size, seed=0, special=tok.special
+    )
 
 
 def test_t5_takes_the_vocabularys_own_sentinels(vocabs, text_corpus):
@@ -190,7 +245,9 @@ def test_t5_takes_the_vocabularys_own_sentinels(vocabs, text_corpus):
   c.data.update(inputs_length=64)
   task = get_task(c, tok)
   assert task.first_sentinel == tok.vocab_size - 1 == tok.sentinels[0]
-  assert task.num_sentinels == 100 and task.model_config.vocab_size == 512  # 400 + 100 -> a multiple of 128.
+  assert (
+    task.num_sentinels == 100 and task.model_config.vocab_size == 512
+  )  # 400 + 100 -> a multiple of 128.
   b = task.examples(_docs(tok, text_corpus), seed=0).batch(np.arange(8))
   targets = b["decoder_target_tokens"]
   assert (targets[:, 0] == task.first_sentinel).all()
@@ -202,7 +259,7 @@ def test_t5_takes_the_vocabularys_own_sentinels(vocabs, text_corpus):
 
 def test_bad_tokenizer_files(vocabs, tmp_path):
   not_json = tmp_path / "tokenizer.json"
-  not_json.write_text("{\"model\": 3}")
+  not_json.write_text('{"model": 3}')
   with pytest.raises(PretrainError, match="is not a tokenizers tokenizer.json"):
     tokenizer_files.open_tokenizer(str(not_json))
   with pytest.raises(PretrainError, match="is a folder without tokenizer.json or vocab.txt"):
@@ -219,7 +276,9 @@ def test_bad_tokenizer_files(vocabs, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def memorised_wordpiece_run(tmp_path_factory, text_corpus, tiny_config_factory, memorised_corpus, vocabs):
+def memorised_wordpiece_run(
+  tmp_path_factory, text_corpus, tiny_config_factory, memorised_corpus, vocabs
+):
   """A tiny BERT trained with the published-layout vocab.txt on prose that repeats SENTENCE."""
   root = tmp_path_factory.mktemp("memorised_hf")
   corpus = memorised_corpus(text_corpus, root / "corpus.txt", SENTENCE)
@@ -247,20 +306,36 @@ def test_a_run_on_a_published_layout_vocabulary_learns_and_fills_masks(memorised
   assert masked[0] == 101 and masked[-1] == 102 and (masked == 103).sum() == 1
   hits = 0
   for k in range(len(ids)):
-    prompt = np.asarray([101] + ids[:k] + [103] + ids[k + 1:] + [102], np.int32)
+    prompt = np.asarray([101] + ids[:k] + [103] + ids[k + 1 :] + [102], np.int32)
     hits += int(np.argmax(sample.mask_probabilities(task, params, prompt)[0]) == ids[k])
   assert hits >= len(ids) * 0.6, (hits, len(ids))
 
 
-def test_gpt2_trains_on_a_byte_level_vocabulary_with_endoftext(vocabs, text_corpus, tiny_config_factory, tmp_path):
+def test_gpt2_trains_on_a_byte_level_vocabulary_with_endoftext(
+  vocabs, text_corpus, tiny_config_factory, tmp_path
+):
   from pretrain.families.gpt2.config import gpt2_config  # pylint: disable=g-import-not-at-top
+
   c = gpt2_config()
   tiny = tiny_config_factory(text_corpus)
-  c.data.update(source="text", paths=text_corpus, max_seq_length=32, num_threads=1, heldout_fraction=0.05,
-                packing=True)
+  c.data.update(
+    source="text",
+    paths=text_corpus,
+    max_seq_length=32,
+    num_threads=1,
+    heldout_fraction=0.05,
+    packing=True,
+  )
   c.tokenizer.path = vocabs["gpt2"]
-  c.model.update(vocab_size=0, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                 max_position_embeddings=32, dtype="float32")
+  c.model.update(
+    vocab_size=0,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=32,
+    dtype="float32",
+  )
   for section in ("optimizer", "train", "eval", "checkpoint", "metrics"):
     c[section].update(tiny[section].to_dict())
   c.optimizer.update(learning_rate=5e-3, warmup_steps=4)
@@ -284,24 +359,48 @@ def test_an_imported_checkpoint_continues_on_its_own_vocabulary(vocabs, text_cor
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from pretrain import convert  # pylint: disable=g-import-not-at-top
+
   tok = tokenizer_files.open_tokenizer(vocabs["bert"])
   hf_dir = tmp_path / "hf"
   torch.manual_seed(0)
-  transformers.BertForPreTraining(transformers.BertConfig(
-      vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-      max_position_embeddings=64)).save_pretrained(str(hf_dir), safe_serialization=True)
+  transformers.BertForPreTraining(
+    transformers.BertConfig(
+      vocab_size=tok.vocab_size,
+      hidden_size=32,
+      num_hidden_layers=2,
+      num_attention_heads=2,
+      intermediate_size=64,
+      max_position_embeddings=64,
+    )
+  ).save_pretrained(str(hf_dir), safe_serialization=True)
   (hf_dir / "vocab.txt").write_text(open(vocabs["bert"], encoding="utf-8").read(), encoding="utf-8")
   out = tmp_path / "converted"
   convert.from_hf(str(hf_dir), str(out))
   workdir = tmp_path / "run"
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   r = subprocess.run(
-      [sys.executable, "-m", "pretrain.train", f"--config={out}/config.py", f"--workdir={workdir}",
-       f"--config.init_from={out}", "--config.data.source=text", f"--config.data.paths={text_corpus}",
-       "--config.data.max_seq_length=64", "--config.data.max_predictions_per_seq=10", "--config.train.steps=2",
-       "--config.train.batch_size=8", "--config.eval.every_steps=0", "--config.checkpoint.every_steps=2",
-       "--config.metrics.progress_bar=False"],
-      cwd=repo, capture_output=True, text=True, timeout=600)
+    [
+      sys.executable,
+      "-m",
+      "pretrain.train",
+      f"--config={out}/config.py",
+      f"--workdir={workdir}",
+      f"--config.init_from={out}",
+      "--config.data.source=text",
+      f"--config.data.paths={text_corpus}",
+      "--config.data.max_seq_length=64",
+      "--config.data.max_predictions_per_seq=10",
+      "--config.train.steps=2",
+      "--config.train.batch_size=8",
+      "--config.eval.every_steps=0",
+      "--config.checkpoint.every_steps=2",
+      "--config.metrics.progress_bar=False",
+    ],
+    cwd=repo,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   _, run_tok, task, params, step = sample.load_run(str(workdir))
   assert step == 2 and run_tok.path == str(out / "vocab.txt") and run_tok.special.ids() == BERT_IDS
@@ -312,6 +411,7 @@ def test_an_imported_checkpoint_continues_on_its_own_vocabulary(vocabs, text_cor
 
 def test_tokenizer_cli_checks_a_given_tokenizer(vocabs, text_corpus, tiny_config_factory, capsys):
   from pretrain import tokenizer as tokenizer_cli  # pylint: disable=g-import-not-at-top
+
   c = tiny_config_factory(text_corpus)
   c.tokenizer.path = vocabs["bert"]
   tokenizer_cli.run(c, "")

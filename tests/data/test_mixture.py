@@ -1,4 +1,5 @@
 """The weighted interleave of example sources: runs, in-order streams, shares, resume, lazy components."""
+
 import pathlib
 import subprocess
 import sys
@@ -15,11 +16,11 @@ from pretrain.errors import PretrainError
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RANDOM_WEIGHTS = tuple(np.random.default_rng(0).uniform(0.05, 1.0, 5).round(4))
 CONFIGS = [  # (weights, run_length, period)
-    ((1, 1), 1, None),
-    ((0.6, 0.3, 0.1), 4, 20),
-    ((0.6, 0.3, 0.1), 1, None),
-    (RANDOM_WEIGHTS, 3, 64),
-    ((1000, 1, 1), 2, 8),
+  ((1, 1), 1, None),
+  ((0.6, 0.3, 0.1), 4, 20),
+  ((0.6, 0.3, 0.1), 1, None),
+  (RANDOM_WEIGHTS, 3, 64),
+  ((1000, 1, 1), 2, 8),
 ]
 
 
@@ -33,7 +34,10 @@ class Fake:
   def batch(self, indices):
     idx = np.asarray(indices, np.int64)
     self.calls.append(idx.copy())
-    return {"x": idx * 10 + self.k, "y": np.stack([idx, np.full_like(idx, self.k)], 1).astype(np.float32)}
+    return {
+      "x": idx * 10 + self.k,
+      "y": np.stack([idx, np.full_like(idx, self.k)], 1).astype(np.float32),
+    }
 
 
 def builders(n, built=None):
@@ -41,24 +45,31 @@ def builders(n, built=None):
     if built is not None:
       built.append(k)
     return Fake(k)
+
   return [lambda k=k: build(k) for k in range(n)]
 
 
 @pytest.mark.parametrize("weights,run_length,period", CONFIGS)
-def test_runs_of_global_indices_share_a_component_and_read_contiguous_locals(weights, run_length, period):
+def test_runs_of_global_indices_share_a_component_and_read_contiguous_locals(
+  weights, run_length, period
+):
   m = Mixture(weights, seed=7, run_length=run_length, period=period)
   n = run_length * 3000
   comp, local = m.locate(np.arange(n))
   runs_c, runs_l = comp.reshape(-1, run_length), local.reshape(-1, run_length)
   assert (runs_c == runs_c[:, :1]).all()
-  np.testing.assert_array_equal(runs_l - runs_l[:, :1], np.broadcast_to(np.arange(run_length), runs_l.shape))
+  np.testing.assert_array_equal(
+    runs_l - runs_l[:, :1], np.broadcast_to(np.arange(run_length), runs_l.shape)
+  )
   assert (runs_l[:, 0] % run_length == 0).all()
 
 
 @pytest.mark.parametrize("weights,run_length,period", CONFIGS)
 def test_each_component_reads_its_stream_in_order(weights, run_length, period):
   m = Mixture(weights, seed=11, run_length=run_length, period=period)
-  n = run_length * m.period * 5 + 3 * run_length + 1  # Whole periods, then a partial one and a partial run.
+  n = (
+    run_length * m.period * 5 + 3 * run_length + 1
+  )  # Whole periods, then a partial one and a partial run.
   comp, local = m.locate(np.arange(n))
   for k in range(len(weights)):
     mine = local[comp == k]
@@ -94,8 +105,15 @@ def test_largest_remainder_shares():
   assert largest_remainder(np.array([0.6, 0.3, 0.1]), 10).tolist() == [6, 3, 1]
   assert largest_remainder(np.array([1.0, 1.0, 1.0]), 10).tolist() == [4, 3, 3]  # Tie: lower index.
   assert largest_remainder(np.array([1.0, 1.0]), 1024).tolist() == [512, 512]
-  assert largest_remainder(np.array([0.6, 0.3, 0.1]), 1024).tolist() == [615, 307, 102]  # .4 each: a tie
-  assert largest_remainder(np.array([1000.0, 1.0]), 16).tolist() == [15, 1]  # At least one run each.
+  assert largest_remainder(np.array([0.6, 0.3, 0.1]), 1024).tolist() == [
+    615,
+    307,
+    102,
+  ]  # .4 each: a tie
+  assert largest_remainder(np.array([1000.0, 1.0]), 16).tolist() == [
+    15,
+    1,
+  ]  # At least one run each.
   assert largest_remainder(np.array([1000.0, 1.0, 1.0]), 8).tolist() == [6, 1, 1]
   assert Mixture([1, 2, 3], seed=0).period == 1024
   assert Mixture([1] * 100, seed=0).period == 1600
@@ -107,18 +125,25 @@ def test_largest_remainder_shares():
 def test_every_whole_period_holds_each_components_share(weights, run_length, period):
   m = Mixture(weights, seed=2, run_length=run_length, period=period)
   assert m.runs_per_period.sum() == m.period and (m.runs_per_period >= 1).all()
-  np.testing.assert_array_equal(m.runs_per_period, largest_remainder(np.asarray(weights, float), m.period))
+  np.testing.assert_array_equal(
+    m.runs_per_period, largest_remainder(np.asarray(weights, float), m.period)
+  )
   for q in [0, 1, 2, 10**6]:
     first = q * m.period * run_length
     comp, _ = m.locate(np.arange(first, first + m.period * run_length))
-    np.testing.assert_array_equal(np.bincount(comp, minlength=len(weights)), m.runs_per_period * run_length)
+    np.testing.assert_array_equal(
+      np.bincount(comp, minlength=len(weights)), m.runs_per_period * run_length
+    )
 
 
 @pytest.mark.parametrize("weights", [(1, 1), (0.6, 0.3, 0.1), RANDOM_WEIGHTS])
 def test_proportions_over_a_million_draws(weights):
   n = 10**6
   want = np.asarray(weights, float) / np.sum(weights)
-  for run_length, tol in [(1, 2e-3), (8, 1e-2)]:  # Share rounding (1/P) plus at most one partial period.
+  for run_length, tol in [
+    (1, 2e-3),
+    (8, 1e-2),
+  ]:  # Share rounding (1/P) plus at most one partial period.
     m = Mixture(weights, seed=123, run_length=run_length)
     comp, _ = m.locate(np.arange(n))
     got = np.bincount(comp, minlength=len(weights))
@@ -151,11 +176,19 @@ def test_same_parameters_same_mapping_other_seed_other_order():
 
 
 def test_another_process_computes_the_same_mapping():
-  code = ("import numpy as np; from pretrain.data.mixture import Mixture; "
-          "c, l = Mixture((0.6, 0.3, 0.1), seed=4, run_length=2).locate(np.arange(10**12, 10**12 + 4096)); "
-          "print(','.join(map(str, c.tolist() + l.tolist())))")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                       env={"PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}, cwd=REPO).stdout
+  code = (
+    "import numpy as np; from pretrain.data.mixture import Mixture; "
+    "c, l = Mixture((0.6, 0.3, 0.1), seed=4, run_length=2).locate(np.arange(10**12, 10**12 + 4096)); "
+    "print(','.join(map(str, c.tolist() + l.tolist())))"
+  )
+  out = subprocess.run(
+    [sys.executable, "-c", code],
+    capture_output=True,
+    text=True,
+    check=True,
+    env={"PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)},
+    cwd=REPO,
+  ).stdout
   c, l = Mixture((0.6, 0.3, 0.1), seed=4, run_length=2).locate(np.arange(10**12, 10**12 + 4096))
   assert out.strip() == ",".join(map(str, c.tolist() + l.tolist()))
 
@@ -177,7 +210,9 @@ def test_far_indices_map_in_o_of_b():
   assert len(m._periods) <= 4  # pylint: disable=protected-access  # The period cache stays bounded.
 
 
-@pytest.mark.parametrize("weights,message", [
+@pytest.mark.parametrize(
+  "weights,message",
+  [
     ([], "at least one weight"),
     ([1, 1, -1.0], "mixture weight 2 is -1.0: weights must be positive numbers"),
     ([0, 1], "mixture weight 0 is 0: weights must be positive"),
@@ -185,7 +220,8 @@ def test_far_indices_map_in_o_of_b():
     ([1, float("inf")], "mixture weight 1 is inf"),
     ([1, "a"], "mixture weight 1 is 'a'"),
     ([None], "mixture weight 0 is None"),
-])
+  ],
+)
 def test_bad_weights(weights, message):
   with pytest.raises(PretrainError, match=message.replace("(", r"\(")):
     Mixture(weights, seed=0)
@@ -221,7 +257,9 @@ def test_batch_rows_are_each_components_own_rows():
   np.testing.assert_array_equal(out["y"], np.stack([local, comp], 1).astype(np.float32))
   for k, c in enumerate(comps):
     assert len(c.calls) == 1  # One batch call per component per batch ...
-    np.testing.assert_array_equal(c.calls[0], local[comp == k])  # ... with its rows' locals, in order.
+    np.testing.assert_array_equal(
+      c.calls[0], local[comp == k]
+    )  # ... with its rows' locals, in order.
     own = Fake(k).batch(local[comp == k])
     np.testing.assert_array_equal(out["x"][comp == k], own["x"])
     np.testing.assert_array_equal(out["y"][comp == k], own["y"])
@@ -242,14 +280,18 @@ def test_lru_eviction_changes_nothing_and_rebuilds_only_on_a_switch():
       switches += k != open_one
       open_one = k
   assert sorted(built_all) == [0, 1, 2]  # Each built once.
-  assert len(built_one) == switches  # With room for one, a build exactly when the component changes.
+  assert (
+    len(built_one) == switches
+  )  # With room for one, a build exactly when the component changes.
   assert switches < 40 * 3
 
 
 def test_resuming_mid_mixture_is_exact():
   weights, g, n = RANDOM_WEIGHTS, 32, 32 * 57 + 5  # n is not a batch boundary.
+
   def source():
     return MixtureSource(builders(5), weights, seed=21, run_length=8, max_open=2)
+
   used = source()
   for first in range(0, n, g):
     used.batch(np.arange(first, min(first + g, n)))
@@ -264,12 +306,14 @@ def test_threads_and_the_batch_stream_see_the_same_rows():
   src = MixtureSource(builders(3), (0.6, 0.3, 0.1), seed=2, run_length=4, max_open=2)
   ref = MixtureSource(builders(3), (0.6, 0.3, 0.1), seed=2, run_length=4, max_open=3)
   results, errors = {}, []
+
   def work(t):
     try:
       for b in range(t, 64, 8):
         results[b] = src.batch(np.arange(b * 16, (b + 1) * 16))["x"]
     except Exception as e:  # pylint: disable=broad-except
       errors.append(e)
+
   threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
   for t in threads:
     t.start()
@@ -297,7 +341,6 @@ def test_drawn_sums_by_name_and_equals_brute_force():
 
 
 class Odd(Fake):
-
   def __init__(self, k, change):
     super().__init__(k)
     self.change = change
@@ -307,12 +350,15 @@ class Odd(Fake):
     return self.change(out) if self.k == 1 else out
 
 
-@pytest.mark.parametrize("change,message", [
+@pytest.mark.parametrize(
+  "change,message",
+  [
     (lambda o: {"x": o["x"]}, "return different fields"),
     (lambda o: {"x": o["x"], "y": o["y"][:, :1]}, "return 'y' as float32 rows of"),
     (lambda o: {"x": o["x"].astype(np.int32), "y": o["y"]}, "return 'x' as int64 rows of"),
     (lambda o: {"x": o["x"][:1], "y": o["y"]}, "rows of 'x' for"),
-])
+  ],
+)
 def test_components_that_disagree_are_an_error(change, message):
   src = MixtureSource([lambda k=k: Odd(k, change) for k in range(2)], (1, 1), seed=0, run_length=1)
   with pytest.raises(PretrainError, match=message):

@@ -1,4 +1,5 @@
 """The grain batch stream: deterministic, resumable, sharded by process, elastic."""
+
 import numpy as np
 
 from pretrain.data.pipeline import BatchStream, fixed_batches
@@ -22,7 +23,9 @@ def test_batches_are_consecutive_global_examples():
 
 def test_processes_split_each_global_batch():
   whole = take(BatchStream(IndexSource(), 8), 3)
-  parts = [take(BatchStream(IndexSource(), 8, process_index=p, process_count=2), 3) for p in range(2)]
+  parts = [
+    take(BatchStream(IndexSource(), 8, process_index=p, process_count=2), 3) for p in range(2)
+  ]
   for b in range(3):
     np.testing.assert_array_equal(np.concatenate([parts[0][b], parts[1][b]]), whole[b])
 

@@ -1,4 +1,5 @@
 """Tests for pretrain.data.sentencepiece_tokenizer: the project's model, its special ids and its training."""
+
 import hashlib
 import io
 import os
@@ -21,7 +22,9 @@ def sentences() -> list[str]:
 
 @pytest.fixture(scope="module")
 def tokenizer(sentences, tmp_path_factory) -> spm_lib.SentencePieceTokenizer:
-  return spm_lib.train_tokenizer(sentences, 400, "unigram", str(tmp_path_factory.mktemp("tok") / "t.model"))
+  return spm_lib.train_tokenizer(
+    sentences, 400, "unigram", str(tmp_path_factory.mktemp("tok") / "t.model")
+  )
 
 
 def _normalized(text: str) -> str:
@@ -29,10 +32,21 @@ def _normalized(text: str) -> str:
 
 
 def test_special_ids_are_fixed(tokenizer):
-  assert (special_tokens.PAD_ID, special_tokens.UNK_ID, special_tokens.CLS_ID, special_tokens.SEP_ID,
-          special_tokens.MASK_ID) == (0, 1, 2, 3, 4)
+  assert (
+    special_tokens.PAD_ID,
+    special_tokens.UNK_ID,
+    special_tokens.CLS_ID,
+    special_tokens.SEP_ID,
+    special_tokens.MASK_ID,
+  ) == (0, 1, 2, 3, 4)
   assert special_tokens.NUM_SPECIAL == len(special_tokens.SPECIAL_TOKENS) == 5
-  assert [tokenizer.id_to_piece(i) for i in range(5)] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+  assert [tokenizer.id_to_piece(i) for i in range(5)] == [
+    "[PAD]",
+    "[UNK]",
+    "[CLS]",
+    "[SEP]",
+    "[MASK]",
+  ]
   assert tokenizer.vocab_size == 400
   # Special tokens are not matched inside text, and no id below 5 but [UNK] comes from encoding.
   ids = tokenizer.encode(["[CLS] a [MASK] b [SEP] \u2603"])[0]
@@ -42,8 +56,9 @@ def test_special_ids_are_fixed(tokenizer):
 
 def test_model_with_wrong_specials_is_rejected(sentences, tmp_path):
   model = io.BytesIO()
-  spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences[:500]), model_writer=model,
-                                 vocab_size=100, minloglevel=2)  # Defaults: <unk>=0, <s>=1, </s>=2.
+  spm.SentencePieceTrainer.train(
+    sentence_iterator=iter(sentences[:500]), model_writer=model, vocab_size=100, minloglevel=2
+  )  # Defaults: <unk>=0, <s>=1, </s>=2.
   path = tmp_path / "wrong.model"
   path.write_bytes(model.getvalue())
   with pytest.raises(PretrainError, match=r"wrong\.model.*id 0 is '<unk>', expected '\[PAD\]'"):
@@ -66,7 +81,9 @@ def test_training_is_deterministic(sentences, tokenizer, tmp_path):
 
 def test_training_rejects_bad_options(sentences, tmp_path):
   out = str(tmp_path / "t.model")
-  with pytest.raises(PretrainError, match="model_type='wordpiece' is unknown; allowed: unigram, bpe"):
+  with pytest.raises(
+    PretrainError, match="model_type='wordpiece' is unknown; allowed: unigram, bpe"
+  ):
     spm_lib.train_tokenizer(sentences, 400, "wordpiece", out)
   with pytest.raises(PretrainError, match="vocab_size=3 must be an integer"):
     spm_lib.train_tokenizer(sentences, 3, "unigram", out)
@@ -80,7 +97,9 @@ def test_training_rejects_bad_options(sentences, tmp_path):
 def test_word_start(tokenizer):
   ws = tokenizer.word_start
   assert ws.dtype == bool and ws.shape == (tokenizer.vocab_size,)
-  expected = [i < 5 or tokenizer.id_to_piece(i).startswith("\u2581") for i in range(tokenizer.vocab_size)]
+  expected = [
+    i < 5 or tokenizer.id_to_piece(i).startswith("\u2581") for i in range(tokenizer.vocab_size)
+  ]
   np.testing.assert_array_equal(ws, expected)
   assert 0.2 < ws.mean() < 0.9
   # Grouping pieces at word starts gives back the words.

@@ -1,4 +1,5 @@
 """A run's examples from token stores: the same batches as the in-memory documents, mixtures, resume."""
+
 import os
 import sys
 
@@ -33,20 +34,36 @@ def _family_config(family: str, data_cfg, tok_cfg) -> ml_collections.ConfigDict:
     if family == "roberta":
       c.task.name = "roberta"
       c.data.next_sentence_prediction = False
-      c.model.update(nsp_head=False, pooler=False, position_offset=2, max_position_embeddings=66,
-                     type_vocab_size=1)
+      c.model.update(
+        nsp_head=False,
+        pooler=False,
+        position_offset=2,
+        max_position_embeddings=66,
+        type_vocab_size=1,
+      )
     c.data.whole_word_masking = family == "bert"
   elif family.startswith("gpt2"):
     c = gpt2_config()
     c.data.update(max_seq_length=32, packing=family == "gpt2_packed")
-    c.model.update(vocab_size=0, hidden_size=32, num_layers=1, num_heads=2, max_position_embeddings=32)
+    c.model.update(
+      vocab_size=0, hidden_size=32, num_layers=1, num_heads=2, max_position_embeddings=32
+    )
   else:
     c = t5_config()
     c.data.update(inputs_length=32)
-    c.model.update(vocab_size=0, hidden_size=32, intermediate_size=64, num_heads=2, num_layers=1, num_decoder_layers=1)
+    c.model.update(
+      vocab_size=0,
+      hidden_size=32,
+      intermediate_size=64,
+      num_heads=2,
+      num_layers=1,
+      num_decoder_layers=1,
+    )
   for k in ("source", "paths", "text_field", "heldout_fraction"):
     c.data[k] = data_cfg[k]
-  c.tokenizer.update(vocab_size=tok_cfg.vocab_size, model_type=tok_cfg.model_type, path=tok_cfg.path)
+  c.tokenizer.update(
+    vocab_size=tok_cfg.vocab_size, model_type=tok_cfg.model_type, path=tok_cfg.path
+  )
   return c
 
 
@@ -75,7 +92,9 @@ def test_a_small_corpus_store_gives_the_in_memory_batches(text_setup, family):
   c, tokenizer, stores = text_setup
   cfg = _family_config(family, c.data, c.tokenizer)
   task = families.get_task(cfg, tokenizer)
-  assert len(stores) == 1 and len(stores[0].store.shards("train")) == 1  # A small corpus is one shard.
+  assert (
+    len(stores) == 1 and len(stores[0].store.shards("train")) == 1
+  )  # A small corpus is one shard.
   assert stores[0].store.manifest["corpus"]["source"] == c.data.source
   for split, seed in (("train", 3), ("heldout", 4)):
     new = sources.example_source(task, stores, split, seed)
@@ -142,7 +161,9 @@ def test_mixture_resume_mid_run_is_exact(two_stores):
   make = lambda: sources.example_source(task, stores, "train", seed=1, run_length=3)
   whole = pipeline.BatchStream(make(), 8, num_threads=1)
   expected = [next(whole) for _ in range(6)]
-  two = [pipeline.BatchStream(make(), 8, process_index=p, process_count=2, num_threads=1) for p in (0, 1)]
+  two = [
+    pipeline.BatchStream(make(), 8, process_index=p, process_count=2, num_threads=1) for p in (0, 1)
+  ]
   seen = []
   for _ in range(3):
     rows = [next(s) for s in two]
@@ -155,12 +176,15 @@ def test_mixture_resume_mid_run_is_exact(two_stores):
       np.testing.assert_array_equal(a[k], b[k])
 
 
-@pytest.mark.parametrize("spec, message", [
+@pytest.mark.parametrize(
+  "spec, message",
+  [
     ("a=0", "weights must be positive"),
     ("a=-1,b=1", "weights must be positive"),
     ("a=x", "is not a number"),
     ("a", "must be PATH=WEIGHT"),
-])
+  ],
+)
 def test_bad_mixture_specs(spec, message):
   with pytest.raises(PretrainError, match=message):
     sources.parse_mixture(spec)
@@ -172,7 +196,8 @@ def test_a_store_of_another_tokenizer_is_refused(two_stores, tmp_path):
   data.update(source="prepared", paths=out["wiki"])
   tok_cfg = c.tokenizer.copy_and_resolve_references()
   other = prepare_lib.resolve_tokenizer(
-      ml_collections.ConfigDict(dict(c.data.to_dict(), heldout_fraction=0.3)), tok_cfg)
+    ml_collections.ConfigDict(dict(c.data.to_dict(), heldout_fraction=0.3)), tok_cfg
+  )
   tok_cfg.path = other.path
   with pytest.raises(PretrainError, match="tokenizer"):
     sources.open_stores(data, tok_cfg)
@@ -226,6 +251,7 @@ def test_a_dropped_shard_builder_is_freed_at_once(two_stores, family):
   """A mixture over thousands of shards keeps a few open: one it drops must not wait for the cyclic gc."""
   import gc  # pylint: disable=g-import-not-at-top
   import weakref  # pylint: disable=g-import-not-at-top
+
   c, _, out = two_stores
   data = c.data.copy_and_resolve_references()
   data.update(source="prepared", paths=out["wiki"])
@@ -248,15 +274,22 @@ def test_a_mixture_run_reports_what_each_store_gave(two_stores, tmp_path):
   """metrics.jsonl: examples and tokens drawn per store, adding up to every example the run consumed."""
   import json  # pylint: disable=g-import-not-at-top
   from pretrain import train as train_lib  # pylint: disable=g-import-not-at-top
+
   c, _, out = two_stores
   cfg = c.copy_and_resolve_references()
-  cfg.data.update(source="prepared", paths="", mixture=f"{out['wiki']}=1,{out['books']}=3", mixture_run_length=2)
+  cfg.data.update(
+    source="prepared", paths="", mixture=f"{out['wiki']}=1,{out['books']}=3", mixture_run_length=2
+  )
   cfg.train.update(steps=4, log_every=2)
   cfg.eval.every_steps = 0
   train_lib.train(cfg, str(tmp_path / "run"))
   rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl", encoding="utf-8")]
   logged = [r for r in rows if "examples_drawn/wiki" in r]
-  assert [r["step"] for r in logged] == [2, 3, 4]  # Logged every 2 steps, and flushed by the save at 3.
+  assert [r["step"] for r in logged] == [
+    2,
+    3,
+    4,
+  ]  # Logged every 2 steps, and flushed by the save at 3.
   for r in logged:
     examples = r["examples_drawn/wiki"] + r["examples_drawn/books"]
     assert examples == r["step"] * cfg.train.batch_size

@@ -1,4 +1,5 @@
 """Tests for pretrain.data.tokenized: encoding documents into the in-memory TokenizedDocs."""
+
 import unicodedata
 
 import numpy as np

@@ -1,4 +1,5 @@
 """Tests for pretrain.data.tokenizer_files: the tokenizer a run opens, or trains once and caches."""
+
 import os
 
 import ml_collections
@@ -21,8 +22,9 @@ def _cache_dir(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory) -> sentencepiece_tokenizer.SentencePieceTokenizer:
   sentences = [s for d in corpus.embedded_documents()[:120] for s in d][:3000]
-  return sentencepiece_tokenizer.train_tokenizer(sentences, 400, "unigram",
-                                                 str(tmp_path_factory.mktemp("tok") / "t.model"))
+  return sentencepiece_tokenizer.train_tokenizer(
+    sentences, 400, "unigram", str(tmp_path_factory.mktemp("tok") / "t.model")
+  )
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +34,14 @@ def text_corpus(tmp_path_factory) -> str:
   docs = corpus.embedded_documents()[:200]
   for i in range(0, len(docs), 50):
     with open(root / f"part{i // 50}.txt", "w", encoding="utf-8") as f:
-      f.write("\n\n".join("\n".join(d) for d in docs[i:i + 50]) + "\n")
+      f.write("\n\n".join("\n".join(d) for d in docs[i : i + 50]) + "\n")
   return str(root / "part*.txt")
 
 
 def _cfgs(paths: str, vocab_size: int = 300, path: str = ""):
-  data = ml_collections.ConfigDict(dict(source="text", paths=paths, text_field="text", heldout_fraction=0.05))
+  data = ml_collections.ConfigDict(
+    dict(source="text", paths=paths, text_field="text", heldout_fraction=0.05)
+  )
   tok = ml_collections.ConfigDict(dict(path=path, vocab_size=vocab_size, model_type="unigram"))
   return data, tok
 
@@ -61,8 +65,9 @@ def test_load_tokenizer_trains_once_and_caches(text_corpus, _cache_dir, monkeypa
   assert trained.path.endswith(".model") and trained.vocab_size == 300
   # It trained on the train split only.
   c = corpus.load_corpus(data_cfg)
-  direct = sentencepiece_tokenizer.train_tokenizer((s for d in c.train for s in d), 300, "unigram",
-                                                   str(_cache_dir / "d.model"))
+  direct = sentencepiece_tokenizer.train_tokenizer(
+    (s for d in c.train for s in d), 300, "unigram", str(_cache_dir / "d.model")
+  )
   assert direct.fingerprint == trained.fingerprint
 
   def no_training(*args, **kwargs):

@@ -5,6 +5,7 @@ A test module imports it by putting tests/families/ on sys.path:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   from mlm_examples import ...
 """
+
 import numpy as np
 
 from pretrain.data.tokenized import TokenizedDocs
@@ -13,7 +14,9 @@ from pretrain.data.tokenized import TokenizedDocs
 def unique_ids(docs: TokenizedDocs) -> TokenizedDocs:
   """The documents and sentences of `docs` with token id = 5 + its position in the corpus: every id names its
   source."""
-  return TokenizedDocs(np.arange(5, 5 + docs.num_tokens, dtype=np.int32), docs.sentence_starts, docs.doc_starts)
+  return TokenizedDocs(
+    np.arange(5, 5 + docs.num_tokens, dtype=np.int32), docs.sentence_starts, docs.doc_starts
+  )
 
 
 def unmasked(ex):

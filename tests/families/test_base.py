@@ -1,4 +1,5 @@
 """The Task interface: the registry builds only Tasks, and resume compatibility follows resumable_fields."""
+
 import pytest
 
 from pretrain import families
@@ -10,7 +11,9 @@ from pretrain.families import base
 
 def _task_and_config():
   c = bert_config()
-  c.model.update(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=32)
+  c.model.update(
+    hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, max_position_embeddings=32
+  )
   c.data.update(max_seq_length=32, max_predictions_per_seq=6)
   return families.get_task(c, StandInTokenizer(1000, path="fake.model")), c
 
@@ -39,8 +42,10 @@ def test_resume_allows_only_the_resumable_fields_to_change():
   c.model.attention.backend = "cudnn"
   task.check_resume(c, saved)
   c.model.attention.position = "rope"
-  with pytest.raises(PretrainError, match="config model.attention.position is 'rope' but the checkpoint was "
-                                          "trained with 'learned'"):
+  with pytest.raises(
+    PretrainError,
+    match="config model.attention.position is 'rope' but the checkpoint was trained with 'learned'",
+  ):
     task.check_resume(c, saved)
   c.model.attention.position = "learned"
   c.model.scan_layers = not c.model.scan_layers
@@ -51,10 +56,15 @@ def test_resume_allows_only_the_resumable_fields_to_change():
 def test_a_field_the_checkpoint_predates_resumes_at_its_default():
   task, c = _task_and_config()
   saved = c.to_dict()
-  del saved["model"]["pooler"], saved["model"]["nsp_head"]  # Written before the fields were in the section.
+  del (
+    saved["model"]["pooler"],
+    saved["model"]["nsp_head"],
+  )  # Written before the fields were in the section.
   task.check_resume(c, saved)
   c.model.update(nsp_head=False)
   c.data.next_sentence_prediction = False
   task, _ = families.get_task(c, StandInTokenizer(1000, path="fake.model")), c
-  with pytest.raises(PretrainError, match="config model.nsp_head is False but the checkpoint was trained with True"):
+  with pytest.raises(
+    PretrainError, match="config model.nsp_head is False but the checkpoint was trained with True"
+  ):
     task.check_resume(c, saved)

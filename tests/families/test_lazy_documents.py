@@ -1,5 +1,6 @@
 """Every example builder reads tokens only through Documents.take: one call per batch, of the positions the
 batch shows, and batches bit-identical to those over the in-memory TokenizedDocs."""
+
 import numpy as np
 import pytest
 
@@ -40,8 +41,11 @@ def _random_docs(seed=0, n_docs=60):
   """Documents of 1-20 sentences of 1-40 ids in [5, VOCAB): ~13k tokens, far more than a batch reads."""
   rng = np.random.default_rng(seed)
   return TokenizedDocs.from_lists(
-      [[rng.integers(5, VOCAB, rng.integers(1, 41)).tolist() for _ in range(rng.integers(1, 21))]
-       for _ in range(n_docs)])
+    [
+      [rng.integers(5, VOCAB, rng.integers(1, 41)).tolist() for _ in range(rng.integers(1, 21))]
+      for _ in range(n_docs)
+    ]
+  )
 
 
 WORD_START = np.random.default_rng(1).random(VOCAB) < 0.6
@@ -49,21 +53,51 @@ T5_CFG = t5_task.T5ExampleConfig(inputs_length=32)
 
 # name: (build(docs) -> examples, most positions one row may read).
 FAMILIES = {
-    "bert_nsp": (lambda d: be.BertExamples(
-        d, be.BertExampleConfig(max_seq_length=64, max_predictions_per_seq=10), VOCAB, seed=3), 64),
-    "bert_nsp_whole_word": (lambda d: be.BertExamples(
-        d, be.BertExampleConfig(max_seq_length=64, max_predictions_per_seq=10, whole_word_masking=True),
-        VOCAB, seed=3, word_start=WORD_START), 64),
-    "bert_no_nsp": (lambda d: be.BertExamples(
-        d, be.BertExampleConfig(max_seq_length=48, max_predictions_per_seq=8, next_sentence_prediction=False),
-        VOCAB, seed=4), 48),
-    "roberta": (lambda d: rx.RobertaExamples(
-        d, rx.RobertaExampleConfig(max_seq_length=32, max_predictions_per_seq=6), VOCAB, seed=5), 32),
-    "causal_chunked": (lambda d: ce.CausalExamples(d, ce.CausalExampleConfig(seq_len=32), VOCAB, seed=6), 33),
-    "causal_packed": (lambda d: ce.CausalExamples(d, ce.CausalExampleConfig(seq_len=32, packing=True), VOCAB,
-                                                  seed=7), 64),  # Up to seq_len inputs + one per piece.
-    "t5": (lambda d: t5_task.T5Examples(d, T5_CFG, first_sentinel=VOCAB + 99, num_sentinels=100, seed=8),
-           T5_CFG.span_lengths().tokens_length),
+  "bert_nsp": (
+    lambda d: be.BertExamples(
+      d, be.BertExampleConfig(max_seq_length=64, max_predictions_per_seq=10), VOCAB, seed=3
+    ),
+    64,
+  ),
+  "bert_nsp_whole_word": (
+    lambda d: be.BertExamples(
+      d,
+      be.BertExampleConfig(max_seq_length=64, max_predictions_per_seq=10, whole_word_masking=True),
+      VOCAB,
+      seed=3,
+      word_start=WORD_START,
+    ),
+    64,
+  ),
+  "bert_no_nsp": (
+    lambda d: be.BertExamples(
+      d,
+      be.BertExampleConfig(
+        max_seq_length=48, max_predictions_per_seq=8, next_sentence_prediction=False
+      ),
+      VOCAB,
+      seed=4,
+    ),
+    48,
+  ),
+  "roberta": (
+    lambda d: rx.RobertaExamples(
+      d, rx.RobertaExampleConfig(max_seq_length=32, max_predictions_per_seq=6), VOCAB, seed=5
+    ),
+    32,
+  ),
+  "causal_chunked": (
+    lambda d: ce.CausalExamples(d, ce.CausalExampleConfig(seq_len=32), VOCAB, seed=6),
+    33,
+  ),
+  "causal_packed": (
+    lambda d: ce.CausalExamples(d, ce.CausalExampleConfig(seq_len=32, packing=True), VOCAB, seed=7),
+    64,
+  ),  # Up to seq_len inputs + one per piece.
+  "t5": (
+    lambda d: t5_task.T5Examples(d, T5_CFG, first_sentinel=VOCAB + 99, num_sentinels=100, seed=8),
+    T5_CFG.span_lengths().tokens_length,
+  ),
 }
 
 
@@ -86,11 +120,11 @@ def test_batches_read_lazily_are_the_in_memory_ones(family, docs):
   n = _per_epoch(ex)
   assert n == _per_epoch(eager) and n > 20
   batches = [
-      np.arange(8),  # Epoch 0.
-      3 * n + np.array([5, 0, 7, 2, 11, 1]),  # A later epoch.
-      np.arange(n - 4, n + 4),  # Across the 0 | 1 boundary.
-      np.array([7 * n + 3, 1, 2 * n + 9, 1, 5 * n]),  # Three epochs and a repeat.
-      np.array([2 * n - 1]),
+    np.arange(8),  # Epoch 0.
+    3 * n + np.array([5, 0, 7, 2, 11, 1]),  # A later epoch.
+    np.arange(n - 4, n + 4),  # Across the 0 | 1 boundary.
+    np.array([7 * n + 3, 1, 2 * n + 9, 1, 5 * n]),  # Three epochs and a repeat.
+    np.array([2 * n - 1]),
   ]
   for idx in batches:
     lazy.calls.clear()
@@ -111,20 +145,30 @@ def test_batches_read_lazily_are_the_in_memory_ones(family, docs):
 def test_rows_read_only_their_own_tokens():
   """With id = 5 + position, the positions a BERT or causal batch reads are exactly the ids it shows."""
   d = _random_docs(2)
-  unique = TokenizedDocs(np.arange(5, 5 + d.num_tokens, dtype=np.int32), d.sentence_starts, d.doc_starts)
+  unique = TokenizedDocs(
+    np.arange(5, 5 + d.num_tokens, dtype=np.int32), d.sentence_starts, d.doc_starts
+  )
   lazy = LazyDocs(unique)
-  bert = be.BertExamples(lazy, be.BertExampleConfig(max_seq_length=64), 5 + unique.num_tokens, seed=0)
+  bert = be.BertExamples(
+    lazy, be.BertExampleConfig(max_seq_length=64), 5 + unique.num_tokens, seed=0
+  )
   lazy.calls.clear()
   b = bert.batch(np.arange(16))
   ids = b["input_ids"].copy()
   rows, used = np.nonzero(b["masked_lm_weights"] > 0)
   ids[rows, b["masked_lm_positions"][rows, used]] = b["masked_lm_ids"][rows, used]  # Unmasked.
-  np.testing.assert_array_equal(lazy.calls[0], ids[ids >= 5] - 5)  # Row order; [CLS] [SEP] [PAD] read none.
-  causal = ce.CausalExamples(lazy, ce.CausalExampleConfig(seq_len=32), 5 + unique.num_tokens, seed=0)
+  np.testing.assert_array_equal(
+    lazy.calls[0], ids[ids >= 5] - 5
+  )  # Row order; [CLS] [SEP] [PAD] read none.
+  causal = ce.CausalExamples(
+    lazy, ce.CausalExampleConfig(seq_len=32), 5 + unique.num_tokens, seed=0
+  )
   lazy.calls.clear()
   c = causal.batch(np.arange(4))
   window = np.concatenate([c["input_ids"], c["target_ids"][:, -1:]], axis=1)
-  np.testing.assert_array_equal(lazy.calls[0], window[window != ce.EOT_ID] - 5)  # In row order, no EOTs.
+  np.testing.assert_array_equal(
+    lazy.calls[0], window[window != ce.EOT_ID] - 5
+  )  # In row order, no EOTs.
 
 
 def test_streams_map_positions_to_tokens_or_separators():
@@ -133,9 +177,13 @@ def test_streams_map_positions_to_tokens_or_separators():
   assert between.length == 8
   np.testing.assert_array_equal(between.positions(np.arange(8)), [4, 5, -1, 0, 1, 2, -1, 3])
   lazy = LazyDocs(docs)
-  np.testing.assert_array_equal(between.token_ids(np.array([[0, 2], [7, 3]]), lazy, 3), [[9, 3], [8, 5]])
+  np.testing.assert_array_equal(
+    between.token_ids(np.array([[0, 2], [7, 3]]), lazy, 3), [[9, 3], [8, 5]]
+  )
   assert len(lazy.calls) == 1 and lazy.calls[0].tolist() == [4, 3, 0]  # Separators read nothing.
-  around = streams.doc_stream(docs, np.arange(3), first_sep=True, last_sep=True)  # EOT d0 EOT d1 EOT d2 EOT.
+  around = streams.doc_stream(
+    docs, np.arange(3), first_sep=True, last_sep=True
+  )  # EOT d0 EOT d1 EOT d2 EOT.
   assert around.length == 10
   ids = around.token_ids(np.arange(10), docs.tokens, 3)  # A flat token array serves too.
   np.testing.assert_array_equal(ids, [3, 5, 6, 7, 3, 8, 3, 9, 10, 3])

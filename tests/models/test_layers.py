@@ -1,4 +1,5 @@
 """Building blocks: dropout's rate and scaling."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np

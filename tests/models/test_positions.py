@@ -1,4 +1,5 @@
 """Positions: segment restarts, sinusoidal table, RoPE properties, ALiBi slopes and bias, T5 buckets."""
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -11,8 +12,10 @@ from pretrain.models import positions
 
 def test_segment_positions_restart_at_each_segment():
   ids = np.array([[1, 1, 1, 2, 2, 3, 0, 0], [5, 5, 5, 5, 5, 5, 5, 5]])
-  np.testing.assert_array_equal(positions.segment_positions(jnp.asarray(ids)),
-                                [[0, 1, 2, 0, 1, 0, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7]])
+  np.testing.assert_array_equal(
+    positions.segment_positions(jnp.asarray(ids)),
+    [[0, 1, 2, 0, 1, 0, 0, 1], [0, 1, 2, 3, 4, 5, 6, 7]],
+  )
   np.testing.assert_array_equal(positions.default_positions(4), [[0, 1, 2, 3]])
 
 
@@ -22,18 +25,24 @@ def test_sinusoidal_table_values():
   np.testing.assert_allclose(table[0], [0, 1, 0, 1, 0, 1, 0, 1], atol=1e-7)
   # Feature pair i has timescale 10000^(2i/8): 1, 10, 100, 1000.
   p = 37
-  expected = np.stack([np.sin(p / 10.0**np.arange(4)), np.cos(p / 10.0**np.arange(4))], -1).reshape(8)
+  expected = np.stack(
+    [np.sin(p / 10.0 ** np.arange(4)), np.cos(p / 10.0 ** np.arange(4))], -1
+  ).reshape(8)
   np.testing.assert_allclose(table[p], expected, atol=2e-5)
   # Position ids (e.g. per segment) index the same table.
   ids = np.array([[3, 0, 49]])
-  np.testing.assert_allclose(positions.sinusoidal_embedding(ids, 8)[0], table[[3, 0, 49]], atol=1e-6)
-  with pytest.raises(PretrainError, match='even'):
+  np.testing.assert_allclose(
+    positions.sinusoidal_embedding(ids, 8)[0], table[[3, 0, 49]], atol=1e-6
+  )
+  with pytest.raises(PretrainError, match="even"):
     positions.sinusoidal_table(4, 7)
 
 
 def _rope(x, pos, **kw):
   """RoPE of one vector per (batch) position: x [n, head_dim], pos [n] -> [n, head_dim]."""
-  return positions.apply_rope(jnp.asarray(x)[:, None, None, :], jnp.asarray(pos)[:, None], **kw)[:, 0, 0]
+  return positions.apply_rope(jnp.asarray(x)[:, None, None, :], jnp.asarray(pos)[:, None], **kw)[
+    :, 0, 0
+  ]
 
 
 def test_rope_scores_depend_only_on_position_difference():
@@ -60,12 +69,17 @@ def test_rope_rotation_values_and_partial_fraction():
   out = np.asarray(_rope(x[None], [pos], theta=100.0, fraction=0.5))[0]
   # 4 rotary dims: pairs (0, 2) and (1, 3) at frequencies 100^(-0/4) and 100^(-2/4).
   angles = pos * np.array([1.0, 0.1])
-  expected = np.concatenate([x[:2] * np.cos(angles) - x[2:4] * np.sin(angles),
-                             x[2:4] * np.cos(angles) + x[:2] * np.sin(angles), x[4:]])
+  expected = np.concatenate(
+    [
+      x[:2] * np.cos(angles) - x[2:4] * np.sin(angles),
+      x[2:4] * np.cos(angles) + x[:2] * np.sin(angles),
+      x[4:],
+    ]
+  )
   np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
   np.testing.assert_array_equal(out[4:], x[4:])  # The dims past the rotary fraction are untouched.
   assert positions.rotary_dims(64, 0.25) == 16 and positions.rotary_dims(10, 0.5) == 4
-  with pytest.raises(PretrainError, match='rotary_fraction'):
+  with pytest.raises(PretrainError, match="rotary_fraction"):
     positions.rotary_dims(8, 0.1)
 
 
@@ -81,9 +95,11 @@ def test_rope_with_per_segment_positions_repeats_each_segment():
 def test_alibi_slopes_for_8_and_12_heads():
   np.testing.assert_allclose(positions.alibi_slopes(8), [2.0**-i for i in range(1, 9)])
   # 12 heads: the 8-head series, then every other slope of the 16-head series 2^(-k/2), k = 1, 3, 5, 7.
-  np.testing.assert_allclose(positions.alibi_slopes(12),
-                             [2.0**-i for i in range(1, 9)] + [2.0**-0.5, 2.0**-1.5, 2.0**-2.5, 2.0**-3.5],
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    positions.alibi_slopes(12),
+    [2.0**-i for i in range(1, 9)] + [2.0**-0.5, 2.0**-1.5, 2.0**-2.5, 2.0**-3.5],
+    rtol=1e-6,
+  )
   np.testing.assert_allclose(positions.alibi_slopes(1), [2.0**-8])
 
 
@@ -96,7 +112,9 @@ def test_alibi_bias_forms():
   np.testing.assert_allclose(sym[0, 0, 2], [-1.0, -0.5, 0, -1.0, -0.5])
   np.testing.assert_allclose(sym[0, 1, 0], [0, -0.25, -0.5, 0, -0.25])
   np.testing.assert_allclose(causal[0, 0, 2], [-1.0, -0.5, 0, -1.0, -0.5])
-  np.testing.assert_allclose(causal[0, 0, 0], [0, 0.5, 1.0, 0, 0.5])  # Future keys: a causal mask hides them.
+  np.testing.assert_allclose(
+    causal[0, 0, 0], [0, 0.5, 1.0, 0, 0.5]
+  )  # Future keys: a causal mask hides them.
   visible = pos[0][None, :] <= pos[0][:, None]  # Key position <= query position.
   np.testing.assert_array_equal(sym[0][:, visible], causal[0][:, visible])
 
@@ -107,19 +125,23 @@ def test_t5_relative_position_bucket_known_values():
   # 8 + floor(log(d/8) / log(16) * 8): d=15 -> 9, 16 -> 10, 31 -> 11, 32 -> 12, 64 -> 14, >=128 -> 15.
   # Keys after the query add 16.
   np.testing.assert_array_equal(
-      positions.relative_position_bucket(rel),
-      [0, 1, 17, 7, 8, 9, 10, 11, 12, 14, 15, 15, 15, 24, 26, 31, 31])
+    positions.relative_position_bucket(rel),
+    [0, 1, 17, 7, 8, 9, 10, 11, 12, 14, 15, 15, 15, 24, 26, 31, 31],
+  )
   # Causal: all 32 for the past, exact below 16, then 16 + floor(log(d/16) / log(8) * 16):
   # d=31 -> 21, 32 -> 21, 64 -> 26, 127 -> 31; future keys -> 0.
   np.testing.assert_array_equal(
-      positions.relative_position_bucket(rel, bidirectional=False),
-      [0, 1, 0, 7, 8, 15, 16, 21, 21, 26, 31, 31, 31, 0, 0, 0, 0])
+    positions.relative_position_bucket(rel, bidirectional=False),
+    [0, 1, 0, 7, 8, 15, 16, 21, 21, 26, 31, 31, 31, 0, 0, 0, 0],
+  )
 
 
 def test_relative_position_bias_module():
-  module = positions.RelativePositionBias(num_heads=3, num_buckets=8, max_distance=16, bidirectional=True)
+  module = positions.RelativePositionBias(
+    num_heads=3, num_buckets=8, max_distance=16, bidirectional=True
+  )
   params = nn.unbox(module.init(jax.random.key(0), 4, 6))
-  table = np.asarray(params['params']['embedding'])
+  table = np.asarray(params["params"]["embedding"])
   assert table.shape == (8, 3)
   bias = np.asarray(module.apply(params, 4, 6))
   assert bias.shape == (1, 3, 4, 6)

@@ -1,4 +1,5 @@
 """Keyed randomness: uniform bits per (row key, column), popcount, binomial(n, 1/2) counts."""
+
 import numpy as np
 
 from pretrain.objectives import keyed_random

@@ -1,4 +1,5 @@
 """MLM masking: budget, 80/10/10 statistics, whole words, keyed batches."""
+
 import numpy as np
 import pytest
 
@@ -7,10 +8,18 @@ from pretrain.objectives import keyed_random
 from pretrain.objectives import masking
 
 
-def mask_tokens(ids: np.ndarray, maskable: np.ndarray, rng: np.random.Generator, *,
-                masked_lm_prob: float, max_predictions: int, vocab_size: int,
-                word_start: np.ndarray | None = None, mask_id: int = masking.MASK_ID,
-                random_ids: np.ndarray | None = None):
+def mask_tokens(
+  ids: np.ndarray,
+  maskable: np.ndarray,
+  rng: np.random.Generator,
+  *,
+  masked_lm_prob: float,
+  max_predictions: int,
+  vocab_size: int,
+  word_start: np.ndarray | None = None,
+  mask_id: int = masking.MASK_ID,
+  random_ids: np.ndarray | None = None,
+):
   """Masks one sequence: the per-row reference of masking.mask_batch (same statistics, other draws).
 
   Args:
@@ -47,7 +56,7 @@ def mask_tokens(ids: np.ndarray, maskable: np.ndarray, rng: np.random.Generator,
       size = int(bounds[w + 1] - bounds[w])
       if count + size > k:
         continue
-      picked.append(cand[bounds[w]:bounds[w + 1]])
+      picked.append(cand[bounds[w] : bounds[w + 1]])
       count += size
     chosen = np.concatenate(picked) if picked else cand[:0]
   chosen = np.sort(chosen)
@@ -55,7 +64,11 @@ def mask_tokens(ids: np.ndarray, maskable: np.ndarray, rng: np.random.Generator,
   u = rng.random(n)
   random = replacements[rng.integers(0, len(replacements), n)]
   input_ids = ids.astype(np.int32)
-  new = np.where(u < masking._MASK_PROB, mask_id, np.where(u < masking._MASK_PROB + masking._KEEP_PROB, ids[chosen], random))
+  new = np.where(
+    u < masking._MASK_PROB,
+    mask_id,
+    np.where(u < masking._MASK_PROB + masking._KEEP_PROB, ids[chosen], random),
+  )
   input_ids[chosen] = new
   positions = np.zeros([max_predictions], np.int32)
   labels = np.zeros([max_predictions], np.int32)
@@ -64,6 +77,7 @@ def mask_tokens(ids: np.ndarray, maskable: np.ndarray, rng: np.random.Generator,
   labels[:n] = ids[chosen]
   weights[:n] = 1.0
   return input_ids, positions, labels, weights
+
 
 VOCAB = 1000
 MASK = masking.MASK_ID
@@ -78,15 +92,23 @@ def _rows(rng, n, length=128):
     sep = int(rng.integers(2, real - 2))
     ids[r, 0], ids[r, sep], ids[r, real - 1] = 2, 3, 3
     ids[r, real:] = 0
-    maskable[r, 1:real - 1] = True
+    maskable[r, 1 : real - 1] = True
     maskable[r, sep] = False
   return ids, maskable
 
 
 def _mask_each(ids, maskable, rng, word_start=None, **kw):
-  outs = [mask_tokens(ids[r], maskable[r], rng, vocab_size=VOCAB,
-                              word_start=None if word_start is None else word_start[r], **kw)
-          for r in range(len(ids))]
+  outs = [
+    mask_tokens(
+      ids[r],
+      maskable[r],
+      rng,
+      vocab_size=VOCAB,
+      word_start=None if word_start is None else word_start[r],
+      **kw,
+    )
+    for r in range(len(ids))
+  ]
   return tuple(np.stack(x) for x in zip(*outs))
 
 
@@ -95,7 +117,9 @@ def _mask_keyed(ids, maskable, rng, word_start=None, **kw):
   return masking.mask_batch(ids, maskable, keys, vocab_size=VOCAB, word_start=word_start, **kw)
 
 
-MASKERS = pytest.mark.parametrize("mask_fn", [_mask_each, _mask_keyed], ids=["mask_tokens", "mask_batch"])
+MASKERS = pytest.mark.parametrize(
+  "mask_fn", [_mask_each, _mask_keyed], ids=["mask_tokens", "mask_batch"]
+)
 
 
 def _check_layout(ids, maskable, out, p):
@@ -112,7 +136,9 @@ def _check_layout(ids, maskable, out, p):
   assert (positions[~used] == 0).all() and (labels[~used] == 0).all()
   rows = np.repeat(np.arange(n), counts)
   pos = positions[used]
-  assert np.all(np.diff(np.where(used, positions, length + 1), axis=1)[used[:, 1:]] > 0)  # Ascending.
+  assert np.all(
+    np.diff(np.where(used, positions, length + 1), axis=1)[used[:, 1:]] > 0
+  )  # Ascending.
   assert maskable[rows, pos].all()  # Specials and padding never chosen.
   assert (labels[used] == ids[rows, pos]).all()
   chosen = np.zeros_like(maskable)
@@ -139,7 +165,9 @@ def test_num_to_predict_follows_bert():
 
 @MASKERS
 def test_statistics(mask_fn):
-  ids, maskable, out, chosen = _masked_rows(mask_fn, 0, 10_000, masked_lm_prob=0.15, max_predictions=40)
+  ids, maskable, out, chosen = _masked_rows(
+    mask_fn, 0, 10_000, masked_lm_prob=0.15, max_predictions=40
+  )
   k = masking.num_to_predict(maskable.sum(1), 0.15, 40)
   assert (chosen.sum(1) == k).all()  # Exactly the budget (below the cap here).
   assert abs(chosen.sum() / maskable.sum() - 0.15) < 0.005
@@ -167,8 +195,9 @@ def test_cap_at_max_predictions(mask_fn):
 @MASKERS
 def test_nothing_maskable(mask_fn):
   ids = np.array([[2, 3, 3, 0, 0, 0]], np.int32)
-  out = mask_fn(ids, np.zeros_like(ids, bool), np.random.default_rng(0), masked_lm_prob=0.15,
-                max_predictions=3)
+  out = mask_fn(
+    ids, np.zeros_like(ids, bool), np.random.default_rng(0), masked_lm_prob=0.15, max_predictions=3
+  )
   assert (out[0] == ids).all() and not out[3].any()
 
 
@@ -228,7 +257,9 @@ def test_keyed_rows_do_not_depend_on_the_batch():
   for ws in (None, rng.random(ids.shape) < 0.5):
     full = masking.mask_batch(ids, maskable, keys, word_start=ws, **kw)
     sub = [5, 2, 11]
-    part = masking.mask_batch(ids[sub], maskable[sub], keys[sub], word_start=None if ws is None else ws[sub], **kw)
+    part = masking.mask_batch(
+      ids[sub], maskable[sub], keys[sub], word_start=None if ws is None else ws[sub], **kw
+    )
     for x, y in zip(full, part):
       np.testing.assert_array_equal(x[sub], y)
   other = masking.mask_batch(ids, maskable, keyed_random.row_keys(8, np.arange(100, 116)), **kw)
@@ -238,8 +269,15 @@ def test_keyed_rows_do_not_depend_on_the_batch():
 def test_bad_arguments():
   ids = np.full([1, 8], 7, np.int32)
   with pytest.raises(PretrainError, match="random replacement"):
-    masking.mask_batch(ids, ids > 0, np.zeros([1], np.uint64), masked_lm_prob=0.15, max_predictions=2,
-                       vocab_size=5)
+    masking.mask_batch(
+      ids, ids > 0, np.zeros([1], np.uint64), masked_lm_prob=0.15, max_predictions=2, vocab_size=5
+    )
   with pytest.raises(PretrainError, match="max_predictions"):
-    mask_tokens(ids[0], ids[0] > 0, np.random.default_rng(0), masked_lm_prob=0.15,
-                        max_predictions=0, vocab_size=VOCAB)
+    mask_tokens(
+      ids[0],
+      ids[0] > 0,
+      np.random.default_rng(0),
+      masked_lm_prob=0.15,
+      max_predictions=0,
+      vocab_size=VOCAB,
+    )

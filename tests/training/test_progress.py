@@ -1,4 +1,5 @@
 """Goodput bookkeeping (pretrain/training/progress.py)."""
+
 import time
 
 from pretrain.training.progress import Progress
@@ -17,12 +18,26 @@ def test_progress_books_time_and_round_trips_through_a_checkpoint_dict(monkeypat
     pass
   assert p.interval_start == 15.0
   saved = p.to_dict()
-  assert saved == {"first_start_time": 100.0, "restarts": 0, "useful_seconds": 2.0, "compile_seconds": 0.0,
-                   "checkpoint_seconds": 2.0, "data_wait_seconds": 1.0, "eval_seconds": 0.0}
+  assert saved == {
+    "first_start_time": 100.0,
+    "restarts": 0,
+    "useful_seconds": 2.0,
+    "compile_seconds": 0.0,
+    "checkpoint_seconds": 2.0,
+    "data_wait_seconds": 1.0,
+    "eval_seconds": 0.0,
+  }
   again = Progress.resumed(dict(saved, unknown=1), first_start_time=200.0)
   assert again.to_dict() == dict(saved, restarts=1)  # The first life's start time is kept.
   assert Progress.resumed({"restarts": 2}, 200.0).to_dict()["first_start_time"] == 200.0
   monkeypatch.setattr(time, "time", lambda: 104.0)
   row = again.goodput_row()
-  assert row == {"goodput": 0.5, "restarts": 1, "wall_seconds": 4.0, "badput_compile_seconds": 0.0,
-                 "badput_checkpoint_seconds": 2.0, "badput_data_wait_seconds": 1.0, "badput_eval_seconds": 0.0}
+  assert row == {
+    "goodput": 0.5,
+    "restarts": 1,
+    "wall_seconds": 4.0,
+    "badput_compile_seconds": 0.0,
+    "badput_checkpoint_seconds": 2.0,
+    "badput_data_wait_seconds": 1.0,
+    "badput_eval_seconds": 0.0,
+  }

@@ -1,4 +1,5 @@
 """The jitted, sharded train and eval steps of pretrain/training/step.py, built directly (no train loop)."""
+
 import jax
 import numpy as np
 
@@ -27,8 +28,12 @@ def _batch(task, batch_size: int, seed: int = 0) -> dict:
     if name == "input_mask" or name == "masked_lm_weights":
       out[name] = np.ones_like(zeros)
     elif name == "masked_lm_positions":
-      out[name] = np.stack([np.sort(rng.choice(task.seq_len, zeros.shape[1], replace=False))
-                            for _ in range(batch_size)]).astype(np.int32)
+      out[name] = np.stack(
+        [
+          np.sort(rng.choice(task.seq_len, zeros.shape[1], replace=False))
+          for _ in range(batch_size)
+        ]
+      ).astype(np.int32)
     elif name in ("segment_ids", "next_sentence_labels"):
       out[name] = rng.integers(0, 2, zeros.shape).astype(zeros.dtype)
     else:
@@ -39,7 +44,9 @@ def _batch(task, batch_size: int, seed: int = 0) -> dict:
 def _build(c, task, grad_accum: int = 1):
   mesh = sharding.make_mesh(c.mesh)
   tx, schedule = make_optimizer(c.optimizer, int(c.train.steps))
-  return step_lib.build(task, task.build_model(), tx, schedule, mesh, 16, grad_accum=grad_accum, seed=0)
+  return step_lib.build(
+    task, task.build_model(), tx, schedule, mesh, 16, grad_accum=grad_accum, seed=0
+  )
 
 
 def test_microbatches_add_up_to_the_full_batch(tiny_config_factory):
@@ -94,5 +101,6 @@ def test_train_step_advances_and_eval_step_returns_the_tasks_sums(tiny_config_fa
   assert set(after) == set(before) >= {"mlm_loss", "mlm_weight"}
   assert float(after["mlm_weight"]) == float(before["mlm_weight"]) == 16 * task.num_predictions
   final = task.finalize(jax.device_get(after))
-  assert final["mlm_loss"] < task.finalize(jax.device_get(before))["mlm_loss"]  # Three steps on one batch.
-
+  assert (
+    final["mlm_loss"] < task.finalize(jax.device_get(before))["mlm_loss"]
+  )  # Three steps on one batch.

@@ -1,4 +1,5 @@
 """BERT's config: pretrain.config.base_config() with BERT's task, data and model sections."""
+
 import ml_collections
 
 from pretrain import config as config_lib

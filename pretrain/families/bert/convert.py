@@ -34,6 +34,7 @@ BertForMaskedLM.
 HF's 'gelu' is the exact erf GELU, as pretrain/families/bert/model.py's; BERT's
 LayerNorm eps is 1e-12 (config.json's layer_norm_eps is carried over).
 """
+
 import dataclasses
 import re
 
@@ -54,25 +55,47 @@ base_config = bert_config_lib.bert_config  # The converted config's defaults.
 
 # transformers' BertConfig defaults, for fields a config.json leaves out.
 HF_DEFAULTS = dict(
-    vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
-    hidden_act="gelu", hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=512,
-    type_vocab_size=2, initializer_range=0.02, layer_norm_eps=1e-12, pad_token_id=0,
-    position_embedding_type="absolute", is_decoder=False, add_cross_attention=False, tie_word_embeddings=True,
+  vocab_size=30522,
+  hidden_size=768,
+  num_hidden_layers=12,
+  num_attention_heads=12,
+  intermediate_size=3072,
+  hidden_act="gelu",
+  hidden_dropout_prob=0.1,
+  attention_probs_dropout_prob=0.1,
+  max_position_embeddings=512,
+  type_vocab_size=2,
+  initializer_range=0.02,
+  layer_norm_eps=1e-12,
+  pad_token_id=0,
+  position_embedding_type="absolute",
+  is_decoder=False,
+  add_cross_attention=False,
+  tie_word_embeddings=True,
 )
 # HF config field -> BertConfig field.
 _FIELDS = dict(
-    vocab_size="vocab_size", hidden_size="hidden_size", num_hidden_layers="num_layers",
-    num_attention_heads="num_heads", intermediate_size="intermediate_size",
-    max_position_embeddings="max_position_embeddings", type_vocab_size="type_vocab_size",
-    hidden_dropout_prob="dropout_rate", attention_probs_dropout_prob="attention_dropout_rate",
-    layer_norm_eps="layer_norm_eps", initializer_range="initializer_range",
+  vocab_size="vocab_size",
+  hidden_size="hidden_size",
+  num_hidden_layers="num_layers",
+  num_attention_heads="num_heads",
+  intermediate_size="intermediate_size",
+  max_position_embeddings="max_position_embeddings",
+  type_vocab_size="type_vocab_size",
+  hidden_dropout_prob="dropout_rate",
+  attention_probs_dropout_prob="attention_dropout_rate",
+  layer_norm_eps="layer_norm_eps",
+  initializer_range="initializer_range",
 )
-_BUFFERS = re.compile(r"(^|\.)embeddings\.(position_ids|token_type_ids)$")  # Non-trainable buffers of old files.
+_BUFFERS = re.compile(
+  r"(^|\.)embeddings\.(position_ids|token_type_ids)$"
+)  # Non-trainable buffers of old files.
 
 
 @dataclasses.dataclass(frozen=True)
 class HeadNames:
   """HF names of the heads around the encoder (they differ between BERT and RoBERTa)."""
+
   transform: str
   transform_norm: str
   output_bias: str
@@ -80,10 +103,13 @@ class HeadNames:
   nsp: str | None = None
 
 
-BERT_HEADS = HeadNames(transform="cls.predictions.transform.dense",
-                       transform_norm="cls.predictions.transform.LayerNorm",
-                       output_bias="cls.predictions.bias", decoder="cls.predictions.decoder",
-                       nsp="cls.seq_relationship")
+BERT_HEADS = HeadNames(
+  transform="cls.predictions.transform.dense",
+  transform_norm="cls.predictions.transform.LayerNorm",
+  output_bias="cls.predictions.bias",
+  decoder="cls.predictions.decoder",
+  nsp="cls.seq_relationship",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,13 +122,17 @@ class Entry:
 
 
 def _linear(hf, path, n_in, n_out, implied_by):
-  return [Entry(f"{hf}.weight", path + ("kernel",), (n_in, n_out), True, implied_by),
-          Entry(f"{hf}.bias", path + ("bias",), (n_out,), False, implied_by)]
+  return [
+    Entry(f"{hf}.weight", path + ("kernel",), (n_in, n_out), True, implied_by),
+    Entry(f"{hf}.bias", path + ("bias",), (n_out,), False, implied_by),
+  ]
 
 
 def _norm(hf, path, h):
-  return [Entry(f"{hf}.weight", path + ("scale",), (h,), False, f"hidden_size={h}"),
-          Entry(f"{hf}.bias", path + ("bias",), (h,), False, f"hidden_size={h}")]
+  return [
+    Entry(f"{hf}.weight", path + ("scale",), (h,), False, f"hidden_size={h}"),
+    Entry(f"{hf}.bias", path + ("bias",), (h,), False, f"hidden_size={h}"),
+  ]
 
 
 def entries(model: dict, prefix: str, heads: HeadNames, with_heads: bool = True) -> list[Entry]:
@@ -114,34 +144,48 @@ def entries(model: dict, prefix: str, heads: HeadNames, with_heads: bool = True)
   hh, hi = f"hidden_size={h}", f"hidden_size={h}, intermediate_size={i}"
   e = prefix + "embeddings."
   out = [
-      Entry(e + "word_embeddings.weight", ("bert", "embeddings", "word_embeddings", "embedding"), (v, h), False,
-            f"vocab_size={v}, hidden_size={h}"),
-      Entry(e + "position_embeddings.weight", ("bert", "embeddings", "position_embeddings", "embedding"),
-            (model["max_position_embeddings"], h), False,
-            f"max_position_embeddings={model['max_position_embeddings']}, hidden_size={h}"),
-      Entry(e + "token_type_embeddings.weight", ("bert", "embeddings", "token_type_embeddings", "embedding"),
-            (model["type_vocab_size"], h), False, f"type_vocab_size={model['type_vocab_size']}, hidden_size={h}"),
-      *_norm(e + "LayerNorm", ("bert", "embeddings", "layer_norm"), h),
+    Entry(
+      e + "word_embeddings.weight",
+      ("bert", "embeddings", "word_embeddings", "embedding"),
+      (v, h),
+      False,
+      f"vocab_size={v}, hidden_size={h}",
+    ),
+    Entry(
+      e + "position_embeddings.weight",
+      ("bert", "embeddings", "position_embeddings", "embedding"),
+      (model["max_position_embeddings"], h),
+      False,
+      f"max_position_embeddings={model['max_position_embeddings']}, hidden_size={h}",
+    ),
+    Entry(
+      e + "token_type_embeddings.weight",
+      ("bert", "embeddings", "token_type_embeddings", "embedding"),
+      (model["type_vocab_size"], h),
+      False,
+      f"type_vocab_size={model['type_vocab_size']}, hidden_size={h}",
+    ),
+    *_norm(e + "LayerNorm", ("bert", "embeddings", "layer_norm"), h),
   ]
   for n in range(model["num_layers"]):
     hf, path = f"{prefix}encoder.layer.{n}.", ("bert", "encoder", f"layer_{n}")
     out += [
-        *_linear(hf + "attention.self.query", path + ("attention", "query"), h, h, hh),
-        *_linear(hf + "attention.self.key", path + ("attention", "key"), h, h, hh),
-        *_linear(hf + "attention.self.value", path + ("attention", "value"), h, h, hh),
-        *_linear(hf + "attention.output.dense", path + ("attention", "out"), h, h, hh),
-        *_norm(hf + "attention.output.LayerNorm", path + ("attention_layer_norm",), h),
-        *_linear(hf + "intermediate.dense", path + ("intermediate",), h, i, hi),
-        *_linear(hf + "output.dense", path + ("output",), i, h, hi),
-        *_norm(hf + "output.LayerNorm", path + ("output_layer_norm",), h),
+      *_linear(hf + "attention.self.query", path + ("attention", "query"), h, h, hh),
+      *_linear(hf + "attention.self.key", path + ("attention", "key"), h, h, hh),
+      *_linear(hf + "attention.self.value", path + ("attention", "value"), h, h, hh),
+      *_linear(hf + "attention.output.dense", path + ("attention", "out"), h, h, hh),
+      *_norm(hf + "attention.output.LayerNorm", path + ("attention_layer_norm",), h),
+      *_linear(hf + "intermediate.dense", path + ("intermediate",), h, i, hi),
+      *_linear(hf + "output.dense", path + ("output",), i, h, hi),
+      *_norm(hf + "output.LayerNorm", path + ("output_layer_norm",), h),
     ]
   if model["pooler"]:
     out += _linear(prefix + "pooler.dense", ("bert", "pooler"), h, h, hh)
   if with_heads:
     out += [
-        *_linear(heads.transform, ("mlm_head", "transform"), h, h, hh),
-        *_norm(heads.transform_norm, ("mlm_head", "transform_layer_norm"), h),
-        Entry(heads.output_bias, ("mlm_head", "output_bias"), (v,), False, f"vocab_size={v}"),
+      *_linear(heads.transform, ("mlm_head", "transform"), h, h, hh),
+      *_norm(heads.transform_norm, ("mlm_head", "transform_layer_norm"), h),
+      Entry(heads.output_bias, ("mlm_head", "output_bias"), (v,), False, f"vocab_size={v}"),
     ]
   if model["nsp_head"] and heads.nsp and with_heads:
     out += _linear(heads.nsp, ("nsp_head",), h, 2, hh)
@@ -152,11 +196,27 @@ def hf_fields(hf_config: dict, defaults: dict) -> dict:
   """config.json over transformers' defaults, with the fields the project's BERT cannot express rejected."""
   f = dict(defaults, **{k: v for k, v in hf_config.items() if v is not None})
   checks = (
-      ("hidden_act", f["hidden_act"] == "gelu", "the project's BERT uses the exact (erf) GELU, HF's 'gelu'"),
-      ("position_embedding_type", f["position_embedding_type"] == "absolute", "only 'absolute' positions exist"),
-      ("is_decoder", not f["is_decoder"], "the project's BERT is an encoder"),
-      ("add_cross_attention", not f["add_cross_attention"], "the project's BERT has no cross-attention"),
-      ("tie_word_embeddings", f["tie_word_embeddings"], "the MLM decoder is the word embedding table"),
+    (
+      "hidden_act",
+      f["hidden_act"] == "gelu",
+      "the project's BERT uses the exact (erf) GELU, HF's 'gelu'",
+    ),
+    (
+      "position_embedding_type",
+      f["position_embedding_type"] == "absolute",
+      "only 'absolute' positions exist",
+    ),
+    ("is_decoder", not f["is_decoder"], "the project's BERT is an encoder"),
+    (
+      "add_cross_attention",
+      not f["add_cross_attention"],
+      "the project's BERT has no cross-attention",
+    ),
+    (
+      "tie_word_embeddings",
+      f["tie_word_embeddings"],
+      "the MLM decoder is the word embedding table",
+    ),
   )
   for name, ok, why in checks:
     if not ok:
@@ -169,16 +229,22 @@ def hf_fields(hf_config: dict, defaults: dict) -> dict:
 
 def model_fields(f: dict, **options) -> dict:
   """The project model section (BertConfig fields) of HF fields `f`."""
-  return steps.buildable(bert_model.BertConfig, dict({ours: f[hf] for hf, ours in _FIELDS.items()}, **options))
+  return steps.buildable(
+    bert_model.BertConfig, dict({ours: f[hf] for hf, ours in _FIELDS.items()}, **options)
+  )
 
 
 def check_tensors(t: HfTensors, prefix: str, model: dict) -> None:
   """The errors worth a specific message before the tensor-by-tensor checks: vocabulary and layer count."""
   word = prefix + "embeddings.word_embeddings.weight"
   if word in t and t.shape(word)[0] != model["vocab_size"]:
-    raise PretrainError(f"{t.source}: vocab mismatch: tensor {word} has {t.shape(word)[0]} rows but "
-                        f"config.json vocab_size={model['vocab_size']}")
-  steps.check_layer_count(t, re.escape(prefix) + r"encoder\.layer\.(\d+)\.", model["num_layers"], "num_hidden_layers")
+    raise PretrainError(
+      f"{t.source}: vocab mismatch: tensor {word} has {t.shape(word)[0]} rows but "
+      f"config.json vocab_size={model['vocab_size']}"
+    )
+  steps.check_layer_count(
+    t, re.escape(prefix) + r"encoder\.layer\.(\d+)\.", model["num_layers"], "num_hidden_layers"
+  )
 
 
 def read_params(t: HfTensors, table: list[Entry]) -> dict:
@@ -203,12 +269,22 @@ def write_tensors(params: dict, table: list[Entry]) -> dict[str, np.ndarray]:
 
 def skip_tied_decoder(t: HfTensors, heads: HeadNames, params: dict, prefix: str) -> None:
   """A stored MLM decoder must be the word embedding table (and its bias the output bias)."""
-  tied = ((f"{heads.decoder}.weight", params["bert"]["embeddings"]["word_embeddings"]["embedding"],
-           prefix + "embeddings.word_embeddings.weight"),
-          (f"{heads.decoder}.bias", params["mlm_head"]["output_bias"], heads.output_bias))
+  tied = (
+    (
+      f"{heads.decoder}.weight",
+      params["bert"]["embeddings"]["word_embeddings"]["embedding"],
+      prefix + "embeddings.word_embeddings.weight",
+    ),
+    (f"{heads.decoder}.bias", params["mlm_head"]["output_bias"], heads.output_bias),
+  )
   for name, value, source in tied:
-    steps.skip_tied(t, name, value, source, "an untied MLM decoder is not supported (the project's decoder is "
-                    "the word embedding table)")
+    steps.skip_tied(
+      t,
+      name,
+      value,
+      source,
+      "an untied MLM decoder is not supported (the project's decoder is the word embedding table)",
+    )
 
 
 def skip_buffers(t: HfTensors) -> None:
@@ -226,11 +302,18 @@ def project_sections(hf_config: dict, t: HfTensors) -> dict:
   f = hf_fields(hf_config, HF_DEFAULTS)
   prefix = _prefix(t)
   pooler = arch == "BertForPreTraining" or prefix + "pooler.dense.weight" in t
-  nsp = (arch == "BertForPreTraining" or f"{BERT_HEADS.nsp}.weight" in t
-         or (arch == "BertModel" and pooler))
+  nsp = (
+    arch == "BertForPreTraining"
+    or f"{BERT_HEADS.nsp}.weight" in t
+    or (arch == "BertModel" and pooler)
+  )
   model = model_fields(f, pooler=pooler, nsp_head=nsp)
   seq = min(128, model["max_position_embeddings"])
-  return {"task": {"name": TASK}, "model": model, "data": {"next_sentence_prediction": nsp, "max_seq_length": seq}}
+  return {
+    "task": {"name": TASK},
+    "model": model,
+    "data": {"next_sentence_prediction": nsp, "max_seq_length": seq},
+  }
 
 
 def _prefix(t: HfTensors) -> str:
@@ -255,11 +338,15 @@ def check_attention(model: dict, position: str, arch: str) -> None:
   """The project model's attention must be HF's: multi-head, with `position`, and no extras."""
   a = dict(model.get("attention") or {})
   checks = (
-      ("position", a.get("position", position) == position, f"{arch} has position {position!r}"),
-      ("num_kv_heads", a.get("num_kv_heads") in (None, 0, model["num_heads"]), f"{arch} has multi-head attention"),
-      ("qk_norm", a.get("qk_norm") in (None, "none"), f"{arch} has no query/key norm"),
-      ("logits_soft_cap", not a.get("logits_soft_cap"), f"{arch} has no logits soft-cap"),
-      ("sliding_window", not a.get("sliding_window"), f"{arch} attends to the whole context"),
+    ("position", a.get("position", position) == position, f"{arch} has position {position!r}"),
+    (
+      "num_kv_heads",
+      a.get("num_kv_heads") in (None, 0, model["num_heads"]),
+      f"{arch} has multi-head attention",
+    ),
+    ("qk_norm", a.get("qk_norm") in (None, "none"), f"{arch} has no query/key norm"),
+    ("logits_soft_cap", not a.get("logits_soft_cap"), f"{arch} has no logits soft-cap"),
+    ("sliding_window", not a.get("sliding_window"), f"{arch} attends to the whole context"),
   )
   for name, ok, why in checks:
     if not ok:
@@ -271,11 +358,15 @@ def complete_model(model: dict) -> dict:
   return dataclasses.asdict(bert_model.BertConfig.from_dict(model))
 
 
-def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None) -> tuple[dict, dict]:
+def params_to_hf(
+  params: dict, model: dict, special_ids: dict, base: dict | None
+) -> tuple[dict, dict]:
   """(config.json, tensors) of HF's BertForPreTraining (with an NSP head) or BertForMaskedLM."""
   if model.get("position_offset", 0):
-    raise PretrainError(f"model.position_offset={model['position_offset']}: HF's BERT counts positions from 0 "
-                        "(a RoBERTa checkpoint exports as task 'roberta')")
+    raise PretrainError(
+      f"model.position_offset={model['position_offset']}: HF's BERT counts positions from 0 "
+      "(a RoBERTa checkpoint exports as task 'roberta')"
+    )
   arch = "BertForPreTraining" if model["nsp_head"] else "BertForMaskedLM"
   check_attention(model, "learned", arch)
   config = hf_config(model, arch, "bert", base)
@@ -286,8 +377,16 @@ def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None
 def hf_config(model: dict, arch: str, model_type: str, base: dict | None) -> dict:
   """config.json fields of a BERT-style model, over `base` (the source's config.json, when converted from HF)."""
   config = steps.hf_config(base, model, _FIELDS)
-  config.update(architectures=[arch], model_type=model_type, hidden_act="gelu", position_embedding_type="absolute",
-                tie_word_embeddings=True, is_decoder=False, add_cross_attention=False, dtype="float32")
+  config.update(
+    architectures=[arch],
+    model_type=model_type,
+    hidden_act="gelu",
+    position_embedding_type="absolute",
+    tie_word_embeddings=True,
+    is_decoder=False,
+    add_cross_attention=False,
+    dtype="float32",
+  )
   return config
 
 
@@ -307,6 +406,8 @@ def init_heads(model: dict, seed: int) -> dict:
   initializes them (compiling the init of every layer takes seconds).
   """
   cfg = dataclasses.replace(bert_config(model), num_layers=0)
-  init = jax.jit(lambda key: bert_model.BertForPreTraining(cfg).init(key, **bert_model.init_inputs(1, 1, 1)))
+  init = jax.jit(
+    lambda key: bert_model.BertForPreTraining(cfg).init(key, **bert_model.init_inputs(1, 1, 1))
+  )
   params = nn.unbox(init(jax.random.key(seed))["params"])
   return {k: jax.tree.map(np.asarray, v) for k, v in params.items() if k != "bert"}

@@ -22,6 +22,7 @@ Example layout: `[CLS] A [SEP] B [SEP] [PAD]...`, segment ids 0 over
 whole chunk as A. A batch reads its tokens in one `Documents.take` of just the
 positions its rows show.
 """
+
 import dataclasses
 
 import numpy as np
@@ -80,9 +81,9 @@ def plan_instances(docs: Documents, cfg: BertExampleConfig, rng: np.random.Gener
 def _plan_docs(docs: Documents, cfg: BertExampleConfig, rng: np.random.Generator, d0: int, d1: int):
   """plan_instances of documents [d0, d1): every sentence draws the target a chunk
   starting there would use, then chunks are followed from each document's start."""
-  ds = docs.doc_starts[d0:d1 + 1]
+  ds = docs.doc_starts[d0 : d1 + 1]
   s0, s1 = int(ds[0]), int(ds[-1])
-  ss = docs.sentence_starts[s0:s1 + 1]
+  ss = docs.sentence_starts[s0 : s1 + 1]
   n, max_tokens = s1 - s0, cfg.max_num_tokens
   target = np.full([n], max_tokens, np.int64)
   short = np.flatnonzero(rng.random(n, np.float32) < cfg.short_seq_prob)
@@ -116,13 +117,23 @@ def truncated_lengths(len_a: np.ndarray, len_b: np.ndarray, max_tokens: int):
 class BertExamples(masking.MlmExamples):
   """Random access to an endless stream of BERT examples: `self[i]` for any i >= 0."""
 
-  def __init__(self, docs: Documents, cfg: BertExampleConfig, vocab_size: int, seed: int,
-               word_start: np.ndarray | None = None, special: SpecialTokens | None = None):
+  def __init__(
+    self,
+    docs: Documents,
+    cfg: BertExampleConfig,
+    vocab_size: int,
+    seed: int,
+    word_start: np.ndarray | None = None,
+    special: SpecialTokens | None = None,
+  ):
     """`special`: the tokenizer's special ids (default: the project's sentencepiece layout)."""
     if cfg.next_sentence_prediction and docs.num_docs < 2:
       raise PretrainError(
-          f"next-sentence prediction needs >= 2 documents; the corpus has {docs.num_docs}")
-    super().__init__("BERT", docs, cfg, vocab_size, seed, word_start, special)  # _nonempty_docs: random Bs' docs.
+        f"next-sentence prediction needs >= 2 documents; the corpus has {docs.num_docs}"
+      )
+    super().__init__(
+      "BERT", docs, cfg, vocab_size, seed, word_start, special
+    )  # _nonempty_docs: random Bs' docs.
     doc_tokens = np.diff(docs.sentence_starts[docs.doc_starts])
     self._doc_rank = np.cumsum(doc_tokens > 0) - 1  # A nonempty doc's position in _nonempty_docs.
     if cfg.next_sentence_prediction and self._nonempty_docs.size < 2:
@@ -167,7 +178,9 @@ class BertExamples(masking.MlmExamples):
 
     if cfg.next_sentence_prediction:
       n_sent = end - first
-      a_end = first + 1 + (u[:, _SPLIT] * np.maximum(n_sent - 1, 0)).astype(np.int64)  # A: 1..n-1 sentences.
+      a_end = (
+        first + 1 + (u[:, _SPLIT] * np.maximum(n_sent - 1, 0)).astype(np.int64)
+      )  # A: 1..n-1 sentences.
       is_random = (n_sent == 1) | (u[:, _RANDOM_NEXT] < 0.5)
       a0, a1 = ss[first], ss[a_end]
       b0, b1 = ss[a_end], ss[end]  # The true continuation.
@@ -214,9 +227,9 @@ class BertExamples(masking.MlmExamples):
 
     input_ids, masked = self._mask(ids, text, idx)
     return {
-        "input_ids": input_ids,
-        "input_mask": input_mask,
-        "segment_ids": segment_ids,
-        **masked,
-        "next_sentence_labels": nsp_labels,
+      "input_ids": input_ids,
+      "input_mask": input_mask,
+      "segment_ids": segment_ids,
+      **masked,
+      "next_sentence_labels": nsp_labels,
     }

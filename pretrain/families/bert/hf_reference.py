@@ -1,4 +1,5 @@
 """BERT's part of the benchmark (pretrain/bench/reference.py): HF's BertForPreTraining of the same shape."""
+
 import numpy as np
 
 from pretrain.bench import reference
@@ -26,19 +27,31 @@ def mlm_labels(b: dict) -> np.ndarray:
 def hf_config_fields(m: bert_model.BertConfig) -> dict:
   """The keyword arguments of HF's BertConfig (and RobertaConfig) for the project's BertConfig."""
   return dict(
-      vocab_size=m.vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_layers,
-      num_attention_heads=m.num_heads, intermediate_size=m.intermediate_size, hidden_act="gelu",
-      hidden_dropout_prob=m.dropout_rate, attention_probs_dropout_prob=m.attention_dropout_rate,
-      max_position_embeddings=m.max_position_embeddings, type_vocab_size=m.type_vocab_size,
-      initializer_range=m.initializer_range, layer_norm_eps=m.layer_norm_eps)
+    vocab_size=m.vocab_size,
+    hidden_size=m.hidden_size,
+    num_hidden_layers=m.num_layers,
+    num_attention_heads=m.num_heads,
+    intermediate_size=m.intermediate_size,
+    hidden_act="gelu",
+    hidden_dropout_prob=m.dropout_rate,
+    attention_probs_dropout_prob=m.attention_dropout_rate,
+    max_position_embeddings=m.max_position_embeddings,
+    type_vocab_size=m.type_vocab_size,
+    initializer_range=m.initializer_range,
+    layer_norm_eps=m.layer_norm_eps,
+  )
 
 
 def build(transformers, task, b: dict):
   hf_config = transformers.BertConfig(**hf_config_fields(task.model_config))
   long = reference.long_tensor
-  inputs = {"input_ids": long(b["input_ids"]), "token_type_ids": long(b["segment_ids"]),
-            "attention_mask": long(b["input_mask"]), "labels": long(mlm_labels(b)),
-            "next_sentence_label": long(b["next_sentence_labels"])}
+  inputs = {
+    "input_ids": long(b["input_ids"]),
+    "token_type_ids": long(b["segment_ids"]),
+    "attention_mask": long(b["input_mask"]),
+    "labels": long(mlm_labels(b)),
+    "next_sentence_label": long(b["next_sentence_labels"]),
+  }
   return transformers.BertForPreTraining(hf_config), inputs
 
 
@@ -48,6 +61,8 @@ def flops_per_example(task) -> float:
 
 
 def notes(task) -> list[str]:
-  return [f"HF projects all {task.seq_len} positions onto the vocabulary (labels -100 except masked); "
-          f"the project gathers the {task.num_predictions} masked positions first. HF's TFLOP/s and "
-          "MFU count its dense head."]
+  return [
+    f"HF projects all {task.seq_len} positions onto the vocabulary (labels -100 except masked); "
+    f"the project gathers the {task.num_predictions} masked positions first. HF's TFLOP/s and "
+    "MFU count its dense head."
+  ]

@@ -1,4 +1,5 @@
 """BERT pretraining: masked LM + next-sentence prediction (Devlin et al. 2018)."""
+
 import dataclasses
 
 import jax.numpy as jnp
@@ -13,15 +14,20 @@ from pretrain.objectives.losses import cross_entropy
 
 def model_config(config, tokenizer, **defaults) -> bert_model.BertConfig:
   """The BertConfig of `config.model` (keys it lacks from `defaults`), its vocabulary checked against the tokenizer."""
-  return base.model_config(bert_model.BertConfig, config, base.tokenizer_vocab_size(config, tokenizer), **defaults)
+  return base.model_config(
+    bert_model.BertConfig, config, base.tokenizer_vocab_size(config, tokenizer), **defaults
+  )
 
 
 def check_seq_length(max_seq_length: int, model_cfg: bert_model.BertConfig) -> None:
   if max_seq_length > model_cfg.max_length:
-    offset = f" - model.position_offset={model_cfg.position_offset}" if model_cfg.position_offset else ""
+    offset = (
+      f" - model.position_offset={model_cfg.position_offset}" if model_cfg.position_offset else ""
+    )
     raise PretrainError(
-        f"data.max_seq_length={max_seq_length} exceeds model.max_position_embeddings="
-        f"{model_cfg.max_position_embeddings}{offset}")
+      f"data.max_seq_length={max_seq_length} exceeds model.max_position_embeddings="
+      f"{model_cfg.max_position_embeddings}{offset}"
+    )
 
 
 class BertTask(base.Task):
@@ -56,34 +62,48 @@ class BertTask(base.Task):
     nsp, head = bool(data.next_sentence_prediction), self.model_config.nsp_head
     if nsp != head:
       raise PretrainError(
-          f"data.next_sentence_prediction={nsp} needs model.nsp_head={nsp} (it is {head}): "
-          + ("the next-sentence head needs sentence pairs" if nsp else
-             "without sentence pairs the next-sentence head would train on constant labels"))
+        f"data.next_sentence_prediction={nsp} needs model.nsp_head={nsp} (it is {head}): "
+        + (
+          "the next-sentence head needs sentence pairs"
+          if nsp
+          else "without sentence pairs the next-sentence head would train on constant labels"
+        )
+      )
 
   def _example_config(self, data) -> BertExampleConfig:
     d = data
     return BertExampleConfig(
-        max_seq_length=d.max_seq_length, short_seq_prob=d.short_seq_prob,
-        masked_lm_prob=d.masked_lm_prob, max_predictions_per_seq=d.max_predictions_per_seq,
-        whole_word_masking=d.whole_word_masking, next_sentence_prediction=d.next_sentence_prediction)
+      max_seq_length=d.max_seq_length,
+      short_seq_prob=d.short_seq_prob,
+      masked_lm_prob=d.masked_lm_prob,
+      max_predictions_per_seq=d.max_predictions_per_seq,
+      whole_word_masking=d.whole_word_masking,
+      next_sentence_prediction=d.next_sentence_prediction,
+    )
 
   # --- data ---------------------------------------------------------------
 
   def examples(self, docs, seed: int) -> BertExamples:
-    return BertExamples(docs, self.example_config, self.vocab_size, seed, word_start=self.word_start,
-                        special=self.special)
+    return BertExamples(
+      docs,
+      self.example_config,
+      self.vocab_size,
+      seed,
+      word_start=self.word_start,
+      special=self.special,
+    )
 
   def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     """Zeros of every batch field's shape and dtype (for init and compilation)."""
     l, p = self.seq_len, self.num_predictions
     return {
-        "input_ids": np.zeros([batch_size, l], np.int32),
-        "input_mask": np.zeros([batch_size, l], np.int32),
-        "segment_ids": np.zeros([batch_size, l], np.int32),
-        "masked_lm_positions": np.zeros([batch_size, p], np.int32),
-        "masked_lm_ids": np.zeros([batch_size, p], np.int32),
-        "masked_lm_weights": np.zeros([batch_size, p], np.float32),
-        "next_sentence_labels": np.zeros([batch_size], np.int32),
+      "input_ids": np.zeros([batch_size, l], np.int32),
+      "input_mask": np.zeros([batch_size, l], np.int32),
+      "segment_ids": np.zeros([batch_size, l], np.int32),
+      "masked_lm_positions": np.zeros([batch_size, p], np.int32),
+      "masked_lm_ids": np.zeros([batch_size, p], np.int32),
+      "masked_lm_weights": np.zeros([batch_size, p], np.float32),
+      "next_sentence_labels": np.zeros([batch_size], np.int32),
     }
 
   @property
@@ -101,7 +121,12 @@ class BertTask(base.Task):
     return bert_model.BertForPreTraining(self.model_config)
 
   def init_args(self, batch):
-    return (batch["input_ids"], batch["segment_ids"], batch["input_mask"], batch["masked_lm_positions"])
+    return (
+      batch["input_ids"],
+      batch["segment_ids"],
+      batch["input_mask"],
+      batch["masked_lm_positions"],
+    )
 
   def denominators(self, batch) -> dict:
     """Normalisers over the whole (global) batch, so microbatch gradients sum to the batch gradient."""
@@ -114,22 +139,26 @@ class BertTask(base.Task):
     """(objective, metric sums) for a (micro)batch; objectives of microbatches add up."""
     rngs = None if deterministic else {"dropout": dropout_rng}
     mlm_logits, nsp_logits = model.apply(
-        {"params": params}, *self.init_args(batch), deterministic=deterministic, rngs=rngs)
+      {"params": params}, *self.init_args(batch), deterministic=deterministic, rngs=rngs
+    )
     w = batch["masked_lm_weights"]
     mlm_nll, mlm_correct, _ = cross_entropy(mlm_logits, batch["masked_lm_ids"])
     mlm_loss_sum = jnp.sum(mlm_nll * w)
     objective = mlm_loss_sum / denominators["mlm"]
     sums = {
-        "mlm_loss": mlm_loss_sum,
-        "mlm_correct": jnp.sum(mlm_correct * w),
-        "mlm_weight": jnp.sum(w),
+      "mlm_loss": mlm_loss_sum,
+      "mlm_correct": jnp.sum(mlm_correct * w),
+      "mlm_weight": jnp.sum(w),
     }
     if nsp_logits is not None:
       nsp_nll, nsp_correct, _ = cross_entropy(nsp_logits, batch["next_sentence_labels"])
       nsp_loss_sum = jnp.sum(nsp_nll)
       objective = objective + nsp_loss_sum / denominators["nsp"]
-      sums.update(nsp_loss=nsp_loss_sum, nsp_correct=jnp.sum(nsp_correct),
-                  nsp_count=jnp.asarray(nsp_nll.shape[0], jnp.float32))
+      sums.update(
+        nsp_loss=nsp_loss_sum,
+        nsp_correct=jnp.sum(nsp_correct),
+        nsp_count=jnp.asarray(nsp_nll.shape[0], jnp.float32),
+      )
     return objective, sums
 
   @staticmethod
@@ -140,24 +169,35 @@ class BertTask(base.Task):
     out = {"loss": mlm_loss, "mlm_loss": mlm_loss, "mlm_accuracy": sums["mlm_correct"] / mlm_w}
     if "nsp_count" in sums:
       nsp_loss = sums["nsp_loss"] / sums["nsp_count"]
-      out.update(loss=mlm_loss + nsp_loss, nsp_loss=nsp_loss, nsp_accuracy=sums["nsp_correct"] / sums["nsp_count"])
+      out.update(
+        loss=mlm_loss + nsp_loss,
+        nsp_loss=nsp_loss,
+        nsp_accuracy=sums["nsp_correct"] / sums["nsp_count"],
+      )
     return out
 
   def train_flops_per_example(self) -> float:
     """Model FLOPs of forward + backward for one sequence (backward = 2x forward)."""
-    return 3.0 * bert_model.forward_flops_per_sequence(self.model_config, self.seq_len, self.num_predictions)
+    return 3.0 * bert_model.forward_flops_per_sequence(
+      self.model_config, self.seq_len, self.num_predictions
+    )
 
   def describe(self) -> dict:
-    return {"model": dataclasses.asdict(self.model_config), "examples": dataclasses.asdict(self.example_config)}
+    return {
+      "model": dataclasses.asdict(self.model_config),
+      "examples": dataclasses.asdict(self.example_config),
+    }
 
   def mask_logits(self, model, params, ids: np.ndarray):
     """Logits [masks, vocab] at each mask id of `ids` ([CLS] ... [SEP], at most data.max_seq_length)."""
     if len(ids) > self.seq_len:
-      raise PretrainError(f"the prompt is {len(ids)} tokens; the model was trained on at most {self.seq_len}")
+      raise PretrainError(
+        f"the prompt is {len(ids)} tokens; the model was trained on at most {self.seq_len}"
+      )
     positions = np.flatnonzero(ids == self.special.mask).astype(np.int32)
     batch = self.dummy_batch(1)
-    batch["input_ids"][0, :len(ids)] = ids
-    batch["input_mask"][0, :len(ids)] = 1
-    batch["masked_lm_positions"][0, :len(positions)] = positions
+    batch["input_ids"][0, : len(ids)] = ids
+    batch["input_mask"][0, : len(ids)] = 1
+    batch["masked_lm_positions"][0, : len(positions)] = positions
     mlm_logits, _ = model.apply({"params": params}, *self.init_args(batch), deterministic=True)
-    return mlm_logits[0, :len(positions)]
+    return mlm_logits[0, : len(positions)]

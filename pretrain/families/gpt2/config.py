@@ -1,4 +1,5 @@
 """GPT-2's config: pretrain.config.base_config() with GPT-2's task, data and model sections and its recipe."""
+
 import ml_collections
 
 from pretrain import config as config_lib
@@ -28,10 +29,22 @@ def gpt2_config() -> ml_collections.ConfigDict:
   # The tokenizer must have the model's 50,257 pieces: BPE, as GPT-2 (unigram cannot reach that
   # many pieces on a small corpus). Point data at a real corpus, or tokenizer.path at such a model.
   c.tokenizer.update(vocab_size=50257, model_type="bpe")
-  examples = CausalExampleConfig()  # Chunks the document stream into windows (packing=False), as GPT-2.
+  examples = (
+    CausalExampleConfig()
+  )  # Chunks the document stream into windows (packing=False), as GPT-2.
   c.data.update(max_seq_length=examples.seq_len, packing=examples.packing)
-  c.optimizer.update(name="adamw", learning_rate=6e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1,
-                     warmup_steps=2000, decay="cosine", end_learning_rate=6e-5, grad_clip_norm=1.0)
+  c.optimizer.update(
+    name="adamw",
+    learning_rate=6e-4,
+    b1=0.9,
+    b2=0.95,
+    eps=1e-8,
+    weight_decay=0.1,
+    warmup_steps=2000,
+    decay="cosine",
+    end_learning_rate=6e-5,
+    grad_clip_norm=1.0,
+  )
   c.train.update(steps=600_000, batch_size=512, log_every=100)  # 600k x 512 x 1024 = 315B tokens.
   c.eval.update(every_steps=2000, batch_size=64, num_batches=20)
   c.checkpoint.update(every_steps=2000, keep=3)

@@ -30,6 +30,7 @@ Special ids: GPT-2's <|endoftext|> is both bos and eos. A model trained here
 ends every document with [SEP] and starts the next one after it
 (pretrain/families/gpt2/examples.py), so its export says bos = eos = [SEP].
 """
+
 import dataclasses
 import re
 
@@ -50,17 +51,38 @@ base_config = gpt2_config  # The converted config's defaults.
 
 # transformers' GPT2Config defaults, for fields a config.json leaves out.
 HF_DEFAULTS = dict(
-    vocab_size=50257, n_positions=1024, n_embd=768, n_layer=12, n_head=12, n_inner=None,
-    activation_function="gelu_new", resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, layer_norm_epsilon=1e-5,
-    initializer_range=0.02, scale_attn_weights=True, scale_attn_by_inverse_layer_idx=False,
-    reorder_and_upcast_attn=False, add_cross_attention=False, tie_word_embeddings=True,
-    bos_token_id=50256, eos_token_id=50256, pad_token_id=None,
+  vocab_size=50257,
+  n_positions=1024,
+  n_embd=768,
+  n_layer=12,
+  n_head=12,
+  n_inner=None,
+  activation_function="gelu_new",
+  resid_pdrop=0.1,
+  embd_pdrop=0.1,
+  attn_pdrop=0.1,
+  layer_norm_epsilon=1e-5,
+  initializer_range=0.02,
+  scale_attn_weights=True,
+  scale_attn_by_inverse_layer_idx=False,
+  reorder_and_upcast_attn=False,
+  add_cross_attention=False,
+  tie_word_embeddings=True,
+  bos_token_id=50256,
+  eos_token_id=50256,
+  pad_token_id=None,
 )
 # HF config field -> Gpt2Config field (n_inner and embd_pdrop are handled apart).
 _FIELDS = dict(
-    vocab_size="vocab_size", n_embd="hidden_size", n_layer="num_layers", n_head="num_heads",
-    n_positions="max_position_embeddings", resid_pdrop="dropout_rate", attn_pdrop="attention_dropout_rate",
-    layer_norm_epsilon="layer_norm_eps", initializer_range="initializer_range",
+  vocab_size="vocab_size",
+  n_embd="hidden_size",
+  n_layer="num_layers",
+  n_head="num_heads",
+  n_positions="max_position_embeddings",
+  resid_pdrop="dropout_rate",
+  attn_pdrop="attention_dropout_rate",
+  layer_norm_epsilon="layer_norm_eps",
+  initializer_range="initializer_range",
 )
 _TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh")  # The same function, tanh-approximated GELU.
 _BUFFERS = re.compile(r"(^|\.)h\.\d+\.attn\.(bias|masked_bias)$")
@@ -73,29 +95,38 @@ def _prefix(t: HfTensors) -> str:
 
 def entries(model: dict, prefix: str) -> list[Entry]:
   """Every HF tensor <-> project param but the fused c_attn (`_read_attention`, `_write_attention`)."""
-  v, h, i, n = model["vocab_size"], model["hidden_size"], model["intermediate_size"], model["max_position_embeddings"]
+  v, h, i, n = (
+    model["vocab_size"],
+    model["hidden_size"],
+    model["intermediate_size"],
+    model["max_position_embeddings"],
+  )
   hh, hi = f"n_embd={h}", f"n_embd={h}, n_inner={i}"
 
   def linear(hf, path, n_in, n_out, implied_by):
-    return [Entry(f"{hf}.weight", path + ("kernel",), (n_in, n_out), False, implied_by),
-            Entry(f"{hf}.bias", path + ("bias",), (n_out,), False, implied_by)]
+    return [
+      Entry(f"{hf}.weight", path + ("kernel",), (n_in, n_out), False, implied_by),
+      Entry(f"{hf}.bias", path + ("bias",), (n_out,), False, implied_by),
+    ]
 
   def norm(hf, path):
-    return [Entry(f"{hf}.weight", path + ("scale",), (h,), False, hh),
-            Entry(f"{hf}.bias", path + ("bias",), (h,), False, hh)]
+    return [
+      Entry(f"{hf}.weight", path + ("scale",), (h,), False, hh),
+      Entry(f"{hf}.bias", path + ("bias",), (h,), False, hh),
+    ]
 
   out = [
-      Entry(prefix + "wte.weight", ("wte", "embedding"), (v, h), False, f"vocab_size={v}, {hh}"),
-      Entry(prefix + "wpe.weight", ("wpe", "embedding"), (n, h), False, f"n_positions={n}, {hh}"),
+    Entry(prefix + "wte.weight", ("wte", "embedding"), (v, h), False, f"vocab_size={v}, {hh}"),
+    Entry(prefix + "wpe.weight", ("wpe", "embedding"), (n, h), False, f"n_positions={n}, {hh}"),
   ]
   for k in range(model["num_layers"]):
     hf, path = f"{prefix}h.{k}.", (f"h_{k}",)
     out += [
-        *norm(hf + "ln_1", path + ("ln_1",)),
-        *linear(hf + "attn.c_proj", path + ("attn", "out"), h, h, hh),
-        *norm(hf + "ln_2", path + ("ln_2",)),
-        *linear(hf + "mlp.c_fc", path + ("mlp", "c_fc"), h, i, hi),
-        *linear(hf + "mlp.c_proj", path + ("mlp", "c_proj"), i, h, hi),
+      *norm(hf + "ln_1", path + ("ln_1",)),
+      *linear(hf + "attn.c_proj", path + ("attn", "out"), h, h, hh),
+      *norm(hf + "ln_2", path + ("ln_2",)),
+      *linear(hf + "mlp.c_fc", path + ("mlp", "c_fc"), h, i, hi),
+      *linear(hf + "mlp.c_proj", path + ("mlp", "c_proj"), i, h, hi),
     ]
   return out + norm(prefix + "ln_f", ("ln_f",))
 
@@ -109,7 +140,9 @@ def _read_attention(t: HfTensors, params: dict, model: dict, prefix: str) -> Non
   h = model["hidden_size"]
   for k in range(model["num_layers"]):
     name = _c_attn(prefix, k)
-    kernels = np.split(t.take(f"{name}.weight", (h, 3 * h), f"n_embd={h}"), 3, axis=1)  # 3 x [in, embed]
+    kernels = np.split(
+      t.take(f"{name}.weight", (h, 3 * h), f"n_embd={h}"), 3, axis=1
+    )  # 3 x [in, embed]
     biases = np.split(t.take(f"{name}.bias", (3 * h,), f"n_embd={h}"), 3)  # 3 x [embed]
     attn = params[f"h_{k}"]["attn"]
     for part, kernel, bias in zip(_QKV, kernels, biases):
@@ -121,7 +154,9 @@ def _write_attention(params: dict, model: dict, tensors: dict) -> None:
   for k in range(model["num_layers"]):
     attn = params[f"h_{k}"]["attn"]
     for hf, leaf, axis in (("weight", "kernel", 1), ("bias", "bias", 0)):
-      parts = [np.asarray(attn[part][leaf], np.float32) for part in _QKV]  # 3 x [in, embed] or 3 x [embed]
+      parts = [
+        np.asarray(attn[part][leaf], np.float32) for part in _QKV
+      ]  # 3 x [in, embed] or 3 x [embed]
       tensors[f"{_c_attn(PREFIX, k)}.{hf}"] = np.ascontiguousarray(np.concatenate(parts, axis=axis))
 
 
@@ -129,14 +164,31 @@ def hf_fields(hf_config: dict) -> dict:
   """config.json over transformers' defaults, with the fields the project's GPT-2 cannot express rejected."""
   f = dict(HF_DEFAULTS, **{k: v for k, v in hf_config.items() if v is not None})
   checks = (
-      ("activation_function", f["activation_function"] in _TANH_GELUS,
-       "the project's GPT-2 uses the tanh-approximated GELU, HF's 'gelu_new'"),
-      ("scale_attn_weights", f["scale_attn_weights"] is True, "the project scales attention logits by "
-                                                               "1/sqrt(head_dim)"),
-      ("scale_attn_by_inverse_layer_idx", f["scale_attn_by_inverse_layer_idx"] is False,
-       "the project does not scale attention by layer"),
-      ("add_cross_attention", f["add_cross_attention"] is False, "the project's GPT-2 has no cross-attention"),
-      ("tie_word_embeddings", f["tie_word_embeddings"] is True, "the LM head is the token embedding table"),
+    (
+      "activation_function",
+      f["activation_function"] in _TANH_GELUS,
+      "the project's GPT-2 uses the tanh-approximated GELU, HF's 'gelu_new'",
+    ),
+    (
+      "scale_attn_weights",
+      f["scale_attn_weights"] is True,
+      "the project scales attention logits by 1/sqrt(head_dim)",
+    ),
+    (
+      "scale_attn_by_inverse_layer_idx",
+      f["scale_attn_by_inverse_layer_idx"] is False,
+      "the project does not scale attention by layer",
+    ),
+    (
+      "add_cross_attention",
+      f["add_cross_attention"] is False,
+      "the project's GPT-2 has no cross-attention",
+    ),
+    (
+      "tie_word_embeddings",
+      f["tie_word_embeddings"] is True,
+      "the LM head is the token embedding table",
+    ),
   )
   for name, ok, why in checks:
     if not ok:
@@ -144,11 +196,15 @@ def hf_fields(hf_config: dict) -> dict:
   for name in (*_FIELDS, "embd_pdrop"):
     if isinstance(f[name], bool) or not isinstance(f[name], (int, float)):
       raise PretrainError(f"config.json {name}={f[name]!r} must be a number")
-  if f["n_inner"] is not None and (isinstance(f["n_inner"], bool) or not isinstance(f["n_inner"], int)):
+  if f["n_inner"] is not None and (
+    isinstance(f["n_inner"], bool) or not isinstance(f["n_inner"], int)
+  ):
     raise PretrainError(f"config.json n_inner={f['n_inner']!r} must be an integer or null")
   if f["embd_pdrop"] != f["resid_pdrop"]:
-    raise PretrainError(f"config.json embd_pdrop={f['embd_pdrop']} differs from resid_pdrop={f['resid_pdrop']}: "
-                        "the project's GPT-2 has one dropout_rate for both")
+    raise PretrainError(
+      f"config.json embd_pdrop={f['embd_pdrop']} differs from resid_pdrop={f['resid_pdrop']}: "
+      "the project's GPT-2 has one dropout_rate for both"
+    )
   return f
 
 
@@ -158,8 +214,13 @@ def _check_layers(t: HfTensors, prefix: str, model: dict) -> None:
 
 def _skip_tied_head(t: HfTensors, params: dict, prefix: str) -> None:
   """A stored lm_head.weight must be the token embedding table."""
-  steps.skip_tied(t, "lm_head.weight", params["wte"]["embedding"], f"{prefix}wte.weight",
-                  "an untied LM head is not supported (the project's GPT-2 head is the token embedding table)")
+  steps.skip_tied(
+    t,
+    "lm_head.weight",
+    params["wte"]["embedding"],
+    f"{prefix}wte.weight",
+    "an untied LM head is not supported (the project's GPT-2 head is the token embedding table)",
+  )
 
 
 # The family interface (see pretrain/convert/__init__.py).
@@ -171,10 +232,15 @@ def project_sections(hf_config: dict, t: HfTensors) -> dict:
   f = hf_fields(hf_config)
   model = {ours: f[hf] for hf, ours in _FIELDS.items()}
   model["intermediate_size"] = f["n_inner"] or 4 * f["n_embd"]
-  model["attention"] = {"position": "learned"}  # wpe; the other attention fields keep their (HF's) defaults.
+  model["attention"] = {
+    "position": "learned"
+  }  # wpe; the other attention fields keep their (HF's) defaults.
   steps.buildable(gpt2_model.Gpt2Config, model)
-  return {"task": {"name": TASK}, "model": model,
-          "data": {"max_seq_length": min(1024, model["max_position_embeddings"])}}
+  return {
+    "task": {"name": TASK},
+    "model": model,
+    "data": {"max_seq_length": min(1024, model["max_position_embeddings"])},
+  }
 
 
 def hf_to_params(t: HfTensors, hf_config: dict, model: dict) -> tuple[dict, list[str]]:
@@ -196,14 +262,24 @@ def complete_model(model: dict) -> dict:
   return dataclasses.asdict(gpt2_model.Gpt2Config.from_dict(model))
 
 
-def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None) -> tuple[dict, dict]:
+def params_to_hf(
+  params: dict, model: dict, special_ids: dict, base: dict | None
+) -> tuple[dict, dict]:
   """(config.json, tensors) of HF's GPT2LMHeadModel."""
   check_attention(model, "learned", "GPT2LMHeadModel")
   config = steps.hf_config(base, model, _FIELDS)
-  config.update(architectures=["GPT2LMHeadModel"], model_type="gpt2", n_inner=model["intermediate_size"],
-                embd_pdrop=model["dropout_rate"], activation_function="gelu_new", scale_attn_weights=True,
-                scale_attn_by_inverse_layer_idx=False, add_cross_attention=False, tie_word_embeddings=True,
-                dtype="float32")
+  config.update(
+    architectures=["GPT2LMHeadModel"],
+    model_type="gpt2",
+    n_inner=model["intermediate_size"],
+    embd_pdrop=model["dropout_rate"],
+    activation_function="gelu_new",
+    scale_attn_weights=True,
+    scale_attn_by_inverse_layer_idx=False,
+    add_cross_attention=False,
+    tie_word_embeddings=True,
+    dtype="float32",
+  )
   ids = dict(special_ids)
   if base is None:  # Trained here: the end-of-text id ends a document and precedes the next one.
     ids.update(bos_token_id=ids["eos_token_id"])

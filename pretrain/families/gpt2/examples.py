@@ -42,6 +42,7 @@ the same (docs, seed, i) gives the same example in any batch, on any process.
 The stream is virtual (pretrain.data.streams) and plans need only document
 lengths: a batch reads its tokens in one `Documents.take` of the positions it shows.
 """
+
 import bisect
 import collections
 import dataclasses
@@ -77,7 +78,9 @@ def corpus_stream(docs: Documents) -> Stream:
   return doc_stream(docs, nonempty, first_sep=True, last_sep=True)
 
 
-def token_stream(docs: Documents, eot_id: int = EOT_ID) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def token_stream(
+  docs: Documents, eot_id: int = EOT_ID
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(stream int32 [T], unit_starts int64 [D], doc_lengths int64 [D]) over the D nonempty documents.
 
   stream = EOT d0 EOT d1 ... EOT; document k's tokens are
@@ -125,8 +128,14 @@ def pack_pieces(lengths: np.ndarray, capacity: int, order: np.ndarray) -> np.nda
 class CausalExamples:
   """Random access to an endless stream of causal LM examples: `self[i]` for any i >= 0."""
 
-  def __init__(self, docs: Documents, cfg: CausalExampleConfig, vocab_size: int, seed: int,
-               special: SpecialTokens | None = None):
+  def __init__(
+    self,
+    docs: Documents,
+    cfg: CausalExampleConfig,
+    vocab_size: int,
+    seed: int,
+    special: SpecialTokens | None = None,
+  ):
     """`special`: the tokenizer's special ids (default: the project's sentencepiece layout)."""
     if not isinstance(seed, (int, np.integer)) or seed < 0:
       raise PretrainError(f"seed={seed!r} must be a non-negative integer")
@@ -135,7 +144,9 @@ class CausalExamples:
     self.eot_id = special.eos
     self.pad_id = special.pad if special.pad is not None else special.eos
     if vocab_size <= max(self.eot_id, self.pad_id):
-      raise PretrainError(f"vocab_size={vocab_size} has no room for the end-of-text id {self.eot_id}")
+      raise PretrainError(
+        f"vocab_size={vocab_size} has no room for the end-of-text id {self.eot_id}"
+      )
     if docs.num_tokens and docs.max_token_id >= vocab_size:
       raise PretrainError(f"the corpus has token id {docs.max_token_id} >= vocab_size={vocab_size}")
     self.cfg = cfg
@@ -153,8 +164,9 @@ class CausalExamples:
       self._num_examples = (self._stream.length - 1) // length
       if not self._num_examples:
         raise PretrainError(
-            f"the corpus is {self._stream.length} tokens with end-of-text tokens, fewer than one window of "
-            f"seq_len + 1 = {length + 1}; use a larger corpus, a smaller seq_len, or packing")
+          f"the corpus is {self._stream.length} tokens with end-of-text tokens, fewer than one window of "
+          f"seq_len + 1 = {length + 1}; use a larger corpus, a smaller seq_len, or packing"
+        )
     self._epochs = Epochs(self._num_examples, self._plan)
 
   def _pack(self, unit_starts: np.ndarray, doc_lengths: np.ndarray):
@@ -166,7 +178,9 @@ class CausalExamples:
     positions = doc_lengths + 1  # `EOT d` -> `d EOT`.
     num_pieces = -(-positions // length)  # [D]
     doc = np.repeat(np.arange(positions.size), num_pieces)  # [P]
-    k = np.arange(doc.size) - np.repeat(np.cumsum(num_pieces) - num_pieces, num_pieces)  # Piece of its doc.
+    k = np.arange(doc.size) - np.repeat(
+      np.cumsum(num_pieces) - num_pieces, num_pieces
+    )  # Piece of its doc.
     piece_starts = unit_starts[doc] + k * length
     piece_lengths = np.minimum(positions[doc] - k * length, length)
     rng = np.random.default_rng([self.seed, _PLAN])
@@ -221,11 +235,11 @@ class CausalExamples:
     window = self._stream.token_ids(v, self._docs, self.eot_id)
     b = starts.size
     return {
-        "input_ids": window[:, :-1],
-        "target_ids": window[:, 1:],
-        "loss_weights": np.ones([b, length], np.float32),
-        "segment_ids": np.ones([b, length], np.int32),
-        "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (b, length)).copy(),
+      "input_ids": window[:, :-1],
+      "target_ids": window[:, 1:],
+      "loss_weights": np.ones([b, length], np.float32),
+      "segment_ids": np.ones([b, length], np.int32),
+      "positions": np.broadcast_to(np.arange(length, dtype=np.int32), (b, length)).copy(),
     }
 
   def _packed(self, example: np.ndarray) -> dict[str, np.ndarray]:
@@ -234,10 +248,14 @@ class CausalExamples:
     first, count = example_starts[example], np.diff(example_starts)[example]  # [B]
     # Every piece of the batch, row by row: [Q] with Q = count.sum().
     row = np.repeat(np.arange(example.size), count)
-    within = np.arange(row.size) - np.repeat(np.cumsum(count) - count, count)  # Piece's place in its row.
+    within = np.arange(row.size) - np.repeat(
+      np.cumsum(count) - count, count
+    )  # Piece's place in its row.
     piece = np.repeat(first, count) + within
     size = piece_lengths[piece]
-    offset = np.cumsum(size) - size  # Where each piece starts in the batch's positions laid end to end.
+    offset = (
+      np.cumsum(size) - size
+    )  # Where each piece starts in the batch's positions laid end to end.
     col0 = offset - np.repeat(offset[np.cumsum(count) - count], count)  # ... and in its row.
     # Every real position of the batch: [R] with R = size.sum().
     k = np.arange(int(size.sum())) - np.repeat(offset, size)  # Position in its piece.
@@ -250,11 +268,11 @@ class CausalExamples:
     src = np.repeat(read0, size) + k  # Each position's input in `ids`; its target follows.
 
     out = {
-        "input_ids": np.full([example.size, length], self.pad_id, np.int32),
-        "target_ids": np.full([example.size, length], self.pad_id, np.int32),
-        "loss_weights": np.zeros([example.size, length], np.float32),
-        "segment_ids": np.zeros([example.size, length], np.int32),
-        "positions": np.zeros([example.size, length], np.int32),
+      "input_ids": np.full([example.size, length], self.pad_id, np.int32),
+      "target_ids": np.full([example.size, length], self.pad_id, np.int32),
+      "loss_weights": np.zeros([example.size, length], np.float32),
+      "segment_ids": np.zeros([example.size, length], np.int32),
+      "positions": np.zeros([example.size, length], np.int32),
     }
     out["input_ids"][r, c] = ids[src]
     out["target_ids"][r, c] = ids[src + 1]

@@ -7,6 +7,7 @@ Config sections read here:
 pretrain.families.gpt2.config.gpt2_config() gives all of them with GPT-2 small's
 shape and the usual recipe; configs/gpt2_*.py override it.
 """
+
 import dataclasses
 
 import jax.numpy as jnp
@@ -28,14 +29,20 @@ class Gpt2Task(base.Task):
 
   def __init__(self, config, tokenizer):
     vocab = base.tokenizer_vocab_size(
-        config, tokenizer, fix="set model.vocab_size=0 to follow the tokenizer, or tokenizer.vocab_size to match")
+      config,
+      tokenizer,
+      fix="set model.vocab_size=0 to follow the tokenizer, or tokenizer.vocab_size to match",
+    )
     self.model_config = base.model_config(gpt2_model.Gpt2Config, config, vocab)
     d = config.data
-    self.example_config = CausalExampleConfig(seq_len=d.max_seq_length, packing=d.get("packing", False))
+    self.example_config = CausalExampleConfig(
+      seq_len=d.max_seq_length, packing=d.get("packing", False)
+    )
     if d.max_seq_length > self.model_config.max_position_embeddings:
       raise PretrainError(
-          f"data.max_seq_length={d.max_seq_length} exceeds model.max_position_embeddings="
-          f"{self.model_config.max_position_embeddings}")
+        f"data.max_seq_length={d.max_seq_length} exceeds model.max_position_embeddings="
+        f"{self.model_config.max_position_embeddings}"
+      )
     self.vocab_size = vocab
     self.special = tokenizer.special
     self.seq_len = d.max_seq_length
@@ -75,7 +82,8 @@ class Gpt2Task(base.Task):
     """(objective, metric sums) for a (micro)batch; objectives of microbatches add up."""
     rngs = None if deterministic else {"dropout": dropout_rng}
     logits = model.apply(
-        {"params": params}, *self.init_args(batch), deterministic=deterministic, rngs=rngs)  # [B, L, V]
+      {"params": params}, *self.init_args(batch), deterministic=deterministic, rngs=rngs
+    )  # [B, L, V]
     targets, w = batch["target_ids"], batch["loss_weights"]
     nll, correct, _ = cross_entropy(logits, targets)  # [B, L]
     loss_sum = jnp.sum(nll * w)
@@ -94,7 +102,10 @@ class Gpt2Task(base.Task):
     return 3.0 * gpt2_model.forward_flops_per_sequence(self.model_config, self.seq_len)
 
   def describe(self) -> dict:
-    return {"model": dataclasses.asdict(self.model_config), "examples": dataclasses.asdict(self.example_config)}
+    return {
+      "model": dataclasses.asdict(self.model_config),
+      "examples": dataclasses.asdict(self.example_config),
+    }
 
   def generation_prompt(self, ids: list[int]) -> list[int]:
     """End-of-text, then the prompt: every training document follows an end-of-text token."""

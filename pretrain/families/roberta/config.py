@@ -1,4 +1,5 @@
 """RoBERTa's config: pretrain.config.base_config() with RoBERTa's task, data and model sections and its recipe."""
+
 import ml_collections
 
 from pretrain import config as config_lib
@@ -22,10 +23,21 @@ def roberta_config() -> ml_collections.ConfigDict:
   c.tokenizer.update(vocab_size=50265, model_type="bpe")
   c.data.update(config_lib.section(RobertaExampleConfig()))
   c.data.next_sentence_prediction = False  # BERT's NSP, which RoBERTa drops: the task refuses True.
-  c.model = config_lib.section(BertConfig(max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
-                                          **MODEL_DEFAULTS))
+  c.model = config_lib.section(
+    BertConfig(
+      max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, **MODEL_DEFAULTS
+    )
+  )
   c.model.vocab_size = 0  # 0: the tokenizer's vocabulary size.
-  c.optimizer.update(learning_rate=6e-4, b1=0.9, b2=0.98, eps=1e-6, weight_decay=0.01, warmup_steps=24_000,
-                     decay="linear", grad_clip_norm=0.0)
+  c.optimizer.update(
+    learning_rate=6e-4,
+    b1=0.9,
+    b2=0.98,
+    eps=1e-6,
+    weight_decay=0.01,
+    warmup_steps=24_000,
+    decay="linear",
+    grad_clip_norm=0.0,
+  )
   c.train.update(steps=500_000, batch_size=8192)
   return c

@@ -17,6 +17,7 @@ input_mask: they agree when padding is exactly the pad id.
 RoBERTa's LayerNorm eps is 1e-5 and its GELU the exact one (config.json's
 layer_norm_eps and hidden_act carry over and are checked).
 """
+
 import re
 
 import numpy as np
@@ -34,8 +35,12 @@ PREFIX = "roberta."
 
 # transformers' RobertaConfig defaults (BERT's, with RoBERTa's special ids).
 HF_DEFAULTS = dict(bert.HF_DEFAULTS, pad_token_id=1, bos_token_id=0, eos_token_id=2)
-HEADS = bert.HeadNames(transform="lm_head.dense", transform_norm="lm_head.layer_norm", output_bias="lm_head.bias",
-                       decoder="lm_head.decoder")
+HEADS = bert.HeadNames(
+  transform="lm_head.dense",
+  transform_norm="lm_head.layer_norm",
+  output_bias="lm_head.bias",
+  decoder="lm_head.decoder",
+)
 _POOLER = re.compile(r"^roberta\.pooler\.dense\.(weight|bias)$")
 
 
@@ -43,9 +48,15 @@ def project_sections(hf_config: dict, t: HfTensors) -> dict:
   """The project config sections of an HF RobertaForMaskedLM folder."""
   del t  # The structure is fixed: no pooler, no NSP head.
   f = bert.hf_fields(hf_config, HF_DEFAULTS)
-  model = bert.model_fields(f, pooler=False, nsp_head=False, position_offset=int(f["pad_token_id"]) + 1)
+  model = bert.model_fields(
+    f, pooler=False, nsp_head=False, position_offset=int(f["pad_token_id"]) + 1
+  )
   seq = min(512, model["max_position_embeddings"] - model["position_offset"])
-  return {"task": {"name": TASK}, "model": model, "data": {"next_sentence_prediction": False, "max_seq_length": seq}}
+  return {
+    "task": {"name": TASK},
+    "model": model,
+    "data": {"next_sentence_prediction": False, "max_seq_length": seq},
+  }
 
 
 def complete_model(model: dict) -> dict:
@@ -65,7 +76,9 @@ def hf_to_params(t: HfTensors, hf_config: dict, model: dict) -> tuple[dict, list
   return params, []
 
 
-def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None) -> tuple[dict, dict]:
+def params_to_hf(
+  params: dict, model: dict, special_ids: dict, base: dict | None
+) -> tuple[dict, dict]:
   """(config.json, tensors) of HF's RobertaForMaskedLM for a model whose padding is special_ids' pad id."""
   bert.check_attention(model, "learned", "RobertaForMaskedLM")
   config = bert.hf_config(model, "RobertaForMaskedLM", "roberta", base)
@@ -73,8 +86,10 @@ def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None
   tensors = bert.write_tensors(params, bert.entries(model, PREFIX, HEADS))
   shift = model["position_offset"] - (special_ids["pad_token_id"] + 1)
   if shift < 0:
-    raise PretrainError(f"model.position_offset={model['position_offset']} is below HF's first position "
-                        f"pad_token_id + 1 = {special_ids['pad_token_id'] + 1}")
+    raise PretrainError(
+      f"model.position_offset={model['position_offset']} is below HF's first position "
+      f"pad_token_id + 1 = {special_ids['pad_token_id'] + 1}"
+    )
   if shift:
     name = PREFIX + "embeddings.position_embeddings.weight"
     tensors[name] = np.ascontiguousarray(np.roll(tensors[name], -shift, axis=0))

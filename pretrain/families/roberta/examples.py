@@ -23,6 +23,7 @@ next-sentence label. Separators inside a block are never masked.
 
 A batch reads its tokens in one `Documents.take` of just the positions its blocks cover.
 """
+
 import dataclasses
 
 import numpy as np
@@ -70,7 +71,9 @@ def _chain(nxt: np.ndarray) -> np.ndarray:
   return path[path < n]
 
 
-def plan_blocks(docs: Documents, max_tokens: int, doc_order: np.ndarray) -> tuple[Stream, np.ndarray]:
+def plan_blocks(
+  docs: Documents, max_tokens: int, doc_order: np.ndarray
+) -> tuple[Stream, np.ndarray]:
   """(the stream of `doc_order`, blocks int64 [n, 2] as (start, end) stream positions); reads no tokens.
 
   Args:
@@ -88,7 +91,9 @@ def plan_blocks(docs: Documents, max_tokens: int, doc_order: np.ndarray) -> tupl
   begin = stream.doc_start[j] + stream.opens_with_sep(j) + (ss[sentence] - stream.doc_tokens[j])
   end = begin + (ss[sentence + 1] - ss[sentence])
   # A block from sentence k takes every following sentence that ends within budget, at least one.
-  nxt = np.maximum(np.searchsorted(end, begin + max_tokens, side="right"), np.arange(1, begin.size + 1))
+  nxt = np.maximum(
+    np.searchsorted(end, begin + max_tokens, side="right"), np.arange(1, begin.size + 1)
+  )
   firsts = _chain(nxt)
   blocks = np.stack([begin[firsts], end[nxt[firsts] - 1]], axis=1)
   return stream, blocks[blocks[:, 1] > blocks[:, 0]]  # Blocks of empty sentences only are dropped.
@@ -97,8 +102,15 @@ def plan_blocks(docs: Documents, max_tokens: int, doc_order: np.ndarray) -> tupl
 class RobertaExamples(masking.MlmExamples):
   """Random access to an endless stream of FULL-SENTENCES MLM examples: `self[i]` for any i >= 0."""
 
-  def __init__(self, docs: Documents, cfg: RobertaExampleConfig, vocab_size: int, seed: int,
-               word_start: np.ndarray | None = None, special: SpecialTokens | None = None):
+  def __init__(
+    self,
+    docs: Documents,
+    cfg: RobertaExampleConfig,
+    vocab_size: int,
+    seed: int,
+    word_start: np.ndarray | None = None,
+    special: SpecialTokens | None = None,
+  ):
     """`special`: the tokenizer's special ids (default: the project's sentencepiece layout)."""
     super().__init__("RoBERTa", docs, cfg, vocab_size, seed, word_start, special)
     if not self._nonempty_docs.size:
@@ -114,7 +126,9 @@ class RobertaExamples(masking.MlmExamples):
   def _plan(self, epoch: int) -> tuple[Stream, np.ndarray, np.ndarray]:
     """(stream, blocks [n, 2], slot -> block [N]) of an epoch; epoch 0's block count is N."""
     rng = np.random.default_rng([self.seed, epoch])
-    stream, blocks = plan_blocks(self._docs, self.cfg.max_num_tokens, rng.permutation(self._nonempty_docs))
+    stream, blocks = plan_blocks(
+      self._docs, self.cfg.max_num_tokens, rng.permutation(self._nonempty_docs)
+    )
     n = self.num_instances if epoch else len(blocks)
     order = rng.permutation(len(blocks))[np.arange(n) % len(blocks)]
     return stream, blocks, order
@@ -136,7 +150,9 @@ class RobertaExamples(masking.MlmExamples):
       u = keyed_random.uniform(keyed_random.bits(keys[g.rows], np.asarray([_CROP])))[:, 0]
       start = start + (u * (over + 1)).astype(np.int64)
       in_block = (col >= 1) & (col <= n[:, None])
-      src[g.rows] = np.where(in_block, stream.positions(np.where(in_block, start[:, None] + col - 1, 0)), -1)
+      src[g.rows] = np.where(
+        in_block, stream.positions(np.where(in_block, start[:, None] + col - 1, 0)), -1
+      )
       n_text[g.rows] = n
     text = (col >= 1) & (col <= n_text[:, None])
     ids = np.where(text, sp.sep, sp.pad).astype(np.int32)
@@ -146,5 +162,7 @@ class RobertaExamples(masking.MlmExamples):
     ids[:, 0] = sp.cls
     ids[rows, n_text + 1] = sp.sep
     input_mask = (col < (n_text + 2)[:, None]).astype(np.int32)
-    input_ids, masked = self._mask(ids, text, idx)  # The separators inside the block are no targets.
+    input_ids, masked = self._mask(
+      ids, text, idx
+    )  # The separators inside the block are no targets.
     return {"input_ids": input_ids, "input_mask": input_mask, **masked}

@@ -2,6 +2,7 @@
 
 The network and its MLM head are BERT's, so are HF's FLOPs and the notes.
 """
+
 from pretrain.bench import reference
 from pretrain.families.bert import hf_reference as bert_reference
 
@@ -22,8 +23,11 @@ def describe(task, batch_size: int) -> str:
 def build(transformers, task, b: dict):
   # HF counts positions from pad_token_id + 1 = 2, as the project's position_offset does.
   hf_config = transformers.RobertaConfig(
-      **dict(bert_reference.hf_config_fields(task.model_config), type_vocab_size=1), pad_token_id=1)
-  inputs = {"input_ids": reference.long_tensor(b["input_ids"]),
-            "attention_mask": reference.long_tensor(b["input_mask"]),
-            "labels": reference.long_tensor(bert_reference.mlm_labels(b))}
+    **dict(bert_reference.hf_config_fields(task.model_config), type_vocab_size=1), pad_token_id=1
+  )
+  inputs = {
+    "input_ids": reference.long_tensor(b["input_ids"]),
+    "attention_mask": reference.long_tensor(b["input_mask"]),
+    "labels": reference.long_tensor(bert_reference.mlm_labels(b)),
+  }
   return transformers.RobertaForMaskedLM(hf_config), inputs

@@ -5,6 +5,7 @@ pooler and no next-sentence head, one token type (all zeros), and positions
 counted from 2 as HF's RoBERTa does. Masks are dynamic (new ones on every draw
 of a block). Model, loss and metrics are BertTask's with the NSP parts off.
 """
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -29,17 +30,28 @@ class RobertaTask(bert_task.BertTask):
     if self.model_config.nsp_head:
       raise PretrainError("RoBERTa has no next-sentence head: set model.nsp_head=False")
     if data.get("next_sentence_prediction", False):
-      raise PretrainError("RoBERTa has no next-sentence prediction: set data.next_sentence_prediction=False")
+      raise PretrainError(
+        "RoBERTa has no next-sentence prediction: set data.next_sentence_prediction=False"
+      )
 
   def _example_config(self, data) -> RobertaExampleConfig:
     d = data
     return RobertaExampleConfig(
-        max_seq_length=d.max_seq_length, masked_lm_prob=d.masked_lm_prob,
-        max_predictions_per_seq=d.max_predictions_per_seq, whole_word_masking=d.whole_word_masking)
+      max_seq_length=d.max_seq_length,
+      masked_lm_prob=d.masked_lm_prob,
+      max_predictions_per_seq=d.max_predictions_per_seq,
+      whole_word_masking=d.whole_word_masking,
+    )
 
   def examples(self, docs, seed: int) -> RobertaExamples:
-    return RobertaExamples(docs, self.example_config, self.vocab_size, seed, word_start=self.word_start,
-                           special=self.special)
+    return RobertaExamples(
+      docs,
+      self.example_config,
+      self.vocab_size,
+      seed,
+      word_start=self.word_start,
+      special=self.special,
+    )
 
   @property
   def min_shard(self) -> tuple[int, int]:

@@ -1,4 +1,5 @@
 """T5's config: pretrain.config.base_config() with T5 v1.1's task, data and model sections and its recipe."""
+
 import ml_collections
 
 from pretrain import config as config_lib
@@ -25,15 +26,27 @@ def t5_config() -> ml_collections.ConfigDict:
   """
   c = config_lib.base_config()
   c.task.update(
-      name="t5",
-      extra_ids=100,  # Sentinel ids above the tokenizer's pieces.
-      z_loss=1e-4,
+    name="t5",
+    extra_ids=100,  # Sentinel ids above the tokenizer's pieces.
+    z_loss=1e-4,
   )
-  c.data.update(config_lib.section(T5ExampleConfig()))  # targets_length 0: as span corruption gives.
+  c.data.update(
+    config_lib.section(T5ExampleConfig())
+  )  # targets_length 0: as span corruption gives.
   c.tokenizer.vocab_size = 32000
-  c.model = config_lib.section(T5Config(dtype="bfloat16"))  # Dropout 0: v1.1 pretrains without (0.1 to fine-tune).
+  c.model = config_lib.section(
+    T5Config(dtype="bfloat16")
+  )  # Dropout 0: v1.1 pretrains without (0.1 to fine-tune).
   c.model.vocab_size = 0  # 0: tokenizer pieces + task.extra_ids, rounded up to a multiple of 128.
-  c.optimizer.update(name="adafactor", learning_rate=1e-2, warmup_steps=10_000, decay="rsqrt",
-                     weight_decay=0.0, grad_clip_norm=0.0)
-  c.train.update(steps=524_288, batch_size=128)  # The paper's pretraining: 2**19 steps of 128 x 512 inputs.
+  c.optimizer.update(
+    name="adafactor",
+    learning_rate=1e-2,
+    warmup_steps=10_000,
+    decay="rsqrt",
+    weight_decay=0.0,
+    grad_clip_norm=0.0,
+  )
+  c.train.update(
+    steps=524_288, batch_size=128
+  )  # The paper's pretraining: 2**19 steps of 128 x 512 inputs.
   return c

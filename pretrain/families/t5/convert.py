@@ -39,6 +39,7 @@ T5's. HF's model has no sentinel count: task.extra_ids keeps its
 100, the top rows of the vocabulary, and tokenizer.vocab_size the rows below
 them (HF's own t5 tokenizers put their 100 sentinels below 28 unused rows).
 """
+
 import dataclasses
 import re
 
@@ -59,21 +60,43 @@ base_config = t5_config  # The converted config's defaults.
 
 # transformers' T5Config defaults, for fields a config.json leaves out.
 HF_DEFAULTS = dict(
-    vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=None, num_heads=8,
-    relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
-    layer_norm_epsilon=1e-6, feed_forward_proj="relu", is_encoder_decoder=True, pad_token_id=0, eos_token_id=1,
-    decoder_start_token_id=0,
+  vocab_size=32128,
+  d_model=512,
+  d_kv=64,
+  d_ff=2048,
+  num_layers=6,
+  num_decoder_layers=None,
+  num_heads=8,
+  relative_attention_num_buckets=32,
+  relative_attention_max_distance=128,
+  dropout_rate=0.1,
+  layer_norm_epsilon=1e-6,
+  feed_forward_proj="relu",
+  is_encoder_decoder=True,
+  pad_token_id=0,
+  eos_token_id=1,
+  decoder_start_token_id=0,
 )
 # HF config field -> T5Config field (the relative bias's two in its attention section).
 _FIELDS = dict(
-    vocab_size="vocab_size", d_model="hidden_size", d_kv="head_dim", d_ff="intermediate_size",
-    num_layers="num_layers", num_decoder_layers="num_decoder_layers", num_heads="num_heads",
-    dropout_rate="dropout_rate", layer_norm_epsilon="layer_norm_eps",
+  vocab_size="vocab_size",
+  d_model="hidden_size",
+  d_kv="head_dim",
+  d_ff="intermediate_size",
+  num_layers="num_layers",
+  num_decoder_layers="num_decoder_layers",
+  num_heads="num_heads",
+  dropout_rate="dropout_rate",
+  layer_norm_epsilon="layer_norm_eps",
 )
-_ATTENTION_FIELDS = dict(relative_attention_num_buckets="relative_num_buckets",
-                         relative_attention_max_distance="relative_max_distance")
+_ATTENTION_FIELDS = dict(
+  relative_attention_num_buckets="relative_num_buckets",
+  relative_attention_max_distance="relative_max_distance",
+)
 _HEAD = "lm_head.weight"
-_SKIPPED = re.compile(r"^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$")
+_SKIPPED = re.compile(
+  r"^decoder\.block\.0\.layer\.1\.EncDecAttention\.relative_attention_bias\.weight$"
+)
 _ATTENTION = (("q", "query"), ("k", "key"), ("v", "value"), ("o", "out"))
 _FEED_FORWARD = ("wi_0", "wi_1", "wo")
 
@@ -102,12 +125,19 @@ def entries(model: dict) -> list[Entry]:
     return [linear(f"{name}.{w}", path + (w,), *shapes[w], hf) for w in _FEED_FORWARD]
 
   out = [Entry("shared.weight", ("shared", "embedding"), (v, d), False, f"vocab_size={v}, {hd}")]
-  for stack, num_blocks, layers in (("encoder", model["num_layers"], ("SelfAttention", None)),
-                                    ("decoder", model["num_decoder_layers"],
-                                     ("SelfAttention", "EncDecAttention", None))):
-    out.append(Entry(f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-                     (stack, "relative_attention_bias", "embedding"), (buckets, heads), False,
-                     f"relative_attention_num_buckets={buckets}, num_heads={heads}"))
+  for stack, num_blocks, layers in (
+    ("encoder", model["num_layers"], ("SelfAttention", None)),
+    ("decoder", model["num_decoder_layers"], ("SelfAttention", "EncDecAttention", None)),
+  ):
+    out.append(
+      Entry(
+        f"{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
+        (stack, "relative_attention_bias", "embedding"),
+        (buckets, heads),
+        False,
+        f"relative_attention_num_buckets={buckets}, num_heads={heads}",
+      )
+    )
     for i in range(num_blocks):
       for n, kind in enumerate(layers):
         name, path = f"{stack}.block.{i}.layer.{n}", (stack, f"block_{i}", f"layer_{n}")
@@ -138,16 +168,21 @@ def hf_fields(hf_config: dict) -> dict:
   if f["num_decoder_layers"] is None:
     f["num_decoder_layers"] = f["num_layers"]
   if f["feed_forward_proj"] != "gated-gelu":
-    raise PretrainError(f"config.json feed_forward_proj={f['feed_forward_proj']!r} is not supported: the "
-                        "project's T5 is v1.1, whose feed-forward is 'gated-gelu'")
+    raise PretrainError(
+      f"config.json feed_forward_proj={f['feed_forward_proj']!r} is not supported: the "
+      "project's T5 is v1.1, whose feed-forward is 'gated-gelu'"
+    )
   if scales_decoder_output(hf_config):
     raise PretrainError(
-        f"config.json tie_word_embeddings={hf_config.get('tie_word_embeddings')!r}, scale_decoder_outputs="
-        f"{hf_config.get('scale_decoder_outputs')!r} is not supported: transformers then rescales the decoder "
-        "output by d_model**-0.5 (T5 v1.0), which the project's T5 v1.1 does not")
+      f"config.json tie_word_embeddings={hf_config.get('tie_word_embeddings')!r}, scale_decoder_outputs="
+      f"{hf_config.get('scale_decoder_outputs')!r} is not supported: transformers then rescales the decoder "
+      "output by d_model**-0.5 (T5 v1.0), which the project's T5 v1.1 does not"
+    )
   if f["is_encoder_decoder"] is not True:
-    raise PretrainError(f"config.json is_encoder_decoder={f['is_encoder_decoder']!r} is not supported: the "
-                        "project's T5 is an encoder-decoder")
+    raise PretrainError(
+      f"config.json is_encoder_decoder={f['is_encoder_decoder']!r} is not supported: the "
+      "project's T5 is an encoder-decoder"
+    )
   for name in (*_FIELDS, *_ATTENTION_FIELDS):
     if isinstance(f[name], bool) or not isinstance(f[name], (int, float)):
       raise PretrainError(f"config.json {name}={f[name]!r} must be a number")
@@ -155,19 +190,24 @@ def hf_fields(hf_config: dict) -> dict:
 
 
 def _check_layers(t: HfTensors, model: dict) -> None:
-  counts = {"encoder": ("num_layers", model["num_layers"]),
-            "decoder": ("num_decoder_layers", model["num_decoder_layers"])}
+  counts = {
+    "encoder": ("num_layers", model["num_layers"]),
+    "decoder": ("num_decoder_layers", model["num_decoder_layers"]),
+  }
   for name in t.names():
     m = re.match(r"(encoder|decoder)\.block\.(\d+)\.", name)
     if m and int(m.group(2)) >= counts[m.group(1)][1]:
       field, n = counts[m.group(1)]
-      raise PretrainError(f"{t.source}: tensor {name} is {m.group(1)} block {m.group(2)} but config.json "
-                          f"{field}={n}")
+      raise PretrainError(
+        f"{t.source}: tensor {name} is {m.group(1)} block {m.group(2)} but config.json {field}={n}"
+      )
 
 
 def _skip_tied_embeddings(t: HfTensors, shared: np.ndarray) -> None:
   for name in ("encoder.embed_tokens.weight", "decoder.embed_tokens.weight"):
-    steps.skip_tied(t, name, shared, "shared.weight", "T5 embeds both stacks' tokens with shared.weight")
+    steps.skip_tied(
+      t, name, shared, "shared.weight", "T5 embeds both stacks' tokens with shared.weight"
+    )
 
 
 # The family interface (see pretrain/convert/__init__.py).
@@ -179,10 +219,16 @@ def project_sections(hf_config: dict, t: HfTensors) -> dict:
   f = hf_fields(hf_config)
   model = {ours: f[hf] for hf, ours in _FIELDS.items()}
   # The other attention fields keep their (HF's) defaults.
-  model["attention"] = dict({ours: f[hf] for hf, ours in _ATTENTION_FIELDS.items()}, position="relative_bias")
+  model["attention"] = dict(
+    {ours: f[hf] for hf, ours in _ATTENTION_FIELDS.items()}, position="relative_bias"
+  )
   steps.buildable(t5_model.T5Config, model)
   extra_ids = int(base_config().task.extra_ids)
-  return {"task": {"name": TASK}, "model": model, "tokenizer": {"vocab_size": model["vocab_size"] - extra_ids}}
+  return {
+    "task": {"name": TASK},
+    "model": model,
+    "tokenizer": {"vocab_size": model["vocab_size"] - extra_ids},
+  }
 
 
 def hf_to_params(t: HfTensors, hf_config: dict, model: dict) -> tuple[dict, list[str]]:
@@ -191,7 +237,9 @@ def hf_to_params(t: HfTensors, hf_config: dict, model: dict) -> tuple[dict, list
   params = read_params(t, entries(model))
   shared = params["shared"]["embedding"]
   if _HEAD not in t and hf_config.get("tie_word_embeddings") is not False:
-    params["lm_head"] = {"kernel": np.ascontiguousarray(shared.T)}  # Tied by transformers 5: [embed, vocab].
+    params["lm_head"] = {
+      "kernel": np.ascontiguousarray(shared.T)
+    }  # Tied by transformers 5: [embed, vocab].
   else:
     params.update(read_params(t, [_head_entry(model)]))
   _skip_tied_embeddings(t, shared)
@@ -206,17 +254,30 @@ def complete_model(model: dict) -> dict:
   return dataclasses.asdict(t5_model.T5Config.from_dict(model))
 
 
-def params_to_hf(params: dict, model: dict, special_ids: dict, base: dict | None) -> tuple[dict, dict]:
+def params_to_hf(
+  params: dict, model: dict, special_ids: dict, base: dict | None
+) -> tuple[dict, dict]:
   """(config.json, tensors) of HF's T5ForConditionalGeneration in T5 v1.1's published layout."""
   check_attention(model, "relative_bias", "T5ForConditionalGeneration")
   config = steps.hf_config(base, model, _FIELDS)
   config.update({hf: model["attention"][ours] for hf, ours in _ATTENTION_FIELDS.items()})
-  config.update(architectures=["T5ForConditionalGeneration"], model_type="t5", feed_forward_proj="gated-gelu",
-                dense_act_fn="gelu_new", is_gated_act=True, is_encoder_decoder=True, tie_word_embeddings=False,
-                scale_decoder_outputs=False, dtype="float32")
+  config.update(
+    architectures=["T5ForConditionalGeneration"],
+    model_type="t5",
+    feed_forward_proj="gated-gelu",
+    dense_act_fn="gelu_new",
+    is_gated_act=True,
+    is_encoder_decoder=True,
+    tie_word_embeddings=False,
+    scale_decoder_outputs=False,
+    dtype="float32",
+  )
   pad = special_ids["pad_token_id"]
-  config.update(pad_token_id=pad, eos_token_id=special_ids["eos_token_id"],
-                decoder_start_token_id=config.get("decoder_start_token_id", pad))
+  config.update(
+    pad_token_id=pad,
+    eos_token_id=special_ids["eos_token_id"],
+    decoder_start_token_id=config.get("decoder_start_token_id", pad),
+  )
   return config, write_tensors(params, entries(model) + [_head_entry(model)])
 
 

@@ -38,6 +38,7 @@ t5x's T5.1.1 configs; 0 disables it). t5x sums over tokens instead
 scale, so the two train alike. Metrics: loss (with z-loss), cross_entropy,
 z_loss, accuracy (argmax over target tokens).
 """
+
 import dataclasses
 
 import jax.numpy as jnp
@@ -67,13 +68,15 @@ class T5ExampleConfig:
     made = self.span_lengths().targets_length
     if self.targets_length and self.targets_length < made:
       raise PretrainError(
-          f"data.targets_length={self.targets_length} is shorter than the {made} target tokens span "
-          f"corruption makes from inputs_length={self.inputs_length}; set it to 0 or >= {made}")
+        f"data.targets_length={self.targets_length} is shorter than the {made} target tokens span "
+        f"corruption makes from inputs_length={self.inputs_length}; set it to 0 or >= {made}"
+      )
 
   def span_lengths(self) -> span_corruption.SpanLengths:
     """Raw chunk, noise and output lengths (T5's random_spans_helper)."""
-    return span_corruption.random_spans_helper(self.inputs_length, self.noise_density,
-                                               self.mean_noise_span_length)
+    return span_corruption.random_spans_helper(
+      self.inputs_length, self.noise_density, self.mean_noise_span_length
+    )
 
   @property
   def padded_targets_length(self) -> int:
@@ -83,8 +86,15 @@ class T5ExampleConfig:
 class T5Examples:
   """Random access to an endless stream of span-corrupted examples: `self[i]` for any i >= 0."""
 
-  def __init__(self, docs: Documents, cfg: T5ExampleConfig, first_sentinel: int, num_sentinels: int,
-               seed: int, special: SpecialTokens | None = None):
+  def __init__(
+    self,
+    docs: Documents,
+    cfg: T5ExampleConfig,
+    first_sentinel: int,
+    num_sentinels: int,
+    seed: int,
+    special: SpecialTokens | None = None,
+  ):
     """`special`: the tokenizer's special ids (default: the project's sentencepiece layout)."""
     special = special or project_special_tokens(first_sentinel - num_sentinels + 1)
     special.require("T5", "pad", "eos")
@@ -96,15 +106,17 @@ class T5Examples:
     self.targets_length = cfg.padded_targets_length
     if self.lengths.num_noise_spans > num_sentinels:
       raise PretrainError(
-          f"an example has {self.lengths.num_noise_spans} noise spans but there are only {num_sentinels} "
-          "sentinels (task.extra_ids)")
+        f"an example has {self.lengths.num_noise_spans} noise spans but there are only {num_sentinels} "
+        "sentinels (task.extra_ids)"
+      )
     n = self.lengths.tokens_length
     if docs.num_tokens < n:
       raise PretrainError(f"the corpus has {docs.num_tokens} tokens; one T5 example needs {n}")
     lowest_sentinel = first_sentinel - num_sentinels + 1
     if docs.max_token_id >= lowest_sentinel:
-      raise PretrainError(f"the corpus has token id {docs.max_token_id} >= the first sentinel id "
-                          f"{lowest_sentinel}")
+      raise PretrainError(
+        f"the corpus has token id {docs.max_token_id} >= the first sentinel id {lowest_sentinel}"
+      )
     self.cfg = cfg
     self.seed = int(seed)
     self.first_sentinel = int(first_sentinel)
@@ -135,25 +147,34 @@ class T5Examples:
     idx = np.asarray(indices, np.int64).reshape(-1)
     b, n = idx.size, self.lengths.tokens_length
     starts = self.chunk_starts(idx)
-    raw = self._docs.take((starts[:, None] + np.arange(n)) % self._docs.num_tokens)  # [B, tokens_length]
+    raw = self._docs.take(
+      (starts[:, None] + np.arange(n)) % self._docs.num_tokens
+    )  # [B, tokens_length]
     inputs, targets, _ = span_corruption.span_corrupt(
-        raw, keyed_random.row_keys(self.seed, idx), self.lengths, first_sentinel=self.first_sentinel,
-        eos_id=self.eos_id)
+      raw,
+      keyed_random.row_keys(self.seed, idx),
+      self.lengths,
+      first_sentinel=self.first_sentinel,
+      eos_id=self.eos_id,
+    )
     li, lt = inputs.shape[1], targets.shape[1]  # Static: the lengths the helper computed.
     encoder_tokens = np.full([b, self.inputs_length], self.pad_id, np.int32)
     encoder_tokens[:, :li] = inputs
     target_tokens = np.full([b, self.targets_length], self.pad_id, np.int32)
     target_tokens[:, :lt] = targets
     decoder_inputs = np.concatenate(
-        [np.full([b, 1], self.pad_id, np.int32), target_tokens[:, :-1]], axis=1)
+      [np.full([b, 1], self.pad_id, np.int32), target_tokens[:, :-1]], axis=1
+    )
     return {
-        "encoder_input_tokens": encoder_tokens,
-        "encoder_input_mask": np.broadcast_to(
-            (np.arange(self.inputs_length) < li).astype(np.int32), (b, self.inputs_length)).copy(),
-        "decoder_input_tokens": decoder_inputs,
-        "decoder_target_tokens": target_tokens,
-        "decoder_loss_weights": np.broadcast_to(
-            (np.arange(self.targets_length) < lt).astype(np.float32), (b, self.targets_length)).copy(),
+      "encoder_input_tokens": encoder_tokens,
+      "encoder_input_mask": np.broadcast_to(
+        (np.arange(self.inputs_length) < li).astype(np.int32), (b, self.inputs_length)
+      ).copy(),
+      "decoder_input_tokens": decoder_inputs,
+      "decoder_target_tokens": target_tokens,
+      "decoder_loss_weights": np.broadcast_to(
+        (np.arange(self.targets_length) < lt).astype(np.float32), (b, self.targets_length)
+      ).copy(),
     }
 
 
@@ -172,15 +193,19 @@ class T5Task(base.Task):
   def __init__(self, config, tokenizer):
     extra_ids = int(config.task.extra_ids)
     if extra_ids < 1:
-      raise PretrainError(f"task.extra_ids={extra_ids} must be >= 1 (span corruption needs sentinels)")
+      raise PretrainError(
+        f"task.extra_ids={extra_ids} must be >= 1 (span corruption needs sentinels)"
+      )
     self.z_loss = float(config.task.z_loss)
     if self.z_loss < 0:
       raise PretrainError(f"task.z_loss={self.z_loss} must be >= 0")
     sentinels = tuple(tokenizer.sentinels)
     if sentinels:  # The vocabulary's own <extra_id_k>: T5 counts them down from the first.
       if sentinels != tuple(range(sentinels[0], sentinels[0] - len(sentinels), -1)):
-        raise PretrainError(f"the tokenizer {tokenizer.path}'s sentinels <extra_id_0>, <extra_id_1>, ... must "
-                            f"have consecutive descending ids; they are {sentinels[:4]}...")
+        raise PretrainError(
+          f"the tokenizer {tokenizer.path}'s sentinels <extra_id_0>, <extra_id_1>, ... must "
+          f"have consecutive descending ids; they are {sentinels[:4]}..."
+        )
       extra_ids = len(sentinels)
       needed = max(tokenizer.vocab_size, sentinels[0] + 1)
     else:
@@ -188,13 +213,17 @@ class T5Task(base.Task):
     vocab = int(config.model.vocab_size) or model_vocab_size(needed, 0)
     if vocab < needed:
       raise PretrainError(
-          f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size} pieces + "
-          f"{extra_ids} sentinels; set model.vocab_size=0 to size it automatically")
+        f"model.vocab_size={vocab} is smaller than the tokenizer's {tokenizer.vocab_size} pieces + "
+        f"{extra_ids} sentinels; set model.vocab_size=0 to size it automatically"
+      )
     self.model_config = base.model_config(t5_model.T5Config, config, vocab)
     d = config.data
     self.example_config = T5ExampleConfig(
-        inputs_length=int(d.inputs_length), targets_length=int(d.targets_length),
-        noise_density=float(d.noise_density), mean_noise_span_length=float(d.mean_noise_span_length))
+      inputs_length=int(d.inputs_length),
+      targets_length=int(d.targets_length),
+      noise_density=float(d.noise_density),
+      mean_noise_span_length=float(d.mean_noise_span_length),
+    )
     self.lengths = self.example_config.span_lengths()
     self.first_sentinel = sentinels[0] if sentinels else needed - 1
     self.num_sentinels = extra_ids
@@ -205,18 +234,19 @@ class T5Task(base.Task):
   # --- data ---------------------------------------------------------------
 
   def examples(self, docs, seed: int) -> T5Examples:
-    return T5Examples(docs, self.example_config, self.first_sentinel, self.num_sentinels, seed,
-                      special=self.special)
+    return T5Examples(
+      docs, self.example_config, self.first_sentinel, self.num_sentinels, seed, special=self.special
+    )
 
   def dummy_batch(self, batch_size: int) -> dict[str, np.ndarray]:
     """Zeros of every batch field's shape and dtype (for init and compilation)."""
     li, lt = self.inputs_length, self.targets_length
     return {
-        "encoder_input_tokens": np.zeros([batch_size, li], np.int32),
-        "encoder_input_mask": np.zeros([batch_size, li], np.int32),
-        "decoder_input_tokens": np.zeros([batch_size, lt], np.int32),
-        "decoder_target_tokens": np.zeros([batch_size, lt], np.int32),
-        "decoder_loss_weights": np.zeros([batch_size, lt], np.float32),
+      "encoder_input_tokens": np.zeros([batch_size, li], np.int32),
+      "encoder_input_mask": np.zeros([batch_size, li], np.int32),
+      "decoder_input_tokens": np.zeros([batch_size, lt], np.int32),
+      "decoder_target_tokens": np.zeros([batch_size, lt], np.int32),
+      "decoder_loss_weights": np.zeros([batch_size, lt], np.float32),
     }
 
   @property
@@ -234,7 +264,11 @@ class T5Task(base.Task):
     return t5_model.T5Model(self.model_config)
 
   def init_args(self, batch):
-    return (batch["encoder_input_tokens"], batch["encoder_input_mask"], batch["decoder_input_tokens"])
+    return (
+      batch["encoder_input_tokens"],
+      batch["encoder_input_mask"],
+      batch["decoder_input_tokens"],
+    )
 
   def denominators(self, batch) -> dict:
     """Target tokens of the whole (global) batch, so microbatch gradients sum to the batch gradient."""
@@ -243,18 +277,19 @@ class T5Task(base.Task):
   def loss(self, model, params, batch, denominators, *, dropout_rng=None, deterministic=True):
     """(objective, metric sums) for a (micro)batch; objectives of microbatches add up."""
     rngs = None if deterministic else {"dropout": dropout_rng}
-    logits = model.apply({"params": params}, *self.init_args(batch), deterministic=deterministic,
-                         rngs=rngs)  # [batch, targets_length, vocab] float32
+    logits = model.apply(
+      {"params": params}, *self.init_args(batch), deterministic=deterministic, rngs=rngs
+    )  # [batch, targets_length, vocab] float32
     labels, w = batch["decoder_target_tokens"], batch["decoder_loss_weights"]
     nll, correct, log_z = cross_entropy(logits, labels)  # [batch, targets_length]
     z_loss = self.z_loss * jnp.square(log_z)
     nll_sum, z_sum = jnp.sum(nll * w), jnp.sum(z_loss * w)
     objective = (nll_sum + z_sum) / denominators["tokens"]
     sums = {
-        "cross_entropy": nll_sum,
-        "z_loss": z_sum,
-        "correct": jnp.sum(correct * w),
-        "weight": jnp.sum(w),
+      "cross_entropy": nll_sum,
+      "z_loss": z_sum,
+      "correct": jnp.sum(correct * w),
+      "weight": jnp.sum(w),
     }
     return objective, sums
 
@@ -263,23 +298,32 @@ class T5Task(base.Task):
     """Metric values from summed counts (works on jax or numpy scalars); loss includes the z-loss."""
     w = sums["weight"] + 1e-5
     return {
-        "loss": (sums["cross_entropy"] + sums["z_loss"]) / w,
-        "cross_entropy": sums["cross_entropy"] / w,
-        "z_loss": sums["z_loss"] / w,
-        "accuracy": sums["correct"] / w,
+      "loss": (sums["cross_entropy"] + sums["z_loss"]) / w,
+      "cross_entropy": sums["cross_entropy"] / w,
+      "z_loss": sums["z_loss"] / w,
+      "accuracy": sums["correct"] / w,
     }
 
   def train_flops_per_example(self) -> float:
     """Model FLOPs of forward + backward for one example (backward = 2x forward)."""
-    return 3.0 * t5_model.forward_flops_per_example(self.model_config, self.inputs_length, self.targets_length)
+    return 3.0 * t5_model.forward_flops_per_example(
+      self.model_config, self.inputs_length, self.targets_length
+    )
 
   def describe(self) -> dict:
-    return {"model": dataclasses.asdict(self.model_config),
-            "examples": dataclasses.asdict(self.example_config),
-            "span_lengths": dataclasses.asdict(self.lengths),
-            "first_sentinel": self.first_sentinel, "eos_id": self.special.eos}
+    return {
+      "model": dataclasses.asdict(self.model_config),
+      "examples": dataclasses.asdict(self.example_config),
+      "span_lengths": dataclasses.asdict(self.lengths),
+      "first_sentinel": self.first_sentinel,
+      "eos_id": self.special.eos,
+    }
 
   def generation_options(self) -> dict:
     """The prompt is encoded with EOS after it; decoding starts from the pad id, as in training."""
-    return {"max_input_length": self.inputs_length, "max_target_length": self.targets_length,
-            "eos_id": self.special.eos, "decoder_start_id": self.special.pad}
+    return {
+      "max_input_length": self.inputs_length,
+      "max_target_length": self.targets_length,
+      "eos_id": self.special.eos,
+      "decoder_start_id": self.special.pad,
+    }

@@ -40,6 +40,7 @@ attend to nothing has an unspecified (finite) output, and so has a padding
 query's row under the Pallas kernels (they let padding see padding); losses
 must ignore both.
 """
+
 from pretrain.models.attention.backends import AttentionFeatures
 from pretrain.models.attention.backends import BACKENDS
 from pretrain.models.attention.backends import INTERPRET_ENV
@@ -61,8 +62,23 @@ from pretrain.models.attention.module import MultiHeadAttention
 from pretrain.models.attention.module import decode_positions
 
 __all__ = [
-    'AttentionConfig', 'AttentionFeatures', 'AttentionMask', 'BACKENDS', 'INTERPRET_ENV', 'MultiHeadAttention',
-    'QK_NORMS', 'Resolution', 'as_attention_mask', 'check_backend', 'check_heads',
-    'decode_positions', 'dense_mask', 'dot_product_attention', 'interpret_default', 'model_config_from_dict',
-    'padding_mask', 'recording', 'resolve_backend',
+  "AttentionConfig",
+  "AttentionFeatures",
+  "AttentionMask",
+  "BACKENDS",
+  "INTERPRET_ENV",
+  "MultiHeadAttention",
+  "QK_NORMS",
+  "Resolution",
+  "as_attention_mask",
+  "check_backend",
+  "check_heads",
+  "decode_positions",
+  "dense_mask",
+  "dot_product_attention",
+  "interpret_default",
+  "model_config_from_dict",
+  "padding_mask",
+  "recording",
+  "resolve_backend",
 ]

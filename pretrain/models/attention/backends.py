@@ -5,6 +5,7 @@
 time, so a caller that wants to know what a compiled function runs wraps its
 tracing in `recording()`; nothing is kept outside such a block.
 """
+
 import contextlib
 import contextvars
 import dataclasses
@@ -16,25 +17,26 @@ from pretrain import logs
 from pretrain.errors import PretrainError
 from pretrain.models.attention.masks import AttentionMask
 
-BACKENDS = ('xla', 'dot_product_attention', 'pallas_gpu', 'splash_tpu', 'auto')
-INTERPRET_ENV = 'PRETRAIN_ATTENTION_INTERPRET'
+BACKENDS = ("xla", "dot_product_attention", "pallas_gpu", "splash_tpu", "auto")
+INTERPRET_ENV = "PRETRAIN_ATTENTION_INTERPRET"
 
-_logger = logging.getLogger('pretrain.models.attention')
+_logger = logging.getLogger("pretrain.models.attention")
 
 
 def check_backend(backend: str) -> None:
   if backend not in BACKENDS:
-    raise PretrainError(f'unknown attention backend {backend!r}; valid: {", ".join(BACKENDS)}')
+    raise PretrainError(f"unknown attention backend {backend!r}; valid: {', '.join(BACKENDS)}")
 
 
 def interpret_default() -> bool:
   """Whether PRETRAIN_ATTENTION_INTERPRET asks for the Pallas interpreter."""
-  return os.environ.get(INTERPRET_ENV, '').strip().lower() in ('1', 'true', 'yes')
+  return os.environ.get(INTERPRET_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
 @dataclasses.dataclass(frozen=True)
 class AttentionFeatures:
   """What one attention call needs, as far as choosing a backend goes."""
+
   dropout: bool = False  # Active attention-probability dropout.
   bias: bool = False  # An arbitrary additive logits bias (e.g. T5's relative bias).
   alibi: bool = False
@@ -48,18 +50,23 @@ class AttentionFeatures:
   padding: bool = False  # An input mask on the keys.
   self_attention: bool = True  # Queries and keys are the same sequence.
   grouped: bool = False  # num_kv_heads < num_heads.
-  dtype: str = 'float32'  # Matmul compute dtype.
+  dtype: str = "float32"  # Matmul compute dtype.
   q_length: int | None = None  # None: unknown, assumed to fit every kernel.
   kv_length: int | None = None
 
   @classmethod
-  def of_mask(cls, mask: AttentionMask | None, **fields) -> 'AttentionFeatures':
+  def of_mask(cls, mask: AttentionMask | None, **fields) -> "AttentionFeatures":
     """The features of a call with this (structured) mask; fields give the rest."""
     if mask is not None:
       fields.update(
-          dense_mask=mask.dense is not None, causal=mask.causal, sliding_window=mask.sliding_window is not None,
-          prefix=mask.prefix_length is not None, segments=mask.segment_ids is not None,
-          kv_segments=mask.kv_segment_ids is not None, padding=mask.input_mask is not None)
+        dense_mask=mask.dense is not None,
+        causal=mask.causal,
+        sliding_window=mask.sliding_window is not None,
+        prefix=mask.prefix_length is not None,
+        segments=mask.segment_ids is not None,
+        kv_segments=mask.kv_segment_ids is not None,
+        padding=mask.input_mask is not None,
+      )
     return cls(**fields)
 
 
@@ -76,87 +83,98 @@ def _pallas_gpu_length_ok(n: int) -> bool:
 
 def _unsupported(backend: str, f: AttentionFeatures, platform: str, interpret: bool) -> str | None:
   """Why `backend` cannot compute a call with features f on platform; None when it can."""
-  if backend == 'xla':
+  if backend == "xla":
     return None
   if f.dropout:
-    return 'has no attention dropout'
-  if backend == 'dot_product_attention':
+    return "has no attention dropout"
+  if backend == "dot_product_attention":
     if f.soft_cap:
-      return 'has no logits soft-cap'
+      return "has no logits soft-cap"
     return None
-  kernel_platform = {'pallas_gpu': 'gpu', 'splash_tpu': 'tpu'}[backend]
+  kernel_platform = {"pallas_gpu": "gpu", "splash_tpu": "tpu"}[backend]
   if platform != kernel_platform and not interpret:
-    return (f'needs a {kernel_platform.upper()} (platform is {platform}; the Pallas interpreter runs it '
-            f'anywhere with {INTERPRET_ENV}=1)')
+    return (
+      f"needs a {kernel_platform.upper()} (platform is {platform}; the Pallas interpreter runs it "
+      f"anywhere with {INTERPRET_ENV}=1)"
+    )
   common = (
-      (f.bias, 'takes no additive logits bias'),
-      (f.alibi, 'has no ALiBi bias'),
-      (f.dense_mask, 'takes no dense mask array'),
-      (f.prefix, 'has no per-example prefix-LM mask'),
+    (f.bias, "takes no additive logits bias"),
+    (f.alibi, "has no ALiBi bias"),
+    (f.dense_mask, "takes no dense mask array"),
+    (f.prefix, "has no per-example prefix-LM mask"),
   )
   for unsupported, why in common:
     if unsupported:
       return why
   lengths = [n for n in (f.q_length, f.kv_length) if n is not None]
-  if backend == 'pallas_gpu':
+  if backend == "pallas_gpu":
     if f.soft_cap:
-      return 'has no logits soft-cap'
+      return "has no logits soft-cap"
     if f.sliding_window:
-      return 'has no sliding window'
+      return "has no sliding window"
     if f.kv_segments:
-      return 'shares one segment-id array between queries and keys (no kv_segment_ids)'
+      return "shares one segment-id array between queries and keys (no kv_segment_ids)"
     if f.padding and not f.self_attention:
-      return 'expresses padding through shared segment ids, which only fits self-attention'
+      return "expresses padding through shared segment ids, which only fits self-attention"
     if f.q_length is not None and f.kv_length is not None and f.q_length != f.kv_length:
-      return f'needs q_length == kv_length (got {f.q_length} and {f.kv_length})'
+      return f"needs q_length == kv_length (got {f.q_length} and {f.kv_length})"
     if not all(_pallas_gpu_length_ok(n) for n in lengths):
-      return f'needs lengths <= 32, multiples of 32 up to 128, or multiples of 128 (got {lengths})'
+      return f"needs lengths <= 32, multiples of 32 up to 128, or multiples of 128 (got {lengths})"
     return None
   if not all(n % 128 == 0 for n in lengths):  # splash_tpu
-    return f'needs lengths that are multiples of 128 (got {lengths})'
+    return f"needs lengths that are multiples of 128 (got {lengths})"
   return None
 
 
-def resolve_backend(requested: str, features: AttentionFeatures, platform: str, *,
-                    interpret: bool = False) -> tuple[str, str]:
+def resolve_backend(
+  requested: str, features: AttentionFeatures, platform: str, *, interpret: bool = False
+) -> tuple[str, str]:
   """(backend, reason): the backend that computes a call with `features` on `platform`.
 
   Pure: decides from its arguments only. `platform` is jax.default_backend()
   ('cpu', 'gpu', 'tpu'); `interpret` lets the Pallas kernels run anywhere.
   """
   check_backend(requested)
-  if requested == 'xla':
-    return 'xla', 'requested'
-  if requested != 'auto':
+  if requested == "xla":
+    return "xla", "requested"
+  if requested != "auto":
     why = _unsupported(requested, features, platform, interpret)
     if why is not None:
-      return 'xla', f'{requested} {why}'
-    if requested == 'dot_product_attention':
-      if platform != 'gpu':
-        return requested, f'requested; no cuDNN on {platform}, so jax.nn.dot_product_attention runs its XLA version'
-      if features.dtype not in ('bfloat16', 'float16'):
-        return requested, (f'requested; cuDNN needs bfloat16/float16 compute, not {features.dtype}, so '
-                           'jax.nn.dot_product_attention runs its XLA version')
-    return requested, 'requested'
-  candidates = {'tpu': ('splash_tpu',), 'gpu': ('dot_product_attention', 'pallas_gpu')}.get(platform, ())
+      return "xla", f"{requested} {why}"
+    if requested == "dot_product_attention":
+      if platform != "gpu":
+        return (
+          requested,
+          f"requested; no cuDNN on {platform}, so jax.nn.dot_product_attention runs its XLA version",
+        )
+      if features.dtype not in ("bfloat16", "float16"):
+        return requested, (
+          f"requested; cuDNN needs bfloat16/float16 compute, not {features.dtype}, so "
+          "jax.nn.dot_product_attention runs its XLA version"
+        )
+    return requested, "requested"
+  candidates = {"tpu": ("splash_tpu",), "gpu": ("dot_product_attention", "pallas_gpu")}.get(
+    platform, ()
+  )
   reasons = []
   for candidate in candidates:
-    if candidate == 'dot_product_attention' and features.dtype not in ('bfloat16', 'float16'):
-      reasons.append(f'cuDNN needs bfloat16/float16 compute, not {features.dtype}')
+    if candidate == "dot_product_attention" and features.dtype not in ("bfloat16", "float16"):
+      reasons.append(f"cuDNN needs bfloat16/float16 compute, not {features.dtype}")
       continue
     why = _unsupported(candidate, features, platform, interpret)
     if why is None:
-      return candidate, f'auto on {platform}'
-    reasons.append(f'{candidate} {why}')
+      return candidate, f"auto on {platform}"
+    reasons.append(f"{candidate} {why}")
   if not candidates:
-    reasons.append(f'no fused kernel on {platform}')
-  return 'xla', f'auto on {platform}: ' + '; '.join(reasons)
+    reasons.append(f"no fused kernel on {platform}")
+  return "xla", f"auto on {platform}: " + "; ".join(reasons)
 
 
 # The list of the innermost open recording() (None outside one); a context variable, so threads and
 # nested blocks keep their own.
 _recording: contextvars.ContextVar[list[Resolution] | None] = contextvars.ContextVar(
-    'attention_resolutions', default=None)
+  "attention_resolutions", default=None
+)
 
 
 @contextlib.contextmanager
@@ -176,7 +194,7 @@ def record(requested: str, backend: str, reason: str) -> None:
   resolutions = _recording.get()
   if resolutions is not None and resolution not in resolutions:
     resolutions.append(resolution)
-  if requested == 'auto':
-    logs.log_once(_logger, f'attention backend auto -> {backend} ({reason})', logging.INFO)
-  elif reason != 'requested':
-    logs.log_once(_logger, f'attention backend {requested} -> {backend}: {reason}')
+  if requested == "auto":
+    logs.log_once(_logger, f"attention backend auto -> {backend} ({reason})", logging.INFO)
+  elif reason != "requested":
+    logs.log_once(_logger, f"attention backend {requested} -> {backend}: {reason}")

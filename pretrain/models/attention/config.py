@@ -1,4 +1,5 @@
 """The attention variant of a model as one frozen config, checked once, and the family config reader."""
+
 import dataclasses
 from typing import Any
 
@@ -8,20 +9,22 @@ from pretrain.models import positions as positions_lib
 from pretrain.models.attention.backends import check_backend
 from pretrain.models.attention.masks import check_sliding_window
 
-QK_NORMS = ('none', 'layernorm', 'rmsnorm')
-_ZERO_IS_NONE = ('num_kv_heads', 'logits_soft_cap', 'sliding_window')
+QK_NORMS = ("none", "layernorm", "rmsnorm")
+_ZERO_IS_NONE = ("num_kv_heads", "logits_soft_cap", "sliding_window")
 
 
 def check_heads(num_heads: int, num_kv_heads: int | None) -> None:
   """Raises PretrainError unless num_kv_heads (None: num_heads) divides num_heads."""
   if num_kv_heads is not None and (num_kv_heads < 1 or num_heads % num_kv_heads):
-    raise PretrainError(f'num_kv_heads {num_kv_heads} must be a positive divisor of num_heads {num_heads} '
-                        '(query heads share key/value heads evenly)')
+    raise PretrainError(
+      f"num_kv_heads {num_kv_heads} must be a positive divisor of num_heads {num_heads} "
+      "(query heads share key/value heads evenly)"
+    )
 
 
 def check_soft_cap(logits_soft_cap: float | None) -> None:
   if logits_soft_cap is not None and logits_soft_cap <= 0:
-    raise PretrainError(f'logits_soft_cap {logits_soft_cap} must be positive (or None)')
+    raise PretrainError(f"logits_soft_cap {logits_soft_cap} must be positive (or None)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,14 +51,15 @@ class AttentionConfig:
     interpret: run the Pallas kernels in the interpreter; None reads
       PRETRAIN_ATTENTION_INTERPRET.
   """
-  backend: str = 'xla'
+
+  backend: str = "xla"
   num_kv_heads: int | None = None
-  position: str = 'none'
+  position: str = "none"
   rope_theta: float = 10000.0
   rotary_fraction: float = 1.0
   relative_num_buckets: int = 32
   relative_max_distance: int = 128
-  qk_norm: str = 'none'
+  qk_norm: str = "none"
   logits_soft_cap: float | None = None
   sliding_window: int | None = None
   interpret: bool | None = None
@@ -63,22 +67,24 @@ class AttentionConfig:
   def __post_init__(self):
     check_backend(self.backend)
     if self.num_kv_heads is not None and self.num_kv_heads < 1:
-      raise PretrainError(f'num_kv_heads {self.num_kv_heads} must be positive (or None)')
+      raise PretrainError(f"num_kv_heads {self.num_kv_heads} must be positive (or None)")
     positions_lib.check_position(self.position)
     if self.qk_norm not in QK_NORMS:
-      raise PretrainError(f'unknown qk_norm {self.qk_norm!r}; valid: {", ".join(QK_NORMS)}')
+      raise PretrainError(f"unknown qk_norm {self.qk_norm!r}; valid: {', '.join(QK_NORMS)}")
     check_soft_cap(self.logits_soft_cap)
     check_sliding_window(self.sliding_window)
     if not 0.0 < self.rotary_fraction <= 1.0:
-      raise PretrainError(f'rotary_fraction {self.rotary_fraction} must be in (0, 1]')
+      raise PretrainError(f"rotary_fraction {self.rotary_fraction} must be in (0, 1]")
     if self.rope_theta <= 0:
-      raise PretrainError(f'rope_theta {self.rope_theta} must be positive')
+      raise PretrainError(f"rope_theta {self.rope_theta} must be positive")
     if self.relative_num_buckets < 4 or self.relative_max_distance < 1:
-      raise PretrainError(f'relative_num_buckets {self.relative_num_buckets} must be >= 4 and '
-                          f'relative_max_distance {self.relative_max_distance} >= 1')
+      raise PretrainError(
+        f"relative_num_buckets {self.relative_num_buckets} must be >= 4 and "
+        f"relative_max_distance {self.relative_max_distance} >= 1"
+      )
 
   @classmethod
-  def from_dict(cls, d: Any) -> 'AttentionConfig':
+  def from_dict(cls, d: Any) -> "AttentionConfig":
     """From a config section; 0 stands for None in num_kv_heads, logits_soft_cap and sliding_window.
 
     (Command-line overrides cannot change a None field's type, so configs write 0.)
@@ -94,17 +100,22 @@ class AttentionConfig:
     """Raises PretrainError unless num_kv_heads divides num_heads."""
     check_heads(num_heads, self.num_kv_heads)
 
-  def relative_position_bias(self, *, num_heads: int, bidirectional: bool,
-                             name: str | None = None) -> positions_lib.RelativePositionBias:
+  def relative_position_bias(
+    self, *, num_heads: int, bidirectional: bool, name: str | None = None
+  ) -> positions_lib.RelativePositionBias:
     """T5's relative bias module of this config (position='relative_bias'); build one per stack."""
-    return positions_lib.RelativePositionBias(num_heads=num_heads, num_buckets=self.relative_num_buckets,
-                                              max_distance=self.relative_max_distance,
-                                              bidirectional=bidirectional, name=name)
+    return positions_lib.RelativePositionBias(
+      num_heads=num_heads,
+      num_buckets=self.relative_num_buckets,
+      max_distance=self.relative_max_distance,
+      bidirectional=bidirectional,
+      name=name,
+    )
 
 
 def model_config_from_dict(cls, d: Any):
   """A family's config dataclass `cls` from a config section, its `attention` section included."""
   layers.check_config_keys(cls, d)
-  if not isinstance(d.get('attention', AttentionConfig()), AttentionConfig):
-    d = dict(d, attention=AttentionConfig.from_dict(d['attention']))
+  if not isinstance(d.get("attention", AttentionConfig()), AttentionConfig):
+    d = dict(d, attention=AttentionConfig.from_dict(d["attention"]))
   return cls(**d)

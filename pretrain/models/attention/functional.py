@@ -1,4 +1,5 @@
 """`dot_product_attention`: checks a call, resolves its backend once, records the decision and runs the kernel."""
+
 from typing import Any
 
 import jax
@@ -16,8 +17,14 @@ from pretrain.models.attention.masks import dense_mask
 Array = jax.Array
 
 
-def position_ids(mask: AttentionMask | None, q_length: int, kv_length: int, q_positions: Array | None,
-                 kv_positions: Array | None, self_attention: bool) -> tuple[Array, Array]:
+def position_ids(
+  mask: AttentionMask | None,
+  q_length: int,
+  kv_length: int,
+  q_positions: Array | None,
+  kv_positions: Array | None,
+  self_attention: bool,
+) -> tuple[Array, Array]:
   """Explicit ids, else per-segment positions of packed sequences, else 0..length-1."""
   if q_positions is None:
     if mask is not None and mask.segment_ids is not None:
@@ -35,24 +42,24 @@ def position_ids(mask: AttentionMask | None, q_length: int, kv_length: int, q_po
 
 
 def dot_product_attention(
-    query: Array,
-    key: Array,
-    value: Array,
-    *,
-    bias: Array | None = None,
-    mask: 'Array | AttentionMask | None' = None,
-    dropout_rng: Array | None = None,
-    dropout_rate: float = 0.0,
-    deterministic: bool = True,
-    backend: str = 'xla',
-    dtype=jnp.float32,
-    scale: float | None = None,
-    logits_soft_cap: float | None = None,
-    alibi_slopes: Any = None,
-    q_positions: Array | None = None,
-    kv_positions: Array | None = None,
-    self_attention: bool = False,
-    interpret: bool | None = None,
+  query: Array,
+  key: Array,
+  value: Array,
+  *,
+  bias: Array | None = None,
+  mask: "Array | AttentionMask | None" = None,
+  dropout_rng: Array | None = None,
+  dropout_rate: float = 0.0,
+  deterministic: bool = True,
+  backend: str = "xla",
+  dtype=jnp.float32,
+  scale: float | None = None,
+  logits_soft_cap: float | None = None,
+  alibi_slopes: Any = None,
+  q_positions: Array | None = None,
+  kv_positions: Array | None = None,
+  self_attention: bool = False,
+  interpret: bool | None = None,
 ) -> Array:
   """softmax(cap(scale q k^T) + bias, masked) v -> float32 `[batch, q_length, heads, head_dim]`.
 
@@ -87,31 +94,50 @@ def dot_product_attention(
   if structured is not None:
     structured.validate(batch, q_length, kv_length)
   features = backends.AttentionFeatures.of_mask(
-      structured,
-      dropout=not deterministic and dropout_rate > 0.0,
-      bias=bias is not None,
-      alibi=alibi_slopes is not None,
-      soft_cap=logits_soft_cap is not None,
-      self_attention=self_attention,
-      grouped=num_kv_heads < num_heads,
-      dtype=jnp.dtype(dtype).name,
-      q_length=q_length,
-      kv_length=kv_length,
+    structured,
+    dropout=not deterministic and dropout_rate > 0.0,
+    bias=bias is not None,
+    alibi=alibi_slopes is not None,
+    soft_cap=logits_soft_cap is not None,
+    self_attention=self_attention,
+    grouped=num_kv_heads < num_heads,
+    dtype=jnp.dtype(dtype).name,
+    q_length=q_length,
+    kv_length=kv_length,
   )
-  resolved, reason = backends.resolve_backend(backend, features, jax.default_backend(), interpret=interpret)
+  resolved, reason = backends.resolve_backend(
+    backend, features, jax.default_backend(), interpret=interpret
+  )
   backends.record(backend, resolved, reason)
 
-  if resolved == 'pallas_gpu':
-    return kernels.pallas_gpu_attention(query, key, value, structured, dtype, scale, interpret, self_attention)
-  if resolved == 'splash_tpu':
-    return kernels.splash_attention(query, key, value, structured, dtype, scale, logits_soft_cap, interpret,
-                                    self_attention)
+  if resolved == "pallas_gpu":
+    return kernels.pallas_gpu_attention(
+      query, key, value, structured, dtype, scale, interpret, self_attention
+    )
+  if resolved == "splash_tpu":
+    return kernels.splash_attention(
+      query, key, value, structured, dtype, scale, logits_soft_cap, interpret, self_attention
+    )
   if alibi_slopes is not None:
-    q_positions, kv_positions = position_ids(structured, q_length, kv_length, q_positions, kv_positions,
-                                             self_attention)
-    alibi = positions_lib.alibi_bias(alibi_slopes, q_positions, kv_positions)  # [batch or 1, heads, q, kv]
+    q_positions, kv_positions = position_ids(
+      structured, q_length, kv_length, q_positions, kv_positions, self_attention
+    )
+    alibi = positions_lib.alibi_bias(
+      alibi_slopes, q_positions, kv_positions
+    )  # [batch or 1, heads, q, kv]
     bias = alibi if bias is None else bias + alibi
-  if resolved == 'dot_product_attention':
+  if resolved == "dot_product_attention":
     return kernels.jax_nn_attention(query, key, value, bias, structured, dtype, scale)
-  return kernels.xla_attention(query, key, value, bias, dense_mask(mask, q_length, kv_length), dropout_rng,
-                               dropout_rate, deterministic, dtype, scale, logits_soft_cap)
+  return kernels.xla_attention(
+    query,
+    key,
+    value,
+    bias,
+    dense_mask(mask, q_length, kv_length),
+    dropout_rng,
+    dropout_rate,
+    deterministic,
+    dtype,
+    scale,
+    logits_soft_cap,
+  )

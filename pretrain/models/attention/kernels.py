@@ -3,6 +3,7 @@
 They trust their caller (`functional.dot_product_attention`) to have checked
 shapes and chosen a backend that supports the call (backends.py).
 """
+
 import dataclasses
 import functools
 import logging
@@ -17,11 +18,12 @@ from pretrain.models.attention.masks import dense_mask
 
 Array = jax.Array
 
-_logger = logging.getLogger('pretrain.models.attention')
+_logger = logging.getLogger("pretrain.models.attention")
 
 
-def xla_attention(query, key, value, bias, mask, dropout_rng, dropout_rate, deterministic, dtype, scale,
-                   soft_cap):
+def xla_attention(
+  query, key, value, bias, mask, dropout_rng, dropout_rate, deterministic, dtype, scale, soft_cap
+):
   batch, q_length, num_heads, head_dim = query.shape
   kv_length, num_kv_heads = key.shape[1], key.shape[2]
   groups = num_heads // num_kv_heads
@@ -33,11 +35,14 @@ def xla_attention(query, key, value, bias, mask, dropout_rng, dropout_rate, dete
   query, key, value = (jnp.swapaxes(x, 1, 2).astype(dtype) for x in (query, key, value))
   if groups == 1:
     logits = jnp.einsum(
-        'bhqd,bhkd->bhqk', query, key, preferred_element_type=jnp.float32)  # [batch, heads, q_length, kv_length]
+      "bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32
+    )  # [batch, heads, q_length, kv_length]
   else:
     # Grouped heads: query head h = kv_head * groups + g reads key/value head kv_head.
-    query = query.reshape(batch, num_kv_heads, groups, q_length, head_dim)  # [batch, kv_heads, groups, q, d]
-    logits = jnp.einsum('bhgqd,bhkd->bhgqk', query, key, preferred_element_type=jnp.float32)
+    query = query.reshape(
+      batch, num_kv_heads, groups, q_length, head_dim
+    )  # [batch, kv_heads, groups, q, d]
+    logits = jnp.einsum("bhgqd,bhkd->bhgqk", query, key, preferred_element_type=jnp.float32)
     logits = logits.reshape(batch, num_heads, q_length, kv_length)
   if soft_cap is not None:
     logits = soft_cap * jnp.tanh(logits / soft_cap)
@@ -49,10 +54,14 @@ def xla_attention(query, key, value, bias, mask, dropout_rng, dropout_rate, dete
   if not deterministic and dropout_rate > 0.0:
     probs = layers.dropout(probs, dropout_rate, dropout_rng)
   if groups == 1:
-    out = jnp.einsum('bhqk,bhkd->bhqd', probs.astype(dtype), value, preferred_element_type=jnp.float32)
+    out = jnp.einsum(
+      "bhqk,bhkd->bhqd", probs.astype(dtype), value, preferred_element_type=jnp.float32
+    )
   else:
     probs = probs.reshape(batch, num_kv_heads, groups, q_length, kv_length)
-    out = jnp.einsum('bhgqk,bhkd->bhgqd', probs.astype(dtype), value, preferred_element_type=jnp.float32)
+    out = jnp.einsum(
+      "bhgqk,bhkd->bhgqd", probs.astype(dtype), value, preferred_element_type=jnp.float32
+    )
     out = out.reshape(batch, num_heads, q_length, head_dim)
   return jnp.swapaxes(out, 1, 2)  # [batch, q_length, heads, head_dim]
 
@@ -65,24 +74,36 @@ def jax_nn_attention(query, key, value, bias, mask, dtype, scale):
     mask = dataclasses.replace(mask, causal=False)
   mask = dense_mask(mask, query.shape[1], key.shape[1])
   query, key, value = (x.astype(dtype) for x in (query, key, value))
-  implementation = 'xla'
-  if jax.default_backend() == 'gpu' and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
-    implementation = 'cudnn'
-  attend = functools.partial(jax.nn.dot_product_attention, query, key, value, bias=bias, mask=mask, scale=scale,
-                             is_causal=is_causal)
+  implementation = "xla"
+  if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    implementation = "cudnn"
+  attend = functools.partial(
+    jax.nn.dot_product_attention,
+    query,
+    key,
+    value,
+    bias=bias,
+    mask=mask,
+    scale=scale,
+    is_causal=is_causal,
+  )
   try:
     out = attend(implementation=implementation)
   except (ValueError, NotImplementedError, RuntimeError) as e:
-    if implementation != 'cudnn':
+    if implementation != "cudnn":
       raise
     # cuDNN rejects some shapes, head sizes and library versions at trace time.
-    logs.log_once(_logger, f'attention backend dot_product_attention: cuDNN unavailable ({e}); using its XLA version')
-    out = attend(implementation='xla')
+    logs.log_once(
+      _logger,
+      f"attention backend dot_product_attention: cuDNN unavailable ({e}); using its XLA version",
+    )
+    out = attend(implementation="xla")
   return out.astype(jnp.float32)
 
 
-def _kernel_segment_ids(mask: AttentionMask | None, batch: int, q_length: int, kv_length: int,
-                        self_attention: bool) -> tuple[Array, Array] | None:
+def _kernel_segment_ids(
+  mask: AttentionMask | None, batch: int, q_length: int, kv_length: int, self_attention: bool
+) -> tuple[Array, Array] | None:
   """int32 (q_ids, kv_ids) carrying segments and padding; None when neither is given.
 
   Padding keys get id -1, which no query has; in self-attention padding queries
@@ -106,15 +127,21 @@ def _kernel_segment_ids(mask: AttentionMask | None, batch: int, q_length: int, k
 
 def pallas_gpu_attention(query, key, value, mask, dtype, scale, interpret, self_attention):
   from jax.experimental.pallas.ops.gpu import attention as gpu_attention  # pylint: disable=g-import-not-at-top
+
   batch, q_length, num_heads, _ = query.shape
   groups = num_heads // key.shape[2]
   if groups > 1:  # The kernel has no grouped heads: repeat each key/value head for its queries.
     key, value = (jnp.repeat(x, groups, axis=2) for x in (key, value))
   ids = _kernel_segment_ids(mask, batch, q_length, key.shape[1], self_attention)
   out = gpu_attention.mha(
-      query.astype(dtype), key.astype(dtype), value.astype(dtype),
-      None if ids is None else ids[0],  # Shared by queries and keys.
-      sm_scale=scale, causal=mask is not None and mask.causal, interpret=interpret)
+    query.astype(dtype),
+    key.astype(dtype),
+    value.astype(dtype),
+    None if ids is None else ids[0],  # Shared by queries and keys.
+    sm_scale=scale,
+    causal=mask is not None and mask.causal,
+    interpret=interpret,
+  )
   return out.astype(jnp.float32)  # [batch, q_length, heads, head_dim]
 
 
@@ -123,10 +150,18 @@ def _splash_block(length: int) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _splash_kernel(num_heads: int, q_length: int, kv_length: int, causal: bool, window: int | None,
-                   soft_cap: float | None, interpret: bool):
+def _splash_kernel(
+  num_heads: int,
+  q_length: int,
+  kv_length: int,
+  causal: bool,
+  window: int | None,
+  soft_cap: float | None,
+  interpret: bool,
+):
   """A splash kernel for one example `[heads, length, head_dim]` (built once per shape and mask)."""
   from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
+
   shape = (q_length, kv_length)
   if window is not None:
     head_mask = splash.LocalMask(shape, (window - 1, 0 if causal else window - 1), offset=0)
@@ -135,28 +170,52 @@ def _splash_kernel(num_heads: int, q_length: int, kv_length: int, causal: bool, 
   else:
     head_mask = splash.FullMask(shape)
   bq, bkv = _splash_block(q_length), _splash_block(kv_length)
-  block_sizes = splash.BlockSizes(block_q=bq, block_kv=bkv, block_kv_compute=bkv, block_q_dkv=bq,
-                                  block_kv_dkv=bkv, block_kv_dkv_compute=bkv, block_q_dq=bq, block_kv_dq=bkv)
+  block_sizes = splash.BlockSizes(
+    block_q=bq,
+    block_kv=bkv,
+    block_kv_compute=bkv,
+    block_q_dkv=bq,
+    block_kv_dkv=bkv,
+    block_kv_dkv_compute=bkv,
+    block_q_dq=bq,
+    block_kv_dq=bkv,
+  )
   # The kernel holds arrays of mask metadata; made concrete, it can be cached across traces.
   with jax.ensure_compile_time_eval():
-    return splash.make_splash_mha(splash.MultiHeadMask([head_mask] * num_heads), block_sizes=block_sizes,
-                                  head_shards=1, q_seq_shards=1, attn_logits_soft_cap=soft_cap,
-                                  interpret=interpret)
+    return splash.make_splash_mha(
+      splash.MultiHeadMask([head_mask] * num_heads),
+      block_sizes=block_sizes,
+      head_shards=1,
+      q_seq_shards=1,
+      attn_logits_soft_cap=soft_cap,
+      interpret=interpret,
+    )
 
 
 def splash_attention(query, key, value, mask, dtype, scale, soft_cap, interpret, self_attention):
   from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
+
   batch, q_length, num_heads, _ = query.shape
   kv_length = key.shape[1]
-  kernel = _splash_kernel(num_heads, q_length, kv_length, mask is not None and mask.causal,
-                          None if mask is None else mask.sliding_window, soft_cap, interpret)
+  kernel = _splash_kernel(
+    num_heads,
+    q_length,
+    kv_length,
+    mask is not None and mask.causal,
+    None if mask is None else mask.sliding_window,
+    soft_cap,
+    interpret,
+  )
   # Splash has no scale argument: scale q instead.
   query = query * jnp.asarray(scale, query.dtype)
-  query, key, value = (jnp.swapaxes(x, 1, 2).astype(dtype) for x in (query, key, value))  # [batch, heads, length, d]
+  query, key, value = (
+    jnp.swapaxes(x, 1, 2).astype(dtype) for x in (query, key, value)
+  )  # [batch, heads, length, d]
   ids = _kernel_segment_ids(mask, batch, q_length, kv_length, self_attention)
   if ids is None:
     out = jax.vmap(kernel)(query, key, value)
   else:
-    out = jax.vmap(lambda q, k, v, qi, ki: kernel(q, k, v, segment_ids=splash.SegmentIds(q=qi, kv=ki)))(
-        query, key, value, *ids)
+    out = jax.vmap(
+      lambda q, k, v, qi, ki: kernel(q, k, v, segment_ids=splash.SegmentIds(q=qi, kv=ki))
+    )(query, key, value, *ids)
   return jnp.swapaxes(out, 1, 2).astype(jnp.float32)  # [batch, q_length, heads, head_dim]

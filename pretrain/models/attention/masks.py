@@ -4,6 +4,7 @@ Kernel backends read the structure (causal, window, segment ids) and skip the
 masked blocks; 'xla' materializes it with `dense_mask`. A dense `mask` array is
 boolean (True = may attend) and broadcasts to `[batch, heads, q_length, kv_length]`.
 """
+
 import dataclasses
 import functools
 
@@ -19,7 +20,7 @@ Array = jax.Array
 def check_sliding_window(window: int | None) -> None:
   """Raises PretrainError unless window is None or >= 1 (the config's and the mask's one check)."""
   if window is not None and int(window) < 1:
-    raise PretrainError(f'sliding_window {window} must be >= 1 (or None)')
+    raise PretrainError(f"sliding_window {window} must be >= 1 (or None)")
 
 
 def padding_mask(input_mask: Array) -> Array:
@@ -28,9 +29,10 @@ def padding_mask(input_mask: Array) -> Array:
 
 
 @functools.partial(
-    jax.tree_util.register_dataclass,
-    data_fields=['prefix_length', 'segment_ids', 'kv_segment_ids', 'input_mask', 'dense'],
-    meta_fields=['causal', 'sliding_window'])
+  jax.tree_util.register_dataclass,
+  data_fields=["prefix_length", "segment_ids", "kv_segment_ids", "input_mask", "dense"],
+  meta_fields=["causal", "sliding_window"],
+)
 @dataclasses.dataclass(frozen=True)
 class AttentionMask:
   """Which keys each query may see; every constraint given is ANDed.
@@ -51,6 +53,7 @@ class AttentionMask:
     input_mask: `[batch, kv_length]`, 1 = real key token; padding keys are hidden.
     dense: any boolean mask broadcastable to `[batch, heads, q_length, kv_length]`.
   """
+
   causal: bool = False
   sliding_window: int | None = None
   prefix_length: Array | None = None
@@ -62,37 +65,45 @@ class AttentionMask:
   def __post_init__(self):
     check_sliding_window(self.sliding_window)
     if self.prefix_length is not None and not self.causal:
-      raise PretrainError('prefix_length (prefix-LM) needs causal=True: it opens the prefix of a causal mask')
+      raise PretrainError(
+        "prefix_length (prefix-LM) needs causal=True: it opens the prefix of a causal mask"
+      )
     if self.kv_segment_ids is not None and self.segment_ids is None:
-      raise PretrainError('kv_segment_ids needs segment_ids for the queries')
+      raise PretrainError("kv_segment_ids needs segment_ids for the queries")
 
   def validate(self, batch: int, q_length: int, kv_length: int) -> None:
     """Raises PretrainError when an array does not fit the attention's shapes."""
     expected = {
-        'prefix_length': (batch,),
-        'segment_ids': (batch, q_length),
-        'kv_segment_ids': (batch, kv_length),
-        'input_mask': (batch, kv_length),
+      "prefix_length": (batch,),
+      "segment_ids": (batch, q_length),
+      "kv_segment_ids": (batch, kv_length),
+      "input_mask": (batch, kv_length),
     }
     if self.segment_ids is not None and self.kv_segment_ids is None and q_length != kv_length:
-      raise PretrainError(f'segment_ids alone need q_length == kv_length (got {q_length} and {kv_length}); '
-                          'give kv_segment_ids for cross-attention')
+      raise PretrainError(
+        f"segment_ids alone need q_length == kv_length (got {q_length} and {kv_length}); "
+        "give kv_segment_ids for cross-attention"
+      )
     for name, shape in expected.items():
       value = getattr(self, name)
       if value is not None and tuple(value.shape) != shape:
-        raise PretrainError(f'AttentionMask.{name} has shape {tuple(value.shape)}, expected {shape}')
+        raise PretrainError(
+          f"AttentionMask.{name} has shape {tuple(value.shape)}, expected {shape}"
+        )
     if self.dense is not None and self.dense.ndim > 4:
-      raise PretrainError(f'AttentionMask.dense must broadcast to [batch, heads, q, kv], got shape {self.dense.shape}')
+      raise PretrainError(
+        f"AttentionMask.dense must broadcast to [batch, heads, q, kv], got shape {self.dense.shape}"
+      )
 
 
-def as_attention_mask(mask: 'Array | AttentionMask | None') -> AttentionMask | None:
+def as_attention_mask(mask: "Array | AttentionMask | None") -> AttentionMask | None:
   """A dense mask array becomes AttentionMask(dense=mask); None and AttentionMask pass through."""
   if mask is None or isinstance(mask, AttentionMask):
     return mask
   return AttentionMask(dense=mask)
 
 
-def dense_mask(mask: 'Array | AttentionMask | None', q_length: int, kv_length: int) -> Array | None:
+def dense_mask(mask: "Array | AttentionMask | None", q_length: int, kv_length: int) -> Array | None:
   """The boolean `[batch or 1, heads or 1, q_length, kv_length]` of a mask; None when nothing is masked."""
   mask = as_attention_mask(mask)
   if mask is None:
@@ -103,7 +114,9 @@ def dense_mask(mask: 'Array | AttentionMask | None', q_length: int, kv_length: i
   if mask.causal:
     causal = jnp.asarray(k <= q)[None]  # [1, q_length, kv_length]
     if mask.prefix_length is not None:
-      causal = causal | (k[None] < mask.prefix_length[:, None, None])  # [batch, q_length, kv_length]
+      causal = causal | (
+        k[None] < mask.prefix_length[:, None, None]
+      )  # [batch, q_length, kv_length]
     parts.append(causal[:, None])
   if mask.sliding_window is not None:
     parts.append(jnp.asarray(np.abs(q - k) < mask.sliding_window)[None, None])
@@ -120,7 +133,7 @@ def dense_mask(mask: 'Array | AttentionMask | None', q_length: int, kv_length: i
   return functools.reduce(jnp.logical_and, parts)
 
 
-def with_sliding_window(mask: 'Array | AttentionMask | None', window: int | None):
+def with_sliding_window(mask: "Array | AttentionMask | None", window: int | None):
   """mask ANDed with a sliding window (the narrower one wins)."""
   if window is None:
     return mask

@@ -2,6 +2,7 @@
 
 Decoding keeps a key/value cache in the flax collection 'cache'.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,7 @@ Array = jax.Array
 
 
 def _qk_norm(kind: str, name: str) -> nn.Module:
-  if kind == 'layernorm':
+  if kind == "layernorm":
     return layers.LayerNorm(epsilon=1e-6, name=name)
   return layers.RMSNorm(epsilon=1e-6, name=name)
 
@@ -35,6 +36,7 @@ class MultiHeadAttention(nn.Module):
   Each projection has its own initializer (None: kernel_init), so a family
   draws its scheme directly: GPT-2 scales out, T5 scales query and out.
   """
+
   num_heads: int
   head_dim: int
   config: AttentionConfig = AttentionConfig()
@@ -50,16 +52,16 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(
-      self,
-      inputs_q: Array,
-      inputs_kv: Array | None = None,
-      *,
-      mask: 'Array | AttentionMask | None' = None,
-      bias: Array | None = None,
-      deterministic: bool = True,
-      positions: Array | None = None,
-      kv_positions: Array | None = None,
-      decode: bool = False,
+    self,
+    inputs_q: Array,
+    inputs_kv: Array | None = None,
+    *,
+    mask: "Array | AttentionMask | None" = None,
+    bias: Array | None = None,
+    deterministic: bool = True,
+    positions: Array | None = None,
+    kv_positions: Array | None = None,
+    decode: bool = False,
   ) -> Array:
     """`[batch, q_length, embed]` (+ `[batch, kv_length, embed]`, default self) -> `[batch, q_length, embed]`.
 
@@ -84,77 +86,110 @@ class MultiHeadAttention(nn.Module):
     num_kv_heads = self.num_heads if cfg.num_kv_heads is None else cfg.num_kv_heads
 
     def projection(name, heads, init):
-      return layers.Dense(heads * self.head_dim, ('embed', 'heads'), use_bias=self.use_bias, dtype=self.dtype,
-                          kernel_init=init or self.kernel_init, name=name)
+      return layers.Dense(
+        heads * self.head_dim,
+        ("embed", "heads"),
+        use_bias=self.use_bias,
+        dtype=self.dtype,
+        kernel_init=init or self.kernel_init,
+        name=name,
+      )
 
     def split_heads(x, heads):
       x = x.reshape(x.shape[:-1] + (heads, self.head_dim))
       # Fewer key/value heads than the tensor axis may not divide: leave them to propagation.
       return nn.with_logical_constraint(
-          x, ('act_batch', 'act_length', 'act_heads' if heads == self.num_heads else None, None))
+        x, ("act_batch", "act_length", "act_heads" if heads == self.num_heads else None, None)
+      )
 
-    query = split_heads(projection('query', self.num_heads, self.query_init)(inputs_q), self.num_heads)
-    key = split_heads(projection('key', num_kv_heads, self.key_init)(inputs_kv), num_kv_heads)
-    value = split_heads(projection('value', num_kv_heads, self.value_init)(inputs_kv), num_kv_heads)
+    query = split_heads(
+      projection("query", self.num_heads, self.query_init)(inputs_q), self.num_heads
+    )
+    key = split_heads(projection("key", num_kv_heads, self.key_init)(inputs_kv), num_kv_heads)
+    value = split_heads(projection("value", num_kv_heads, self.value_init)(inputs_kv), num_kv_heads)
     # query [batch, q, heads, d]; key, value [batch, kv, kv_heads, d].
-    if cfg.qk_norm != 'none':
-      query = _qk_norm(cfg.qk_norm, 'query_norm')(query)
-      key = _qk_norm(cfg.qk_norm, 'key_norm')(key)
+    if cfg.qk_norm != "none":
+      query = _qk_norm(cfg.qk_norm, "query_norm")(query)
+      key = _qk_norm(cfg.qk_norm, "key_norm")(key)
 
     mask = with_sliding_window(mask, cfg.sliding_window)
     cache = self._decode_cache(key, mask, self_attention) if decode else None
     if cache is not None:
       if positions is None:
-        positions = cache[2].value + jnp.arange(query.shape[1], dtype=jnp.int32)[None]  # [1, q_length]
+        positions = (
+          cache[2].value + jnp.arange(query.shape[1], dtype=jnp.int32)[None]
+        )  # [1, q_length]
       kv_positions = positions
     if cfg.position in positions_lib.ATTENTION_POSITIONS:
-      positions, kv_positions = position_ids(as_attention_mask(mask), query.shape[1], key.shape[1], positions,
-                                             kv_positions, self_attention)
-    if cfg.position == 'rope':
-      query = positions_lib.apply_rope(query, positions, theta=cfg.rope_theta, fraction=cfg.rotary_fraction)
-      key = positions_lib.apply_rope(key, kv_positions, theta=cfg.rope_theta, fraction=cfg.rotary_fraction)
+      positions, kv_positions = position_ids(
+        as_attention_mask(mask),
+        query.shape[1],
+        key.shape[1],
+        positions,
+        kv_positions,
+        self_attention,
+      )
+    if cfg.position == "rope":
+      query = positions_lib.apply_rope(
+        query, positions, theta=cfg.rope_theta, fraction=cfg.rotary_fraction
+      )
+      key = positions_lib.apply_rope(
+        key, kv_positions, theta=cfg.rope_theta, fraction=cfg.rotary_fraction
+      )
     if cache is not None:
-      window = getattr(as_attention_mask(mask), 'sliding_window', None)
+      window = getattr(as_attention_mask(mask), "sliding_window", None)
       key, value, mask, kv_positions = _update_cache(cache, key, value, window)
 
     dropout_active = not deterministic and self.dropout_rate > 0.0
     x = dot_product_attention(
-        query, key, value,
-        bias=bias,
-        mask=mask,
-        dropout_rng=self.make_rng('dropout') if dropout_active else None,
-        dropout_rate=self.dropout_rate,
-        deterministic=deterministic,
-        backend=cfg.backend,
-        dtype=self.dtype,
-        scale=self.logits_scale,
-        logits_soft_cap=cfg.logits_soft_cap,
-        alibi_slopes=positions_lib.alibi_slopes(self.num_heads) if cfg.position == 'alibi' else None,
-        q_positions=positions,
-        kv_positions=kv_positions,
-        self_attention=self_attention and cache is None,
-        interpret=cfg.interpret,
+      query,
+      key,
+      value,
+      bias=bias,
+      mask=mask,
+      dropout_rng=self.make_rng("dropout") if dropout_active else None,
+      dropout_rate=self.dropout_rate,
+      deterministic=deterministic,
+      backend=cfg.backend,
+      dtype=self.dtype,
+      scale=self.logits_scale,
+      logits_soft_cap=cfg.logits_soft_cap,
+      alibi_slopes=positions_lib.alibi_slopes(self.num_heads) if cfg.position == "alibi" else None,
+      q_positions=positions,
+      kv_positions=kv_positions,
+      self_attention=self_attention and cache is None,
+      interpret=cfg.interpret,
     )  # [batch, q_length, heads, head_dim]
     x = x.reshape(x.shape[:-2] + (self.num_heads * self.head_dim,))
-    x = nn.with_logical_constraint(x, ('act_batch', 'act_length', 'act_heads'))
-    x = layers.Dense(inputs_q.shape[-1], ('heads', 'embed'), use_bias=self.use_bias, dtype=self.dtype,
-                     kernel_init=self.out_init or self.kernel_init, name='out')(x)
+    x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_heads"))
+    x = layers.Dense(
+      inputs_q.shape[-1],
+      ("heads", "embed"),
+      use_bias=self.use_bias,
+      dtype=self.dtype,
+      kernel_init=self.out_init or self.kernel_init,
+      name="out",
+    )(x)
     return x  # [batch, q_length, embed] float32
 
   def _decode_cache(self, key: Array, mask, self_attention: bool):
     """(cached_key, cached_value, cache_index) variables; None on the call that creates them."""
     if not self_attention:
-      raise PretrainError('decode caches self-attention only (cross-attention keys come from its inputs)')
+      raise PretrainError(
+        "decode caches self-attention only (cross-attention keys come from its inputs)"
+      )
     mask = as_attention_mask(mask)
-    if mask is not None and any(getattr(mask, f) is not None
-                                for f in ('prefix_length', 'segment_ids', 'input_mask', 'dense')):
-      raise PretrainError('decode attends causally over its cache; it takes no prefix, segment, padding or '
-                          'dense mask')
-    initialized = self.has_variable('cache', 'cached_key')
+    if mask is not None and any(
+      getattr(mask, f) is not None for f in ("prefix_length", "segment_ids", "input_mask", "dense")
+    ):
+      raise PretrainError(
+        "decode attends causally over its cache; it takes no prefix, segment, padding or dense mask"
+      )
+    initialized = self.has_variable("cache", "cached_key")
     # float32 holds bfloat16 keys exactly, and RoPE's rotated keys are float32.
-    cached_key = self.variable('cache', 'cached_key', jnp.zeros, key.shape, jnp.float32)
-    cached_value = self.variable('cache', 'cached_value', jnp.zeros, key.shape, jnp.float32)
-    cache_index = self.variable('cache', 'cache_index', lambda: jnp.zeros((), jnp.int32))
+    cached_key = self.variable("cache", "cached_key", jnp.zeros, key.shape, jnp.float32)
+    cached_value = self.variable("cache", "cached_value", jnp.zeros, key.shape, jnp.float32)
+    cache_index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
     return (cached_key, cached_value, cache_index) if initialized else None
 
 
@@ -170,7 +205,9 @@ def _update_cache(cache, key: Array, value: Array, sliding_window: int | None):
   q_length, max_length = key.shape[1], cached_key.value.shape[1]
   start = (0, index, 0, 0)
   cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, key.astype(jnp.float32), start)
-  cached_value.value = jax.lax.dynamic_update_slice(cached_value.value, value.astype(jnp.float32), start)
+  cached_value.value = jax.lax.dynamic_update_slice(
+    cached_value.value, value.astype(jnp.float32), start
+  )
   cache_index.value = index + q_length
   q_slots = index + jnp.arange(q_length, dtype=jnp.int32)[:, None]  # [q_length, 1]
   kv_slots = jnp.arange(max_length, dtype=jnp.int32)[None]  # [1, max_length]
@@ -188,9 +225,9 @@ def decode_positions(module: nn.Module, length: int) -> tuple[Array, Array]:
   creates them sets max_length = length and advances nothing, as
   MultiHeadAttention's cache does.
   """
-  initialized = module.has_variable('cache', 'index')
-  index = module.variable('cache', 'index', lambda: jnp.zeros((), jnp.int32))
-  slots = module.variable('cache', 'positions', lambda: jnp.arange(length, dtype=jnp.int32))
+  initialized = module.has_variable("cache", "index")
+  index = module.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+  slots = module.variable("cache", "positions", lambda: jnp.arange(length, dtype=jnp.int32))
   positions = index.value + jnp.arange(length, dtype=jnp.int32)[None]
   if initialized:
     index.value = index.value + length

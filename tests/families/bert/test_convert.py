@@ -1,4 +1,5 @@
 """BERT <-> HF transformers: logit parity, round trips, scanned export, and every bad input."""
+
 import dataclasses
 import json
 import os
@@ -24,15 +25,38 @@ from pretrain.families.bert import model as bert_model
 from pretrain.families import get_task
 from pretrain.train import train
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                                "convert"))  # For tests/convert/hf_folders.py.
+sys.path.insert(
+  0,
+  os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "convert"
+  ),
+)  # For tests/convert/hf_folders.py.
 from hf_folders import (  # pylint: disable=g-import-not-at-top,wrong-import-position
-    TOL, assert_converts_to, assert_refused, hf_and_converted, hf_outputs, import_scanned, max_diff, padded,
-    params_equal, perturb_and_save, read_json, reload, save_checkpoint)
+  TOL,
+  assert_converts_to,
+  assert_refused,
+  hf_and_converted,
+  hf_outputs,
+  import_scanned,
+  max_diff,
+  padded,
+  params_equal,
+  perturb_and_save,
+  read_json,
+  reload,
+  save_checkpoint,
+)
 
 VOCAB, LENGTH = 99, 12
-HF_CONFIG = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                 max_position_embeddings=40, type_vocab_size=2)
+HF_CONFIG = dict(
+  vocab_size=VOCAB,
+  hidden_size=32,
+  num_hidden_layers=2,
+  num_attention_heads=2,
+  intermediate_size=64,
+  max_position_embeddings=40,
+  type_vocab_size=2,
+)
 
 
 def make_hf(cls, path, config_cls=transformers.BertConfig, seed=0, **overrides):
@@ -65,7 +89,9 @@ def apply(module, params, *args):
 @pytest.fixture(scope="module")
 def pretraining(tmp_path_factory):
   """(HF BertForPreTraining, its folder, the converted folder)."""
-  return hf_and_converted(tmp_path_factory, "bert", lambda path: make_hf(transformers.BertForPreTraining, path))
+  return hf_and_converted(
+    tmp_path_factory, "bert", lambda path: make_hf(transformers.BertForPreTraining, path)
+  )
 
 
 def test_pretraining_logit_parity_at_every_position(pretraining):
@@ -83,11 +109,20 @@ def test_converted_config_and_source(pretraining):
   _, hf_dir, out = pretraining
   cfg = convert.load_config(out)
   assert cfg.task.name == "bert" and cfg.data.next_sentence_prediction
-  assert cfg.model.layer_norm_eps == 1e-12 and cfg.model.vocab_size == VOCAB == cfg.tokenizer.vocab_size
-  assert (cfg.model.num_layers, cfg.model.num_heads, cfg.model.pooler, cfg.model.nsp_head) == (2, 2, True, True)
+  assert (
+    cfg.model.layer_norm_eps == 1e-12 and cfg.model.vocab_size == VOCAB == cfg.tokenizer.vocab_size
+  )
+  assert (cfg.model.num_layers, cfg.model.num_heads, cfg.model.pooler, cfg.model.nsp_head) == (
+    2,
+    2,
+    True,
+    True,
+  )
   assert sorted(os.listdir(out)) == ["config.json", "config.py", "convert.json", "params"]
   source = read_json(out, "convert.json")
-  assert source["architecture"] == "BertForPreTraining" and source["hf_dir"] == os.path.abspath(hf_dir)
+  assert source["architecture"] == "BertForPreTraining" and source["hf_dir"] == os.path.abspath(
+    hf_dir
+  )
   assert source["special_ids"]["pad_token_id"] == 0 and source["initialized_fresh"] == []
 
 
@@ -116,7 +151,11 @@ def test_masked_lm_parity_and_round_trip(tmp_path):
   out = str(tmp_path / "converted")
   convert.from_hf(str(tmp_path / "hf"), out)
   cfg = convert.load_config(out)
-  assert (cfg.model.pooler, cfg.model.nsp_head, cfg.data.next_sentence_prediction) == (False, False, False)
+  assert (cfg.model.pooler, cfg.model.nsp_head, cfg.data.next_sentence_prediction) == (
+    False,
+    False,
+    False,
+  )
   ids, types, mask = inputs()
   mlm, nsp = project_forward(out, ids, types, mask)
   assert nsp is None and max_diff(mlm, hf_forward(model, ids, types, mask).logits) <= TOL
@@ -146,17 +185,28 @@ def test_scanned_import_and_export_from_a_training_workdir(pretraining, tmp_path
   kernel = params["bert"]["encoder"]["layers"]["intermediate"]["kernel"]
   assert cfg.model.scan_layers and kernel.shape == (2, 32, 64)
   ids, types, mask = inputs()
-  mlm, _ = apply(bert_model.BertForPreTraining(bert_model.BertConfig.from_dict(cfg.model.to_dict())), params,
-                 ids, types, mask)
+  mlm, _ = apply(
+    bert_model.BertForPreTraining(bert_model.BertConfig.from_dict(cfg.model.to_dict())),
+    params,
+    ids,
+    types,
+    mask,
+  )
   assert max_diff(mlm, hf_forward(model, ids, types, mask).prediction_logits) <= TOL
 
   # A training workdir's checkpoint: TrainState with optimizer state, config with vocab_size 0 (the tokenizer's).
   config = cfg.to_dict()
   config["model"]["vocab_size"] = 0
-  config["_tokenizer"] = {"vocab_size": VOCAB, "fingerprint": "x", "path": "x",
-                          "special_ids": {"pad": 5, "unk": 1, "cls": 7, "sep": 8, "mask": 9, "eos": 8}}
+  config["_tokenizer"] = {
+    "vocab_size": VOCAB,
+    "fingerprint": "x",
+    "path": "x",
+    "special_ids": {"pad": 5, "unk": 1, "cls": 7, "sep": 8, "mask": 9, "eos": 8},
+  }
   adam = {"mu": jax.tree.map(np.zeros_like, params), "nu": jax.tree.map(np.ones_like, params)}
-  workdir = save_checkpoint(tmp_path / "run", 7, params, config, opt_state=adam, data_state={"next_batch": 0}, keep=2)
+  workdir = save_checkpoint(
+    tmp_path / "run", 7, params, config, opt_state=adam, data_state={"next_batch": 0}, keep=2
+  )
   convert.to_hf(workdir, str(tmp_path / "exported"))
   reloaded = reload(transformers.BertForPreTraining, tmp_path / "exported")
   assert reloaded.config.pad_token_id == 5  # The pad id of the tokenizer the run trained with.
@@ -184,7 +234,10 @@ def test_a_run_trained_from_the_default_config_exports(tiny_config, tmp_path):
   mask = np.ones_like(ids)
   mlm, nsp = apply(bert_model.BertForPreTraining(task.model_config), params, ids, types, mask)
   ref = hf_forward(hf, ids, types, mask)
-  assert max_diff(mlm, ref.prediction_logits) <= TOL and max_diff(nsp, ref.seq_relationship_logits) <= TOL
+  assert (
+    max_diff(mlm, ref.prediction_logits) <= TOL
+    and max_diff(nsp, ref.seq_relationship_logits) <= TOL
+  )
   assert hf.config.pad_token_id == 0 and config.model.vocab_size == 0
 
 
@@ -198,68 +251,108 @@ def test_the_hf_folders_vocabulary_comes_along(pretraining, tmp_path):
   assert convert.from_hf(str(src), str(out))["tokenizer"] == "vocab.txt"
   assert (out / "vocab.txt").read_text() == (src / "vocab.txt").read_text()
   cfg = convert.load_config(str(out))
-  assert cfg.tokenizer.path == str(out / "vocab.txt")  # Relative in config.json: the folder can move.
+  assert cfg.tokenizer.path == str(
+    out / "vocab.txt"
+  )  # Relative in config.json: the folder can move.
   tok = open_tokenizer(cfg.tokenizer.path)
   assert get_task(cfg, tok).vocab_size == VOCAB and tok.encode(["w3 w17"]) == [[8, 22]]
   # A vocabulary the model cannot take is refused, and nothing is written.
   (src / "vocab.txt").write_text("\n".join(words[:-1]) + "\n")
-  with pytest.raises(PretrainError, match=r"vocab.txt does not fit the model: model.vocab_size=99 but the "
-                                          r"tokenizer .* has 98 pieces"):
+  with pytest.raises(
+    PretrainError,
+    match=r"vocab.txt does not fit the model: model.vocab_size=99 but the "
+    r"tokenizer .* has 98 pieces",
+  ):
     convert.from_hf(str(src), str(tmp_path / "out2"))
   assert not os.path.exists(tmp_path / "out2")
 
 
 def test_load_params_into_a_target_layout_and_sharding(pretraining):
   _, _, out = pretraining
-  cfg = bert_model.BertConfig.from_dict(dict(convert.load_config(out).model.to_dict(), scan_layers=True))
+  cfg = bert_model.BertConfig.from_dict(
+    dict(convert.load_config(out).model.to_dict(), scan_layers=True)
+  )
   mesh = jax.make_mesh((8,), ("data",))
   replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                        nn.unbox(bert_model.abstract_params(cfg)))
+  target = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+    nn.unbox(bert_model.abstract_params(cfg)),
+  )
   params = convert.load_params(out, target)
   stacked = checkpoints.stack_layers(convert.load_params(out))
   assert params_equal(jax.device_get(params), stacked)
   assert params["bert"]["encoder"]["layers"]["output"]["kernel"].sharding == replicated
   # The stored (unscanned) layout is read straight into the shardings.
   sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-  flat = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-                      nn.unbox(bert_model.abstract_params(dataclasses.replace(cfg, scan_layers=False))))
-  flat["bert"]["encoder"]["layer_0"]["intermediate"]["kernel"] = jax.ShapeDtypeStruct((32, 64), jnp.float32,
-                                                                                       sharding=sharded)
+  flat = jax.tree.map(
+    lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+    nn.unbox(bert_model.abstract_params(dataclasses.replace(cfg, scan_layers=False))),
+  )
+  flat["bert"]["encoder"]["layer_0"]["intermediate"]["kernel"] = jax.ShapeDtypeStruct(
+    (32, 64), jnp.float32, sharding=sharded
+  )
   params = convert.load_params(out, flat)
   assert params["bert"]["encoder"]["layer_0"]["intermediate"]["kernel"].sharding == sharded
   assert params_equal(jax.device_get(params), convert.load_params(out))
   wrong = jax.tree.map(lambda x: x, target)
   emb = wrong["bert"]["embeddings"]["word_embeddings"]
   emb["embedding"] = jax.ShapeDtypeStruct((VOCAB + 1, 32), jnp.float32)
-  with pytest.raises(PretrainError, match=r"word_embeddings/embedding has shape \(99, 32\) but the model's is "
-                                          r"\(100, 32\)"):
+  with pytest.raises(
+    PretrainError,
+    match=r"word_embeddings/embedding has shape \(99, 32\) but the model's is "
+    r"\(100, 32\)",
+  ):
     convert.load_params(out, wrong)
 
 
 # Bad input: one clear error, nothing written.
 
 
-@pytest.mark.parametrize("edit, message", [
-    (dict(config={"architectures": ["BertForSequenceClassification"]}),
-     r"config.json architectures=\['BertForSequenceClassification'\] is not supported"),
-    (dict(config={"model_type": "xlnet"}), r"config.json model_type='xlnet' is not supported; supported: 'bert'"),
-    (dict(drop=["bert.encoder.layer.1.output.dense.bias"]),
-     r"tensor bert.encoder.layer.1.output.dense.bias is missing"),
+@pytest.mark.parametrize(
+  "edit, message",
+  [
+    (
+      dict(config={"architectures": ["BertForSequenceClassification"]}),
+      r"config.json architectures=\['BertForSequenceClassification'\] is not supported",
+    ),
+    (
+      dict(config={"model_type": "xlnet"}),
+      r"config.json model_type='xlnet' is not supported; supported: 'bert'",
+    ),
+    (
+      dict(drop=["bert.encoder.layer.1.output.dense.bias"]),
+      r"tensor bert.encoder.layer.1.output.dense.bias is missing",
+    ),
     (dict(drop=["cls.seq_relationship.weight"]), r"tensor cls.seq_relationship.weight is missing"),
-    (dict(config={"intermediate_size": 48}),
-     r"tensor bert.encoder.layer.0.intermediate.dense.weight has shape \(64, 32\) but config.json "
-     r"\(hidden_size=32, intermediate_size=48\) implies \(48, 32\)"),
-    (dict(config={"vocab_size": 120}),
-     r"vocab mismatch: tensor bert.embeddings.word_embeddings.weight has 99 rows but config.json vocab_size=120"),
-    (dict(config={"num_hidden_layers": 1}), r"tensor bert.encoder.layer.1.\S+ is layer 1 but config.json "
-                                            r"num_hidden_layers=1"),
-    (dict(add={"bert.encoder.extra.weight": np.zeros(3, np.float32)}), r"unexpected tensor bert.encoder.extra.weight"),
-    (dict(add={"cls.predictions.decoder.weight": np.zeros((VOCAB, 32), np.float32)}),
-     r"cls.predictions.decoder.weight differs from bert.embeddings.word_embeddings.weight: an untied MLM decoder"),
-    (dict(config={"hidden_act": "gelu_new"}), r"config.json hidden_act='gelu_new' is not supported"),
+    (
+      dict(config={"intermediate_size": 48}),
+      r"tensor bert.encoder.layer.0.intermediate.dense.weight has shape \(64, 32\) but config.json "
+      r"\(hidden_size=32, intermediate_size=48\) implies \(48, 32\)",
+    ),
+    (
+      dict(config={"vocab_size": 120}),
+      r"vocab mismatch: tensor bert.embeddings.word_embeddings.weight has 99 rows but config.json vocab_size=120",
+    ),
+    (
+      dict(config={"num_hidden_layers": 1}),
+      r"tensor bert.encoder.layer.1.\S+ is layer 1 but config.json "
+      r"num_hidden_layers=1",
+    ),
+    (
+      dict(add={"bert.encoder.extra.weight": np.zeros(3, np.float32)}),
+      r"unexpected tensor bert.encoder.extra.weight",
+    ),
+    (
+      dict(add={"cls.predictions.decoder.weight": np.zeros((VOCAB, 32), np.float32)}),
+      r"cls.predictions.decoder.weight differs from bert.embeddings.word_embeddings.weight: an untied MLM decoder",
+    ),
+    (
+      dict(config={"hidden_act": "gelu_new"}),
+      r"config.json hidden_act='gelu_new' is not supported",
+    ),
     (dict(config={"num_attention_heads": 3}), r"hidden_size 32 is not divisible by num_heads 3"),
-])
+  ],
+)
 def test_bad_hf_folders(pretraining, tmp_path, edit, message):
   assert_refused(pretraining[1], tmp_path, edit, message)
 
@@ -269,7 +362,9 @@ def test_pickle_needs_allow_pickle(pretraining, tmp_path):
   hf = tmp_path / "bin"
   hf.mkdir()
   shutil.copy(os.path.join(hf_dir, "config.json"), hf)
-  torch.save(model.state_dict(), hf / "pytorch_model.bin")  # transformers 5 writes safetensors only.
+  torch.save(
+    model.state_dict(), hf / "pytorch_model.bin"
+  )  # transformers 5 writes safetensors only.
   with pytest.raises(PretrainError, match="only pytorch_model.bin.*--allow_pickle"):
     convert.from_hf(str(hf), str(tmp_path / "a"))
   assert not (tmp_path / "a").exists()
@@ -285,7 +380,11 @@ def test_bfloat16_and_sharded_safetensors(pretraining, tmp_path):
   shutil.copy(os.path.join(hf_dir, "config.json"), sharded)
   weight_map = {}
   for i, part in enumerate((names[:10], names[10:])):
-    save_file({k: tensors[k] for k in part}, str(sharded / f"model-{i}.safetensors"), metadata={"format": "pt"})
+    save_file(
+      {k: tensors[k] for k in part},
+      str(sharded / f"model-{i}.safetensors"),
+      metadata={"format": "pt"},
+    )
     weight_map.update({k: f"model-{i}.safetensors" for k in part})
   (sharded / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
   assert_converts_to(sharded, tmp_path / "a", out)
@@ -294,9 +393,13 @@ def test_bfloat16_and_sharded_safetensors(pretraining, tmp_path):
   model = transformers.BertForPreTraining.from_pretrained(hf_dir, dtype=torch.bfloat16)
   model.save_pretrained(str(half))
   convert.from_hf(str(half), str(tmp_path / "b"))
-  expected = jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32), convert.load_params(out))
+  expected = jax.tree.map(
+    lambda x: np.asarray(x.astype(jnp.bfloat16), np.float32), convert.load_params(out)
+  )
   actual = convert.load_params(str(tmp_path / "b"))
-  assert all(x.dtype == np.float32 for x in jax.tree.leaves(actual)) and params_equal(actual, expected)
+  assert all(x.dtype == np.float32 for x in jax.tree.leaves(actual)) and params_equal(
+    actual, expected
+  )
 
 
 def test_existing_output_and_bad_checkpoints(pretraining, tmp_path):
@@ -315,8 +418,11 @@ def test_existing_output_and_bad_checkpoints(pretraining, tmp_path):
   config = json.loads((bad / "config.json").read_text())
   config["model"]["vocab_size"] = 100
   (bad / "config.json").write_text(json.dumps(config))
-  with pytest.raises(PretrainError, match=r"word_embeddings/embedding has shape \(99, 32\) but the model's is "
-                                          r"\(100, 32\)"):
+  with pytest.raises(
+    PretrainError,
+    match=r"word_embeddings/embedding has shape \(99, 32\) but the model's is "
+    r"\(100, 32\)",
+  ):
     convert.to_hf(str(bad), str(tmp_path / "x"))
   assert sorted(os.listdir(tmp_path)) == ["bad_vocab", "full"]  # No output, no temporary folders.
 
@@ -324,12 +430,31 @@ def test_existing_output_and_bad_checkpoints(pretraining, tmp_path):
 def test_cli(pretraining, tmp_path, capsys):
   _, hf_dir, out = pretraining
   from pretrain.convert import __main__ as cli  # pylint: disable=import-outside-toplevel
+
   assert cli.main(["to-hf", "--ckpt", out, "--out", str(tmp_path / "hf")]) == 0
   assert json.loads(capsys.readouterr().out)["architecture"] == "BertForPreTraining"
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+  root = os.path.dirname(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  )
   env = dict(os.environ, PYTHONPATH=root)
-  run = subprocess.run([sys.executable, "-m", "pretrain.convert", "from-hf", "--hf_dir", str(tmp_path / "none"),
-                        "--out", str(tmp_path / "o")], capture_output=True, text=True, env=env, check=False)
+  run = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "pretrain.convert",
+      "from-hf",
+      "--hf_dir",
+      str(tmp_path / "none"),
+      "--out",
+      str(tmp_path / "o"),
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    check=False,
+  )
   assert run.returncode == 2 and run.stdout == ""
-  assert run.stderr.strip().splitlines()[-1] == f"error: --hf_dir {tmp_path / 'none'} is not a directory"
+  assert (
+    run.stderr.strip().splitlines()[-1] == f"error: --hf_dir {tmp_path / 'none'} is not a directory"
+  )
   assert not (tmp_path / "o").exists()

@@ -1,4 +1,5 @@
 """BERT examples: chunk plans, [CLS] A [SEP] B [SEP] layout, NSP, determinism, masking."""
+
 import dataclasses
 import os
 import sys
@@ -18,13 +19,13 @@ from mlm_examples import unique_ids, unmasked  # pylint: disable=g-import-not-at
 
 CFG = be.BertExampleConfig()
 FIELDS = {  # name: (shape, dtype) at L = 128, P = 20.
-    "input_ids": ((128,), np.int32),
-    "input_mask": ((128,), np.int32),
-    "segment_ids": ((128,), np.int32),
-    "masked_lm_positions": ((20,), np.int32),
-    "masked_lm_ids": ((20,), np.int32),
-    "masked_lm_weights": ((20,), np.float32),
-    "next_sentence_labels": ((), np.int32),
+  "input_ids": ((128,), np.int32),
+  "input_mask": ((128,), np.int32),
+  "segment_ids": ((128,), np.int32),
+  "masked_lm_positions": ((20,), np.int32),
+  "masked_lm_ids": ((20,), np.int32),
+  "masked_lm_weights": ((20,), np.float32),
+  "next_sentence_labels": ((), np.int32),
 }
 
 
@@ -32,8 +33,11 @@ def _random_docs(seed=0, n_docs=50, low=5, high=1000):
   """Documents of 3-20 sentences of 5-40 ids."""
   rng = np.random.default_rng(seed)
   return TokenizedDocs.from_lists(
-      [[rng.integers(low, high, rng.integers(5, 41)).tolist() for _ in range(rng.integers(3, 21))]
-       for _ in range(n_docs)])
+    [
+      [rng.integers(low, high, rng.integers(5, 41)).tolist() for _ in range(rng.integers(3, 21))]
+      for _ in range(n_docs)
+    ]
+  )
 
 
 @pytest.fixture(scope="module")
@@ -57,16 +61,22 @@ def _split(ex, nsp=True):
   length = ids.shape[0]
   assert 0 < n <= length
   np.testing.assert_array_equal(ex["input_mask"], np.arange(length) < n)
-  assert (ids[n:] == 0).all() and (ex["input_ids"][n:] == 0).all() and (ex["segment_ids"][n:] == 0).all()
+  assert (
+    (ids[n:] == 0).all() and (ex["input_ids"][n:] == 0).all() and (ex["segment_ids"][n:] == 0).all()
+  )
   assert ids[0] == 2 and ids[n - 1] == 3
   seps = np.flatnonzero(ids[:n] == 3)
   if not nsp:
-    assert seps.tolist() == [n - 1] and (ex["segment_ids"] == 0).all() and ex["next_sentence_labels"] == 0
-    return ids[1:n - 1], ids[:0]
+    assert (
+      seps.tolist() == [n - 1]
+      and (ex["segment_ids"] == 0).all()
+      and ex["next_sentence_labels"] == 0
+    )
+    return ids[1 : n - 1], ids[:0]
   assert len(seps) == 2
   j = seps[0]
   np.testing.assert_array_equal(ex["segment_ids"][:n], np.arange(n) > j)
-  a, b = ids[1:j], ids[j + 1:n - 1]
+  a, b = ids[1:j], ids[j + 1 : n - 1]
   assert len(a) >= 1 and len(b) >= 1 and len(a) + len(b) <= CFG.max_num_tokens
   return a, b
 
@@ -123,8 +133,11 @@ def test_plan_is_fast():
   rng = np.random.default_rng(0)
   n_sent = rng.integers(5, 36, 5000)
   lens = rng.integers(1, 30, n_sent.sum())
-  docs = TokenizedDocs(np.full(lens.sum(), 7, np.int32), np.concatenate([[0], np.cumsum(lens)]),
-                       np.concatenate([[0], np.cumsum(n_sent)]))
+  docs = TokenizedDocs(
+    np.full(lens.sum(), 7, np.int32),
+    np.concatenate([[0], np.cumsum(lens)]),
+    np.concatenate([[0], np.cumsum(n_sent)]),
+  )
   assert docs.num_tokens > 1_400_000 and docs.num_sentences > 95_000
   t = time.perf_counter()
   plan = be.plan_instances(docs, CFG, rng)
@@ -164,7 +177,9 @@ def test_examples_layout_and_sources(unique):
     else:
       assert doc_of_token[pb[0]] != doc_a
       if not truncated:
-        assert pa[0] in sentence_bounds and pb[0] in sentence_bounds and pa[-1] + 1 in sentence_bounds
+        assert (
+          pa[0] in sentence_bounds and pb[0] in sentence_bounds and pa[-1] + 1 in sentence_bounds
+        )
         # B: sentences from a random one on, until B reaches target - len(A) or its document ends.
         b_end = pb[-1] + 1
         assert b_end in sentence_bounds
@@ -281,7 +296,11 @@ def test_new_epoch_same_chunk_new_masks(unique):
   e0, e1 = ex.instances(np.arange(n)), ex.instances(np.arange(n, 2 * n))
   fits = (ss[e0[:, 2]] - ss[e0[:, 1]]) <= cfg.max_num_tokens  # Untruncated chunks.
   key1 = {tuple(c[:3]): j for j, c in enumerate(e1.tolist())}
-  pairs = [(i, n + key1[tuple(c[:3])]) for i, c in enumerate(e0.tolist()) if fits[i] and tuple(c[:3]) in key1]
+  pairs = [
+    (i, n + key1[tuple(c[:3])])
+    for i, c in enumerate(e0.tolist())
+    if fits[i] and tuple(c[:3]) in key1
+  ]
   assert len(pairs) > 20
   for i, j in pairs:
     x, y = ex[i], ex[j]

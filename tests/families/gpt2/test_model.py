@@ -1,4 +1,5 @@
 """GPT-2 model: exact parameter counts, init, causality, packed segments, scan/remat equivalence, FLOPs."""
+
 import dataclasses
 import functools
 import os
@@ -17,20 +18,38 @@ from pretrain.families.gpt2 import model as gpt2
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model_checks import assert_trees_close, stack_unrolled  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-TINY = gpt2.Gpt2Config(vocab_size=256, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
-                       max_position_embeddings=32)
+TINY = gpt2.Gpt2Config(
+  vocab_size=256,
+  hidden_size=64,
+  num_layers=2,
+  num_heads=4,
+  intermediate_size=128,
+  max_position_embeddings=32,
+)
 SIZES = {  # name: (shape, published parameter count)
-    'small': (dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072), 124_439_808),
-    'medium': (dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096), 354_823_168),
-    'large': (dict(hidden_size=1280, num_layers=36, num_heads=20, intermediate_size=5120), 774_030_080),
-    'xl': (dict(hidden_size=1600, num_layers=48, num_heads=25, intermediate_size=6400), 1_557_611_200),
+  "small": (
+    dict(hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+    124_439_808,
+  ),
+  "medium": (
+    dict(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096),
+    354_823_168,
+  ),
+  "large": (
+    dict(hidden_size=1280, num_layers=36, num_heads=20, intermediate_size=5120),
+    774_030_080,
+  ),
+  "xl": (
+    dict(hidden_size=1600, num_layers=48, num_heads=25, intermediate_size=6400),
+    1_557_611_200,
+  ),
 }
 BATCH, LENGTH = 2, 16
 
 
 def init_params(config, seed=0):
   model = gpt2.Gpt2LMHeadModel(config)
-  init = jax.jit(lambda key: model.init(key, **gpt2.init_inputs(1, LENGTH))['params'])
+  init = jax.jit(lambda key: model.init(key, **gpt2.init_inputs(1, LENGTH))["params"])
   return nn.unbox(init(jax.random.key(seed)))
 
 
@@ -40,8 +59,8 @@ def _apply(config, deterministic):
 
 
 def logits(config, params, ids, positions=None, segment_ids=None, rng=None):
-  rngs = None if rng is None else {'dropout': rng}
-  return _apply(config, rng is None)({'params': params}, ids, positions, segment_ids, rngs=rngs)
+  rngs = None if rng is None else {"dropout": rng}
+  return _apply(config, rng is None)({"params": params}, ids, positions, segment_ids, rngs=rngs)
 
 
 def random_ids(seed=0, shape=(BATCH, LENGTH), vocab=256):
@@ -51,16 +70,16 @@ def random_ids(seed=0, shape=(BATCH, LENGTH), vocab=256):
 def stack_layers(params, num_layers):
   """Unrolled params -> scan layout (h_i/... -> h/... stacked on axis 0)."""
   params = dict(params)
-  stack_unrolled(params, 'h_', num_layers, 'h')
+  stack_unrolled(params, "h_", num_layers, "h")
   return params
 
 
-@pytest.fixture(scope='module')
+@pytest.fixture(scope="module")
 def tiny_params():
   return init_params(TINY)
 
 
-@pytest.mark.parametrize('size', list(SIZES))
+@pytest.mark.parametrize("size", list(SIZES))
 def test_parameter_counts_match_published_gpt2(size):
   shape, expected = SIZES[size]
   # Scanned: the same parameters stacked, and eval_shape traces one block instead of up to 48.
@@ -68,19 +87,22 @@ def test_parameter_counts_match_published_gpt2(size):
 
 
 def test_unrolled_small_count_names_and_axes():
-  params = gpt2.abstract_params(gpt2.Gpt2Config(**SIZES['small'][0]))
+  params = gpt2.abstract_params(gpt2.Gpt2Config(**SIZES["small"][0]))
   assert sum(np.prod(x.shape) for x in jax.tree.leaves(nn.unbox(params))) == 124_439_808
-  assert set(params) == {'wte', 'wpe', 'ln_f'} | {f'h_{i}' for i in range(12)}
-  block = params['h_0']
-  assert set(block) == {'ln_1', 'attn', 'ln_2', 'mlp'}
-  assert set(block['attn']) == {'query', 'key', 'value', 'out'} and set(block['mlp']) == {'c_fc', 'c_proj'}
-  assert block['mlp']['c_fc']['kernel'].names == ('embed', 'mlp')
-  assert block['mlp']['c_fc']['kernel'].value.shape == (768, 3072)
-  assert params['wte']['embedding'].names == ('vocab', 'embed')
-  assert params['wpe']['embedding'].value.shape == (1024, 768)
-  scanned = gpt2.abstract_params(gpt2.Gpt2Config(**SIZES['small'][0], scan_layers=True))
-  assert scanned['h']['mlp']['c_proj']['kernel'].names == ('layers', 'mlp', 'embed')
-  assert scanned['h']['mlp']['c_proj']['kernel'].value.shape == (12, 3072, 768)
+  assert set(params) == {"wte", "wpe", "ln_f"} | {f"h_{i}" for i in range(12)}
+  block = params["h_0"]
+  assert set(block) == {"ln_1", "attn", "ln_2", "mlp"}
+  assert set(block["attn"]) == {"query", "key", "value", "out"} and set(block["mlp"]) == {
+    "c_fc",
+    "c_proj",
+  }
+  assert block["mlp"]["c_fc"]["kernel"].names == ("embed", "mlp")
+  assert block["mlp"]["c_fc"]["kernel"].value.shape == (768, 3072)
+  assert params["wte"]["embedding"].names == ("vocab", "embed")
+  assert params["wpe"]["embedding"].value.shape == (1024, 768)
+  scanned = gpt2.abstract_params(gpt2.Gpt2Config(**SIZES["small"][0], scan_layers=True))
+  assert scanned["h"]["mlp"]["c_proj"]["kernel"].names == ("layers", "mlp", "embed")
+  assert scanned["h"]["mlp"]["c_proj"]["kernel"].value.shape == (12, 3072, 768)
 
 
 def test_init_is_gpt2s():
@@ -88,16 +110,18 @@ def test_init_is_gpt2s():
   params = init_params(config)
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
   scale = 1 / np.sqrt(2 * 3)
-  np.testing.assert_allclose(params['wte']['embedding'].std(), 0.02, rtol=0.05)
-  np.testing.assert_allclose(params['h_2']['mlp']['c_fc']['kernel'].std(), 0.02, rtol=0.05)
-  np.testing.assert_allclose(params['h_2']['mlp']['c_proj']['kernel'].std(), 0.02 * scale, rtol=0.05)
+  np.testing.assert_allclose(params["wte"]["embedding"].std(), 0.02, rtol=0.05)
+  np.testing.assert_allclose(params["h_2"]["mlp"]["c_fc"]["kernel"].std(), 0.02, rtol=0.05)
+  np.testing.assert_allclose(
+    params["h_2"]["mlp"]["c_proj"]["kernel"].std(), 0.02 * scale, rtol=0.05
+  )
   # Attention projections: MultiHeadAttention's normal truncated at 2 sigma (std 0.88 sigma), out scaled.
-  q, out = params['h_2']['attn']['query']['kernel'], params['h_2']['attn']['out']['kernel']
+  q, out = params["h_2"]["attn"]["query"]["kernel"], params["h_2"]["attn"]["out"]["kernel"]
   np.testing.assert_allclose(q.std(), 0.02 * 0.88, rtol=0.05)
   np.testing.assert_allclose(out.std(), 0.02 * 0.88 * scale, rtol=0.05)
   assert float(jnp.abs(out).max()) <= 0.04 * scale
-  np.testing.assert_array_equal(params['h_2']['ln_2']['scale'], 1.0)
-  np.testing.assert_array_equal(params['h_2']['mlp']['c_proj']['bias'], 0.0)
+  np.testing.assert_array_equal(params["h_2"]["ln_2"]["scale"], 1.0)
+  np.testing.assert_array_equal(params["h_2"]["mlp"]["c_proj"]["bias"], 0.0)
 
 
 def test_logits_shape_and_initial_loss_is_log_vocab(tiny_params):
@@ -132,16 +156,21 @@ def test_packed_segments_equal_documents_run_alone(tiny_params):
   other = ids.copy()
   other[0, :5] = random_ids(3, (1, 5))
   other[0, 12:] = 77
-  np.testing.assert_array_equal(logits(TINY, tiny_params, other, positions, segment_ids)[:, 5:12], packed[:, 5:12])
+  np.testing.assert_array_equal(
+    logits(TINY, tiny_params, other, positions, segment_ids)[:, 5:12], packed[:, 5:12]
+  )
   assert np.all(np.isfinite(packed))
 
 
 def test_scanned_and_rematerialized_blocks_match_unrolled(tiny_params):
   ids = random_ids()
-  scan_config = dataclasses.replace(TINY, scan_layers=True, remat_policy='full')
+  scan_config = dataclasses.replace(TINY, scan_layers=True, remat_policy="full")
   stacked = stack_layers(tiny_params, TINY.num_layers)
-  abstract = jax.eval_shape(lambda: gpt2.Gpt2LMHeadModel(scan_config).init(
-      jax.random.key(0), **gpt2.init_inputs(1, LENGTH))['params'])
+  abstract = jax.eval_shape(
+    lambda: gpt2.Gpt2LMHeadModel(scan_config).init(
+      jax.random.key(0), **gpt2.init_inputs(1, LENGTH)
+    )["params"]
+  )
   assert jax.tree.map(jnp.shape, stacked) == jax.tree.map(jnp.shape, nn.unbox(abstract))
 
   def loss(config, p):
@@ -149,7 +178,9 @@ def test_scanned_and_rematerialized_blocks_match_unrolled(tiny_params):
 
   plain_loss, plain_grads = jax.jit(jax.value_and_grad(lambda p: loss(TINY, p)))(tiny_params)
   scan_loss, scan_grads = jax.jit(jax.value_and_grad(lambda p: loss(scan_config, p)))(stacked)
-  assert_trees_close((plain_loss, stack_layers(plain_grads, TINY.num_layers)), (scan_loss, scan_grads), atol=1e-5)
+  assert_trees_close(
+    (plain_loss, stack_layers(plain_grads, TINY.num_layers)), (scan_loss, scan_grads), atol=1e-5
+  )
 
 
 def test_dropout_only_when_not_deterministic(tiny_params):
@@ -163,24 +194,24 @@ def test_dropout_only_when_not_deterministic(tiny_params):
 
 def test_bfloat16_compute_is_close_to_float32(tiny_params):
   ids = random_ids()
-  bf16 = logits(dataclasses.replace(TINY, dtype='bfloat16'), tiny_params, ids)
+  bf16 = logits(dataclasses.replace(TINY, dtype="bfloat16"), tiny_params, ids)
   assert bf16.dtype == jnp.float32
   np.testing.assert_allclose(bf16, logits(TINY, tiny_params, ids), atol=0.05)
 
 
 def test_forward_flops():
-  config = gpt2.Gpt2Config(**SIZES['small'][0])
+  config = gpt2.Gpt2Config(**SIZES["small"][0])
   # 2 x (non-embedding parameters' matmuls) per token + attention scores + the tied LM head.
   per_token = 2 * 12 * (4 * 768 * 768 + 2 * 768 * 3072) + 2 * 12 * 2 * 1024 * 768 + 2 * 768 * 50257
   assert gpt2.forward_flops_per_sequence(config, 1024) == 1024 * per_token
 
 
 def test_bad_config(tiny_params):
-  with pytest.raises(PretrainError, match='divisible'):
+  with pytest.raises(PretrainError, match="divisible"):
     gpt2.Gpt2Config(hidden_size=100, num_heads=12)
-  with pytest.raises(PretrainError, match='n_embd'):
-    gpt2.Gpt2Config.from_dict({'n_embd': 768})
-  with pytest.raises(PretrainError, match='remat_policy'):
-    gpt2.Gpt2Config(remat_policy='some')
-  with pytest.raises(PretrainError, match='max_position_embeddings 32'):
+  with pytest.raises(PretrainError, match="n_embd"):
+    gpt2.Gpt2Config.from_dict({"n_embd": 768})
+  with pytest.raises(PretrainError, match="remat_policy"):
+    gpt2.Gpt2Config(remat_policy="some")
+  with pytest.raises(PretrainError, match="max_position_embeddings 32"):
     logits(TINY, tiny_params, random_ids(shape=(1, 33)))

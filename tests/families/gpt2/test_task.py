@@ -1,4 +1,5 @@
 """GPT-2 task: causal examples (chunked, packed), loss and metrics, and the train loop end to end."""
+
 import functools
 import json
 import os
@@ -26,14 +27,16 @@ def _docs(lengths, first_id=5):
   ids, out = iter(range(first_id, first_id + sum(lengths))), []
   for n in lengths:
     toks = [next(ids) for _ in range(n)]
-    out.append([toks[:n // 2], toks[n // 2:]])
+    out.append([toks[: n // 2], toks[n // 2 :]])
   return TokenizedDocs.from_lists(out)
 
 
 def _random_docs(seed=0, n_docs=40):
   """Documents of 1-89 random ids in [5, 512)."""
   rng = np.random.default_rng(seed)
-  return TokenizedDocs.from_lists([[rng.integers(5, 512, n).tolist()] for n in rng.integers(1, 90, n_docs)])
+  return TokenizedDocs.from_lists(
+    [[rng.integers(5, 512, n).tolist()] for n in rng.integers(1, 90, n_docs)]
+  )
 
 
 _Tokenizer = functools.partial(StandInTokenizer, 512, path="stand-in")
@@ -41,8 +44,15 @@ _Tokenizer = functools.partial(StandInTokenizer, 512, path="stand-in")
 
 def _task_config(**data):
   c = gpt2_config()
-  c.model.update(vocab_size=0, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                 max_position_embeddings=32, dtype="float32")
+  c.model.update(
+    vocab_size=0,
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=32,
+    dtype="float32",
+  )
   c.data.update(dict(dict(max_seq_length=32), **data))
   return c
 
@@ -62,28 +72,37 @@ def test_chunked_windows_shift_by_one_and_cover_the_stream():
   stream = ce.token_stream(docs)[0]
   batch = ex.batch(np.arange(6))
   assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {
-      "input_ids": ((6, 16), np.int32), "target_ids": ((6, 16), np.int32),
-      "loss_weights": ((6, 16), np.float32), "segment_ids": ((6, 16), np.int32),
-      "positions": ((6, 16), np.int32)}
+    "input_ids": ((6, 16), np.int32),
+    "target_ids": ((6, 16), np.int32),
+    "loss_weights": ((6, 16), np.float32),
+    "segment_ids": ((6, 16), np.int32),
+    "positions": ((6, 16), np.int32),
+  }
   np.testing.assert_array_equal(batch["input_ids"][:, 1:], batch["target_ids"][:, :-1])
   assert (batch["loss_weights"] == 1).all() and (batch["segment_ids"] == 1).all()
   np.testing.assert_array_equal(batch["positions"], np.tile(np.arange(16), (6, 1)))
   # The epoch's windows are consecutive pieces of the stream from one offset in [0, slack].
-  starts = sorted(int(np.flatnonzero((np.lib.stride_tricks.sliding_window_view(stream, 16)
-                                      == row).all(1))[0]) for row in batch["input_ids"])
+  starts = sorted(
+    int(np.flatnonzero((np.lib.stride_tricks.sliding_window_view(stream, 16) == row).all(1))[0])
+    for row in batch["input_ids"]
+  )
   assert starts == [starts[0] + 16 * k for k in range(6)] and 0 <= starts[0] <= 7
 
 
 def test_packed_examples_hold_whole_documents_as_segments():
   lengths = [30, 7, 50, 12, 3, 20]
   docs = _docs(lengths)
-  ex = ce.CausalExamples(docs, ce.CausalExampleConfig(seq_len=16, packing=True), vocab_size=512, seed=0)
+  ex = ce.CausalExamples(
+    docs, ce.CausalExampleConfig(seq_len=16, packing=True), vocab_size=512, seed=0
+  )
   batch = ex.batch(np.arange(len(ex)))
   w, seg, pos = batch["loss_weights"], batch["segment_ids"], batch["positions"]
   # Every document of n tokens appears as `EOT d` -> `d EOT`: n + 1 positions, all weighted.
   assert w.sum() == sum(n + 1 for n in lengths)
   np.testing.assert_array_equal(w, seg > 0)
-  assert ((batch["input_ids"] == 0) == (seg == 0)).all() and (batch["target_ids"][seg == 0] == 0).all()
+  assert ((batch["input_ids"] == 0) == (seg == 0)).all() and (
+    batch["target_ids"][seg == 0] == 0
+  ).all()
   pieces = []
   for b in range(len(ex)):
     n = int((seg[b] > 0).sum())
@@ -98,7 +117,9 @@ def test_packed_examples_hold_whole_documents_as_segments():
   stream = ce.token_stream(docs)[0]
   got_inputs = np.concatenate([p[0] for p in pieces])
   got_targets = np.concatenate([p[1] for p in pieces])
-  np.testing.assert_array_equal(got_inputs, stream[:-1])  # EOT d0 EOT d1 ... (each doc's own EOT first).
+  np.testing.assert_array_equal(
+    got_inputs, stream[:-1]
+  )  # EOT d0 EOT d1 ... (each doc's own EOT first).
   np.testing.assert_array_equal(got_targets, stream[1:])
   # n + 1 positions each; longer than 16 is split into pieces of 16 and the rest.
   assert sorted(p[0].size for p in pieces) == sorted([16, 15, 8, 16, 16, 16, 3, 13, 4, 16, 5])
@@ -106,7 +127,9 @@ def test_packed_examples_hold_whole_documents_as_segments():
 
 def test_packing_is_tight():
   docs = _random_docs(1, n_docs=400)
-  ex = ce.CausalExamples(docs, ce.CausalExampleConfig(seq_len=128, packing=True), vocab_size=512, seed=0)
+  ex = ce.CausalExamples(
+    docs, ce.CausalExampleConfig(seq_len=128, packing=True), vocab_size=512, seed=0
+  )
   real = docs.num_tokens + docs.num_docs
   assert len(ex) == -(-real // 128)  # Best-fit decreasing reaches the lower bound here.
   assert ex.padding_fraction() == pytest.approx(1 - real / (len(ex) * 128))
@@ -115,7 +138,10 @@ def test_packing_is_tight():
 def test_pack_pieces_best_fit_decreasing():
   # In the given order, filling one example at a time would need three (6 | 5 4 | 5).
   bins = ce.pack_pieces(np.array([6, 5, 4, 5]), 10, np.arange(4))
-  assert sorted(sorted(np.flatnonzero(bins == b).tolist()) for b in np.unique(bins)) == [[0, 2], [1, 3]]
+  assert sorted(sorted(np.flatnonzero(bins == b).tolist()) for b in np.unique(bins)) == [
+    [0, 2],
+    [1, 3],
+  ]
   with pytest.raises(ValueError):
     ce.pack_pieces(np.array([11]), 10, np.arange(1))
 
@@ -169,19 +195,26 @@ def test_loss_at_init_is_log_vocab_and_ignores_padding():
   task = gpt2_task.Gpt2Task(_task_config(packing=True), _Tokenizer())
   batch = task.examples(_random_docs(), seed=0).batch(np.arange(4))
   model = task.build_model()
-  params = nn.unbox(jax.jit(model.init)(jax.random.key(0), *task.init_args(task.dummy_batch(1)))["params"])
+  params = nn.unbox(
+    jax.jit(model.init)(jax.random.key(0), *task.init_args(task.dummy_batch(1)))["params"]
+  )
   loss = jax.jit(lambda p, b: task.loss(model, p, b, task.denominators(b)))
   objective, sums = loss(params, batch)
   metrics = task.finalize(sums)
   assert float(sums["weight_sum"]) == batch["loss_weights"].sum()
   assert abs(float(metrics["loss"]) - np.log(512)) < 0.1
   np.testing.assert_allclose(float(objective), float(metrics["loss"]), rtol=1e-6)
-  np.testing.assert_allclose(float(metrics["perplexity"]), np.exp(float(metrics["loss"])), rtol=1e-5)
+  np.testing.assert_allclose(
+    float(metrics["perplexity"]), np.exp(float(metrics["loss"])), rtol=1e-5
+  )
   assert 0 <= float(metrics["accuracy"]) < 0.05
   # Whatever sits in the padding changes nothing.
   assert (batch["loss_weights"] == 0).any()
-  noisy = dict(batch, input_ids=np.where(batch["segment_ids"] == 0, 77, batch["input_ids"]).astype(np.int32),
-               target_ids=np.where(batch["segment_ids"] == 0, 99, batch["target_ids"]).astype(np.int32))
+  noisy = dict(
+    batch,
+    input_ids=np.where(batch["segment_ids"] == 0, 77, batch["input_ids"]).astype(np.int32),
+    target_ids=np.where(batch["segment_ids"] == 0, 99, batch["target_ids"]).astype(np.int32),
+  )
   _, noisy_sums = loss(params, noisy)
   for k in sums:
     np.testing.assert_allclose(float(noisy_sums[k]), float(sums[k]), rtol=1e-6)
@@ -205,9 +238,18 @@ def test_gpt2_config_is_gpt2_small():
 def test_train_loop_learns(tiny_config, tmp_path):
   c = tiny_config
   c.task.name = "gpt2"
-  c.model = ml_collections.ConfigDict(dict(
-      vocab_size=0, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
-      max_position_embeddings=64, dropout_rate=0.0, attention_dropout_rate=0.0))
+  c.model = ml_collections.ConfigDict(
+    dict(
+      vocab_size=0,
+      hidden_size=64,
+      num_layers=2,
+      num_heads=4,
+      intermediate_size=128,
+      max_position_embeddings=64,
+      dropout_rate=0.0,
+      attention_dropout_rate=0.0,
+    )
+  )
   c.data.packing = False  # Packed examples go through the model in the loss test above.
   c.optimizer.update(learning_rate=3e-3, warmup_steps=2)
   c.train.update(steps=20, batch_size=16, log_every=4)
@@ -227,7 +269,9 @@ def test_train_loop_learns(tiny_config, tmp_path):
 
 def test_packed_stream_resumed_on_fewer_processes_sees_every_example_once():
   """2 processes for 3 steps, then 1 process for 3: the same packed rows, in the same order, as 1 process for 6."""
-  ex = ce.CausalExamples(_random_docs(), ce.CausalExampleConfig(seq_len=32, packing=True), vocab_size=512, seed=1)
+  ex = ce.CausalExamples(
+    _random_docs(), ce.CausalExampleConfig(seq_len=32, packing=True), vocab_size=512, seed=1
+  )
   straight = BatchStream(ex, 8, num_threads=1)
   want = [next(straight) for _ in range(6)]
   pair = [BatchStream(ex, 8, process_index=p, process_count=2, num_threads=1) for p in range(2)]

@@ -1,4 +1,5 @@
 """RoBERTa: FULL-SENTENCES blocks, dynamic masks, the model options, the task, a short training run."""
+
 import dataclasses
 import os
 import sys
@@ -20,19 +21,42 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mlm_examples import unique_ids, unmasked  # pylint: disable=g-import-not-at-top,wrong-import-position
 from model_checks import matmul_flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-BASE = bert.BertConfig(vocab_size=50265, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072,
-                       max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5,
-                       position_offset=2, pooler=False, nsp_head=False)
-TINY = dataclasses.replace(BASE, vocab_size=128, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                           max_position_embeddings=22)
+BASE = bert.BertConfig(
+  vocab_size=50265,
+  hidden_size=768,
+  num_layers=12,
+  num_heads=12,
+  intermediate_size=3072,
+  max_position_embeddings=514,
+  type_vocab_size=1,
+  layer_norm_eps=1e-5,
+  position_offset=2,
+  pooler=False,
+  nsp_head=False,
+)
+TINY = dataclasses.replace(
+  BASE,
+  vocab_size=128,
+  hidden_size=32,
+  num_layers=2,
+  num_heads=2,
+  intermediate_size=64,
+  max_position_embeddings=22,
+)
 CFG = rx.RobertaExampleConfig(max_seq_length=32, max_predictions_per_seq=6)
 
 
 def _random_docs(seed=0, n_docs=30, low=5, high=1000, max_len=12):
   rng = np.random.default_rng(seed)
   return TokenizedDocs.from_lists(
-      [[rng.integers(low, high, rng.integers(1, max_len + 1)).tolist() for _ in range(rng.integers(1, 8))]
-       for _ in range(n_docs)])
+    [
+      [
+        rng.integers(low, high, rng.integers(1, max_len + 1)).tolist()
+        for _ in range(rng.integers(1, 8))
+      ]
+      for _ in range(n_docs)
+    ]
+  )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +69,10 @@ def _body(ex):
   """The block between [CLS] and the final [SEP], checking the layout on the way."""
   ids, n = unmasked(ex), int(ex["input_mask"].sum())
   np.testing.assert_array_equal(ex["input_mask"], np.arange(ids.size) < n)
-  assert ids[0] == 2 and ids[n - 1] == 3 and (ids[n:] == 0).all() and (ex["input_ids"][n:] == 0).all()
-  return ids[1:n - 1]
+  assert (
+    ids[0] == 2 and ids[n - 1] == 3 and (ids[n:] == 0).all() and (ex["input_ids"][n:] == 0).all()
+  )
+  return ids[1 : n - 1]
 
 
 def _doc_of_token(docs):
@@ -62,12 +88,16 @@ def test_blocks_are_whole_sentences_with_a_separator_between_documents(unique):
   for i in range(ex.num_instances):  # One epoch.
     body = _body(ex[i])
     assert 1 <= body.size <= CFG.max_num_tokens and body[0] != 3 and body[-1] != 3
-    pieces = [p[p != 3] for p in np.split(body, np.flatnonzero(body == 3))]  # Split at the separators.
+    pieces = [
+      p[p != 3] for p in np.split(body, np.flatnonzero(body == 3))
+    ]  # Split at the separators.
     crossed += len(pieces) > 1
     for k, p in enumerate(pieces):
       pos = p - 5  # Corpus positions.
       assert p.size and (np.diff(pos) == 1).all() and len(set(doc_of[pos].tolist())) == 1
-      assert int(pos[0]) in sentence_starts and int(pos[-1]) + 1 in sentence_starts  # Whole sentences.
+      assert (
+        int(pos[0]) in sentence_starts and int(pos[-1]) + 1 in sentence_starts
+      )  # Whole sentences.
       if k > 0:
         assert int(pos[0]) in doc_starts  # After a separator, a document from its start ...
       if k < len(pieces) - 1:
@@ -82,10 +112,14 @@ def test_blocks_are_greedy(unique):
   """A block stops only where the next sentence (after a separator, if it opens a document) would overflow."""
   order = np.random.default_rng(0).permutation(unique.num_docs)
   stream, blocks = rx.plan_blocks(unique, CFG.max_num_tokens, order)
-  first_token = stream.token_ids(blocks[:, 0], unique.tokens, 3) - 5  # Corpus position of each block's start.
+  first_token = (
+    stream.token_ids(blocks[:, 0], unique.tokens, 3) - 5
+  )  # Corpus position of each block's start.
   sentence_ends = unique.sentence_starts[1:]
   next_len = sentence_ends[np.searchsorted(sentence_ends, first_token, side="right")] - first_token
-  gap = blocks[1:, 0] - blocks[:-1, 1]  # 1: the block before ended its document, a separator between.
+  gap = (
+    blocks[1:, 0] - blocks[:-1, 1]
+  )  # 1: the block before ended its document, a separator between.
   np.testing.assert_array_equal(gap, np.isin(blocks[1:, 0] - 1, stream.doc_start[1:]))
   assert blocks[0, 0] == 0 and blocks[-1, 1] == stream.doc_start[-1]
   assert (blocks[:-1, 1] - blocks[:-1, 0] + gap + next_len[1:] > CFG.max_num_tokens).all()
@@ -126,10 +160,18 @@ def test_deterministic_random_access_and_batches(unique):
     for k, v in again[int(i)].items():
       np.testing.assert_array_equal(batch[k][b], v, err_msg=k)
   assert {k: v.shape for k, v in batch.items()} == {
-      "input_ids": (5, 32), "input_mask": (5, 32), "masked_lm_positions": (5, 6), "masked_lm_ids": (5, 6),
-      "masked_lm_weights": (5, 6)}
-  assert all(v.dtype == (np.float32 if k == "masked_lm_weights" else np.int32) for k, v in batch.items())
-  assert not np.array_equal(ex.batch(np.arange(8))["input_ids"], other.batch(np.arange(8))["input_ids"])
+    "input_ids": (5, 32),
+    "input_mask": (5, 32),
+    "masked_lm_positions": (5, 6),
+    "masked_lm_ids": (5, 6),
+    "masked_lm_weights": (5, 6),
+  }
+  assert all(
+    v.dtype == (np.float32 if k == "masked_lm_weights" else np.int32) for k, v in batch.items()
+  )
+  assert not np.array_equal(
+    ex.batch(np.arange(8))["input_ids"], other.batch(np.arange(8))["input_ids"]
+  )
 
 
 def test_masks_are_new_on_every_draw_of_a_block():
@@ -140,10 +182,14 @@ def test_masks_are_new_on_every_draw_of_a_block():
   bodies = {}
   for i in range(3 * n):
     e = ex[i]
-    bodies.setdefault(_body(e).tobytes(), []).append(e["masked_lm_positions"][e["masked_lm_weights"] > 0])
+    bodies.setdefault(_body(e).tobytes(), []).append(
+      e["masked_lm_positions"][e["masked_lm_weights"] > 0]
+    )
   assert len(bodies) == n
   assert all(len(draws) == 3 for draws in bodies.values())
-  differ = sum(not (np.array_equal(d[0], d[1]) and np.array_equal(d[1], d[2])) for d in bodies.values())
+  differ = sum(
+    not (np.array_equal(d[0], d[1]) and np.array_equal(d[1], d[2])) for d in bodies.values()
+  )
   assert differ == n
 
 
@@ -171,7 +217,9 @@ def test_bad_inputs():
   with pytest.raises(PretrainError, match="max_seq_length"):
     rx.RobertaExampleConfig(max_seq_length=2)
   with pytest.raises(PretrainError, match="word_start"):
-    rx.RobertaExamples(docs, dataclasses.replace(CFG, whole_word_masking=True), vocab_size=1000, seed=0)
+    rx.RobertaExamples(
+      docs, dataclasses.replace(CFG, whole_word_masking=True), vocab_size=1000, seed=0
+    )
 
 
 # The model options.
@@ -212,11 +260,14 @@ def test_positions_start_at_the_offset_over_real_tokens():
   def with_rows(rows, value):
     p = jax.tree.map(lambda x: x, params)
     p["bert"]["embeddings"]["position_embeddings"]["embedding"] = np.where(
-        np.isin(np.arange(table.shape[0]), rows)[:, None], value, table).astype(np.float32)
+      np.isin(np.arange(table.shape[0]), rows)[:, None], value, table
+    ).astype(np.float32)
     return apply(p)[0]
 
   real = mask[:, :, None] > 0
-  np.testing.assert_array_equal(np.where(real, with_rows(np.array([0, 1]), 5.0), 0), np.where(real, mlm, 0))
+  np.testing.assert_array_equal(
+    np.where(real, with_rows(np.array([0, 1]), 5.0), 0), np.where(real, mlm, 0)
+  )
   # Row 2 is every sequence's first token; row 2 + 7 is past the second sequence's last.
   changed = np.abs(with_rows(np.array([2]), 5.0) - mlm).max(axis=(1, 2))
   assert (changed > 1e-3).all()
@@ -246,11 +297,21 @@ def test_flops_count_no_pooler_or_nsp_head():
 
 def _task_config(**data):
   from pretrain.families.roberta.config import roberta_config  # pylint: disable=import-outside-toplevel
+
   c = roberta_config()
   c.task.name = "roberta"
-  c.model.update(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, max_position_embeddings=34,
-                 type_vocab_size=1, layer_norm_eps=1e-5)
-  c.data.update(dict(dict(max_seq_length=32, max_predictions_per_seq=6, next_sentence_prediction=False), **data))
+  c.model.update(
+    hidden_size=32,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=64,
+    max_position_embeddings=34,
+    type_vocab_size=1,
+    layer_norm_eps=1e-5,
+  )
+  c.data.update(
+    dict(dict(max_seq_length=32, max_predictions_per_seq=6, next_sentence_prediction=False), **data)
+  )
   return c
 
 
@@ -259,6 +320,7 @@ TOKENIZER = StandInTokenizer(1000, path="fake.model")
 
 def test_task_loss_metrics_and_flops():
   from pretrain import families  # pylint: disable=import-outside-toplevel
+
   task = families.get_task(_task_config(), TOKENIZER)
   assert isinstance(task, roberta_task.RobertaTask) and task.name == "roberta"
   mc = task.model_config
@@ -273,7 +335,10 @@ def test_task_loss_metrics_and_flops():
 
   def objective(p):
     return task.loss(model, p, batch, task.denominators(batch))
-  (value, sums), grads = jax.device_get(jax.jit(jax.value_and_grad(objective, has_aux=True))(params))
+
+  (value, sums), grads = jax.device_get(
+    jax.jit(jax.value_and_grad(objective, has_aux=True))(params)
+  )
   metrics = task.finalize(sums)
   assert set(metrics) == {"loss", "mlm_loss", "mlm_accuracy"}
   np.testing.assert_allclose(value, metrics["loss"], rtol=1e-4)

@@ -1,4 +1,5 @@
 """Toy examples: windows of the documents laid end to end (`EOT d0 EOT d1 ...`), one window per index."""
+
 import numpy as np
 
 from pretrain.data import streams
@@ -20,5 +21,7 @@ class Windows:
 
   def batch(self, indices) -> dict[str, np.ndarray]:
     starts = (np.asarray(indices, np.int64) * 7919 + self.seed) % self.span
-    ids = self.stream.token_ids(starts[:, None] + np.arange(self.seq_len + 1), self.docs, self.eot_id)
+    ids = self.stream.token_ids(
+      starts[:, None] + np.arange(self.seq_len + 1), self.docs, self.eot_id
+    )
     return {"input_ids": ids[:, :-1], "target_ids": ids[:, 1:]}

@@ -1,4 +1,5 @@
 """Toy model: each token's embedding -> logits of the next token (a bigram LM)."""
+
 import flax.linen as nn
 
 

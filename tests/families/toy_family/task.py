@@ -1,4 +1,5 @@
 """Toy task: next-token prediction with a bigram model, on the shared data path and the shared loss."""
+
 import dataclasses
 
 import jax.numpy as jnp
@@ -24,8 +25,11 @@ class ToyTask(base.Task):
   name = "toy"
 
   def __init__(self, config, tokenizer):
-    self.config = ToyConfig(vocab_size=tokenizer.vocab_size, hidden_size=int(config.model.hidden_size),
-                            seq_len=int(config.data.max_seq_length))
+    self.config = ToyConfig(
+      vocab_size=tokenizer.vocab_size,
+      hidden_size=int(config.model.hidden_size),
+      seq_len=int(config.data.max_seq_length),
+    )
     self.special = tokenizer.special
 
   def examples(self, docs, seed: int) -> examples.Windows:
@@ -52,12 +56,19 @@ class ToyTask(base.Task):
     del dropout_rng
     logits = model.apply({"params": params}, *self.init_args(batch), deterministic=deterministic)
     nll, correct, _ = cross_entropy(logits, batch["target_ids"])
-    sums = {"loss_sum": jnp.sum(nll), "correct_sum": jnp.sum(correct), "count": jnp.asarray(nll.size, jnp.float32)}
+    sums = {
+      "loss_sum": jnp.sum(nll),
+      "correct_sum": jnp.sum(correct),
+      "count": jnp.asarray(nll.size, jnp.float32),
+    }
     return sums["loss_sum"] / denominators["tokens"], sums
 
   @staticmethod
   def finalize(sums) -> dict:
-    return {"loss": sums["loss_sum"] / sums["count"], "accuracy": sums["correct_sum"] / sums["count"]}
+    return {
+      "loss": sums["loss_sum"] / sums["count"],
+      "accuracy": sums["correct_sum"] / sums["count"],
+    }
 
   def train_flops_per_example(self) -> float:
     return 3.0 * 2.0 * self.config.seq_len * self.config.hidden_size * self.config.vocab_size
