@@ -16,11 +16,9 @@ wall time is the measurement) unless --noprepare. --profile: where one unit's an
 """
 
 import cProfile
-import gc
 import json
 import os
 import pstats
-import resource
 import shutil
 import subprocess
 import sys
@@ -35,20 +33,20 @@ import numpy as np
 from pretrain import ablate
 from pretrain import cli
 from pretrain.bench import common
+from pretrain.bench import data_children as children
+from pretrain.bench.data_report import CHIPS, format_tables
 from pretrain.data import corpus as corpus_lib
 from pretrain.data import prepare as prepare_lib
 from pretrain.data import special_tokens
 from pretrain.data import store as store_lib
 from pretrain.data import tokenized as tokenized_lib
-from pretrain.data import tokenizer_files
 from pretrain.errors import PretrainError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MB = 1 << 20
+MB = children.MB
 FILE_BYTES = 64 << 20
 _MARK = "BENCH_DATA_RESULT "
 _MAX_OLD_PATH_MIB = 12 * 1024  # The old in-memory path is skipped where it would need more.
-_CHIPS = (("TPU v5p", "tpu", "TPU v5p"), ("H100", "gpu", "NVIDIA H100 80GB HBM3"))
 _SEQS = ((128, 20), (512, 80))  # bert_base's two phases: (max_seq_length, max_predictions_per_seq).
 
 
@@ -131,154 +129,6 @@ def run_child(kind: str, args: dict, env: dict | None = None) -> dict:
   if proc.returncode or not lines:
     raise PretrainError(f"the {kind} child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
   return json.loads(lines[-1][len(_MARK) :])
-
-
-def _proc_status() -> dict:
-  """RSS parts of this process now, in MiB (from /proc/self/status)."""
-  with open("/proc/self/status", encoding="ascii") as f:
-    fields = dict(line.split(":", 1) for line in f if ":" in line)
-  return {
-    k: int(fields[k].split()[0]) / 1024
-    for k in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem")
-  }
-
-
-def _peak_rss_mib() -> float:
-  """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that across fork + exec, so a child's
-  starts at its parent's peak (here the bench's, up to GBs), which hides the child's own."""
-  return _proc_status()["VmHWM"]
-
-
-_SP = {}
-
-
-def hf_encode(batch: dict, model_path: str) -> dict:
-  """`datasets.map` function: every line encoded with the sentencepiece model (loaded once per worker)."""
-  if model_path not in _SP:
-    import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-
-    _SP[model_path] = spm.SentencePieceProcessor(model_file=model_path)
-  return {"input_ids": _SP[model_path].encode(batch["text"], out_type=int)}
-
-
-def child_datasets(a: dict) -> dict:
-  """HF datasets: the text files into Arrow, then every line tokenized into its Arrow cache."""
-  import datasets  # pylint: disable=g-import-not-at-top
-  import pyarrow.compute as pc  # pylint: disable=g-import-not-at-top
-
-  datasets.disable_progress_bars()
-  cores, files = int(a["cores"]), a["files"]
-  t0 = time.perf_counter()
-  ds = datasets.load_dataset(
-    "text",
-    data_files=files,
-    split="train",
-    cache_dir=a["cache_dir"],
-    num_proc=cores if len(files) > 1 else None,
-  )
-  t1 = time.perf_counter()
-  ds = ds.map(
-    hf_encode,
-    batched=True,
-    num_proc=cores,
-    remove_columns=["text"],
-    fn_kwargs={"model_path": a["model_path"]},
-  )
-  t2 = time.perf_counter()
-  lengths = pc.list_value_length(ds.data.table.column("input_ids"))
-  cache_mb = (
-    sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(a["cache_dir"]) for n in ns)
-    / MB
-  )
-  return {
-    "load_seconds": t1 - t0,
-    "map_seconds": t2 - t1,
-    "seconds": t2 - t0,
-    "rows": len(ds),
-    "tokens": int(pc.sum(lengths).as_py()),
-    "cache_mb": cache_mb,
-  }
-
-
-def child_train(a: dict) -> dict:
-  """bert_tiny on the store: time to the first batch (measured here, before train) and to the end of the
-  first step (train's own metrics), peak RSS and RSS parts at the end."""
-  import psutil  # pylint: disable=g-import-not-at-top
-
-  started = psutil.Process().create_time()
-  from pretrain import families  # pylint: disable=g-import-not-at-top
-  from pretrain import train as train_lib  # pylint: disable=g-import-not-at-top
-  from pretrain.data import pipeline  # pylint: disable=g-import-not-at-top
-  from pretrain.data import sources  # pylint: disable=g-import-not-at-top
-
-  config = ablate.load_config_file("configs/bert_tiny.py")
-  overrides = {
-    "data.source": "prepared",
-    "data.paths": a["store"],
-    "train.steps": int(a["steps"]),
-    "train.log_every": 1,
-    "eval.every_steps": 0,
-    "checkpoint.every_steps": 10**9,
-    "metrics.progress_bar": False,
-    **a.get("overrides", {}),
-  }
-  for key, value in overrides.items():
-    section, name = key.split(".")
-    config[section][name] = value
-  t0 = time.time()
-  tokenizer, stores = sources.open_stores(config.data, config.tokenizer)
-  task = families.get_task(config.copy_and_resolve_references(), tokenizer)
-  source = sources.example_source(
-    task, stores, "train", config.data.seed, run_length=config.data.mixture_run_length
-  )
-  stream = pipeline.BatchStream(
-    source,
-    config.train.batch_size,
-    num_threads=config.data.num_threads,
-    prefetch_batches=config.data.prefetch_batches,
-  )
-  next(stream)
-  t_batch = time.time()
-  rss_batch = _peak_rss_mib()
-  del stream, source, stores, task
-  gc.collect()
-  train_lib.train(config, a["workdir"])
-  with open(os.path.join(a["workdir"], "run_start.json"), encoding="utf-8") as f:
-    train_start = json.load(f)["first_start_time"]
-  with open(os.path.join(a["workdir"], "metrics.jsonl"), encoding="utf-8") as f:
-    rows = [json.loads(l) for l in f]
-  step1 = next(r for r in rows if r["step"] == 1 and "wall_seconds" in r)
-  compile_s = next(r["compile_seconds"] for r in rows if "compile_seconds" in r)
-  status = _proc_status()
-  return {
-    "first_batch_s": t_batch - started,
-    "data_startup_s": t_batch - t0,
-    "imports_s": t0 - started,
-    "first_step_done_s": train_start + step1["wall_seconds"] - started,
-    "compile_s": compile_s,
-    "peak_rss_mib": _peak_rss_mib(),
-    "peak_rss_first_batch_mib": rss_batch,
-    "rss_anon_mib": status["RssAnon"],
-    "rss_file_mib": status["RssFile"],
-    "rss_shmem_mib": status["RssShmem"],
-    "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-  }
-
-
-def child_inmemory(a: dict) -> dict:
-  """The old start-up: the whole corpus read and tokenized into memory."""
-  tokenizer = tokenizer_files.open_tokenizer(a["model_path"])
-  base = _proc_status()["VmRSS"]
-  t0 = time.perf_counter()
-  docs = tokenized_lib.tokenize_documents(corpus_lib.load_corpus(a["data_cfg"]).train, tokenizer)
-  return {
-    "seconds": time.perf_counter() - t0,
-    "peak_rss_mib": _peak_rss_mib(),
-    "base_rss_mib": base,
-    "end_rss_mib": _proc_status()["VmRSS"],
-    "train_tokens": int(docs.num_tokens),
-    "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-  }
 
 
 def _stream_task(tokenizer, seq: int, predictions: int):
@@ -368,7 +218,7 @@ def consumption() -> list[dict]:
     config.data.update(max_seq_length=seq, max_predictions_per_seq=predictions)
     task = families.get_task(config, special_tokens.StandInTokenizer(config.tokenizer.vocab_size))
     flops = task.train_flops_per_example()
-    for chip, platform, kind in _CHIPS:
+    for chip, platform, kind in CHIPS:
       device = types.SimpleNamespace(platform=platform, device_kind=kind)
       peak = metrics_lib.peak_flops_per_device(config.metrics, device)
       out.append(
@@ -489,159 +339,11 @@ def run(
   return results
 
 
-def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-  line = lambda cells: "| " + " | ".join(cells) + " |"
-  rule = "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"
-  return [line(header), rule] + [line(r) for r in rows]
-
-
-def format_tables(results: dict) -> str:
-  """The results as Markdown tables."""
-  sizes, cores = results["sizes"], results["cores"]
-  mb = lambda r: f"{r['text_bytes'] / MB:,.1f}"
-  lines = [
-    f"Corpus: {results['corpus']}; tokenizer vocab {results['vocab_size']}; {cores} cores.",
-    "",
-  ]
-  prep = [r for r in sizes if "prepare" in r]
-  if prep:
-    lines += ["Preparation (MB of text per second; MB = 2^20 bytes):", ""]
-    lines += _table(
-      [
-        "corpus MB",
-        "files",
-        "units (workers)",
-        "prepare s",
-        "MB/s",
-        "MB/s/core",
-        "datasets s (load + map)",
-        "MB/s",
-        "MB/s/core",
-        "prepare / datasets",
-      ],
-      [
-        [
-          mb(r),
-          str(r["files"]),
-          f"{r['prepare']['units']} ({r['prepare']['workers']})",
-          f"{r['prepare']['seconds']:.1f}",
-          f"{r['prepare']['mb_per_s']:.2f}",
-          f"{r['prepare']['mb_per_s_per_core']:.2f}",
-          f"{r['datasets']['seconds']:.1f} ({r['datasets']['load_seconds']:.1f} + "
-          f"{r['datasets']['map_seconds']:.1f})",
-          f"{r['datasets']['mb_per_s']:.2f}",
-          f"{r['datasets']['mb_per_s_per_core']:.2f}",
-          f"{r['prepare_over_datasets']:.2f}x",
-        ]
-        for r in prep
-      ],
-    )
-    out = [
-      f"{mb(r)} MB -> store {r['prepare']['store_mb']:,.1f} MB ({r['prepare']['train_tokens']:,} train "
-      f"tokens), datasets cache {r['datasets']['cache_mb']:,.1f} MB ({r['datasets']['tokens']:,} tokens)"
-      for r in prep
-    ]
-    lines += ["", "Output: " + "; ".join(out), ""]
-  lines += [
-    "Training process (bert_tiny on the store, fresh subprocess; seconds from process start; MiB):",
-    "",
-  ]
-  rows = []
-  for r in sizes:
-    t, m = r["train"], r["in_memory"]
-    old = (
-      ["skipped", m["skipped"]]
-      if "skipped" in m
-      else [
-        f"{m['seconds']:.1f}",
-        f"{m['peak_rss_mib']:,.0f} (+{m['peak_rss_mib'] - m['base_rss_mib']:,.0f})",
-      ]
-    )
-    rows.append(
-      [
-        mb(r),
-        f"{t['first_batch_s']:.1f} ({t['data_startup_s']:.2f})",
-        f"{t['first_step_done_s']:.1f}",
-        f"{t['peak_rss_first_batch_mib']:,.0f} ({t['peak_rss_first_batch_increase']:+.1%})",
-        f"{t['peak_rss_mib']:,.0f}",
-        f"{t['peak_rss_increase']:+.1%}",
-        f"{t['rss_anon_mib']:,.0f}",
-        f"{t['rss_file_mib']:,.0f}",
-        *old,
-      ]
-    )
-  lines += _table(
-    [
-      "corpus MB",
-      "first batch s (data part)",
-      "first step done s",
-      "peak RSS to first batch (vs smallest)",
-      "peak RSS",
-      "vs smallest",
-      "RssAnon end",
-      "RssFile end",
-      "old path s",
-      "old path peak RSS (+ over its start)",
-    ],
-    rows,
-  )
-  tg = results["targets"]
-  lines += [
-    "",
-    f"Targets, {mb(sizes[0])} -> {mb(sizes[-1])} MB: peak RSS {tg['peak_rss_increase']:+.1%} "
-    f"({'met' if tg['rss_met'] else 'MISSED'}: < 5%; to the first batch "
-    f"{tg['peak_rss_first_batch_increase']:+.1%}); first batch {tg['first_batch_s']:.1f} s "
-    f"({'met' if tg['startup_met'] else 'MISSED'}: < 10 s)",
-    "",
-  ]
-  per_chip = {(c["chip"], c["seq"]): c["examples_per_s"] for c in results["consumption"]}
-  lines += [
-    "bert_base at MFU 0.5 consumes per chip (examples/s): "
-    + ", ".join(f"{chip} seq {seq} {v:,.0f}" for (chip, seq), v in per_chip.items()),
-    "",
-  ]
-  rows = []
-  for r in sizes:
-    for s in r.get("streams", []):
-      fed = [f"{s['store'] / per_chip[(chip, s['seq'])]:.1f}" for chip, _, _ in _CHIPS]
-      rows.append(
-        [
-          mb(r),
-          str(s["seq"]),
-          f"{s['store']:,.0f}",
-          f"{s['in_memory']:,.0f}",
-          f"{s['store'] / s['in_memory']:.2f}x",
-          *fed,
-        ]
-      )
-  if rows:
-    lines += ["BatchStream (BERT task, batch 256, 2 threads, examples/s after warm-up):", ""]
-    lines += _table(
-      [
-        "corpus MB",
-        "seq",
-        "store",
-        "in-memory",
-        "store / in-memory",
-        *[f"{c} chips fed" for c, _, _ in _CHIPS],
-      ],
-      rows,
-    )
-  for name, what in (
-    ("prepare_unit", "one prepare unit (run_unit)"),
-    ("store_batches", "20 store batches"),
-  ):
-    if name in results.get("profile", {}):
-      p = results["profile"][name]
-      lines += [
-        "",
-        f"cProfile, {what}: {p['seconds']:.2f} s wall; own time: "
-        + "; ".join(f"{t['function']} {t['seconds']:.2f} s ({t['share']:.0%})" for t in p["top"]),
-      ]
-  return "\n".join(lines)
-
-
-_CHILDREN = {"datasets": child_datasets, "train": child_train, "inmemory": child_inmemory}
+_CHILDREN = {
+  "datasets": children.child_datasets,
+  "train": children.child_train,
+  "inmemory": children.child_inmemory,
+}
 
 
 def define_flags() -> None:
