@@ -34,13 +34,17 @@ class BertTask(base.Task):
   """MLM + NSP on `[CLS] A [SEP] B [SEP]` pairs built on the fly from the corpus.
 
   With model.nsp_head=False and data.next_sentence_prediction=False it is MLM only.
-  A subclass (RoBERTa) changes the model defaults, the option checks and the
-  examples through `_model_config`, `_check_options` and `_example_config`.
+  A subclass (RoBERTa) changes the model defaults and the option checks through
+  `_model_config` and `_check_options`, and the examples through the two
+  example classes.
   """
 
   name = "bert"
   sampling = base.FILL_MASKS
   layer_stacks = {"layer": "layers"}
+  # The examples and their options; the options are the data section's keys of the same names.
+  example_config_class = BertExampleConfig
+  examples_class = BertExamples
 
   def __init__(self, config, tokenizer):
     self.model_config = self._model_config(config, tokenizer)
@@ -70,21 +74,14 @@ class BertTask(base.Task):
         )
       )
 
-  def _example_config(self, data) -> BertExampleConfig:
-    d = data
-    return BertExampleConfig(
-      max_seq_length=d.max_seq_length,
-      short_seq_prob=d.short_seq_prob,
-      masked_lm_prob=d.masked_lm_prob,
-      max_predictions_per_seq=d.max_predictions_per_seq,
-      whole_word_masking=d.whole_word_masking,
-      next_sentence_prediction=d.next_sentence_prediction,
-    )
+  def _example_config(self, data):
+    cls = self.example_config_class
+    return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
 
   # --- data ---------------------------------------------------------------
 
-  def examples(self, docs, seed: int) -> BertExamples:
-    return BertExamples(
+  def examples(self, docs, seed: int):
+    return self.examples_class(
       docs,
       self.example_config,
       self.vocab_size,

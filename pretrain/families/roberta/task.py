@@ -22,6 +22,8 @@ class RobertaTask(bert_task.BertTask):
   """MLM on `[CLS] sentences [SEP] sentences of the next document [SEP]` blocks."""
 
   name = "roberta"
+  example_config_class = RobertaExampleConfig
+  examples_class = RobertaExamples
 
   def _model_config(self, config, tokenizer):
     return bert_task.model_config(config, tokenizer, **MODEL_DEFAULTS)
@@ -33,25 +35,6 @@ class RobertaTask(bert_task.BertTask):
       raise PretrainError(
         "RoBERTa has no next-sentence prediction: set data.next_sentence_prediction=False"
       )
-
-  def _example_config(self, data) -> RobertaExampleConfig:
-    d = data
-    return RobertaExampleConfig(
-      max_seq_length=d.max_seq_length,
-      masked_lm_prob=d.masked_lm_prob,
-      max_predictions_per_seq=d.max_predictions_per_seq,
-      whole_word_masking=d.whole_word_masking,
-    )
-
-  def examples(self, docs, seed: int) -> RobertaExamples:
-    return RobertaExamples(
-      docs,
-      self.example_config,
-      self.vocab_size,
-      seed,
-      word_start=self.word_start,
-      special=self.special,
-    )
 
   @property
   def min_shard(self) -> tuple[int, int]:
