@@ -118,6 +118,9 @@ def base_config() -> ml_collections.ConfigDict:
       grad_accum_steps=1,  # Microbatches per step; batch_size must divide evenly.
       seed=0,
       log_every=100,
+      # A step whose loss or gradients are not finite is skipped (params and optimizer moments kept,
+      # the step counter advances); the run stops when more than this many in a row were skipped.
+      max_skipped_steps=0,
     )
   )
 

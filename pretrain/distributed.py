@@ -23,16 +23,19 @@ cannot be cancelled: a caller that gets that error should exit the process
 
 import dataclasses
 import glob
+import hashlib
 import importlib.util
+import json
 import logging
 import os
 import re
 import socket
 import threading
 import time
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import jax
+import numpy as np
 
 from pretrain.errors import PretrainError
 
@@ -377,3 +380,86 @@ def _timeout_message(launch: Launch, timeout_s: float) -> str:
     f"process {pid} reached the coordinator at {address}, but not all {n} processes joined within "
     f"{timeout_s} s; check that the launch started {n} processes with distinct ids 0 .. {n - 1}"
   )
+
+
+def _flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+  """{'section.key': the value as JSON} of a nested config dict."""
+  out = {}
+  for k, v in config.items():
+    if isinstance(v, Mapping) and v:
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = json.dumps(v, sort_keys=True, default=str)
+  return out
+
+
+def _facts(config: Mapping[str, Any], tokenizer: str, corpus: str) -> dict[str, Any]:
+  return {"config": _flatten(config), "tokenizer": tokenizer, "corpus": corpus}
+
+
+def _digests(facts: dict[str, Any]) -> np.ndarray:
+  """One sha256 per fact, as int32 words: (3, 8)."""
+  rows = [
+    np.frombuffer(hashlib.sha256(json.dumps(facts[k], sort_keys=True).encode()).digest(), np.int32)
+    for k in ("config", "tokenizer", "corpus")
+  ]
+  return np.stack(rows)
+
+
+def disagreement(facts: Sequence[dict[str, Any]], limit: int = 3) -> str | None:
+  """What the processes' facts (index = process id) differ in from process 0's; None if nothing.
+
+  The same text on every process, so that all of them stop with the same error.
+  """
+  ref = facts[0]
+  found = []
+  for pid, f in enumerate(facts[1:], start=1):
+    diffs = []
+    for key in sorted(set(ref["config"]) | set(f["config"])):
+      mine, theirs = f["config"].get(key, "(unset)"), ref["config"].get(key, "(unset)")
+      if mine != theirs:
+        diffs.append(f"config {key} is {mine} on process {pid} but {theirs} on process 0")
+    for what in ("tokenizer", "corpus"):
+      if f[what] != ref[what]:
+        diffs.append(
+          f"{what} fingerprint is {f[what][:12]} on process {pid} but {ref[what][:12]} on process 0"
+        )
+    if diffs:
+      more = f" (and {len(diffs) - limit} more)" if len(diffs) > limit else ""
+      found.append(f"process {pid}: " + "; ".join(diffs[:limit]) + more)
+  if not found:
+    return None
+  others = f"; {len(found) - limit} more processes differ" if len(found) > limit else ""
+  return (
+    f"the processes do not run the same thing: {' | '.join(found[:limit])}{others}. Every process "
+    "must be given the same config, tokenizer and corpus"
+  )
+
+
+def check_processes_agree(config: Mapping[str, Any], tokenizer: str, corpus: str) -> None:
+  """Raises the same PretrainError on every process when any process's config (the resolved dict),
+  tokenizer fingerprint or corpus fingerprint differs from process 0's; a no-op for one process.
+
+  Every process must call it at the same point. First the three hashes are gathered; only when they
+  differ is every process's full config gathered too, so each can name the fields in one message.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  facts = _facts(config, tokenizer, corpus)
+  digests = np.asarray(multihost_utils.process_allgather(_digests(facts)))
+  if (digests == digests[0]).all():
+    return
+  payload = np.frombuffer(json.dumps(facts, sort_keys=True).encode(), np.uint8)
+  lengths = np.asarray(multihost_utils.process_allgather(np.int32(payload.size))).reshape(-1)
+  padded = np.zeros(int(lengths.max()), np.int32)  # int32: collectives of every backend carry it.
+  padded[: payload.size] = payload
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  everyone = [
+    json.loads(bytes(row[:n].astype(np.uint8)).decode()) for row, n in zip(gathered, lengths)
+  ]
+  message = disagreement(everyone) or (
+    "the processes' config, tokenizer or corpus hashes differ, but not their contents"
+  )
+  raise PretrainError(message)

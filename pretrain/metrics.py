@@ -19,34 +19,70 @@ from pretrain import paths
 
 _logger = logging.getLogger(__name__)
 
-# Dense bf16 peak FLOP/s per device (per chip; per core for v2/v3/v4 megacore chips this is the chip).
-_PEAK_FLOPS = (
-  ("v6", 918e12),
-  ("v5p", 459e12),
-  ("v5 lite", 197e12),
-  ("v5e", 197e12),
-  ("v4", 275e12),
-  ("v3", 123e12),
-  ("v2", 45e12),
-  ("h200", 989e12),
-  ("h100", 989e12),
-  ("a100", 312e12),
-  ("l4", 121e12),
-)
+# Dense (not sparse) bf16 peak FLOP/s of one JAX device, by the exact `device.device_kind` string.
+# A JAX device is a TensorCore on TPU v2/v3 (two per chip, each its own device) and a whole chip from
+# v4 on (megacore, or one core per chip); a GPU is one device.
+_TPU_PEAK = {
+  # Cloud TPU system architecture docs: 45 TFLOP/s per v2 chip, 2 TensorCores (devices) per chip.
+  "tpu v2": 45e12 / 2,
+  # Same docs: 123 TFLOP/s per v3 chip, 2 TensorCores (devices) per chip.
+  "tpu v3": 123e12 / 2,
+  # Same docs: 275 TFLOP/s per v4 chip; megacore, one device per chip.
+  "tpu v4": 275e12,
+  # Cloud TPU v5p docs: 459 TFLOP/s per chip; megacore, one device. JAX calls it "TPU v5".
+  "tpu v5": 459e12,
+  "tpu v5p": 459e12,
+  # Cloud TPU v5e docs: 197 TFLOP/s per chip, one TensorCore. JAX calls it "TPU v5 lite".
+  "tpu v5 lite": 197e12,
+  "tpu v5e": 197e12,
+  # Cloud TPU v6e (Trillium) docs: 918 TFLOP/s per chip, one TensorCore. JAX: "TPU v6 lite".
+  "tpu v6 lite": 918e12,
+  "tpu v6e": 918e12,
+}
+_GPU_PEAK = {
+  # NVIDIA H100 datasheet, bf16 tensor core without sparsity (the sheet's 1979/1513/1671 are sparse).
+  "nvidia h100 80gb hbm3": 989e12,  # H100 SXM5.
+  "nvidia h100 pcie": 756e12,
+  "nvidia h100 nvl": 835e12,
+  # NVIDIA H200 datasheet: SXM the same tensor cores as H100 SXM (1979 sparse); NVL 1671 sparse.
+  "nvidia h200": 989e12,
+  "nvidia h200 nvl": 835e12,
+  # NVIDIA GH200 datasheet: the Hopper GPU of H100 SXM.
+  "nvidia gh200 480gb": 989e12,
+  # NVIDIA L4 datasheet: 242 TFLOP/s bf16 with sparsity.
+  "nvidia l4": 121e12,
+  # NVIDIA L40S datasheet: 733 TFLOP/s bf16 with sparsity.
+  "nvidia l40s": 362e12,
+}
+# NVIDIA A100 datasheet: 312 TFLOP/s bf16 dense for every A100 (SXM4/PCIe, 40/80 GB).
+_GPU_PREFIX_PEAK = (("nvidia a100", 312e12),)
+
+
+def peak_flops(metrics_cfg, device=None) -> tuple[float, str]:
+  """(peak FLOP/s of one JAX device, where the figure comes from); NaN for an unknown device kind.
+
+  The config's metrics.peak_flops_per_device wins; a CPU takes metrics.cpu_peak_flops; else the
+  tables above, by the device's exact kind, so that no variant borrows another's figure.
+  """
+  if metrics_cfg.peak_flops_per_device:
+    return float(metrics_cfg.peak_flops_per_device), "metrics.peak_flops_per_device"
+  device = device or jax.devices()[0]
+  if device.platform == "cpu":
+    return float(metrics_cfg.cpu_peak_flops), "metrics.cpu_peak_flops"
+  kind = device.device_kind.strip().lower()
+  if kind in _TPU_PEAK or kind in _GPU_PEAK:
+    return _TPU_PEAK.get(kind) or _GPU_PEAK[kind], f"table: {device.device_kind}"
+  for prefix, flops in _GPU_PREFIX_PEAK:
+    if kind.startswith(prefix):
+      return flops, f"table: {device.device_kind}"
+  return float("nan"), (
+    f"unknown device kind {device.device_kind!r}: set metrics.peak_flops_per_device"
+  )
 
 
 def peak_flops_per_device(metrics_cfg, device=None) -> float:
-  """Peak FLOP/s of one device: the config's figure, else the table, else the CPU figure."""
-  if metrics_cfg.peak_flops_per_device:
-    return float(metrics_cfg.peak_flops_per_device)
-  device = device or jax.devices()[0]
-  if device.platform == "cpu":
-    return float(metrics_cfg.cpu_peak_flops)
-  kind = device.device_kind.lower()
-  for key, flops in _PEAK_FLOPS:
-    if key in kind:
-      return flops
-  return float("nan")
+  """Peak FLOP/s of one JAX device (see `peak_flops`); NaN for an unknown device kind."""
+  return peak_flops(metrics_cfg, device)[0]
 
 
 class MetricsWriter:

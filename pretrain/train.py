@@ -136,6 +136,9 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   mesh = sharding.make_mesh(config.mesh)
   _validate(config, mesh)
   is_main = jax.process_index() == 0
+  max_skipped = int(config.train.get("max_skipped_steps", 0))
+  if max_skipped < 0:
+    raise PretrainError(f"train.max_skipped_steps={max_skipped} must be 0 or more")
 
   tokenizer, stores = data_sources.open_stores(config.data, config.tokenizer)
   task = families.get_task(config, tokenizer)
@@ -154,6 +157,12 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     else None
   )
   corpus_stats = data_sources.describe(stores)
+  # Before anything is written or restored: every process must run what process 0 runs.
+  distributed.check_processes_agree(
+    json.loads(json.dumps(config.to_dict(), default=str)),
+    tokenizer.fingerprint,
+    data_sources.fingerprint(stores),
+  )
 
   try:
     epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # A no-op under a gs:// bucket.
@@ -236,7 +245,11 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     )
 
   flops_per_step = task.train_flops_per_example() * global_batch
-  peak = metrics_lib.peak_flops_per_device(config.metrics) * jax.device_count()
+  peak_per_device, peak_source = metrics_lib.peak_flops(config.metrics)
+  peak = peak_per_device * jax.device_count()  # NaN for an unknown device kind: no MFU then.
+  if is_main and not math.isfinite(peak):
+    _logger.warning("no MFU: %s", peak_source)
+  skips = {"consecutive": 0}  # Consecutive skipped steps up to the last one flushed.
   tokens_per_step = global_batch * task.tokens_per_example
   eval_batches: list = []  # Made at the first eval.
   last_row: dict = {}
@@ -261,20 +274,47 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   progress.new_interval()
 
   def flush(step) -> dict:
-    """Fetches pending metrics, stops at the first non-finite loss, writes the averaged row."""
+    """Fetches pending metrics, stops past train.max_skipped_steps consecutive skipped steps, writes the row.
+
+    The jitted step has already skipped any step whose loss or gradients were not finite (step.py);
+    a flush comes before every save, so no checkpoint is written after a step that stops the run.
+    """
     if not pending:
       return {}
     fetched = jax.device_get([m for _, m in pending])
     for (s, _), m in zip(pending, fetched):
-      if not math.isfinite(float(m["loss"])):
-        good = checkpointer.latest_step()
-        raise PretrainError(
-          f"loss is {float(m['loss'])} at step {s}; stopping. The last good checkpoint is "
-          f"{'step ' + str(good) if good is not None else 'none'} (nothing was saved after step {s - 1})."
+      if not m["skipped"]:
+        skips["consecutive"] = 0
+        continue
+      skips["consecutive"] += 1
+      loss, grad_norm = float(m["loss"]), float(m["grad_norm"])
+      what = (
+        f"loss is {loss}"
+        if not math.isfinite(loss)
+        else f"gradients are not finite (grad_norm {grad_norm}, loss {loss:.4g})"
+      )
+      n = skips["consecutive"]
+      if n <= max_skipped:
+        _logger.warning(
+          "%s at step %d; step skipped (%d in a row, train.max_skipped_steps=%d)",
+          what,
+          s,
+          n,
+          max_skipped,
         )
+        continue
+      good = checkpointer.latest_step()
+      run = f"; steps {s - n + 1}..{s} were all skipped, more than train.max_skipped_steps={max_skipped}"
+      raise PretrainError(
+        f"{what} at step {s}{run if max_skipped else ''}; stopping. The last good checkpoint is "
+        f"{'step ' + str(good) if good is not None else 'none'} (nothing was saved after step {s - 1})."
+      )
     elapsed, interval_steps, interval_data_wait = progress.close_interval()
-    row = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+    # Averages over the steps that trained; a skipped step's loss or grad_norm is not finite.
+    kept = [m for m in fetched if not m["skipped"]] or fetched
+    row = {k: float(np.mean([m[k] for m in kept])) for k in fetched[-1] if k != "skipped"}
     row["learning_rate"] = float(fetched[-1]["learning_rate"])
+    row["skipped_steps"] = sum(int(m["skipped"]) for m in fetched)
     steps_per_sec = interval_steps / elapsed
     if len(set(train_examples.names)) > 1:  # A mixture: what each source has given so far.
       for name, n in train_examples.drawn(stream.examples_consumed()).items():
@@ -285,10 +325,11 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
       examples_per_sec=global_batch * steps_per_sec,
       step_time=elapsed / interval_steps,
       tflops_per_sec=flops_per_step * steps_per_sec / 1e12,
-      mfu=flops_per_step * steps_per_sec / peak,
       data_wait_fraction=interval_data_wait / elapsed,
       **progress.goodput_row(),
     )
+    if math.isfinite(peak):
+      row["mfu"] = flops_per_step * steps_per_sec / peak
     writer.write(step, row)
     pending.clear()
     progress.new_interval()
@@ -315,6 +356,9 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
         "compile_seconds": compile_seconds,
         "num_params": n_params,
         "tokens_per_step": tokens_per_step,
+        # Where MFU's peak comes from; an unknown device kind says so here and gets no MFU.
+        "peak_flops_source": peak_source,
+        **({"peak_flops_per_device": peak_per_device} if math.isfinite(peak) else {}),
         **backend_row,
       },
     )
@@ -337,7 +381,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
           bar.set_postfix(
             loss=f"{last_row['loss']:.3f}",
             tok_s=f"{last_row['tokens_per_sec']:,.0f}",
-            mfu=f"{last_row['mfu']:.1%}",
+            **({"mfu": f"{last_row['mfu']:.1%}"} if "mfu" in last_row else {}),
           )
         if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total_steps):
           flush(step)

@@ -77,3 +77,42 @@ def tiny_config_factory():
 def memorised_corpus():
   """write_memorised_corpus: prose in which every document repeats one sentence (for sampling tests)."""
   return write_memorised_corpus
+
+
+class PoisonedTask:
+  """`task` whose loss value is unchanged but whose gradients are all inf (or nan) in a marked batch.
+
+  A batch is marked by `mark` as its first input id (BERT's batches start with [CLS]); the loss' own
+  value stays finite, so only the gradients show the fault.
+  """
+
+  def __init__(self, task, mark: int):
+    self._task, self._mark = task, mark
+
+  def __getattr__(self, name):
+    return getattr(self._task, name)
+
+  def loss(self, model, params, batch, denominators, **kwargs):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+    @jax.custom_vjp
+    def poison(x, flag):
+      return x
+
+    def fwd(x, flag):
+      return x, flag
+
+    def bwd(flag, g):
+      return g * jnp.where(flag > 0, jnp.inf, 1.0), jnp.zeros_like(flag)
+
+    poison.defvjp(fwd, bwd)
+    loss, sums = self._task.loss(model, params, batch, denominators, **kwargs)
+    flag = (batch["input_ids"][0, 0] == self._mark).astype(jnp.float32)
+    return poison(loss, flag), sums
+
+
+@pytest.fixture(scope="session")
+def poisoned_task():
+  """PoisonedTask(task, mark): a task whose marked batches have non-finite gradients and a finite loss."""
+  return PoisonedTask

@@ -214,6 +214,56 @@ def test_unreachable_coordinator_and_missing_process_fail_with_one_clear_error(
   assert not os.path.exists(tmp_path / "a") and not os.path.exists(tmp_path / "b")
 
 
+def test_processes_whose_configs_differ_all_stop_naming_the_process_and_the_field(
+  text_corpus, tmp_path
+):
+  c = make_tiny_config(text_corpus)
+  open_stores(c.data, c.tokenizer)  # Prepared once here, not by both processes at once.
+  config_path = _config_file(c, tmp_path / "c.py")
+  address = f"127.0.0.1:{_load_local().free_port()}"
+  workdir = tmp_path / "run"
+  procs = [
+    _train_cli(
+      config_path,
+      workdir,
+      f"--coordinator_address={address}",
+      "--num_processes=2",
+      f"--process_id={pid}",
+      "--distributed_timeout=120",  # Both must join; the loaded test machine may start them slowly.
+      *extra,
+    )
+    for pid, extra in ((0, ()), (1, ("--config.optimizer.learning_rate=0.002",)))
+  ]
+  outs = [
+    p.communicate(timeout=300) for p in procs
+  ]  # Bounded: neither waits in a later collective.
+  errors = [err.strip().splitlines()[-1] for _, err in outs]
+  assert [p.returncode for p in procs] == [2, 2], [err[-3000:] for _, err in outs]
+  assert errors[0] == errors[1]  # Both stop with the same error.
+  assert errors[0].startswith("error: the processes do not run the same thing: process 1: ")
+  assert "config optimizer.learning_rate is 0.002 on process 1 but 0.001 on process 0" in errors[0]
+  assert "tokenizer" not in errors[0].split("Every process")[0]  # Only the field that differs.
+  assert not os.path.exists(workdir)  # Checked before the workdir is made or read.
+
+
+def test_disagreement_names_every_field_that_differs():
+  ref = {"config": {"a.x": "1", "a.y": "2"}, "tokenizer": "t" * 64, "corpus": "c" * 64}
+  same = dict(ref)
+  other = {
+    "config": {"a.x": "1", "a.y": "3", "b.z": "4"},
+    "tokenizer": "t" * 64,
+    "corpus": "d" * 64,
+  }
+  assert distributed.disagreement([ref, same]) is None
+  message = distributed.disagreement([ref, same, other])
+  assert "process 1" not in message
+  assert message.startswith(
+    "the processes do not run the same thing: process 2: config a.y is 3 on process 2 but 2 on "
+    "process 0; config b.z is 4 on process 2 but (unset) on process 0; corpus fingerprint is "
+    "dddddddddddd on process 2 but cccccccccccc on process 0. Every process"
+  )
+
+
 def test_processes_told_different_counts_are_refused():
   port = _load_local().free_port()
   body = (

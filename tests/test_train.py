@@ -169,6 +169,80 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_pa
   assert f"last good checkpoint is step {bad_step - 1}" in str(info.value)
 
 
+def _poison_steps(monkeypatch, poisoned_task, steps):
+  """Gives the steps in `steps` (1-based) non-finite gradients and a finite loss."""
+  from pretrain import families  # pylint: disable=g-import-not-at-top
+  from pretrain.data import pipeline  # pylint: disable=g-import-not-at-top
+
+  mark = 511  # The tiny config's last token id; its batches start with [CLS].
+  get_task, next_batch = families.get_task, pipeline.BatchStream.__next__
+  monkeypatch.setattr(families, "get_task", lambda *a: poisoned_task(get_task(*a), mark))
+  calls = []
+
+  def marked(self):
+    batch = next_batch(self)
+    calls.append(1)
+    if len(calls) in steps:
+      batch = dict(batch, input_ids=batch["input_ids"].copy())
+      batch["input_ids"][0, 0] = mark
+    return batch
+
+  monkeypatch.setattr(pipeline.BatchStream, "__next__", marked)
+
+
+def test_nonfinite_gradients_are_skipped_then_stop_the_run(
+  tiny_config, tmp_path, monkeypatch, poisoned_task
+):
+  c = without_evals(tiny_config, steps=20, checkpoint_every=2)
+  c.checkpoint.async_save = False
+  c.train.max_skipped_steps = 2
+  _poison_steps(monkeypatch, poisoned_task, {3, 5, 6, 7})
+  workdir = str(tmp_path / "run")
+  with pytest.raises(PretrainError) as info:
+    train(c, workdir)
+  assert str(info.value).startswith("gradients are not finite (grad_norm ")
+  assert (
+    "at step 7; steps 5..7 were all skipped, more than train.max_skipped_steps=2; stopping. "
+    "The last good checkpoint is step 6 (nothing was saved after step 6)."
+  ) in str(info.value)
+  rows = {r["step"]: r for r in train_rows(workdir)}
+  assert sorted(rows) == [1, 2, 3, 4, 5, 6]
+  assert [rows[s]["skipped_steps"] for s in sorted(rows)] == [0, 0, 1, 0, 1, 1]
+  # The fault happened: a skipped step's loss is finite and its gradients are not.
+  assert np.isfinite(rows[3]["loss"]) and rows[3]["grad_norm"] in ("inf", "nan")
+  assert np.isfinite(rows[4]["grad_norm"])
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert steps == [2, 4, 6]
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+
+  mngr = ocp.CheckpointManager(
+    os.path.join(workdir, "checkpoints"), item_names=("state", "data", "config")
+  )
+  read = lambda s: mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+  saved = {s: jax.tree.map(np.asarray, read(s)["state"]["params"]) for s in (4, 6)}
+  mngr.close()
+  # Steps 5 and 6 were skipped: checkpoint 6 holds step 4's params, intact.
+  for a, b in zip(jax.tree.leaves(saved[6]), jax.tree.leaves(saved[4])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_nonfinite_gradients_stop_at_the_first_by_default(
+  tiny_config, tmp_path, monkeypatch, poisoned_task
+):
+  c = without_evals(tiny_config, steps=20, checkpoint_every=1)
+  c.checkpoint.async_save = False
+  _poison_steps(monkeypatch, poisoned_task, {3})
+  workdir = str(tmp_path / "run")
+  with pytest.raises(
+    PretrainError,
+    match=r"^gradients are not finite \(grad_norm (inf|nan), loss [0-9.]+\) at step 3;",
+  ) as info:
+    train(c, workdir)
+  assert "The last good checkpoint is step 2" in str(info.value)
+  steps = sorted(int(s) for s in os.listdir(os.path.join(workdir, "checkpoints")) if s.isdigit())
+  assert steps == [1, 2]
+
+
 def test_mesh_that_does_not_fit_the_devices(tiny_config, tmp_path):
   tiny_config.mesh.update(data=3, fsdp=1, tensor=1)
   with pytest.raises(PretrainError, match="8"):

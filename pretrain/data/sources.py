@@ -236,3 +236,15 @@ def describe(stores: list[WeightedStore]) -> dict:
       **{f"{s}_{k}": v for s in SPLITS for k, v in ws.store.totals(s).items()},
     }
   return out
+
+
+def fingerprint(stores: list[WeightedStore]) -> str:
+  """A hash of the tokens the run reads: each store's weight and shards (their sha256s), not its path.
+
+  Two hosts that prepared the same corpus into their own caches agree; a different corpus, a
+  re-tokenized store or another mixture weight does not.
+  """
+  parts = [
+    [ws.weight, ws.store.manifest["token_dtype"], ws.store.manifest["splits"]] for ws in stores
+  ]
+  return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()

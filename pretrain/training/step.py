@@ -60,6 +60,21 @@ def _make_train_step(task, model, tx, schedule, grad_accum: int, seed: int):
     metrics = dict(task.finalize(sums))
     metrics["grad_norm"] = optax.tree.norm(grads)
     metrics["learning_rate"] = schedule(state.step)
+    # A step whose loss or gradients are not finite is skipped here, on the device, without a host sync:
+    # params and the optimizer's float state (moments) keep their old values. The step counter and the
+    # optimizer's integer counts still advance, so the data position, the learning-rate schedule and
+    # the step numbers of metrics and checkpoints stay in lockstep; the loop decides whether to stop.
+    ok = jnp.isfinite(metrics["loss"]) & jnp.all(
+      jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    )
+    keep = lambda new, old: jnp.where(ok, new, old)
+    params = jax.tree.map(keep, params, state.params)
+    opt_state = jax.tree.map(
+      lambda new, old: keep(new, old) if jnp.issubdtype(new.dtype, jnp.inexact) else new,
+      opt_state,
+      state.opt_state,
+    )
+    metrics["skipped"] = jnp.logical_not(ok).astype(jnp.int32)
     return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
   return train_step

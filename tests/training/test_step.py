@@ -104,3 +104,40 @@ def test_train_step_advances_and_eval_step_returns_the_tasks_sums(tiny_config_fa
   assert (
     final["mlm_loss"] < task.finalize(jax.device_get(before))["mlm_loss"]
   )  # Three steps on one batch.
+
+
+def test_a_step_with_nonfinite_gradients_is_skipped_on_the_device(
+  tiny_config_factory, poisoned_task
+):
+  c, task = _task(tiny_config_factory)
+  mark = VOCAB - 1
+  fns = _build(c, poisoned_task(task, mark))
+  step, _ = fns.compile_train_step()
+  batch = _batch(task, 16)
+  batch["input_ids"][:, 0] = 0
+  bad = dict(batch, input_ids=batch["input_ids"].copy())
+  bad["input_ids"][0, 0] = mark
+  state, metrics = step(fns.init_state(0), batch)
+  assert int(metrics["skipped"]) == 0 and np.isfinite(metrics["grad_norm"])
+  before = jax.device_get(state)
+  state, metrics = step(state, bad)
+  metrics = jax.device_get(metrics)
+  # The fault happened: the loss is finite, its gradients are not.
+  assert np.isfinite(metrics["loss"]) and not np.isfinite(metrics["grad_norm"])
+  assert int(metrics["skipped"]) == 1
+  after = jax.device_get(state)
+  assert int(after.step) == int(before.step) + 1  # The counter advances (documented in step.py).
+  for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(before.params)):
+    np.testing.assert_array_equal(a, b)
+  floats = lambda s: [x for x in jax.tree.leaves(s.opt_state) if np.issubdtype(x.dtype, np.inexact)]
+  assert floats(after)
+  for a, b in zip(floats(after), floats(before)):
+    np.testing.assert_array_equal(a, b)
+  # A clean batch after it trains again, from the unchanged state.
+  state, metrics = step(state, batch)
+  assert int(metrics["skipped"]) == 0
+  changed = jax.device_get(state.params)
+  assert any(
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(changed), jax.tree.leaves(after.params))
+  )
