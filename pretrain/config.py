@@ -139,6 +139,11 @@ def base_config() -> ml_collections.ConfigDict:
       every_steps=10_000,
       keep=3,
       async_save=True,
+      # Resume a checkpoint's params, step, data position and progress with a new optimizer state, for
+      # a run that switches optimizer (adamw -> lamb), clipping or learning-rate schedule mid-run.
+      # Without it such a switch is refused. It applies once: a checkpoint saved after the reset with
+      # the same optimizer settings resumes as usual.
+      reset_optimizer=False,
     )
   )
 

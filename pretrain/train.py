@@ -23,8 +23,10 @@ from absl import flags
 from etils import epath
 import jax
 from jax.experimental import multihost_utils
+import ml_collections
 from ml_collections import config_flags
 import numpy as np
+import optax
 from tqdm import tqdm
 
 from pretrain import checkpoint as ckpt_lib
@@ -65,8 +67,9 @@ def _validate(config, mesh):
     )
 
 
-def _check_resume_compatible(saved: dict, config, tokenizer, task):
-  """A checkpoint must be resumed with the same vocabulary, and the model and task its family says."""
+def _check_resume_compatible(saved: dict, config, tokenizer, task, abstract_params=None):
+  """A checkpoint must be resumed with the same vocabulary, the model and task its family says and, unless
+  the optimizer is reset, an optimizer that keeps the same state."""
   saved_tok = saved.get("_tokenizer", {})
   if saved_tok.get("fingerprint") not in (None, tokenizer.fingerprint):
     raise PretrainError(
@@ -75,6 +78,52 @@ def _check_resume_compatible(saved: dict, config, tokenizer, task):
       "resume with the checkpoint's tokenizer or use a new workdir"
     )
   task.check_resume(config, saved)
+  if abstract_params is not None and not _resets_optimizer(saved, config):
+    _check_optimizer_state(saved, config, abstract_params)
+
+
+def _resets_optimizer(saved: dict, config) -> bool:
+  """checkpoint.reset_optimizer applies once: not to a checkpoint of a run that reset already with
+  these optimizer settings (its optimizer state is this run's)."""
+  if not config.checkpoint.get("reset_optimizer", False):
+    return False
+  before = saved.get("checkpoint", {}).get("reset_optimizer", False)
+  return not (before and saved.get("optimizer") == config.optimizer.to_dict())
+
+
+def _check_optimizer_state(saved: dict, config, abstract_params) -> None:
+  """PretrainError naming the optimizer field whose saved value makes another optimizer state than
+  this run's (optimizer.name, clipping on or off); fields that leave the state as it is may change."""
+  now, before = config.optimizer.to_dict(), saved.get("optimizer")
+  if not before:
+    return  # Saved without its config: the tree check of the checkpoint still applies.
+  changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+  if not changed:
+    return
+
+  def state_of(opt: dict):
+    tx, _ = make_optimizer(ml_collections.ConfigDict(opt), int(config.train.steps))
+    tree = jax.eval_shape(tx.init, abstract_params)
+    return jax.tree.structure(tree), [x.shape for x in jax.tree.leaves(tree)]
+
+  try:
+    if state_of(dict(now, **before)) == state_of(now):
+      return
+  except PretrainError:
+    pass  # The saved settings no longer make an optimizer: name the first changed field.
+  k = changed[0]
+  for field in changed:  # Name the field that alone changes the state.
+    try:
+      if state_of(dict(now, **{field: before[field]})) != state_of(now):
+        k = field
+        break
+    except (PretrainError, KeyError):
+      pass
+  raise PretrainError(
+    f"config optimizer.{k} is {now.get(k)!r} but the checkpoint was trained with {before.get(k)!r}, "
+    "which keeps another optimizer state; set checkpoint.reset_optimizer=True to keep the "
+    "checkpoint's params, step and data position with a new optimizer state, or use a new workdir"
+  )
 
 
 def _attention_backends(resolutions) -> dict:
@@ -86,6 +135,28 @@ def _attention_backends(resolutions) -> dict:
     "attention_backend": ",".join(sorted({b for _, b, _ in resolved})),
     "attention_backend_reason": "; ".join(sorted({r for _, _, r in resolved if r})),
   }
+
+
+def _with_new_optimizer_state(fns, config, restored: dict):
+  """The train state of restored {"step", "params"} with a new optimizer state whose learning-rate
+  schedule counts on from the restored step (so the schedule and the logged learning_rate go on from
+  where the run is), while moments and Adam's bias correction start afresh."""
+  fresh = fns.init_state(int(config.train.seed))
+  step = restored["step"]
+
+  def count_from_step(x):
+    if isinstance(x, optax.ScaleByScheduleState):
+      # From the host: a buffer of its own (the step donates the state; one buffer twice would crash).
+      count = np.asarray(jax.device_get(step)).astype(x.count.dtype)
+      return x._replace(count=jax.device_put(count, x.count.sharding))
+    return x
+
+  opt_state = jax.tree.map(
+    count_from_step,
+    fresh.opt_state,
+    is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState),
+  )
+  return fresh.replace(step=step, params=restored["params"], opt_state=opt_state)
 
 
 class _StopFlag:
@@ -204,14 +275,28 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   )
 
   with sharding.mesh_context(mesh):
-    restored = checkpointer.restore_newest_readable(
-      fns.abstract_state, lambda saved: _check_resume_compatible(saved, config, tokenizer, task)
+    restored = checkpointer.resume(
+      fns.abstract_state,
+      lambda saved: _check_resume_compatible(
+        saved, config, tokenizer, task, fns.abstract_state.params
+      ),
+      reset_optimizer=lambda saved: _resets_optimizer(saved, config),
     )
+  optimizer_reset = restored is not None and restored.optimizer_reset
   if restored is not None:
-    latest, state, data_state, saved_progress = restored
-    stream.set_state(data_state)
-    progress = progress_lib.Progress.resumed(saved_progress, first_start_time)
-    _logger.info("resumed from step %d (restart %d)", latest, progress.restarts)
+    state = restored.state
+    if optimizer_reset:
+      state = _with_new_optimizer_state(fns, config, state)
+    stream.set_state(restored.data)
+    progress = progress_lib.Progress.resumed(restored.progress, first_start_time)
+    _logger.info("resumed from step %d (restart %d)", restored.step, progress.restarts)
+    if optimizer_reset:
+      _logger.warning(
+        "checkpoint.reset_optimizer: kept the params, step, data position and progress of step %d "
+        "and started a new %s optimizer state (its moments at zero)",
+        restored.step,
+        config.optimizer.name,
+      )
   else:
     state = fns.init_state(int(config.train.seed))
     if config.get("init_from"):
@@ -360,6 +445,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
         "peak_flops_source": peak_source,
         **({"peak_flops_per_device": peak_per_device} if math.isfinite(peak) else {}),
         **backend_row,
+        **({"optimizer_reset": 1} if optimizer_reset else {}),
       },
     )
   step = start_step
