@@ -46,10 +46,45 @@ from pretrain.training.optimizer import make_optimizer
 _logger = logging.getLogger("pretrain.train")  # Not __name__: that is "__main__" under -m.
 
 
+def _at_least(section, key: str, low: int, config) -> None:
+  value = config[section].get(key, low)
+  if not isinstance(value, int) or value < low:
+    raise PretrainError(f"{section}.{key}={value!r} must be an integer >= {low}")
+
+
 def _validate(config, mesh):
   t = config.train
   if t.steps <= 0:
     raise PretrainError(f"train.steps={t.steps} must be positive")
+  for section, key, low in (
+    ("train", "batch_size", 1),
+    ("train", "log_every", 1),
+    ("eval", "every_steps", 0),  # 0: no evals.
+    ("checkpoint", "every_steps", 0),  # 0: a checkpoint at the end (or on a stop) only.
+    ("checkpoint", "keep", 1),
+    ("data", "num_threads", 0),
+    ("data", "prefetch_batches", 0),
+    ("data", "mixture_run_length", 1),
+  ):
+    _at_least(section, key, low, config)
+  if config.eval.every_steps:
+    _at_least("eval", "batch_size", 1, config)
+    _at_least("eval", "num_batches", 1, config)
+  for key, domain in (("peak_flops_per_device", ">= 0"), ("cpu_peak_flops", "> 0")):
+    value = config.metrics[key]  # peak_flops_per_device 0: looked up from the device kind.
+    if not (
+      isinstance(value, (int, float))
+      and math.isfinite(value)
+      and (value > 0 or (value == 0 and domain == ">= 0"))
+    ):
+      raise PretrainError(f"metrics.{key}={value!r} must be a finite number {domain}")
+  if config.optimizer.decay != "rsqrt" and config.optimizer.warmup_steps > t.steps:
+    _logger.warning(
+      "optimizer.warmup_steps=%d is longer than the run (train.steps=%d): the learning rate never "
+      "reaches optimizer.learning_rate",
+      config.optimizer.warmup_steps,
+      t.steps,
+    )
   if t.grad_accum_steps <= 0 or t.batch_size % t.grad_accum_steps:
     raise PretrainError(
       f"train.batch_size={t.batch_size} must be a multiple of train.grad_accum_steps={t.grad_accum_steps}"

@@ -109,12 +109,18 @@ def _source(data_cfg: Any) -> str:
   return source
 
 
+def heldout_fraction(data_cfg: Any) -> float:
+  """data.heldout_fraction, checked: a number in [0, 1) (NaN is not)."""
+  fraction = config_lib.field(data_cfg, "heldout_fraction", 0.02)
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
+    raise PretrainError(f"data.heldout_fraction={fraction!r} must be a number in [0, 1)")
+  return float(fraction)
+
+
 def load_corpus(data_cfg: Any) -> Corpus:
   """Reads the configured corpus and splits off the fixed held-out documents."""
   source = _source(data_cfg)
-  fraction = config_lib.field(data_cfg, "heldout_fraction", 0.02)
-  if not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-    raise PretrainError(f"data.heldout_fraction={fraction!r} must be a number in [0, 1)")
+  fraction = heldout_fraction(data_cfg)
   if source == "embedded":
     docs = embedded_documents()
     stats = {"num_files": 0, "undecodable_lines": 0, "bad_lines": 0}

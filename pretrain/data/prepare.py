@@ -78,9 +78,9 @@ def sample_sentences(data_cfg: Any, max_bytes: int = DEFAULT_SAMPLE_BYTES) -> It
 
   A corpus smaller than the sample gives exactly its train sentences, in order.
   """
+  fraction = corpus_lib.heldout_fraction(data_cfg)  # Before a tokenizer is trained on the rest.
   units, _ = corpus_lib.plan_units(data_cfg)
   per_unit = max(1, int(max_bytes) // max(1, len(units)))
-  fraction = float(config_lib.field(data_cfg, "heldout_fraction", 0.02))
   for unit in units:
     train, _ = split_unit(list(corpus_lib.sample_unit(unit, data_cfg, per_unit)), fraction)
     yield from itertools.chain.from_iterable(train)
@@ -128,6 +128,8 @@ def train_on_sample(data_cfg: Any, tok_cfg: Any, out_path: str):
     model_type,
     out_path,
     input_sentence_size=bound,
+    source=f"the {config_lib.field(data_cfg, 'source')} corpus "
+    f"data.paths={config_lib.field(data_cfg, 'paths', '')!r}",
   )
 
 
@@ -147,9 +149,7 @@ def _tokenizer_files(tokenizer) -> list[tuple[str, str]]:
 
 def make_plan(data_cfg: Any, tokenizer, unit_bytes: int) -> tuple[dict, list]:
   """The plan (what plan.json holds) and the units."""
-  fraction = config_lib.field(data_cfg, "heldout_fraction", 0.02)
-  if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction < 1:
-    raise PretrainError(f"data.heldout_fraction={fraction!r} must be a number in [0, 1)")
+  fraction = corpus_lib.heldout_fraction(data_cfg)
   units, sources = corpus_lib.plan_units(data_cfg, unit_bytes=unit_bytes)
   source = units[0].source if units else config_lib.field(data_cfg, "source", "embedded")
   text_field = config_lib.field(data_cfg, "text_field", "text") if source == "jsonl" else ""
@@ -388,7 +388,10 @@ def _finalize(out: str, plan: dict, markers: list[dict]) -> dict:
       "line(s)"
     )
     size = sum(s["size"] for s in plan["sources"])
-    what = f"the {plan['corpus']['source']} corpus ({len(plan['sources'])} file(s), {size} bytes)"
+    names = ", ".join(s["path"] for s in plan["sources"][:3]) + (
+      ", ..." if len(plan["sources"]) > 3 else ""
+    )
+    what = f"the {plan['corpus']['source']} corpus ({len(plan['sources'])} file(s), {size} bytes: {names})"
     if not docs:
       raise PretrainError(f"{what} holds no documents ({skipped})")
     if not totals["train"]["num_docs"]:

@@ -128,13 +128,15 @@ def train_tokenizer(
   out_path: str,
   *,
   input_sentence_size: int = 0,
+  source: str = "",
 ) -> SentencePieceTokenizer:
   """Trains a SentencePiece model on `sentences` and writes it atomically to `out_path`.
 
   input_sentence_size > 0 keeps at most that many sentences, sampled with a fixed seed, so
   sentencepiece's memory is bounded; 0 trains on all of them with the options of old, so a
   model trained before is trained again byte for byte.
-  Deterministic: the same sentences in the same order give identical model bytes.
+  Deterministic: the same sentences in the same order give identical model bytes. `source` (the
+  corpus) is named when it holds no text; an error raised while reading it is raised as it was.
   """
   check_options(vocab_size, model_type)
   bounded = {}
@@ -143,12 +145,18 @@ def train_tokenizer(
     spm.set_random_generator_seed(_SAMPLE_SEED)  # Its reservoir sampling, else seeded by the clock.
   count = 0
 
+  failure: list[Exception] = []
+
   def nonempty() -> Iterable[str]:
     nonlocal count
-    for s in sentences:
-      if s and not s.isspace():
-        count += 1
-        yield s
+    try:
+      for s in sentences:
+        if s and not s.isspace():
+          count += 1
+          yield s
+    except Exception as e:  # sentencepiece would report it as a RuntimeError of its own.
+      failure.append(e)
+      raise
 
   model = io.BytesIO()
   try:
@@ -170,8 +178,12 @@ def train_tokenizer(
       minloglevel=2,
     )
   except RuntimeError as e:
+    if failure:
+      raise failure[0] from None
     if not count:
-      raise PretrainError(f"no text to train the tokenizer {out_path!r} on") from None
+      raise PretrainError(
+        f"no text to train the tokenizer {out_path!r} on" + (f" in {source}" if source else "")
+      ) from None
     m = _TOO_HIGH.search(str(e))
     if m:
       raise PretrainError(

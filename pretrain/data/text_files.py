@@ -24,6 +24,7 @@ from pretrain.errors import PretrainError
 _logger = logging.getLogger(__name__)
 
 _CHUNK = 1 << 20  # Bytes per read when streaming a file.
+_BINARY_SNIFF_BYTES = 8000  # A NUL byte in a file's first 8000 bytes makes it binary (git's rule).
 _COMPRESSION = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd"}
 _CREDENTIALS_HINT = "check your credentials (gcloud auth application-default login)"
 _AUTH_WORDS = re.compile(
@@ -316,6 +317,9 @@ def read_range(
     def decoded() -> Iterator[tuple[int, str | None]]:
       nonlocal undecodable
       for pos, line in raw:
+        if pos < _BINARY_SNIFF_BYTES and b"\0" in line[: _BINARY_SNIFF_BYTES - pos]:
+          # As git and grep decide: a NUL byte near the start means a binary file, not text.
+          raise PretrainError(f"{path} is a binary file (a NUL byte at its start), not text")
         text = _decode(line, pos)
         undecodable += text is None and pos < hi
         yield pos, text

@@ -100,6 +100,9 @@ def model_config(config_cls, config, vocab_size: int, **defaults):
   """`config_cls` (a model config dataclass) of config.model with `vocab_size` (the family's resolution of
   model.vocab_size) and the keys config.model lacks from `defaults`."""
   model_fields = {k: v for k, v in config.model.to_dict().items() if k != "vocab_size"}
+  for k, v in model_fields.items():
+    if k.endswith("dropout_rate") and not (isinstance(v, (int, float)) and 0 <= v < 1):
+      raise PretrainError(f"model.{k}={v!r} must be a number in [0, 1)")  # NaN fails too.
   return config_cls.from_dict(dict(defaults, **model_fields, vocab_size=vocab_size))
 
 

@@ -1,5 +1,7 @@
 """Optimizers from config: AdamW, LAMB or Adafactor, warmup + decay, clipping, decay mask."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -25,6 +27,31 @@ def rsqrt_schedule(peak: float, warmup_steps: int) -> optax.Schedule:
     return peak * jnp.sqrt(warmup_steps / jnp.maximum(jnp.asarray(step, jnp.float32), warmup_steps))
 
   return schedule
+
+
+def check_config(opt_cfg) -> None:
+  """PretrainError for an optimizer field outside its domain, NaN and inf included."""
+  below_one = ("b1", "b2")
+  # learning_rate 0 is allowed (a run that keeps its params); grad_clip_norm 0 turns clipping off.
+  for name in (
+    "learning_rate",
+    "end_learning_rate",
+    "weight_decay",
+    "grad_clip_norm",
+    "eps",
+    *below_one,
+  ):
+    value = getattr(opt_cfg, name)
+    if not (
+      isinstance(value, (int, float))
+      and math.isfinite(value)
+      and 0 <= value
+      and (value < 1 or name not in below_one)
+    ):
+      domain = "in [0, 1)" if name in below_one else ">= 0"
+      raise PretrainError(f"optimizer.{name}={value!r} must be a finite number {domain}")
+  if not isinstance(opt_cfg.warmup_steps, int) or opt_cfg.warmup_steps < 0:
+    raise PretrainError(f"optimizer.warmup_steps={opt_cfg.warmup_steps!r} must be an integer >= 0")
 
 
 def learning_rate_schedule(opt_cfg, total_steps: int) -> optax.Schedule:
@@ -61,6 +88,7 @@ def decay_mask(params):
 def make_optimizer(
   opt_cfg, total_steps: int
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  check_config(opt_cfg)
   schedule = learning_rate_schedule(opt_cfg, total_steps)
   kwargs = dict(
     learning_rate=schedule,
