@@ -13,10 +13,14 @@ the family's function and overrides what its paper or experiment changes.
 """
 
 import dataclasses
+import logging
+import math
 import typing
 from typing import Any
 
 import ml_collections
+
+from pretrain.errors import PretrainError
 
 
 def field(section: Any, name: str, default: Any = None) -> Any:
@@ -156,3 +160,60 @@ def base_config() -> ml_collections.ConfigDict:
     )
   )
   return c
+
+
+def _at_least(section, key: str, low: int, config) -> None:
+  value = config[section].get(key, low)
+  if not isinstance(value, int) or value < low:
+    raise PretrainError(f"{section}.{key}={value!r} must be an integer >= {low}")
+
+
+def validate(config, mesh) -> None:
+  """PretrainError for a value of the shared sections outside its domain, or a batch the mesh cannot split."""
+  t = config.train
+  if t.steps <= 0:
+    raise PretrainError(f"train.steps={t.steps} must be positive")
+  for section, key, low in (
+    ("train", "batch_size", 1),
+    ("train", "log_every", 1),
+    ("eval", "every_steps", 0),  # 0: no evals.
+    ("checkpoint", "every_steps", 0),  # 0: a checkpoint at the end (or on a stop) only.
+    ("checkpoint", "keep", 1),
+    ("data", "num_threads", 0),
+    ("data", "prefetch_batches", 0),
+    ("data", "mixture_run_length", 1),
+  ):
+    _at_least(section, key, low, config)
+  if config.eval.every_steps:
+    _at_least("eval", "batch_size", 1, config)
+    _at_least("eval", "num_batches", 1, config)
+  for key, domain in (("peak_flops_per_device", ">= 0"), ("cpu_peak_flops", "> 0")):
+    value = config.metrics[key]  # peak_flops_per_device 0: looked up from the device kind.
+    if not (
+      isinstance(value, (int, float))
+      and math.isfinite(value)
+      and (value > 0 or (value == 0 and domain == ">= 0"))
+    ):
+      raise PretrainError(f"metrics.{key}={value!r} must be a finite number {domain}")
+  if config.optimizer.decay != "rsqrt" and config.optimizer.warmup_steps > t.steps:
+    logging.getLogger("pretrain.train").warning(
+      "optimizer.warmup_steps=%d is longer than the run (train.steps=%d): the learning rate never "
+      "reaches optimizer.learning_rate",
+      config.optimizer.warmup_steps,
+      t.steps,
+    )
+  if t.grad_accum_steps <= 0 or t.batch_size % t.grad_accum_steps:
+    raise PretrainError(
+      f"train.batch_size={t.batch_size} must be a multiple of train.grad_accum_steps={t.grad_accum_steps}"
+    )
+  shards = mesh.shape["data"] * mesh.shape["fsdp"]
+  micro = t.batch_size // t.grad_accum_steps
+  if micro % shards:
+    raise PretrainError(
+      f"microbatch of {micro} sequences (train.batch_size / train.grad_accum_steps) does not split over "
+      f"the {shards} data-parallel shards of mesh {dict(mesh.shape)}"
+    )
+  if config.eval.every_steps and config.eval.batch_size % shards:
+    raise PretrainError(
+      f"eval.batch_size={config.eval.batch_size} does not split over {shards} shards"
+    )

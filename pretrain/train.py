@@ -23,13 +23,12 @@ from absl import flags
 from etils import epath
 import jax
 from jax.experimental import multihost_utils
-import ml_collections
 from ml_collections import config_flags
 import numpy as np
-import optax
 from tqdm import tqdm
 
 from pretrain import checkpoint as ckpt_lib
+from pretrain import config as config_lib
 from pretrain import cli
 from pretrain import distributed
 from pretrain import metrics as metrics_lib
@@ -40,125 +39,11 @@ from pretrain.data import sources as data_sources
 from pretrain.errors import PretrainError
 from pretrain.models import attention
 from pretrain.training import progress as progress_lib
+from pretrain.training import resume as resume_lib
 from pretrain.training import step as step_lib
 from pretrain.training.optimizer import make_optimizer
 
 _logger = logging.getLogger("pretrain.train")  # Not __name__: that is "__main__" under -m.
-
-
-def _at_least(section, key: str, low: int, config) -> None:
-  value = config[section].get(key, low)
-  if not isinstance(value, int) or value < low:
-    raise PretrainError(f"{section}.{key}={value!r} must be an integer >= {low}")
-
-
-def _validate(config, mesh):
-  t = config.train
-  if t.steps <= 0:
-    raise PretrainError(f"train.steps={t.steps} must be positive")
-  for section, key, low in (
-    ("train", "batch_size", 1),
-    ("train", "log_every", 1),
-    ("eval", "every_steps", 0),  # 0: no evals.
-    ("checkpoint", "every_steps", 0),  # 0: a checkpoint at the end (or on a stop) only.
-    ("checkpoint", "keep", 1),
-    ("data", "num_threads", 0),
-    ("data", "prefetch_batches", 0),
-    ("data", "mixture_run_length", 1),
-  ):
-    _at_least(section, key, low, config)
-  if config.eval.every_steps:
-    _at_least("eval", "batch_size", 1, config)
-    _at_least("eval", "num_batches", 1, config)
-  for key, domain in (("peak_flops_per_device", ">= 0"), ("cpu_peak_flops", "> 0")):
-    value = config.metrics[key]  # peak_flops_per_device 0: looked up from the device kind.
-    if not (
-      isinstance(value, (int, float))
-      and math.isfinite(value)
-      and (value > 0 or (value == 0 and domain == ">= 0"))
-    ):
-      raise PretrainError(f"metrics.{key}={value!r} must be a finite number {domain}")
-  if config.optimizer.decay != "rsqrt" and config.optimizer.warmup_steps > t.steps:
-    _logger.warning(
-      "optimizer.warmup_steps=%d is longer than the run (train.steps=%d): the learning rate never "
-      "reaches optimizer.learning_rate",
-      config.optimizer.warmup_steps,
-      t.steps,
-    )
-  if t.grad_accum_steps <= 0 or t.batch_size % t.grad_accum_steps:
-    raise PretrainError(
-      f"train.batch_size={t.batch_size} must be a multiple of train.grad_accum_steps={t.grad_accum_steps}"
-    )
-  shards = mesh.shape["data"] * mesh.shape["fsdp"]
-  micro = t.batch_size // t.grad_accum_steps
-  if micro % shards:
-    raise PretrainError(
-      f"microbatch of {micro} sequences (train.batch_size / train.grad_accum_steps) does not split over "
-      f"the {shards} data-parallel shards of mesh {dict(mesh.shape)}"
-    )
-  if config.eval.every_steps and config.eval.batch_size % shards:
-    raise PretrainError(
-      f"eval.batch_size={config.eval.batch_size} does not split over {shards} shards"
-    )
-
-
-def _check_resume_compatible(saved: dict, config, tokenizer, task, abstract_params=None):
-  """A checkpoint must be resumed with the same vocabulary, the model and task its family says and, unless
-  the optimizer is reset, an optimizer that keeps the same state."""
-  saved_tok = saved.get("_tokenizer", {})
-  if saved_tok.get("fingerprint") not in (None, tokenizer.fingerprint):
-    raise PretrainError(
-      f"the tokenizer ({tokenizer.path}, vocab {tokenizer.vocab_size}) differs from the checkpoint's "
-      f"(vocab {saved_tok.get('vocab_size')}, fingerprint {saved_tok.get('fingerprint', '')[:12]}); "
-      "resume with the checkpoint's tokenizer or use a new workdir"
-    )
-  task.check_resume(config, saved)
-  if abstract_params is not None and not _resets_optimizer(saved, config):
-    _check_optimizer_state(saved, config, abstract_params)
-
-
-def _resets_optimizer(saved: dict, config) -> bool:
-  """checkpoint.reset_optimizer applies once: not to a checkpoint of a run that reset already with
-  these optimizer settings (its optimizer state is this run's)."""
-  if not config.checkpoint.get("reset_optimizer", False):
-    return False
-  before = saved.get("checkpoint", {}).get("reset_optimizer", False)
-  return not (before and saved.get("optimizer") == config.optimizer.to_dict())
-
-
-def _check_optimizer_state(saved: dict, config, abstract_params) -> None:
-  """PretrainError naming the optimizer field whose saved value makes another optimizer state than
-  this run's (optimizer.name, clipping on or off); fields that leave the state as it is may change."""
-  now, before = config.optimizer.to_dict(), saved.get("optimizer")
-  if not before:
-    return  # Saved without its config: the tree check of the checkpoint still applies.
-  changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
-  if not changed:
-    return
-
-  def state_of(opt: dict):
-    tx, _ = make_optimizer(ml_collections.ConfigDict(opt), int(config.train.steps))
-    tree = jax.eval_shape(tx.init, abstract_params)
-    return jax.tree.structure(tree), [x.shape for x in jax.tree.leaves(tree)]
-
-  try:
-    if state_of(dict(now, **before)) == state_of(now):
-      return
-  except PretrainError:
-    pass  # The saved settings no longer make an optimizer: name the first changed field.
-  k = changed[0]
-  for field in changed:  # Name the field that alone changes the state.
-    try:
-      if state_of(dict(now, **{field: before[field]})) != state_of(now):
-        k = field
-        break
-    except (PretrainError, KeyError):
-      pass
-  raise PretrainError(
-    f"config optimizer.{k} is {now.get(k)!r} but the checkpoint was trained with {before.get(k)!r}, "
-    "which keeps another optimizer state; set checkpoint.reset_optimizer=True to keep the "
-    "checkpoint's params, step and data position with a new optimizer state, or use a new workdir"
-  )
 
 
 def _attention_backends(resolutions) -> dict:
@@ -170,28 +55,6 @@ def _attention_backends(resolutions) -> dict:
     "attention_backend": ",".join(sorted({b for _, b, _ in resolved})),
     "attention_backend_reason": "; ".join(sorted({r for _, _, r in resolved if r})),
   }
-
-
-def _with_new_optimizer_state(fns, config, restored: dict):
-  """The train state of restored {"step", "params"} with a new optimizer state whose learning-rate
-  schedule counts on from the restored step (so the schedule and the logged learning_rate go on from
-  where the run is), while moments and Adam's bias correction start afresh."""
-  fresh = fns.init_state(int(config.train.seed))
-  step = restored["step"]
-
-  def count_from_step(x):
-    if isinstance(x, optax.ScaleByScheduleState):
-      # From the host: a buffer of its own (the step donates the state; one buffer twice would crash).
-      count = np.asarray(jax.device_get(step)).astype(x.count.dtype)
-      return x._replace(count=jax.device_put(count, x.count.sharding))
-    return x
-
-  opt_state = jax.tree.map(
-    count_from_step,
-    fresh.opt_state,
-    is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState),
-  )
-  return fresh.replace(step=step, params=restored["params"], opt_state=opt_state)
 
 
 class _StopFlag:
@@ -240,7 +103,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   """
   config = config.copy_and_resolve_references()
   mesh = sharding.make_mesh(config.mesh)
-  _validate(config, mesh)
+  config_lib.validate(config, mesh)
   is_main = jax.process_index() == 0
   max_skipped = int(config.train.get("max_skipped_steps", 0))
   if max_skipped < 0:
@@ -312,16 +175,16 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   with sharding.mesh_context(mesh):
     restored = checkpointer.resume(
       fns.abstract_state,
-      lambda saved: _check_resume_compatible(
+      lambda saved: resume_lib.check_compatible(
         saved, config, tokenizer, task, fns.abstract_state.params
       ),
-      reset_optimizer=lambda saved: _resets_optimizer(saved, config),
+      reset_optimizer=lambda saved: resume_lib.resets_optimizer(saved, config),
     )
   optimizer_reset = restored is not None and restored.optimizer_reset
   if restored is not None:
     state = restored.state
     if optimizer_reset:
-      state = _with_new_optimizer_state(fns, config, state)
+      state = resume_lib.with_new_optimizer_state(fns, config, state)
     stream.set_state(restored.data)
     progress = progress_lib.Progress.resumed(restored.progress, first_start_time)
     _logger.info("resumed from step %d (restart %d)", restored.step, progress.restarts)

@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from pretrain import sharding
+from pretrain import config as config_lib
 from pretrain import train as train_lib
 from pretrain.data import tokenizer_files
 
@@ -268,5 +269,5 @@ def test_warmup_longer_than_the_run_is_accepted_with_a_warning(tiny_config, capl
   # the peak learning rate, which the log says.
   tiny_config.optimizer.warmup_steps = 100
   with caplog.at_level(logging.WARNING, logger="pretrain.train"):
-    train_lib._validate(tiny_config, sharding.make_mesh(tiny_config.mesh))
+    config_lib.validate(tiny_config, sharding.make_mesh(tiny_config.mesh))
   assert "optimizer.warmup_steps=100 is longer than the run (train.steps=6)" in caplog.text
