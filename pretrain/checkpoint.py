@@ -221,12 +221,16 @@ class Checkpointer:
   ) -> None:
     """Starts an async save of `step` (a step saved already is left as it is).
 
-    A failed write (disk full, unwritable directory) raises PretrainError; the
-    checkpoints written before it are untouched (orbax writes into a temporary
-    folder and renames it only when complete).
+    A failed write (disk full, unwritable directory) raises PretrainError naming
+    the step whose write failed: here, or at the next save or `wait` when it
+    failed in the background. The checkpoints written before it are untouched
+    (orbax writes into a temporary folder and renames it only when complete).
     """
     if step in self._manager.all_steps():
       return
+    # The previous save's background write may have failed: report it as that step's failure, not
+    # this one's (orbax's save would raise it from inside the new save).
+    self.wait()
     self._saving = step
     try:
       self._manager.save(
