@@ -16,9 +16,9 @@ import pytest
 
 from pretrain import checkpoint as ckpt_lib
 from pretrain import sharding
-from pretrain import train as train_lib
 from pretrain.errors import PretrainError
 from pretrain.train import train
+from pretrain.training import resume as resume_lib
 from pretrain.training.step import TrainState
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -135,14 +135,14 @@ def test_reset_optimizer_switches_adamw_to_lamb_keeping_params(trained, monkeypa
   c, workdir = trained
   key, saved = saved_param_leaf(workdir, 4)
   started = []  # The state the resumed loop starts from.
-  real = train_lib._with_new_optimizer_state  # pylint: disable=protected-access
+  real = resume_lib.with_new_optimizer_state
 
   def spy(*args):
     state = real(*args)
     started.append(jax.tree.map(np.asarray, state))
     return state
 
-  monkeypatch.setattr(train_lib, "_with_new_optimizer_state", spy)
+  monkeypatch.setattr(resume_lib, "with_new_optimizer_state", spy)
   c.optimizer.name = "lamb"
   c.train.steps = 6
   c.checkpoint.reset_optimizer = True
