@@ -2,6 +2,7 @@
 a tokenizer cache private to the test session, and a tiny corpus + config."""
 
 import os
+import sys
 import tempfile
 
 os.environ["XLA_FLAGS"] = (
@@ -12,7 +13,12 @@ os.environ.setdefault("PRETRAIN_CACHE_DIR", tempfile.mkdtemp(prefix="pretrain-te
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# Helper modules that tests import from tests/ subfolders: their asserts report values as the tests' own do.
+# Helper modules that tests import by name from tests/ subfolders (hf_folders, mlm_examples,
+# model_checks): on the path once here, and their asserts report values as the tests' own do.
+_TESTS = os.path.dirname(os.path.abspath(__file__))
+for _folder in ("convert", "families"):
+  if os.path.join(_TESTS, _folder) not in sys.path:
+    sys.path.insert(0, os.path.join(_TESTS, _folder))
 pytest.register_assert_rewrite("hf_folders", "mlm_examples", "model_checks")
 
 

@@ -25,12 +25,6 @@ from pretrain.families.bert import model as bert_model
 from pretrain.families import get_task
 from pretrain.train import train
 
-sys.path.insert(
-  0,
-  os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "convert"
-  ),
-)  # For tests/convert/hf_folders.py.
 from hf_folders import (  # pylint: disable=g-import-not-at-top,wrong-import-position
   TOL,
   assert_converts_to,

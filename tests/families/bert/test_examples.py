@@ -1,8 +1,6 @@
 """BERT examples: chunk plans, [CLS] A [SEP] B [SEP] layout, NSP, determinism, masking."""
 
 import dataclasses
-import os
-import sys
 import time
 
 import numpy as np
@@ -13,8 +11,6 @@ from pretrain.errors import PretrainError
 from pretrain.objectives import masking
 from pretrain.families.bert import examples as be
 
-# For tests/families/mlm_examples.py.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mlm_examples import unique_ids, unmasked  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 CFG = be.BertExampleConfig()

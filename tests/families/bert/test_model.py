@@ -1,8 +1,6 @@
 """BERT model: shapes, exact parameter counts, scan/remat equivalence, masking, dropout, dtypes, FLOPs."""
 
 import dataclasses
-import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -15,8 +13,6 @@ from pretrain.errors import PretrainError
 from pretrain.models import attention
 from pretrain.families.bert import model as bert
 
-# For tests/families/model_checks.py.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model_checks import (  # pylint: disable=g-import-not-at-top,wrong-import-position
   assert_trees_close,
   matmul_flops,

@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -14,12 +13,6 @@ from pretrain import convert
 from pretrain.errors import PretrainError
 from pretrain.families.gpt2 import model as gpt2_model
 
-sys.path.insert(
-  0,
-  os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "convert"
-  ),
-)  # For tests/convert/hf_folders.py.
 from hf_folders import (  # pylint: disable=g-import-not-at-top,wrong-import-position
   TOL,
   assert_converts_to,

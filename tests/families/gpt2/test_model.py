@@ -2,8 +2,6 @@
 
 import dataclasses
 import functools
-import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -14,8 +12,6 @@ import pytest
 from pretrain.errors import PretrainError
 from pretrain.families.gpt2 import model as gpt2
 
-# For tests/families/model_checks.py.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model_checks import assert_trees_close, stack_unrolled  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 TINY = gpt2.Gpt2Config(

@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -18,12 +17,6 @@ from pretrain.convert import checkpoints
 from pretrain.errors import PretrainError
 from pretrain.families.bert import model as bert_model
 
-sys.path.insert(
-  0,
-  os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "convert"
-  ),
-)  # For tests/convert/hf_folders.py.
 from hf_folders import (  # pylint: disable=g-import-not-at-top,wrong-import-position
   TOL,
   assert_converts_to,

@@ -1,8 +1,6 @@
 """RoBERTa: FULL-SENTENCES blocks, dynamic masks, the model options, the task, a short training run."""
 
 import dataclasses
-import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -16,8 +14,6 @@ from pretrain.families.bert import model as bert
 from pretrain.families.roberta import task as roberta_task
 from pretrain.families.roberta import examples as rx
 
-# For tests/families/mlm_examples.py and model_checks.py.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mlm_examples import unique_ids, unmasked  # pylint: disable=g-import-not-at-top,wrong-import-position
 from model_checks import matmul_flops  # pylint: disable=g-import-not-at-top,wrong-import-position
 

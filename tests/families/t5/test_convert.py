@@ -4,7 +4,6 @@ bad input."""
 import json
 import os
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -15,12 +14,6 @@ from safetensors.numpy import load_file, save_file
 from pretrain import convert
 from pretrain.families.t5 import model as t5_model
 
-sys.path.insert(
-  0,
-  os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "convert"
-  ),
-)  # For tests/convert/hf_folders.py.
 from hf_folders import (  # pylint: disable=g-import-not-at-top,wrong-import-position
   TOL,
   assert_converts_to,

@@ -2,8 +2,6 @@
 
 import dataclasses
 import functools
-import os
-import sys
 
 import flax.linen as nn
 import jax
@@ -15,8 +13,6 @@ from pretrain.errors import PretrainError
 from pretrain.models import positions
 from pretrain.families.t5 import model as t5
 
-# For tests/families/model_checks.py.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from model_checks import (  # pylint: disable=g-import-not-at-top,wrong-import-position
   assert_trees_close,
   count_primitive,
