@@ -23,9 +23,7 @@ import importlib.util
 import io
 import json
 import math
-import multiprocessing
 import os
-import resource
 import sys
 from typing import Any
 
@@ -36,6 +34,8 @@ import ml_collections
 from ml_collections import config_flags
 
 from pretrain import cli
+from pretrain import jobs
+from pretrain import train as train_lib
 from pretrain.errors import PretrainError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -54,7 +54,7 @@ FIXED_KEYS = (
   "data.paths",
   "data.mixture",
 )
-RESULT = "result.json"
+RESULT = jobs.RESULT
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
@@ -124,59 +124,11 @@ def variant_configs(sweep) -> dict[str, ml_collections.ConfigDict]:
   return out
 
 
-def _train_variant(config_dict: dict, workdir: str) -> None:
-  """Child process: train (or resume) one variant and record its peak memory."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from pretrain.train import train  # pylint: disable=g-import-not-at-top
-
-  cli.quiet_library_logs()
-  status, error = "done", ""
-  try:
-    last = train(ml_collections.ConfigDict(config_dict), workdir)
-    if last.get("step", 0) < int(
-      config_dict["train"]["steps"]
-    ):  # SIGTERM/SIGINT: saved, not finished.
-      status, error = (
-        "interrupted",
-        f"stopped at step {last.get('step')}; run the sweep again to resume",
-      )
-  except PretrainError as e:
-    status, error = "failed", str(e)
-  stats = jax.devices()[0].memory_stats() or {}
-  result = {
-    "status": status,
-    "error": error,
-    "steps": int(config_dict["train"]["steps"]),
-    # Device memory where the runtime reports it (GPU/TPU), else the process' peak RSS (CPU).
-    "peak_memory_bytes": int(stats.get("peak_bytes_in_use", 0))
-    or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-    "peak_memory_kind": "device" if stats.get("peak_bytes_in_use") else "host_rss",
-  }
-  (epath.Path(workdir) / RESULT).write_text(json.dumps(result), encoding="utf-8")
-
-
 def run_variant(name: str, config: ml_collections.ConfigDict, workdir: str, log=print) -> dict:
-  """Trains one variant unless its result is already there; returns its result record."""
-  path = epath.Path(workdir) / RESULT
-  if path.is_file():
-    result = json.loads(path.read_text(encoding="utf-8"))
-    if result.get("status") == "done" and result.get("steps") == int(config.train.steps):
-      log(f"{name}: finished earlier, skipped")
-      return result
-    path.unlink()  # A failed or shorter run: train again (it resumes from its checkpoints).
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  log(f"{name}: training in {workdir}")
-  process = multiprocessing.get_context("spawn").Process(
-    target=_train_variant, args=(config.to_dict(), workdir)
+  """Trains one variant in its own process unless its result is already there; returns its result record."""
+  return jobs.run_job(
+    name, train_lib.train, config, workdir, steps=int(config.train.steps), log=log
   )
-  process.start()
-  process.join()
-  if not path.is_file():
-    return {
-      "status": "failed",
-      "error": f"the training process exited with code {process.exitcode}",
-    }
-  return json.loads(path.read_text(encoding="utf-8"))
 
 
 def _read_rows(workdir: str) -> list[dict]:

@@ -9,6 +9,7 @@ import ml_collections
 import pytest
 
 from pretrain import ablate
+from pretrain import jobs
 from pretrain.errors import PretrainError
 from pretrain.families.bert import model as bert
 from pretrain.families.gpt2 import model as gpt2
@@ -58,7 +59,7 @@ def test_sweep_writes_report_skips_finished_and_resumes_interrupted(
   configs = ablate.variant_configs(sweep)
   h4_dir = os.path.join(workdir, "h4")
   monkeypatch.setattr(train_module, "train", functools.partial(train_module.train, stop_at_step=2))
-  ablate._train_variant(configs["h4"].to_dict(), h4_dir)  # pylint: disable=protected-access
+  jobs.run_in_process(train_module.train, configs["h4"].to_dict(), h4_dir, steps=4)
   monkeypatch.undo()
   assert (
     json.load(open(os.path.join(h4_dir, ablate.RESULT), encoding="utf-8"))["status"]
