@@ -10,6 +10,12 @@ os.environ["XLA_FLAGS"] = (
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("PRETRAIN_CACHE_DIR", tempfile.mkdtemp(prefix="pretrain-test-cache-"))
+# One persistent XLA compilation cache for the session, inherited by the CLI subprocesses the tests
+# start: a relaunched tiny run (the kill -9 lives, resumes, multi-process runs) loads its programs
+# instead of compiling them again. The thresholds let the tiny programs in.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="pretrain-test-xla-"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
