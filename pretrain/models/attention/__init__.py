@@ -49,6 +49,8 @@ from pretrain.models.attention.backends import check_backend
 from pretrain.models.attention.backends import interpret_default
 from pretrain.models.attention.backends import recording
 from pretrain.models.attention.backends import resolve_backend
+from pretrain.models.attention.backends import target_platform
+from pretrain.models.attention.backends import targeting
 from pretrain.models.attention.config import AttentionConfig
 from pretrain.models.attention.config import QK_NORMS
 from pretrain.models.attention.config import check_heads
@@ -81,4 +83,6 @@ __all__ = [
   "padding_mask",
   "recording",
   "resolve_backend",
+  "target_platform",
+  "targeting",
 ]

@@ -28,7 +28,21 @@ def test_resolve_backend_decisions_and_reasons():
   assert resolve("auto", plain, "cpu") == ("xla", "auto on cpu: no fused kernel on cpu")
   assert resolve("auto", plain, "tpu") == ("splash_tpu", "auto on tpu")
   assert resolve("auto", bf16, "gpu") == ("dot_product_attention", "auto on gpu")
-  assert resolve("auto", plain, "gpu") == ("pallas_gpu", "auto on gpu")
+  # auto's chain on GPU: cuDNN, then pallas_gpu, then xla; the reason says why earlier links were skipped.
+  assert resolve("auto", plain, "gpu") == (
+    "pallas_gpu",
+    "auto on gpu; cuDNN needs bfloat16/float16 compute, not float32",
+  )
+  refused = {"dot_product_attention": "cuDNN refused the call (RuntimeError: cuDNN not found.)"}
+  assert resolve("auto", bf16, "gpu", unavailable=refused) == (
+    "pallas_gpu",
+    "auto on gpu; cuDNN refused the call (RuntimeError: cuDNN not found.)",
+  )
+  assert resolve("dot_product_attention", bf16, "gpu", unavailable=refused) == (
+    "dot_product_attention",
+    "requested; cuDNN refused the call (RuntimeError: cuDNN not found.), so "
+    "jax.nn.dot_product_attention runs its XLA version",
+  )
   backend, reason = resolve("auto", dataclasses.replace(bf16, dropout=True), "gpu")
   assert backend == "xla" and "dot_product_attention has no attention dropout" in reason
   backend, reason = resolve("auto", dataclasses.replace(plain, soft_cap=True), "gpu")
