@@ -10,7 +10,8 @@
   functional.py  `dot_product_attention`, the functional API.
   module.py      `MultiHeadAttention` with its decode cache.
 
-Backends (`resolve_backend` picks one per call, at trace time):
+Backends (`resolve_backend` picks one per call, at trace time, for the platform
+compiled for: that of the mesh in context, see `target_platform`):
 
   'xla'                    einsums written out; softmax in float32; runs
                            anywhere and supports every variant and dropout.
@@ -21,13 +22,17 @@ Backends (`resolve_backend` picks one per call, at trace time):
                            packed segments and padding of self-attention.
   'splash_tpu'             Pallas splash attention for TPUs; causal, sliding
                            window, segments, padding and soft-cap.
-  'auto'                   the fastest of those that supports the call on this
-                           platform: splash_tpu on TPU; on GPU cuDNN (bfloat16/
-                           float16) or else pallas_gpu; xla otherwise.
+  'auto'                   the first of a chain that supports the call on the
+                           platform: TPU splash_tpu -> xla; GPU cuDNN ->
+                           pallas_gpu -> xla; xla elsewhere.
 
 A backend that cannot express the call (dropout, an additive bias, ALiBi, a
 dense mask, prefix-LM, an unsupported length, the wrong platform) falls back to
-'xla'; each fallback is logged once with its reason. The Pallas kernels also
+'xla'; a kernel that refuses the call while it is traced (cuDNN missing on the
+host, or a shape it lacks) hands it to the next in line. Each fallback is
+logged once and recorded with its reason (`recording()`). Compiled for real
+targets from a CPU host, every backend x mask kind is checked in
+tests/models/attention/test_targets.py. The Pallas kernels also
 run on CPU through the Pallas interpreter when `interpret` is on (the config
 field, or the environment variable PRETRAIN_ATTENTION_INTERPRET=1); that is for
 tests, and slow.
@@ -50,7 +55,6 @@ from pretrain.models.attention.backends import interpret_default
 from pretrain.models.attention.backends import recording
 from pretrain.models.attention.backends import resolve_backend
 from pretrain.models.attention.backends import target_platform
-from pretrain.models.attention.backends import targeting
 from pretrain.models.attention.config import AttentionConfig
 from pretrain.models.attention.config import QK_NORMS
 from pretrain.models.attention.config import check_heads
@@ -84,5 +88,4 @@ __all__ = [
   "recording",
   "resolve_backend",
   "target_platform",
-  "targeting",
 ]

@@ -42,36 +42,15 @@ def interpret_default() -> bool:
 
 _PLATFORMS = {"cuda": "gpu", "rocm": "gpu"}  # Device platform -> the name resolve_backend uses.
 
-# The innermost `targeting(platform)` block's platform (None outside one).
-_target: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-  "attention_target_platform", default=None
-)
-
-
-@contextlib.contextmanager
-def targeting(platform: str | None) -> Iterator[None]:
-  """Calls traced inside resolve their backend for `platform` ('cpu', 'gpu', 'tpu'; None: as outside).
-
-  For a program lowered for devices other than the ones in context, e.g. a jax.jit with shardings
-  over compile-only devices but no mesh set; a mesh in context already says its platform.
-  """
-  token = _target.set(None if platform is None else _PLATFORMS.get(platform, platform))
-  try:
-    yield
-  finally:
-    _target.reset(token)
-
 
 def target_platform() -> str:
   """The platform the calls traced now are compiled for: 'cpu', 'gpu' or 'tpu'.
 
-  In order: an open `targeting(platform)`; the platform of the devices of the mesh in context
-  (jax.set_mesh, as pretrain.sharding.mesh_context does, so a step traced over a mesh of
-  compile-only TPU or GPU devices on a CPU host gets TPU or GPU kernels); jax.default_backend().
+  That of the devices of the mesh in context (jax.set_mesh, which pretrain.sharding.mesh_context
+  enters), so a step traced over a mesh of compile-only TPU or GPU devices on a CPU host gets TPU or
+  GPU kernels; without a mesh, jax.default_backend(). jax keys its trace caches on the mesh in
+  context, so a function traced for one mesh is traced again for another.
   """
-  platform = _target.get()
-  if platform is not None:
-    return platform
   device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
   platform = getattr(device, "platform", None) or jax.default_backend()
   return _PLATFORMS.get(platform, platform)

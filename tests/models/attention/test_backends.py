@@ -5,9 +5,11 @@ import logging
 import os
 import sys
 
+import jax
 import numpy as np
 import pytest
 
+from pretrain import sharding
 from pretrain.errors import PretrainError
 from pretrain.models import attention
 
@@ -143,3 +145,16 @@ def test_recording_is_scoped():
     attention.dot_product_attention(q, q, q)
   assert outer == [("xla", "xla", "requested")]
   assert inner == [("auto", "xla", "auto on cpu: no fused kernel on cpu")]
+
+
+def test_calls_resolve_for_the_platform_of_the_mesh_in_context():
+  """The platform is that of the mesh's devices (compile-only TPU or GPU ones: test_targets.py)."""
+  q = np.ones((1, 128, 1, 8), np.float32)
+  mask = attention.AttentionMask(causal=True)
+  fn = lambda q: attention.dot_product_attention(q, q, q, mask=mask, backend="auto")
+  assert attention.target_platform() == "cpu"  # No mesh: jax's default backend.
+  mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  with sharding.mesh_context(mesh), attention.recording() as resolutions:
+    assert attention.target_platform() == "cpu"
+    jax.make_jaxpr(fn)(q)
+  assert resolutions == [("auto", "xla", "auto on cpu: no fused kernel on cpu")]
