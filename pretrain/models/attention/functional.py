@@ -105,6 +105,42 @@ def dot_product_attention(
     q_length=q_length,
     kv_length=kv_length,
   )
+
+  def run(resolved: str, use_cudnn: bool) -> Array:
+    """The resolved backend's kernel on this call."""
+    logits_bias = bias
+    if resolved == "pallas_gpu":
+      return kernels.pallas_gpu_attention(
+        query, key, value, structured, dtype, scale, interpret, self_attention
+      )
+    if resolved == "splash_tpu":
+      return kernels.splash_attention(
+        query, key, value, structured, dtype, scale, logits_soft_cap, interpret, self_attention
+      )
+    if alibi_slopes is not None:
+      positions = position_ids(
+        structured, q_length, kv_length, q_positions, kv_positions, self_attention
+      )
+      alibi = positions_lib.alibi_bias(alibi_slopes, *positions)  # [batch or 1, heads, q, kv]
+      logits_bias = alibi if bias is None else bias + alibi
+    if resolved == "dot_product_attention":
+      return kernels.jax_nn_attention(
+        query, key, value, logits_bias, structured, dtype, scale, use_cudnn
+      )
+    return kernels.xla_attention(
+      query,
+      key,
+      value,
+      logits_bias,
+      dense_mask(structured, q_length, kv_length),
+      dropout_rng,
+      dropout_rate,
+      deterministic,
+      dtype,
+      scale,
+      logits_soft_cap,
+    )
+
   platform = backends.target_platform()
   unavailable: dict[str, str] = {}  # Kernels that refused this call while traced: resolve again.
   while True:
@@ -112,84 +148,9 @@ def dot_product_attention(
       backend, features, platform, interpret=interpret, unavailable=unavailable
     )
     try:
-      out = _run(
-        resolved,
-        query,
-        key,
-        value,
-        bias=bias,
-        mask=structured,
-        dropout_rng=dropout_rng,
-        dropout_rate=dropout_rate,
-        deterministic=deterministic,
-        dtype=dtype,
-        scale=scale,
-        logits_soft_cap=logits_soft_cap,
-        alibi_slopes=alibi_slopes,
-        q_positions=q_positions,
-        kv_positions=kv_positions,
-        self_attention=self_attention,
-        interpret=interpret,
-        use_cudnn=backends.cudnn_missing(features, platform, unavailable) is None,
-      )
+      out = run(resolved, backends.cudnn_missing(features, platform, unavailable) is None)
     except kernels.KernelUnavailable as e:
       unavailable[resolved] = str(e)
       continue
     backends.record(backend, resolved, reason)
     return out
-
-
-def _run(
-  resolved,
-  query,
-  key,
-  value,
-  *,
-  bias,
-  mask,
-  dropout_rng,
-  dropout_rate,
-  deterministic,
-  dtype,
-  scale,
-  logits_soft_cap,
-  alibi_slopes,
-  q_positions,
-  kv_positions,
-  self_attention,
-  interpret,
-  use_cudnn,
-):
-  """The resolved backend's kernel on the checked call (mask structured or None)."""
-  q_length, kv_length = query.shape[1], key.shape[1]
-  if resolved == "pallas_gpu":
-    return kernels.pallas_gpu_attention(
-      query, key, value, mask, dtype, scale, interpret, self_attention
-    )
-  if resolved == "splash_tpu":
-    return kernels.splash_attention(
-      query, key, value, mask, dtype, scale, logits_soft_cap, interpret, self_attention
-    )
-  if alibi_slopes is not None:
-    q_positions, kv_positions = position_ids(
-      mask, q_length, kv_length, q_positions, kv_positions, self_attention
-    )
-    alibi = positions_lib.alibi_bias(
-      alibi_slopes, q_positions, kv_positions
-    )  # [batch or 1, heads, q, kv]
-    bias = alibi if bias is None else bias + alibi
-  if resolved == "dot_product_attention":
-    return kernels.jax_nn_attention(query, key, value, bias, mask, dtype, scale, use_cudnn)
-  return kernels.xla_attention(
-    query,
-    key,
-    value,
-    bias,
-    dense_mask(mask, q_length, kv_length),
-    dropout_rng,
-    dropout_rate,
-    deterministic,
-    dtype,
-    scale,
-    logits_soft_cap,
-  )

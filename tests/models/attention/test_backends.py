@@ -6,6 +6,7 @@ import os
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -158,3 +159,33 @@ def test_calls_resolve_for_the_platform_of_the_mesh_in_context():
     assert attention.target_platform() == "cpu"
     jax.make_jaxpr(fn)(q)
   assert resolutions == [("auto", "xla", "auto on cpu: no fused kernel on cpu")]
+
+
+def test_a_kernel_refusing_the_call_hands_it_to_the_next_in_line(monkeypatch):
+  """auto on a GPU host without cuDNN: cuDNN refuses while traced, pallas_gpu has no ALiBi, xla runs it
+  (with the ALiBi bias added once)."""
+  from pretrain.models.attention import backends  # pylint: disable=g-import-not-at-top
+  from pretrain.models.attention import kernels  # pylint: disable=g-import-not-at-top
+
+  def refuse(*args):
+    raise kernels.KernelUnavailable("cuDNN refused the call (RuntimeError: cuDNN not found.)")
+
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=(2, 16, 2, 8)).astype(np.float32) for _ in range(3))
+  call = lambda backend: attention.dot_product_attention(
+    q, k, v, backend=backend, dtype=jnp.bfloat16, alibi_slopes=np.array([0.5, 0.25])
+  )
+  want = call("xla")
+  monkeypatch.setattr(backends, "target_platform", lambda: "gpu")
+  monkeypatch.setattr(kernels, "jax_nn_attention", refuse)
+  with attention.recording() as resolutions:
+    got = call("auto")
+  np.testing.assert_array_equal(got, want)
+  assert resolutions == [
+    (
+      "auto",
+      "xla",
+      "auto on gpu: cuDNN refused the call (RuntimeError: cuDNN not found.); "
+      "pallas_gpu has no ALiBi bias",
+    )
+  ]

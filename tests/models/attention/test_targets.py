@@ -140,21 +140,13 @@ def check_fallback(text, resolutions, requested, reason):
 
 
 @pytest.mark.parametrize("kind", list(MASKS))
-def test_splash_compiles_for_tpu(tpu_mesh, kind):
-  text, resolutions = compile_for(tpu_mesh, "splash_tpu", [kind])
-  if ("splash_tpu", kind) in UNSUPPORTED:
-    check_fallback(text, resolutions, "splash_tpu", UNSUPPORTED["splash_tpu", kind])
+@pytest.mark.parametrize("backend, mesh", [("splash_tpu", "tpu_mesh"), ("pallas_gpu", "gpu_mesh")])
+def test_pallas_kernels_compile_for_their_target(request, backend, mesh, kind):
+  text, resolutions = compile_for(request.getfixturevalue(mesh), backend, [kind])
+  if (backend, kind) in UNSUPPORTED:
+    check_fallback(text, resolutions, backend, UNSUPPORTED[backend, kind])
   else:
-    check_kernel(text, resolutions, "splash_tpu", "splash_tpu", "splash_tpu")
-
-
-@pytest.mark.parametrize("kind", list(MASKS))
-def test_pallas_compiles_for_gpu(gpu_mesh, kind):
-  text, resolutions = compile_for(gpu_mesh, "pallas_gpu", [kind])
-  if ("pallas_gpu", kind) in UNSUPPORTED:
-    check_fallback(text, resolutions, "pallas_gpu", UNSUPPORTED["pallas_gpu", kind])
-  else:
-    check_kernel(text, resolutions, "pallas_gpu", "pallas_gpu", "pallas_gpu")
+    check_kernel(text, resolutions, backend, backend, backend)
 
 
 @pytest.mark.parametrize("kind", list(MASKS))
