@@ -67,28 +67,29 @@ def test_a_restarted_run_loads_its_steps_from_the_cache_and_the_profile_has_its_
 ):
   c = tiny_config
   c.train.update(
-    steps=6,
-    log_every=2,
+    steps=4,
+    log_every=1,
     compilation_cache_dir=str(tmp_path / "cache"),
     compilation_cache_min_compile_seconds=0.0,
   )
   c.eval.every_steps = 0
+  c.checkpoint.every_steps = 0  # Saved on the stop and at the end only.
   c.metrics.profile_steps = "2,3"
   workdir = str(tmp_path / "run")
-  train(c, workdir, stop_at_step=4)  # A first life, preempted after step 4.
+  train(c, workdir, stop_at_step=3)  # A first life, preempted after step 3.
   written = entries(c.train.compilation_cache_dir)
   assert any(e.startswith("jit_train_step") for e in written), written
   (trace,) = traces(os.path.join(workdir, "tensorboard"))
   assert os.path.getsize(trace) > 0 and traced_steps(trace) == [2, 3]
 
-  train(c, workdir)  # The restart resumes at step 4: its train step comes from the cache.
+  train(c, workdir)  # The restart resumes at step 3: its train step comes from the cache.
   with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
     rows = [json.loads(line) for line in f]
-  first_life = [r for r in rows if "loss" in r and r["step"] <= 4]
-  second_life = [r for r in rows if "loss" in r and r["step"] > 4]
+  first_life = [r for r in rows if "loss" in r and r["step"] <= 3]
+  second_life = [r for r in rows if "loss" in r and r["step"] > 3]
   assert all(r["compile_cache_hits"] == 0 for r in first_life)
   assert second_life and all(r["compile_cache_hits"] >= 1 for r in second_life)
   assert second_life[-1]["restarts"] == 1 and second_life[-1]["compile_seconds_saved"] >= 0
   assert entries(c.train.compilation_cache_dir) == written  # Nothing new to compile.
-  # The restart ran steps 5 and 6, outside the profiled range: still the one trace.
+  # The restart ran step 4, outside the profiled range: still the one trace.
   assert len(glob.glob(os.path.join(workdir, "tensorboard", "plugins", "profile", "*"))) == 1
