@@ -13,8 +13,12 @@ from pretrain.errors import PretrainError
 from pretrain.train import train
 from pretrain.training import compile_cache
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # For test_profiling's readers.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [_HERE, os.path.dirname(_HERE)]  # For test_profiling's readers and fake_gcs.
 from test_profiling import traced_steps, traces  # pylint: disable=g-import-not-at-top,wrong-import-position
+from fake_gcs import BUCKET, root_fixture  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+fake_gcs = root_fixture()
 
 
 def entries(cache_dir) -> list[str]:
@@ -93,3 +97,18 @@ def test_a_restarted_run_loads_its_steps_from_the_cache_and_the_profile_has_its_
   assert entries(c.train.compilation_cache_dir) == written  # Nothing new to compile.
   # The restart ran step 4, outside the profiled range: still the one trace.
   assert len(glob.glob(os.path.join(workdir, "tensorboard", "plugins", "profile", "*"))) == 1
+
+
+def test_a_cache_in_a_bucket(fake_gcs):
+  watch = compile_cache.configure(
+    {"compilation_cache_dir": f"gs://{BUCKET}/cache", "compilation_cache_min_compile_seconds": 0}
+  )
+  try:
+    x = jnp.ones((8, 8))
+    jax.jit(lambda x: jnp.tanh(x) @ x + 5.0).lower(x).compile()
+    written = entries(fake_gcs / BUCKET / "cache")
+    assert any(e.startswith("jit__lambda") for e in written)
+    jax.jit(lambda x: jnp.tanh(x) @ x + 5.0).lower(x).compile()
+    assert watch.hits == 1
+  finally:
+    watch.close()
