@@ -110,13 +110,15 @@ def dot_product_attention(
     """The resolved backend's kernel on this call."""
     logits_bias = bias
     if resolved == "pallas_gpu":
-      return kernels.pallas_gpu_attention(
-        query, key, value, structured, dtype, scale, interpret, self_attention
+      kernel = lambda q, k, v, m: kernels.pallas_gpu_attention(
+        q, k, v, m, dtype, scale, interpret, self_attention
       )
+      return kernels.per_shard(kernel, query, key, value, structured)
     if resolved == "splash_tpu":
-      return kernels.splash_attention(
-        query, key, value, structured, dtype, scale, logits_soft_cap, interpret, self_attention
+      kernel = lambda q, k, v, m: kernels.splash_attention(
+        q, k, v, m, dtype, scale, logits_soft_cap, interpret, self_attention
       )
+      return kernels.per_shard(kernel, query, key, value, structured)
     if alibi_slopes is not None:
       positions = position_ids(
         structured, q_length, kv_length, q_positions, kv_positions, self_attention

@@ -11,6 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from pretrain import sharding
 from pretrain.models import layers
 from pretrain.models.attention.masks import AttentionMask
 from pretrain.models.attention.masks import dense_mask
@@ -234,3 +235,40 @@ def splash_attention(query, key, value, mask, dtype, scale, soft_cap, interpret,
       lambda q, k, v, qi, ki: kernel(q, k, v, segment_ids=splash.SegmentIds(q=qi, kv=ki))
     )(query, key, value, *ids)
   return jnp.swapaxes(out, 1, 2).astype(jnp.float32)  # [batch, q_length, heads, head_dim]
+
+
+def per_shard(kernel, query, key, value, mask: AttentionMask | None):
+  """kernel(query, key, value, mask) run on each device's shard of the mesh in context.
+
+  XLA cannot partition a Pallas kernel by itself ("Mosaic kernels cannot be automatically
+  partitioned"): under a mesh of several devices the kernel runs in a shard_map, its batch split
+  over the mesh's batch axes and its heads over 'tensor' where they divide; attention never
+  mixes examples or heads, so no collective is needed. One device (or no mesh): a plain call.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return kernel(query, key, value, mask)
+  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+  batch_axes = tuple(a for a in sharding.BATCH_AXES if sizes.get(a, 1) > 1)
+  if query.shape[0] % max(1, _prod(sizes[a] for a in batch_axes)):
+    batch_axes = ()
+  tensor = sizes.get("tensor", 1)
+  heads = (
+    "tensor" if tensor > 1 and not (query.shape[2] % tensor or key.shape[2] % tensor) else None
+  )
+  batch = batch_axes or None
+  qkv = jax.sharding.PartitionSpec(batch, None, heads, None)
+  return jax.shard_map(
+    kernel,
+    mesh=mesh,
+    in_specs=(qkv, qkv, qkv, jax.sharding.PartitionSpec(batch)),
+    out_specs=qkv,
+    check_vma=False,  # The Pallas calls carry no varying-axes types.
+  )(query, key, value, mask)
+
+
+def _prod(values) -> int:
+  out = 1
+  for v in values:
+    out *= v
+  return out

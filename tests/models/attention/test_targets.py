@@ -74,8 +74,8 @@ def has_cudnn() -> bool:
 
 
 @pytest.fixture(scope="module")
-def tpu_mesh():
-  """One chip of a compile-only TPU v5e 2x2 slice."""
+def tpu_slice():
+  """The four chips of a compile-only TPU v5e 2x2 slice."""
   if not _installed("libtpu"):
     pytest.skip("libtpu is not installed (the aot extra)")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
@@ -88,7 +88,13 @@ def tpu_mesh():
     num_slices=1,
     wrap=(True, True, False),
   )
-  return jax.sharding.Mesh(np.array(topology.devices[:1]), ("data",))
+  return topology.devices
+
+
+@pytest.fixture(scope="module")
+def tpu_mesh(tpu_slice):
+  """One chip of it."""
+  return jax.sharding.Mesh(np.array(tpu_slice[:1]), ("data",))
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +111,7 @@ def gpu_mesh():
   return jax.sharding.Mesh(np.array(topology.devices), ("data",))
 
 
-def compile_for(mesh, backend, kinds):
+def compile_for(mesh, backend, kinds, spec=jax.sharding.PartitionSpec()):
   """(compiled text, recorded resolutions) of forward and backward of attention under each mask kind."""
 
   def loss(q, k, v):
@@ -120,7 +126,7 @@ def compile_for(mesh, backend, kinds):
   shape = jax.ShapeDtypeStruct(
     (BATCH, LENGTH, HEADS, HEAD_DIM),
     jnp.bfloat16,
-    sharding=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()),
+    sharding=jax.sharding.NamedSharding(mesh, spec),
   )
   # The planner's seam: the mesh in context says what to compile for, not the CPU host.
   with sharding.mesh_context(mesh), attention.recording() as resolutions:
@@ -185,3 +191,24 @@ def test_auto_picks_what_compiles_for_each_target(tpu_mesh, gpu_mesh):
     ("auto", "xla", f"auto on gpu: {refused}; pallas_gpu has no sliding window"),
   ]
   assert has_kernel(text, "pallas_gpu")
+
+
+def test_kernels_run_per_shard_of_a_mesh_of_several_devices(tpu_slice, gpu_mesh):
+  """XLA cannot partition a Pallas kernel: over 2 x 2 chips it runs per shard (batch over data,
+  heads over tensor), over 2 GPUs per batch shard, with no collective of its own."""
+  mesh = jax.sharding.Mesh(np.array(tpu_slice).reshape(2, 2), ("data", "tensor"))
+  spec = jax.sharding.PartitionSpec("data", None, "tensor", None)
+  text, resolutions = compile_for(mesh, "splash_tpu", ["segments", "padding"], spec)
+  assert resolutions == [("splash_tpu", "splash_tpu", "requested")]
+  assert has_kernel(text, "splash_tpu")
+  assert "all-gather" not in text and "all-to-all" not in text
+  from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
+
+  with open(os.path.join(_HERE, "h100_sxm.txtpb"), encoding="utf-8") as f:
+    gpus = topologies.get_topology_desc(platform="cuda", topology="1x1x2", target_config=f.read())
+  mesh = jax.sharding.Mesh(np.array(gpus.devices), ("data",))
+  text, resolutions = compile_for(
+    mesh, "pallas_gpu", ["segments", "causal"], jax.sharding.PartitionSpec("data")
+  )
+  assert resolutions == [("pallas_gpu", "pallas_gpu", "requested")]
+  assert has_kernel(text, "pallas_gpu") and "all-gather" not in text
