@@ -29,7 +29,9 @@ compiled for: that of the mesh in context, see `target_platform`):
 A backend that cannot express the call (dropout, an additive bias, ALiBi, a
 dense mask, prefix-LM, an unsupported length, the wrong platform) falls back to
 'xla'; a kernel that refuses the call while it is traced (cuDNN missing on the
-host, or a shape it lacks) hands it to the next in line. Each fallback is
+host, or a shape it lacks) hands it to the next in line. Under a mesh of several
+devices the Pallas kernels run per shard (`kernels.per_shard`: XLA cannot
+partition them itself). Each fallback is
 logged once and recorded with its reason (`recording()`). Compiled for real
 targets from a CPU host, every backend x mask kind is checked in
 tests/models/attention/test_targets.py. The Pallas kernels also

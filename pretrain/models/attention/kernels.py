@@ -258,13 +258,19 @@ def per_shard(kernel, query, key, value, mask: AttentionMask | None):
   )
   batch = batch_axes or None
   qkv = jax.sharding.PartitionSpec(batch, None, heads, None)
+  specs = (qkv, qkv, qkv, jax.tree.map(lambda _: jax.sharding.PartitionSpec(batch), mask))
+  args = (query, key, value, mask)
+  if (
+    jax.sharding.AxisType.Explicit in mesh.axis_types
+  ):  # shard_map takes them as they are laid out.
+    args = jax.tree.map(jax.sharding.reshard, args, specs)
   return jax.shard_map(
     kernel,
     mesh=mesh,
-    in_specs=(qkv, qkv, qkv, jax.sharding.PartitionSpec(batch)),
+    in_specs=specs,
     out_specs=qkv,
     check_vma=False,  # The Pallas calls carry no varying-axes types.
-  )(query, key, value, mask)
+  )(*args)
 
 
 def _prod(values) -> int:
