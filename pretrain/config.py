@@ -21,6 +21,8 @@ from typing import Any
 import ml_collections
 
 from pretrain.errors import PretrainError
+from pretrain.training import compile_cache
+from pretrain.training import profiling
 
 
 def field(section: Any, name: str, default: Any = None) -> Any:
@@ -125,6 +127,11 @@ def base_config() -> ml_collections.ConfigDict:
       # A step whose loss or gradients are not finite is skipped (params and optimizer moments kept,
       # the step counter advances); the run stops when more than this many in a row were skipped.
       max_skipped_steps=0,
+      # jax's persistent compilation cache (a folder or gs://; '' for none): a restarted job loads its
+      # compiled steps from it. Programs faster to compile than min_compile_seconds are not written
+      # (0: every program). Trusted code: nobody else may write there (pretrain/training/compile_cache.py).
+      compilation_cache_dir="",
+      compilation_cache_min_compile_seconds=1.0,
     )
   )
 
@@ -157,6 +164,10 @@ def base_config() -> ml_collections.ConfigDict:
       peak_flops_per_device=0.0,
       cpu_peak_flops=130e9,
       progress_bar=True,
+      # 'START,END': a jax.profiler trace of steps START..END into the workdir's TensorBoard dir
+      # (pretrain/training/profiling.py), by process 0 unless profile_all_processes.
+      profile_steps="",
+      profile_all_processes=False,
     )
   )
   return c
@@ -195,6 +206,8 @@ def validate(config, mesh) -> None:
       and (value > 0 or (value == 0 and domain == ">= 0"))
     ):
       raise PretrainError(f"metrics.{key}={value!r} must be a finite number {domain}")
+  profiling.parse_steps(config.metrics.get("profile_steps", ""))
+  compile_cache.check(config.train)
   if config.optimizer.decay != "rsqrt" and config.optimizer.warmup_steps > t.steps:
     logging.getLogger("pretrain.train").warning(
       "optimizer.warmup_steps=%d is longer than the run (train.steps=%d): the learning rate never "

@@ -38,6 +38,8 @@ from pretrain.data import pipeline
 from pretrain.data import sources as data_sources
 from pretrain.errors import PretrainError
 from pretrain.models import attention
+from pretrain.training import compile_cache
+from pretrain.training import profiling
 from pretrain.training import progress as progress_lib
 from pretrain.training import resume as resume_lib
 from pretrain.training import step as step_lib
@@ -109,6 +111,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   if max_skipped < 0:
     raise PretrainError(f"train.max_skipped_steps={max_skipped} must be 0 or more")
 
+  cache = compile_cache.configure(config.train)  # Before the first compile; restored at the end.
   tokenizer, stores = data_sources.open_stores(config.data, config.tokenizer)
   task = families.get_task(config, tokenizer)
   model = task.build_model()
@@ -205,6 +208,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
       )
       _logger.info("params from %s", config.init_from)
     progress = progress_lib.Progress(first_start_time)
+  progress.compile_cache = cache
   with (
     attention.recording() as resolutions
   ):  # Each attention call resolves its backend while tracing.
@@ -214,6 +218,8 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   eval_step = fns.eval_step
 
   start_step = int(jax.device_get(state.step))
+  profiler = profiling.StepProfiler(config.metrics, workdir, start_step)
+  train_step = profiler.wrap(train_step)
   writer = metrics_lib.MetricsWriter(workdir)
   n_params = fns.num_params
   if start_step == 0:
@@ -380,6 +386,8 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
             f"{stop.signal} received: saved a checkpoint at step {step}; exiting.", file=sys.stderr
           )
   finally:
+    profiler.stop()
+    cache.close()
     bar.close()
     checkpointer.close()
     writer.close()

@@ -2,6 +2,7 @@
 
 import time
 
+from pretrain.training.compile_cache import CacheWatch
 from pretrain.training.progress import Progress
 
 
@@ -26,6 +27,8 @@ def test_progress_books_time_and_round_trips_through_a_checkpoint_dict(monkeypat
     "checkpoint_seconds": 2.0,
     "data_wait_seconds": 1.0,
     "eval_seconds": 0.0,
+    "compile_cache_hits": 0,
+    "compile_seconds_saved": 0.0,
   }
   again = Progress.resumed(dict(saved, unknown=1), first_start_time=200.0)
   assert again.to_dict() == dict(saved, restarts=1)  # The first life's start time is kept.
@@ -40,4 +43,15 @@ def test_progress_books_time_and_round_trips_through_a_checkpoint_dict(monkeypat
     "badput_checkpoint_seconds": 2.0,
     "badput_data_wait_seconds": 1.0,
     "badput_eval_seconds": 0.0,
+    "compile_cache_hits": 0,
+    "compile_seconds_saved": 0.0,
   }
+
+
+def test_compile_seconds_saved_add_up_over_lives():
+  p = Progress.resumed({"compile_cache_hits": 2, "compile_seconds_saved": 30.0}, 0.0)
+  p.compile_cache = CacheWatch("/cache", hits=1, saved_seconds=12.5)  # This life's hits so far.
+  assert p.to_dict()["compile_cache_hits"] == 3
+  row = p.goodput_row()
+  assert (row["compile_cache_hits"], row["compile_seconds_saved"]) == (3, 42.5)
+  assert Progress.resumed(p.to_dict(), 0.0).compile_seconds_saved == 42.5

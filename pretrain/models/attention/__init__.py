@@ -10,7 +10,8 @@
   functional.py  `dot_product_attention`, the functional API.
   module.py      `MultiHeadAttention` with its decode cache.
 
-Backends (`resolve_backend` picks one per call, at trace time):
+Backends (`resolve_backend` picks one per call, at trace time, for the platform
+compiled for: that of the mesh in context, see `target_platform`):
 
   'xla'                    einsums written out; softmax in float32; runs
                            anywhere and supports every variant and dropout.
@@ -21,13 +22,19 @@ Backends (`resolve_backend` picks one per call, at trace time):
                            packed segments and padding of self-attention.
   'splash_tpu'             Pallas splash attention for TPUs; causal, sliding
                            window, segments, padding and soft-cap.
-  'auto'                   the fastest of those that supports the call on this
-                           platform: splash_tpu on TPU; on GPU cuDNN (bfloat16/
-                           float16) or else pallas_gpu; xla otherwise.
+  'auto'                   the first of a chain that supports the call on the
+                           platform: TPU splash_tpu -> xla; GPU cuDNN ->
+                           pallas_gpu -> xla; xla elsewhere.
 
 A backend that cannot express the call (dropout, an additive bias, ALiBi, a
 dense mask, prefix-LM, an unsupported length, the wrong platform) falls back to
-'xla'; each fallback is logged once with its reason. The Pallas kernels also
+'xla'; a kernel that refuses the call while it is traced (cuDNN missing on the
+host, or a shape it lacks) hands it to the next in line. Under a mesh of several
+devices the Pallas kernels run per shard (`kernels.per_shard`: XLA cannot
+partition them itself). Each fallback is
+logged once and recorded with its reason (`recording()`). Compiled for real
+targets from a CPU host, every backend x mask kind is checked in
+tests/models/attention/test_targets.py. The Pallas kernels also
 run on CPU through the Pallas interpreter when `interpret` is on (the config
 field, or the environment variable PRETRAIN_ATTENTION_INTERPRET=1); that is for
 tests, and slow.
@@ -49,6 +56,7 @@ from pretrain.models.attention.backends import check_backend
 from pretrain.models.attention.backends import interpret_default
 from pretrain.models.attention.backends import recording
 from pretrain.models.attention.backends import resolve_backend
+from pretrain.models.attention.backends import target_platform
 from pretrain.models.attention.config import AttentionConfig
 from pretrain.models.attention.config import QK_NORMS
 from pretrain.models.attention.config import check_heads
@@ -81,4 +89,5 @@ __all__ = [
   "padding_mask",
   "recording",
   "resolve_backend",
+  "target_platform",
 ]

@@ -4,6 +4,11 @@
 (`AttentionFeatures`) and the platform, nothing else. Calls resolve at trace
 time, so a caller that wants to know what a compiled function runs wraps its
 tracing in `recording()`; nothing is kept outside such a block.
+
+The platform is the one the traced program is compiled for (`target_platform`),
+not the host's: a train step built over a mesh of compile-only TPU or GPU
+devices on a CPU machine (ahead-of-time compilation) gets the TPU or GPU
+kernels.
 """
 
 import contextlib
@@ -12,6 +17,8 @@ import dataclasses
 import logging
 import os
 from typing import Iterator, NamedTuple
+
+import jax
 
 from pretrain import logs
 from pretrain.errors import PretrainError
@@ -31,6 +38,22 @@ def check_backend(backend: str) -> None:
 def interpret_default() -> bool:
   """Whether PRETRAIN_ATTENTION_INTERPRET asks for the Pallas interpreter."""
   return os.environ.get(INTERPRET_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+_PLATFORMS = {"cuda": "gpu", "rocm": "gpu"}  # Device platform -> the name resolve_backend uses.
+
+
+def target_platform() -> str:
+  """The platform the calls traced now are compiled for: 'cpu', 'gpu' or 'tpu'.
+
+  That of the devices of the mesh in context (jax.set_mesh, which pretrain.sharding.mesh_context
+  enters), so a step traced over a mesh of compile-only TPU or GPU devices on a CPU host gets TPU or
+  GPU kernels; without a mesh, jax.default_backend(). jax keys its trace caches on the mesh in
+  context, so a function traced for one mesh is traced again for another.
+  """
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  platform = getattr(device, "platform", None) or jax.default_backend()
+  return _PLATFORMS.get(platform, platform)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,15 +149,42 @@ def _unsupported(backend: str, f: AttentionFeatures, platform: str, interpret: b
   return None
 
 
+# What `auto` tries on each platform, in order; xla ends every chain (it runs anything).
+AUTO_CHAINS = {"tpu": ("splash_tpu",), "gpu": ("dot_product_attention", "pallas_gpu")}
+
+
+def cudnn_missing(
+  features: AttentionFeatures, platform: str, unavailable: dict[str, str] | None = None
+) -> str | None:
+  """Why jax.nn.dot_product_attention cannot run cuDNN's fused kernel for the call; None when it can.
+
+  `unavailable` holds what kernels refused while tracing (see `resolve_backend`).
+  """
+  if platform != "gpu":
+    return f"no cuDNN on {platform}"
+  if features.dtype not in ("bfloat16", "float16"):
+    return f"cuDNN needs bfloat16/float16 compute, not {features.dtype}"
+  return (unavailable or {}).get("dot_product_attention")
+
+
 def resolve_backend(
-  requested: str, features: AttentionFeatures, platform: str, *, interpret: bool = False
+  requested: str,
+  features: AttentionFeatures,
+  platform: str,
+  *,
+  interpret: bool = False,
+  unavailable: dict[str, str] | None = None,
 ) -> tuple[str, str]:
   """(backend, reason): the backend that computes a call with `features` on `platform`.
 
-  Pure: decides from its arguments only. `platform` is jax.default_backend()
-  ('cpu', 'gpu', 'tpu'); `interpret` lets the Pallas kernels run anywhere.
+  Pure: decides from its arguments only. `platform` is the one compiled for
+  ('cpu', 'gpu', 'tpu'; see `target_platform`); `interpret` lets the Pallas
+  kernels run anywhere; `unavailable` maps a backend to why it refused this
+  call when traced (cuDNN missing on the host, or a shape it lacks), so that
+  the caller can resolve again and take the next in line.
   """
   check_backend(requested)
+  unavailable = unavailable or {}
   if requested == "xla":
     return "xla", "requested"
   if requested != "auto":
@@ -142,29 +192,26 @@ def resolve_backend(
     if why is not None:
       return "xla", f"{requested} {why}"
     if requested == "dot_product_attention":
-      if platform != "gpu":
-        return (
-          requested,
-          f"requested; no cuDNN on {platform}, so jax.nn.dot_product_attention runs its XLA version",
-        )
-      if features.dtype not in ("bfloat16", "float16"):
-        return requested, (
-          f"requested; cuDNN needs bfloat16/float16 compute, not {features.dtype}, so "
-          "jax.nn.dot_product_attention runs its XLA version"
-        )
+      why = cudnn_missing(features, platform, unavailable)
+      if why is not None:
+        return requested, f"requested; {why}, so jax.nn.dot_product_attention runs its XLA version"
+    elif requested in unavailable:
+      return "xla", f"{requested} {unavailable[requested]}"
     return requested, "requested"
-  candidates = {"tpu": ("splash_tpu",), "gpu": ("dot_product_attention", "pallas_gpu")}.get(
-    platform, ()
-  )
+  candidates = AUTO_CHAINS.get(platform, ())
   reasons = []
   for candidate in candidates:
-    if candidate == "dot_product_attention" and features.dtype not in ("bfloat16", "float16"):
-      reasons.append(f"cuDNN needs bfloat16/float16 compute, not {features.dtype}")
-      continue
-    why = _unsupported(candidate, features, platform, interpret)
+    why = (
+      cudnn_missing(features, platform, unavailable)
+      if candidate == "dot_product_attention"
+      else (f"{candidate} {unavailable[candidate]}" if candidate in unavailable else None)
+    )
     if why is None:
-      return candidate, f"auto on {platform}"
-    reasons.append(f"{candidate} {why}")
+      why = _unsupported(candidate, features, platform, interpret)
+      why = why and f"{candidate} {why}"
+    if why is None:
+      return candidate, f"auto on {platform}" + "".join(f"; {r}" for r in reasons)
+    reasons.append(why)
   if not candidates:
     reasons.append(f"no fused kernel on {platform}")
   return "xla", f"auto on {platform}: " + "; ".join(reasons)

@@ -105,39 +105,54 @@ def dot_product_attention(
     q_length=q_length,
     kv_length=kv_length,
   )
-  resolved, reason = backends.resolve_backend(
-    backend, features, jax.default_backend(), interpret=interpret
-  )
-  backends.record(backend, resolved, reason)
 
-  if resolved == "pallas_gpu":
-    return kernels.pallas_gpu_attention(
-      query, key, value, structured, dtype, scale, interpret, self_attention
+  def run(resolved: str, use_cudnn: bool) -> Array:
+    """The resolved backend's kernel on this call."""
+    logits_bias = bias
+    if resolved == "pallas_gpu":
+      kernel = lambda q, k, v, m: kernels.pallas_gpu_attention(
+        q, k, v, m, dtype, scale, interpret, self_attention
+      )
+      return kernels.per_shard(kernel, query, key, value, structured)
+    if resolved == "splash_tpu":
+      kernel = lambda q, k, v, m: kernels.splash_attention(
+        q, k, v, m, dtype, scale, logits_soft_cap, interpret, self_attention
+      )
+      return kernels.per_shard(kernel, query, key, value, structured)
+    if alibi_slopes is not None:
+      positions = position_ids(
+        structured, q_length, kv_length, q_positions, kv_positions, self_attention
+      )
+      alibi = positions_lib.alibi_bias(alibi_slopes, *positions)  # [batch or 1, heads, q, kv]
+      logits_bias = alibi if bias is None else bias + alibi
+    if resolved == "dot_product_attention":
+      return kernels.jax_nn_attention(
+        query, key, value, logits_bias, structured, dtype, scale, use_cudnn
+      )
+    return kernels.xla_attention(
+      query,
+      key,
+      value,
+      logits_bias,
+      dense_mask(structured, q_length, kv_length),
+      dropout_rng,
+      dropout_rate,
+      deterministic,
+      dtype,
+      scale,
+      logits_soft_cap,
     )
-  if resolved == "splash_tpu":
-    return kernels.splash_attention(
-      query, key, value, structured, dtype, scale, logits_soft_cap, interpret, self_attention
+
+  platform = backends.target_platform()
+  unavailable: dict[str, str] = {}  # Kernels that refused this call while traced: resolve again.
+  while True:
+    resolved, reason = backends.resolve_backend(
+      backend, features, platform, interpret=interpret, unavailable=unavailable
     )
-  if alibi_slopes is not None:
-    q_positions, kv_positions = position_ids(
-      structured, q_length, kv_length, q_positions, kv_positions, self_attention
-    )
-    alibi = positions_lib.alibi_bias(
-      alibi_slopes, q_positions, kv_positions
-    )  # [batch or 1, heads, q, kv]
-    bias = alibi if bias is None else bias + alibi
-  if resolved == "dot_product_attention":
-    return kernels.jax_nn_attention(query, key, value, bias, structured, dtype, scale)
-  return kernels.xla_attention(
-    query,
-    key,
-    value,
-    bias,
-    dense_mask(mask, q_length, kv_length),
-    dropout_rng,
-    dropout_rate,
-    deterministic,
-    dtype,
-    scale,
-    logits_soft_cap,
-  )
+    try:
+      out = run(resolved, backends.cudnn_missing(features, platform, unavailable) is None)
+    except kernels.KernelUnavailable as e:
+      unavailable[resolved] = str(e)
+      continue
+    backends.record(backend, resolved, reason)
+    return out

@@ -4,21 +4,19 @@ They trust their caller (`functional.dot_product_attention`) to have checked
 shapes and chosen a backend that supports the call (backends.py).
 """
 
+import concurrent.futures
 import dataclasses
 import functools
-import logging
 
 import jax
 import jax.numpy as jnp
 
-from pretrain import logs
+from pretrain import sharding
 from pretrain.models import layers
 from pretrain.models.attention.masks import AttentionMask
 from pretrain.models.attention.masks import dense_mask
 
 Array = jax.Array
-
-_logger = logging.getLogger("pretrain.models.attention")
 
 
 def xla_attention(
@@ -66,38 +64,47 @@ def xla_attention(
   return jnp.swapaxes(out, 1, 2)  # [batch, q_length, heads, head_dim]
 
 
-def jax_nn_attention(query, key, value, bias, mask, dtype, scale):
-  """jax.nn.dot_product_attention; causal goes in as is_causal (cuDNN skips the masked blocks)."""
-  is_causal = False
+class KernelUnavailable(Exception):
+  """A kernel refused a call while it was traced (cuDNN missing on the host, a shape it lacks)."""
+
+
+def jax_nn_attention(query, key, value, bias, mask, dtype, scale, use_cudnn: bool):
+  """jax.nn.dot_product_attention, with cuDNN's kernel when `use_cudnn` (else its XLA version).
+
+  Causal goes in as is_causal and a causal window as local_window_size (cuDNN skips the masked
+  blocks); the rest of the mask goes in dense. Raises KernelUnavailable when cuDNN refuses the call
+  (it checks its library, shapes and head size while tracing).
+  """
+  is_causal, window = False, None
   if isinstance(mask, AttentionMask) and mask.causal and mask.prefix_length is None:
     is_causal = True
-    mask = dataclasses.replace(mask, causal=False)
-  mask = dense_mask(mask, query.shape[1], key.shape[1])
-  query, key, value = (x.astype(dtype) for x in (query, key, value))
-  implementation = "xla"
-  if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
-    implementation = "cudnn"
-  attend = functools.partial(
-    jax.nn.dot_product_attention,
-    query,
-    key,
-    value,
-    bias=bias,
-    mask=mask,
-    scale=scale,
-    is_causal=is_causal,
+    if mask.sliding_window is not None:
+      window = (mask.sliding_window - 1, 0)
+    mask = dataclasses.replace(mask, causal=False, sliding_window=None)
+  lengths = (query.shape[1], key.shape[1])
+  mask = dense_mask(mask, *lengths)
+  # cuDNN adds the mask as a bias, and takes a bias only at full lengths (batch, heads may be 1).
+  mask, bias = (
+    None if x is None else jnp.broadcast_to(x, (1,) * (4 - x.ndim) + x.shape[:-2] + lengths)
+    for x in (mask, bias)
   )
+  query, key, value = (x.astype(dtype) for x in (query, key, value))
   try:
-    out = attend(implementation=implementation)
-  except (ValueError, NotImplementedError, RuntimeError) as e:
-    if implementation != "cudnn":
-      raise
-    # cuDNN rejects some shapes, head sizes and library versions at trace time.
-    logs.log_once(
-      _logger,
-      f"attention backend dot_product_attention: cuDNN unavailable ({e}); using its XLA version",
+    out = jax.nn.dot_product_attention(
+      query,
+      key,
+      value,
+      bias=bias,
+      mask=mask,
+      scale=scale,
+      is_causal=is_causal,
+      local_window_size=window,
+      implementation="cudnn" if use_cudnn else "xla",
     )
-    out = attend(implementation="xla")
+  except (ValueError, NotImplementedError, RuntimeError) as e:
+    if not use_cudnn:
+      raise
+    raise KernelUnavailable(f"cuDNN refused the call ({type(e).__name__}: {e})") from e
   return out.astype(jnp.float32)
 
 
@@ -150,7 +157,18 @@ def _splash_block(length: int) -> int:
 
 
 @functools.lru_cache(maxsize=64)
-def _splash_kernel(
+def _splash_kernel(*args):
+  """A splash kernel for one example `[heads, length, head_dim]` (built once per shape and mask).
+
+  The kernel holds arrays of mask metadata; made concrete, it serves every later trace. They are
+  made in a thread of their own, outside the caller's trace and mesh: under a mesh of compile-only
+  devices (a TPU program compiled on a CPU host) jax could not evaluate them on that mesh.
+  """
+  with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="splash-kernel") as builder:
+    return builder.submit(_make_splash_kernel, *args).result()
+
+
+def _make_splash_kernel(
   num_heads: int,
   q_length: int,
   kv_length: int,
@@ -159,7 +177,6 @@ def _splash_kernel(
   soft_cap: float | None,
   interpret: bool,
 ):
-  """A splash kernel for one example `[heads, length, head_dim]` (built once per shape and mask)."""
   from jax.experimental.pallas.ops.tpu import splash_attention as splash  # pylint: disable=g-import-not-at-top
 
   shape = (q_length, kv_length)
@@ -180,7 +197,6 @@ def _splash_kernel(
     block_q_dq=bq,
     block_kv_dq=bkv,
   )
-  # The kernel holds arrays of mask metadata; made concrete, it can be cached across traces.
   with jax.ensure_compile_time_eval():
     return splash.make_splash_mha(
       splash.MultiHeadMask([head_mask] * num_heads),
@@ -219,3 +235,46 @@ def splash_attention(query, key, value, mask, dtype, scale, soft_cap, interpret,
       lambda q, k, v, qi, ki: kernel(q, k, v, segment_ids=splash.SegmentIds(q=qi, kv=ki))
     )(query, key, value, *ids)
   return jnp.swapaxes(out, 1, 2).astype(jnp.float32)  # [batch, q_length, heads, head_dim]
+
+
+def per_shard(kernel, query, key, value, mask: AttentionMask | None):
+  """kernel(query, key, value, mask) run on each device's shard of the mesh in context.
+
+  XLA cannot partition a Pallas kernel by itself ("Mosaic kernels cannot be automatically
+  partitioned"): under a mesh of several devices the kernel runs in a shard_map, its batch split
+  over the mesh's batch axes and its heads over 'tensor' where they divide; attention never
+  mixes examples or heads, so no collective is needed. One device (or no mesh): a plain call.
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty or mesh.size == 1:
+    return kernel(query, key, value, mask)
+  sizes = dict(zip(mesh.axis_names, mesh.axis_sizes))
+  batch_axes = tuple(a for a in sharding.BATCH_AXES if sizes.get(a, 1) > 1)
+  if query.shape[0] % max(1, _prod(sizes[a] for a in batch_axes)):
+    batch_axes = ()
+  tensor = sizes.get("tensor", 1)
+  heads = (
+    "tensor" if tensor > 1 and not (query.shape[2] % tensor or key.shape[2] % tensor) else None
+  )
+  batch = batch_axes or None
+  qkv = jax.sharding.PartitionSpec(batch, None, heads, None)
+  specs = (qkv, qkv, qkv, jax.tree.map(lambda _: jax.sharding.PartitionSpec(batch), mask))
+  args = (query, key, value, mask)
+  if (
+    jax.sharding.AxisType.Explicit in mesh.axis_types
+  ):  # shard_map takes them as they are laid out.
+    args = jax.tree.map(jax.sharding.reshard, args, specs)
+  return jax.shard_map(
+    kernel,
+    mesh=mesh,
+    in_specs=specs,
+    out_specs=qkv,
+    check_vma=False,  # The Pallas calls carry no varying-axes types.
+  )(*args)
+
+
+def _prod(values) -> int:
+  out = 1
+  for v in values:
+    out *= v
+  return out

@@ -5,9 +5,12 @@ import logging
 import os
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from pretrain import sharding
 from pretrain.errors import PretrainError
 from pretrain.models import attention
 
@@ -28,7 +31,21 @@ def test_resolve_backend_decisions_and_reasons():
   assert resolve("auto", plain, "cpu") == ("xla", "auto on cpu: no fused kernel on cpu")
   assert resolve("auto", plain, "tpu") == ("splash_tpu", "auto on tpu")
   assert resolve("auto", bf16, "gpu") == ("dot_product_attention", "auto on gpu")
-  assert resolve("auto", plain, "gpu") == ("pallas_gpu", "auto on gpu")
+  # auto's chain on GPU: cuDNN, then pallas_gpu, then xla; the reason says why earlier links were skipped.
+  assert resolve("auto", plain, "gpu") == (
+    "pallas_gpu",
+    "auto on gpu; cuDNN needs bfloat16/float16 compute, not float32",
+  )
+  refused = {"dot_product_attention": "cuDNN refused the call (RuntimeError: cuDNN not found.)"}
+  assert resolve("auto", bf16, "gpu", unavailable=refused) == (
+    "pallas_gpu",
+    "auto on gpu; cuDNN refused the call (RuntimeError: cuDNN not found.)",
+  )
+  assert resolve("dot_product_attention", bf16, "gpu", unavailable=refused) == (
+    "dot_product_attention",
+    "requested; cuDNN refused the call (RuntimeError: cuDNN not found.), so "
+    "jax.nn.dot_product_attention runs its XLA version",
+  )
   backend, reason = resolve("auto", dataclasses.replace(bf16, dropout=True), "gpu")
   assert backend == "xla" and "dot_product_attention has no attention dropout" in reason
   backend, reason = resolve("auto", dataclasses.replace(plain, soft_cap=True), "gpu")
@@ -129,3 +146,46 @@ def test_recording_is_scoped():
     attention.dot_product_attention(q, q, q)
   assert outer == [("xla", "xla", "requested")]
   assert inner == [("auto", "xla", "auto on cpu: no fused kernel on cpu")]
+
+
+def test_calls_resolve_for_the_platform_of_the_mesh_in_context():
+  """The platform is that of the mesh's devices (compile-only TPU or GPU ones: test_targets.py)."""
+  q = np.ones((1, 128, 1, 8), np.float32)
+  mask = attention.AttentionMask(causal=True)
+  fn = lambda q: attention.dot_product_attention(q, q, q, mask=mask, backend="auto")
+  assert attention.target_platform() == "cpu"  # No mesh: jax's default backend.
+  mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+  with sharding.mesh_context(mesh), attention.recording() as resolutions:
+    assert attention.target_platform() == "cpu"
+    jax.make_jaxpr(fn)(q)
+  assert resolutions == [("auto", "xla", "auto on cpu: no fused kernel on cpu")]
+
+
+def test_a_kernel_refusing_the_call_hands_it_to_the_next_in_line(monkeypatch):
+  """auto on a GPU host without cuDNN: cuDNN refuses while traced, pallas_gpu has no ALiBi, xla runs it
+  (with the ALiBi bias added once)."""
+  from pretrain.models.attention import backends  # pylint: disable=g-import-not-at-top
+  from pretrain.models.attention import kernels  # pylint: disable=g-import-not-at-top
+
+  def refuse(*args):
+    raise kernels.KernelUnavailable("cuDNN refused the call (RuntimeError: cuDNN not found.)")
+
+  rng = np.random.default_rng(0)
+  q, k, v = (rng.normal(size=(2, 16, 2, 8)).astype(np.float32) for _ in range(3))
+  call = lambda backend: attention.dot_product_attention(
+    q, k, v, backend=backend, dtype=jnp.bfloat16, alibi_slopes=np.array([0.5, 0.25])
+  )
+  want = call("xla")
+  monkeypatch.setattr(backends, "target_platform", lambda: "gpu")
+  monkeypatch.setattr(kernels, "jax_nn_attention", refuse)
+  with attention.recording() as resolutions:
+    got = call("auto")
+  np.testing.assert_array_equal(got, want)
+  assert resolutions == [
+    (
+      "auto",
+      "xla",
+      "auto on gpu: cuDNN refused the call (RuntimeError: cuDNN not found.); "
+      "pallas_gpu has no ALiBi bias",
+    )
+  ]

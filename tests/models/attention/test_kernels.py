@@ -6,6 +6,7 @@ import sys
 import jax
 import numpy as np
 
+from pretrain import sharding
 from pretrain.models import attention
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # For attention_reference.py.
@@ -128,3 +129,13 @@ def test_kernel_backends_fall_back_to_xla_exactly():
     attention.dot_product_attention(q, k, v, mask=mask, backend="splash_tpu"),
     attention.dot_product_attention(q, k, v, mask=mask),
   )
+
+
+def test_pallas_kernel_per_shard_of_a_mesh_matches_the_reference():
+  """Under a mesh of 2 x 2 devices the kernel runs per shard (batch over data, heads over tensor)."""
+  pad = (SEGMENTS > 0).astype(np.int32)
+  mask = attention.AttentionMask(causal=True, segment_ids=SEGMENTS, input_mask=pad)
+  ref_mask = reference_mask(BATCH, L, L, causal=True, segment_ids=SEGMENTS, input_mask=pad)
+  mesh = jax.make_mesh((2, 2), ("data", "tensor"), devices=jax.devices()[:4])
+  with sharding.mesh_context(mesh):
+    check_kernel("pallas_gpu", qkv(9, L, L, kv_heads=2), mask, ref_mask, pad > 0)
