@@ -13,12 +13,14 @@ as a block-skipping kernel computes it.
 The learning-rate schedule follows each variant's length: the decay ends at
 the variant's own last step (the optimizer reads train.steps), and the warmup
 is the same fraction of the run as the baseline's: warmup_steps x steps /
-baseline steps, rounded, so the baseline keeps its configured warmup.
+baseline steps, rounded (halves up), so the baseline keeps its configured
+warmup.
 """
 
 import dataclasses
 import inspect
 import json
+import math
 from typing import Callable
 
 import ml_collections
@@ -134,7 +136,7 @@ def plans(
   out = {}
   for name, config in configs.items():
     warmup = int(config.optimizer.warmup_steps)
-    scaled = round(warmup * steps[name] / steps[baseline])
+    scaled = math.floor(warmup * steps[name] / steps[baseline] + 0.5)  # Halves round up.
     out[name] = Plan(
       steps=steps[name],
       warmup_steps=max(scaled, 1) if warmup else 0,

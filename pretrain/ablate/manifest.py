@@ -105,9 +105,11 @@ def unrecorded_jobs(workdir: str) -> list[str]:
 def checked(workdir: str, new: dict) -> dict:
   """The manifest this sweep leaves in `workdir`; PretrainError for a directory of another sweep."""
   existing = read(workdir)
+  found = unrecorded_jobs(workdir) if existing is None else []
+  if found:  # Another machine of the same sweep may have written it since: read it once more.
+    existing = read(workdir)
   if existing is not None:
     return check(workdir, existing, new)
-  found = unrecorded_jobs(workdir)
   if found:
     raise PretrainError(
       f"{workdir} holds jobs ({', '.join(found[:3])}) but no {MANIFEST} saying which sweep made "

@@ -167,19 +167,19 @@ def _method(settings, base_keys, budget_text, kind) -> list[str]:
   seeds = ", ".join(f"{k} = {base_keys[k]} + k" for k in settings.seed_keys) or "nothing"
   test = {"t": "a two-sided paired t-test", "wilcoxon": "a two-sided Wilcoxon signed-rank test"}
   lines = [
-    f"Budget: {budget_text}."
+    f"- Budget: {budget_text}."
     + (
       " Learning-rate schedule: each variant decays over its own steps, and its warmup is the "
       "baseline's warmup fraction of the run (warmup_steps x steps / baseline steps)."
       if kind == "flops"
       else ""
     ),
-    f"Seeds: {settings.seeds} per variant; seed index k sets {seeds}, so seed k has the same "
+    f"- Seeds: {settings.seeds} per variant; seed index k sets {seeds}, so seed k has the same "
     "data order and seeds in every variant.",
   ]
   if settings.seeds == 1:
     lines.append(
-      "Statistics: one seed per variant, so no test is possible (a paired test needs two or more "
+      "- Statistics: one seed per variant, so no test is possible (a paired test needs two or more "
       "seeds): the verdicts say so, and differences are unconfirmed."
     )
     return lines
@@ -189,14 +189,14 @@ def _method(settings, base_keys, budget_text, kind) -> list[str]:
     else "p-values not corrected for the number of comparisons"
   )
   lines.append(
-    f"Statistics: mean ± sample sd over seeds and a 95% t interval; Δ = variant − baseline "
+    f"- Statistics: mean ± sample sd over seeds and a 95% t interval; Δ = variant − baseline "
     f"(`{settings.baseline}`) paired by seed, {test[settings.test]}, verdict at α = "
     f"{settings.alpha:g} ({correction})."
   )
   floor = stats.minimum_p_value(settings.seeds, settings.test)
   if floor >= settings.alpha:
     lines.append(
-      f"With {settings.seeds} seeds the signed-rank test's smallest p-value is {floor:.3g} ≥ α: "
+      f"- With {settings.seeds} seeds the signed-rank test's smallest p-value is {floor:.3g} ≥ α: "
       "it cannot find a difference; add seeds or use test='t'."
     )
   return lines
@@ -225,7 +225,7 @@ def write_report(
   lines = [
     f"# Ablation report: {os.path.basename(workdir.rstrip('/' + os.sep))}",
     "",
-    f"Base config: `{sweep.base}` with base overrides "
+    f"- Base config: `{sweep.base}` with base overrides "
     f"`{json.dumps(sweep_lib.flatten(sweep.get('base_overrides')))}`.",
     *_method(
       settings,
@@ -233,7 +233,7 @@ def write_report(
       budget_lib.describe(budget["kind"], budget["value"], plans),
       budget["kind"],
     ),
-    f"Command: `{command}`.",
+    f"- Command: `{command}`.",
     "",
   ]
   for key, title, higher in QUALITY:

@@ -18,6 +18,7 @@ from pretrain.ablate import probe
 from pretrain.ablate import runner
 from pretrain.ablate import sweep as sweep_lib
 from pretrain.errors import PretrainError
+from pretrain.training import optimizer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)  # tiny_sweep, and probe_stub for the probe jobs' processes.
@@ -99,6 +100,12 @@ def test_sweep_of_seeds_with_probe_resume_report_and_refusal(text_corpus, tmp_pa
     for l in open(os.path.join(ablate.job_dir(workdir, "mqa_window", 0), "metrics.jsonl"))
   ]
   assert max(r["step"] for r in last) == 5  # The budget's steps reached the job.
+  # And its schedule: warmup 2 of mha's 4 steps scaled to 5 (2.5, rounded up), decay to step 5.
+  job = prepared.job_config("mqa_window", 0)
+  assert (job.train.steps, job.optimizer.warmup_steps) == (5, 3)
+  schedule = optimizer.learning_rate_schedule(job.optimizer, 5)
+  logged = {r["step"]: r["learning_rate"] for r in last if "learning_rate" in r}
+  assert logged == {s: pytest.approx(float(schedule(s - 1))) for s in (2, 4, 5)}
 
   with open(os.path.join(workdir, "results.csv"), encoding="utf-8") as f:
     table = list(csv.DictReader(f))

@@ -19,7 +19,7 @@ def tiny_sweep(corpus_path: str, variants: dict, **settings) -> ml_collections.C
     train=dict(steps=4, batch_size=8, log_every=2),
     optimizer=dict(warmup_steps=2),
     eval=dict(every_steps=2, batch_size=8, num_batches=1),
-    checkpoint=dict(every_steps=2),
+    checkpoint=dict(every_steps=0),  # At the end (or a stop) only.
     metrics=dict(progress_bar=False),
   )
   s.variants = variants
