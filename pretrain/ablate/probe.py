@@ -76,6 +76,7 @@ def job_config(sweep, config, pretrained_dir: str, seed: int) -> ml_collections.
 
 
 def steps(config) -> int:
-  """The steps the fine-tuning job must reach to count as finished (0 where its config has none)."""
+  """The steps the fine-tuning job must reach to count as finished: its train.steps where set; 0 (any
+  return counts as finished) where the config leaves them to its epochs."""
   value = sweep_lib.get(config, "train.steps")
-  return int(value) if isinstance(value, int) else 0
+  return int(value) if isinstance(value, int) and value > 0 else 0

@@ -117,9 +117,10 @@ def run_sweep(
 ) -> list[dict]:
   """Runs the sweep's jobs (all, or those of the `only` variants and `seeds` indices) and writes the
   report; returns one row per (variant, seed), sorted as the report."""
+  configs = sweep_lib.variant_configs(sweep)  # A bad selection fails before any data is read.
+  _check_selection(configs, sweep_lib.settings(sweep, configs), only, seeds)
   p = prepare(sweep, workdir, write=False, tokenizer_for=tokenizer_for)
   configs, settings = p.configs, p.settings
-  _check_selection(configs, settings, only, seeds)
   # Before any job: a probe whose fine-tuning cannot be imported fails now, not after pretraining.
   probe_fn = probe_lib.job_function() if p.probe is not None and not report_only else None
   if not report_only:

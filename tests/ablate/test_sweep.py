@@ -104,3 +104,12 @@ def test_shipped_sweeps_change_only_attention(path, family):
     }
     built.add(model_cls.from_dict(dict(model, vocab_size=512)).attention)
   assert len(built) == len(configs)  # Every variant is a different attention.
+
+
+def test_unknown_variant_or_seed_index_is_refused_before_anything_is_written(text_corpus, tmp_path):
+  sweep = tiny_sweep(text_corpus, {"a": {}, "b": {}}, seeds=2)
+  with pytest.raises(PretrainError, match="unknown variant.s. c; the sweep has a, b"):
+    ablate.run_sweep(sweep, str(tmp_path / "s"), only=["c"])
+  with pytest.raises(PretrainError, match="seed index 2 is outside the sweep's seeds 0..1"):
+    ablate.run_sweep(sweep, str(tmp_path / "s"), only=["a"], seeds=[2])
+  assert not (tmp_path / "s").exists()
