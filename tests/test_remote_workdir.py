@@ -19,8 +19,10 @@ sys.path.insert(
 )  # For fake_gcs and test_checkpoint's helpers.
 from fake_gcs import BUCKET, root_fixture, server_fixture  # pylint: disable=g-import-not-at-top,wrong-import-position
 from test_checkpoint import _save_steps, _truncate_arrays  # pylint: disable=g-import-not-at-top,wrong-import-position
-from test_ablate import _sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 from test_train import check_init_from, final_params  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "ablate"))
+from tiny_sweep import tiny_sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 _fake_gcs_server = server_fixture()
 fake_gcs = root_fixture(server="_fake_gcs_server")
@@ -162,25 +164,29 @@ def test_train_and_resume_in_a_gcs_workdir(
 
 def test_ablation_report_in_a_gcs_workdir(fake_gcs, text_corpus, monkeypatch, tmp_path):
   from pretrain import ablate  # pylint: disable=g-import-not-at-top
+  from pretrain.ablate import runner  # pylint: disable=g-import-not-at-top
 
   monkeypatch.chdir(tmp_path)
-  variant = fake_gcs / BUCKET / "sweep" / "h2"
-  variant.mkdir(parents=True)
-  (variant / ablate.RESULT).write_text(json.dumps({"status": "done", "steps": 4, "error": ""}))
+  sweep = tiny_sweep(text_corpus, {"h2": {}, "h4": {"model": {"num_heads": 4}}})
+  runner.prepare(sweep, f"gs://{BUCKET}/sweep")  # The manifest, as the sweep's first run writes it.
+  assert json.loads((fake_gcs / BUCKET / "sweep" / "sweep.json").read_text())["seeds"] == 1
+  job = fake_gcs / BUCKET / "sweep" / "h2" / "seed_0"
+  job.mkdir(parents=True)
+  (job / ablate.RESULT).write_text(json.dumps({"status": "done", "steps": 4, "error": ""}))
   rows = [
     {"step": 0, "num_params": 1000, "compile_seconds": 1.0, "tokens_per_step": 256},
     {"step": 2, "loss": 3.0, "tokens_per_sec": 10.0},
     {"step": 4, "loss": 2.5, "tokens_per_sec": 12.0},
     {"step": 4, "eval_loss": 2.6},
   ]
-  (variant / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-  sweep = _sweep(text_corpus, {"h2": {}, "h4": {"model": {"num_heads": 4}}})
+  (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
   out = ablate.run_sweep(sweep, f"gs://{BUCKET}/sweep", report_only=True, log=lambda s: None)
   assert {r["variant"]: r["status"] for r in out} == {"h2": "done", "h4": "not run"}
   assert out[0]["eval_loss"] == 2.6 and out[0]["final_train_loss"] == 2.5
   report = (fake_gcs / BUCKET / "sweep" / "report.md").read_text()
-  assert "| h2 | 1,000 | 2.5000 | 2.6000 |" in report
-  assert (fake_gcs / BUCKET / "sweep" / "results.csv").read_text().startswith("variant,")
+  assert "| h2 | 1 | 2.6000 | - | - | - | baseline |" in report
+  assert "| h2 | 1,000 | 4 | 1,024 |" in report and "no test is possible" in report
+  assert (fake_gcs / BUCKET / "sweep" / "results.csv").read_text().startswith("variant,seed,")
   assert (fake_gcs / BUCKET / "sweep" / "loss_curves.png").read_bytes().startswith(b"\x89PNG")
   assert not os.path.exists(tmp_path / "gs:")
 

@@ -41,4 +41,6 @@ def get_config():
     rope_gqa=dict(model=dict(attention=dict(position="rope", num_kv_heads=2))),
     rope_mqa=dict(model=dict(attention=dict(position="rope", num_kv_heads=1))),
   )
+  c.seeds = 3  # Jobs per variant: the report tests each variant against the baseline over them.
+  c.baseline = "mha_learned"
   return c

@@ -32,4 +32,6 @@ def get_config():
     window_16=dict(model=dict(attention=dict(sliding_window=16))),
     window_32_rope=dict(model=dict(attention=dict(sliding_window=32, position="rope"))),
   )
+  c.seeds = 3  # Jobs per variant: the report tests each variant against the baseline over them.
+  c.baseline = "full"
   return c

@@ -8,6 +8,7 @@ from typing import Any, Self
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pretrain.models import attention as attention_lib
 from pretrain.models import layers
@@ -106,3 +107,36 @@ def attention_flops(
     + dense_flops(kv_length, embed, kv_features, 2)
     + 2 * q_length * kv_length * q_features * 2
   )
+
+
+def visible_pairs(
+  q_length: int, kv_length: int, *, causal: bool = False, window: int | None = None
+) -> int:
+  """Query-key pairs a mask lets through (pretrain.models.attention.masks' rules, aligned at index 0).
+
+  causal: key index <= query index; window: |query index - key index| < window
+  (with causal, the last `window` keys up to and including the query).
+  """
+  q = np.arange(q_length)
+  low = np.maximum(q - window + 1, 0) if window else np.zeros_like(q)
+  high = q if causal else (q + window - 1 if window else np.full_like(q, kv_length - 1))
+  return int(np.maximum(np.minimum(high, kv_length - 1) - low + 1, 0).sum())
+
+
+def masked_attention_flops(
+  q_features: int,
+  q_length: int,
+  kv_length: int,
+  *,
+  causal: bool = False,
+  window: int | None = None,
+) -> int:
+  """The share of attention_flops' q k^T and probs v matmuls that falls on masked query-key pairs.
+
+  attention_flops minus this is attention as a block-skipping kernel computes
+  it: causal about halves the two matmuls, a sliding window bounds them to
+  about length x window pairs (the xla backend computes the full matrix and
+  masks it).
+  """
+  hidden = q_length * kv_length - visible_pairs(q_length, kv_length, causal=causal, window=window)
+  return 2 * hidden * q_features * 2

@@ -9,6 +9,7 @@ from pretrain.errors import PretrainError
 from pretrain.families import base
 from pretrain.families.bert import model as bert_model
 from pretrain.families.bert.examples import BertExampleConfig, BertExamples
+from pretrain.models import stack
 from pretrain.objectives.losses import cross_entropy
 
 
@@ -173,11 +174,20 @@ class BertTask(base.Task):
       )
     return out
 
-  def train_flops_per_example(self) -> float:
-    """Model FLOPs of forward + backward for one sequence (backward = 2x forward)."""
-    return 3.0 * bert_model.forward_flops_per_sequence(
-      self.model_config, self.seq_len, self.num_predictions
-    )
+  def train_flops_per_example(self, *, skip_masked_attention: bool = False) -> float:
+    """Model FLOPs of forward + backward for one sequence (backward = 2x forward).
+
+    skip_masked_attention: leave out the attention matmuls on the query-key
+    pairs a sliding window hides (what an ablation's FLOP budget counts);
+    False counts the full score matrix, as MFU does.
+    """
+    mc = self.model_config
+    forward = bert_model.forward_flops_per_sequence(mc, self.seq_len, self.num_predictions)
+    if skip_masked_attention:
+      forward -= mc.num_layers * stack.masked_attention_flops(
+        mc.attention_features[0], self.seq_len, self.seq_len, window=mc.attention.sliding_window
+      )
+    return 3.0 * forward
 
   def describe(self) -> dict:
     return {

@@ -17,6 +17,7 @@ from pretrain.errors import PretrainError
 from pretrain.families import base
 from pretrain.families.gpt2 import model as gpt2_model
 from pretrain.families.gpt2.examples import FIELDS, CausalExampleConfig, CausalExamples
+from pretrain.models import stack
 from pretrain.objectives.losses import cross_entropy
 
 
@@ -97,9 +98,24 @@ class Gpt2Task(base.Task):
     loss = sums["loss_sum"] / weight
     return {"loss": loss, "accuracy": sums["correct_sum"] / weight, "perplexity": jnp.exp(loss)}
 
-  def train_flops_per_example(self) -> float:
-    """Model FLOPs of forward + backward for one sequence (backward = 2x forward)."""
-    return 3.0 * gpt2_model.forward_flops_per_sequence(self.model_config, self.seq_len)
+  def train_flops_per_example(self, *, skip_masked_attention: bool = False) -> float:
+    """Model FLOPs of forward + backward for one sequence (backward = 2x forward).
+
+    skip_masked_attention: leave out the attention matmuls on the query-key
+    pairs the causal mask (and a sliding window) hides (what an ablation's FLOP
+    budget counts); False counts the full score matrix, as MFU does.
+    """
+    mc = self.model_config
+    forward = gpt2_model.forward_flops_per_sequence(mc, self.seq_len)
+    if skip_masked_attention:
+      forward -= mc.num_layers * stack.masked_attention_flops(
+        mc.attention_features[0],
+        self.seq_len,
+        self.seq_len,
+        causal=True,
+        window=mc.attention.sliding_window,
+      )
+    return 3.0 * forward
 
   def describe(self) -> dict:
     return {

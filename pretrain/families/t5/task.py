@@ -50,6 +50,7 @@ from pretrain.data.special_tokens import project_special_tokens, SpecialTokens
 from pretrain.errors import PretrainError
 from pretrain.families import base
 from pretrain.families.t5 import model as t5_model
+from pretrain.models import stack
 from pretrain.objectives import keyed_random
 from pretrain.objectives import span_corruption
 from pretrain.objectives.losses import cross_entropy
@@ -304,11 +305,23 @@ class T5Task(base.Task):
       "accuracy": sums["correct"] / w,
     }
 
-  def train_flops_per_example(self) -> float:
-    """Model FLOPs of forward + backward for one example (backward = 2x forward)."""
-    return 3.0 * t5_model.forward_flops_per_example(
-      self.model_config, self.inputs_length, self.targets_length
-    )
+  def train_flops_per_example(self, *, skip_masked_attention: bool = False) -> float:
+    """Model FLOPs of forward + backward for one example (backward = 2x forward).
+
+    skip_masked_attention: leave out the attention matmuls on the query-key
+    pairs the decoder's causal mask and a sliding window (self-attention only)
+    hide (what an ablation's FLOP budget counts); False counts the full score
+    matrices, as MFU does.
+    """
+    mc, li, lt = self.model_config, self.inputs_length, self.targets_length
+    forward = t5_model.forward_flops_per_example(mc, li, lt)
+    if skip_masked_attention:
+      q_features, window = mc.attention_features[0], mc.attention.sliding_window
+      forward -= mc.num_layers * stack.masked_attention_flops(q_features, li, li, window=window)
+      forward -= mc.num_decoder_layers * stack.masked_attention_flops(
+        q_features, lt, lt, causal=True, window=window
+      )
+    return 3.0 * forward
 
   def describe(self) -> dict:
     return {
