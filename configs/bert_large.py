@@ -13,24 +13,13 @@ Expected on the paper's corpus: masked-LM accuracy a few points above base.
 For large-batch training switch to LAMB: `--config.optimizer.name=lamb`.
 """
 
-from pretrain.families.bert.config import bert_config
-from pretrain.training import phases
+import os
+
+from pretrain.ablate import load_config_file
 
 
 def get_config():
-  c = bert_config()
-  c.model.hidden_size = 1024
-  c.model.num_layers = 24
-  c.model.num_heads = 16
-  c.model.intermediate_size = 4096
-  c.model.dtype = "bfloat16"
-  c.data.max_seq_length = 128  # The first phase's; each phase sets its own.
-  c.data.max_predictions_per_seq = 20
-  c.train.steps = 1_000_000
-  c.train.batch_size = 256
-  c.train.phases = phases.at_fractions(
-    c,
-    ("seq128", 0.0, dict(max_seq_length=128, max_predictions_per_seq=20)),
-    ("seq512", 0.9, dict(max_seq_length=512, max_predictions_per_seq=80)),
-  )
+  """configs/bert_base.py (its recipe and two phases) with BERT-large's shape."""
+  c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "bert_base.py"))
+  c.model.update(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096)
   return c

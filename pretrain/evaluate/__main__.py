@@ -60,12 +60,14 @@ def lm_eval_main(argv: list[str]) -> int:
   except ImportError as e:
     print(f"error: {e.name} is not installed: pip install -e '.[eval]'", file=sys.stderr)
     return 2
-  sys.argv = ["lm_eval", *argv]
+  argv_before, sys.argv = sys.argv, ["lm_eval", *argv]  # The harness parses sys.argv itself.
   try:
     lm_eval_cli.cli_evaluate()
   except PretrainError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
+  finally:
+    sys.argv = argv_before
   return 0
 
 

@@ -2,7 +2,6 @@
 examples of a new stream, a stop at or after the boundary that resumes bit-exactly, the data checks on
 resume, the phases' validation and BERT's two-phase configs."""
 
-import importlib.util
 import json
 import os
 
@@ -15,6 +14,7 @@ import pytest
 from pretrain import checkpoint as ckpt_lib
 from pretrain import sample
 from pretrain import sharding
+from pretrain.ablate import load_config_file
 from pretrain.errors import PretrainError
 from pretrain.train import train
 from pretrain.training import phases
@@ -184,10 +184,7 @@ def test_phases_that_cannot_run_are_refused(tiny_config, edit, message):
 
 @pytest.mark.parametrize("name", ["bert_base", "bert_large"])
 def test_bert_configs_run_the_papers_two_phases(name):
-  spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "configs", f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config()
+  c = load_config_file(os.path.join(REPO, "configs", f"{name}.py"))
   c.lock()
   got = [(p.name, p.start_step, p.end_step, p.data) for p in phases.phases_of(c)]
   assert got == [
