@@ -45,7 +45,9 @@ def load_run(workdir: str, step: int | None = None):
   """(config, tokenizer, task, params, step) of a workdir's checkpoint (the latest by default), or of a
   converted folder (`python -m pretrain.convert from-hf`; step None)."""
   if not epath.Path(workdir).is_dir():  # Before orbax, which would create it.
-    raise PretrainError(f"{workdir} is not a directory (a training workdir or a converted folder)")
+    raise PretrainError(
+      f"no checkpoint in {workdir}: it is not a directory (a training workdir or a converted folder)"
+    )
   if (epath.Path(workdir) / params_io.PARAMS).is_dir():
     return _load_converted(workdir, step)
   checkpointer = ckpt_lib.Checkpointer(workdir, every_steps=0, keep=1)
