@@ -2,7 +2,7 @@
 
 L24 H1024 A16, 336,226,108 parameters with a 30,522-piece vocabulary; the
 same recipe as configs/bert_base.py (AdamW lr 1e-4, 10k warmup, linear decay,
-batch 256 x 512, dropout 0.1).
+batch 256, dropout 0.1, 1M steps: 90% at 128 tokens, then 10% at 512, in one command).
 
   python -m pretrain.prepare --config=configs/bert_large.py --out=stores/wiki_books \
     --config.data.source=text --config.data.paths='corpus/*.txt'
@@ -13,16 +13,13 @@ Expected on the paper's corpus: masked-LM accuracy a few points above base.
 For large-batch training switch to LAMB: `--config.optimizer.name=lamb`.
 """
 
-from pretrain.families.bert.config import bert_config
+import os
+
+from pretrain.ablate import load_config_file
 
 
 def get_config():
-  c = bert_config()
-  c.model.hidden_size = 1024
-  c.model.num_layers = 24
-  c.model.num_heads = 16
-  c.model.intermediate_size = 4096
-  c.model.dtype = "bfloat16"
-  c.data.max_seq_length = 512
-  c.data.max_predictions_per_seq = 80
+  """configs/bert_base.py (its recipe and two phases) with BERT-large's shape."""
+  c = load_config_file(os.path.join(os.path.dirname(os.path.abspath(__file__)), "bert_base.py"))
+  c.model.update(hidden_size=1024, num_layers=24, num_heads=16, intermediate_size=4096)
   return c

@@ -49,6 +49,7 @@ class Restored(NamedTuple):
   data: dict
   progress: dict
   optimizer_reset: bool
+  config: dict | None = None  # The saved config (its train.phase says whose data position this is).
 
 
 _TRANSIENT_ERRNOS = frozenset(
@@ -370,7 +371,7 @@ class Checkpointer:
           "another optimizer, or use a new workdir"
         ) from e
       raise
-    return Restored(step, state, data, progress, reset)
+    return Restored(step, state, data, progress, reset, saved_config)
 
   def _retrying(self, step: int, read: Callable):
     """read(), tried again after a transient storage error, with exponential backoff."""

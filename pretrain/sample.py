@@ -26,12 +26,14 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 import numpy as np
 import orbax.checkpoint as ocp
 
 from pretrain import checkpoint as ckpt_lib
 from pretrain import cli
 from pretrain import families
+from pretrain.convert import checkpoints as params_io
 from pretrain.data import tokenizer_files
 from pretrain.errors import PretrainError
 from pretrain.families import base
@@ -40,7 +42,14 @@ MASK_TEXT = "[MASK]"
 
 
 def load_run(workdir: str, step: int | None = None):
-  """(config, tokenizer, task, params, step) of a workdir's checkpoint (the latest by default)."""
+  """(config, tokenizer, task, params, step) of a workdir's checkpoint (the latest by default), or of a
+  converted folder (`python -m pretrain.convert from-hf`; step None)."""
+  if not epath.Path(workdir).is_dir():  # Before orbax, which would create it.
+    raise PretrainError(
+      f"no checkpoint in {workdir}: it is not a directory (a training workdir or a converted folder)"
+    )
+  if (epath.Path(workdir) / params_io.PARAMS).is_dir():
+    return _load_converted(workdir, step)
   checkpointer = ckpt_lib.Checkpointer(workdir, every_steps=0, keep=1)
   try:
     step = checkpointer.latest_step() if step is None else step
@@ -62,6 +71,23 @@ def load_run(workdir: str, step: int | None = None):
   finally:
     checkpointer.close()
   return config, tokenizer, task, restored["state"]["params"], step
+
+
+def _load_converted(folder: str, step: int | None):
+  """load_run of a converted folder: its config, the tokenizer copied into it, its params (numpy)."""
+  from pretrain import convert  # pylint: disable=import-outside-toplevel
+
+  if step is not None:
+    raise PretrainError(f"{folder} is a converted folder (one set of params): it takes no step")
+  config = convert.load_config(folder)
+  if not config.tokenizer.get("path"):
+    raise PretrainError(
+      f"{folder} holds no tokenizer (its HF folder had no tokenizer.json or vocab.txt): copy the "
+      "model's tokenizer files in and set tokenizer.path in its config.json"
+    )
+  tokenizer = tokenizer_files.open_tokenizer(config.tokenizer.path)
+  task = families.get_task(config, tokenizer)
+  return config, tokenizer, task, params_io.load_params(folder), None
 
 
 def encode_masked(prompt: str, tokenizer) -> np.ndarray:
@@ -329,7 +355,9 @@ def generate(
 def define_flags() -> None:
   """CLI flags; defined only when run as a program so importing this module defines none."""
   flags.DEFINE_string(
-    "workdir", None, "A training run's directory (its latest checkpoint is used)."
+    "workdir",
+    None,
+    "A training run's directory (its latest checkpoint is used), or a converted folder (from-hf).",
   )
   flags.DEFINE_string(
     "prompt", None, "Text; for masked-LM checkpoints with [MASK] where to predict."
@@ -379,7 +407,7 @@ def main(argv):
   except PretrainError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  print(f"step {step}: {fl.prompt}")
+  print(f"{'step ' + str(step) if step is not None else fl.workdir}: {fl.prompt}")
   if task.sampling != base.FILL_MASKS:
     print(f"  -> {text}")
     return

@@ -40,6 +40,7 @@ from pretrain.errors import PretrainError
 from pretrain.models import attention
 from pretrain.training import compile_cache
 from pretrain.training import profiling
+from pretrain.training import phases as phases_lib
 from pretrain.training import progress as progress_lib
 from pretrain.training import resume as resume_lib
 from pretrain.training import step as step_lib
@@ -103,6 +104,8 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   `stop_at_step` ends this invocation early at that step with a checkpoint, as
   a preemption would (resuming later continues the same run).
   """
+  if phases_lib.has_phases(config):  # train.phases: this loop once per phase, on its data.
+    return phases_lib.run(config, workdir, train, stop_at_step=stop_at_step)
   config = config.copy_and_resolve_references()
   mesh = sharding.make_mesh(config.mesh)
   config_lib.validate(config, mesh)
@@ -188,7 +191,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     state = restored.state
     if optimizer_reset:
       state = resume_lib.with_new_optimizer_state(fns, config, state)
-    stream.set_state(restored.data)
+    phases_lib.restore_stream(stream, restored, config)  # A new phase's stream starts at 0.
     progress = progress_lib.Progress.resumed(restored.progress, first_start_time)
     _logger.info("resumed from step %d (restart %d)", restored.step, progress.restarts)
     if optimizer_reset:

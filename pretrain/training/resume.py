@@ -1,10 +1,14 @@
 """What a run may resume from: the checks a checkpoint's saved config must pass, and the optimizer reset.
 
 A checkpoint resumes with the same vocabulary, the model and task fields its
-family's Task says (`Task.check_resume`) and an optimizer that keeps the same
+family's Task says (`Task.check_resume`), the data section that made its data
+position (up to a phase change of train.phases, pretrain/training/phases.py,
+and a moved corpus, which is logged) and an optimizer that keeps the same
 state; `checkpoint.reset_optimizer=True` keeps params, step and data position
 with a new optimizer state instead.
 """
+
+import logging
 
 import jax
 import ml_collections
@@ -12,7 +16,10 @@ import numpy as np
 import optax
 
 from pretrain.errors import PretrainError
+from pretrain.training import phases as phases_lib
 from pretrain.training.optimizer import make_optimizer
+
+_logger = logging.getLogger("pretrain.train")
 
 
 def check_compatible(saved: dict, config, tokenizer, task, abstract_params=None):
@@ -26,8 +33,45 @@ def check_compatible(saved: dict, config, tokenizer, task, abstract_params=None)
       "resume with the checkpoint's tokenizer or use a new workdir"
     )
   task.check_resume(config, saved)
+  check_data(saved, config)
   if abstract_params is not None and not resets_optimizer(saved, config):
     _check_optimizer_state(saved, config, abstract_params)
+
+
+# Data keys that say how examples are read, not which: a resume may change them.
+RESUMABLE_DATA_KEYS = frozenset(
+  {"data.num_threads", "data.prefetch_batches", "data.auto_prepare_max_mb"}
+)
+# Where the corpus is: a resume may move it (a store copied to a bucket), and the log says so.
+RELOCATABLE_DATA_KEYS = frozenset({"data.source", "data.paths"})
+
+
+def check_data(saved: dict, config) -> None:
+  """PretrainError naming the first data key whose change would put the checkpoint's data position in
+  another example stream (the sequence length, the masking, the seed, the mixture...), unless a phase
+  change of train.phases sets it; a moved corpus (data.source, data.paths) is logged; keys one side
+  lacks (a checkpoint from before a key existed) are not compared."""
+  now, before = config.data.to_dict(), saved.get("data") or {}
+  by_phase = phases_lib.changed_by_phase(saved, config)
+  for key in sorted(set(now) & set(before)):
+    name = f"data.{key}"
+    if now[key] == before[key] or name in RESUMABLE_DATA_KEYS or name in by_phase:
+      continue
+    if name in RELOCATABLE_DATA_KEYS:
+      _logger.warning(
+        "config %s is %r but the checkpoint was trained with %r: the run goes on at the "
+        "checkpoint's example position in the data now configured",
+        name,
+        now[key],
+        before[key],
+      )
+      continue
+    raise PretrainError(
+      f"config {name} is {now[key]!r} but the checkpoint was trained with {before[key]!r}: its "
+      "data position belongs to the examples that made; resume with the checkpoint's data section, "
+      "change data in a phase (train.phases), or start a new workdir from these params with "
+      "--config.init_from=<this workdir>"
+    )
 
 
 def resets_optimizer(saved: dict, config) -> bool:
