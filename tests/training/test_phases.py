@@ -6,7 +6,6 @@ import json
 import os
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache as compilation_cache_lib
 import ml_collections
 import numpy as np
 import pytest
@@ -34,30 +33,6 @@ def phased(c):
     }
   )
   return c
-
-
-_CACHE_OPTIONS = {
-  "jax_persistent_cache_min_compile_time_secs": 0,
-  "jax_persistent_cache_min_entry_size_bytes": 0,
-}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache while this module runs: its runs compile the same two train steps
-  (one per phase), so each compiles once and the resumed runs read it back."""
-  options = {
-    "jax_compilation_cache_dir": str(tmp_path_factory.mktemp("jax_cache")),
-    **_CACHE_OPTIONS,
-  }
-  before = {k: getattr(jax.config, k) for k in options}
-  for k, v in options.items():
-    jax.config.update(k, v)
-  compilation_cache_lib.reset_cache()
-  yield
-  for k, v in before.items():
-    jax.config.update(k, v)
-  compilation_cache_lib.reset_cache()
 
 
 def recording(seen: list):
