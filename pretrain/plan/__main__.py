@@ -21,9 +21,15 @@ from pretrain.errors import PretrainError
 
 def define_flags() -> None:
   config_flags.DEFINE_config_file("config", None, "Config file (see configs/).", lock_config=True)
-  flags.DEFINE_string("target", None, "tpu:v4-32, tpu:v5p-128, tpu:v5e-256, tpu:2xv5e-256, gpu:h100x16, ...")
-  flags.DEFINE_string("json_out", "", "Write the plan (or the search's plans) as JSON here ('-': stdout).")
-  flags.DEFINE_bool("search", False, "Search remat x microbatches x mesh split for the fastest fit.")
+  flags.DEFINE_string(
+    "target", None, "tpu:v4-32, tpu:v5p-128, tpu:v5e-256, tpu:2xv5e-256, gpu:h100x16, ..."
+  )
+  flags.DEFINE_string(
+    "json_out", "", "Write the plan (or the search's plans) as JSON here ('-': stdout)."
+  )
+  flags.DEFINE_bool(
+    "search", False, "Search remat x microbatches x mesh split for the fastest fit."
+  )
   flags.DEFINE_integer("search_limit", 12, "Most compiles a search makes.")
   flags.DEFINE_integer("search_workers", 0, "Compiles at once (0: by cores and free memory).")
   flags.DEFINE_float("hbm_limit_gib", 0.0, "Memory a device may use (0: the chip's HBM; GPU: 75%).")
@@ -46,8 +52,16 @@ def _write_json(path: str, value) -> None:
       json.dump(value, f, indent=1)
 
 
-def run(config, target_name: str, *, json_out: str = "", search: bool = False, limit: int = 12,
-        workers: int = 0, hbm_limit_gib: float = 0.0) -> int:
+def run(
+  config,
+  target_name: str,
+  *,
+  json_out: str = "",
+  search: bool = False,
+  limit: int = 12,
+  workers: int = 0,
+  hbm_limit_gib: float = 0.0,
+) -> int:
   """The CLI's work: prints the plan (or the search), writes the JSON; the exit status."""
   from pretrain.plan import compile as compile_lib  # pylint: disable=import-outside-toplevel
   from pretrain.plan import report  # pylint: disable=import-outside-toplevel

@@ -103,7 +103,10 @@ def _ints(text: str) -> list[int]:
 
 def replica_groups(attrs: str, num_devices: int) -> np.ndarray:
   """[groups, group size] device ids of a collective's `replica_groups` (every format XLA prints)."""
-  m = re.search(r"replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=\(([^)]*(?:\([^)]*\))?)\))?\s*\{([^}]*)\}", attrs)
+  m = re.search(
+    r"replica_groups=mesh\[([^\]]*)\](?:,\s*device_ids=\(([^)]*(?:\([^)]*\))?)\))?\s*\{([^}]*)\}",
+    attrs,
+  )
   if m:
     axes = re.findall(r"'([^']+)'=(\d+)", m.group(1))
     names, sizes = [a for a, _ in axes], [int(n) for _, n in axes]
@@ -135,7 +138,9 @@ def replica_groups(attrs: str, num_devices: int) -> np.ndarray:
 def _executions(hlo: str) -> dict[str, int]:
   """Executions per step of every computation, from ENTRY down (a while body `known_trip_count` times)."""
   edges: dict[str, list[tuple[str, int]]] = collections.defaultdict(list)
-  loops: list[tuple[str, str, str]] = []  # (caller, body, condition) of whiles without a known count.
+  loops: list[
+    tuple[str, str, str]
+  ] = []  # (caller, body, condition) of whiles without a known count.
   bounds: dict[str, int] = {}  # A computation's s32 constant: a loop condition's bound.
   entry, current = None, None
   for line in hlo.splitlines():

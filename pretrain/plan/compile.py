@@ -205,12 +205,16 @@ def plan(config, target: targets_lib.Target, *, hbm_limit_bytes: float | None = 
   kinds = collectives_lib.by_kind(found)
   # Full remat runs each layer's forward twice: 4/3 of forward + backward. The compiler counts a
   # while loop's body once (scanned layers), so its figure can fall below the model's.
-  estimate = flops_per_step / len(devices) * (4 / 3 if result["settings"]["remat_policy"] == "full" else 1)
+  estimate = (
+    flops_per_step / len(devices) * (4 / 3 if result["settings"]["remat_policy"] == "full" else 1)
+  )
   if compiler_flops and compiler_flops >= estimate:
     flops, flops_source = compiler_flops, "compiler"
   else:
     flops = estimate
-    flops_source = "model" + (" x 4/3 for full remat" if estimate > flops_per_step / len(devices) else "")
+    flops_source = "model" + (
+      " x 4/3 for full remat" if estimate > flops_per_step / len(devices) else ""
+    )
   prediction = roofline.predict(
     target.chip,
     num_devices=len(devices),

@@ -97,6 +97,8 @@ def format_search(results: list[dict], limit_note: str) -> str:
     )
   refused = [r for r in results if not r.get("fits")]
   if refused:
-    lines.append(f"  not fitting: {len(refused)} ({'; '.join(overrides(r) for r in refused[:4])}"
-                 f"{' ...' if len(refused) > 4 else ''})")
+    lines.append(
+      f"  not fitting: {len(refused)} ({'; '.join(overrides(r) for r in refused[:4])}"
+      f"{' ...' if len(refused) > 4 else ''})"
+    )
   return "\n".join(lines)

@@ -83,6 +83,7 @@ def search(
     raise PretrainError(missing)
   batch = int(config.train.batch_size)
   pairs = [(m, r) for m in (meshes or mesh_splits(target.num_devices)) for r in remat_policies]
+
   # A pair's next number of microbatches: the first dividing the batch into shards of whole sequences.
   def next_accum(mesh, after: int):
     shards = mesh["data"] * mesh["fsdp"]

@@ -40,7 +40,9 @@ class Chip:
   hbm_bytes: float
   hbm_bytes_per_s: float
   link_bytes_per_s: float  # ICI (TPU) or NVLink (GPU), per direction.
-  network_bytes_per_s: float  # DCN between slices (TPU) or the network between hosts (GPU), per chip.
+  network_bytes_per_s: (
+    float  # DCN between slices (TPU) or the network between hosts (GPU), per chip.
+  )
   link_name: str = "ICI"
   network_name: str = "DCN"
 
@@ -76,7 +78,16 @@ _SHAPES_3D = {
   2048: (8, 16, 16),
   4096: (16, 16, 16),
 }
-_SHAPES_2D = {1: (1, 1), 4: (2, 2), 8: (2, 4), 16: (4, 4), 32: (4, 8), 64: (8, 8), 128: (8, 16), 256: (16, 16)}
+_SHAPES_2D = {
+  1: (1, 1),
+  4: (2, 2),
+  8: (2, 4),
+  16: (4, 4),
+  32: (4, 8),
+  64: (8, 8),
+  128: (8, 16),
+  256: (16, 16),
+}
 GPUS_PER_HOST = 8
 
 # The H100 SXM as XLA's GPU compiler sees it (a GpuTargetConfigProto). No H100 was at hand to capture it
