@@ -57,3 +57,15 @@ def test_a_model_too_large_for_the_tpu_hbm_is_refused_by_the_compiler(needs_tpu_
   assert not p["fits"]
   assert "hbm" in p["refusal"].lower() or "memory" in p["refusal"].lower(), p["refusal"]
   assert p["memory"]["params"] > 4e9 and p["memory"]["optimizer"] > 8e9
+
+
+def test_a_multi_slice_plan_puts_the_data_axis_over_dcn(needs_tpu_compiler):
+  # Two v5e-4 slices: data=2 spans them (the mesh puts the slices on 'data'), fsdp=4 stays in a slice.
+  c = micro_config("bert")
+  c.mesh.update(data=2, fsdp=4)
+  p = compile_lib.plan(c, targets.parse("tpu:2xv5e-4"))
+  assert p["fits"] and p["devices"] == 8 and p["slices"] == 2
+  kinds = p["collectives"]
+  assert kinds["all-gather"]["network_bytes"] == 0 and kinds["all-gather"]["link_bytes"] > 0
+  assert sum(k["network_bytes"] for k in kinds.values()) > 0  # The gradients' reduction over 'data'.
+  assert p["roofline"]["seconds"]["network"] > 0
