@@ -98,8 +98,12 @@ def main(argv) -> None:
       if config is None:
         raise PretrainError("--config is required, e.g. --config=configs/bert_base.py")
       config.task  # pylint: disable=pointless-statement  (a config file that failed to load raises here)
-    except (OSError, AttributeError) as e:
-      raise PretrainError(f"--config: {str(e).splitlines()[0]}") from None
+    except (
+      OSError,
+      AttributeError,
+    ) as e:  # config_flags' own report: its last line names the cause.
+      lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+      raise PretrainError(f"--config: {lines[-1] if lines else type(e).__name__}") from None
     code = run(
       config,
       f.target,

@@ -10,7 +10,9 @@ Bytes each device sends for a collective of S result bytes over a group of n dev
 it: all-reduce 2(n-1)/n S, all-gather (n-1)/n S, reduce-scatter (n-1) S, all-to-all (n-1)/n S,
 collective-permute and -broadcast S. A group that spans k islands (TPU slices, GPU hosts) of m devices
 each goes hierarchically: the ring within the island over the fast links (ICI, NVLink) and, for the
-share of S that leaves it, a ring of k over the network (DCN, InfiniBand).
+share of S that leaves it, a ring of k over the network (DCN, InfiniBand). A multi-slice TPU program
+holds one slice's collectives; what crosses slices it hands to the DCN runtime as host `send`s marked
+`_xla_megascale_transfer_type` (ALL_REDUCE, ...), each a ring over the slices on the bytes it sends.
 """
 
 import collections
@@ -41,6 +43,10 @@ _CALLS = re.compile(
 )
 _BRANCHES = re.compile(r"branch_computations=\{([^}]*)\}")
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"\}')
+# Multi-slice TPU programs hand what crosses slices to the DCN runtime as host sends.
+_MEGASCALE = re.compile(
+  r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+send\(.*_xla_megascale_transfer_type="(\w+)"'
+)
 _BOUND = re.compile(r"=\s*s32\[\]\S*\s+constant\((\d+)\)")
 _ARRAY = re.compile(r"\b(pred|[suf]\d+|bf16|f8e\w+|c64|c128)\[([\d,]*)\]")
 _BYTES = {"pred": 1, "bf16": 2, "c64": 8, "c128": 16}
@@ -199,14 +205,26 @@ def parse(hlo: str, num_devices: int, island_of: Callable[[int], int]) -> list[C
   `island_of(device id)` is the slice (TPU) or host (GPU) of the program's device `id`.
   """
   executions = _executions(hlo)
+  slices = len({island_of(i) for i in range(num_devices)})
   owner, found = None, []
   for line in hlo.splitlines():
     header = _COMPUTATION.match(line)
     if header and not line.startswith(" "):
       owner = header.group(2)
       continue
+    if owner is None:
+      continue
+    dcn = _MEGASCALE.match(line)
+    if dcn:  # Multi-slice TPU: a transfer to the DCN runtime, a ring of the slices on its bytes.
+      kind = dcn.group(2).lower().replace("_", "-")
+      size = array_bytes(_tuple_elements(dcn.group(1))[0])
+      times = executions.get(owner, 0)
+      c = Collective(kind, times, size, slices, slices)
+      c.network_bytes = times * _sent_bytes(kind, size, slices)
+      found.append(c)
+      continue
     m = _INSTRUCTION.match(line)
-    if not m or owner is None:
+    if not m:
       continue
     _, type_text, opcode, rest = m.groups()
     kind = _START.get(opcode, opcode)

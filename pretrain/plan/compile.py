@@ -34,7 +34,7 @@ def use_compile_only_platforms() -> None:
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
   import jax  # pylint: disable=import-outside-toplevel
 
-  jax.config.update("jax_platforms", "cpu")
+  jax.config.update("jax_platforms", "cpu")  # A no-op once a backend is up: that one is kept.
 
 
 def aot_missing(platform: str) -> str | None:
@@ -163,7 +163,10 @@ def plan(config, target: targets_lib.Target, *, hbm_limit_bytes: float | None = 
     compiled = lowered.compile()
   except Exception as e:  # pylint: disable=broad-except  (jax's XlaRuntimeError)
     if "RESOURCE_EXHAUSTED" not in str(e):
-      raise
+      first = next((line for line in str(e).splitlines() if line.strip()), type(e).__name__)
+      raise PretrainError(
+        f"the {target.platform.upper()} compiler refused the step: {first}"
+      ) from e
     result.update(
       compile_seconds=time.perf_counter() - t0,
       fits=False,

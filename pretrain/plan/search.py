@@ -24,7 +24,7 @@ def mesh_splits(num_devices: int) -> list[dict]:
   """data-only, fsdp-only, and each of those with tensor = 2, 4, 8 (when they divide the devices)."""
   out = []
   for tensor in (1, 2, 4, 8):
-    if num_devices % tensor or (tensor > 1 and num_devices // tensor < 1):
+    if num_devices % tensor:
       continue
     rest = num_devices // tensor
     for split in ({"data": rest, "fsdp": 1}, {"data": 1, "fsdp": rest}):

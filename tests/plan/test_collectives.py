@@ -124,3 +124,14 @@ def test_replica_group_formats(attrs, groups):
 def test_array_bytes_of_arrays_and_tuples():
   assert collectives.array_bytes("bf16[1024,256]{1,0:T(8,128)(2,1)}") == 524288
   assert collectives.array_bytes("(f32[2,3]{1,0}, s8[10]{0}, pred[])") == 24 + 10 + 1
+
+
+def test_a_multi_slice_transfer_to_the_dcn_runtime_is_a_ring_over_the_slices():
+  hlo = """ENTRY %main (a: f32[128]) -> f32[128] {
+  %send = (f32[1,1,128]{2,1,0:T(1,128)}, u32[], token[]) send(%x, %after-all), channel_id=3, is_host_transfer=true, frontend_attributes={_xla_megascale_transfer_type="ALL_REDUCE"}
+  %recv = (f32[1,1,128]{2,1,0:T(1,128)}, u32[], token[]) recv(%after-all), channel_id=2, is_host_transfer=true, frontend_attributes={_xla_megascale_transfer_type="ALL_REDUCE"}
+}
+"""  # noqa: E501
+  (c,) = collectives.parse(hlo, 8, lambda i: i // 4)  # The send counts, the recv is its other half.
+  assert (c.kind, c.result_bytes, c.islands) == ("all-reduce", 512, 2)
+  assert c.link_bytes == 0 and c.network_bytes == pytest.approx(2 * 1 / 2 * 512)
