@@ -211,6 +211,7 @@ def plan(config, target: targets_lib.Target, *, hbm_limit_bytes: float | None = 
   estimate = (
     flops_per_step / len(devices) * (4 / 3 if result["settings"]["remat_policy"] == "full" else 1)
   )
+  hbm_bytes = bytes_accessed
   if compiler_flops and compiler_flops >= estimate:
     flops, flops_source = compiler_flops, "compiler"
   else:
@@ -218,13 +219,15 @@ def plan(config, target: targets_lib.Target, *, hbm_limit_bytes: float | None = 
     flops_source = "model" + (
       " x 4/3 for full remat" if estimate > flops_per_step / len(devices) else ""
     )
+    if compiler_flops and bytes_accessed:  # Its bytes miss the loop iterations its FLOPs miss.
+      hbm_bytes = bytes_accessed * estimate / compiler_flops
   prediction = roofline.predict(
     target.chip,
     num_devices=len(devices),
     model_flops_per_step=flops_per_step,
     flops_per_device=flops,
     flops_source=flops_source,
-    hbm_bytes_per_device=bytes_accessed,
+    hbm_bytes_per_device=hbm_bytes,
     memory=memory,
     link_bytes_per_device=sum(k["link_bytes"] for k in kinds.values()),
     network_bytes_per_device=sum(k["network_bytes"] for k in kinds.values()),

@@ -5,8 +5,9 @@
             remat_policy=full (4/3: each layer's forward twice), whichever is larger; the compiler
             counts a while loop's body once, so for scanned layers the model's count is the larger.
   hbm       bytes the program reads and writes per device / HBM bandwidth. The compiler's count when
-            it gives one (TPU); else (GPU) a floor: the state read and written once plus every
-            temporary byte written and read once (arguments + outputs + 2 x temporaries).
+            it gives one (TPU; where it counted loop bodies once, scaled by the FLOPs it missed);
+            else (GPU) a floor: the state read and written once plus every temporary byte written and
+            read once (arguments + outputs + 2 x temporaries).
   link      bytes each device sends in collectives inside its slice or host / ICI or NVLink bandwidth.
   network   bytes sent between slices or hosts / DCN or network bandwidth per chip.
 
