@@ -7,6 +7,11 @@
 The corpus is a token store in GCS (`python -m pretrain.prepare --out=gs://...`):
 each worker reads the shards its batch rows need, so nothing is copied up front.
 
+Before anything is created, a preflight (`python -m pretrain.plan`, which needs the `aot` extra)
+compiles the run's train step for the slice on this machine and refuses a config that does not fit
+in the chips' HBM, with the plan's numbers; `--skip_preflight` launches without it. `--dry_run`
+runs the preflight too.
+
 Steps, each one `gcloud` command (`--dry_run` prints them all instead):
   1. create the TPU VM (`tpu-vm create`), or a queued resource (`--queued`),
      and wait until it is READY / ACTIVE;
@@ -29,6 +34,7 @@ Steps, each one `gcloud` command (`--dry_run` prints them all instead):
 import argparse
 import dataclasses
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -102,6 +108,64 @@ class Shell:
   def sleep(self, seconds: float) -> None:
     if not self.dry_run:
       time.sleep(seconds)
+
+
+def preflight_command(accelerator_type: str, train_args: Sequence[str], json_out: str) -> list[str]:
+  """`python -m pretrain.plan` of the run's config (and its --config.* overrides) for the slice."""
+  config_args = [a for a in train_args if a.startswith("--config=") or a.startswith("--config.")]
+  return [
+    sys.executable,
+    "-m",
+    "pretrain.plan",
+    *config_args,
+    f"--target=tpu:{accelerator_type}",
+    f"--json_out={json_out}",
+  ]
+
+
+def _gib(n: float) -> str:
+  return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def preflight(accelerator_type: str, train_args: Sequence[str], out=sys.stdout) -> dict:
+  """Compiles the run's train step for the slice (pretrain.plan); the plan, or a LaunchError when it does
+  not fit (the plan's numbers in the message) or cannot be made."""
+  with tempfile.TemporaryDirectory(prefix="pretrain-preflight-") as tmp:
+    json_out = os.path.join(tmp, "plan.json")
+    cmd = preflight_command(accelerator_type, train_args, json_out)
+    print(f"preflight: python {shlex.join(cmd[1:])}", file=out, flush=True)
+    proc = subprocess.run(cmd, cwd=REPO, text=True, capture_output=True)
+    plan = None
+    if os.path.exists(json_out):
+      with open(json_out, encoding="utf-8") as f:
+        plan = json.load(f)
+  if plan is None:
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    why = errors[-1][len("error:") :].strip() if errors else proc.stderr.strip()[-600:]
+    raise LaunchError(f"preflight failed: {why} (--skip_preflight launches without it)")
+  m, where = plan["memory"], f"{plan['devices']} x {plan['chip']}"
+  if not plan["fits"]:
+    numbers = (
+      f"peak {_gib(m['peak'])} per chip of {_gib(m['limit'])}"
+      if "peak" in m
+      else f"the compiler refused it: {plan.get('refusal', '')}"
+    )
+    raise LaunchError(
+      f"preflight: the config does not fit {accelerator_type} ({where}): {numbers}; parameters "
+      f"{_gib(m['params'])} + optimizer state {_gib(m['optimizer'])} per chip on mesh {plan['mesh']}. "
+      "Shard it (--config.mesh.fsdp=-1 --config.mesh.data=1), rematerialize "
+      "(--config.model.remat_policy=full), split the batch (--config.train.grad_accum_steps), or "
+      "--skip_preflight"
+    )
+  r = plan["roofline"]
+  print(
+    f"preflight: fits {accelerator_type} ({where}, mesh {plan['mesh']}): peak {_gib(m['peak'])} of "
+    f"{_gib(m['limit'])} per chip; predicted step {r['step_seconds'] * 1e3:.3g} ms, "
+    f"{r['tokens_per_sec']:,.0f} tokens/s, MFU {r['mfu']:.1%} (compiled in {plan['compile_seconds']:.0f} s)",
+    file=out,
+    flush=True,
+  )
+  return plan
 
 
 def generation(accelerator_type: str) -> str:
@@ -399,6 +463,11 @@ def main(argv: Sequence[str]) -> int:
   parser.add_argument(
     "--dry_run", action="store_true", help="print every command instead of running it"
   )
+  parser.add_argument(
+    "--skip_preflight",
+    action="store_true",
+    help="launch without compiling the train step for the slice first (python -m pretrain.plan)",
+  )
   argv = list(argv)
   split = argv.index("--") if "--" in argv else len(argv)
   args, train_args = parser.parse_args(argv[:split]), argv[split + 1 :]
@@ -423,6 +492,8 @@ def main(argv: Sequence[str]) -> int:
       keep=args.keep,
       sh=Shell(args.dry_run),
     )
+    if not args.skip_preflight:  # Before any TPU resource exists.
+      preflight(args.accelerator_type, train_args)
     run.run()
   except LaunchError as e:
     print(f"error: {e}", file=sys.stderr)

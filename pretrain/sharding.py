@@ -21,6 +21,7 @@ from typing import Any, Iterator, Mapping
 import flax.linen as nn
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from pretrain import logs
@@ -72,6 +73,8 @@ def make_mesh(mesh_cfg: Any, devices: list[jax.Device] | None = None) -> Mesh:
       ones are 1); at most one may be -1, meaning all remaining devices.
     devices: the devices to lay out; defaults to `jax.devices()`.
   """
+  # Which devices the message means: the process's own, or those given (a plan's target).
+  where = f" (jax.device_count() = {jax.device_count()})" if devices is None else ""
   devices = list(jax.devices() if devices is None else devices)
   sizes = _axis_sizes(mesh_cfg)
   requested = ", ".join(f"{axis}={n}" for axis, n in sizes.items())
@@ -82,21 +85,41 @@ def make_mesh(mesh_cfg: Any, devices: list[jax.Device] | None = None) -> Mesh:
     rest = math.prod(n for n in sizes.values() if n != -1)
     if len(devices) % rest:
       raise PretrainError(
-        f"mesh ({requested}) does not fit {len(devices)} devices "
-        f"(jax.device_count() = {jax.device_count()}): {len(devices)} is not divisible by {rest}"
+        f"mesh ({requested}) does not fit {len(devices)} devices{where}: "
+        f"{len(devices)} is not divisible by {rest}"
       )
     sizes[fill[0]] = len(devices) // rest
   if math.prod(sizes.values()) != len(devices):
     raise PretrainError(
-      f"mesh ({requested}) needs {math.prod(sizes.values())} devices but there are {len(devices)} "
-      f"(jax.device_count() = {jax.device_count()})"
+      f"mesh ({requested}) needs {math.prod(sizes.values())} devices but there are {len(devices)}"
+      f"{where}"
     )
-  return jax.make_mesh(
-    tuple(sizes[a] for a in MESH_AXES),
-    MESH_AXES,
-    axis_types=(AxisType.Auto,) * len(MESH_AXES),
-    devices=devices,
-  )
+  shape = tuple(sizes[a] for a in MESH_AXES)
+  return Mesh(_device_grid(shape, devices), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def _device_grid(shape: tuple[int, ...], devices: list) -> np.ndarray:
+  """`devices` laid out in `shape` along the physical topology, as jax.make_mesh lays them out.
+
+  Beyond jax.make_mesh: a shape that cuts a physical axis (data=2 fsdp=32 on a v5p-128's 4x4x4 torus) is
+  laid out with the axis split, and devices of several slices (multi-slice) get the slices along the
+  first mesh axis they divide ('data' first), the one whose collectives cross the data-center network.
+  """
+  slices = len({getattr(d, "slice_index", 0) for d in devices})
+  if slices > 1:
+    axis = next((i for i, n in enumerate(shape) if n % slices == 0), None)
+    if axis is None:
+      raise PretrainError(
+        f"mesh {dict(zip(MESH_AXES, shape))}: the devices span {slices} slices; one mesh axis "
+        f"(data, fsdp or tensor) must be a multiple of {slices}"
+      )
+    dcn = tuple(slices if i == axis else 1 for i in range(len(shape)))
+    ici = tuple(n // d for n, d in zip(shape, dcn))
+    return mesh_utils.create_hybrid_device_mesh(ici, dcn, devices, allow_split_physical_axes=True)
+  try:
+    return jax.make_mesh(shape, MESH_AXES, devices=devices).devices
+  except ValueError:  # The shape does not follow the physical axes.
+    return mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
 
 
 @contextlib.contextmanager

@@ -104,11 +104,15 @@ class StepFunctions:
     with sharding.mesh_context(self.mesh):
       return self._init(jax.random.key(seed))
 
+  def lower_train_step(self):
+    """The train step lowered for this mesh's devices (pretrain.plan compiles it for devices it lacks)."""
+    with sharding.mesh_context(self.mesh):
+      return self._train_step.lower(self.abstract_state, self.abstract_batch)
+
   def compile_train_step(self):
     """(compiled step, seconds it took); the step donates the state it is given."""
     t0 = time.perf_counter()
-    with sharding.mesh_context(self.mesh):
-      compiled = self._train_step.lower(self.abstract_state, self.abstract_batch).compile()
+    compiled = self.lower_train_step().compile()
     return compiled, time.perf_counter() - t0
 
   def eval_step(self, params, batch):
