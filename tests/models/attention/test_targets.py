@@ -8,7 +8,6 @@ without it the backend says so and falls back, which is what the tests then chec
 """
 
 import importlib.util
-import os
 import re
 
 import jax
@@ -18,8 +17,8 @@ import pytest
 
 from pretrain import sharding
 from pretrain.models import attention
+from pretrain.plan.targets import H100_SXM_TARGET_CONFIG
 
-_HERE = os.path.dirname(os.path.abspath(__file__))
 BATCH, LENGTH, HEADS, HEAD_DIM = 2, 128, 2, 64  # splash needs lengths in multiples of 128.
 # Patterns of the kernels in a compiled program: forward and backward.
 KERNELS = {
@@ -99,15 +98,14 @@ def tpu_mesh(tpu_slice):
 
 @pytest.fixture(scope="module")
 def gpu_mesh():
-  """One compile-only H100 (target config: h100_sxm.txtpb, with where its values come from)."""
+  """One compile-only H100 (the planner's H100 target config, with where its values come from)."""
   if not _installed("jax_plugins.xla_cuda12"):
     pytest.skip("jax's CUDA plugin is not installed (the aot extra)")
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
-  with open(os.path.join(_HERE, "h100_sxm.txtpb"), encoding="utf-8") as f:
-    topology = topologies.get_topology_desc(
-      platform="cuda", topology="1x1x1", target_config=f.read()
-    )
+  topology = topologies.get_topology_desc(
+    platform="cuda", topology="1x1x1", target_config=H100_SXM_TARGET_CONFIG
+  )
   return jax.sharding.Mesh(np.array(topology.devices), ("data",))
 
 
@@ -204,8 +202,9 @@ def test_kernels_run_per_shard_of_a_mesh_of_several_devices(tpu_slice, gpu_mesh)
   assert "all-gather" not in text and "all-to-all" not in text
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
-  with open(os.path.join(_HERE, "h100_sxm.txtpb"), encoding="utf-8") as f:
-    gpus = topologies.get_topology_desc(platform="cuda", topology="1x1x2", target_config=f.read())
+  gpus = topologies.get_topology_desc(
+    platform="cuda", topology="1x1x2", target_config=H100_SXM_TARGET_CONFIG
+  )
   mesh = jax.sharding.Mesh(np.array(gpus.devices), ("data",))
   text, resolutions = compile_for(
     mesh, "pallas_gpu", ["segments", "causal"], jax.sharding.PartitionSpec("data")
