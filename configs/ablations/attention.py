@@ -19,8 +19,9 @@ Budget: the baseline must leave the unigram plateau, whose level is the
 held-out cross-entropy under the corpus's unigram distribution, 6.37 nats for
 this vocabulary (BENCHMARKS.md, "Demo recipes"). Measured for mha_learned (one
 seed, a shared 2-core machine): at 200 steps (lr 1e-3, 20 warmup) eval MLM
-loss 6.365, accuracy 0.058, on the plateau's edge; at these 400 steps 6.18 and
-0.079 (the bert_tiny quick-start run: the same job). A job is 1.6M tokens,
+loss 6.365, accuracy 0.058, on the plateau's edge (rope there: 6.279,
+0.072); at these 400 steps 6.18 and 0.079 (the bert_tiny quick-start run:
+the same job). A job is 1.6M tokens,
 ~6 minutes on two idle cores (estimated from the loaded run's tokens/s), ~30
 minutes a seed for the five variants: more than a minute a job, but a shorter
 budget leaves the baseline on the plateau, where every learned-table variant
