@@ -2,14 +2,16 @@
 
   python -m pretrain.train --config=configs/t5_tiny.py --workdir=runs/t5_tiny
 
-Uses the 8,192-piece sentencepiece vocabulary of configs/bert_tiny.py (trained
-once and cached) plus 100 sentinels; 150 steps of batch 32 with inputs 128 /
+Trains an 8,192-piece sentencepiece vocabulary on CPython's own documentation
+once (cached) and adds 100 sentinels; 150 steps of batch 32 with inputs 128 /
 targets 29 (141 raw tokens per example), bf16 compute, and T5's own recipe at
 small scale: Adafactor, lr 1e-2 held for 50 steps then 1/sqrt decay.
 
 Expected: loss 8.13 at step 10 -> 6.02 at step 30 -> 5.29 at step 100 -> 5.20
 at step 150 (token accuracy 0.06 -> 0.28); eval loss 5.41 at step 75 -> 5.25
-at step 150. Run the command again and it resumes from the last checkpoint.
+at step 150 (the corpus's unigram level is 6.60 nats; the targets also hold
+the sentinels, so it bounds only their span tokens: BENCHMARKS.md, "Demo
+recipes"). Run the command again and it resumes from the last checkpoint.
 Wall clock: BENCHMARKS.md.
 """
 

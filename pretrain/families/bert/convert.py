@@ -376,6 +376,10 @@ def params_to_hf(
 
 def hf_config(model: dict, arch: str, model_type: str, base: dict | None) -> dict:
   """config.json fields of a BERT-style model, over `base` (the source's config.json, when converted from HF)."""
+  if model.get("pre_layer_norm"):
+    raise PretrainError(
+      f"model.pre_layer_norm=True cannot be exported: {arch} has post-LayerNorm blocks only"
+    )
   config = steps.hf_config(base, model, _FIELDS)
   config.update(
     architectures=[arch],

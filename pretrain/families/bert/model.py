@@ -11,6 +11,12 @@ RoBERTa (Liu et al. 2019) is the same network with three options:
 row 1, as HF's RoBERTa with padding_idx 1; 514 rows hold 512 tokens),
 `type_vocab_size=1`, and `pooler=False, nsp_head=False` (MLM head only).
 
+`pre_layer_norm=True` (an option of neither paper) normalizes each sublayer's
+input instead of its residual sum and adds a final LayerNorm after the last
+layer (bert/encoder/final_layer_norm): the pre-LN block that Cramming (Geiping
+& Goldstein 2022) found to train far sooner at a high learning rate on a small
+budget. HF's BERT and RoBERTa have no such block, so to-hf refuses it.
+
 Parameter tree (HF/TF names in parentheses):
   bert/embeddings/{word,position,token_type}_embeddings, layer_norm
   bert/encoder/layer_{i}/ (or bert/encoder/layers/ stacked when scan_layers)
@@ -63,6 +69,8 @@ class BertConfig(stack.ModelConfig):
   attention: attention_lib.AttentionConfig = attention_lib.AttentionConfig(position="learned")
   position_offset: int = 0  # Row of the first real token's position; RoBERTa: 2.
   pooler: bool = True  # The tanh pooler on [CLS]; RoBERTa has none.
+  # Pre-LN blocks (x + f(LN(x)), a final LayerNorm) instead of the papers' post-LN (LN(x + f(x))).
+  pre_layer_norm: bool = False
   nsp_head: bool = True  # The next-sentence head (needs the pooler).
 
   def __post_init__(self):
@@ -156,7 +164,11 @@ class BertEmbeddings(nn.Module):
 
 
 class BertLayer(nn.Module):
-  """One post-LN encoder layer: x = LN(x + attn(x)); x = LN(x + ffn(x))."""
+  """One encoder layer. Post-LN (BERT): x = LN(x + attn(x)); x = LN(x + ffn(x)).
+
+  Pre-LN (config.pre_layer_norm): x = x + attn(LN(x)); x = x + ffn(LN(x)), the
+  same two LayerNorms (same names) applied to the sublayers' inputs.
+  """
 
   config: BertConfig
 
@@ -168,7 +180,10 @@ class BertLayer(nn.Module):
     init = layers.default_init(cfg.initializer_range)
     dtype = cfg.compute_dtype
     dropout = layers.Dropout(cfg.dropout_rate)
+    attention_norm = layers.LayerNorm(cfg.layer_norm_eps, name="attention_layer_norm")
+    output_norm = layers.LayerNorm(cfg.layer_norm_eps, name="output_layer_norm")
 
+    h = attention_norm(x) if cfg.pre_layer_norm else x
     h = attention_lib.MultiHeadAttention(
       num_heads=cfg.num_heads,
       head_dim=cfg.head_dim,
@@ -177,22 +192,23 @@ class BertLayer(nn.Module):
       dropout_rate=cfg.attention_dropout_rate,
       kernel_init=init,
       name="attention",
-    )(x, mask=mask, bias=bias, deterministic=deterministic)
-    x = layers.LayerNorm(cfg.layer_norm_eps, name="attention_layer_norm")(
-      x + dropout(h, deterministic=deterministic)
-    )
+    )(h, mask=mask, bias=bias, deterministic=deterministic)
+    x = x + dropout(h, deterministic=deterministic)
+    if not cfg.pre_layer_norm:
+      x = attention_norm(x)
     x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
 
+    h = output_norm(x) if cfg.pre_layer_norm else x
     h = layers.Dense(
       cfg.intermediate_size, ("embed", "mlp"), dtype=dtype, kernel_init=init, name="intermediate"
-    )(x)  # [batch, length, mlp]
+    )(h)  # [batch, length, mlp]
     h = nn.with_logical_constraint(gelu(h), ("act_batch", "act_length", "act_mlp"))
     h = layers.Dense(
       cfg.hidden_size, ("mlp", "embed"), dtype=dtype, kernel_init=init, name="output"
     )(h)
-    x = layers.LayerNorm(cfg.layer_norm_eps, name="output_layer_norm")(
-      x + dropout(h, deterministic=deterministic)
-    )
+    x = x + dropout(h, deterministic=deterministic)
+    if not cfg.pre_layer_norm:
+      x = output_norm(x)
     x = nn.with_logical_constraint(x, ("act_batch", "act_length", "act_embed"))
     return (x, None) if cfg.scan_layers else x
 
@@ -210,7 +226,7 @@ class BertEncoder(nn.Module):
       bias = cfg.attention.relative_position_bias(
         num_heads=cfg.num_heads, bidirectional=True, name="relative_attention_bias"
       )(length, length)
-    return stack.layer_stack(
+    x = stack.layer_stack(
       BertLayer,
       cfg,
       x,
@@ -221,6 +237,9 @@ class BertEncoder(nn.Module):
       scanned_name="layers",
       unrolled_name="layer_{}",
     )
+    if cfg.pre_layer_norm:  # Pre-LN leaves the residual stream unnormalized.
+      x = layers.LayerNorm(cfg.layer_norm_eps, name="final_layer_norm")(x)
+    return x
 
 
 class BertModel(nn.Module):

@@ -22,6 +22,7 @@ from pretrain.convert import checkpoints
 from pretrain.data.tokenizer_files import open_tokenizer
 from pretrain.errors import PretrainError
 from pretrain.families.bert import model as bert_model
+from pretrain.families.roberta import convert as roberta_convert
 from pretrain.families import get_task
 from pretrain.train import train
 
@@ -233,6 +234,27 @@ def test_a_run_trained_from_the_default_config_exports(tiny_config, tmp_path):
     and max_diff(nsp, ref.seq_relationship_logits) <= TOL
   )
   assert hf.config.pad_token_id == 0 and config.model.vocab_size == 0
+
+
+def test_pre_layer_norm_is_refused_by_to_hf(pretraining, tmp_path):
+  """HF's BERT and RoBERTa have post-LN blocks only: a pre-LN run is refused, nothing written."""
+  _, _, out = pretraining
+  params = convert.load_params(out)
+  params["bert"]["encoder"]["final_layer_norm"] = {
+    "scale": np.ones(32, np.float32),
+    "bias": np.zeros(32, np.float32),
+  }
+  config = convert.load_config(out).to_dict()
+  config["model"]["pre_layer_norm"] = True
+  config["_tokenizer"] = {"vocab_size": VOCAB, "fingerprint": "f", "path": "p"}
+  workdir = save_checkpoint(tmp_path / "run", 3, params, config)
+  message = "model.pre_layer_norm=True cannot be exported: BertForPreTraining has post-LayerNorm"
+  with pytest.raises(PretrainError, match=message):
+    convert.to_hf(workdir, str(tmp_path / "hf"))
+  assert not (tmp_path / "hf").exists()
+  model = roberta_convert.complete_model(dict(config["model"], position_offset=2))
+  with pytest.raises(PretrainError, match="RobertaForMaskedLM has post-LayerNorm blocks only"):
+    roberta_convert.params_to_hf(params, model, {"pad_token_id": 1}, None)
 
 
 def test_the_hf_folders_vocabulary_comes_along(pretraining, tmp_path):

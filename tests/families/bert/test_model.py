@@ -180,6 +180,72 @@ def test_dropout_only_when_not_deterministic(tiny_params):
   assert not np.allclose(a, clean)
 
 
+PRE_LN = dataclasses.replace(TINY, pre_layer_norm=True)
+
+
+@pytest.fixture(scope="module")
+def pre_ln_params():
+  return init_params(PRE_LN)
+
+
+def _encoder_output(config, params, batch):
+  ids, types, mask = batch["input_ids"], batch["segment_ids"], batch["input_mask"]
+  return bert.BertModel(config).apply({"params": params["bert"]}, ids, types, mask)[0]
+
+
+def test_pre_layer_norm_normalizes_sublayer_inputs_and_adds_a_final_norm(
+  tiny_params, pre_ln_params
+):
+  """Pre-LN has the papers' params plus bert/encoder/final_layer_norm. With every sublayer's output
+  projection at zero, its layers leave the residual stream alone, whatever their LayerNorms hold
+  (post-LN's normalize the stream), and the encoder returns final_layer_norm(embeddings)."""
+  params = pre_ln_params
+  encoder = params["bert"]["encoder"]
+  final = encoder["final_layer_norm"]
+  assert jax.tree.map(jnp.shape, final) == {"scale": (64,), "bias": (64,)}
+  without_final = {k: v for k, v in encoder.items() if k != "final_layer_norm"}
+  assert jax.tree.map(jnp.shape, without_final) == jax.tree.map(
+    jnp.shape, tiny_params["bert"]["encoder"]
+  )
+
+  def edited(params):
+    params = jax.tree.map(np.array, params)
+    for i in range(TINY.num_layers):
+      layer = params["bert"]["encoder"][f"layer_{i}"]
+      for dense in (layer["attention"]["out"], layer["output"]):
+        dense["kernel"][:], dense["bias"][:] = 0.0, 0.0
+      for norm in ("attention_layer_norm", "output_layer_norm"):
+        layer[norm]["scale"][:], layer[norm]["bias"][:] = 3.0, 1.0
+    return params
+
+  batch = make_batch()
+  params = edited(params)
+  params["bert"]["encoder"]["final_layer_norm"].update(
+    scale=np.full(64, 2.0, np.float32), bias=np.full(64, 0.5, np.float32)
+  )
+  no_layers = dataclasses.replace(PRE_LN, num_layers=0)
+  expected = _encoder_output(no_layers, params, batch)  # Embeddings, then the final LayerNorm.
+  np.testing.assert_allclose(_encoder_output(PRE_LN, params, batch), expected, atol=1e-5)
+  post_params = edited(tiny_params)
+  embeddings = _encoder_output(dataclasses.replace(TINY, num_layers=0), post_params, batch)
+  post = _encoder_output(TINY, post_params, batch)  # Post-LN: LN(x + 0) = 3 * (x normalized) + 1.
+  np.testing.assert_allclose(post, 3.0 * embeddings + 1.0, atol=1e-4)
+
+
+def test_pre_layer_norm_scans_as_unrolled(pre_ln_params):
+  params = pre_ln_params
+  batch = make_batch()
+  scan_config = dataclasses.replace(PRE_LN, scan_layers=True)
+  stacked = stack_layers(params, PRE_LN.num_layers)
+  scanned_shapes = jax.tree.map(lambda x: x.shape, nn.unbox(bert.abstract_params(scan_config)))
+  assert jax.tree.map(jnp.shape, stacked) == scanned_shapes
+
+  def apply(config, params):
+    return jax.jit(lambda p: bert.BertForPreTraining(config).apply({"params": p}, **batch))(params)
+
+  assert_trees_close(apply(PRE_LN, params), apply(scan_config, stacked))
+
+
 def test_gelu_is_exact_erf_gelu():
   x = jnp.linspace(-8.0, 8.0, 10001)
   np.testing.assert_allclose(bert.gelu(x), jax.nn.gelu(x, approximate=False), rtol=1e-6, atol=1e-6)
