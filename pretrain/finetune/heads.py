@@ -88,3 +88,10 @@ def classifier_flops(config: bert_model.BertConfig, num_outputs: int, head: str)
   """Matmul FLOPs of the head on one sequence (the pooler is counted with the encoder)."""
   h = config.hidden_size
   return float(2 * h * num_outputs + (2 * h * h if head == FIRST_TOKEN else 0))
+
+
+def abstract_params(config: bert_model.BertConfig, num_outputs: int, head: str):
+  """The classifier's unscanned param tree as ShapeDtypeStructs (allocates nothing)."""
+  ids = jnp.zeros([1, 1], jnp.int32)
+  model = SequenceClassifier(config, num_outputs, head)
+  return nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), ids, ids, ids + 1))["params"])

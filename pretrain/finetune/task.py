@@ -31,6 +31,17 @@ from pretrain.objectives.losses import cross_entropy
 FIXED_FIELDS = ("task", "max_seq_length", "labels", "text_fields", "label_field", "kind")
 
 
+def check_finetune_fields(config, saved: dict) -> None:
+  """A checkpoint resumes only on the task, labels and inputs it was fine-tuned on."""
+  before = saved.get("finetune") or {}
+  for key in FIXED_FIELDS:
+    if key in before and before[key] != config.finetune.get(key):
+      raise PretrainError(
+        f"config finetune.{key} is {config.finetune.get(key)!r} but the checkpoint was "
+        f"fine-tuned with {before[key]!r}; use a new workdir for another task"
+      )
+
+
 def _truncate(a: list[int], b: list[int], budget: int) -> tuple[list[int], list[int]]:
   """Removes tokens from the end of the longer of a, b until both fit `budget` (BERT's rule)."""
   a, b = list(a), list(b)
@@ -231,10 +242,4 @@ class ClassifierTask(base.Task):
 
   def check_resume(self, config, saved: dict) -> None:
     super().check_resume(config, saved)
-    before = saved.get("finetune") or {}
-    for key in FIXED_FIELDS:
-      if key in before and before[key] != config.finetune.get(key):
-        raise PretrainError(
-          f"config finetune.{key} is {config.finetune.get(key)!r} but the checkpoint was "
-          f"fine-tuned with {before[key]!r}; use a new workdir for another task"
-        )
+    check_finetune_fields(config, saved)

@@ -40,16 +40,42 @@ class GlueTask:
   dev_files: tuple[tuple[str, str], ...] = (("", "dev.tsv"),)  # (metric prefix, file)
   header: bool = True
   num_columns: int = 0  # Without a header: the columns every line has.
+  words: tuple[str, ...] = ()  # T5's target words of the labels (Raffel et al. 2020, appendix D).
 
 
 _BINARY = ("0", "1")
 _NLI = ("entailment", "not_entailment")
 TASKS = {
-  "cola": GlueTask("CoLA", (3,), 1, _BINARY, ("matthews",), header=False, num_columns=4),
-  "sst2": GlueTask("SST-2", ("sentence",), "label", _BINARY, ("accuracy",)),
-  "mrpc": GlueTask("MRPC", ("#1 String", "#2 String"), "Quality", _BINARY, ("f1", "accuracy")),
+  "cola": GlueTask(
+    "CoLA",
+    (3,),
+    1,
+    _BINARY,
+    ("matthews",),
+    header=False,
+    num_columns=4,
+    words=("unacceptable", "acceptable"),
+  ),
+  "sst2": GlueTask(
+    "SST-2", ("sentence",), "label", _BINARY, ("accuracy",), words=("negative", "positive")
+  ),
+  "mrpc": GlueTask(
+    "MRPC",
+    ("#1 String", "#2 String"),
+    "Quality",
+    _BINARY,
+    ("f1", "accuracy"),
+    words=("not_equivalent", "equivalent"),
+  ),
   "stsb": GlueTask("STS-B", ("sentence1", "sentence2"), "score", (), ("pearson", "spearman")),
-  "qqp": GlueTask("QQP", ("question1", "question2"), "is_duplicate", _BINARY, ("f1", "accuracy")),
+  "qqp": GlueTask(
+    "QQP",
+    ("question1", "question2"),
+    "is_duplicate",
+    _BINARY,
+    ("f1", "accuracy"),
+    words=("not_duplicate", "duplicate"),
+  ),
   "mnli": GlueTask(
     "MNLI",
     ("sentence1", "sentence2"),
@@ -60,7 +86,14 @@ TASKS = {
   ),
   "qnli": GlueTask("QNLI", ("question", "sentence"), "label", _NLI, ("accuracy",)),
   "rte": GlueTask("RTE", ("sentence1", "sentence2"), "label", _NLI, ("accuracy",)),
-  "wnli": GlueTask("WNLI", ("sentence1", "sentence2"), "label", _BINARY, ("accuracy",)),
+  "wnli": GlueTask(
+    "WNLI",
+    ("sentence1", "sentence2"),
+    "label",
+    _BINARY,
+    ("accuracy",),
+    words=("not_entailment", "entailment"),
+  ),
 }
 
 
@@ -124,4 +157,5 @@ def load(name: str, data_dir: str) -> tasks_lib.Dataset:
     metrics=task.metrics,
     train=train,
     dev=dev,
+    label_words=task.words,
   )
