@@ -131,7 +131,9 @@ def from_hf(
       "has no such weight"
     )
   params = _fill_fresh(params, fresh, module, model)
-  checkpoints.check_shapes(params, _abstract_params(module, model, sections.get("finetune")), hf_dir)
+  checkpoints.check_shapes(
+    params, _abstract_params(module, model, sections.get("finetune")), hf_dir
+  )
   if scan_layers:
     params = checkpoints.stack_layers(params, families.layer_stacks(hf_config["model_type"]))
     model["scan_layers"] = True

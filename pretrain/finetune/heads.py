@@ -94,4 +94,6 @@ def abstract_params(config: bert_model.BertConfig, num_outputs: int, head: str):
   """The classifier's unscanned param tree as ShapeDtypeStructs (allocates nothing)."""
   ids = jnp.zeros([1, 1], jnp.int32)
   model = SequenceClassifier(config, num_outputs, head)
-  return nn.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), ids, ids, ids + 1))["params"])
+  return nn.unbox(
+    jax.eval_shape(lambda: model.init(jax.random.key(0), ids, ids, ids + 1))["params"]
+  )

@@ -155,9 +155,7 @@ class TextToTextTask(base.Task):
     generated = jnp.full([b, lt], pad, jnp.int32)
     done = jnp.zeros([b], bool)
     for t in range(lt):
-      logits = model.apply(
-        variables, encoded, mask, decoder_inputs, method=t5_model.T5Model.decode
-      )
+      logits = model.apply(variables, encoded, mask, decoder_inputs, method=t5_model.T5Model.decode)
       token = jnp.where(done, pad, jnp.argmax(logits[:, t], axis=-1).astype(jnp.int32))
       generated = generated.at[:, t].set(token)
       done = done | (token == eos)

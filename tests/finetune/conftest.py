@@ -4,6 +4,7 @@ run saves them, with the tokenizer trained on the test corpus) and a small learn
 import json
 import os
 import random
+import sys
 
 import jax
 import numpy as np
@@ -14,6 +15,10 @@ from pretrain.families.bert import model as bert_model
 from pretrain.finetune.config import finetune_config
 
 from hf_folders import save_checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# glue_files (GLUE folders in the distribution's layouts) is imported by name from this folder.
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def saved_run_config(config, tokenizer) -> dict:
@@ -35,7 +40,9 @@ def pretrained(text_corpus, tiny_config_factory, tmp_path_factory):
   tokenizer = prepare.resolve_tokenizer(c.data, c.tokenizer)
   cfg = bert_model.BertConfig.from_dict(dict(c.model.to_dict(), vocab_size=tokenizer.vocab_size))
   inputs = bert_model.init_inputs(1, 8, 2)
-  params = jax.jit(lambda k: bert_model.BertForPreTraining(cfg).init(k, **inputs))(jax.random.key(1))
+  params = jax.jit(lambda k: bert_model.BertForPreTraining(cfg).init(k, **inputs))(
+    jax.random.key(1)
+  )
   params = jax.tree.map(np.asarray, bert_model.nn.unbox(params["params"]))
   workdir = tmp_path_factory.mktemp("pretrained") / "run"
   return save_checkpoint(workdir, 1, params, saved_run_config(c, tokenizer))
@@ -75,7 +82,9 @@ def learnable_config(pretrained, tmp_path_factory):
   def make():
     c = finetune_config("files")
     c.init_from = pretrained
-    c.finetune.update(train_file=train, dev_file=dev, text_fields="text", max_seq_length=16, epochs=3.0)
+    c.finetune.update(
+      train_file=train, dev_file=dev, text_fields="text", max_seq_length=16, epochs=3.0
+    )
     c.optimizer.learning_rate = 1e-3
     c.train.update(batch_size=16, log_every=4)
     c.eval.batch_size = 16

@@ -72,7 +72,9 @@ def test_to_hf_of_a_finetuned_run_gives_the_same_logits(finished, learnable_conf
 def test_resume_mid_finetune_is_bit_exact(finished, learnable_config, tmp_path):
   workdir, last = finished
   resumed = str(tmp_path / "resumed")
-  first = finetune(learnable_config(), resumed, stop_at_step=24)  # Mid-epoch 2, between checkpoints.
+  first = finetune(
+    learnable_config(), resumed, stop_at_step=24
+  )  # Mid-epoch 2, between checkpoints.
   assert first["step"] == 24
   again = finetune(learnable_config(), resumed)
   assert again["step"] == 48 and again["eval_accuracy"] == last["eval_accuracy"]

@@ -309,7 +309,9 @@ def project_sections(hf_config: dict, t: HfTensors) -> dict:
   f = hf_fields(hf_config, HF_DEFAULTS)
   if arch == CLASSIFIER:
     model = model_fields(f, pooler=True, nsp_head=False)
-    return classifier_sections(hf_config, model, TASK, "pooled", min(128, f["max_position_embeddings"]))
+    return classifier_sections(
+      hf_config, model, TASK, "pooled", min(128, f["max_position_embeddings"])
+    )
   prefix = _prefix(t)
   pooler = arch == "BertForPreTraining" or prefix + "pooler.dense.weight" in t
   nsp = (
@@ -455,7 +457,9 @@ def classifier_sections(hf_config: dict, model: dict, task: str, head: str, seq:
 
 def check_head(head: dict, expected: str, arch: str) -> None:
   if head.get("head") != expected:
-    raise PretrainError(f"finetune.head={head.get('head')!r} cannot be exported: {arch} has {expected!r}")
+    raise PretrainError(
+      f"finetune.head={head.get('head')!r} cannot be exported: {arch} has {expected!r}"
+    )
 
 
 def head_hf_config(head: dict) -> dict:

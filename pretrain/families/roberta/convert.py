@@ -96,7 +96,9 @@ def params_to_hf(
   if head:
     bert.check_head(head, "first_token", arch)
     config.update(bert.head_hf_config(head))
-    table = bert.entries(model, PREFIX, HEADS, with_heads=False) + bert.classifier_entries(model, head)
+    table = bert.entries(model, PREFIX, HEADS, with_heads=False) + bert.classifier_entries(
+      model, head
+    )
   else:
     table = bert.entries(model, PREFIX, HEADS)
   tensors = bert.write_tensors(params, table)

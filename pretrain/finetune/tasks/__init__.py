@@ -36,7 +36,9 @@ class Dataset:
   label_names: tuple[str, ...]  # Classes in index order (empty for regression).
   metrics: tuple[str, ...]  # pretrain/finetune/metrics.py names; the GLUE score is their mean.
   train: Split
-  dev: dict[str, Split]  # "" the main dev split; others (MNLI's "mismatched_") prefix their metrics.
+  dev: dict[
+    str, Split
+  ]  # "" the main dev split; others (MNLI's "mismatched_") prefix their metrics.
   # Text-to-text (T5) targets of the classes, in index order; empty: the label names.
   label_words: tuple[str, ...] = ()
 

@@ -22,4 +22,6 @@ def test_classes_splits_and_determinism():
   assert held_out and not held_out & set(train)
   embedded._examples.cache_clear()  # pylint: disable=protected-access
   again = embedded.load()
-  assert again.train.texts == d.train.texts and np.array_equal(again.dev[""].labels, d.dev[""].labels)
+  assert again.train.texts == d.train.texts and np.array_equal(
+    again.dev[""].labels, d.dev[""].labels
+  )

@@ -30,8 +30,13 @@ def test_jsonl_pairs_and_csv_regression(tmp_path):
   (tmp_path / "t.csv").write_text('text,score\n"a, quoted text",0.5\nplain,2\n', encoding="utf-8")
   csv_path = str(tmp_path / "t.csv")
   r = files.load(
-    section(train_file=csv_path, dev_file=csv_path, text_fields="text", label_field="score",
-            kind="regression")
+    section(
+      train_file=csv_path,
+      dev_file=csv_path,
+      text_fields="text",
+      label_field="score",
+      kind="regression",
+    )
   )
   assert r.kind == "regression" and r.metrics == ("pearson", "spearman")
   assert r.train.texts == (("a, quoted text", "plain"),) and r.train.labels.tolist() == [0.5, 2.0]
@@ -48,7 +53,9 @@ def test_jsonl_pairs_and_csv_regression(tmp_path):
   ],
 )
 def test_bad_input(tmp_path, dev_rows, fields, message):
-  train = write_jsonl(tmp_path / "train.jsonl", [{"text": "a", "label": "yes"}, {"text": "b", "label": "no"}])
+  train = write_jsonl(
+    tmp_path / "train.jsonl", [{"text": "a", "label": "yes"}, {"text": "b", "label": "no"}]
+  )
   dev = write_jsonl(tmp_path / "dev.jsonl", dev_rows)
   with pytest.raises(PretrainError, match=message):
     files.load(section(train_file=train, dev_file=dev, text_fields="text", **fields))
