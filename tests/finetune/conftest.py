@@ -3,7 +3,6 @@ run saves them, with the tokenizer trained on the test corpus) and a small learn
 
 import json
 import os
-import random
 import sys
 
 import jax
@@ -16,9 +15,11 @@ from pretrain.finetune.config import finetune_config
 
 from hf_folders import save_checkpoint  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# glue_files (GLUE folders in the distribution's layouts) is imported by name from this folder.
+# glue_files and task_files (test data in the tasks' layouts) are imported by name from this folder.
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  sys.path.append(os.path.dirname(os.path.abspath(__file__)))
+
+from task_files import learnable_task  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def saved_run_config(config, tokenizer) -> dict:
@@ -46,32 +47,6 @@ def pretrained(text_corpus, tiny_config_factory, tmp_path_factory):
   params = jax.tree.map(np.asarray, bert_model.nn.unbox(params["params"]))
   workdir = tmp_path_factory.mktemp("pretrained") / "run"
   return save_checkpoint(workdir, 1, params, saved_run_config(c, tokenizer))
-
-
-def write_jsonl(path, rows) -> str:
-  with open(path, "w", encoding="utf-8") as f:
-    f.writelines(json.dumps(r) + "\n" for r in rows)
-  return str(path)
-
-
-def learnable_task(folder, n_train=256, n_dev=64, seed=0) -> tuple[str, str]:
-  """(train, dev) JSONL files: a sentence's label is its first word (house: yes, tree: no)."""
-  rng = random.Random(seed)
-  words = "the cat sat on a mat with dog and bird in".split()
-
-  def rows(n):
-    out = []
-    for _ in range(n):
-      first = rng.choice(["house", "tree"])
-      text = " ".join([first] + [rng.choice(words) for _ in range(6)])
-      out.append({"text": text, "label": "yes" if first == "house" else "no"})
-    return out
-
-  os.makedirs(folder, exist_ok=True)
-  return (
-    write_jsonl(os.path.join(folder, "train.jsonl"), rows(n_train)),
-    write_jsonl(os.path.join(folder, "dev.jsonl"), rows(n_dev)),
-  )
 
 
 @pytest.fixture(scope="session")
