@@ -5,7 +5,9 @@
 Running the same command on the same workdir resumes from the latest
 checkpoint, with the data stream exactly where it stopped. The loop knows
 nothing of any model family: the task (pretrain/families) supplies examples,
-model, loss and FLOPs.
+model, loss and FLOPs. `run` is the loop itself on what `RunInputs` give it
+(task, examples, evaluator, initial params): `train` builds them from the data
+section, pretrain/finetune from a labelled task and an init checkpoint.
 """
 
 import contextlib

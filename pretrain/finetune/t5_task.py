@@ -36,6 +36,7 @@ class TextToTextTask(base.Task):
 
   def __init__(self, config, tokenizer, dataset: tasks_lib.Dataset):
     family = t5_family.T5Task(config, tokenizer)  # The model config and special ids, checked.
+    self.family = family  # Its model and model inputs are the fine-tuning ones.
     self.model_config = family.model_config
     self.special = tokenizer.special
     self.special.require("T5 fine-tuning", "pad", "eos")
@@ -116,14 +117,10 @@ class TextToTextTask(base.Task):
     return self.inputs_length + self.targets_length
 
   def build_model(self):
-    return t5_model.T5Model(self.model_config)
+    return self.family.build_model()
 
   def init_args(self, batch):
-    return (
-      batch["encoder_input_tokens"],
-      batch["encoder_input_mask"],
-      batch["decoder_input_tokens"],
-    )
+    return self.family.init_args(batch)
 
   def denominators(self, batch) -> dict:
     w = batch["decoder_loss_weights"] * batch["weights"][:, None]
