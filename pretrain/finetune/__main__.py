@@ -10,7 +10,6 @@ init checkpoint whose family takes no head, a tokenizer that is not the
 checkpoint's) ends with one `error:` line and exit code 2, before anything is written.
 """
 
-import functools
 import sys
 
 from absl import app
@@ -44,7 +43,7 @@ def main(argv):
   if len(argv) > 1:
     print(f"error: unknown command {argv[1]!r} (expected: suite, or none)", file=sys.stderr)
     sys.exit(2)
-  train_lib.main(argv, job=functools.partial(run.finetune))
+  train_lib.main(argv, job=run.finetune)
 
 
 if __name__ == "__main__":
