@@ -10,7 +10,7 @@ dev sentences come from held-out modules). After the quick start's pretraining r
     --workdir=runs/bert_tiny_embedded_random     # the same model from random init
 
 3 epochs of 2,614 sentences at batch 32 x 64 tokens (246 steps), lr 1e-3: a tiny model
-needs a larger rate than BERT-base's 2e-5 (an L2/H64 BERT at 2e-4 stayed below the
+needs a larger rate than BERT-base's 2e-5 (an L2/H64 BERT from random init at 2e-4 stayed below the
 majority class's 32% in 246 steps, at 1e-3 it reached 43%). Figures: BENCHMARKS.md.
 """
 
