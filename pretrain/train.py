@@ -5,10 +5,13 @@
 Running the same command on the same workdir resumes from the latest
 checkpoint, with the data stream exactly where it stopped. The loop knows
 nothing of any model family: the task (pretrain/families) supplies examples,
-model, loss and FLOPs.
+model, loss and FLOPs. `run` is the loop itself on what `RunInputs` give it
+(task, examples, evaluator, initial params): `train` builds them from the data
+section, pretrain/finetune from a labelled task and an init checkpoint.
 """
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -17,6 +20,7 @@ import signal
 import sys
 import threading
 import time
+from typing import Any, Callable
 
 from absl import app
 from absl import flags
@@ -98,6 +102,82 @@ class _StopFlag:
         signal.signal(s, h)
 
 
+@dataclasses.dataclass
+class RunInputs:
+  """What the loop trains: pretraining builds these from the data section (`pretraining_inputs`),
+  fine-tuning (pretrain/finetune) from a labelled dataset and an init checkpoint."""
+
+  task: Any  # A pretrain.families.base.Task: loss, metrics, FLOPs, resume checks.
+  tokenizer: Any
+  train_examples: Any  # `.batch(indices)` by global example index (optionally `.names`, `.drawn`).
+  # evaluate(fns, params) -> {"eval_...": value}; None: no evals.
+  evaluate: Callable[[step_lib.StepFunctions, Any], dict] | None
+  # init_params(fns, state) -> the state a new run starts from (its params replaced); None: as initialized.
+  init_params: Callable[[step_lib.StepFunctions, Any], Any] | None
+  data_fingerprint: str  # Every process must read the same data.
+  data_stats: dict  # Logged at the start.
+
+
+def _pretraining_evaluator(config, task, eval_examples):
+  """Held-out batches (the same every eval) through the eval step, their summed metrics finalized."""
+  batches: list = []  # Made at the first eval.
+
+  def evaluate(fns, params) -> dict:
+    if not batches:
+      local = pipeline.fixed_batches(
+        eval_examples,
+        config.eval.batch_size,
+        config.eval.num_batches,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+      )
+      batches.extend(sharding.make_global_batch(b, fns.mesh) for b in local)
+    sums = [fns.eval_step(params, b) for b in batches]
+    total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
+    return {f"eval_{k}": float(v) for k, v in task.finalize(total).items()}
+
+  return evaluate
+
+
+def _init_from(config):
+  """A new run's params from config.init_from (a converted folder or another run), if set."""
+  if not config.get("init_from"):
+    return None
+
+  def init_params(fns, state):
+    from pretrain.convert import checkpoints as params_io  # pylint: disable=import-outside-toplevel
+
+    _logger.info("params from %s", config.init_from)
+    return state.replace(params=params_io.load_params(config.init_from, fns.abstract_state.params))
+
+  return init_params
+
+
+def pretraining_inputs(config) -> RunInputs:
+  """The task of config.task.name on the examples of the data section's corpus."""
+  tokenizer, stores = data_sources.open_stores(config.data, config.tokenizer)
+  task = families.get_task(config, tokenizer)
+  run_length = int(config.data.mixture_run_length)
+  train_examples = data_sources.example_source(
+    task, stores, "train", config.data.seed, run_length=run_length
+  )
+  evaluate = None
+  if config.eval.every_steps:
+    eval_examples = data_sources.example_source(
+      task, stores, "heldout", config.data.seed + 1, run_length=run_length
+    )
+    evaluate = _pretraining_evaluator(config, task, eval_examples)
+  return RunInputs(
+    task=task,
+    tokenizer=tokenizer,
+    train_examples=train_examples,
+    evaluate=evaluate,
+    init_params=_init_from(config),
+    data_fingerprint=data_sources.fingerprint(stores),
+    data_stats=data_sources.describe(stores),
+  )
+
+
 def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   """Trains (or resumes) the run in `workdir`; returns the last logged metrics.
 
@@ -107,6 +187,18 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   if phases_lib.has_phases(config):  # train.phases: this loop once per phase, on its data.
     return phases_lib.run(config, workdir, train, stop_at_step=stop_at_step)
   config = config.copy_and_resolve_references()
+  return run(config, workdir, pretraining_inputs, stop_at_step=stop_at_step)
+
+
+def run(
+  config,
+  workdir: str,
+  make_inputs: Callable[[Any], RunInputs],
+  *,
+  stop_at_step: int | None = None,
+) -> dict:
+  """The loop on the inputs `make_inputs(config)` gives (after the config's shared sections are checked):
+  a new run or a resumed one in `workdir`; returns the last logged metrics row with its "step"."""
   mesh = sharding.make_mesh(config.mesh)
   config_lib.validate(config, mesh)
   is_main = jax.process_index() == 0
@@ -115,28 +207,17 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     raise PretrainError(f"train.max_skipped_steps={max_skipped} must be 0 or more")
 
   cache = compile_cache.configure(config.train)  # Before the first compile; restored at the end.
-  tokenizer, stores = data_sources.open_stores(config.data, config.tokenizer)
-  task = families.get_task(config, tokenizer)
+  inputs = make_inputs(config)
+  tokenizer, task, train_examples = inputs.tokenizer, inputs.task, inputs.train_examples
   model = task.build_model()
   total_steps = int(config.train.steps)
   tx, schedule = make_optimizer(config.optimizer, total_steps)
-  run_length = int(config.data.mixture_run_length)
-  train_examples = data_sources.example_source(
-    task, stores, "train", config.data.seed, run_length=run_length
-  )
-  eval_examples = (
-    data_sources.example_source(
-      task, stores, "heldout", config.data.seed + 1, run_length=run_length
-    )
-    if config.eval.every_steps
-    else None
-  )
-  corpus_stats = data_sources.describe(stores)
+  corpus_stats = inputs.data_stats
   # Before anything is written or restored: every process must run what process 0 runs.
   distributed.check_processes_agree(
     json.loads(json.dumps(config.to_dict(), default=str)),
     tokenizer.fingerprint,
-    data_sources.fingerprint(stores),
+    inputs.data_fingerprint,
   )
 
   try:
@@ -203,13 +284,8 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
       )
   else:
     state = fns.init_state(int(config.train.seed))
-    if config.get("init_from"):
-      from pretrain.convert import checkpoints as params_io  # pylint: disable=import-outside-toplevel
-
-      state = state.replace(
-        params=params_io.load_params(config.init_from, fns.abstract_state.params)
-      )
-      _logger.info("params from %s", config.init_from)
+    if inputs.init_params is not None:
+      state = inputs.init_params(fns, state)
     progress = progress_lib.Progress(first_start_time)
   progress.compile_cache = cache
   with (
@@ -218,7 +294,6 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     train_step, compile_seconds = fns.compile_train_step()
   progress.compile_seconds += compile_seconds
   backend_row = _attention_backends(resolutions)
-  eval_step = fns.eval_step
 
   start_step = int(jax.device_get(state.step))
   profiler = profiling.StepProfiler(config.metrics, workdir, start_step)
@@ -243,22 +318,10 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     _logger.warning("no MFU: %s", peak_source)
   skips = {"consecutive": 0}  # Consecutive skipped steps up to the last one flushed.
   tokens_per_step = global_batch * task.tokens_per_example
-  eval_batches: list = []  # Made at the first eval.
   last_row: dict = {}
 
   def run_eval(step):
-    if not eval_batches:
-      local = pipeline.fixed_batches(
-        eval_examples,
-        config.eval.batch_size,
-        config.eval.num_batches,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-      )
-      eval_batches.extend(sharding.make_global_batch(b, mesh) for b in local)
-    sums = [eval_step(state.params, b) for b in eval_batches]
-    total = jax.tree.map(lambda *xs: float(np.sum(xs)), *jax.device_get(sums))
-    row = {f"eval_{k}": float(v) for k, v in task.finalize(total).items()}
+    row = inputs.evaluate(fns, state.params)
     writer.write(step, row)
     return row
 
@@ -308,7 +371,9 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
     row["learning_rate"] = float(fetched[-1]["learning_rate"])
     row["skipped_steps"] = sum(int(m["skipped"]) for m in fetched)
     steps_per_sec = interval_steps / elapsed
-    if len(set(train_examples.names)) > 1:  # A mixture: what each source has given so far.
+    if (
+      len(set(getattr(train_examples, "names", ()))) > 1
+    ):  # A mixture: what each source has given so far.
       for name, n in train_examples.drawn(stream.examples_consumed()).items():
         row[f"examples_drawn/{name}"] = n
         row[f"tokens_drawn/{name}"] = n * task.tokens_per_example
@@ -376,7 +441,7 @@ def train(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
             tok_s=f"{last_row['tokens_per_sec']:,.0f}",
             **({"mfu": f"{last_row['mfu']:.1%}"} if "mfu" in last_row else {}),
           )
-        if config.eval.every_steps and (step % config.eval.every_steps == 0 or step == total_steps):
+        if inputs.evaluate and (step % config.eval.every_steps == 0 or step == total_steps):
           flush(step)
           with progress.timed("eval"):
             last_row.update(run_eval(step))
@@ -423,7 +488,8 @@ def define_flags() -> None:
   flags.DEFINE_integer("distributed_timeout", 300, "Seconds to wait for every process to join.")
 
 
-def main(argv):
+def main(argv, job: Callable[[Any, str], dict] | None = None):
+  """The CLI of a job function `job(config, workdir)` (default: train), e.g. pretrain.finetune's."""
   del argv
   cli.quiet_library_logs()
   f = flags.FLAGS
@@ -454,7 +520,7 @@ def main(argv):
     )  # A jax.distributed.initialize still waiting in its thread would hold up a normal exit.
   code = 0
   try:
-    row = train(config, workdir)
+    row = (job or train)(config, workdir)
   except PretrainError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
     code = 2

@@ -93,7 +93,10 @@ def _hf_family(hf_config: dict):
 def _project_config(module, sections: dict) -> dict:
   config = getattr(module, "base_config", base_config)()
   for name, values in sections.items():
-    config[name].update(values)
+    if name in config:
+      config[name].update(values)
+    else:  # E.g. the finetune section (head, labels) of a sequence classifier.
+      config[name] = values
   if "tokenizer" not in sections:
     config.tokenizer.vocab_size = config.model.vocab_size
   return config.to_dict()
@@ -128,7 +131,9 @@ def from_hf(
       "has no such weight"
     )
   params = _fill_fresh(params, fresh, module, model)
-  checkpoints.check_shapes(params, module.abstract_params(model), hf_dir)
+  checkpoints.check_shapes(
+    params, _abstract_params(module, model, sections.get("finetune")), hf_dir
+  )
   if scan_layers:
     params = checkpoints.stack_layers(params, families.layer_stacks(hf_config["model_type"]))
     model["scan_layers"] = True
@@ -182,6 +187,15 @@ def _hf_tokenizer(hf_dir: str, config: dict) -> list[str]:
   return names
 
 
+def _abstract_params(module, model: dict, head: dict | None):
+  """The family's param tree of `model`, with the sequence classification head of a finetune section."""
+  if not head:
+    return module.abstract_params(model)
+  if head.get("head") not in ("pooled", "first_token"):
+    raise PretrainError(f"the checkpoint's finetune.head={head.get('head')!r} is not a known head")
+  return module.abstract_params(model, head)
+
+
 def _special_ids(source: dict, config: dict) -> dict:
   """The pad/bos/eos ids of the checkpoint's vocabulary: HF's for a converted folder, else those of the
   tokenizer the run trained with (the project's layout for runs saved before they were recorded)."""
@@ -224,10 +238,12 @@ def to_hf(ckpt: str, out: str, *, step: int | None = None) -> dict:
   if checkpoints.is_scanned(params, stacks):
     params = checkpoints.unstack_layers(params, stacks)
   model.update(scan_layers=False, remat_policy="none")
-  checkpoints.check_shapes(params, module.abstract_params(model), ckpt)
-  hf_config, tensors = module.params_to_hf(
-    params, model, _special_ids(source, config), source.get("hf_config")
-  )
+  head = config.get("finetune")  # A fine-tuned sequence classifier (pretrain/finetune).
+  if head and head.get("head") == "text_to_text":  # A fine-tuned T5 is a T5 as pretrained.
+    head = None
+  checkpoints.check_shapes(params, _abstract_params(module, model, head), ckpt)
+  args = (params, model, _special_ids(source, config), source.get("hf_config"))
+  hf_config, tensors = module.params_to_hf(*args, head=head) if head else module.params_to_hf(*args)
   with hf_io.staged_dir(out) as tmp:
     hf_io.write_hf_dir(tmp, hf_config, tensors)
   return hf_config

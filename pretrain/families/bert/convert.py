@@ -31,6 +31,12 @@ start freshly initialized, as in transformers when BertForPreTraining loads a
 BertModel. Export writes BertForPreTraining with an NSP head, else
 BertForMaskedLM.
 
+Sequence classification (pretrain/finetune/heads.py): BertForSequenceClassification
+is the encoder with its pooler and `classifier` (-> classifier/{kernel,bias});
+its labels (id2label, problem_type) become the converted config's `finetune`
+section (head, kind, num_outputs, label_names), and a fine-tuned run, whose
+config has that section, exports as BertForSequenceClassification.
+
 HF's 'gelu' is the exact erf GELU, as pretrain/families/bert/model.py's; BERT's
 LayerNorm eps is 1e-12 (config.json's layer_norm_eps is carried over).
 """
@@ -50,7 +56,8 @@ from pretrain.families.bert import model as bert_model
 from pretrain.families.bert import config as bert_config_lib
 
 TASK = "bert"
-ARCHITECTURES = ("BertForPreTraining", "BertForMaskedLM", "BertModel")
+CLASSIFIER = "BertForSequenceClassification"
+ARCHITECTURES = ("BertForPreTraining", "BertForMaskedLM", "BertModel", CLASSIFIER)
 base_config = bert_config_lib.bert_config  # The converted config's defaults.
 
 # transformers' BertConfig defaults, for fields a config.json leaves out.
@@ -300,6 +307,11 @@ def project_sections(hf_config: dict, t: HfTensors) -> dict:
   """The project config sections of an HF BERT folder."""
   arch = hf_config["architectures"][0]
   f = hf_fields(hf_config, HF_DEFAULTS)
+  if arch == CLASSIFIER:
+    model = model_fields(f, pooler=True, nsp_head=False)
+    return classifier_sections(
+      hf_config, model, TASK, "pooled", min(128, f["max_position_embeddings"])
+    )
   prefix = _prefix(t)
   pooler = arch == "BertForPreTraining" or prefix + "pooler.dense.weight" in t
   nsp = (
@@ -323,6 +335,8 @@ def _prefix(t: HfTensors) -> str:
 def hf_to_params(t: HfTensors, hf_config: dict, model: dict) -> tuple[dict, list[str]]:
   """(params, the param subtrees left to a fresh init)."""
   arch = hf_config["architectures"][0]
+  if arch == CLASSIFIER:
+    return read_classifier(t, "bert.", model, head_section(hf_config, "pooled")), []
   prefix = _prefix(t)
   check_tensors(t, prefix, model)
   has_heads = arch != "BertModel"
@@ -359,18 +373,24 @@ def complete_model(model: dict) -> dict:
 
 
 def params_to_hf(
-  params: dict, model: dict, special_ids: dict, base: dict | None
+  params: dict, model: dict, special_ids: dict, base: dict | None, head: dict | None = None
 ) -> tuple[dict, dict]:
-  """(config.json, tensors) of HF's BertForPreTraining (with an NSP head) or BertForMaskedLM."""
+  """(config.json, tensors) of HF's BertForPreTraining (with an NSP head) or BertForMaskedLM, or with a
+  sequence classification `head` (a fine-tuned run's finetune section) BertForSequenceClassification."""
   if model.get("position_offset", 0):
     raise PretrainError(
       f"model.position_offset={model['position_offset']}: HF's BERT counts positions from 0 "
       "(a RoBERTa checkpoint exports as task 'roberta')"
     )
-  arch = "BertForPreTraining" if model["nsp_head"] else "BertForMaskedLM"
+  arch = CLASSIFIER if head else "BertForPreTraining" if model["nsp_head"] else "BertForMaskedLM"
   check_attention(model, "learned", arch)
   config = hf_config(model, arch, "bert", base)
   config["pad_token_id"] = special_ids["pad_token_id"]
+  if head:
+    check_head(head, "pooled", arch)
+    config.update(head_hf_config(head))
+    table = entries(model, "bert.", BERT_HEADS, with_heads=False) + classifier_entries(model, head)
+    return config, write_tensors(params, table)
   return config, write_tensors(params, entries(model, "bert.", BERT_HEADS))
 
 
@@ -398,9 +418,87 @@ def bert_config(model: dict) -> bert_model.BertConfig:
   return bert_model.BertConfig.from_dict(dict(model, scan_layers=False, remat_policy="none"))
 
 
-def abstract_params(model: dict):
-  """The unscanned param tree of `model` as ShapeDtypeStructs."""
+def abstract_params(model: dict, head: dict | None = None):
+  """The unscanned param tree of `model` (with a sequence classification `head`) as ShapeDtypeStructs."""
+  if head:
+    from pretrain.finetune import heads  # pylint: disable=import-outside-toplevel
+
+    return heads.abstract_params(bert_config(model), int(head["num_outputs"]), head["head"])
   return nn.unbox(bert_model.abstract_params(bert_config(model), seq_len=1, num_predictions=1))
+
+
+# Sequence classification heads (BERT's and RoBERTa's HF *ForSequenceClassification).
+
+
+def head_section(hf_config: dict, head: str) -> dict:
+  """The finetune section (head, kind, num_outputs, label_names) of an HF classifier's config.json."""
+  id2label = hf_config.get("id2label") or {}
+  n = len(id2label) if id2label else int(hf_config.get("num_labels", 2))
+  problem = hf_config.get("problem_type")
+  if problem not in (None, "regression", "single_label_classification"):
+    raise PretrainError(
+      f"config.json problem_type={problem!r} is not supported: single-label classification or "
+      "regression"
+    )
+  regression = problem == "regression" or (problem is None and n == 1)
+  names = [str(id2label.get(str(i), id2label.get(i, f"LABEL_{i}"))) for i in range(n)]
+  return {
+    "head": head,
+    "kind": "regression" if regression else "classification",
+    "num_outputs": n,
+    "label_names": "" if regression else ",".join(names),
+  }
+
+
+def classifier_sections(hf_config: dict, model: dict, task: str, head: str, seq: int) -> dict:
+  return {
+    "task": {"name": task},
+    "model": model,
+    "data": {"next_sentence_prediction": False, "max_seq_length": seq},
+    "finetune": head_section(hf_config, head),
+  }
+
+
+def check_head(head: dict, expected: str, arch: str) -> None:
+  if head.get("head") != expected:
+    raise PretrainError(
+      f"finetune.head={head.get('head')!r} cannot be exported: {arch} has {expected!r}"
+    )
+
+
+def head_hf_config(head: dict) -> dict:
+  """config.json's label fields of a finetune section."""
+  n = int(head["num_outputs"])
+  names = [s for s in str(head.get("label_names") or "").split(",") if s] or [
+    f"LABEL_{i}" for i in range(n)
+  ]
+  regression = head.get("kind") == "regression"
+  return {
+    "problem_type": "regression" if regression else "single_label_classification",
+    "id2label": {str(i): names[i] if i < len(names) else f"LABEL_{i}" for i in range(n)},
+    "label2id": {(names[i] if i < len(names) else f"LABEL_{i}"): i for i in range(n)},
+  }
+
+
+def classifier_entries(model: dict, head: dict) -> list[Entry]:
+  h, n = model["hidden_size"], int(head["num_outputs"])
+  why = f"hidden_size={h}, num_labels={n}"
+  if head["head"] == "pooled":
+    return _linear("classifier", ("classifier",), h, n, why)
+  return [
+    *_linear("classifier.dense", ("classifier", "dense"), h, h, f"hidden_size={h}"),
+    *_linear("classifier.out_proj", ("classifier", "out_proj"), h, n, why),
+  ]
+
+
+def read_classifier(t: HfTensors, prefix: str, model: dict, head: dict) -> dict:
+  """The params of an HF *ForSequenceClassification: encoder (no MLM head) + classifier."""
+  check_tensors(t, prefix, model)
+  params = read_params(
+    t, entries(model, prefix, BERT_HEADS, with_heads=False) + classifier_entries(model, head)
+  )
+  skip_buffers(t)
+  return params
 
 
 def init_heads(model: dict, seed: int) -> dict:

@@ -14,6 +14,10 @@ HF, counting from 1 and treating only id 0 as padding, reads the same rows. HF
 derives positions from input_ids != pad_token_id, the project model from
 input_mask: they agree when padding is exactly the pad id.
 
+RobertaForSequenceClassification (pretrain/finetune/heads.py's first-token head) is the
+encoder and `classifier.{dense, out_proj}` (-> classifier/{dense, out_proj}); its labels
+become the converted config's finetune section, as for BERT's classifier.
+
 RoBERTa's LayerNorm eps is 1e-5 and its GELU the exact one (config.json's
 layer_norm_eps and hidden_act carry over and are checked).
 """
@@ -29,7 +33,8 @@ from pretrain.families.roberta import task as roberta_task
 from pretrain.families.roberta.config import roberta_config
 
 TASK = "roberta"
-ARCHITECTURES = ("RobertaForMaskedLM",)
+CLASSIFIER = "RobertaForSequenceClassification"
+ARCHITECTURES = ("RobertaForMaskedLM", CLASSIFIER)
 base_config = roberta_config  # The converted config's defaults.
 PREFIX = "roberta."
 
@@ -52,6 +57,8 @@ def project_sections(hf_config: dict, t: HfTensors) -> dict:
     f, pooler=False, nsp_head=False, position_offset=int(f["pad_token_id"]) + 1
   )
   seq = min(512, model["max_position_embeddings"] - model["position_offset"])
+  if hf_config["architectures"][0] == CLASSIFIER:
+    return bert.classifier_sections(hf_config, model, TASK, "first_token", seq)
   return {
     "task": {"name": TASK},
     "model": model,
@@ -65,7 +72,8 @@ def complete_model(model: dict) -> dict:
 
 
 def hf_to_params(t: HfTensors, hf_config: dict, model: dict) -> tuple[dict, list[str]]:
-  del hf_config
+  if hf_config["architectures"][0] == CLASSIFIER:
+    return bert.read_classifier(t, PREFIX, model, bert.head_section(hf_config, "first_token")), []
   bert.check_tensors(t, PREFIX, model)
   params = bert.read_params(t, bert.entries(model, PREFIX, HEADS))
   bert.skip_buffers(t)
@@ -77,13 +85,23 @@ def hf_to_params(t: HfTensors, hf_config: dict, model: dict) -> tuple[dict, list
 
 
 def params_to_hf(
-  params: dict, model: dict, special_ids: dict, base: dict | None
+  params: dict, model: dict, special_ids: dict, base: dict | None, head: dict | None = None
 ) -> tuple[dict, dict]:
-  """(config.json, tensors) of HF's RobertaForMaskedLM for a model whose padding is special_ids' pad id."""
-  bert.check_attention(model, "learned", "RobertaForMaskedLM")
-  config = bert.hf_config(model, "RobertaForMaskedLM", "roberta", base)
+  """(config.json, tensors) of HF's RobertaForMaskedLM (or, with a sequence classification `head`,
+  RobertaForSequenceClassification) for a model whose padding is special_ids' pad id."""
+  arch = CLASSIFIER if head else "RobertaForMaskedLM"
+  bert.check_attention(model, "learned", arch)
+  config = bert.hf_config(model, arch, "roberta", base)
   config.update(special_ids)
-  tensors = bert.write_tensors(params, bert.entries(model, PREFIX, HEADS))
+  if head:
+    bert.check_head(head, "first_token", arch)
+    config.update(bert.head_hf_config(head))
+    table = bert.entries(model, PREFIX, HEADS, with_heads=False) + bert.classifier_entries(
+      model, head
+    )
+  else:
+    table = bert.entries(model, PREFIX, HEADS)
+  tensors = bert.write_tensors(params, table)
   shift = model["position_offset"] - (special_ids["pad_token_id"] + 1)
   if shift < 0:
     raise PretrainError(

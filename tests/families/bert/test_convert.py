@@ -328,8 +328,8 @@ def test_load_params_into_a_target_layout_and_sharding(pretraining):
   "edit, message",
   [
     (
-      dict(config={"architectures": ["BertForSequenceClassification"]}),
-      r"config.json architectures=\['BertForSequenceClassification'\] is not supported",
+      dict(config={"architectures": ["BertForTokenClassification"]}),
+      r"config.json architectures=\['BertForTokenClassification'\] is not supported",
     ),
     (
       dict(config={"model_type": "xlnet"}),

@@ -1,0 +1,11 @@
+"""GLUE stsb with BERT's fine-tuning recipe (pretrain/finetune/config.py).
+
+  python -m pretrain.finetune --config=configs/finetune/stsb.py --config.init_from=RUN \
+    --config.finetune.data_dir=glue_data --workdir=runs/stsb
+"""
+
+from pretrain.finetune.config import finetune_config
+
+
+def get_config():
+  return finetune_config("stsb")

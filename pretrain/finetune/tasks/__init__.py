@@ -1,0 +1,102 @@
+"""Labelled datasets for fine-tuning: what a task's files hold, read into splits of texts and labels.
+
+`finetune.task` names the dataset: one of the nine GLUE tasks (tasks/glue.py, read from the
+GLUE distribution's TSV files under `finetune.data_dir`), `files` (JSONL, CSV or TSV files
+with configurable fields, tasks/files.py) or `embedded` (built from CPython's own docstrings,
+no download, tasks/embedded.py). Every reader checks what it reads: a label outside the
+label set, a missing column or an empty split is a PretrainError naming the file.
+"""
+
+import dataclasses
+
+import numpy as np
+
+from pretrain.errors import PretrainError
+
+CLASSIFICATION, REGRESSION = "classification", "regression"
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split: texts[c][i] is column c (one, or two for pairs) of example i; labels[i] its label
+  (int32 class index, or float32 for regression)."""
+
+  texts: tuple[tuple[str, ...], ...]
+  labels: np.ndarray
+  source: str  # The file it came from (for messages).
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  kind: str  # CLASSIFICATION or REGRESSION.
+  label_names: tuple[str, ...]  # Classes in index order (empty for regression).
+  metrics: tuple[str, ...]  # pretrain/finetune/metrics.py names; the GLUE score is their mean.
+  train: Split
+  dev: dict[
+    str, Split
+  ]  # "" the main dev split; others (MNLI's "mismatched_") prefix their metrics.
+  # Text-to-text (T5) targets of the classes, in index order; empty: the label names.
+  label_words: tuple[str, ...] = ()
+
+  @property
+  def target_words(self) -> tuple[str, ...]:
+    return self.label_words or self.label_names
+
+  @property
+  def num_outputs(self) -> int:
+    return 1 if self.kind == REGRESSION else len(self.label_names)
+
+  @property
+  def num_texts(self) -> int:
+    return len(self.train.texts)
+
+
+def parse_labels(values, kind: str, label_names, source: str, lines) -> np.ndarray:
+  """Label strings -> class indices or floats; `lines[i]` is value i's line number for messages."""
+  if kind == REGRESSION:
+    out = np.empty(len(values), np.float32)
+    for i, v in enumerate(values):
+      try:
+        out[i] = float(v)
+      except (TypeError, ValueError):
+        raise PretrainError(f"{source} line {lines[i]}: label {v!r} is not a number") from None
+      if not np.isfinite(out[i]):
+        raise PretrainError(f"{source} line {lines[i]}: label {v!r} is not a finite number")
+    return out
+  index = {name: i for i, name in enumerate(label_names)}
+  out = np.empty(len(values), np.int32)
+  for i, v in enumerate(values):
+    key = str(v).strip() if not isinstance(v, str) else v.strip()
+    if key not in index:
+      raise PretrainError(
+        f"{source} line {lines[i]}: label {v!r} is not one of the task's labels "
+        f"({', '.join(map(repr, label_names))})"
+      )
+    out[i] = index[key]
+  return out
+
+
+def check_nonempty(split: Split, what: str) -> Split:
+  if not len(split):
+    raise PretrainError(f"the {what} split {split.source} has no examples")
+  return split
+
+
+def load(ft) -> Dataset:
+  """The dataset the config's finetune section names."""
+  name = str(ft.task)
+  from pretrain.finetune.tasks import embedded, files, glue  # pylint: disable=import-outside-toplevel
+
+  if name in glue.TASKS:
+    return glue.load(name, ft.data_dir)
+  if name == "files":
+    return files.load(ft)
+  if name == "embedded":
+    return embedded.load()
+  raise PretrainError(
+    f"finetune.task={name!r} is unknown; expected one of {', '.join(glue.TASKS)}, files, embedded"
+  )
