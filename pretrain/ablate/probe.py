@@ -76,7 +76,10 @@ def job_config(sweep, config, pretrained_dir: str, seed: int) -> ml_collections.
 
 
 def steps(config) -> int:
-  """The steps the fine-tuning job must reach to count as finished: its train.steps where set; 0 (any
-  return counts as finished) where the config leaves them to its epochs."""
+  """The steps the fine-tuning job must reach to count as finished: its train.steps where set, else what
+  the job's module resolves from its epochs (`job_steps(config)` beside the job function)."""
   value = sweep_lib.get(config, "train.steps")
-  return int(value) if isinstance(value, int) and value > 0 else 0
+  if isinstance(value, int) and value > 0:
+    return value
+  module = importlib.import_module(JOB.split(":")[0])
+  return int(module.job_steps(config))

@@ -131,6 +131,12 @@ def prepare(config):
   return run, dataset, tokenizer
 
 
+def job_steps(config) -> int:
+  """The steps a fine-tuning job of `config` trains (its epochs resolved): what pretrain.jobs must see
+  reached before it counts the job as finished."""
+  return int(prepare(config)[0].train.steps)
+
+
 def finetune(config, workdir: str, *, stop_at_step: int | None = None) -> dict:
   """Fine-tunes (or resumes) in `workdir`; returns the last metrics row (eval_<metric>, eval_score, step)."""
   run, dataset, tokenizer = prepare(config)

@@ -115,7 +115,7 @@ def run_suite(
       for seed in seeds:
         config = job_config(task, init_from, data_dir, lr, seed, overrides)
         if steps is None:  # Every job of the task trains as many steps.
-          steps = int(run_lib.prepare(config)[0].train.steps)
+          steps = run_lib.job_steps(config)
         name = f"{task}/lr_{lr:g}/seed_{seed}"
         result = jobs.run_job(
           name, run_lib.finetune, config, os.path.join(workdir, name), steps=steps, log=log

@@ -1,5 +1,6 @@
-"""A stand-in for `pretrain.finetune.finetune`, which is not on this branch yet: a job function with the
-fine-tuning contract (config with init_from -> its last row with "step" and "eval_score").
+"""A fast stand-in for `pretrain.finetune.finetune` (a real fine-tune per job would make the sweep test
+several times longer): a job function with the fine-tuning contract (config with init_from -> its last
+row with "step" and "eval_score"), and `job_steps` beside it.
 
 Its score is a function of the pretraining job it starts from (1 / that job's last eval loss), so a
 test can check that each (variant, seed) probe read its own pretraining workdir.
@@ -14,6 +15,10 @@ import ml_collections
 def get_config() -> ml_collections.ConfigDict:
   """The stand-in's fine-tuning config (as configs/finetune/<task>.py give one)."""
   return ml_collections.ConfigDict(dict(init_from="", train=dict(steps=3, seed=0), note=""))
+
+
+def job_steps(config) -> int:
+  return int(config.train.steps)
 
 
 def finetune(config, workdir: str) -> dict:

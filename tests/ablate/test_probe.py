@@ -29,6 +29,16 @@ def test_probe_job_config_starts_from_the_job_and_follows_its_seed():
   assert probe.base(ml_collections.ConfigDict()) is None
 
 
+def test_probe_steps_left_to_epochs_come_from_the_job_module(monkeypatch):
+  """A fine-tuning config with train.steps=0 trains what its epochs give: the job module's job_steps."""
+  import pretrain.finetune  # pylint: disable=g-import-not-at-top
+
+  seen = []
+  monkeypatch.setattr(pretrain.finetune, "job_steps", lambda config: seen.append(config) or 123)
+  config = ml_collections.ConfigDict(dict(init_from="/d", train=dict(steps=0, seed=0)))
+  assert probe.steps(config) == 123 and seen == [config]
+
+
 @pytest.mark.parametrize(
   "keys,match",
   [
