@@ -48,9 +48,11 @@ def test_a_second_compile_of_the_same_program_hits_and_close_restores_jax(tmp_pa
 
 
 def test_no_cache_dir_leaves_jax_alone():
+  before = jax.config.jax_compilation_cache_dir  # The test session's own cache (tests/conftest.py).
   watch = compile_cache.configure({"compilation_cache_dir": ""})
+  assert jax.config.jax_compilation_cache_dir == before
   watch.close()
-  assert jax.config.jax_compilation_cache_dir is None
+  assert jax.config.jax_compilation_cache_dir == before
 
 
 @pytest.mark.parametrize(
