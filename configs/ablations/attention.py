@@ -22,7 +22,7 @@ seed, a shared 2-core machine): at 200 steps (lr 1e-3, 20 warmup) eval MLM
 loss 6.365, accuracy 0.058, on the plateau's edge (rope there: 6.279,
 0.072); at these 400 steps 6.18 and 0.079 (the bert_tiny quick-start run:
 the same job). A job is 1.6M tokens,
-~6 minutes on two idle cores (estimated from the loaded run's tokens/s), ~30
+~3 minutes on two idle cores (bert_tiny's ~11,000 tokens/s there), ~15
 minutes a seed for the five variants: more than a minute a job, but a shorter
 budget leaves the baseline on the plateau, where every learned-table variant
 scores alike.
