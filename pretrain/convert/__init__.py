@@ -191,7 +191,7 @@ def _abstract_params(module, model: dict, head: dict | None):
   """The family's param tree of `model`, with the sequence classification head of a finetune section."""
   if not head:
     return module.abstract_params(model)
-  if head.get("head") not in ("pooled", "first_token"):
+  if head.get("head") not in ("pooled", "first_token", "mean"):
     raise PretrainError(f"the checkpoint's finetune.head={head.get('head')!r} is not a known head")
   return module.abstract_params(model, head)
 

@@ -50,6 +50,9 @@ def finetune_config(task: str = "sst2") -> ml_collections.ConfigDict:
       epochs=3.0,
       learning_rates="2e-5,3e-5,5e-5",  # The suite's grid (a single run uses optimizer.learning_rate).
       warmup_fraction=0.1,
+      # '' the family's HF head (BERT: the pooled [CLS], RoBERTa: the first token); 'mean': the
+      # mean of the encoder's outputs over the real tokens (pretrain/finetune/heads.py).
+      head="",
       random_init=False,  # The init checkpoint's architecture and tokenizer, its params not read.
       tokenizer_path="",  # '' the init checkpoint's tokenizer.
       # T5 (text-to-text): the prefix of each input and the longest target in tokens.
@@ -125,6 +128,18 @@ def family_of(saved: dict, init_from: str) -> str:
   return family
 
 
+def _head(requested: str, family: str) -> str:
+  """The head a run of `family` uses: the family's own unless `finetune.head` names another."""
+  own = heads.FAMILY_HEADS.get(family, "text_to_text")
+  if not requested or requested == own:
+    return own
+  if family not in heads.FAMILY_HEADS:
+    raise PretrainError(f"finetune.head={requested!r}: a {family} model fine-tunes text to text")
+  if requested not in heads.HEADS:
+    raise PretrainError(f"finetune.head={requested!r}: expected one of {', '.join(heads.HEADS)}")
+  return requested
+
+
 def resolve(
   config, dataset: tasks_lib.Dataset, saved: dict, tokenizer
 ) -> ml_collections.ConfigDict:
@@ -135,10 +150,11 @@ def resolve(
   with run.unlocked():
     run.task = ml_collections.ConfigDict(saved["task"])
     model = dict(saved["model"])
+    head = _head(ft.get("head", ""), family)
     if family in heads.FAMILY_HEADS:
       # HF's BertForSequenceClassification reads the pooler (a checkpoint without one starts it fresh);
       # no next-sentence head.
-      model.update(nsp_head=False, pooler=family == "bert")
+      model.update(nsp_head=False, pooler=head == heads.POOLED)
     run.model = ml_collections.ConfigDict(model)
     run.data = ml_collections.ConfigDict(saved.get("data") or {})
     run.tokenizer = ml_collections.ConfigDict(
@@ -146,7 +162,7 @@ def resolve(
     )
     if family in heads.FAMILY_HEADS:
       run.data.max_seq_length = int(ft.max_seq_length)
-    ft.head = heads.FAMILY_HEADS.get(family, "text_to_text")
+    ft.head = head
     ft.kind = dataset.kind
     ft.num_outputs = dataset.num_outputs
     ft.label_names = ",".join(dataset.label_names)

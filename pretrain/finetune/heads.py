@@ -3,13 +3,19 @@
 
   pooled       (BERT)     encoder -> tanh pooler on [CLS] -> dropout -> classifier
   first_token  (RoBERTa)  encoder -> <s> -> dropout -> dense -> tanh -> dropout -> out_proj
+  mean         (option)   encoder -> mean over the real tokens -> dropout -> classifier
+
+`mean` is in neither HF class (`pretrain.convert to-hf` refuses it). It reads every token's
+state, where the others read the [CLS] / <s> position, which pretraining trains only through
+next-sentence prediction (BERT) or not at all (RoBERTa): a checkpoint whose NSP head stayed at
+chance has learned nothing there that a classifier could read (BENCHMARKS.md, "Fine-tuning").
 
 The encoder is the family's `BertModel` (pretrain/families/bert/model.py) under
 the same name as in pretraining ("bert"), so a pretraining checkpoint's encoder
 loads as it is. Parameter tree (HF names in parentheses):
 
   bert/...                          as BertForPreTraining's (bert.* / roberta.*)
-  classifier/{kernel,bias}          pooled: (classifier)
+  classifier/{kernel,bias}          pooled, mean: (classifier)
   classifier/dense, classifier/out_proj   first_token: (classifier.dense, classifier.out_proj)
 
 HF's dropout before the classifier is `classifier_dropout`, or the hidden
@@ -24,8 +30,8 @@ import jax.numpy as jnp
 from pretrain.families.bert import model as bert_model
 from pretrain.models import layers
 
-POOLED, FIRST_TOKEN = "pooled", "first_token"
-HEADS = (POOLED, FIRST_TOKEN)
+POOLED, FIRST_TOKEN, MEAN = "pooled", "first_token", "mean"
+HEADS = (POOLED, FIRST_TOKEN, MEAN)
 # The head each family's HF *ForSequenceClassification has.
 FAMILY_HEADS = {"bert": POOLED, "roberta": FIRST_TOKEN}
 
@@ -73,6 +79,9 @@ class SequenceClassifier(nn.Module):
         sequence[:, 0], deterministic
       )
     else:
+      if self.head == MEAN:
+        mask = input_mask[:, :, None].astype(jnp.float32)  # [batch, length, 1]
+        pooled = jnp.sum(sequence.astype(jnp.float32) * mask, 1) / jnp.maximum(mask.sum(1), 1.0)
       x = layers.Dropout(cfg.dropout_rate)(pooled, deterministic=deterministic)
       logits = layers.Dense(
         self.num_outputs,

@@ -96,6 +96,9 @@ def _init_params(run, family: str):
     if checkpoints.is_scanned(stored, stacks) != checkpoints.is_scanned(target, stacks):
       convert = checkpoints.stack_layers if run.model.scan_layers else checkpoints.unstack_layers
       stored = convert(stored, stacks)
+    if "pooler" in stored.get("bert", {}) and "pooler" not in target.get("bert", {}):
+      # A head that does not read the pooler (finetune.head=mean): the checkpoint's is left unread.
+      stored = dict(stored, bert={k: v for k, v in stored["bert"].items() if k != "pooler"})
     params, fresh = dict(state.params), []
     for name in target:
       if name not in stored:

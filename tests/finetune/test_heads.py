@@ -98,3 +98,33 @@ def test_classifier_logit_parity_both_directions(case, tmp_path):
     }
   else:
     assert read_json(tmp_path / "exported", "config.json")["problem_type"] == "regression"
+
+
+def test_the_mean_head_reads_the_mean_over_real_tokens_only():
+  cfg = bert_model.BertConfig.from_dict(
+    dict(
+      vocab_size=VOCAB,
+      hidden_size=32,
+      num_layers=2,
+      num_heads=2,
+      intermediate_size=64,
+      pooler=False,
+      nsp_head=False,
+    )
+  )
+  ids, types, mask = _inputs(0, True)
+  model = heads.SequenceClassifier(cfg, 3, heads.MEAN)
+  params = jax.jit(lambda k: model.init(k, ids, types, mask))(jax.random.key(0))["params"]
+  params = bert_model.nn.unbox(params)
+  assert set(params) == {"bert", "classifier"} and "pooler" not in params["bert"]
+  logits = np.asarray(model.apply({"params": params}, ids, types, mask))
+  sequence, _ = bert_model.BertModel(cfg).apply({"params": params["bert"]}, ids, types, mask)
+  m = mask[:, :, None].astype(np.float32)
+  mean = (np.asarray(sequence, np.float32) * m).sum(1) / m.sum(1)
+  k, b = params["classifier"]["kernel"], params["classifier"]["bias"]
+  np.testing.assert_allclose(logits, mean @ np.asarray(k) + np.asarray(b), rtol=1e-5, atol=1e-6)
+  # Padding tokens change nothing: other ids at padded positions give the same logits.
+  noisy = np.where(mask > 0, ids, (ids + 7) % VOCAB).astype(ids.dtype)
+  np.testing.assert_allclose(
+    np.asarray(model.apply({"params": params}, noisy, types, mask)), logits
+  )
