@@ -6,6 +6,7 @@ the compute dtype of the matmuls only. Matmuls take their inputs in `dtype` and
 accumulate and return float32: on CPU a bfloat16-output matmul is slower than a
 float32 one, while bfloat16 inputs with float32 accumulation are ~3.5x faster,
 and on accelerators float32 accumulation is what the hardware does anyway.
+On CPU the backward pass's matmuls take bfloat16 inputs too (pretrain/models/precision.py).
 LayerNorm, softmax, GELU and residual math stay in float32.
 """
 
