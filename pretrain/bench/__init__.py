@@ -8,5 +8,6 @@
 timing.py (the interleaved timing harness), batches.py (full-length batches from the task's own
 examples), matmul.py (the matmul peak), reference.py (the HF torch reference; each family's part is its
 `hf_reference.py`), profile.py (the step's parts and its slowest XLA ops), pipeline.py (examples/s of the
-input pipeline), common.py (what every CLI here shares), capability.py (the CPU's bf16 units). Importing this package imports none of them.
+input pipeline), common.py (what every CLI here shares), capability.py (the CPU's bf16 units).
+Importing this package imports none of them.
 """
