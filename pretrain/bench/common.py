@@ -8,6 +8,7 @@ import sys
 from typing import Callable
 
 from pretrain import cli
+from pretrain.bench import capability
 from pretrain.errors import PretrainError
 
 
@@ -31,19 +32,25 @@ def versions(*, jaxlib: bool = False, hf: bool = False) -> dict:
 
 
 def environment(device: str, **version_options) -> dict:
-  """The date, device, versions and XLA_FLAGS of a result."""
+  """The date, device, CPU and its bf16 capability, versions and XLA_FLAGS of a result."""
   return {
     "date": datetime.datetime.now().isoformat(timespec="seconds"),
     "device": device,
+    **capability.describe_cpu(),
     "versions": versions(**version_options),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
 
 
 def environment_line(results: dict) -> str:
-  """`environment`'s device, versions and XLA_FLAGS as a table's first line."""
+  """`environment`'s device, CPU, versions and XLA_FLAGS as a table's first line."""
+  cpu = (
+    f"CPU {results['cpu']}, bf16 capability {results['bf16_capability']}; "
+    if "bf16_capability" in results
+    else ""
+  )
   return (
-    f"{results['device']}; "
+    f"{results['device']}; {cpu}"
     + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
     + (f"; XLA_FLAGS={results['xla_flags']}" if results["xla_flags"] else "")
   )

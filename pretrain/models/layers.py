@@ -6,6 +6,7 @@ the compute dtype of the matmuls only. Matmuls take their inputs in `dtype` and
 accumulate and return float32: on CPU a bfloat16-output matmul is slower than a
 float32 one, while bfloat16 inputs with float32 accumulation are ~3.5x faster,
 and on accelerators float32 accumulation is what the hardware does anyway.
+On CPU the backward pass's matmuls take bfloat16 inputs too (pretrain/models/precision.py).
 LayerNorm, softmax, GELU and residual math stay in float32.
 """
 
@@ -18,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pretrain.errors import PretrainError
+from pretrain.models import precision
 
 Array = jax.Array
 DType = Any
@@ -77,7 +79,15 @@ def scaled_init(init: Initializer, factor: float) -> Initializer:
 
 
 def matmul(x: Array, kernel: Array, contract: tuple[int, int], dtype: DType) -> Array:
-  """Contracts dim contract[0] of x with dim contract[1] of kernel; float32 result."""
+  """Contracts dim contract[0] of x with dim contract[1] of kernel; float32 result.
+
+  On CPU in a low-precision dtype the backward contractions also take `dtype` inputs
+  (pretrain.models.precision); elsewhere this is the one dot_general.
+  """
+  if precision.low_precision_backward(dtype) and contract[0] == x.ndim - 1 and kernel.ndim == 2:
+    lead = "abcdefgh"[: x.ndim - 1]
+    kernel_spec = "kn" if contract[1] == 0 else "nk"
+    return precision.einsum(f"{lead}k,{kernel_spec}->{lead}n", x, kernel, dtype)
   return jax.lax.dot_general(
     x.astype(dtype),
     kernel.astype(dtype),

@@ -18,11 +18,11 @@ import logging
 import os
 from typing import Iterator, NamedTuple
 
-import jax
 
 from pretrain import logs
 from pretrain.errors import PretrainError
 from pretrain.models.attention.masks import AttentionMask
+from pretrain.models.precision import target_platform  # noqa: F401  (re-exported; functional.py calls it here)
 
 BACKENDS = ("xla", "dot_product_attention", "pallas_gpu", "splash_tpu", "auto")
 INTERPRET_ENV = "PRETRAIN_ATTENTION_INTERPRET"
@@ -38,22 +38,6 @@ def check_backend(backend: str) -> None:
 def interpret_default() -> bool:
   """Whether PRETRAIN_ATTENTION_INTERPRET asks for the Pallas interpreter."""
   return os.environ.get(INTERPRET_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-_PLATFORMS = {"cuda": "gpu", "rocm": "gpu"}  # Device platform -> the name resolve_backend uses.
-
-
-def target_platform() -> str:
-  """The platform the calls traced now are compiled for: 'cpu', 'gpu' or 'tpu'.
-
-  That of the devices of the mesh in context (jax.set_mesh, which pretrain.sharding.mesh_context
-  enters), so a step traced over a mesh of compile-only TPU or GPU devices on a CPU host gets TPU or
-  GPU kernels; without a mesh, jax.default_backend(). jax keys its trace caches on the mesh in
-  context, so a function traced for one mesh is traced again for another.
-  """
-  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
-  platform = getattr(device, "platform", None) or jax.default_backend()
-  return _PLATFORMS.get(platform, platform)
 
 
 @dataclasses.dataclass(frozen=True)

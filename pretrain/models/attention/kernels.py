@@ -13,6 +13,7 @@ import jax.numpy as jnp
 
 from pretrain import sharding
 from pretrain.models import layers
+from pretrain.models import precision
 from pretrain.models.attention.masks import AttentionMask
 from pretrain.models.attention.masks import dense_mask
 
@@ -30,17 +31,16 @@ def xla_attention(
     query = query * jnp.asarray(scale, query.dtype)
   # Heads-major copies make both matmuls plain batched matmuls; XLA:CPU runs
   # this ~25% faster (fwd+bwd) than the einsums over [batch, length, heads, head_dim].
-  query, key, value = (jnp.swapaxes(x, 1, 2).astype(dtype) for x in (query, key, value))
+  # precision.einsum casts to dtype (and, on CPU, keeps the backward's matmuls in dtype too).
+  query, key, value = (jnp.swapaxes(x, 1, 2) for x in (query, key, value))
   if groups == 1:
-    logits = jnp.einsum(
-      "bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32
-    )  # [batch, heads, q_length, kv_length]
+    logits = precision.einsum("bhqd,bhkd->bhqk", query, key, dtype)  # [batch, heads, q, kv]
   else:
     # Grouped heads: query head h = kv_head * groups + g reads key/value head kv_head.
     query = query.reshape(
       batch, num_kv_heads, groups, q_length, head_dim
     )  # [batch, kv_heads, groups, q, d]
-    logits = jnp.einsum("bhgqd,bhkd->bhgqk", query, key, preferred_element_type=jnp.float32)
+    logits = precision.einsum("bhgqd,bhkd->bhgqk", query, key, dtype)
     logits = logits.reshape(batch, num_heads, q_length, kv_length)
   if soft_cap is not None:
     logits = soft_cap * jnp.tanh(logits / soft_cap)
@@ -52,14 +52,10 @@ def xla_attention(
   if not deterministic and dropout_rate > 0.0:
     probs = layers.dropout(probs, dropout_rate, dropout_rng)
   if groups == 1:
-    out = jnp.einsum(
-      "bhqk,bhkd->bhqd", probs.astype(dtype), value, preferred_element_type=jnp.float32
-    )
+    out = precision.einsum("bhqk,bhkd->bhqd", probs, value, dtype)
   else:
     probs = probs.reshape(batch, num_kv_heads, groups, q_length, kv_length)
-    out = jnp.einsum(
-      "bhgqk,bhkd->bhgqd", probs.astype(dtype), value, preferred_element_type=jnp.float32
-    )
+    out = precision.einsum("bhgqk,bhkd->bhgqd", probs, value, dtype)
     out = out.reshape(batch, num_heads, q_length, head_dim)
   return jnp.swapaxes(out, 1, 2)  # [batch, q_length, heads, head_dim]
 

@@ -1,0 +1,84 @@
+"""Mixed-precision contractions: `dtype` inputs, float32 accumulation, in the backward pass too.
+
+Every matmul of the models (layers.matmul, the xla attention kernel's einsums) takes its inputs in
+the compute dtype and accumulates in float32. Differentiated as it is, such a contraction's two
+backward contractions run in float32: jax upcasts the bfloat16 operand to meet the float32
+cotangent, then rounds the result to bfloat16 and back. On an accelerator that costs little
+(its default-precision float32 matmul is a bfloat16 pass), but on a CPU with bfloat16 units
+(AVX-512-BF16, AMX) it runs two thirds of the step's matmul FLOPs at the float32 rate. So on CPU a
+low-precision contraction has a custom VJP that casts the cotangent to the compute dtype and runs
+both backward contractions with `dtype` inputs and float32 accumulation, as mixed-precision
+training does; its input gradients come out in float32 (not rounded to bfloat16 first).
+Accelerator programs are unchanged: the custom VJP applies only where `target_platform()` is 'cpu'.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+_PLATFORMS = {"cuda": "gpu", "rocm": "gpu"}  # Device platform -> the name the models use.
+
+
+def target_platform() -> str:
+  """The platform the calls traced now are compiled for: 'cpu', 'gpu' or 'tpu'.
+
+  That of the devices of the mesh in context (jax.set_mesh, which pretrain.sharding.mesh_context
+  enters), so a step traced over a mesh of compile-only TPU or GPU devices on a CPU host gets TPU or
+  GPU kernels; without a mesh, jax.default_backend(). jax keys its trace caches on the mesh in
+  context, so a function traced for one mesh is traced again for another.
+  """
+  device = getattr(jax.sharding.get_abstract_mesh(), "abstract_device", None)
+  platform = getattr(device, "platform", None) or jax.default_backend()
+  return _PLATFORMS.get(platform, platform)
+
+
+def low_precision_backward(dtype) -> bool:
+  """Whether contractions in `dtype` take the custom VJP: a dtype below float32, traced for CPU."""
+  return jnp.dtype(dtype) != jnp.float32 and target_platform() == "cpu"
+
+
+def einsum(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+  """jnp.einsum(spec, a, b) with `dtype` inputs and a float32 result (see the module docstring).
+
+  spec: a two-operand einsum 'ab,bc->ac' in which every index of an operand also appears in the
+  other operand or in the output (so each gradient is an einsum of the same kind).
+  """
+  if not low_precision_backward(dtype):
+    return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+  return _einsum(spec, jnp.dtype(dtype).name, a.dtype.name, b.dtype.name, a, b)
+
+
+def _specs(spec: str) -> tuple[str, str, str]:
+  inputs, out = spec.replace(" ", "").split("->")
+  a, b = inputs.split(",")
+  for operand, other in ((a, b + out), (b, a + out)):
+    if len(set(operand)) != len(operand) or not set(operand) <= set(other):
+      raise ValueError(
+        f"einsum {spec!r}: an index summed within one operand has no gradient einsum"
+      )
+  return a, b, out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _einsum(spec, dtype, a_dtype, b_dtype, a, b):
+  del a_dtype, b_dtype
+  return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _einsum_forward(spec, dtype, a_dtype, b_dtype, a, b):
+  del a_dtype, b_dtype
+  a, b = a.astype(dtype), b.astype(dtype)
+  return jnp.einsum(spec, a, b, preferred_element_type=jnp.float32), (a, b)
+
+
+def _einsum_backward(spec, dtype, a_dtype, b_dtype, residuals, g):
+  a, b = residuals
+  a_spec, b_spec, out_spec = _specs(spec)
+  g = g.astype(dtype)
+  da = jnp.einsum(f"{out_spec},{b_spec}->{a_spec}", g, b, preferred_element_type=jnp.float32)
+  db = jnp.einsum(f"{a_spec},{out_spec}->{b_spec}", a, g, preferred_element_type=jnp.float32)
+  return da.astype(a_dtype), db.astype(b_dtype)
+
+
+_einsum.defvjp(_einsum_forward, _einsum_backward)

@@ -1,0 +1,65 @@
+"""Low-precision contractions on CPU: bf16-input backward matmuls, gradients as float32 math gives."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pretrain.models import layers, precision
+
+
+def _rounded(x):
+  return x.astype(jnp.bfloat16).astype(jnp.float32)
+
+
+@pytest.mark.parametrize(
+  "spec, a_shape, b_shape",
+  [
+    ("abk,nk->abn", (2, 8, 16), (4, 16)),  # layers.matmul's tied head.
+    ("bhqk,bhkd->bhqd", (2, 3, 8, 6), (2, 3, 6, 4)),  # Attention's probs x values.
+  ],
+)
+def test_gradients_match_float32_math_on_rounded_inputs(spec, a_shape, b_shape):
+  a = jax.random.normal(jax.random.key(0), a_shape)
+  b = jax.random.normal(jax.random.key(1), b_shape)
+
+  def loss(fn):
+    return lambda a, b: jnp.sum(jnp.sin(fn(a, b)))
+
+  got = jax.grad(loss(lambda a, b: precision.einsum(spec, a, b, jnp.bfloat16)), (0, 1))(a, b)
+  want = jax.grad(loss(lambda a, b: jnp.einsum(spec, _rounded(a), _rounded(b))), (0, 1))(a, b)
+  for g, w in zip(got, want):
+    assert g.dtype == jnp.float32
+    # The cotangent is rounded to bfloat16 before the backward matmuls: ~3 significant digits.
+    np.testing.assert_allclose(g, w, rtol=0.02, atol=0.02 * float(jnp.max(jnp.abs(w))))
+
+
+def _dots(fn, *args) -> list[str]:
+  text = jax.jit(fn).lower(*args).as_text()
+  return [line for line in text.splitlines() if "stablehlo.dot_general" in line]
+
+
+def test_on_cpu_the_backward_matmuls_take_bfloat16_inputs():
+  x, kernel = jnp.ones((4, 8, 16)), jnp.ones((16, 32))
+  grad = jax.grad(lambda x, k: jnp.sum(layers.matmul(x, k, (2, 0), jnp.bfloat16) ** 2), (0, 1))
+  dots = _dots(grad, x, kernel)
+  assert len(dots) == 3
+  for line in dots:  # (bf16, bf16) -> f32 each: forward, input gradient, kernel gradient.
+    operands, result = line.split("->")
+    assert operands.count("bf16") == 2 and "f32" not in operands and "f32" in result, line
+
+
+def test_float32_and_other_platforms_keep_the_plain_dot(monkeypatch):
+  x, kernel = jnp.ones((4, 16)), jnp.ones((16, 8))
+  f32 = jax.grad(lambda x, k: jnp.sum(layers.matmul(x, k, (1, 0), jnp.float32)), (0, 1))
+  assert all("bf16" not in line for line in _dots(f32, x, kernel))
+  monkeypatch.setattr(precision, "target_platform", lambda: "tpu")
+  assert not precision.low_precision_backward(jnp.bfloat16)
+  tpu = jax.grad(lambda x, k: jnp.sum(layers.matmul(x, k, (1, 0), jnp.bfloat16)), (0, 1))
+  # jax's own transpose: the backward matmuls upcast the bf16 operand to meet the f32 cotangent.
+  assert any("f32" in line.split("->")[0] for line in _dots(tpu, x, kernel))
+
+
+def test_an_index_summed_in_one_operand_is_refused():
+  with pytest.raises(ValueError, match="summed within one operand"):
+    jax.grad(lambda a: jnp.sum(precision.einsum("ij,jk->k", a, a, jnp.bfloat16)))(jnp.ones((3, 3)))
