@@ -468,6 +468,57 @@ def test_preflight_refuses_a_config_that_does_not_fit_before_creating_anything()
   assert "preflight: python -m pretrain.plan" in r.stdout
 
 
+@_needs_tpu_compiler
+def test_preflight_reports_a_compiler_crash_as_a_failed_preflight(monkeypatch):
+  # The plan's child process kills itself with SIGSEGV where libtpu's compiler crashed
+  # (pretrain/plan/isolate.py); the preflight refuses to launch, saying so.
+  monkeypatch.setenv("PRETRAIN_PLAN_CRASH_FOR_TEST", "*")
+  r, commands = _dry_run(
+    "tpu.py",
+    "--name=crash",
+    "--zone=us-west4-a",
+    "--accelerator_type=v5litepod-4",
+    "--workdir=gs://b/r",
+    "--",
+    *_MICRO_BERT,
+    "--config.model.hidden_size=64",
+    "--config.tokenizer.vocab_size=256",
+    preflight=True,
+  )
+  assert r.returncode == 2 and commands == [], r.stdout
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, r.stderr
+  assert errors[0].startswith(
+    "error: preflight failed: the plan's compiler crashed (SIGSEGV) after"
+  )
+  assert "--skip_preflight" in errors[0]
+
+
+@_needs_tpu_compiler
+def test_preflight_plans_every_phase_and_refuses_if_one_does_not_fit():
+  # tests/plan/two_phase_micro.py: 16 then 32 tokens; the second phase's batch of 2M sequences needs
+  # ~69 GB of temporaries per v5e chip (16 GB).
+  r, commands = _dry_run(
+    "tpu.py",
+    "--name=phases",
+    "--zone=us-west4-a",
+    "--accelerator_type=v5litepod-4",
+    "--workdir=gs://b/r",
+    "--",
+    "--config=tests/plan/two_phase_micro.py",
+    "--config.train.phases.seq32.train.batch_size=2097152",
+    preflight=True,
+  )
+  assert r.returncode == 2 and commands == [], r.stdout
+  assert "preflight: phase seq16: fits v5litepod-4 (4 x TPU v5e" in r.stdout
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, r.stderr
+  assert errors[0].startswith(
+    "error: preflight: phase seq32: the config does not fit v5litepod-4 (4 x TPU v5e): the compiler "
+    "refused it: RESOURCE_EXHAUSTED"
+  ), errors[0]
+
+
 def test_preflight_runs_the_plan_of_the_config_and_its_overrides_only():
   cmd = tpu.preflight_command(
     "v5p-128",
