@@ -65,6 +65,10 @@ PIP_PACKAGES = (
   "jax[tpu]>=0.10.2,<0.11",
   "gcsfs",
 )  # gcsfs: gs:// paths for the data and the workdir.
+# The flag pretrain.plan gives libtpu (pretrain/plan/compile.py: its compiler overflowed its fibers'
+# default stacks on gpt2_large / gpt2_xl for v5p-128 on a CPU host); given to the workers' libtpu
+# too, before any of theirs, so a worker's own LIBTPU_INIT_ARGS still wins. Unverified on a chip.
+TPU_COMPILER_FLAGS = "--fibers_default_thread_stack_size=67108864"
 REMOTE_DIR = "~/pretrain"
 PID_FILE = "~/pretrain-train.pid"
 COMMIT_FILE = "commit_success.txt"  # Orbax writes it last into a step saved to GCS.
@@ -315,7 +319,11 @@ class TpuRun:
   def train_command(self) -> str:
     """What every worker runs; its pid is kept so that a relaunch can stop a leftover process first."""
     args = " ".join(shlex.quote(a) for a in [*self.train_args, f"--workdir={self.workdir}"])
-    return f"cd {REMOTE_DIR} && echo $$ > {PID_FILE} && exec python3 -m pretrain.train {args}"
+    return (
+      f"cd {REMOTE_DIR} && echo $$ > {PID_FILE} && "
+      f'export LIBTPU_INIT_ARGS="{TPU_COMPILER_FLAGS} ${{LIBTPU_INIT_ARGS:-}}" && '
+      f"exec python3 -m pretrain.train {args}"
+    )
 
   def stop_leftover_command(self) -> str:
     return (
