@@ -34,7 +34,7 @@ def _dry_run(script, *args, preflight=False):
     cwd=REPO,
     capture_output=True,
     text=True,
-    timeout=120,
+    timeout=600 if preflight else 120,  # A preflight compiles (on loaded CI cores: minutes).
   )
   commands = [line[2:] for line in r.stdout.splitlines() if line.startswith("+ ")]
   return r, commands

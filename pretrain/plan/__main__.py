@@ -86,7 +86,12 @@ def run(
   if search:
     workers = workers or search_lib.default_workers()
     results = search_lib.search(
-      config, target, limit=limit, workers=workers, hbm_limit_bytes=limit_bytes
+      config,
+      target,
+      limit=limit,
+      workers=workers,
+      hbm_limit_bytes=limit_bytes,
+      on_result=lambda p: print(report.format_candidate(p), flush=True),
     )
     print(report.format_search(results, f"at most {limit}, {workers} at a time"))
     _write_json(json_out, results)

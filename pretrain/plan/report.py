@@ -113,6 +113,16 @@ def _format_one(p: dict) -> str:
   return "\n".join(lines)
 
 
+def format_candidate(p: dict) -> str:
+  """One compiled candidate of a search, as it comes."""
+  if p["fits"]:
+    r = p["roofline"]
+    outcome = f"fits, peak {_bytes(p['memory']['peak'])}, step {_ms(r['step_seconds'])}"
+  else:
+    outcome = f"not fitting: {p.get('crash') or p.get('refusal', '')}"
+  return f"  compiled ({p.get('compile_seconds', 0):.0f} s): {overrides(p)}: {outcome}"
+
+
 def format_search(results: list[dict], limit_note: str) -> str:
   fitting = [r for r in results if r.get("fits")]
   lines = [

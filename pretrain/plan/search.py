@@ -12,6 +12,7 @@ microbatches (the crash is not about memory); the search goes on with the others
 
 import concurrent.futures
 import os
+from typing import Callable
 
 from pretrain.errors import PretrainError
 from pretrain.plan import compile as compile_lib
@@ -79,10 +80,12 @@ def search(
   meshes: list[dict] | None = None,
   remat_policies: tuple[str, ...] = REMAT_POLICIES,
   plan_one: phased.PlanOne = isolate.plan,
+  on_result: Callable[[dict], None] | None = None,
 ) -> list[dict]:
   """Every compiled candidate's plan (each with its `fits`), fitting ones fastest first, then the rest.
 
-  `plan_one(config, target_name, hbm_limit_bytes)` plans one compile (a child process's).
+  `plan_one(config, target_name, hbm_limit_bytes)` plans one compile (a child process's);
+  `on_result` is given each candidate's plan as it comes (a search of paper configs takes a while).
   """
   if limit < 1:
     raise PretrainError(f"--search_limit={limit} must be at least 1")
@@ -117,6 +120,8 @@ def search(
         if "error" in p:
           continue
         results.append(p)
+        if on_result:
+          on_result(p)
         if not p["fits"] and "crash" not in p and (more := next_accum(m, a)):
           nxt.append((m, r, more))
       wave = nxt

@@ -96,12 +96,14 @@ def test_a_real_search_goes_on_past_a_candidate_whose_compiler_crashes(
   # The child compiling the remat=full candidate kills itself with SIGSEGV (as libtpu did on remat'd
   # steps); the two candidates compile side by side in their own child processes.
   monkeypatch.setenv(isolate.CRASH_FOR_TEST_ENV, "full")
+  arrived = []
   got = search_lib.search(
     micro_config("gpt2"),
     targets.parse("gpu:h100x8"),
     meshes=[{"data": 8, "fsdp": 1, "tensor": 1}],
     remat_policies=("none", "full"),
     workers=2,
+    on_result=arrived.append,
   )
   assert [(p["settings"]["remat_policy"], p["fits"]) for p in got] == [
     ("none", True),
@@ -110,6 +112,9 @@ def test_a_real_search_goes_on_past_a_candidate_whose_compiler_crashes(
   assert got[0]["roofline"]["step_seconds"] > 0
   # The crashed one is refused with its reason, and not retried with more microbatches.
   assert got[1]["exit"] == "SIGSEGV" and got[1]["settings"]["grad_accum_steps"] == 1
+  assert sorted(p["settings"]["remat_policy"] for p in arrived) == ["full", "none"]
+  assert "full --config.train.grad_accum_steps=1" in report.format_candidate(got[1])
+  assert ": not fitting: compiler crashed (SIGSEGV) after " in report.format_candidate(got[1])
   text = report.format_search(got, "test")
   assert "1 fit" in text and "remat_policy=full" in text and "compiler crashed (SIGSEGV)" in text
 
