@@ -9,8 +9,9 @@ each worker reads the shards its batch rows need, so nothing is copied up front.
 
 Before anything is created, a preflight (`python -m pretrain.plan`, which needs the `aot` extra)
 compiles the run's train step for the slice on this machine and refuses a config that does not fit
-in the chips' HBM, with the plan's numbers; `--skip_preflight` launches without it. `--dry_run`
-runs the preflight too.
+in the chips' HBM (every phase of a run in phases), with the plan's numbers, or one whose compile
+crashed the compiler (a failed preflight, with the reason); `--skip_preflight` launches without it.
+`--dry_run` runs the preflight too.
 
 Steps, each one `gcloud` command (`--dry_run` prints them all instead):
   1. create the TPU VM (`tpu-vm create`), or a queued resource (`--queued`),
@@ -64,6 +65,10 @@ PIP_PACKAGES = (
   "jax[tpu]>=0.10.2,<0.11",
   "gcsfs",
 )  # gcsfs: gs:// paths for the data and the workdir.
+# The flag pretrain.plan gives libtpu (pretrain/plan/compile.py: its compiler overflowed its fibers'
+# default stacks on gpt2_large / gpt2_xl for v5p-128 on a CPU host); given to the workers' libtpu
+# too, before any of theirs, so a worker's own LIBTPU_INIT_ARGS still wins. Unverified on a chip.
+TPU_COMPILER_FLAGS = "--fibers_default_thread_stack_size=67108864"
 REMOTE_DIR = "~/pretrain"
 PID_FILE = "~/pretrain-train.pid"
 COMMIT_FILE = "commit_success.txt"  # Orbax writes it last into a step saved to GCS.
@@ -143,7 +148,22 @@ def preflight(accelerator_type: str, train_args: Sequence[str], out=sys.stdout) 
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     why = errors[-1][len("error:") :].strip() if errors else proc.stderr.strip()[-600:]
     raise LaunchError(f"preflight failed: {why} (--skip_preflight launches without it)")
+  phases = plan.get("phases") or [plan]  # A run in phases (train.phases): every phase must fit.
+  for p in phases:
+    _check_phase(accelerator_type, p, out)
+  return plan
+
+
+def _check_phase(accelerator_type: str, plan: dict, out) -> None:
+  """Prints that the plan (of the run, or of one of its phases) fits; a LaunchError if it does not."""
   m, where = plan["memory"], f"{plan['devices']} x {plan['chip']}"
+  phase = f"phase {plan['phase']['name']}: " if "phase" in plan else ""
+  if "crash" in plan:
+    raise LaunchError(
+      f"preflight failed: {phase}the plan's {plan['crash']} (libtpu, compiling the step for "
+      f"{accelerator_type} on mesh {plan['mesh']}), so whether the config fits is unknown; try "
+      "another remat policy (--config.model.remat_policy), or --skip_preflight"
+    )
   if not plan["fits"]:
     numbers = (
       f"peak {_gib(m['peak'])} per chip of {_gib(m['limit'])}"
@@ -151,7 +171,7 @@ def preflight(accelerator_type: str, train_args: Sequence[str], out=sys.stdout) 
       else f"the compiler refused it: {plan.get('refusal', '')}"
     )
     raise LaunchError(
-      f"preflight: the config does not fit {accelerator_type} ({where}): {numbers}; parameters "
+      f"preflight: {phase}the config does not fit {accelerator_type} ({where}): {numbers}; parameters "
       f"{_gib(m['params'])} + optimizer state {_gib(m['optimizer'])} per chip on mesh {plan['mesh']}. "
       "Shard it (--config.mesh.fsdp=-1 --config.mesh.data=1), rematerialize "
       "(--config.model.remat_policy=full), split the batch (--config.train.grad_accum_steps), or "
@@ -159,13 +179,12 @@ def preflight(accelerator_type: str, train_args: Sequence[str], out=sys.stdout) 
     )
   r = plan["roofline"]
   print(
-    f"preflight: fits {accelerator_type} ({where}, mesh {plan['mesh']}): peak {_gib(m['peak'])} of "
+    f"preflight: {phase}fits {accelerator_type} ({where}, mesh {plan['mesh']}): peak {_gib(m['peak'])} of "
     f"{_gib(m['limit'])} per chip; predicted step {r['step_seconds'] * 1e3:.3g} ms, "
     f"{r['tokens_per_sec']:,.0f} tokens/s, MFU {r['mfu']:.1%} (compiled in {plan['compile_seconds']:.0f} s)",
     file=out,
     flush=True,
   )
-  return plan
 
 
 def generation(accelerator_type: str) -> str:
@@ -300,7 +319,11 @@ class TpuRun:
   def train_command(self) -> str:
     """What every worker runs; its pid is kept so that a relaunch can stop a leftover process first."""
     args = " ".join(shlex.quote(a) for a in [*self.train_args, f"--workdir={self.workdir}"])
-    return f"cd {REMOTE_DIR} && echo $$ > {PID_FILE} && exec python3 -m pretrain.train {args}"
+    return (
+      f"cd {REMOTE_DIR} && echo $$ > {PID_FILE} && "
+      f'export LIBTPU_INIT_ARGS="{TPU_COMPILER_FLAGS} ${{LIBTPU_INIT_ARGS:-}}" && '
+      f"exec python3 -m pretrain.train {args}"
+    )
 
   def stop_leftover_command(self) -> str:
     return (

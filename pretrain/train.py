@@ -48,7 +48,6 @@ from pretrain.training import phases as phases_lib
 from pretrain.training import progress as progress_lib
 from pretrain.training import resume as resume_lib
 from pretrain.training import step as step_lib
-from pretrain.training.optimizer import make_optimizer
 
 _logger = logging.getLogger("pretrain.train")  # Not __name__: that is "__main__" under -m.
 
@@ -209,9 +208,7 @@ def run(
   cache = compile_cache.configure(config.train)  # Before the first compile; restored at the end.
   inputs = make_inputs(config)
   tokenizer, task, train_examples = inputs.tokenizer, inputs.task, inputs.train_examples
-  model = task.build_model()
   total_steps = int(config.train.steps)
-  tx, schedule = make_optimizer(config.optimizer, total_steps)
   corpus_stats = inputs.data_stats
   # Before anything is written or restored: every process must run what process 0 runs.
   distributed.check_processes_agree(
@@ -239,16 +236,7 @@ def run(
   )
   saved_config = json.loads(json.dumps(saved_config, default=str))
   global_batch = int(config.train.batch_size)
-  fns = step_lib.build(
-    task,
-    model,
-    tx,
-    schedule,
-    mesh,
-    global_batch,
-    grad_accum=int(config.train.grad_accum_steps),
-    seed=int(config.train.seed),
-  )
+  fns = step_lib.build_for_run(config, task, mesh)
 
   stream = pipeline.BatchStream(
     train_examples,

@@ -34,7 +34,7 @@ def _dry_run(script, *args, preflight=False):
     cwd=REPO,
     capture_output=True,
     text=True,
-    timeout=120,
+    timeout=600 if preflight else 120,  # A preflight compiles (on loaded CI cores: minutes).
   )
   commands = [line[2:] for line in r.stdout.splitlines() if line.startswith("+ ")]
   return r, commands
@@ -108,6 +108,7 @@ def test_v4_32_tpu_vm_run(tmp_path):
   )
   assert not any("rsync" in c for c in commands)
   train = _flag(cmds[8], "command")
+  assert 'export LIBTPU_INIT_ARGS="--fibers_default_thread_stack_size=67108864 ' in train
   assert train.endswith(
     "exec python3 -m pretrain.train --config=configs/bert_base.py "
     "--config.data.source=prepared --config.data.paths=gs://bkt/wiki_store "
@@ -418,20 +419,39 @@ _needs_tpu_compiler = pytest.mark.skipif(
 )
 
 
-@_needs_tpu_compiler
-def test_dry_run_shows_the_preflight_then_the_launch_of_a_config_that_fits():
-  r, commands = _dry_run(
+def _preflight_dry_run(name, *train_args):
+  """tpu.py --dry_run of a v5litepod-4 run with its preflight."""
+  return _dry_run(
     "tpu.py",
-    "--name=micro",
+    f"--name={name}",
     "--zone=us-west4-a",
     "--accelerator_type=v5litepod-4",
     "--workdir=gs://b/r",
     "--",
-    *_MICRO_BERT,
-    "--config.model.hidden_size=64",
-    "--config.tokenizer.vocab_size=256",
+    *train_args,
     preflight=True,
   )
+
+
+def _refused(r, commands) -> str:
+  """The one `error:` line of a launch the preflight refused before any command ran."""
+  assert r.returncode == 2 and commands == [], r.stdout
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1, r.stderr
+  assert "--skip_preflight" in errors[0]
+  return errors[0]
+
+
+_MICRO_BERT_64 = [
+  *_MICRO_BERT,
+  "--config.model.hidden_size=64",
+  "--config.tokenizer.vocab_size=256",
+]
+
+
+@_needs_tpu_compiler
+def test_dry_run_shows_the_preflight_then_the_launch_of_a_config_that_fits():
+  r, commands = _preflight_dry_run("micro", *_MICRO_BERT_64)
   assert r.returncode == 0, r.stderr[-3000:]
   lines = r.stdout.splitlines()
   plan_line = next(
@@ -447,25 +467,43 @@ def test_dry_run_shows_the_preflight_then_the_launch_of_a_config_that_fits():
 
 @_needs_tpu_compiler
 def test_preflight_refuses_a_config_that_does_not_fit_before_creating_anything():
-  r, commands = _dry_run(
-    "tpu.py",
-    "--name=huge",
-    "--zone=us-west4-a",
-    "--accelerator_type=v5litepod-4",
-    "--workdir=gs://b/r",
-    "--",
+  r, commands = _preflight_dry_run(
+    "huge",
     *_MICRO_BERT,
     "--config.model.hidden_size=4096",
     "--config.model.num_heads=32",
     "--config.tokenizer.vocab_size=262144",
-    preflight=True,
   )
-  assert r.returncode == 2 and commands == [], r.stdout
-  errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-  assert len(errors) == 1, r.stderr
-  assert errors[0].startswith("error: preflight: the config does not fit v5litepod-4 (4 x TPU v5e)")
-  assert "GiB" in errors[0] and "--skip_preflight" in errors[0]
+  error = _refused(r, commands)
+  assert error.startswith("error: preflight: the config does not fit v5litepod-4 (4 x TPU v5e)")
+  assert "GiB" in error
   assert "preflight: python -m pretrain.plan" in r.stdout
+
+
+@_needs_tpu_compiler
+def test_preflight_reports_a_compiler_crash_as_a_failed_preflight(monkeypatch):
+  # The plan's child process kills itself with SIGSEGV where libtpu's compiler crashed
+  # (pretrain/plan/isolate.py); the preflight refuses to launch, saying so.
+  monkeypatch.setenv("PRETRAIN_PLAN_CRASH_FOR_TEST", "*")
+  error = _refused(*_preflight_dry_run("crash", *_MICRO_BERT_64))
+  assert error.startswith("error: preflight failed: the plan's compiler crashed (SIGSEGV) after")
+
+
+@_needs_tpu_compiler
+def test_preflight_plans_every_phase_and_refuses_if_one_does_not_fit():
+  # tests/plan/two_phase_micro.py: 16 then 32 tokens; the second phase's batch of 2M sequences needs
+  # ~69 GB of temporaries per v5e chip (16 GB).
+  r, commands = _preflight_dry_run(
+    "phases",
+    "--config=tests/plan/two_phase_micro.py",
+    "--config.train.phases.seq32.train.batch_size=2097152",
+  )
+  error = _refused(r, commands)
+  assert "preflight: phase seq16: fits v5litepod-4 (4 x TPU v5e" in r.stdout
+  assert error.startswith(
+    "error: preflight: phase seq32: the config does not fit v5litepod-4 (4 x TPU v5e): the compiler "
+    "refused it: RESOURCE_EXHAUSTED"
+  ), error
 
 
 def test_preflight_runs_the_plan_of_the_config_and_its_overrides_only():

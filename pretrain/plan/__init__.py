@@ -4,7 +4,9 @@
 
 targets.py names the targets and holds the per-chip figures (with their sources); compile.py builds
 the step as pretrain.train does and compiles it for the target's compile-only devices (memory,
-FLOPs); collectives.py reads the collectives and their bytes from the compiled HLO; roofline.py
-turns it all into a predicted step time, tokens/s and MFU; search.py searches remat x microbatches x
-mesh split; report.py prints a plan. Needs the `aot` extra (jax[tpu], jax[cuda12-local]).
+FLOPs); isolate.py runs each compile in a child process (a compiler crash is one refused plan);
+phased.py plans a run in phases (train.phases) phase by phase; collectives.py reads the
+collectives and their bytes from the compiled HLO; roofline.py turns it all into a predicted step
+time, tokens/s and MFU; search.py searches remat x microbatches x mesh split; report.py prints a
+plan. Needs the `aot` extra (jax[tpu], jax[cuda12-local]).
 """

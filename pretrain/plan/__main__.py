@@ -2,14 +2,19 @@
 
 Compiles the run's own train step for a TPU slice or a GPU cluster on this machine (no accelerator,
 no corpus) and prints per device: memory against the HBM, FLOPs, collectives and a roofline step
-time with tokens/s and MFU. `--search` compiles remat policies x mesh splits, each at the fewest
-microbatches that fit, and prints the fitting ones fastest first as overrides to paste. Config
-overrides (`--config.mesh.fsdp=-1`) apply as in pretrain.train. Exit status: 0 fits, 1 does not fit
-(or nothing found by --search), 2 bad input.
+time with tokens/s and MFU; a run in phases (train.phases) is planned phase by phase. Each compile
+runs in a child process (pretrain.plan.isolate), so a compiler crash is reported, not suffered.
+`--search` compiles remat policies x mesh splits, each at the fewest microbatches that fit,
+`--search_workers` at a time, and prints the fitting ones fastest first as overrides to paste. Config
+overrides (`--config.mesh.fsdp=-1`) apply as in pretrain.train. Exit status: 0 fits (every phase),
+1 does not fit (or nothing found by --search), 2 bad input, 3 the compiler crashed (no plan, and
+no phase known not to fit).
 """
 
 import json
 import sys
+
+EXIT_FITS, EXIT_DOES_NOT_FIT, EXIT_BAD_INPUT, EXIT_COMPILER_CRASHED = 0, 1, 2, 3
 
 from absl import app
 from absl import flags
@@ -31,7 +36,9 @@ def define_flags() -> None:
     "search", False, "Search remat x microbatches x mesh split for the fastest fit."
   )
   flags.DEFINE_integer("search_limit", 12, "Most compiles a search makes.")
-  flags.DEFINE_integer("search_workers", 0, "Compiles at once (0: by cores and free memory).")
+  flags.DEFINE_integer(
+    "search_workers", 0, "Compiles at once, a child process each (0: by cores and free memory)."
+  )
   flags.DEFINE_float("hbm_limit_gib", 0.0, "Memory a device may use (0: the chip's HBM; GPU: 75%).")
 
 
@@ -64,6 +71,8 @@ def run(
 ) -> int:
   """The CLI's work: prints the plan (or the search), writes the JSON; the exit status."""
   from pretrain.plan import compile as compile_lib  # pylint: disable=import-outside-toplevel
+  from pretrain.plan import isolate  # pylint: disable=import-outside-toplevel
+  from pretrain.plan import phased  # pylint: disable=import-outside-toplevel
   from pretrain.plan import report  # pylint: disable=import-outside-toplevel
   from pretrain.plan import search as search_lib  # pylint: disable=import-outside-toplevel
   from pretrain.plan import targets  # pylint: disable=import-outside-toplevel
@@ -71,19 +80,34 @@ def run(
   target = targets.parse(target_name)
   if hbm_limit_gib < 0:
     raise PretrainError(f"--hbm_limit_gib={hbm_limit_gib} must be 0 (the chip's) or positive")
+  if workers < 0:
+    raise PretrainError(f"--search_workers={workers} must be 0 (by cores and memory) or positive")
   limit_bytes = hbm_limit_gib * 2**30 or None
   if search:
     workers = workers or search_lib.default_workers()
     results = search_lib.search(
-      config, target, limit=limit, workers=workers, hbm_limit_bytes=limit_bytes
+      config,
+      target,
+      limit=limit,
+      workers=workers,
+      hbm_limit_bytes=limit_bytes,
+      on_result=lambda p: print(report.format_candidate(p), flush=True),
     )
     print(report.format_search(results, f"at most {limit}, {workers} at a time"))
     _write_json(json_out, results)
-    return 0 if any(r["fits"] for r in results) else 1
-  plan = compile_lib.plan(config, target, hbm_limit_bytes=limit_bytes)
+    return EXIT_FITS if any(r["fits"] for r in results) else EXIT_DOES_NOT_FIT
+  missing = compile_lib.aot_missing(target.platform)
+  if missing:
+    raise PretrainError(missing)
+  plan = phased.plan(config, target.name, limit_bytes, plan_one=isolate.plan)
   print(report.format_plan(plan))
   _write_json(json_out, plan)
-  return 0 if plan["fits"] else 1
+  if plan["fits"]:
+    return EXIT_FITS
+  if "refusal" in plan:
+    return EXIT_DOES_NOT_FIT
+  print(f"error: {plan['crash']} compiling the step for {target.name}", file=sys.stderr)
+  return EXIT_COMPILER_CRASHED
 
 
 def main(argv) -> None:
@@ -115,7 +139,7 @@ def main(argv) -> None:
     )
   except PretrainError as e:
     print(f"error: {e}", file=sys.stderr, flush=True)
-    code = 2
+    code = EXIT_BAD_INPUT
   sys.exit(code)
 
 

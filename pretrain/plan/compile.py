@@ -1,8 +1,8 @@
 """The run's own train step, built as training builds it and compiled ahead of time for a target's devices.
 
 `plan(config, target)` resolves the config's mesh for the target's device count (pretrain.sharding),
-builds the task (pretrain.families) and the step (pretrain.training.step.build) exactly as
-pretrain.train does, lowers it for the target's compile-only devices and compiles it there. No corpus
+builds the task (pretrain.families) and the step with pretrain.train's own builder
+(pretrain.training.step.build_for_run), lowers it for the target's compile-only devices and compiles it there. No corpus
 is read: the tokenizer is `tokenizer.path` when the config names one (a file, read as a run reads it),
 else a stand-in of `tokenizer.vocab_size` pieces with the project's special ids, which gives the model
 the shapes a tokenizer trained for the run would (pretrain.data.special_tokens.StandInTokenizer).
@@ -12,6 +12,7 @@ import math
 import os
 import re
 import time
+from typing import Callable
 
 from pretrain import config as config_lib
 from pretrain import families
@@ -26,12 +27,25 @@ from pretrain.plan import targets as targets_lib
 GPU_MEMORY_FRACTION = 0.75
 
 
+# libtpu 0.0.42.1's compiler recurses deeply when it costs the convolution windows of some
+# rematerialised steps and overflows its fibers' default stack (SIGSEGV, "STACK OVERFLOW" in
+# FusedSpatialMajorConvolution: gpt2_large and gpt2_xl on v5p-128, BENCHMARKS.md "Plan"); with
+# 64 MiB fiber stacks those steps compile. Appended to LIBTPU_INIT_ARGS unless it sets the flag.
+TPU_COMPILER_FLAGS = ("--fibers_default_thread_stack_size=67108864",)
+
+
 def use_compile_only_platforms() -> None:
   """Keeps jax on the CPU for itself: the targets' devices are compile-only, never probed as hardware.
 
   Several processes may load libtpu at once here (a plan's parallel search) since none drives a chip.
+  Before libtpu loads, its compiler gets TPU_COMPILER_FLAGS.
   """
   os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+  args = os.environ.get("LIBTPU_INIT_ARGS", "")
+  for flag in TPU_COMPILER_FLAGS:
+    if flag.split("=")[0] not in args:
+      args = f"{args} {flag}".strip()
+  os.environ["LIBTPU_INIT_ARGS"] = args
   import jax  # pylint: disable=import-outside-toplevel
 
   jax.config.update("jax_platforms", "cpu")  # A no-op once a backend is up: that one is kept.
@@ -83,11 +97,18 @@ def _refusal(message: str) -> str:
   return " ".join((keep or lines)[:3])[:600]
 
 
-def plan(config, target: targets_lib.Target, *, hbm_limit_bytes: float | None = None) -> dict:
+def plan(
+  config,
+  target: targets_lib.Target,
+  *,
+  hbm_limit_bytes: float | None = None,
+  on_lowered: Callable[[dict], None] | None = None,
+) -> dict:
   """Compiles the config's train step for `target`; the plan as a JSON-serialisable dict.
 
   `hbm_limit_bytes` is the memory a device may use (default: the chip's HBM; on GPU the fraction JAX
-  preallocates, XLA_PYTHON_CLIENT_MEM_FRACTION or 0.75).
+  preallocates, XLA_PYTHON_CLIENT_MEM_FRACTION or 0.75). `on_lowered` is given what is known before
+  the compile (the settings, the state's bytes per device): what a crashed compile can still report.
   """
   missing = aot_missing(target.platform)
   if missing:
@@ -95,7 +116,6 @@ def plan(config, target: targets_lib.Target, *, hbm_limit_bytes: float | None = 
   use_compile_only_platforms()
   from pretrain.models import attention  # pylint: disable=import-outside-toplevel
   from pretrain.training import step as step_lib  # pylint: disable=import-outside-toplevel
-  from pretrain.training.optimizer import make_optimizer  # pylint: disable=import-outside-toplevel
 
   config = config.copy_and_resolve_references()
   devices = target.devices()
@@ -105,22 +125,11 @@ def plan(config, target: targets_lib.Target, *, hbm_limit_bytes: float | None = 
     raise PretrainError(f"--target={target.name} ({len(devices)} devices): {e}") from None
   config_lib.validate(config, mesh)
   task = families.get_task(config, plan_tokenizer(config))
-  model = task.build_model()
-  tx, schedule = make_optimizer(config.optimizer, int(config.train.steps))
   global_batch = int(config.train.batch_size)
   grad_accum = int(config.train.grad_accum_steps)
   t0 = time.perf_counter()
   with attention.recording() as resolutions:
-    fns = step_lib.build(
-      task,
-      model,
-      tx,
-      schedule,
-      mesh,
-      global_batch,
-      grad_accum=grad_accum,
-      seed=int(config.train.seed),
-    )
+    fns = step_lib.build_for_run(config, task, mesh)
     lowered = fns.lower_train_step()
   lower_seconds = time.perf_counter() - t0
   state_bytes = {
@@ -158,6 +167,8 @@ def plan(config, target: targets_lib.Target, *, hbm_limit_bytes: float | None = 
     "model_flops_per_step": flops_per_step,
     "lower_seconds": lower_seconds,
   }
+  if on_lowered:
+    on_lowered(dict(result, memory=dict(state_bytes, limit=limit, hbm=target.chip.hbm_bytes)))
   t0 = time.perf_counter()
   try:
     compiled = lowered.compile()

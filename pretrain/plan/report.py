@@ -27,6 +27,27 @@ def overrides(p: dict) -> str:
 
 
 def format_plan(p: dict) -> str:
+  """A plan, or a run in phases: each phase's plan, then whether the run fits."""
+  if "phases" not in p:
+    return _format_one(p)
+  lines = []
+  for q in p["phases"]:
+    ph = q["phase"]
+    lines += [f"phase {ph['name']} (steps {ph['start_step']}..{ph['end_step']}):", _format_one(q)]
+  if p["fits"]:
+    r = p["roofline"]
+    lines.append(
+      f"run: every phase ({len(p['phases'])}) fits, peak {_bytes(p['memory']['peak'])}; averaged over "
+      f"the steps: step {_ms(r['step_seconds'])}, {r['tokens_per_sec']:,.0f} tokens/s, "
+      f"MFU {r['mfu']:.1%}, {r['run_seconds'] / 3600:.1f} h for the run"
+    )
+  else:
+    why = "; ".join(x for x in (p.get("refusal"), p.get("crash")) if x)
+    lines.append(f"run: DOES NOT FIT (every phase must): {why}")
+  return "\n".join(lines)
+
+
+def _format_one(p: dict) -> str:
   s, m = p["settings"], p["memory"]
   lines = [
     f"plan: {p['task']} ({p['num_params']:,} parameters) on {p['target']}: {p['devices']} x {p['chip']}"
@@ -35,10 +56,18 @@ def format_plan(p: dict) -> str:
     f"  batch {s['batch_size']} x {p['tokens_per_step'] // s['batch_size']} tokens, grad_accum_steps "
     f"{s['grad_accum_steps']}, remat {s['remat_policy']}, {s['dtype']}, scan_layers "
     f"{s['scan_layers']}; attention {', '.join(s['attention']) or '-'}",
-    f"  compiled in {p['compile_seconds']:.1f} s (traced and lowered in {p['lower_seconds']:.1f} s)",
+    f"  {'crashed' if 'crash' in p else 'compiled'} in {p['compile_seconds']:.1f} s (traced and "
+    f"lowered in {p['lower_seconds']:.1f} s)",
     "memory per device:",
     f"  parameters {_bytes(m['params'])}, optimizer state {_bytes(m['optimizer'])}, batch {_bytes(m['batch'])}",
   ]
+  if "crash" in p:
+    lines += [
+      f"  NO PLAN: the {p['target'].split(':')[0].upper()} {p['crash']} (its child process; no memory"
+      " figures from the compiler)",
+      f"  (HBM per device {_bytes(m['hbm'])})",
+    ]
+    return "\n".join(lines)
   if not p["fits"] and "peak" not in m:
     lines += [
       f"  DOES NOT FIT: the compiler refused the program: {p['refusal']}",
@@ -84,6 +113,16 @@ def format_plan(p: dict) -> str:
   return "\n".join(lines)
 
 
+def format_candidate(p: dict) -> str:
+  """One compiled candidate of a search, as it comes."""
+  if p["fits"]:
+    r = p["roofline"]
+    outcome = f"fits, peak {_bytes(p['memory']['peak'])}, step {_ms(r['step_seconds'])}"
+  else:
+    outcome = f"not fitting: {p.get('crash') or p.get('refusal', '')}"
+  return f"  compiled ({p.get('compile_seconds', 0):.0f} s): {overrides(p)}: {outcome}"
+
+
 def format_search(results: list[dict], limit_note: str) -> str:
   fitting = [r for r in results if r.get("fits")]
   lines = [
@@ -97,8 +136,7 @@ def format_search(results: list[dict], limit_note: str) -> str:
     )
   refused = [r for r in results if not r.get("fits")]
   if refused:
-    lines.append(
-      f"  not fitting: {len(refused)} ({'; '.join(overrides(r) for r in refused[:4])}"
-      f"{' ...' if len(refused) > 4 else ''})"
-    )
+    lines.append(f"  not fitting: {len(refused)}")
+  for r in refused:
+    lines.append(f"    {overrides(r)}: {r.get('crash') or r.get('refusal', '')}")
   return "\n".join(lines)

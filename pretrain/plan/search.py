@@ -3,16 +3,21 @@
 For every mesh split and remat policy the search compiles the step with 1 microbatch
 (train.grad_accum_steps), then 2, 4, ... until it fits: more microbatches only add steps of a
 smaller batch (and, under FSDP, the parameters' all-gathers once per microbatch), so the fewest that
-fit is that pair's best. At most `limit` compiles in all, `workers` at a time in separate processes
-(each compile holds the whole program in memory: a paper config takes a few GB).
+fit is that pair's best. At most `limit` candidates in all (a run in phases: a compile per phase
+of each), `workers` at a time, each in a child process of its own (pretrain.plan.isolate;
+each holds the whole program in memory: a paper config takes a few GB). A candidate whose compile
+crashes (libtpu's SIGSEGV) is reported as not fitting with its `crash` and not tried with more
+microbatches (the crash is not about memory); the search goes on with the others.
 """
 
 import concurrent.futures
-import multiprocessing
 import os
+from typing import Callable
 
 from pretrain.errors import PretrainError
 from pretrain.plan import compile as compile_lib
+from pretrain.plan import isolate
+from pretrain.plan import phased
 from pretrain.plan import targets as targets_lib
 
 REMAT_POLICIES = ("none", "dots_with_no_batch_dims_saveable", "full")
@@ -43,10 +48,10 @@ def _with(config, mesh: dict, remat: str, grad_accum: int):
   return c
 
 
-def _plan_one(config, target_name: str, hbm_limit_bytes) -> dict:
+def _plan_one(config, target_name: str, hbm_limit_bytes, plan_one: phased.PlanOne) -> dict:
   """One candidate's plan, or {"error": ...} for a candidate the config cannot take (a batch split)."""
   try:
-    return compile_lib.plan(config, targets_lib.parse(target_name), hbm_limit_bytes=hbm_limit_bytes)
+    return phased.plan(config, target_name, hbm_limit_bytes, plan_one=plan_one)
   except PretrainError as e:
     return {"error": str(e)}
 
@@ -74,8 +79,14 @@ def search(
   hbm_limit_bytes: float | None = None,
   meshes: list[dict] | None = None,
   remat_policies: tuple[str, ...] = REMAT_POLICIES,
+  plan_one: phased.PlanOne = isolate.plan,
+  on_result: Callable[[dict], None] | None = None,
 ) -> list[dict]:
-  """Every compiled candidate's plan (each with its `fits`), fitting ones fastest first, then the rest."""
+  """Every compiled candidate's plan (each with its `fits`), fitting ones fastest first, then the rest.
+
+  `plan_one(config, target_name, hbm_limit_bytes)` plans one compile (a child process's);
+  `on_result` is given each candidate's plan as it comes (a search of paper configs takes a while).
+  """
   if limit < 1:
     raise PretrainError(f"--search_limit={limit} must be at least 1")
   missing = compile_lib.aot_missing(target.platform)
@@ -94,29 +105,25 @@ def search(
 
   wave = [(m, r, a) for m, r in pairs if (a := next_accum(m, 0))]
   results: list[dict] = []
-  pool = None
-  if workers > 1:
-    pool = concurrent.futures.ProcessPoolExecutor(
-      workers, mp_context=multiprocessing.get_context("spawn")
-    )
-  try:
+  # Threads that each wait on a child process: the compiles run side by side in the children.
+  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
     while wave and len(results) < limit:
       wave = wave[: limit - len(results)]
-      args = [(_with(config, m, r, a), target.name, hbm_limit_bytes) for m, r, a in wave]
-      if pool:
-        done = list(pool.map(_plan_one, *zip(*args)))
-      else:
-        done = [_plan_one(*a) for a in args]
+      done = pool.map(
+        lambda candidate: _plan_one(
+          _with(config, *candidate), target.name, hbm_limit_bytes, plan_one
+        ),
+        wave,
+      )
       nxt = []
       for (m, r, a), p in zip(wave, done):
         if "error" in p:
           continue
         results.append(p)
-        if not p["fits"] and (more := next_accum(m, a)):
+        if on_result:
+          on_result(p)
+        if not p["fits"] and "crash" not in p and (more := next_accum(m, a)):
           nxt.append((m, r, more))
       wave = nxt
-  finally:
-    if pool:
-      pool.shutdown()
   fitting = sorted((p for p in results if p["fits"]), key=lambda p: p["roofline"]["step_seconds"])
   return fitting + [p for p in results if not p["fits"]]

@@ -2,7 +2,8 @@
 
 `build` derives every sharding from the logical axis names on the model's
 params (through the one rules table in pretrain/sharding.py), so the loop and
-the benchmark compile exactly the same step.
+the benchmark compile exactly the same step. `build_for_run` is that step as a run's config
+defines it: the train loop runs it and pretrain.plan compiles it for a target.
 """
 
 import dataclasses
@@ -17,6 +18,7 @@ import numpy as np
 import optax
 
 from pretrain import sharding
+from pretrain.training.optimizer import make_optimizer
 
 
 @flax.struct.dataclass
@@ -118,6 +120,23 @@ class StepFunctions:
   def eval_step(self, params, batch):
     with sharding.mesh_context(self.mesh):
       return self._eval_step(params, batch)
+
+
+def build_for_run(config, task, mesh) -> StepFunctions:
+  """The run's step as its config defines it: the task's model, config.optimizer over train.steps,
+  train.batch_size in train.grad_accum_steps microbatches, train.seed. pretrain.train runs it and
+  pretrain.plan compiles it for a target, so the two are one step."""
+  tx, schedule = make_optimizer(config.optimizer, int(config.train.steps))
+  return build(
+    task,
+    task.build_model(),
+    tx,
+    schedule,
+    mesh,
+    int(config.train.batch_size),
+    grad_accum=int(config.train.grad_accum_steps),
+    seed=int(config.train.seed),
+  )
 
 
 def build(

@@ -1,6 +1,8 @@
 """The run's own step compiled for a TPU slice and a GPU host: every family, memory as the sharding implies
 it, the collectives the mesh needs, and configs that cannot fit reported as not fitting."""
 
+import os
+
 import pytest
 from plan_micro import FAMILIES, micro_config
 
@@ -69,3 +71,16 @@ def test_a_multi_slice_plan_puts_the_data_axis_over_dcn(needs_tpu_compiler):
   assert kinds["all-gather"]["link_bytes"] > 0  # FSDP's gathers, inside a slice.
   assert kinds["all-reduce"]["network_bytes"] > 0  # The gradients' reduction over 'data', across.
   assert p["roofline"]["seconds"]["network"] > 0
+
+
+def test_the_tpu_compiler_gets_larger_fiber_stacks_unless_told_otherwise(monkeypatch):
+  # libtpu 0.0.42.1 overflowed its fibers' stacks compiling gpt2_large for v5p-128 (SIGSEGV);
+  # the planner appends the flag to what the user passes, and leaves a user's own value alone.
+  monkeypatch.setenv("LIBTPU_INIT_ARGS", "--xla_tpu_enable_latency_hiding_scheduler=true")
+  compile_lib.use_compile_only_platforms()
+  assert os.environ["LIBTPU_INIT_ARGS"] == (
+    "--xla_tpu_enable_latency_hiding_scheduler=true --fibers_default_thread_stack_size=67108864"
+  )
+  monkeypatch.setenv("LIBTPU_INIT_ARGS", "--fibers_default_thread_stack_size=1048576")
+  compile_lib.use_compile_only_platforms()
+  assert os.environ["LIBTPU_INIT_ARGS"] == "--fibers_default_thread_stack_size=1048576"

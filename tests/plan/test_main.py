@@ -7,6 +7,8 @@ import sys
 
 import pytest
 
+from pretrain.plan import isolate
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _MICRO = [
   "--config=configs/gpt2_tiny.py",
@@ -22,13 +24,14 @@ _MICRO = [
 ]
 
 
-def _plan(*args):
+def _plan(*args, env=None):
   return subprocess.run(
     [sys.executable, "-m", "pretrain.plan", *args],
     cwd=REPO,
     capture_output=True,
     text=True,
     timeout=600,
+    env=env,
   )
 
 
@@ -50,6 +53,20 @@ def test_a_gpu_plan_prints_the_report_and_writes_json(tmp_path, needs_gpu_compil
   assert plan["collectives"]["all-gather"]["network_bytes"] == 0
   for heading in ("memory per device:", "collectives per device per step", "predicted step"):
     assert heading in r.stdout
+
+
+def test_a_compiler_crash_is_one_error_line_and_exit_3(tmp_path, needs_gpu_compiler):
+  out = tmp_path / "plan.json"
+  # The compile's child process kills itself with SIGSEGV, as libtpu's compiler did (isolate.py).
+  env = dict(os.environ, **{isolate.CRASH_FOR_TEST_ENV: "*"})
+  r = _plan(*_MICRO, "--target=gpu:h100x8", f"--json_out={out}", env=env)
+  errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+  assert r.returncode == 3 and len(errors) == 1, r.stderr[-3000:]
+  assert errors[0].startswith("error: compiler crashed (SIGSEGV) after "), errors[0]
+  assert errors[0].endswith(" s compiling the step for gpu:h100x8")
+  assert "NO PLAN: the GPU compiler crashed (SIGSEGV)" in r.stdout
+  plan = json.loads(out.read_text())
+  assert plan["exit"] == "SIGSEGV" and not plan["fits"] and plan["memory"]["params"] > 0
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from plan_micro import micro_config
 
+from pretrain.plan import isolate
 from pretrain.plan import report
 from pretrain.plan import search as search_lib
 from pretrain.plan import targets
@@ -28,13 +29,15 @@ def _fake_planner(monkeypatch, compiled):
       "roofline": {"step_seconds": step, "tokens_per_sec": 1.0, "mfu": 0.5},
     }
 
-  monkeypatch.setattr(search_lib.compile_lib, "plan", plan)
   monkeypatch.setattr(search_lib.compile_lib, "aot_missing", lambda platform: None)
+  return lambda config, target_name, hbm_limit_bytes: plan(
+    config, targets.parse(target_name), hbm_limit_bytes=hbm_limit_bytes
+  )
 
 
 def test_search_returns_only_fitting_configs_fastest_first_on_a_constructed_case(monkeypatch):
   compiled = []
-  _fake_planner(monkeypatch, compiled)
+  fake = _fake_planner(monkeypatch, compiled)
   c = micro_config("bert")
   c.train.batch_size = 64
   meshes = [{"data": 4, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 4, "tensor": 1}]
@@ -46,6 +49,7 @@ def test_search_returns_only_fitting_configs_fastest_first_on_a_constructed_case
     meshes=meshes,
     remat_policies=("none", "full"),
     hbm_limit_bytes=6 * 2**30,
+    plan_one=fake,
   )
   fitting = [
     (p["settings"]["remat_policy"], p["settings"]["grad_accum_steps"], p["mesh"]["fsdp"])
@@ -77,23 +81,42 @@ def test_search_returns_only_fitting_configs_fastest_first_on_a_constructed_case
 
 def test_search_stops_at_its_compile_limit(monkeypatch):
   compiled = []
-  _fake_planner(monkeypatch, compiled)
+  fake = _fake_planner(monkeypatch, compiled)
   c = micro_config("bert")
   c.train.batch_size = 64
-  got = search_lib.search(c, targets.parse("tpu:v5e-4"), limit=3, hbm_limit_bytes=6 * 2**30)
+  got = search_lib.search(
+    c, targets.parse("tpu:v5e-4"), limit=3, hbm_limit_bytes=6 * 2**30, plan_one=fake
+  )
   assert len(compiled) == 3 and len(got) == 3
 
 
-def test_a_real_search_on_a_gpu_host(needs_gpu_compiler):
+def test_a_real_search_goes_on_past_a_candidate_whose_compiler_crashes(
+  monkeypatch, needs_gpu_compiler
+):
+  # The child compiling the remat=full candidate kills itself with SIGSEGV (as libtpu did on remat'd
+  # steps); the two candidates compile side by side in their own child processes.
+  monkeypatch.setenv(isolate.CRASH_FOR_TEST_ENV, "full")
+  arrived = []
   got = search_lib.search(
     micro_config("gpt2"),
     targets.parse("gpu:h100x8"),
     meshes=[{"data": 8, "fsdp": 1, "tensor": 1}],
     remat_policies=("none", "full"),
+    workers=2,
+    on_result=arrived.append,
   )
-  assert [p["fits"] for p in got] == [True, True]
-  assert got[0]["roofline"]["step_seconds"] <= got[1]["roofline"]["step_seconds"]
-  assert {p["settings"]["remat_policy"] for p in got} == {"none", "full"}
+  assert [(p["settings"]["remat_policy"], p["fits"]) for p in got] == [
+    ("none", True),
+    ("full", False),
+  ]
+  assert got[0]["roofline"]["step_seconds"] > 0
+  # The crashed one is refused with its reason, and not retried with more microbatches.
+  assert got[1]["exit"] == "SIGSEGV" and got[1]["settings"]["grad_accum_steps"] == 1
+  assert sorted(p["settings"]["remat_policy"] for p in arrived) == ["full", "none"]
+  assert "full --config.train.grad_accum_steps=1" in report.format_candidate(got[1])
+  assert ": not fitting: compiler crashed (SIGSEGV) after " in report.format_candidate(got[1])
+  text = report.format_search(got, "test")
+  assert "1 fit" in text and "remat_policy=full" in text and "compiler crashed (SIGSEGV)" in text
 
 
 def test_mesh_splits_cover_data_fsdp_and_tensor():
