@@ -53,6 +53,7 @@ def finetune_config(task: str = "sst2") -> ml_collections.ConfigDict:
       # '' the family's HF head (BERT: the pooled [CLS], RoBERTa: the first token); 'mean': the
       # mean of the encoder's outputs over the real tokens (pretrain/finetune/heads.py).
       head="",
+      train_examples_per_class=0,  # >0: only the first k train examples of each class (low-resource).
       random_init=False,  # The init checkpoint's architecture and tokenizer, its params not read.
       tokenizer_path="",  # '' the init checkpoint's tokenizer.
       # T5 (text-to-text): the prefix of each input and the longest target in tokens.

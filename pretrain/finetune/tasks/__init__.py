@@ -87,16 +87,48 @@ def check_nonempty(split: Split, what: str) -> Split:
 
 
 def load(ft) -> Dataset:
-  """The dataset the config's finetune section names."""
+  """The dataset the config's finetune section names (its train split cut to
+  `train_examples_per_class` when that is set)."""
   name = str(ft.task)
   from pretrain.finetune.tasks import embedded, files, glue  # pylint: disable=import-outside-toplevel
 
   if name in glue.TASKS:
-    return glue.load(name, ft.data_dir)
-  if name == "files":
-    return files.load(ft)
-  if name == "embedded":
-    return embedded.load()
-  raise PretrainError(
-    f"finetune.task={name!r} is unknown; expected one of {', '.join(glue.TASKS)}, files, embedded"
+    dataset = glue.load(name, ft.data_dir)
+  elif name == "files":
+    dataset = files.load(ft)
+  elif name == "embedded":
+    dataset = embedded.load()
+  else:
+    raise PretrainError(
+      f"finetune.task={name!r} is unknown; expected one of {', '.join(glue.TASKS)}, files, embedded"
+    )
+  return per_class(dataset, int(ft.get("train_examples_per_class", 0)))
+
+
+def per_class(dataset: Dataset, k: int) -> Dataset:
+  """The dataset with only the first `k` train examples of each class (in the split's order); k=0: all.
+
+  A low-resource version of a task: with few labels, what the encoder learned in pretraining decides
+  more of the score than what fine-tuning can learn from scratch.
+  """
+  if k == 0:
+    return dataset
+  if k < 0:
+    raise PretrainError(f"finetune.train_examples_per_class={k} must be >= 0 (0: every example)")
+  if dataset.kind == REGRESSION:
+    raise PretrainError(
+      f"finetune.train_examples_per_class={k}: {dataset.name} is a regression task, with no classes"
+    )
+  train = dataset.train
+  seen = np.zeros(len(dataset.label_names), np.int64)
+  keep = []
+  for i, label in enumerate(train.labels):
+    if seen[label] < k:
+      seen[label] += 1
+      keep.append(i)
+  split = Split(
+    texts=tuple(tuple(column[i] for i in keep) for column in train.texts),
+    labels=train.labels[keep],
+    source=f"{train.source} (the first {k} of each class)",
   )
+  return dataclasses.replace(dataset, train=split)
