@@ -220,7 +220,7 @@ def run_comparison(
   return dict(
     common.environment(f"{jax.devices()[0].device_kind} x{jax.device_count()}", hf=True),
     family=family,
-    model=type(task.build_model()).__name__,
+    model=f"project {type(task.build_model()).__name__} vs HF {learning_torch.HF_MODELS[family]}",
     shape=f"L{m.num_layers} H{m.hidden_size} A{m.num_heads} vocab {m.vocab_size}",
     dtype=m.dtype,
     dropout=[m.dropout_rate, m.attention_dropout_rate],

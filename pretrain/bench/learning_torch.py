@@ -23,7 +23,8 @@ from pretrain import convert
 from pretrain.convert import checkpoints
 from pretrain.errors import PretrainError
 
-SUPPORTED = ("bert", "gpt2")
+HF_MODELS = {"bert": "BertForPreTraining", "gpt2": "GPT2LMHeadModel"}
+SUPPORTED = tuple(HF_MODELS)
 
 
 def _torch():

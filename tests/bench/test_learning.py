@@ -34,8 +34,8 @@ def _bert_task_and_batch(config):
 
 def _init(task):
   model = task.build_model()
-  variables = model.init(jax.random.key(0), *task.init_args(task.dummy_batch(1)))
-  return model, jax.device_get(nn.unbox(variables["params"]))
+  init = jax.jit(lambda key: nn.unbox(model.init(key, *task.init_args(task.dummy_batch(1)))))
+  return model, jax.device_get(init(jax.random.key(0))["params"])
 
 
 def _check_one_step(task, batch):
@@ -44,7 +44,7 @@ def _check_one_step(task, batch):
   def objective(p):
     return task.loss(model, p, batch, task.denominators(batch), deterministic=True)[0]
 
-  loss, grads = jax.value_and_grad(objective)(params)
+  loss, grads = jax.jit(jax.value_and_grad(objective))(params)
   _, expected = learning_torch.hf_state(task, jax.device_get(grads))
   hf_loss, hf_grads = learning_torch.gradients(
     task, learning_torch.build_model(task, params), batch
@@ -54,21 +54,14 @@ def _check_one_step(task, batch):
   for name, g in expected.items():
     diff = np.linalg.norm(hf_grads[name] - g)
     assert diff <= 1e-4 * np.linalg.norm(g) + 1e-9, name
+  return params
 
 
 def test_bert_one_step_loss_and_gradients_match_hf(tiny_config):
-  _check_one_step(*_bert_task_and_batch(tiny_config))
-
-
-def test_gpt2_one_step_loss_and_gradients_match_hf(family_config):
-  task = batches.bench_task(family_config("gpt2"))
-  _check_one_step(task, batches.task_batch(task, 8))
-
-
-def test_bert_masked_head_is_hf_pretraining_loss(tiny_config):
-  # The gathered head the comparison trains with and BertForPreTraining.forward with labels agree.
   task, batch = _bert_task_and_batch(tiny_config)
-  hf = learning_torch.build_model(task, _init(task)[1]).eval()
+  params = _check_one_step(task, batch)
+  # The masked-position head the comparison trains with is BertForPreTraining.forward's loss.
+  hf = learning_torch.build_model(task, params).eval()
   gathered, sums = learning_torch.objective_and_sums(task, hf, batch)
   full, full_sums = learning_torch.objective_and_sums(task, hf, batch, hf_head=True)
   assert float(gathered.detach()) == pytest.approx(float(full.detach()), rel=1e-6)
@@ -77,13 +70,22 @@ def test_bert_masked_head_is_hf_pretraining_loss(tiny_config):
   assert (labels != -100).sum() == batch["masked_lm_weights"].sum()
 
 
+def test_gpt2_one_step_loss_and_gradients_match_hf(family_config):
+  task = batches.bench_task(family_config("gpt2"))
+  _check_one_step(task, batches.task_batch(task, 8))
+
+
 @pytest.mark.parametrize("name", ["bert", "gpt2"])
 def test_decay_mask_is_hf_and_berts_rule(name, tiny_config, family_config):
   # BERT's optimization.py and the torch side decay every tensor but LayerNorms and biases, i.e. the
   # 1-D ones; BERT's MLM output_bias included.
   config = tiny_config if name == "bert" else family_config(name)
   task = families.get_task(config, special_tokens.StandInTokenizer(512 if name == "bert" else 256))
-  params = _init(task)[1]
+  model = task.build_model()
+  params = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), *task.init_args(task.dummy_batch(1)))
+  )
+  params = nn.unbox(params["params"])
   mask = optimizer.decay_mask(params)
   for (path, leaf), decays in zip(
     jax.tree_util.tree_leaves_with_path(params), jax.tree_util.tree_leaves(mask)
@@ -93,22 +95,24 @@ def test_decay_mask_is_hf_and_berts_rule(name, tiny_config, family_config):
 
 def test_torch_recipe_follows_the_projects_learning_rates(tiny_config):
   # torch AdamW at the project's lr per step equals optax's adamw (decay mask, clipping) step by step.
-  tiny_config.model.update(
-    dropout_rate=0.0, attention_dropout_rate=0.0
-  )  # torch trains in train mode.
+  # No dropout: torch's step trains in train mode, the jax update below is deterministic.
+  tiny_config.model.update(dropout_rate=0.0, attention_dropout_rate=0.0)
   task, batch = _bert_task_and_batch(tiny_config)
   model, params = _init(task)
   opt = tiny_config.optimizer
   opt.update(learning_rate=1e-2, warmup_steps=1, weight_decay=0.1, grad_clip_norm=0.5)
   tx, schedule = optimizer.make_optimizer(opt, 3)
   trainer = learning_torch.TorchTrainer(learning_torch.build_model(task, params), opt)
+  objective = lambda p: task.loss(model, p, batch, task.denominators(batch), deterministic=True)[0]
+
+  @jax.jit
+  def update(params, state):
+    updates, state = tx.update(jax.grad(objective)(params), state, params)
+    return jax.tree.map(lambda p, u: p + u, params, updates), state
+
   state = tx.init(params)
-  grad = jax.jit(
-    jax.grad(lambda p: task.loss(model, p, batch, task.denominators(batch), deterministic=True)[0])
-  )
   for t in range(3):
-    updates, state = tx.update(grad(params), state, params)
-    params = jax.tree.map(lambda p, u: p + u, params, updates)
+    params, state = update(params, state)
     trainer.step(task, batch, float(schedule(t)))
   _, expected = learning_torch.hf_state(task, jax.device_get(params))
   got = dict(trainer.model.named_parameters())
@@ -170,10 +174,9 @@ def test_a_tiny_comparison_end_to_end(tiny_config_factory, text_corpus):
   config.train.batch_size = 8
   config.eval.update(batch_size=8, num_batches=1)
   config.model.update(num_layers=1, dropout_rate=0.0, attention_dropout_rate=0.0)
-  results = learning.run_comparison(config, steps=3, seeds=[0, 1], log=lambda _: None)
-  for seed in (0, 1):
-    assert results["traces"][seed]["first_divergence"] is None  # Same init, no dropout, f32.
-    p, h = results["per_seed"][seed]["project"], results["per_seed"][seed]["hf"]
-    assert p["mlm_loss"] == pytest.approx(h["mlm_loss"], rel=1e-4)
-  assert results["summary"]["mlm_loss"]["comparison"]["n"] == 2
-  assert "BertForPreTraining" in learning.format_table(results)
+  results = learning.run_comparison(config, steps=3, seeds=[1], log=lambda _: None)
+  assert results["traces"][1]["first_divergence"] is None  # Same init, no dropout, f32.
+  p, h = results["per_seed"][1]["project"], results["per_seed"][1]["hf"]
+  assert p["mlm_loss"] == pytest.approx(h["mlm_loss"], rel=1e-4)
+  assert results["summary"]["mlm_loss"]["comparison"]["verdict"] == "no test possible"
+  assert "vs HF BertForPreTraining" in learning.format_table(results)
