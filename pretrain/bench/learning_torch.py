@@ -22,6 +22,7 @@ import numpy as np
 from pretrain import convert
 from pretrain.convert import checkpoints
 from pretrain.errors import PretrainError
+from pretrain.families.bert import hf_reference as bert_reference
 
 HF_MODELS = {"bert": "BertForPreTraining", "gpt2": "GPT2LMHeadModel"}
 SUPPORTED = tuple(HF_MODELS)
@@ -80,14 +81,6 @@ def _long(x):
   return _torch().from_numpy(np.ascontiguousarray(x).astype(np.int64))
 
 
-def bert_labels(batch: dict) -> np.ndarray:
-  """int64 [B, L]: the masked ids at the masked positions of weight > 0; -100 (ignored) elsewhere."""
-  labels = np.full(batch["input_ids"].shape, -100, np.int64)
-  rows, slots = np.nonzero(batch["masked_lm_weights"] > 0)
-  labels[rows, batch["masked_lm_positions"][rows, slots]] = batch["masked_lm_ids"][rows, slots]
-  return labels
-
-
 def _cross_entropy_sums(logits, targets, weights):
   """(weighted nll sum, weighted correct sum, weight sum) as torch scalars."""
   torch = _torch()
@@ -116,7 +109,9 @@ def objective_and_sums(task, model, batch: dict, *, hf_head: bool = False):
       attention_mask=_long(batch["input_mask"]),
     )
     if hf_head:
-      out = model(**inputs, labels=_long(bert_labels(batch)), next_sentence_label=nsp_labels)
+      out = model(
+        **inputs, labels=_long(bert_reference.mlm_labels(batch)), next_sentence_label=nsp_labels
+      )
       mlm_logits = torch.take_along_dim(out.prediction_logits, pos[:, :, None], dim=1)
       nsp_logits = out.seq_relationship_logits
     else:
