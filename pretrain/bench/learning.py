@@ -93,7 +93,11 @@ def seed_data(config, base_data_seed: int, steps: int) -> SeedData:
 
 
 def run_project(config, data: SeedData, log=common.log) -> dict:
-  """The project's jitted train step over the seed's batches: {init_params, train_loss, eval, seconds}."""
+  """The project's jitted train step over the seed's batches: {init_params, train_loss, eval, seconds}.
+
+  The init is converted to the HF model's tensors before any step, so a model HF cannot express
+  (e.g. BERT's pre_layer_norm) is refused at once.
+  """
   task, steps = data.task, len(data.train)
   model = task.build_model()
   tx, schedule = make_optimizer(config.optimizer, steps)
@@ -102,6 +106,7 @@ def run_project(config, data: SeedData, log=common.log) -> dict:
   fns = step_lib.build(task, model, tx, schedule, mesh, b, seed=int(config.train.seed))
   state = fns.init_state(int(config.train.seed))
   init_params = jax.device_get(state.params)  # A copy: the step donates the state.
+  learning_torch.hf_state(task, init_params)
   train_step, _ = fns.compile_train_step()
   losses, lrs = [], []
   t0 = time.perf_counter()
