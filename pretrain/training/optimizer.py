@@ -8,7 +8,8 @@ import optax
 
 from pretrain.errors import PretrainError
 
-# Leaves that get no weight decay, as in BERT's optimization.py (LayerNorm and biases).
+# Leaves that get no weight decay, as in BERT's optimization.py (LayerNorm and biases): `bias`, `scale`
+# and any `*_bias` leaf (BERT's MLM head's output_bias, which BERT's "bias" name match excludes too).
 _NO_DECAY_LEAVES = ("bias", "scale")
 
 
@@ -80,7 +81,7 @@ def decay_mask(params):
 
   def keep(path, _):
     name = getattr(path[-1], "key", getattr(path[-1], "name", str(path[-1])))
-    return name not in _NO_DECAY_LEAVES
+    return name not in _NO_DECAY_LEAVES and not str(name).endswith("_bias")
 
   return jax.tree_util.tree_map_with_path(keep, params)
 

@@ -18,9 +18,14 @@ def describe(task, batch_size: int) -> str:
 
 
 def mlm_labels(b: dict) -> np.ndarray:
-  """int64 [batch, seq_len]: the masked tokens' ids at their positions, -100 (HF's ignore index) elsewhere."""
+  """int64 [batch, seq_len]: the masked tokens' ids at their positions, -100 (HF's ignore index) elsewhere.
+
+  Only the prediction slots of weight > 0: an unused slot (position 0, id 0) would otherwise label
+  [CLS] with id 0.
+  """
   labels = np.full(b["input_ids"].shape, -100, np.int64)
-  np.put_along_axis(labels, b["masked_lm_positions"], b["masked_lm_ids"], axis=1)
+  rows, slots = np.nonzero(b["masked_lm_weights"] > 0)
+  labels[rows, b["masked_lm_positions"][rows, slots]] = b["masked_lm_ids"][rows, slots]
   return labels
 
 
