@@ -3,8 +3,9 @@ splash_tpu for a TPU v5e slice, pallas_gpu and cuDNN for an H100; and `auto` cho
 it is traced over, a kernel that compiles there.
 
 Needs the ahead-of-time compilers (libtpu; jax's CUDA plugin): each target's tests skip when its
-compiler is not installed. cuDNN's kernel needs the cuDNN library too (the nvidia-cudnn-cu12 wheel);
-without it the backend says so and falls back, which is what the tests then check.
+compiler is not installed. cuDNN's kernel needs the cuDNN library too (the nvidia-cudnn-cu12
+wheel, in the aot extra); without it the backend says so and falls back, which is what the tests
+then check.
 """
 
 import importlib.util
@@ -101,6 +102,11 @@ def gpu_mesh():
   """One compile-only H100 (the planner's H100 target config, with where its values come from)."""
   if not _installed("jax_plugins.xla_cuda12"):
     pytest.skip("jax's CUDA plugin is not installed (the aot extra)")
+  # jax finds the wheel's libcudnn.so.9 through its CUDA plugin's rpath (the same site-packages'
+  # nvidia/cudnn/lib), no GPU backend needed; a wheel elsewhere (PYTHONPATH, --target) is not
+  # found, and the cuDNN tests would quietly check the fallback instead.
+  if _installed("nvidia.cudnn"):
+    assert has_cudnn(), "nvidia-cudnn-cu12 is installed, but not beside jax's CUDA plugin"
   from jax.experimental import topologies  # pylint: disable=g-import-not-at-top
 
   topology = topologies.get_topology_desc(
