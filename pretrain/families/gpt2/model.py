@@ -61,6 +61,10 @@ class Gpt2Config(stack.ModelConfig):
   # The attention variant (pretrain/models/attention/config.py). position: 'learned' (GPT-2's wpe),
   # 'sinusoidal', 'rope', 'alibi', 'relative_bias' (one causal T5 bias shared by the blocks) or 'none'.
   attention: attention_lib.AttentionConfig = attention_lib.AttentionConfig(position="learned")
+  # >0: the task's loss computes the tied head's logits this many tokens at a time
+  # (losses.chunked_cross_entropy), so the [tokens, vocab] logits never exist for the whole batch;
+  # 0: the model's logits, as HF. How the loss is computed, not what the model is.
+  loss_chunk_size: int = 0
 
   def __post_init__(self):
     for name in (
@@ -78,6 +82,8 @@ class Gpt2Config(stack.ModelConfig):
         f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}"
       )
     layers.check_dtype_and_remat(self.dtype, self.remat_policy)
+    if self.loss_chunk_size < 0:
+      raise PretrainError(f"loss_chunk_size={self.loss_chunk_size} must be 0 (off) or positive")
     self.attention.check_heads(self.num_heads)
 
   @property
@@ -160,7 +166,8 @@ class Gpt2Block(nn.Module):
 
 
 class Gpt2LMHeadModel(nn.Module):
-  """Token ids -> next-token logits, float32 `[batch, length, vocab]`."""
+  """Token ids -> next-token logits, float32 `[batch, length, vocab]` (or, with return_hidden,
+  the final hidden states `[batch, length, embed]` that the tied head wte/embedding reads)."""
 
   config: Gpt2Config
 
@@ -172,6 +179,7 @@ class Gpt2LMHeadModel(nn.Module):
     segment_ids: Array | None = None,  # int32 [batch, length]; 1, 2, ... per document, 0 = padding
     deterministic: bool = True,
     decode: bool = False,  # Continue the sequence in the 'cache' collection (see `decode_positions`).
+    return_hidden: bool = False,  # ln_f's output instead of logits (for a chunked loss).
   ) -> Array:
     cfg = self.config
     position = cfg.attention.position
@@ -214,6 +222,8 @@ class Gpt2LMHeadModel(nn.Module):
       )(length, length, q_positions=positions, kv_positions=kv_positions)
     x = self.blocks(x, mask, bias, positions, deterministic, decode)
     x = layers.LayerNorm(cfg.layer_norm_eps, name="ln_f")(x)
+    if return_hidden:
+      return x
     logits = wte.attend(x)  # [batch, length, vocab] float32
     return nn.with_logical_constraint(logits, ("act_batch", "act_length", "act_vocab"))
 

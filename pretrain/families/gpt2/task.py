@@ -18,7 +18,7 @@ from pretrain.families import base
 from pretrain.families.gpt2 import model as gpt2_model
 from pretrain.families.gpt2.examples import FIELDS, CausalExampleConfig, CausalExamples
 from pretrain.models import stack
-from pretrain.objectives.losses import cross_entropy
+from pretrain.objectives.losses import chunked_cross_entropy, cross_entropy
 
 
 class Gpt2Task(base.Task):
@@ -27,6 +27,7 @@ class Gpt2Task(base.Task):
   name = "gpt2"
   sampling = base.DECODER_ONLY
   layer_stacks = {"h": "h"}
+  resumable_fields = base.RESUMABLE_FIELDS | {"model.loss_chunk_size"}
 
   def __init__(self, config, tokenizer):
     vocab = base.tokenizer_vocab_size(
@@ -82,11 +83,25 @@ class Gpt2Task(base.Task):
   def loss(self, model, params, batch, denominators, *, dropout_rng=None, deterministic=True):
     """(objective, metric sums) for a (micro)batch; objectives of microbatches add up."""
     rngs = None if deterministic else {"dropout": dropout_rng}
-    logits = model.apply(
-      {"params": params}, *self.init_args(batch), deterministic=deterministic, rngs=rngs
-    )  # [B, L, V]
+    chunk_size = self.model_config.loss_chunk_size
+    out = model.apply(
+      {"params": params},
+      *self.init_args(batch),
+      deterministic=deterministic,
+      rngs=rngs,
+      return_hidden=chunk_size > 0,
+    )  # [B, L, V] logits, or [B, L, E] hidden states with chunk_size
     targets, w = batch["target_ids"], batch["loss_weights"]
-    nll, correct, _ = cross_entropy(logits, targets)  # [B, L]
+    if chunk_size:  # The tied head's logits a chunk at a time (argmax for accuracy there too).
+      nll, correct, _ = chunked_cross_entropy(
+        out,
+        params["wte"]["embedding"],
+        targets,
+        chunk_size=chunk_size,
+        dtype=self.model_config.compute_dtype,
+      )
+    else:
+      nll, correct, _ = cross_entropy(out, targets)  # [B, L]
     loss_sum = jnp.sum(nll * w)
     sums = {"loss_sum": loss_sum, "correct_sum": jnp.sum(correct * w), "weight_sum": jnp.sum(w)}
     return loss_sum / denominators["tokens"], sums

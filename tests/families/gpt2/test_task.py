@@ -220,6 +220,67 @@ def test_loss_at_init_is_log_vocab_and_ignores_padding():
     np.testing.assert_allclose(float(noisy_sums[k]), float(sums[k]), rtol=1e-6)
 
 
+def _loss_and_grad(task, batch):
+  """(jitted value_and_grad of the task's objective with its metric sums, init params)."""
+  model = task.build_model()
+  params = nn.unbox(
+    jax.jit(model.init)(jax.random.key(0), *task.init_args(task.dummy_batch(1)))["params"]
+  )
+  step = jax.jit(
+    jax.value_and_grad(lambda p, b: task.loss(model, p, b, task.denominators(b)), has_aux=True)
+  )
+  return step, params
+
+
+def test_chunked_loss_matches_the_plain_loss_and_its_gradients():
+  batch = None
+  results = []
+  for chunk in (0, 24):  # 24 does not divide the 4 x 32 tokens: the padding is dropped.
+    c = _task_config(packing=True)
+    c.model.loss_chunk_size = chunk
+    task = gpt2_task.Gpt2Task(c, _Tokenizer())
+    if batch is None:
+      batch = task.examples(_random_docs(), seed=0).batch(np.arange(4))
+    step, params = _loss_and_grad(task, batch)
+    if not chunk:  # Every other target the argmax, so the accuracy compared is not trivially 0.
+      logits = task.build_model().apply({"params": params}, *task.init_args(batch))
+      hit = np.arange(batch["target_ids"].shape[1]) % 2 == 0
+      batch["target_ids"] = np.where(hit, np.argmax(logits, -1), batch["target_ids"]).astype(
+        np.int32
+      )
+    results.append(step(params, batch))
+  ((plain, plain_sums), plain_grads), ((chunked, chunked_sums), chunked_grads) = results
+  np.testing.assert_allclose(float(chunked), float(plain), rtol=1e-6)
+  for k in plain_sums:
+    np.testing.assert_allclose(float(chunked_sums[k]), float(plain_sums[k]), rtol=1e-6)
+  assert float(plain_sums["correct_sum"]) > 0
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), chunked_grads, plain_grads
+  )
+
+
+def test_chunked_loss_lowers_the_compiled_steps_temp_memory():
+  def temp_bytes(chunk):
+    c = _task_config(max_seq_length=64)
+    c.model.update(max_position_embeddings=64, loss_chunk_size=chunk)
+    task = gpt2_task.Gpt2Task(c, StandInTokenizer(8192, path="stand-in"))
+    batch = task.dummy_batch(4)
+    step, params = _loss_and_grad(task, batch)
+    return step.lower(params, batch).compile().memory_analysis().temp_size_in_bytes
+
+  plain, chunked = temp_bytes(0), temp_bytes(64)
+  # The plain step holds [256, 8192] float32 logits and their gradient (8 MiB each).
+  assert chunked < plain / 2, (chunked, plain)
+
+
+def test_loss_chunk_size_is_checked_and_resumable():
+  c = _task_config()
+  c.model.loss_chunk_size = -1
+  with pytest.raises(PretrainError, match="loss_chunk_size"):
+    gpt2_task.Gpt2Task(c, _Tokenizer())
+  assert "model.loss_chunk_size" in gpt2_task.Gpt2Task.resumable_fields
+
+
 def test_flops_and_tokens_per_example():
   task = gpt2_task.Gpt2Task(_task_config(), _Tokenizer())
   assert task.tokens_per_example == 32
