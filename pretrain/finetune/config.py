@@ -36,7 +36,7 @@ def finetune_config(task: str = "sst2") -> ml_collections.ConfigDict:
   c.init_from = ""
   c.finetune = ml_collections.ConfigDict(
     dict(
-      task=task,  # A GLUE task (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli), files, embedded.
+      task=task,  # GLUE (cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte, wnli), files, embedded(_order).
       data_dir="",  # GLUE: the folder holding CoLA/, SST-2/, ...
       train_file="",  # task=files: JSONL, CSV or TSV files (pretrain/finetune/tasks/files.py).
       dev_file="",

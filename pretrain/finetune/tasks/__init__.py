@@ -2,8 +2,9 @@
 
 `finetune.task` names the dataset: one of the nine GLUE tasks (tasks/glue.py, read from the
 GLUE distribution's TSV files under `finetune.data_dir`), `files` (JSONL, CSV or TSV files
-with configurable fields, tasks/files.py) or `embedded` (built from CPython's own docstrings,
-no download, tasks/embedded.py). Every reader checks what it reads: a label outside the
+with configurable fields, tasks/files.py), `embedded` (which package a sentence of CPython's own
+docstrings comes from, no download, tasks/embedded.py) or `embedded_order` (whether such a
+sentence's words are in their order, tasks/word_order.py). Every reader checks what it reads: a label outside the
 label set, a missing column or an empty split is a PretrainError naming the file.
 """
 
@@ -90,7 +91,7 @@ def load(ft) -> Dataset:
   """The dataset the config's finetune section names (its train split cut to
   `train_examples_per_class` when that is set)."""
   name = str(ft.task)
-  from pretrain.finetune.tasks import embedded, files, glue  # pylint: disable=import-outside-toplevel
+  from pretrain.finetune.tasks import embedded, files, glue, word_order  # pylint: disable=import-outside-toplevel
 
   if name in glue.TASKS:
     dataset = glue.load(name, ft.data_dir)
@@ -98,9 +99,12 @@ def load(ft) -> Dataset:
     dataset = files.load(ft)
   elif name == "embedded":
     dataset = embedded.load()
+  elif name == "embedded_order":
+    dataset = word_order.load()
   else:
     raise PretrainError(
-      f"finetune.task={name!r} is unknown; expected one of {', '.join(glue.TASKS)}, files, embedded"
+      f"finetune.task={name!r} is unknown; expected one of {', '.join(glue.TASKS)}, files, "
+      "embedded, embedded_order"
     )
   return per_class(dataset, int(ft.get("train_examples_per_class", 0)))
 

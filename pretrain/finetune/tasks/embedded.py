@@ -62,7 +62,7 @@ def _package_modules(root: str, package: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _examples() -> tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]:
+def sentences() -> tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]:
   """((train sentences, labels), (dev sentences, labels))."""
   root = sysconfig.get_paths()["stdlib"]
   splits = {"train": ([], []), "dev": ([], [])}
@@ -93,7 +93,7 @@ def _examples() -> tuple[tuple[tuple[str, ...], tuple[int, ...]], ...]:
 
 
 def load() -> tasks_lib.Dataset:
-  (train_texts, train_labels), (dev_texts, dev_labels) = _examples()
+  (train_texts, train_labels), (dev_texts, dev_labels) = sentences()
   where = "the embedded task (CPython's docstrings)"
   return tasks_lib.Dataset(
     name="embedded",

@@ -20,7 +20,7 @@ def test_classes_splits_and_determinism():
   modules = embedded._package_modules(root, "email")  # pylint: disable=protected-access
   held_out = set(embedded._module_sentences(f"{root}/{modules[0]}"))  # pylint: disable=protected-access
   assert held_out and not held_out & set(train)
-  embedded._examples.cache_clear()  # pylint: disable=protected-access
+  embedded.sentences.cache_clear()
   again = embedded.load()
   assert again.train.texts == d.train.texts and np.array_equal(
     again.dev[""].labels, d.dev[""].labels
