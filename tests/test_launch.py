@@ -319,7 +319,7 @@ def test_the_code_tarball_holds_the_checkout_without_ignored_files(tmp_path):
 
 
 def test_steps_come_from_the_config_file_and_its_overrides():
-  assert tpu.config_steps(["--config=configs/bert_tiny.py"]) == 800
+  assert tpu.config_steps(["--config=configs/bert_tiny.py"]) == 1200
   assert tpu.config_steps(["--config=configs/bert_tiny.py", "--config.train.steps=1_000"]) == 1000
 
 

@@ -3,9 +3,11 @@
   python -m pretrain.ablate --config=configs/ablations/attention.py --workdir=runs/ablate_attention
 
 Base: configs/bert_tiny.py (L4 H128 A4 pre-LN, bf16 compute, no dropout, a
-4,096-piece vocabulary, 30% masking) at its own budget, repeated here: 800 steps
-of 16 x 128 (1,638,400 tokens per job, MLM+NSP), lr 1e-3 after 80 warmup steps
-then linear decay; the same data order and seed for every variant. Each variant
+4,096-piece vocabulary, 30% masking) at its earlier budget, set here so that the
+sweep stays put when the demo changes: 800 steps of 16 x 128 (1,638,400 tokens
+per job, MLM+NSP), lr 1e-3 after 80 warmup steps then linear decay (bert_tiny
+now trains 1,200 steps at lr 2e-3); the same data order and seed for every
+variant. Each variant
 changes only `model.attention`, and names its position scheme (bert_tiny's own is
 RoPE). Writes report.md, results.csv and loss_curves.png into the workdir;
 finished jobs are skipped on a rerun, an interrupted one resumes.

@@ -75,6 +75,17 @@ def finetune_config(task: str = "sst2") -> ml_collections.ConfigDict:
   return c
 
 
+def embedded_config(task: str) -> ml_collections.ConfigDict:
+  """The embedded tasks' recipe for the demo models (configs/finetune/embedded*.py): the mean head,
+  64 tokens, 3 epochs at lr 1e-3, a tiny model's rate (BERT-base's 2e-5 leaves it near chance)."""
+  c = finetune_config(task)
+  c.finetune.update(head="mean", max_seq_length=64, epochs=3.0, learning_rates="3e-4,1e-3")
+  c.optimizer.learning_rate = 1e-3
+  c.train.log_every = 25
+  c.checkpoint.every_steps = 100
+  return c
+
+
 def read_init(init_from: str) -> tuple[dict, str]:
   """(saved project config, its tokenizer path) of a pretraining workdir or a converted folder."""
   from pretrain import convert  # pylint: disable=import-outside-toplevel

@@ -47,9 +47,8 @@ def _files(folder):
 
 
 def test_sweep_of_seeds_with_probe_resume_report_and_refusal(text_corpus, tmp_path, monkeypatch):
-  monkeypatch.setattr(
-    probe, "JOB", "probe_stub:finetune"
-  )  # pretrain.finetune: not on this branch yet.
+  # A stand-in fine-tune keeps the four probes fast; the next test runs the real one.
+  monkeypatch.setattr(probe, "JOB", "probe_stub:finetune")
   sweep = _flop_sweep(text_corpus)
   workdir = str(tmp_path / "sweep")
   prepared = runner.prepare(sweep, workdir)  # What the first run of the sweep does first.
@@ -166,3 +165,34 @@ def test_sweep_of_seeds_with_probe_resume_report_and_refusal(text_corpus, tmp_pa
   (line,) = [l for l in cli.stderr.splitlines() if l.startswith("error:")]
   assert "holds a sweep with another base config" in line
   assert files == {f: os.path.getmtime(f) for f in _files(workdir)}
+
+
+def test_the_probe_fine_tunes_each_pretrained_job_for_real(text_corpus, tmp_path):
+  """One variant x one seed with the real `pretrain.finetune.finetune` as the probe: the embedded
+  word-order task from the job's own checkpoint, its dev accuracy in the row and the report."""
+  sweep = tiny_sweep(text_corpus, {"mha": {}}, seeds=1)
+  sweep.probe = dict(
+    config="configs/finetune/embedded_order.py",
+    overrides=dict(
+      finetune=dict(max_seq_length=32),
+      train=dict(steps=3, batch_size=8),
+      eval=dict(batch_size=32),
+      checkpoint=dict(every_steps=0),
+      metrics=dict(progress_bar=False),
+    ),
+  )
+  workdir = str(tmp_path / "sweep")
+  (row,) = ablate.run_sweep(sweep, workdir, log=lambda s: None)
+  assert row["status"] == "done" and row["probe_status"] == "done" and not row["error"]
+  probed = probe.workdir(workdir, "mha", 0)
+  with open(os.path.join(probed, "metrics.jsonl"), encoding="utf-8") as f:
+    last = [json.loads(line) for line in f][-1]
+  assert last["step"] == 3 and row["probe_eval_score"] == pytest.approx(last["eval_score"])
+  assert 0.0 < row["probe_eval_score"] < 1.0  # An accuracy over the 462 dev sentences.
+  from pretrain.convert import checkpoints  # pylint: disable=g-import-not-at-top
+
+  saved = checkpoints.locate(probed)[2]  # The fine-tuned checkpoint's own config.
+  assert saved["init_from"] == ablate.job_dir(workdir, "mha", 0)
+  assert saved["finetune"]["task"] == "embedded_order"
+  with open(os.path.join(workdir, "report.md"), encoding="utf-8") as f:
+    assert "## Downstream probe: eval_score" in f.read()
