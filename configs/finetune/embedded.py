@@ -14,8 +14,9 @@ the family's own, BERT's pooled [CLS]): bert_tiny's next-sentence task stays at 
 position learns nothing a classifier could read. From today's bert_tiny (1,200 x 16 steps), 3
 seeds: 78.9% +- 1.4 against 81.9% +- 1.0 from random init (paired t-test p = 0.045; from the
 800-step bert_tiny before it 80.1% +- 1.3, p = 0.25): a few minutes of pretraining do not teach a
-tiny model the topics this task asks for, and 2,614 labelled sentences teach them from scratch. configs/finetune/embedded_order.py is the task where the same checkpoint
-beats random init (BENCHMARKS.md, "Fine-tuning").
+tiny model the topics this task asks for, and 2,614 labelled sentences teach them from scratch.
+configs/finetune/embedded_order.py is the task where the same checkpoint beats random init
+(BENCHMARKS.md, "Fine-tuning").
 
 3 epochs of 2,614 sentences at batch 32 x 64 tokens (246 steps), lr 1e-3: a tiny model
 needs a larger rate than BERT-base's 2e-5 (an L2/H64 BERT from random init at 2e-4 stayed below the
