@@ -16,7 +16,8 @@ Expected: eval MLM loss 6.26 at step 600 -> 6.13 at step 1,200 (accuracy 0.097 -
 0.118), below the 6.65 nats of predicting from token frequencies alone for
 this vocabulary (BENCHMARKS.md, "Demo recipes"; the 800 steps at lr 1e-3 before
 ended at 6.30, 0.093): it reads context, less than bert_tiny does with its
-rotary positions (0.281), not yet enough for sensible fill-mask answers. Wall clock and input-pipeline rate: BENCHMARKS.md.
+rotary positions (0.281), not yet enough for sensible fill-mask answers. Wall
+clock and input-pipeline rate: BENCHMARKS.md.
 """
 
 from pretrain.families.roberta.config import roberta_config
