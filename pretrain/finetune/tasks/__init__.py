@@ -4,8 +4,8 @@
 GLUE distribution's TSV files under `finetune.data_dir`), `files` (JSONL, CSV or TSV files
 with configurable fields, tasks/files.py), `embedded` (which package a sentence of CPython's own
 docstrings comes from, no download, tasks/embedded.py) or `embedded_order` (whether such a
-sentence's words are in their order, tasks/word_order.py). Every reader checks what it reads: a label outside the
-label set, a missing column or an empty split is a PretrainError naming the file.
+sentence's words are in their order, tasks/word_order.py). Every reader checks what it reads: a
+label outside the label set, a missing column or an empty split is a PretrainError naming the file.
 """
 
 import dataclasses
