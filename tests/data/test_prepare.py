@@ -268,8 +268,28 @@ def test_killed_at_random_moments_then_rerun_is_byte_identical(text_corpus, toke
   args = _cli_args(tmp_path, text_corpus, out, f"--unit_mb={_SMALL_UNIT / 2**20!r}")
   env = dict(os.environ, PRETRAIN_PREPARE_TEST_SLEEP="0.25")
   rng = random.Random(0)
+
+  def markers():
+    return (
+      {f for f in os.listdir(out / "work") if f.startswith("unit-")}
+      if (out / "work").exists()
+      else set()
+    )
+
+  def mid_unit_now():  # A unit's shard is written and its done marker is not.
+    shard_units = (
+      {f.split("-")[1] for f in os.listdir(out) if f.endswith((".array_record", ".index.npz"))}
+      if out.exists()
+      else set()
+    )
+    done = markers()
+    return any(f"unit-{u}.json" not in done for u in shard_units) or bool(
+      (out / "work" / "tmp").is_dir() and os.listdir(out / "work" / "tmp")
+    )
+
   mid_unit = 0
-  for workers in (1, 2, 1):
+  for run, workers in enumerate((1, 2, 1)):
+    before = markers()
     proc = subprocess.Popen(
       args + [f"--num_workers={workers}"],
       env=env,
@@ -278,23 +298,23 @@ def test_killed_at_random_moments_then_rerun_is_byte_identical(text_corpus, toke
       stdout=subprocess.DEVNULL,
       stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 60
-    while not (out / "plan.json").exists() and proc.poll() is None and time.monotonic() < deadline:
-      time.sleep(0.02)  # Units start once the plan is written.
-    time.sleep(rng.uniform(0.3, 1.2))
+    # Wait for this run's own progress (a loaded machine takes seconds to import): the first run is
+    # killed the moment it is inside a unit, the others at a random moment after their first unit.
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+      if mid_unit_now() if run == 0 else len(markers() - before) > 0:
+        break
+      time.sleep(0.005)
+    if run:
+      time.sleep(rng.uniform(0.0, 0.6))
     os.killpg(proc.pid, signal.SIGKILL)  # The CLI and its worker processes.
     assert proc.wait() == -signal.SIGKILL
     # The kill happened before the end: no manifest, units left to do.
     assert not (out / "manifest.json").exists()
-    done = {f for f in os.listdir(out / "work") if f.startswith("unit-")}
+    done = markers()
     assert len(done) < n, "the run finished before it was killed; kill it sooner"
     print("killed:", workers, len(done), "of", n, sorted(os.listdir(out / "work")))
-    shard_units = {
-      f.split("-")[1] for f in os.listdir(out) if f.endswith((".array_record", ".index.npz"))
-    }
-    mid_unit += any(f"unit-{u}.json" not in done for u in shard_units) or bool(
-      os.path.isdir(out / "work" / "tmp") and os.listdir(out / "work" / "tmp")
-    )
+    mid_unit += mid_unit_now()
   assert mid_unit, "no kill landed inside a unit"
   result = subprocess.run(args, capture_output=True, text=True, cwd=_REPO)
   assert result.returncode == 0, result.stderr
