@@ -56,13 +56,16 @@ def breakdown(case: Case, *, steps: int = 5, windows: int = 3) -> dict:
 _OP_NAME = re.compile(r'^\s*%?([\w.\-]+) = .*?op_name="([^"]*)"')
 
 
-def top_ops(case: Case, *, top: int = 15, steps: int = 3) -> list[dict]:
-  """The XLA ops of forward+backward that take the most time, from a jax.profiler trace.
+def op_profile(case: Case, *, top: int = 15, steps: int = 3) -> dict:
+  """Where forward+backward's time goes op by op, from a jax.profiler trace.
 
-  Each: the compiled HLO instruction, ms per step (summed over its runs), its share of the
-  step's wall time, and the jax op it came from (e.g. `transpose(jvp(...))/h_0/ln_2/add_any`),
-  so a slow fusion can be traced to the model code. On CPU, independent ops run concurrently:
-  the shares can add up to more than 100%.
+  `top`: the XLA ops that take the most time, each with the compiled HLO instruction, ms per step
+  (summed over its runs), its share of the step's wall time, and the jax op it came from (e.g.
+  `transpose(jvp(...))/h_0/ln_2/add_any`), so a slow fusion can be traced to the model code.
+  `kinds`: the same time summed by kind of instruction (its name without the number: `ynn_fusion`
+  holds the matmuls XLA:CPU hands to its library, `copy_bitcast_fusion` layout copies, ...), with
+  how many ran. On CPU, independent ops run concurrently: the shares can add up to more than 100%,
+  and the profiler itself slows the step (`wall_ms`).
   """
   task, model, _, mesh, params, batch = case.context()
   objective = _objective(task, model, batch)
@@ -98,7 +101,20 @@ def top_ops(case: Case, *, top: int = 15, steps: int = 3) -> list[dict]:
       e.get("ph") == "X" and e.get("name") in origin
     ):  # XLA ops only, not runtime or Python frames.
       seconds[e["name"]] = seconds.get(e["name"], 0.0) + float(e.get("dur", 0)) * 1e-6 / steps
-  ranked = sorted(seconds.items(), key=lambda kv: -kv[1])[:top]
-  return [
-    {"op": name, "ms": s * 1e3, "share": s / wall, "from": origin[name]} for name, s in ranked
-  ]
+  ranked = sorted(seconds.items(), key=lambda kv: -kv[1])
+  kinds: dict[str, list] = {}
+  for name, sec in ranked:
+    k = kinds.setdefault(re.sub(r"\.\d+$", "", name), [0.0, 0])
+    k[0], k[1] = k[0] + sec, k[1] + 1
+  return {
+    "wall_ms": wall * 1e3,
+    "op_ms": sum(seconds.values()) * 1e3,
+    "top": [
+      {"op": name, "ms": s * 1e3, "share": s / wall, "from": origin[name]}
+      for name, s in ranked[:top]
+    ],
+    "kinds": [
+      {"kind": k, "ms": sec * 1e3, "share": sec / wall, "ops": n}
+      for k, (sec, n) in sorted(kinds.items(), key=lambda kv: -kv[1][0])
+    ],
+  }

@@ -25,7 +25,8 @@ count. Alongside it, in the same process:
   `DataCollatorForLanguageModeling`;
 * with --breakdown, forward, forward+backward and the optimizer update timed
   alone; with --profile_ops=N, the N slowest XLA ops of forward+backward from a
-  jax.profiler trace, each with the jax op (and so the model line) it came from.
+  jax.profiler trace, each with the jax op (and so the model line) it came from,
+  and the trace's time summed by kind of op (library matmuls, copies, loops).
 
 Model FLOPs are the task's count (`task.train_flops_per_example`). For the MLM
 families the project's head runs on the masked positions only, while HF's
@@ -186,7 +187,7 @@ def run_benchmark(
   if profile_ops:
     for case, r in zip(project, results["project"]):
       log(f"profiling the {r['dtype']} forward+backward ...")
-      r["top_ops"] = profile.top_ops(case, top=profile_ops)
+      r["op_profile"] = profile.op_profile(case, top=profile_ops)
   if data:
     log("input pipeline ...")
     results["data"] = pipeline.bert_pipeline(config, reference_collator=use_hf)
@@ -235,14 +236,18 @@ def format_table(results: dict) -> str:
         + f"; full step {r['step_seconds'] * 1e3:.1f}"
       )
   for r in results["project"]:
-    if "top_ops" in r:
+    if "op_profile" in r:
+      ops = r["op_profile"]
       lines += [
         "",
-        f"project {r['dtype']} forward+backward, slowest XLA ops (ms per step, share of the step):",
+        f"project {r['dtype']} forward+backward under the profiler: {ops['wall_ms']:.1f} ms per step,"
+        f" {ops['op_ms']:.1f} ms in XLA ops; by kind (ms per step, share of the step, ops):",
       ]
       lines += [
-        f"  {o['ms']:8.1f} {o['share']:6.1%}  {o['op']:32} {o['from']}" for o in r["top_ops"]
+        f"  {k['ms']:8.1f} {k['share']:6.1%}  {k['kind']:32} {k['ops']}" for k in ops["kinds"]
       ]
+      lines += ["", f"project {r['dtype']} slowest XLA ops (ms per step, share of the step):"]
+      lines += [f"  {o['ms']:8.1f} {o['share']:6.1%}  {o['op']:32} {o['from']}" for o in ops["top"]]
   if "data" in results:
     d = results["data"]
     lines += [
@@ -286,7 +291,9 @@ def define_flags() -> None:
   )
   flags.DEFINE_bool("breakdown", False, "Time forward, backward and the optimizer update alone.")
   flags.DEFINE_integer(
-    "profile_ops", 0, "List the N slowest XLA ops of forward+backward (jax.profiler)."
+    "profile_ops",
+    0,
+    "List the N slowest XLA ops of forward+backward and the time by kind of op (jax.profiler).",
   )
   flags.DEFINE_string("json_out", "", "Also write the results here as JSON.")
 

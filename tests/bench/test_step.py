@@ -51,11 +51,19 @@ def test_profile_lists_the_slowest_xla_ops_of_forward_and_backward(tiny_config):
     matmul=False,
     profile_ops=5,
   )
-  ops = results["project"][0]["top_ops"]
+  profiled = results["project"][0]["op_profile"]
+  ops, kinds = profiled["top"], profiled["kinds"]
   assert 1 <= len(ops) <= 5
   ms = [o["ms"] for o in ops]
   assert ms == sorted(ms, reverse=True) and ms[0] > 0 and all(o["share"] > 0 for o in ops)
   # Each op names the jax operation it came from: forward (jvp) or backward (transpose) of the model.
   assert all("jvp(" in o["from"] for o in ops), ops
-  assert "slowest XLA ops" in step.format_table(results)
+  # Every op is counted in its kind; the kinds add up to the time in ops, the slowest op's kind first.
+  assert sum(k["ms"] for k in kinds) == pytest.approx(profiled["op_ms"])
+  assert ops[0]["ms"] <= kinds[0]["ms"] and all(
+    k["ops"] >= 1 and "." not in k["kind"] for k in kinds
+  )
+  assert any(ops[0]["op"].startswith(k["kind"]) for k in kinds)
+  table = step.format_table(results)
+  assert "slowest XLA ops" in table and "by kind" in table
   json.dumps(results)
