@@ -9,6 +9,9 @@ os.environ["XLA_FLAGS"] = (
   os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# The two test workers may both load libtpu to compile for TPU targets (no chip is driven); without
+# this the second one fails on libtpu's lockfile.
+os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
 os.environ.setdefault("PRETRAIN_CACHE_DIR", tempfile.mkdtemp(prefix="pretrain-test-cache-"))
 # One persistent XLA compilation cache for the session, inherited by the CLI subprocesses the tests
 # start: a relaunched tiny run (the kill -9 lives, resumes, multi-process runs) loads its programs
