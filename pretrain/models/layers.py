@@ -81,10 +81,10 @@ def scaled_init(init: Initializer, factor: float) -> Initializer:
 def matmul(x: Array, kernel: Array, contract: tuple[int, int], dtype: DType) -> Array:
   """Contracts dim contract[0] of x with dim contract[1] of kernel; float32 result.
 
-  On CPU in a low-precision dtype the backward contractions also take `dtype` inputs
+  On CPU the backward contractions are written out and also take `dtype` inputs
   (pretrain.models.precision); elsewhere this is the one dot_general.
   """
-  if precision.low_precision_backward(dtype) and contract[0] == x.ndim - 1 and kernel.ndim == 2:
+  if precision.custom_backward() and contract[0] == x.ndim - 1 and kernel.ndim == 2:
     lead = "abcdefgh"[: x.ndim - 1]
     kernel_spec = "kn" if contract[1] == 0 else "nk"
     return precision.einsum(f"{lead}k,{kernel_spec}->{lead}n", x, kernel, dtype)

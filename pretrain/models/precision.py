@@ -1,4 +1,4 @@
-"""Mixed-precision contractions: `dtype` inputs, float32 accumulation, in the backward pass too.
+"""Contractions with their backward written out: `dtype` inputs, float32 accumulation, in the backward too.
 
 Every matmul of the models (layers.matmul, the xla attention kernel's einsums) takes its inputs in
 the compute dtype and accumulates in float32. Differentiated as it is, such a contraction's two
@@ -6,9 +6,15 @@ backward contractions run in float32: jax upcasts the bfloat16 operand to meet t
 cotangent, then rounds the result to bfloat16 and back. On an accelerator that costs little
 (its default-precision float32 matmul is a bfloat16 pass), but on a CPU with bfloat16 units
 (AVX-512-BF16, AMX) it runs two thirds of the step's matmul FLOPs at the float32 rate. So on CPU a
-low-precision contraction has a custom VJP that casts the cotangent to the compute dtype and runs
-both backward contractions with `dtype` inputs and float32 accumulation, as mixed-precision
-training does; its input gradients come out in float32 (not rounded to bfloat16 first).
+contraction has a custom VJP that casts the cotangent to the compute dtype and runs both backward
+contractions with `dtype` inputs and float32 accumulation, as mixed-precision training does; its
+input gradients come out in float32 (not rounded to bfloat16 first).
+
+In float32 the custom VJP computes what jax's transpose computes, with the kernel gradient as an
+einsum over the token axes: XLA:CPU then reads the cotangent from memory. From jax's transpose it
+makes a transposed copy of each cotangent and fuses into that copy the whole elementwise chain of
+the residual stream's gradient from the top of the stack down, so each layer's backward recomputes
+the layers above it (a fifth of a 12-layer GPT-2 small float32 step; BENCHMARKS.md, AMX).
 Accelerator programs are unchanged: the custom VJP applies only where `target_platform()` is 'cpu'.
 """
 
@@ -33,9 +39,9 @@ def target_platform() -> str:
   return _PLATFORMS.get(platform, platform)
 
 
-def low_precision_backward(dtype) -> bool:
-  """Whether contractions in `dtype` take the custom VJP: a dtype below float32, traced for CPU."""
-  return jnp.dtype(dtype) != jnp.float32 and target_platform() == "cpu"
+def custom_backward() -> bool:
+  """Whether contractions take the custom VJP: when traced for CPU (see the module docstring)."""
+  return target_platform() == "cpu"
 
 
 def einsum(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
@@ -44,7 +50,7 @@ def einsum(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
   spec: a two-operand einsum 'ab,bc->ac' in which every index of an operand also appears in the
   other operand or in the output (so each gradient is an einsum of the same kind).
   """
-  if not low_precision_backward(dtype):
+  if not custom_backward():
     return jnp.einsum(spec, a.astype(dtype), b.astype(dtype), preferred_element_type=jnp.float32)
   return _einsum(spec, jnp.dtype(dtype).name, a.dtype.name, b.dtype.name, a, b)
 

@@ -1,4 +1,4 @@
-"""Low-precision contractions on CPU: bf16-input backward matmuls, gradients as float32 math gives."""
+"""Contractions on CPU: bf16-input backward matmuls, gradients as float32 math gives, in float32 jax's own."""
 
 import jax
 import jax.numpy as jnp
@@ -49,13 +49,24 @@ def test_on_cpu_the_backward_matmuls_take_bfloat16_inputs():
     assert operands.count("bf16") == 2 and "f32" not in operands and "f32" in result, line
 
 
-def test_float32_and_other_platforms_keep_the_plain_dot(monkeypatch):
-  x, kernel = jnp.ones((4, 16)), jnp.ones((16, 8))
-  f32 = jax.grad(lambda x, k: jnp.sum(layers.matmul(x, k, (1, 0), jnp.float32)), (0, 1))
+def test_float32_gradients_are_jaxs_own_and_other_platforms_keep_the_plain_dot(monkeypatch):
+  x = jax.random.normal(jax.random.key(0), (4, 8, 16))
+  kernel = jax.random.normal(jax.random.key(1), (16, 32))
+
+  def loss(x, k):
+    return jnp.sum(jnp.sin(layers.matmul(x, k, (2, 0), jnp.float32)))
+
+  def plain(x, k):
+    return jnp.sum(jnp.sin(jnp.einsum("abk,kn->abn", x, k)))
+
+  f32 = jax.grad(loss, (0, 1))
+  assert precision.custom_backward()  # CPU: the backward is written out, in float32 throughout.
   assert all("bf16" not in line for line in _dots(f32, x, kernel))
+  for g, w in zip(f32(x, kernel), jax.grad(plain, (0, 1))(x, kernel)):
+    np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
   monkeypatch.setattr(precision, "target_platform", lambda: "tpu")
-  assert not precision.low_precision_backward(jnp.bfloat16)
-  tpu = jax.grad(lambda x, k: jnp.sum(layers.matmul(x, k, (1, 0), jnp.bfloat16)), (0, 1))
+  assert not precision.custom_backward()
+  tpu = jax.grad(lambda x, k: jnp.sum(layers.matmul(x, k, (2, 0), jnp.bfloat16)), (0, 1))
   # jax's own transpose: the backward matmuls upcast the bf16 operand to meet the f32 cotangent.
   assert any("f32" in line.split("->")[0] for line in _dots(tpu, x, kernel))
 
