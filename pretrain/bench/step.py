@@ -23,6 +23,8 @@ count. Alongside it, in the same process:
   untied head;
 * with --data (BERT only), examples/s of the input pipeline against HF's
   `DataCollatorForLanguageModeling`;
+* with --jax_transpose, each dtype's step also traced with jax's own transpose
+  of the contractions, next to the written-out backward the models use on CPU;
 * with --breakdown, forward, forward+backward and the optimizer update timed
   alone; with --profile_ops=N, the N slowest XLA ops of forward+backward from a
   jax.profiler trace, each with the jax op (and so the model line) it came from,
@@ -35,6 +37,7 @@ TFLOP/s column counts that dense work. `notes` in the results lists each
 difference of this kind between the two steps.
 """
 
+import contextlib
 import os
 from typing import Any, Callable
 
@@ -52,6 +55,7 @@ from pretrain.bench import reference as reference_lib
 from pretrain.bench.matmul import matmul_case, matmul_shapes, torch_matmul_case
 from pretrain.bench.reference import HF_DTYPES
 from pretrain.bench.timing import Case, run_cases, throughput
+from pretrain.models import precision
 from pretrain.errors import PretrainError
 from pretrain.training import step as step_lib
 from pretrain.training.optimizer import make_optimizer
@@ -66,8 +70,14 @@ def describe_model(config) -> str:
 # --- the project's train step --------------------------------------------------
 
 
-def project_case(config, dtype: str, *, steps: int = 5, warmup: int = 2) -> Case:
-  """The compiled train step with `dtype` compute, on a batch of the config's shape."""
+def project_case(
+  config, dtype: str, *, steps: int = 5, warmup: int = 2, jax_transpose: bool = False
+) -> Case:
+  """The compiled train step with `dtype` compute, on a batch of the config's shape.
+
+  jax_transpose: traced with jax's own transpose of every contraction instead of the written-out
+  backward the models use on CPU (pretrain.models.precision), to time the two side by side.
+  """
   task = batches.bench_task(config, dtype)
   batch_size = int(config.train.batch_size)
   mesh = sharding.make_mesh(config.mesh)
@@ -75,7 +85,8 @@ def project_case(config, dtype: str, *, steps: int = 5, warmup: int = 2) -> Case
   tx, schedule = make_optimizer(config.optimizer, int(config.train.steps))
   fns = step_lib.build(task, model, tx, schedule, mesh, batch_size, seed=int(config.train.seed))
   state = fns.init_state(int(config.train.seed))
-  step, compile_seconds = fns.compile_train_step()
+  with precision.jax_transpose() if jax_transpose else contextlib.nullcontext():
+    step, compile_seconds = fns.compile_train_step()
   batch = sharding.make_global_batch(batches.task_batch(task, batch_size), mesh)
 
   def run(n):
@@ -89,6 +100,11 @@ def project_case(config, dtype: str, *, steps: int = 5, warmup: int = 2) -> Case
     peak = metrics_lib.peak_flops_per_device(config.metrics) * mesh.size
     row = throughput("project", dtype, timing, batch_size * task.tokens_per_example, flops, peak)
     row.update(
+      backward="jax transpose"
+      if jax_transpose
+      else "written out"
+      if precision.custom_backward()
+      else "jax",
       compile_seconds=compile_seconds,
       num_params=fns.num_params,
       devices=mesh.size,
@@ -97,7 +113,7 @@ def project_case(config, dtype: str, *, steps: int = 5, warmup: int = 2) -> Case
     return row
 
   return Case(
-    f"project {dtype}",
+    f"project {dtype}" + (" (jax transpose)" if jax_transpose else ""),
     run,
     report,
     steps=steps,
@@ -121,6 +137,7 @@ def run_benchmark(
   data: bool = False,
   breakdown_parts: bool = False,
   profile_ops: int = 0,
+  jax_transpose: bool = False,
   reference_max_seconds: float = 180.0,
   reference_dtypes=HF_DTYPES,
   log: Callable[[str], None] = lambda s: None,
@@ -147,6 +164,8 @@ def run_benchmark(
   for dtype in dtypes:
     log(f"compiling the project's train step, {dtype} ...")
     project.append(project_case(config, dtype, steps=steps, warmup=warmup))
+    if jax_transpose:
+      project.append(project_case(config, dtype, steps=steps, warmup=warmup, jax_transpose=True))
     if matmul:
       matmuls += [matmul_case(shape, dtype) for shape in matmul_shapes(config)]
   if use_hf:
@@ -173,21 +192,35 @@ def run_benchmark(
       r["of_matmul_peak"] = r["tflops_per_sec"] * 1e12 / (max(same) * jax.device_count())
   results["ratios"] = {}
   hf_tokens = {r["dtype"]: r["tokens_per_sec"] for r in results["hf"]}
+  plain = {r["dtype"]: r for r in results["project"] if r["backward"] != "jax transpose"}
   for r in results["project"]:
+    if r["backward"] == "jax transpose":
+      results["ratios"][f"project {r['dtype']} / the same with jax transpose"] = (
+        plain[r["dtype"]]["tokens_per_sec"] / r["tokens_per_sec"]
+      )
+      continue
     for hf_dtype, tokens in hf_tokens.items():
       if r["dtype"] == "float32" and hf_dtype != "float32":
         continue  # float32 is compared with float32 only.
       results["ratios"][f"project {r['dtype']} / HF torch {hf_dtype}"] = (
         r["tokens_per_sec"] / tokens
       )
+
+  def traced_as(r):  # The parts are traced again: with the backward the row's step was traced with.
+    return (
+      precision.jax_transpose() if r["backward"] == "jax transpose" else contextlib.nullcontext()
+    )
+
   if breakdown_parts:
     for case, r in zip(project, results["project"]):
-      log(f"timing the parts of the {r['dtype']} step ...")
-      r["breakdown_ms"] = profile.breakdown(case, steps=steps, windows=windows)
+      log(f"timing the parts of the {case.label} step ...")
+      with traced_as(r):
+        r["breakdown_ms"] = profile.breakdown(case, steps=steps, windows=windows)
   if profile_ops:
     for case, r in zip(project, results["project"]):
-      log(f"profiling the {r['dtype']} forward+backward ...")
-      r["op_profile"] = profile.op_profile(case, top=profile_ops)
+      log(f"profiling the {case.label} forward+backward ...")
+      with traced_as(r):
+        r["op_profile"] = profile.op_profile(case, top=profile_ops)
   if data:
     log("input pipeline ...")
     results["data"] = pipeline.bert_pipeline(config, reference_collator=use_hf)
@@ -204,6 +237,7 @@ def format_table(results: dict) -> str:
   lines += [header, "-" * len(header)]
   for r in results["project"] + results["hf"]:
     name = f"{'project' if r['name'] == 'project' else 'HF torch'} {r['dtype']}"
+    name += " jax-T" if r.get("backward") == "jax transpose" else ""
     of_peak = f"{r['of_matmul_peak']:.1%}" if "of_matmul_peak" in r else "-"
     spread = f"{min(r['window_step_seconds']) * 1e3:.0f}-{max(r['window_step_seconds']) * 1e3:.0f}"
     lines.append(
@@ -231,7 +265,8 @@ def format_table(results: dict) -> str:
     if "breakdown_ms" in r:
       lines.append("")
       lines.append(
-        f"project {r['dtype']} breakdown (ms, each part jitted alone): "
+        f"project {r['dtype']}{' jax-T' if r['backward'] == 'jax transpose' else ''} breakdown"
+        " (ms, each part jitted alone): "
         + ", ".join(f"{k} {v:.1f}" for k, v in r["breakdown_ms"].items())
         + f"; full step {r['step_seconds'] * 1e3:.1f}"
       )
@@ -290,6 +325,12 @@ def define_flags() -> None:
     "Benchmark the input pipeline too (over the token store; a small corpus is prepared first).",
   )
   flags.DEFINE_bool("breakdown", False, "Time forward, backward and the optimizer update alone.")
+  flags.DEFINE_bool(
+    "jax_transpose",
+    False,
+    "Also time each dtype's step traced with jax's own transpose of the contractions (on CPU the "
+    "models write the backward out: pretrain/models/precision.py).",
+  )
   flags.DEFINE_integer(
     "profile_ops",
     0,
@@ -311,6 +352,7 @@ def _measure() -> dict:
     data=FLAGS.data,
     breakdown_parts=FLAGS.breakdown,
     profile_ops=FLAGS.profile_ops,
+    jax_transpose=FLAGS.jax_transpose,
     reference_max_seconds=FLAGS.reference_max_seconds,
     reference_dtypes=tuple(FLAGS.reference_dtypes),
     log=common.log,

@@ -14,10 +14,11 @@ In float32 the custom VJP computes what jax's transpose computes, with the kerne
 einsum over the token axes: XLA:CPU then reads the cotangent from memory. From jax's transpose it
 makes a transposed copy of each cotangent and fuses into that copy the whole elementwise chain of
 the residual stream's gradient from the top of the stack down, so each layer's backward recomputes
-the layers above it (a fifth of a 12-layer GPT-2 small float32 step; BENCHMARKS.md, AMX).
+the layers above it (a sixth of a 12-layer GPT-2 small float32 step; BENCHMARKS.md, AMX).
 Accelerator programs are unchanged: the custom VJP applies only where `target_platform()` is 'cpu'.
 """
 
+import contextlib
 import functools
 
 import jax
@@ -39,9 +40,22 @@ def target_platform() -> str:
   return _PLATFORMS.get(platform, platform)
 
 
+_JAX_TRANSPOSE = [False]  # Set by jax_transpose(): the benchmark's A/B of the two backward passes.
+
+
+@contextlib.contextmanager
+def jax_transpose():
+  """Within it, contractions traced take jax's own transpose on every platform (`bench --jax_transpose`)."""
+  _JAX_TRANSPOSE[0] = True
+  try:
+    yield
+  finally:
+    _JAX_TRANSPOSE[0] = False
+
+
 def custom_backward() -> bool:
   """Whether contractions take the custom VJP: when traced for CPU (see the module docstring)."""
-  return target_platform() == "cpu"
+  return not _JAX_TRANSPOSE[0] and target_platform() == "cpu"
 
 
 def einsum(spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:

@@ -67,3 +67,27 @@ def test_profile_lists_the_slowest_xla_ops_of_forward_and_backward(tiny_config):
   table = step.format_table(results)
   assert "slowest XLA ops" in table and "by kind" in table
   json.dumps(results)
+
+
+def test_jax_transpose_times_the_same_step_traced_with_jaxs_own_backward(tiny_config):
+  from pretrain.models import precision  # pylint: disable=g-import-not-at-top
+
+  with precision.jax_transpose():
+    assert not precision.custom_backward()
+  assert precision.custom_backward()  # On CPU, outside it: the written-out backward.
+  results = step.run_benchmark(
+    tiny_config,
+    dtypes=("float32",),
+    reference="none",
+    steps=1,
+    windows=1,
+    warmup=1,
+    matmul=False,
+    jax_transpose=True,
+  )
+  written, plain = results["project"]
+  assert (written["backward"], plain["backward"]) == ("written out", "jax transpose")
+  assert written["flops_per_step"] == plain["flops_per_step"] and plain["tokens_per_sec"] > 0
+  ratio = results["ratios"]["project float32 / the same with jax transpose"]
+  assert ratio == pytest.approx(written["tokens_per_sec"] / plain["tokens_per_sec"])
+  assert "float32 jax-T" in step.format_table(results)
