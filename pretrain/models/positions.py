@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pretrain.errors import PretrainError
+from pretrain.models import precision
 
 Array = jax.Array
 
@@ -41,9 +42,9 @@ def check_position(position: str) -> None:
     raise PretrainError(f"unknown position {position!r}; valid: {', '.join(POSITIONS)}")
 
 
-def default_positions(length: int) -> Array:
-  """`[1, length]` int32 ids 0..length-1, shared by every example."""
-  return jnp.arange(length, dtype=jnp.int32)[None]
+def default_positions(length: int) -> np.ndarray:
+  """`[1, length]` int32 ids 0..length-1, shared by every example (numpy: known when traced)."""
+  return np.arange(length, dtype=np.int32)[None]
 
 
 def segment_positions(segment_ids: Array) -> Array:
@@ -114,10 +115,14 @@ def apply_rope(
   inv_freq = (theta ** (-np.arange(half, dtype=np.float64) * 2 / rotary)).astype(
     np.float32
   )  # [half]
-  angles = (
-    jnp.asarray(positions, jnp.float32)[:, :, None, None] * inv_freq
-  )  # [batch, length, 1, half]
-  cos, sin = jnp.cos(angles), jnp.sin(angles)
+  if isinstance(positions, np.ndarray) and precision.target_platform() == "cpu":
+    # XLA:CPU fuses the sines and cosines into every consumer, forward and backward, so each
+    # element of the queries, keys and their gradients would recompute both: a table instead.
+    angles = positions.astype(np.float32)[:, :, None, None] * inv_freq  # [batch, length, 1, half]
+    cos, sin = np.cos(angles), np.sin(angles)
+  else:
+    angles = jnp.asarray(positions, jnp.float32)[:, :, None, None] * inv_freq
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
   x = x.astype(jnp.float32)
   x1, x2, rest = x[..., :half], x[..., half:rotary], x[..., rotary:]
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin, rest], axis=-1)

@@ -96,9 +96,49 @@ def _einsum_backward(spec, dtype, a_dtype, b_dtype, residuals, g):
   a, b = residuals
   a_spec, b_spec, out_spec = _specs(spec)
   g = g.astype(dtype)
-  da = jnp.einsum(f"{out_spec},{b_spec}->{a_spec}", g, b, preferred_element_type=jnp.float32)
-  db = jnp.einsum(f"{a_spec},{out_spec}->{b_spec}", a, g, preferred_element_type=jnp.float32)
+  da = _contract(out_spec, b_spec, a_spec, g, b)
+  db = _contract(a_spec, out_spec, b_spec, a, g)
   return da.astype(a_dtype), db.astype(b_dtype)
+
+
+def _contract(x_spec: str, y_spec: str, out_spec: str, x: jax.Array, y: jax.Array) -> jax.Array:
+  """einsum(x, y) with float32 accumulation; in low precision, the left operand summed over its minor axis.
+
+  XLA:CPU runs a bfloat16 dot whose left operand is summed over a single axis that is not its
+  minor one (attention's key and value gradients, summed over the query axis) as a float32 Eigen
+  dot, both operands converted first: 2-5x slower than its bfloat16 library dot. The left operand
+  is the one whose free axes lead the output (XLA orders a dot's output batch, left, right); a
+  plain transpose would be folded back into the dot, so it is transposed in memory first.
+  """
+  summed = [i for i in x_spec if i not in out_spec]
+  if (
+    x.dtype == jnp.float32 or len(summed) != 1
+  ):  # XLA makes its own copy where two axes are summed.
+    return jnp.einsum(f"{x_spec},{y_spec}->{out_spec}", x, y, preferred_element_type=jnp.float32)
+  free = [i for i in out_spec if i not in x_spec or i not in y_spec]
+  if free and free[0] not in x_spec:
+    x_spec, y_spec, x, y = y_spec, x_spec, y, x
+  if x_spec[-1] != summed[0]:
+    order = "".join(i for i in x_spec if i != summed[0]) + summed[0]
+    x = _transpose_in_memory(x, tuple(x_spec.index(i) for i in order))
+    x_spec = order
+  return jnp.einsum(f"{x_spec},{y_spec}->{out_spec}", x, y, preferred_element_type=jnp.float32)
+
+
+def _transpose_in_memory(x: jax.Array, perm: tuple[int, ...]) -> jax.Array:
+  """jnp.transpose(x, perm) as a copy in the compiled program: one axis split in two around it.
+
+  XLA's simplifier folds a transpose into the dot reading it; it does not recognise a transpose
+  of a reshape that splits an axis (the pair stays adjacent and in order, so the values are those
+  of jnp.transpose). Where no moved axis splits, the plain transpose.
+  """
+  moved = next((a for a in perm if perm.index(a) != a and x.shape[a] % 2 == 0), None)
+  if moved is None:
+    return jnp.transpose(x, perm)
+  split = x.shape[:moved] + (x.shape[moved] // 2, 2) + x.shape[moved + 1 :]
+  axes = {a: (a,) if a < moved else (a, a + 1) if a == moved else (a + 1,) for a in range(x.ndim)}
+  out_shape = tuple(x.shape[a] for a in perm)
+  return x.reshape(split).transpose([s for a in perm for s in axes[a]]).reshape(out_shape)
 
 
 _einsum.defvjp(_einsum_forward, _einsum_backward)

@@ -83,6 +83,26 @@ def test_rope_rotation_values_and_partial_fraction():
     positions.rotary_dims(8, 0.1)
 
 
+def test_rope_at_default_positions_is_a_table_on_cpu():
+  # XLA:CPU would fuse sin/cos into each consumer; known positions give numpy tables instead.
+  x = jax.random.normal(jax.random.key(0), (2, 16, 2, 8))
+  known = positions.default_positions(16)
+  assert isinstance(known, np.ndarray)
+
+  def loss(x, pos):
+    return jnp.sum(positions.apply_rope(x, pos) ** 3)
+
+  compiled = jax.jit(lambda x: jax.grad(loss)(x, known)).lower(x).compile().as_text()
+  assert " sine(" not in compiled and " cosine(" not in compiled
+  traced = jax.jit(lambda x, pos: (positions.apply_rope(x, pos), jax.grad(loss)(x, pos)))
+  assert (
+    " sine(" in traced.lower(x, jnp.asarray(known)).compile().as_text()
+  )  # Traced ids: in the program.
+  want_y, want_g = traced(x, jnp.asarray(known))
+  np.testing.assert_allclose(positions.apply_rope(x, known), want_y, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(jax.grad(loss)(x, known), want_g, rtol=1e-5, atol=1e-5)
+
+
 def test_rope_with_per_segment_positions_repeats_each_segment():
   x = np.random.default_rng(1).normal(size=(1, 6, 2, 4)).astype(np.float32)
   x[:, 3:] = x[:, :3]  # Two packed copies of one 3-token sequence.

@@ -1,5 +1,7 @@
 """Contractions on CPU: bf16-input backward matmuls, gradients as float32 math gives, in float32 jax's own."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +19,7 @@ def _rounded(x):
   [
     ("abk,nk->abn", (2, 8, 16), (4, 16)),  # layers.matmul's tied head.
     ("bhqk,bhkd->bhqd", (2, 3, 8, 6), (2, 3, 6, 4)),  # Attention's probs x values.
+    ("bhqd,bhkd->bhqk", (2, 3, 8, 4), (2, 3, 6, 4)),  # Its logits: the key gradient sums over q.
   ],
 )
 def test_gradients_match_float32_math_on_rounded_inputs(spec, a_shape, b_shape):
@@ -47,6 +50,38 @@ def test_on_cpu_the_backward_matmuls_take_bfloat16_inputs():
   for line in dots:  # (bf16, bf16) -> f32 each: forward, input gradient, kernel gradient.
     operands, result = line.split("->")
     assert operands.count("bf16") == 2 and "f32" not in operands and "f32" in result, line
+
+
+def test_attention_gradients_run_as_bfloat16_library_dots():
+  # Summed over the query axis, the key and value gradients' left operand is read transposed:
+  # XLA:CPU would convert both operands and run a float32 Eigen dot (a `dot(` outside a fusion).
+  q, k, v = (jax.random.normal(jax.random.key(i), (2, 3, 16, 8)) for i in range(3))
+
+  def loss(q, k, v):
+    probs = jax.nn.softmax(precision.einsum("bhqd,bhkd->bhqk", q, k, jnp.bfloat16), axis=-1)
+    return jnp.sum(precision.einsum("bhqk,bhkd->bhqd", probs, v, jnp.bfloat16) ** 2)
+
+  grad = jax.grad(loss, (0, 1, 2))
+  entry = jax.jit(grad).lower(q, k, v).compile().as_text().split("ENTRY")[1]
+  assert re.search(r"= \S+ dot\(", entry) is None, "a dot left to Eigen"
+  assert entry.count("ynn_fusion") >= 6  # Forward 2, backward 4: each a library fusion.
+  rounded = [_rounded(x) for x in (q, k, v)]
+
+  def plain(q, k, v):
+    return jnp.sum(
+      jnp.einsum("bhqk,bhkd->bhqd", jax.nn.softmax(jnp.einsum("bhqd,bhkd->bhqk", q, k), -1), v) ** 2
+    )
+
+  for g, w in zip(grad(q, k, v), jax.grad(plain, (0, 1, 2))(*rounded)):
+    np.testing.assert_allclose(g, w, rtol=0.03, atol=0.03 * float(jnp.max(jnp.abs(w))))
+
+
+@pytest.mark.parametrize(
+  "shape, perm", [((4, 6, 10), (2, 0, 1)), ((2, 3, 6, 4), (0, 1, 3, 2)), ((3, 5), (1, 0))]
+)
+def test_transpose_in_memory_is_the_transpose(shape, perm):
+  x = jnp.arange(np.prod(shape), dtype=jnp.float32).reshape(shape)
+  np.testing.assert_array_equal(precision._transpose_in_memory(x, perm), jnp.transpose(x, perm))
 
 
 def test_float32_gradients_are_jaxs_own_and_other_platforms_keep_the_plain_dot(monkeypatch):
