@@ -110,18 +110,17 @@ def _contract(x_spec: str, y_spec: str, out_spec: str, x: jax.Array, y: jax.Arra
   is the one whose free axes lead the output (XLA orders a dot's output batch, left, right); a
   plain transpose would be folded back into the dot, so it is transposed in memory first.
   """
-  summed = [i for i in x_spec if i not in out_spec]
+  summed = [i for i in x_spec if i not in out_spec]  # Both operands' (none is summed in one alone).
   if (
-    x.dtype == jnp.float32 or len(summed) != 1
-  ):  # XLA makes its own copy where two axes are summed.
-    return jnp.einsum(f"{x_spec},{y_spec}->{out_spec}", x, y, preferred_element_type=jnp.float32)
-  free = [i for i in out_spec if i not in x_spec or i not in y_spec]
-  if free and free[0] not in x_spec:
-    x_spec, y_spec, x, y = y_spec, x_spec, y, x
-  if x_spec[-1] != summed[0]:
-    order = "".join(i for i in x_spec if i != summed[0]) + summed[0]
-    x = _transpose_in_memory(x, tuple(x_spec.index(i) for i in order))
-    x_spec = order
+    x.dtype != jnp.float32 and len(summed) == 1
+  ):  # With two summed axes XLA copies the operand itself.
+    free = [i for i in out_spec if i not in x_spec or i not in y_spec]
+    if free and free[0] not in x_spec:
+      x_spec, y_spec, x, y = y_spec, x_spec, y, x
+    if x_spec[-1] != summed[0]:
+      order = "".join(i for i in x_spec if i != summed[0]) + summed[0]
+      x = _transpose_in_memory(x, tuple(x_spec.index(i) for i in order))
+      x_spec = order
   return jnp.einsum(f"{x_spec},{y_spec}->{out_spec}", x, y, preferred_element_type=jnp.float32)
 
 
