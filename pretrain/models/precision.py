@@ -111,9 +111,8 @@ def _contract(x_spec: str, y_spec: str, out_spec: str, x: jax.Array, y: jax.Arra
   plain transpose would be folded back into the dot, so it is transposed in memory first.
   """
   summed = [i for i in x_spec if i not in out_spec]  # Both operands' (none is summed in one alone).
-  if (
-    x.dtype != jnp.float32 and len(summed) == 1
-  ):  # With two summed axes XLA copies the operand itself.
+  # With two summed axes XLA copies the operand itself.
+  if x.dtype != jnp.float32 and len(summed) == 1:
     free = [i for i in out_spec if i not in x_spec or i not in y_spec]
     if free and free[0] not in x_spec:
       x_spec, y_spec, x, y = y_spec, x_spec, y, x
