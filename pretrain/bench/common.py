@@ -8,6 +8,7 @@ import sys
 from typing import Callable
 
 from pretrain import cli
+from pretrain import host_allocator
 from pretrain.bench import capability
 from pretrain.errors import PretrainError
 
@@ -32,18 +33,19 @@ def versions(*, jaxlib: bool = False, hf: bool = False) -> dict:
 
 
 def environment(device: str, **version_options) -> dict:
-  """The date, device, CPU and its bf16 capability, versions and XLA_FLAGS of a result."""
+  """The date, device, CPU and its bf16 capability, versions, XLA_FLAGS and host malloc of a result."""
   return {
     "date": datetime.datetime.now().isoformat(timespec="seconds"),
     "device": device,
     **capability.describe_cpu(),
     "versions": versions(**version_options),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    "host_allocator": host_allocator.state,
   }
 
 
 def environment_line(results: dict) -> str:
-  """`environment`'s device, CPU, versions and XLA_FLAGS as a table's first line."""
+  """`environment`'s device, CPU, versions, XLA_FLAGS and host malloc as a table's first line."""
   cpu = (
     f"CPU {results['cpu']}, bf16 capability {results['bf16_capability']}; "
     if "bf16_capability" in results
@@ -53,6 +55,7 @@ def environment_line(results: dict) -> str:
     f"{results['device']}; {cpu}"
     + ", ".join(f"{k} {v}" for k, v in results["versions"].items())
     + (f"; XLA_FLAGS={results['xla_flags']}" if results["xla_flags"] else "")
+    + (f"; host malloc {results['host_allocator']}" if "host_allocator" in results else "")
   )
 
 

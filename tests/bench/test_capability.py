@@ -2,6 +2,7 @@
 
 import pytest
 
+from pretrain import host_allocator
 from pretrain.bench import capability, common
 
 _INTEL_SPR = """processor\t: 0
@@ -62,3 +63,9 @@ def test_environment_line_prints_the_capability():
     capability.UNKNOWN,
   )
   assert f"bf16 capability {env['bf16_capability']}" in common.environment_line(env)
+
+
+def test_environment_line_says_whether_host_malloc_is_tuned():
+  env = common.environment("1 x cpu (cpu)")
+  assert env["host_allocator"] == host_allocator.state
+  assert f"host malloc {host_allocator.state}" in common.environment_line(env)
