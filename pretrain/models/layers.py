@@ -126,7 +126,7 @@ class Dense(nn.Module):
         (self.features,),
         jnp.float32,
       )
-      y = y + bias
+      y = precision.add(y, bias)  # On CPU, the bias gradient as a dot.
     return y
 
 

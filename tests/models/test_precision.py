@@ -109,3 +109,41 @@ def test_float32_gradients_are_jaxs_own_and_other_platforms_keep_the_plain_dot(m
 def test_an_index_summed_in_one_operand_is_refused():
   with pytest.raises(ValueError, match="summed within one operand"):
     jax.grad(lambda a: jnp.sum(precision.einsum("ij,jk->k", a, a, jnp.bfloat16)))(jnp.ones((3, 3)))
+
+
+@pytest.mark.parametrize(
+  "x_shape, b_shape",
+  [
+    ((4, 3, 8, 8), (1, 3, 8, 8)),  # T5's relative position bias, broadcast over the batch.
+    ((2, 5, 6), (6,)),  # A Dense bias, broadcast over batch and length.
+    ((2, 5, 6), (2, 1, 6)),  # Broadcast along a later axis: plain x + b.
+  ],
+)
+def test_add_gradients_equal_plain_addition(x_shape, b_shape):
+  x = jax.random.normal(jax.random.key(0), x_shape)
+  b = jax.random.normal(jax.random.key(1), b_shape)
+  w = jax.random.normal(jax.random.key(2), x_shape)
+
+  def loss(fn):
+    return lambda x, b: jnp.sum(jnp.sin(fn(x, b)) * w)
+
+  got = jax.jit(jax.grad(loss(precision.add), (0, 1)))(x, b)
+  want = jax.grad(loss(lambda x, b: x + b), (0, 1))(x, b)
+  np.testing.assert_allclose(precision.add(x, b), x + b)
+  for g, v in zip(got, want):
+    assert g.shape == v.shape
+    np.testing.assert_allclose(g, v, rtol=1e-5, atol=1e-5)
+
+
+def test_on_cpu_a_bias_gradient_is_a_dot_not_a_reduction():
+  x = jax.random.normal(jax.random.key(0), (4, 3, 8, 8))
+  b = jax.random.normal(jax.random.key(1), (1, 3, 8, 8))
+
+  def compiled(fn):
+    grad = jax.jit(jax.grad(lambda x, b: jnp.sum(jnp.sin(fn(x, b))), argnums=1))
+    return grad.lower(x, b).compile().as_text()
+
+  assert "reduce(" in compiled(lambda x, b: x + b)  # What the custom gradient replaces.
+  text = compiled(precision.add)
+  assert "reduce(" not in text
+  assert re.search(r"= f32\[1,192\]\S* dot\(", text)  # [batch] x [batch, 3 * 8 * 8].

@@ -45,7 +45,7 @@ def xla_attention(
   if soft_cap is not None:
     logits = soft_cap * jnp.tanh(logits / soft_cap)
   if bias is not None:
-    logits = logits + bias.astype(jnp.float32)
+    logits = precision.add(logits, bias.astype(jnp.float32))  # On CPU, its gradient as a dot.
   if mask is not None:
     logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(logits, axis=-1)
