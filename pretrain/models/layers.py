@@ -126,7 +126,7 @@ class Dense(nn.Module):
         (self.features,),
         jnp.float32,
       )
-      y = precision.add(y, bias)  # On CPU, the bias gradient as a dot.
+      y = y + bias
     return y
 
 

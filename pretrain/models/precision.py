@@ -17,8 +17,9 @@ the residual stream's gradient from the top of the stack down, so each layer's b
 the layers above it (a sixth of a 12-layer GPT-2 small float32 step; BENCHMARKS.md, AMX).
 Accelerator programs are unchanged: the custom VJP applies only where `target_platform()` is 'cpu'.
 
-`add` is the same idea for a bias: on CPU its gradient, a sum over the leading axes it is broadcast
-along, runs as a dot with a vector of ones (XLA:CPU's sum over leading axes is ~30x slower).
+`add` is the same idea for an attention bias: on CPU its gradient, a sum over the leading axes it is
+broadcast along, runs as a dot with a vector of ones (XLA:CPU's sum over leading axes is ~30x
+slower).
 """
 
 import contextlib
@@ -147,23 +148,32 @@ _einsum.defvjp(_einsum_forward, _einsum_backward)
 
 
 def add(x: jax.Array, b: jax.Array) -> jax.Array:
-  """x + b, b broadcast over leading axes of x (a bias); on CPU b's gradient is a contraction.
+  """x + b, b broadcast over leading axes of x (an attention bias); on CPU b's gradient is a dot.
 
   b's gradient sums x's cotangent over the axes b is broadcast along. XLA:CPU runs a sum over
   leading (major) axes ~30x slower than the same sum as a dot with a vector of ones (T5's relative
   position bias, [batch, heads, q, k] summed over batch: 33 ms against 1.1 ms), so on CPU the
-  gradient is that dot. Where b broadcasts along an axis that is not leading, plain x + b.
+  gradient is that dot. Where b broadcasts along an axis that is not leading, plain x + b. (Dense
+  biases and norm scales, summed over the tokens, were no faster this way: not used there.)
   """
-  lead = x.ndim - b.ndim
-  shape = (1,) * lead + b.shape
-  summed = [i for i, (n, m) in enumerate(zip(shape, x.shape)) if n == 1 and m != 1]
-  if (
-    not custom_backward() or x.dtype != b.dtype or not summed or summed != list(range(len(summed)))
-  ):
-    return x + b
-  if any(n != m for n, m in zip(shape[len(summed) :], x.shape[len(summed) :])):
-    return x + b  # b also broadcasts along a later axis.
-  return _add(len(summed), b.shape, x, b)
+  summed = _leading_broadcast(x, b)
+  return _add(summed, b.shape, x, b) if summed else x + b
+
+
+def _leading_broadcast(x: jax.Array, b: jax.Array) -> int:
+  """How many leading axes of x `b` is broadcast along, where `add` takes its custom VJP; else 0."""
+  if not custom_backward() or x.dtype != b.dtype:
+    return 0
+  shape = (1,) * (x.ndim - b.ndim) + b.shape
+  summed = 0
+  while summed < x.ndim and shape[summed] == 1 and x.shape[summed] != 1:
+    summed += 1
+  return summed if shape[summed:] == x.shape[summed:] else 0  # Not along a later axis too.
+
+
+def _sum_leading(summed: int, y: jax.Array, shape) -> jax.Array:
+  rows = y.reshape(math.prod(y.shape[:summed]), -1)  # [summed axes, b's elements]
+  return (jnp.ones((rows.shape[0],), y.dtype) @ rows).reshape(shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -179,9 +189,7 @@ def _add_forward(summed, b_shape, x, b):
 
 def _add_backward(summed, b_shape, residuals, g):
   del residuals
-  rows = g.reshape(math.prod(g.shape[:summed]), -1)  # [summed axes, b's elements]
-  db = jnp.ones((rows.shape[0],), g.dtype) @ rows
-  return g, db.reshape(b_shape)
+  return g, _sum_leading(summed, g, b_shape)
 
 
 _add.defvjp(_add_forward, _add_backward)

@@ -115,7 +115,7 @@ def test_an_index_summed_in_one_operand_is_refused():
   "x_shape, b_shape",
   [
     ((4, 3, 8, 8), (1, 3, 8, 8)),  # T5's relative position bias, broadcast over the batch.
-    ((2, 5, 6), (6,)),  # A Dense bias, broadcast over batch and length.
+    ((2, 5, 6), (6,)),  # Broadcast over batch and length.
     ((2, 5, 6), (2, 1, 6)),  # Broadcast along a later axis: plain x + b.
   ],
 )
