@@ -171,11 +171,6 @@ def _leading_broadcast(x: jax.Array, b: jax.Array) -> int:
   return summed if shape[summed:] == x.shape[summed:] else 0  # Not along a later axis too.
 
 
-def _sum_leading(summed: int, y: jax.Array, shape) -> jax.Array:
-  rows = y.reshape(math.prod(y.shape[:summed]), -1)  # [summed axes, b's elements]
-  return (jnp.ones((rows.shape[0],), y.dtype) @ rows).reshape(shape)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _add(summed, b_shape, x, b):
   del summed, b_shape
@@ -189,7 +184,8 @@ def _add_forward(summed, b_shape, x, b):
 
 def _add_backward(summed, b_shape, residuals, g):
   del residuals
-  return g, _sum_leading(summed, g, b_shape)
+  rows = g.reshape(math.prod(g.shape[:summed]), -1)  # [summed axes, b's elements]
+  return g, (jnp.ones((rows.shape[0],), g.dtype) @ rows).reshape(b_shape)
 
 
 _add.defvjp(_add_forward, _add_backward)
